@@ -1,0 +1,38 @@
+"""The `provisioner` command line: one click group, one module of subcommands per concept."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from ..paths import DEFAULT_SITE, DEFAULT_STATE, site_from, state_from
+from .context import Context
+
+# (module, attribute) of each subcommand; a module holds one concept's commands.
+COMMANDS = [
+    ("inventory_cmds", "init"),
+    ("inventory_cmds", "check"),
+    ("inventory_cmds", "node"),
+    ("inventory_cmds", "profile"),
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--site", metavar="DIR", envvar="PROVISIONER_SITE", show_envvar=True,
+              help=f"Site directory: cluster.yaml and the admin's overrides [default: {DEFAULT_SITE}]")
+@click.option("--state", metavar="DIR", envvar="PROVISIONER_STATE", show_envvar=True,
+              help=f"State directory: artifacts, images, secrets, node database [default: {DEFAULT_STATE}]")
+@click.version_option(package_name="provisioner")
+@click.pass_context
+def main(ctx: click.Context, site: str | None, state: str | None) -> None:
+    """Diskless node provisioning for HPC clusters.
+
+    Shell completion: eval "$(_PROVISIONER_COMPLETE=bash_source provisioner)"
+    (zsh_source, fish_source for other shells).
+    """
+    ctx.obj = Context(site_from(site), state_from(state))
+
+
+for _module, _attr in COMMANDS:
+    main.add_command(getattr(importlib.import_module(f".{_module}", __name__), _attr))

@@ -1,0 +1,368 @@
+"""Inventory commands: init, check, node and profile."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+from ipaddress import IPv4Address
+from typing import Any, Iterator
+
+import click
+
+from ..atomic import atomic_write, locked
+from ..errors import UserError
+from ..inventory import InventoryInvalid, Node, normalize_mac, parse_text
+from ..inventory.edit import edit_inventory, isolate, next_free_ip, node_entries, set_fields
+from ..inventory.hostlist import HostlistError, expand, is_range
+from ..inventory.model import SETTINGS
+from ..inventory.starter import detect, starter_yaml
+from .context import Context, echo_json, echo_table, pass_ctx
+
+
+@contextlib.contextmanager
+def editing(ctx: Context) -> Iterator[tuple[Any, Any]]:
+    """edit_inventory with errors turned into one-screen user errors."""
+    if not ctx.site.cluster_yaml.exists():
+        raise UserError(f"no inventory at {ctx.site.cluster_yaml} (run `provisioner init` first)")
+    try:
+        with edit_inventory(ctx.site.cluster_yaml) as (doc, inv):
+            yield doc, inv
+    except InventoryInvalid as e:
+        raise UserError(f"not changed: {e}") from None
+
+
+@click.command()
+@click.option("--interface", help="Provisioning interface (default: the one with the default route).")
+@click.option("--name", default=None, help="Cluster name (default: this host's short name).")
+@click.option("--force", is_flag=True, help="Overwrite an existing cluster.yaml.")
+@pass_ctx
+def init(ctx: Context, interface: str | None, name: str | None, force: bool) -> None:
+    """Write a commented starter site for this host."""
+    path = ctx.site.cluster_yaml
+    if path.exists() and not force:
+        raise UserError(f"{path} exists (use --force to overwrite)")
+    try:
+        net = detect(interface)
+    except LookupError as e:
+        raise UserError(str(e)) from None
+    cname = name or re.sub(r"[^a-z0-9-]", "-", socket.gethostname().split(".")[0].lower()).strip("-") or "cluster"
+    text = starter_yaml(cname, net)
+    parse_text(text, str(path))
+    with locked(path):
+        atomic_write(path, text)
+    (ctx.site.root / "nodes").mkdir(exist_ok=True)
+    click.echo(f"wrote {path} (interface {net.interface}, subnet {net.address.network}, master {net.address.ip})")
+
+
+@click.command()
+@pass_ctx
+def check(ctx: Context) -> None:
+    """Validate the inventory; list every problem with file, line and field."""
+    inv = ctx.inventory()
+    click.echo(f"{inv.path}: ok ({len(inv.nodes)} nodes, {len(inv.profiles)} profiles)")
+
+
+def node_dict(n: Node, sources: bool = False) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": n.name,
+        "interfaces": [{"name": i.name, "mac": i.mac, "ip": str(i.ip) if i.ip else None} for i in n.interfaces],
+        "profiles": list(n.profiles),
+        "bmc": str(n.bmc) if n.bmc else None,
+        "image": n.image, "kernel": n.kernel, "kernel_args": list(n.kernel_args),
+        "overlays": list(n.overlays), "partitions": list(n.partitions), "features": list(n.features),
+        "mpi_slots": n.mpi_slots, "boot_files": dict(n.boot_files), "vars": dict(n.vars),
+    }
+    if sources:
+        d["sources"] = dict(n.sources)
+    return d
+
+
+# -- node ------------------------------------------------------------------------------------
+
+@click.group()
+def node() -> None:
+    """List, show and edit nodes (NODES accepts node[01-04,07], a,b and @profile)."""
+
+
+@node.command("list")
+@click.argument("nodes", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def node_list(ctx: Context, nodes: str | None, as_json: bool) -> None:
+    """List nodes."""
+    chosen = ctx.select(nodes)
+    if as_json:
+        echo_json([node_dict(n) for n in chosen])
+        return
+    echo_table(["name", "ip", "mac", "profiles", "image"],
+               [[n.name, n.ip, n.mac, ",".join(n.profiles), n.image] for n in chosen])
+
+
+@node.command("show")
+@click.argument("nodes")
+@click.option("--sources", is_flag=True, help="Say which profile (or the node) each value came from.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def node_show(ctx: Context, nodes: str, sources: bool, as_json: bool) -> None:
+    """Show nodes merged with their profiles."""
+    chosen = ctx.select(nodes)
+    if as_json:
+        echo_json([node_dict(n, sources) for n in chosen])
+        return
+    for k, n in enumerate(chosen):
+        if k:
+            click.echo()
+        d = node_dict(n)
+        click.echo(f"{n.name}:")
+        for key, value in d.items():
+            if key == "name" or value in (None, [], {}):
+                continue
+            if key == "interfaces":
+                for i in n.interfaces:
+                    click.echo(f"  interface {i.name}: mac={i.mac or '-'} ip={i.ip or '-'}")
+                continue
+            line = f"  {key}: {_fmt(value)}"
+            if sources:
+                origin = n.sources.get(key) or ", ".join(
+                    f"{k[len(key) + 1:]}<-{v}" for k, v in n.sources.items() if k.startswith(key + "."))
+                line += f"    [{origin or 'node'}]" if key in SETTINGS else ""
+            click.echo(line)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def _parse_mac(value: str | None) -> str | None:
+    if value is None:
+        return None
+    mac = normalize_mac(value)
+    if mac is None:
+        raise UserError(f"{value!r} is not a MAC address (like 52:54:00:12:34:56)")
+    return mac
+
+
+def _settings_from(options: dict[str, Any]) -> dict[str, Any]:
+    """CLI options for profile/node settings -> YAML values (`vars` as KEY=VALUE)."""
+    out: dict[str, Any] = {}
+    for key in ("image", "kernel", "mpi_slots"):
+        if options.get(key) is not None:
+            out[key] = options[key]
+    for key in ("kernel_args", "overlays", "partitions", "features"):
+        if options.get(key):
+            out[key] = [v for item in options[key] for v in item.split(",") if v] if key != "kernel_args" else list(options[key])
+    if options.get("var"):
+        out["vars"] = {}
+        for item in options["var"]:
+            if "=" not in item:
+                raise UserError(f"--var takes KEY=VALUE, not {item!r}")
+            k, v = item.split("=", 1)
+            out["vars"][k] = v
+    return out
+
+
+def settings_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--image"), click.option("--kernel", help="Kernel version from the image."),
+        click.option("--kernel-arg", "kernel_args", multiple=True, help="Repeatable."),
+        click.option("--overlay", "overlays", multiple=True, help="Repeatable or comma list."),
+        click.option("--partition", "partitions", multiple=True), click.option("--feature", "features", multiple=True),
+        click.option("--mpi-slots", type=click.IntRange(1)), click.option("--var", multiple=True, help="KEY=VALUE"),
+    ]):
+        f = opt(f)
+    return f
+
+
+@node.command("add")
+@click.argument("name")
+@click.option("--mac", help="MAC of the provisioning interface.")
+@click.option("--ip", help="Address (default: next free one outside the dynamic range).")
+@click.option("--profile", "profiles", multiple=True, help="Repeatable or comma list.")
+@click.option("--bmc")
+@settings_options
+@pass_ctx
+def node_add(ctx: Context, name: str, mac: str | None, ip: str | None, profiles: tuple[str, ...], bmc: str | None,
+             **settings: Any) -> None:
+    """Add a node (NAME may be a range such as node[05-08]; then --ip is the first address)."""
+    mac = _parse_mac(mac)
+    try:
+        names = expand(name) if is_range(name) else [name]
+    except HostlistError as e:
+        raise UserError(str(e)) from None
+    if mac and len(names) > 1:
+        raise UserError("--mac names one node; add a range without MACs and set them per node")
+    with editing(ctx) as (doc, inv):
+        clash = [n for n in names if inv.node(n)]
+        if clash:
+            raise UserError(f"node {clash[0]} exists already")
+        if ip is None:
+            first = next_free_ip(inv)
+            if first is None:
+                raise UserError(f"no free address left in {inv.cluster.network.subnet}")
+            ip = str(first)
+        try:
+            IPv4Address(ip)
+        except ValueError:
+            raise UserError(f"{ip!r} is not an IPv4 address") from None
+        entry: dict[str, Any] = {"name": name, "ip": ip}
+        if mac:
+            entry["mac"] = mac
+        from ruamel.yaml.comments import CommentedMap
+        m = CommentedMap(entry)
+        plist = [p for item in profiles for p in item.split(",") if p]
+        set_fields(m, {"profiles": plist or None, "bmc": bmc, **_settings_from(settings)})
+        node_entries(doc).append(m)
+    click.echo(f"added {name} ({ip}{', ' + mac if mac else ''})")
+
+
+@node.command("set")
+@click.argument("nodes")
+@click.option("--mac")
+@click.option("--ip")
+@click.option("--profile", "profiles", multiple=True, help="Replace the profile list (repeatable or comma list).")
+@click.option("--bmc")
+@click.option("--unset", "unset", multiple=True, help="Remove a node-level key (repeatable).")
+@settings_options
+@pass_ctx
+def node_set(ctx: Context, nodes: str, mac: str | None, ip: str | None, profiles: tuple[str, ...],
+             bmc: str | None, unset: tuple[str, ...], **settings: Any) -> None:
+    """Change node-level values (a node inside a range entry is split out of it)."""
+    mac = _parse_mac(mac)
+    with editing(ctx) as (doc, inv):
+        try:
+            names = [n.name for n in inv.select(nodes)]
+        except KeyError as e:
+            raise UserError(f"no such node or profile: {e.args[0]}") from None
+        if (mac or ip) and len(names) > 1:
+            raise UserError("--mac and --ip name one node")
+        values: dict[str, Any] = {"mac": mac, "ip": ip, "bmc": bmc, **_settings_from(settings)}
+        if profiles:
+            values["profiles"] = [p for item in profiles for p in item.split(",") if p]
+        values = {k: v for k, v in values.items() if v is not None}
+        for name in names:
+            entry = isolate(doc, name)
+            target = entry["interfaces"][0] if "interfaces" in entry and ("mac" in values or "ip" in values) else entry
+            for key in ("mac", "ip"):
+                if key in values:
+                    target[key] = values[key]
+            set_fields(entry, {k: v for k, v in values.items() if k not in ("mac", "ip")})
+            for key in unset:
+                entry.pop(key, None)
+    click.echo(f"updated {len(names)} node(s)")
+
+
+@node.command("rm")
+@click.argument("nodes")
+@pass_ctx
+def node_rm(ctx: Context, nodes: str) -> None:
+    """Remove nodes (a node inside a range entry is split out of it first)."""
+    with editing(ctx) as (doc, inv):
+        try:
+            names = [n.name for n in inv.select(nodes)]
+        except KeyError as e:
+            raise UserError(f"no such node or profile: {e.args[0]}") from None
+        for name in names:
+            entry = isolate(doc, name)
+            entries = node_entries(doc)
+            entries.pop(next(i for i, e in enumerate(entries) if e is entry))
+    click.echo(f"removed {len(names)} node(s)")
+
+
+# -- profile ---------------------------------------------------------------------------------
+
+@click.group()
+def profile() -> None:
+    """List, show and edit profiles."""
+
+
+def _profiles_map(doc: Any) -> Any:
+    from ruamel.yaml.comments import CommentedMap
+    if doc.get("profiles") is None:
+        doc["profiles"] = CommentedMap()
+    return doc["profiles"]
+
+
+@profile.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def profile_list(ctx: Context, as_json: bool) -> None:
+    """List profiles and how many nodes use each."""
+    inv = ctx.inventory()
+    rows = [(p, sum(1 for n in inv.nodes if p.name in n.profiles)) for p in inv.profiles.values()]
+    if as_json:
+        echo_json([{"name": p.name, "nodes": c, "description": p.description, **p.settings} for p, c in rows])
+        return
+    echo_table(["name", "nodes", "image", "description"], [[p.name, c, p.settings.get("image"), p.description] for p, c in rows])
+
+
+@profile.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def profile_show(ctx: Context, name: str, as_json: bool) -> None:
+    """Show one profile's settings."""
+    p = ctx.inventory().profiles.get(name)
+    if p is None:
+        raise UserError(f"no such profile: {name}")
+    if as_json:
+        echo_json({"name": p.name, "description": p.description, **p.settings})
+        return
+    click.echo(f"{p.name}:" + (f"  # {p.description}" if p.description else ""))
+    for key, value in p.settings.items():
+        click.echo(f"  {key}: {_fmt(list(value) if isinstance(value, tuple) else value)}")
+
+
+@profile.command("add")
+@click.argument("name")
+@click.option("--description")
+@settings_options
+@pass_ctx
+def profile_add(ctx: Context, name: str, description: str | None, **settings: Any) -> None:
+    """Add a profile."""
+    from ruamel.yaml.comments import CommentedMap
+    with editing(ctx) as (doc, inv):
+        if name in inv.profiles:
+            raise UserError(f"profile {name} exists already")
+        m = CommentedMap()
+        set_fields(m, {"description": description, **_settings_from(settings)})
+        _profiles_map(doc)[name] = m
+    click.echo(f"added profile {name}")
+
+
+@profile.command("set")
+@click.argument("name")
+@click.option("--description")
+@click.option("--unset", "unset", multiple=True, help="Remove a key (repeatable).")
+@settings_options
+@pass_ctx
+def profile_set(ctx: Context, name: str, description: str | None, unset: tuple[str, ...], **settings: Any) -> None:
+    """Change a profile's settings."""
+    with editing(ctx) as (doc, inv):
+        if name not in inv.profiles:
+            raise UserError(f"no such profile: {name}")
+        entry = _profiles_map(doc)[name]
+        set_fields(entry, {"description": description, **_settings_from(settings)} if description else _settings_from(settings))
+        for key in unset:
+            entry.pop(key, None)
+    click.echo(f"updated profile {name}")
+
+
+@profile.command("rm")
+@click.argument("name")
+@pass_ctx
+def profile_rm(ctx: Context, name: str) -> None:
+    """Remove a profile no node uses."""
+    with editing(ctx) as (doc, inv):
+        if name not in inv.profiles:
+            raise UserError(f"no such profile: {name}")
+        users = [n.name for n in inv.nodes if name in n.profiles]
+        if users:
+            from ..inventory.hostlist import compress
+            raise UserError(f"profile {name} is used by {compress(users)}")
+        del _profiles_map(doc)[name]
+    click.echo(f"removed profile {name}")

@@ -1,0 +1,146 @@
+"""The node-state SQLite database: one connection per thread, short transactions."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+# Boot stages in the order a node passes them.
+STAGES = ("dhcp", "bootloader", "ipxe", "kernel", "initramfs", "overlay", "registered", "idle")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    mac TEXT PRIMARY KEY, ip TEXT NOT NULL UNIQUE, hostname TEXT,
+    expires REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS discovered (
+    mac TEXT PRIMARY KEY, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    arch INTEGER, uuid TEXT, ip TEXT, adopted_as TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL, stage TEXT NOT NULL,
+    at REAL NOT NULL, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS events_node ON events(node, at);
+CREATE TABLE IF NOT EXISTS facts (
+    node TEXT PRIMARY KEY, facts TEXT NOT NULL, updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transfers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, protocol TEXT NOT NULL, client TEXT NOT NULL,
+    node TEXT, path TEXT NOT NULL, bytes INTEGER NOT NULL, duration REAL NOT NULL,
+    retransmits INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL, at REAL NOT NULL
+);
+"""
+
+
+class NodeStateDB:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._tx() as c:
+            c.executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection):
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type: Any, *_: Any) -> None:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> "NodeStateDB._Tx":
+        return self._Tx(self._conn())
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- boot stages ---------------------------------------------------------------------------
+    def record_stage(self, node: str, stage: str, detail: str | None = None, at: float | None = None) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO events(node, stage, at, detail) VALUES (?,?,?,?)",
+                      (node, stage, at or time.time(), detail))
+
+    def timeline(self, node: str) -> list[sqlite3.Row]:
+        return list(self._conn().execute(
+            "SELECT stage, at, detail FROM events WHERE node=? ORDER BY at, id", (node,)))
+
+    def last_stages(self) -> dict[str, sqlite3.Row]:
+        rows = self._conn().execute(
+            "SELECT node, stage, at, detail FROM events WHERE id IN "
+            "(SELECT MAX(id) FROM events GROUP BY node)")
+        return {r["node"]: r for r in rows}
+
+    # -- facts -----------------------------------------------------------------------------------
+    def set_facts(self, node: str, facts: dict[str, Any]) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO facts(node, facts, updated) VALUES (?,?,?) "
+                      "ON CONFLICT(node) DO UPDATE SET facts=excluded.facts, updated=excluded.updated",
+                      (node, json.dumps(facts, sort_keys=True), time.time()))
+
+    def facts(self, node: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT facts FROM facts WHERE node=?", (node,)).fetchone()
+        return json.loads(row["facts"]) if row else None
+
+    def all_facts(self) -> dict[str, dict[str, Any]]:
+        return {r["node"]: json.loads(r["facts"]) for r in self._conn().execute("SELECT node, facts FROM facts")}
+
+    # -- dynamic leases and discovery ---------------------------------------------------------------
+    def leases(self) -> Iterator[sqlite3.Row]:
+        return iter(self._conn().execute("SELECT * FROM leases").fetchall())
+
+    def put_lease(self, mac: str, ip: str, hostname: str | None, expires: float) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM leases WHERE ip=? AND mac<>?", (ip, mac))
+            c.execute("INSERT INTO leases(mac, ip, hostname, expires, updated) VALUES (?,?,?,?,?) "
+                      "ON CONFLICT(mac) DO UPDATE SET ip=excluded.ip, hostname=excluded.hostname, "
+                      "expires=excluded.expires, updated=excluded.updated",
+                      (mac, ip, hostname, expires, time.time()))
+
+    def drop_lease(self, mac: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM leases WHERE mac=?", (mac,))
+
+    def saw_unknown(self, mac: str, arch: int | None, uuid: str | None, ip: str | None) -> None:
+        now = time.time()
+        with self._tx() as c:
+            c.execute("INSERT INTO discovered(mac, first_seen, last_seen, arch, uuid, ip) VALUES (?,?,?,?,?,?) "
+                      "ON CONFLICT(mac) DO UPDATE SET last_seen=excluded.last_seen, "
+                      "arch=COALESCE(excluded.arch, arch), uuid=COALESCE(excluded.uuid, uuid), "
+                      "ip=COALESCE(excluded.ip, ip)",
+                      (mac, now, now, arch, uuid, ip))
+
+    def discovered(self) -> list[sqlite3.Row]:
+        return list(self._conn().execute("SELECT * FROM discovered ORDER BY first_seen"))
+
+    def mark_adopted(self, mac: str, name: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE discovered SET adopted_as=? WHERE mac=?", (name, mac))
+
+    # -- transfers -----------------------------------------------------------------------------------
+    def record_transfer(self, protocol: str, client: str, path: str, nbytes: int, duration: float,
+                        outcome: str, node: str | None = None, retransmits: int = 0) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO transfers(protocol, client, node, path, bytes, duration, retransmits, outcome, at) "
+                      "VALUES (?,?,?,?,?,?,?,?,?)",
+                      (protocol, client, node, path, nbytes, duration, retransmits, outcome, time.time()))

@@ -1,0 +1,64 @@
+"""Where things live: the site (what the admin edits) and the state (what we build and observe)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_SITE = "/etc/provisioner"
+DEFAULT_STATE = "/var/lib/provisioner"
+
+
+@dataclass(frozen=True)
+class Site:
+    """The admin's directory: cluster.yaml, site overlays and per-node override files."""
+
+    root: Path
+
+    @property
+    def cluster_yaml(self) -> Path:
+        return self.root / "cluster.yaml"
+
+    @property
+    def overlays(self) -> Path:
+        return self.root / "overlays"
+
+    def node_overrides(self, node: str) -> Path:
+        return self.root / "nodes" / node
+
+
+@dataclass(frozen=True)
+class State:
+    """Built artifacts, images, secrets and the node-state database."""
+
+    root: Path
+
+    @property
+    def overlays(self) -> Path:
+        return self.root / "overlays"
+
+    @property
+    def boot(self) -> Path:
+        """The TFTP/HTTP boot tree: bootloaders and rendered boot configs."""
+        return self.root / "boot"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "nodes.sqlite"
+
+
+def site_from(value: str | os.PathLike | None) -> Site:
+    return Site(Path(value or os.environ.get("PROVISIONER_SITE") or DEFAULT_SITE))
+
+
+def state_from(value: str | os.PathLike | None) -> State:
+    return State(Path(value or os.environ.get("PROVISIONER_STATE") or DEFAULT_STATE))
