@@ -1,0 +1,65 @@
+"""Where each artifact lives in the state directory. Builders write there and servers read
+there through these functions only, so the two sides cannot drift apart.
+
+state/
+  boot/                      bootloaders (iPXE, PXELINUX, GRUB): the static TFTP tree
+  nodes/<node>/              per-node boot configs: boot.ipxe, pxelinux.cfg, grub.cfg
+  overlays/<node>.cpio.gz    the node's current overlay archive (atomically replaced)
+  images/<image>/current     -> versions/<version>/ (atomically switched symlink)
+  images/<image>/versions/<version>/rootfs/          the root filesystem (NFS-exported)
+  images/<image>/versions/<version>/vmlinuz          kernel taken from the image
+  images/<image>/versions/<version>/initramfs.img    native initramfs for that kernel
+  secrets/                   0700: munge.key, ssh host keys per node
+  nodes.sqlite               node-state database
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..paths import State
+
+
+def boot_dir(state: State) -> Path:
+    return state.boot
+
+
+def node_dir(state: State, node: str) -> Path:
+    return state.root / "nodes" / node
+
+
+def ipxe_script(state: State, node: str) -> Path:
+    return node_dir(state, node) / "boot.ipxe"
+
+
+def pxelinux_config(state: State, node: str) -> Path:
+    return node_dir(state, node) / "pxelinux.cfg"
+
+
+def grub_config(state: State, node: str) -> Path:
+    return node_dir(state, node) / "grub.cfg"
+
+
+def overlay_archive(state: State, node: str) -> Path:
+    return state.overlays / f"{node}.cpio.gz"
+
+
+def image_dir(state: State, image: str) -> Path:
+    """The image's current version (a symlink switched atomically on rebuild)."""
+    return state.images / image / "current"
+
+
+def image_rootfs(state: State, image: str) -> Path:
+    return image_dir(state, image) / "rootfs"
+
+
+def image_kernel(state: State, image: str) -> Path:
+    return image_dir(state, image) / "vmlinuz"
+
+
+def image_initramfs(state: State, image: str) -> Path:
+    return image_dir(state, image) / "initramfs.img"
+
+
+def secrets_dir(state: State) -> Path:
+    return state.secrets

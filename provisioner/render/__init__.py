@@ -1,0 +1,1 @@
+"""Renderers: pure functions from the inventory (and observed facts) to file contents."""

@@ -1,0 +1,1 @@
+"""Servers (DHCP, TFTP, HTTP): they read artifacts and the inventory, never render."""
