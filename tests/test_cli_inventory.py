@@ -162,3 +162,12 @@ def test_profile_crud(cli):
     cli("node", "set", "node04", "--profile", "default")
     cli("profile", "rm", "bigmem")
     assert "bigmem" not in cli("profile", "list").stdout
+
+
+def test_check_json_lists_problems(cli):
+    write_site(cli, SITE.replace("name: storage01", "name: storage_01"))
+    res = cli("check", "--json", check=False)
+    assert res.returncode == 1
+    assert [(p["line"], p["field"]) for p in json.loads(res.stdout)] == [(19, "nodes[1].name")]
+    write_site(cli)
+    assert json.loads(cli("check", "--json").stdout) == []

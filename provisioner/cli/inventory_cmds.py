@@ -12,7 +12,7 @@ import click
 
 from ..atomic import atomic_write, locked
 from ..errors import UserError
-from ..inventory import InventoryInvalid, Node, normalize_mac, parse_text
+from ..inventory import InventoryInvalid, Node, Problem, load_inventory, normalize_mac, parse_text
 from ..inventory.edit import edit_inventory, isolate, next_free_ip, node_entries, set_fields
 from ..inventory.hostlist import HostlistError, expand, is_range
 from ..inventory.model import SETTINGS
@@ -56,11 +56,22 @@ def init(ctx: Context, interface: str | None, name: str | None, force: bool) -> 
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help="Problems as a JSON list (exit 1 if any).")
 @pass_ctx
-def check(ctx: Context) -> None:
+def check(ctx: Context, as_json: bool) -> None:
     """Validate the inventory; list every problem with file, line and field."""
-    inv = ctx.inventory()
-    click.echo(f"{inv.path}: ok ({len(inv.nodes)} nodes, {len(inv.profiles)} profiles)")
+    if not as_json:
+        inv = ctx.inventory()
+        click.echo(f"{inv.path}: ok ({len(inv.nodes)} nodes, {len(inv.profiles)} profiles)")
+        return
+    try:
+        load_inventory(ctx.site.cluster_yaml)
+        problems: list[Problem] = []
+    except InventoryInvalid as e:
+        problems = e.problems
+    echo_json([vars(p) for p in problems])
+    if problems:
+        raise SystemExit(1)
 
 
 def node_dict(n: Node, sources: bool = False) -> dict[str, Any]:
