@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS transfers (
     node TEXT, path TEXT NOT NULL, bytes INTEGER NOT NULL, duration REAL NOT NULL,
     retransmits INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL, at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS builds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, name TEXT NOT NULL,
+    duration REAL NOT NULL, at REAL NOT NULL
+);
 """
 
 
@@ -42,8 +46,9 @@ class NodeStateDB:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._tx() as c:
-            c.executescript(SCHEMA)
+        # executescript commits on its own, so it cannot run inside _tx; every statement in
+        # SCHEMA is idempotent.
+        self._conn().executescript(SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -90,6 +95,14 @@ class NodeStateDB:
             "SELECT node, stage, at, detail FROM events WHERE id IN "
             "(SELECT MAX(id) FROM events GROUP BY node)")
         return {r["node"]: r for r in rows}
+
+    def last_seen(self) -> dict[str, float]:
+        """When each node was last heard from: a stage event, a transfer or a facts report."""
+        rows = self._conn().execute(
+            "SELECT node, MAX(at) AS at FROM (SELECT node, at FROM events "
+            "UNION ALL SELECT node, at FROM transfers WHERE node IS NOT NULL "
+            "UNION ALL SELECT node, updated AS at FROM facts) GROUP BY node")
+        return {r["node"]: r["at"] for r in rows}
 
     # -- facts -----------------------------------------------------------------------------------
     def set_facts(self, node: str, facts: dict[str, Any]) -> None:
@@ -144,3 +157,21 @@ class NodeStateDB:
             c.execute("INSERT INTO transfers(protocol, client, node, path, bytes, duration, retransmits, outcome, at) "
                       "VALUES (?,?,?,?,?,?,?,?,?)",
                       (protocol, client, node, path, nbytes, duration, retransmits, outcome, time.time()))
+
+    def transfer_totals(self) -> list[sqlite3.Row]:
+        """Transfers, bytes and per-outcome counts by protocol, for /metrics."""
+        return list(self._conn().execute(
+            "SELECT protocol, outcome, COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS bytes "
+            "FROM transfers GROUP BY protocol, outcome"))
+
+    # -- artifact builds -------------------------------------------------------------------------------
+    def record_build(self, kind: str, name: str, duration: float) -> None:
+        """A finished build (kind "overlay", "image", ...): builders run in other processes,
+        so /metrics learns their durations from here."""
+        with self._tx() as c:
+            c.execute("INSERT INTO builds(kind, name, duration, at) VALUES (?,?,?,?)",
+                      (kind, name, duration, time.time()))
+
+    def build_totals(self) -> list[sqlite3.Row]:
+        return list(self._conn().execute(
+            "SELECT kind, COUNT(*) AS n, COALESCE(SUM(duration), 0) AS seconds FROM builds GROUP BY kind"))
