@@ -63,3 +63,8 @@ def image_initramfs(state: State, image: str) -> Path:
 
 def secrets_dir(state: State) -> Path:
     return state.secrets
+
+
+def api_token(state: State) -> Path:
+    """The bearer token that opens the HTTP admin endpoints to callers off localhost."""
+    return secrets_dir(state) / "api.token"
