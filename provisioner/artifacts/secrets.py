@@ -1,0 +1,264 @@
+"""Cluster secrets under state/secrets (0700 dirs, 0600 files), generated once, kept for good.
+
+secrets/
+  munge.key                   1024 random bytes, the cluster MUNGE key
+  ssh_host_ca, .pub           ed25519 CA that signs every node's host keys, so one
+                              `@cert-authority` line in ssh_known_hosts covers the cluster
+  ssh/<node>/ssh_host_{ed25519,ecdsa,rsa}_key[.pub|-cert.pub]
+  ssh/<node>/principals       names the certificates were signed for (re-signed on change)
+
+Keys come from ssh-keygen, so they are real OpenSSH formats. Every file lands by rename, so a
+key is either absent or complete; `stamp()` relies on that (a rename changes the directory).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from ..atomic import atomic_write
+from ..errors import UserError
+from ..inventory.model import Cluster, Inventory, Node
+from ..paths import State
+from .layout import secrets_dir
+
+MUNGE_KEY = "munge.key"
+MUNGE_KEY_BYTES = 1024
+SSH_CA = "ssh_host_ca"
+SSH_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+
+
+class SecretMissing(UserError):
+    pass
+
+
+def _root(state: State) -> Path:
+    root = secrets_dir(state)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    return root
+
+
+def secret_path(state: State, relpath: str) -> Path:
+    """The file for a secret's relative path; refuses anything that climbs out of secrets/."""
+    root = secrets_dir(state).resolve()
+    path = (root / relpath).resolve()
+    if not relpath or relpath.startswith("/") or root not in path.parents:
+        raise SecretMissing(f"secret path {relpath!r} is not inside {root}")
+    return path
+
+
+def read_secret(state: State, relpath: str) -> bytes:
+    path = secret_path(state, relpath)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise SecretMissing(f"secret {relpath!r} does not exist (run `provisioner overlay build` "
+                            f"or `provisioner secrets regenerate`)") from None
+
+
+def node_ssh_dir(node: str) -> str:
+    return f"ssh/{node}"
+
+
+# -- MUNGE ---------------------------------------------------------------------------------------
+
+def munge_key(state: State) -> bytes:
+    """The cluster MUNGE key, made on first use."""
+    path = _root(state) / MUNGE_KEY
+    if not path.exists():
+        _create_munge_key(path)
+    return path.read_bytes()
+
+
+def _create_munge_key(path: Path) -> bool:
+    """Link a complete key into place; if another process got there first, theirs stays."""
+    fd, tmp = tempfile.mkstemp(prefix=".munge.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, os.urandom(MUNGE_KEY_BYTES))
+        os.fsync(fd)
+        os.close(fd)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+# -- SSH -----------------------------------------------------------------------------------------
+
+def _keygen(args: list[str]) -> None:
+    res = subprocess.run(["ssh-keygen", "-q", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        raise UserError(f"ssh-keygen {' '.join(args)} failed: {res.stderr.strip()}")
+
+
+def _new_keypair(dest: Path, name: str, ktype: str, comment: str) -> None:
+    """Generate in a private temp dir, then rename the public key and the private key last."""
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".keygen.") as tmp:
+        key = Path(tmp) / name
+        _keygen(["-t", ktype, "-N", "", "-C", comment, "-f", str(key)])
+        os.chmod(key, 0o600)
+        os.chmod(f"{key}.pub", 0o600)
+        os.replace(f"{key}.pub", dest / f"{name}.pub")
+        os.replace(key, dest / name)
+
+
+def _ensure_ca(root: Path, cluster: Cluster) -> Path:
+    ca = root / SSH_CA
+    if not ca.exists():
+        _new_keypair(root, SSH_CA, "ed25519", f"{cluster.name} host CA")
+    return ca
+
+
+def principals(cluster: Cluster, node: Node) -> str:
+    names = [node.name, f"{node.name}.{cluster.domain}"]
+    names += [str(i.ip) for i in node.interfaces if i.ip]
+    return ",".join(names)
+
+
+def _ensure_node_ssh(root: Path, ca: Path, cluster: Cluster, node: Node) -> bool:
+    d = root / node_ssh_dir(node.name)
+    changed = False
+    for ktype in SSH_KEY_TYPES:
+        name = f"ssh_host_{ktype}_key"
+        if not (d / name).exists():
+            _new_keypair(d, name, ktype, f"root@{node.name}")
+            changed = True
+    want = principals(cluster, node)
+    pfile = d / "principals"
+    if changed or not pfile.exists() or pfile.read_text() != want or \
+            not all((d / f"ssh_host_{t}_key-cert.pub").exists() for t in SSH_KEY_TYPES):
+        _sign(d, ca, node.name, want)
+        atomic_write(pfile, want, mode=0o600)
+        changed = True
+    return changed
+
+
+def _sign(d: Path, ca: Path, identity: str, names: str) -> None:
+    with tempfile.TemporaryDirectory(dir=d, prefix=".sign.") as tmp:
+        pubs = []
+        for ktype in SSH_KEY_TYPES:
+            pub = Path(tmp) / f"ssh_host_{ktype}_key.pub"
+            shutil.copyfile(d / f"ssh_host_{ktype}_key.pub", pub)
+            pubs.append(pub)
+        _keygen(["-s", str(ca), "-I", identity, "-h", "-n", names, *map(str, pubs)])
+        for ktype in SSH_KEY_TYPES:
+            cert = Path(tmp) / f"ssh_host_{ktype}_key-cert.pub"
+            os.chmod(cert, 0o600)
+            os.replace(cert, d / cert.name)
+
+
+# -- the whole set -------------------------------------------------------------------------------
+
+def ensure_secrets(state: State, inventory: Inventory, nodes: Iterable[Node] | None = None,
+                   jobs: int | None = None) -> list[str]:
+    """Create whatever is missing (MUNGE key, SSH CA, each node's host keys and certificates);
+    never touch what exists. Returns the names of what was created or re-signed."""
+    root = _root(state)
+    made: list[str] = []
+    if not (root / MUNGE_KEY).exists() and _create_munge_key(root / MUNGE_KEY):
+        made.append(MUNGE_KEY)
+    ca_existed = (root / SSH_CA).exists()
+    ca = _ensure_ca(root, inventory.cluster)
+    if not ca_existed:
+        made.append(SSH_CA)
+    todo = list(inventory.nodes if nodes is None else nodes)
+    (root / "ssh").mkdir(mode=0o700, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
+        results = pool.map(lambda n: _ensure_node_ssh(root, ca, inventory.cluster, n), todo)
+        made += [node_ssh_dir(n.name) for n, changed in zip(todo, results) if changed]
+    return made
+
+
+def regenerate_munge(state: State) -> None:
+    atomic_write(_root(state) / MUNGE_KEY, os.urandom(MUNGE_KEY_BYTES), mode=0o600)
+
+
+def regenerate_ssh(state: State, inventory: Inventory, nodes: Iterable[Node]) -> list[str]:
+    """New host keys for these nodes: the old set is moved aside, then a fresh one made."""
+    root = _root(state)
+    nodes = list(nodes)
+    for node in nodes:
+        d = root / node_ssh_dir(node.name)
+        if d.exists():
+            graveyard = Path(tempfile.mkdtemp(dir=root / "ssh", prefix=f".old.{node.name}."))
+            os.replace(d, graveyard / "keys")
+            shutil.rmtree(graveyard)
+    return ensure_secrets(state, inventory, nodes)
+
+
+def stamp(state: State, node: str) -> tuple:
+    """Changes whenever a secret this node may receive changes: every file lands by rename, so
+    the stat of the node's key directory and of the top-level files is enough (no reads)."""
+    try:
+        st = os.stat(secrets_dir(state) / node_ssh_dir(node))
+        return (st.st_mtime_ns, st.st_ino)
+    except FileNotFoundError:
+        return ()
+
+
+def shared_stamp(state: State) -> tuple:
+    """The part of every node's stamp that is common: the top-level secret files."""
+    root = secrets_dir(state)
+    if not root.exists():
+        return ()
+    out = []
+    with os.scandir(root) as it:
+        for e in sorted(it, key=lambda e: e.name):
+            if e.is_file():
+                st = e.stat()
+                out.append((e.name, st.st_mtime_ns, st.st_ino, st.st_size))
+    return tuple(out)
+
+
+# -- showing -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SecretInfo:
+    path: str
+    size: int
+    mode: str
+    fingerprint: str
+
+    def reveal(self, state: State) -> str:
+        data = read_secret(state, self.path)
+        try:
+            return data.decode("ascii")
+        except UnicodeDecodeError:
+            return base64.b64encode(data).decode() + "\n"
+
+
+def list_secrets(state: State, node: str | None = None) -> list[SecretInfo]:
+    root = secrets_dir(state)
+    if not root.exists():
+        return []
+    out = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if not path.is_file() or any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if node is not None and rel.startswith("ssh/") and not rel.startswith(f"ssh/{node}/"):
+            continue
+        st = path.stat()
+        out.append(SecretInfo(rel, st.st_size, oct(st.st_mode & 0o777)[2:].zfill(4), _fingerprint(path)))
+    return out
+
+
+def _fingerprint(path: Path) -> str:
+    if path.name.endswith(".pub") and not path.name.endswith("-cert.pub"):
+        res = subprocess.run(["ssh-keygen", "-l", "-f", str(path)], capture_output=True, text=True)
+        if res.returncode == 0:
+            return res.stdout.split()[1]
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
