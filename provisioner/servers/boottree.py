@@ -1,0 +1,125 @@
+"""Which file answers a boot request: a requested path plus the client's address, resolved to
+a real file in the state directory. TFTP and HTTP share this so both serve the same bytes.
+
+Per-node virtual paths (the node comes from the client address, or from the MAC in a
+PXELINUX config name) map to the node's rendered configs and its image's kernel/initramfs
+through artifacts.layout; every other path is looked up in a static tree (state/boot) with
+the path-safety rules below. Nothing is copied and nothing is rendered here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable, Protocol
+
+from ..artifacts import layout
+from ..inventory import Inventory, Node
+from ..paths import State
+
+MAX_PATH = 255
+_PXELINUX_MAC = re.compile(r"pxelinux\.cfg/01-((?:[0-9a-f]{2}-){5}[0-9a-f]{2})")
+_IMAGE_FILE = re.compile(r"images/([A-Za-z0-9][A-Za-z0-9._-]*)/(vmlinuz|initramfs\.img)")
+
+Resolver = Callable[[str, str], "Path | bytes | None"]
+
+
+class PathRefused(ValueError):
+    """A request for a path that may never be served (escapes the root, NUL, too long)."""
+
+
+class NodeLookup(Protocol):
+    def by_ip(self, ip: str) -> Node | None: ...
+
+    def by_mac(self, mac: str) -> Node | None: ...
+
+
+def clean_path(path: str) -> str:
+    """The request path as a relative path inside the root, or PathRefused.
+
+    A leading slash means the root itself (GRUB and some PXE ROMs send one), never the host's
+    filesystem; `..`, NUL bytes, backslash tricks and over-long names are refused."""
+    if len(path) > MAX_PATH:
+        raise PathRefused(f"path longer than {MAX_PATH} characters")
+    if "\0" in path:
+        raise PathRefused("NUL byte in path")
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise PathRefused("'..' in path")
+    if not parts:
+        raise PathRefused("empty path")
+    return "/".join(parts)
+
+
+def safe_join(root: Path, path: str) -> Path | None:
+    """The file `path` names under `root`, or None if there is none; PathRefused if the path,
+    or a symlink on the way, leads outside the root."""
+    rel = clean_path(path)
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(real_root, rel))
+    if target != real_root and not target.startswith(real_root + os.sep):
+        raise PathRefused("path leads outside the root")
+    return Path(target) if os.path.isfile(target) else None
+
+
+class StaticTree:
+    """A plain directory served read-only (`provisioner tftp --root DIR`)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __call__(self, client_ip: str, path: str) -> Path | None:
+        return safe_join(self.root, path)
+
+    def node_for(self, client_ip: str) -> str | None:
+        return None
+
+
+class BootTree:
+    """The state directory's boot view for one inventory: per-node virtual files, then
+    state/boot. Build a new one to follow an inventory reload (it holds no other state)."""
+
+    def __init__(self, state: State, inventory: Inventory | NodeLookup | None):
+        self.state = state
+        self.inventory = inventory
+        self.static = StaticTree(layout.boot_dir(state))
+
+    def node_for(self, client_ip: str) -> str | None:
+        node = self._by_ip(client_ip)
+        return node.name if node else None
+
+    def _by_ip(self, client_ip: str) -> Node | None:
+        if self.inventory is None:
+            return None
+        try:
+            return self.inventory.by_ip(client_ip)
+        except ValueError:
+            return None
+
+    def __call__(self, client_ip: str, path: str) -> Path | None:
+        rel = clean_path(path)
+        virtual = self.virtual(client_ip, rel)
+        if virtual is not None:
+            return virtual if virtual.is_file() else None
+        return self.static(client_ip, rel)
+
+    def virtual(self, client_ip: str, rel: str) -> Path | None:
+        """The per-node file a cleaned path names for this client, or None if the path is
+        not a per-node one (the static tree then answers)."""
+        m = _PXELINUX_MAC.fullmatch(rel.lower())
+        if m and self.inventory is not None:
+            node = self.inventory.by_mac(m.group(1).replace("-", ":"))
+            return layout.pxelinux_config(self.state, node.name) if node else None
+        m = _IMAGE_FILE.fullmatch(rel)
+        if m:
+            image, kind = m.groups()
+            fn = layout.image_kernel if kind == "vmlinuz" else layout.image_initramfs
+            return fn(self.state, image)
+        node = self._by_ip(client_ip)
+        if node is not None:
+            if rel == "boot.ipxe":
+                return layout.ipxe_script(self.state, node.name)
+            if rel == "grub.cfg" or rel == "grub/grub.cfg":
+                return layout.grub_config(self.state, node.name)
+        return None

@@ -1,0 +1,310 @@
+"""The TFTP server: one epoll loop over the request socket and every transfer's socket.
+
+tftpy's own server loops on select() (capped below 1,024 descriptors) and builds packet
+objects per block; this loop keeps tftpy for request parsing and replaces the rest: epoll
+scales to any number of transfers, DATA goes out as prebuilt bytes, and timers are a sweep
+every tenth of a second. Nothing a client sends can raise out of serve_forever().
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import resource
+import select
+import socket
+import struct
+import threading
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Callable
+
+from ...nodestate import NodeStateDB
+from ..boottree import PathRefused
+from . import packets as P
+from .payload import NotServable, PayloadCache
+from .transfer import DONE, Transfer, TransferStats
+
+log = logging.getLogger("provisioner.tftp")
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the constant
+_PKTINFO = struct.Struct("=I4s4s")  # ifindex, spec_dst (local address), addr (header dst)
+_SWEEP = 0.1
+_RCVBUF = 4 << 20
+
+Resolver = Callable[[str, str], "Path | bytes | None"]
+
+
+def raise_nofile_limit() -> int:
+    """Lift the soft descriptor limit to the hard one: a transfer holds one socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class StatsWriter:
+    """Writes transfer stats to the node-state DB from its own thread, so a slow disk never
+    stalls the packet loop."""
+
+    def __init__(self, db: NodeStateDB):
+        self.db = db
+        self.q: queue.SimpleQueue[TransferStats | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="tftp-stats", daemon=True)
+        self.thread.start()
+
+    def put(self, st: TransferStats) -> None:
+        self.q.put(st)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while (st := self.q.get()) is not None:
+            try:
+                self.db.record_transfer("tftp", st.client, st.path, st.bytes, st.duration,
+                                        st.outcome, node=st.node, retransmits=st.retransmits)
+            except Exception:
+                log.exception("could not record a TFTP transfer in the node-state DB")
+
+
+class TftpServer:
+    """A read-only TFTP server over a resolver `(client_ip, path) -> Path | bytes | None`.
+
+    The resolver raises boottree.PathRefused for paths that must never be served; it may
+    have a `node_for(client_ip)` method naming the node for the stats."""
+
+    def __init__(self, listen: str, port: int, resolver: Resolver, db: NodeStateDB | None = None,
+                 *, timeout: float = 1.0, retries: int = 5, reuse_port: bool = False):
+        self.listen = listen
+        self.resolver = resolver
+        self.db = db
+        self.timeout = timeout
+        self.retries = retries
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        for opt in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, opt, _RCVBUF)
+                break
+            except OSError:
+                continue
+        self.sock.bind((listen, port))
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+        self._running = threading.Event()
+        self._stopped = threading.Event()
+        self.cache = PayloadCache()
+        self.transfers: dict[int, Transfer] = {}
+        self.by_peer: dict[tuple[str, int], Transfer] = {}
+        self._stats: StatsWriter | None = None
+        self._node_for = getattr(resolver, "node_for", None)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        raise_nofile_limit()
+        self._stats = StatsWriter(self.db) if self.db is not None else None
+        ep = select.epoll()
+        ep.register(self.sock.fileno(), select.EPOLLIN)
+        ep.register(self._wake_r.fileno(), select.EPOLLIN)
+        self._ep = ep
+        self._running.set()
+        log.info("TFTP serving on %s:%d", self.listen, self.port)
+        try:
+            self._loop(ep)
+        finally:
+            for t in list(self.transfers.values()):
+                t.outcome = "shutdown"
+                self._end(t)
+            ep.close()
+            self.sock.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            if self._stats is not None:
+                self._stats.close()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serving; returns once the loop has ended (safe from any thread)."""
+        self._stopping = True
+        if not self._running.is_set():
+            self.sock.close()
+            return
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        self._stopped.wait()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _loop(self, ep: select.epoll) -> None:
+        listener = self.sock.fileno()
+        wake = self._wake_r.fileno()
+        transfers = self.transfers
+        next_sweep = time.monotonic() + _SWEEP
+        while not self._stopping:
+            events = ep.poll(_SWEEP)
+            now = time.monotonic()
+            for fd, _ in events:
+                t = transfers.get(fd)
+                if t is not None:
+                    try:
+                        ended = t.readable(now)
+                    except Exception:
+                        log.exception("TFTP transfer of %s to %s failed", t.path, t.peer[0])
+                        t.outcome, ended = "server error", True
+                    if ended:
+                        self._end(t)
+                elif fd == listener:
+                    self._accept_all(now)
+                elif fd == wake:
+                    self._wake_r.recv(64)
+            if now >= next_sweep:
+                next_sweep = now + _SWEEP
+                for t in [t for t in transfers.values() if now - t.last_send >= t.timeout]:
+                    if t.tick(now):
+                        self._end(t)
+
+    def _accept_all(self, now: float) -> None:
+        for _ in range(64):  # bounded, so a request flood cannot starve running transfers
+            try:
+                data, anc, _flags, addr = self.sock.recvmsg(P.MAX_REQUEST + 1, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                log.exception("TFTP request socket error")
+                return
+            local = self.listen
+            for level, kind, value in anc:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= _PKTINFO.size:
+                    local = socket.inet_ntoa(_PKTINFO.unpack_from(value)[1])
+            try:
+                self._request(data, addr, local, now)
+            except Exception:
+                log.exception("TFTP request from %s not handled", addr[0])
+
+    # -- requests -------------------------------------------------------------------------------
+    def _reply(self, data: bytes, addr: tuple[str, int], local: str) -> None:
+        """Answer from the address the request came to (the source is set per packet)."""
+        anc = [(socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(0, socket.inet_aton(local), bytes(4)))]
+        try:
+            self.sock.sendmsg([data], anc, 0, addr)
+        except OSError:
+            pass
+
+    def _refuse(self, addr: tuple[str, int], local: str, path: str, code: int, message: str,
+                outcome: str) -> None:
+        self._reply(P.error_packet(code, message), addr, local)
+        self._record(TransferStats(addr[0], addr[1], path, self._node(addr[0]), 0, 0.0, 0, outcome))
+
+    def _request(self, data: bytes, addr: tuple[str, int], local: str, now: float) -> None:
+        if addr[1] == 0 or len(data) < 2 or data[:2] == b"\0\x05":
+            return  # never answer an ERROR, and never port 0: no error ping-pong
+        existing = self.by_peer.get(addr)
+        if existing is not None:
+            if existing.acked <= 0 and now - existing.last_send >= existing.dup_gap:
+                existing.send_window(now)  # our first answer was lost: the client asked again
+            return
+        try:
+            req = P.parse_request(data)
+        except P.BadPacket as e:
+            log.warning("TFTP bad packet from %s:%d: %s", addr[0], addr[1], e)
+            self._reply(P.error_packet(P.ERR_ILLEGAL, "illegal TFTP operation"), addr, local)
+            return
+        if req.write:
+            self._refuse(addr, local, req.filename, P.ERR_ACCESS, "read-only server", "refused: write request")
+            return
+        try:
+            source = self.resolver(addr[0], req.filename)
+        except PathRefused as e:
+            log.warning("TFTP refused %r to %s: %s", req.filename, addr[0], e)
+            self._refuse(addr, local, req.filename[:255], P.ERR_ACCESS, "access violation", f"refused: {e}")
+            return
+        if source is None:
+            self._refuse(addr, local, req.filename, P.ERR_NOT_FOUND, "file not found", "not found")
+            return
+        neg: list[P.Negotiated] = []
+
+        def blksize_for(size: int) -> int:
+            neg.append(P.negotiate(req.options, size))
+            return neg[0].blksize
+
+        try:
+            payload = self.cache.get(source, req.mode, blksize_for)
+        except (NotServable, FileNotFoundError, NotADirectoryError):
+            self._refuse(addr, local, req.filename, P.ERR_NOT_FOUND, "file not found", "not found")
+            return
+        except OSError as e:
+            self._refuse(addr, local, req.filename, P.ERR_ACCESS, "access violation", f"refused: {e.strerror}")
+            return
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError:
+            self.cache.release(payload)
+            self._refuse(addr, local, req.filename, P.ERR_DISK, "server busy, try again", "refused: busy")
+            return
+        try:
+            sock.setblocking(False)
+            sock.bind((local, 0))
+        except OSError:
+            sock.close()
+            self.cache.release(payload)
+            self._refuse(addr, local, req.filename, P.ERR_UNDEFINED, "cannot bind reply socket", "refused: bind")
+            return
+        n = neg[0]
+        t = Transfer(sock, addr, req.filename, self._node(addr[0]), payload, n.windowsize,
+                     n.timeout or self.timeout, self.retries, n.oack)
+        self.transfers[sock.fileno()] = t
+        self.by_peer[addr] = t
+        self._ep.register(sock.fileno(), select.EPOLLIN)
+        t.send_window(now)
+
+    # -- the end of a transfer ------------------------------------------------------------------
+    def _end(self, t: Transfer) -> None:
+        fd = t.sock.fileno()
+        self.transfers.pop(fd, None)
+        if self.by_peer.get(t.peer) is t:
+            del self.by_peer[t.peer]
+        try:
+            self._ep.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        t.sock.close()
+        self.cache.release(t.payload)
+        nbytes = len(t.payload.data) if t.outcome == DONE else t.sent_bytes()
+        self._record(TransferStats(t.peer[0], t.peer[1], t.path, t.node, nbytes,
+                                   time.monotonic() - t.started, t.retransmits, t.outcome or "failed"))
+
+    def _node(self, ip: str) -> str | None:
+        if self._node_for is None:
+            return None
+        try:
+            return self._node_for(ip)
+        except Exception:
+            return None
+
+    def _record(self, st: TransferStats) -> None:
+        level = logging.INFO if st.outcome == DONE else logging.WARNING
+        if log.isEnabledFor(level):
+            rate = st.bytes / st.duration / 1e6 if st.duration > 0 else 0.0
+            log.log(level, "tftp %s %s:%d %s %d bytes %.3fs %.1f MB/s retransmits=%d node=%s",
+                    st.outcome, st.client, st.port, st.path, st.bytes, st.duration, rate,
+                    st.retransmits, st.node or "-")
+        if self._stats is not None:
+            self._stats.put(st)
+
+
+def listen_address(value: str) -> str:
+    """A listen address as the socket layer wants it ("" and "*" mean all addresses)."""
+    return "0.0.0.0" if value in ("", "*") else str(IPv4Address(value))
