@@ -52,19 +52,48 @@ def _header(ino: int, e: Entry, size: int, name: bytes, rdev: tuple[int, int] = 
     return b"070701" + b"".join(b"%08X" % f for f in fields)
 
 
-def write(out: BinaryIO, entries: Iterable[Entry]) -> None:
-    """Write `entries` in the order given (parents before children is the caller's job)."""
-    ino = 0
-    for e in entries:
-        ino += 1
-        name = e.path.lstrip("/").encode()
-        body, rdev = e.data, (0, 0)
-        if stat.S_ISCHR(e.mode) or stat.S_ISBLK(e.mode):
-            major, minor = (int(x) for x in e.data.decode().split(":"))
-            body, rdev = b"", (major, minor)
-        hdr = _header(ino, e, len(body), name, rdev)
-        out.write(hdr + name + b"\0" + _pad(len(hdr) + len(name) + 1))
-        out.write(body + _pad(len(body)))
+def encode(e: Entry, ino: int) -> bytes:
+    """One member as bytes (header, name, body, padding): archives can be assembled from
+    pieces, as overlay builds do to reuse the compressed form of members every node shares."""
+    name = e.path.lstrip("/").encode()
+    body, rdev = e.data, (0, 0)
+    if stat.S_ISCHR(e.mode) or stat.S_ISBLK(e.mode):
+        major, minor = (int(x) for x in e.data.decode().split(":"))
+        body, rdev = b"", (major, minor)
+    hdr = _header(ino, e, len(body), name, rdev)
+    return hdr + name + b"\0" + _pad(len(hdr) + len(name) + 1) + body + _pad(len(body))
+
+
+def trailer() -> bytes:
     name = TRAILER.encode()
     hdr = _header(0, Entry(TRAILER, 0), 0, name)
-    out.write(hdr + name + b"\0" + _pad(len(hdr) + len(name) + 1))
+    return hdr + name + b"\0" + _pad(len(hdr) + len(name) + 1)
+
+
+def write(out: BinaryIO, entries: Iterable[Entry]) -> None:
+    """Write `entries` in the order given (parents before children is the caller's job)."""
+    for ino, e in enumerate(entries, 1):
+        out.write(encode(e, ino))
+    out.write(trailer())
+
+
+def read(data: bytes) -> list[Entry]:
+    """Parse a newc archive (up to its trailer) back into entries; ValueError if malformed."""
+    out: list[Entry] = []
+    pos = 0
+    while True:
+        if data[pos:pos + 6] != b"070701" or len(data) < pos + 110:
+            raise ValueError(f"not a newc cpio member at offset {pos}")
+        f = [int(data[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, uid, gid, mtime, size, namesize = f[1], f[2], f[3], f[5], f[6], f[11]
+        start = pos + 110
+        name = data[start:start + namesize - 1].decode()
+        pos = start + namesize
+        pos += (4 - pos % 4) % 4
+        if name == TRAILER:
+            return out
+        body = data[pos:pos + size]
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            body = f"{f[9]}:{f[10]}".encode()
+        out.append(Entry(name, mode, body, uid, gid, mtime))
+        pos += size + (4 - size % 4) % 4

@@ -44,6 +44,16 @@ def overlay_archive(state: State, node: str) -> Path:
     return state.overlays / f"{node}.cpio.gz"
 
 
+def overlay_manifest(state: State) -> Path:
+    """Input digest of each node's last build: what makes builds incremental."""
+    return state.overlays / "manifest.json"
+
+
+def overlay_staging(state: State) -> Path:
+    """Where a build writes before renaming into place (same filesystem; wiped per build)."""
+    return state.overlays / ".staging"
+
+
 def image_dir(state: State, image: str) -> Path:
     """The image's current version (a symlink switched atomically on rebuild)."""
     return state.images / image / "current"

@@ -109,8 +109,9 @@ FILTERS: dict[str, Callable[..., Any]] = {
 
 
 def environment(loader: jinja2.BaseLoader | None = None) -> jinja2.Environment:
-    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
+    """Block tags on their own line leave no blank line behind (trim_blocks, lstrip_blocks)."""
+    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True, autoescape=False)
     env.filters.update(FILTERS)
     return env
 

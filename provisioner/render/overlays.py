@@ -1,0 +1,324 @@
+"""Overlay trees rendered per node into a list of file entries (path, bytes, mode, owner).
+
+Sources, later winning file by file: the stock overlay (overlays/<name>/), the site's overlay
+of the same name (site/overlays/<name>/), the overlays in the node's order, and finally the
+node's own override tree (site/nodes/<node>/). In every tree `*.j2` is a template, `*.secret`
+names a secret whose bytes become the file, symlinks stay symlinks, and `_meta.yaml` sets
+mode/owner/group per node path. Rendering is pure given the secret reader: no writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import jinja2
+import yaml
+
+from ..inventory.model import Node
+from ..paths import Site
+from .context import (
+    STOCK_OVERLAYS, RenderError, SharedContext, compile_template, environment, node_context, render,
+    uses_node,
+)
+
+META = "_meta.yaml"
+DIR_MODE, FILE_MODE, EXEC_MODE, SECRET_MODE = 0o755, 0o644, 0o755, 0o600
+
+
+@dataclass(frozen=True)
+class Meta:
+    mode: int | None = None
+    owner: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One path on the node. `data` is the body, or the target for a symlink. `shared` means
+    every node of the build gets these same bytes (the archive writer reuses their compressed
+    form)."""
+
+    path: str
+    kind: str  # "file", "dir" or "symlink"
+    data: bytes
+    perm: int
+    owner: str
+    group: str
+    uid: int
+    gid: int
+    source: str
+    shared: bool = False
+    secret: bool = False
+
+    @property
+    def mode(self) -> int:
+        kind = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}[self.kind]
+        return kind | self.perm
+
+
+@dataclass
+class SourceFile:
+    out: str
+    src: Path
+    kind: str  # "template", "secret", "static", "symlink", "dir"
+    label: str
+    data: bytes = b""
+    template: jinja2.Template | None = None
+    per_node: bool = False
+    executable: bool = False
+
+
+@dataclass
+class OverlayTree:
+    """One overlay (stock + site merged) or one node's override tree."""
+
+    name: str
+    files: dict[str, SourceFile] = field(default_factory=dict)
+    meta: dict[str, Meta] = field(default_factory=dict)
+    digest: str = ""
+
+
+def _parse_meta(path: Path) -> dict[str, Meta]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RenderError(str(path), getattr(getattr(e, "problem_mark", None), "line", -1) + 1, None,
+                          f"invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise RenderError(str(path), 1, None, "must map node paths to {mode, owner, group}")
+    out = {}
+    for key, spec in raw.items():
+        if not isinstance(spec, dict) or set(spec) - {"mode", "owner", "group"}:
+            raise RenderError(str(path), None, None, f"{key}: expected {{mode, owner, group}}, got {spec!r}")
+        mode = spec.get("mode")
+        try:
+            perm = int(str(mode), 8) if mode is not None else None
+        except ValueError:
+            raise RenderError(str(path), None, None, f"{key}: mode {mode!r} is not octal like \"0640\"") from None
+        if perm is not None and not 0 <= perm <= 0o7777:
+            raise RenderError(str(path), None, None, f"{key}: mode {mode!r} out of range")
+        out[str(key).strip("/")] = Meta(perm, _opt_str(spec.get("owner")), _opt_str(spec.get("group")))
+    return out
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def load_tree(name: str, roots: Iterable[Path], env: jinja2.Environment) -> OverlayTree:
+    """Merge the given roots (later wins file by file) into one tree; templates compiled once."""
+    tree = OverlayTree(name)
+    digest = hashlib.sha256()
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            base = Path(dirpath)
+            rel_dir = base.relative_to(root).as_posix()
+            for entry in sorted(dirnames + filenames):
+                src = base / entry
+                rel = entry if rel_dir == "." else f"{rel_dir}/{entry}"
+                if rel == META:
+                    tree.meta.update(_parse_meta(src))
+                    digest.update(b"meta\0" + src.read_bytes())
+                    continue
+                sf = _source(src, rel, f"{name}:{rel}", env)
+                if sf is None:
+                    continue
+                digest.update(f"{sf.kind}\0{sf.out}\0{int(sf.executable)}\0".encode() + sf.data)
+                tree.files[sf.out] = sf
+            dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
+    tree.digest = digest.hexdigest()
+    return tree
+
+
+def _source(src: Path, rel: str, label: str, env: jinja2.Environment) -> SourceFile | None:
+    if src.is_symlink():
+        return SourceFile(rel, src, "symlink", label, os.readlink(src).encode())
+    if src.is_dir():
+        return SourceFile(rel, src, "dir", label)
+    if not src.is_file():
+        return None
+    data = src.read_bytes()
+    executable = bool(src.stat().st_mode & 0o111)
+    for suffix, kind in ((".j2", "template"), (".secret", "secret")):
+        if rel.endswith(suffix):
+            text = data.decode()
+            return SourceFile(rel[: -len(suffix)], src, kind, label, data, compile_template(env, text, label),
+                              uses_node(env, text, label), executable)
+    return SourceFile(rel, src, "static", label, data, executable=executable)
+
+
+class IdMap:
+    """User and group names to ids, from an image's etc/passwd and etc/group (the node's view)."""
+
+    def __init__(self, passwd: str, group: str, origin: str):
+        self.users = _id_table(passwd)
+        self.groups = _id_table(group)
+        self.origin = origin
+        self.digest = hashlib.sha256(f"{passwd}\0{group}".encode()).hexdigest()
+
+    @classmethod
+    def load(cls, rootfs: Path | None) -> "IdMap":
+        """The image's tables; the master's own when the image is not built yet."""
+        etc = rootfs / "etc" if rootfs is not None and (rootfs / "etc" / "passwd").is_file() else Path("/etc")
+        return cls((etc / "passwd").read_text(), _read_or_empty(etc / "group"), str(etc))
+
+    def uid(self, name: str) -> int:
+        return self._resolve(name, self.users, "user")
+
+    def gid(self, name: str) -> int:
+        return self._resolve(name, self.groups, "group")
+
+    def _resolve(self, name: str, table: dict[str, int], what: str) -> int:
+        if name.isdigit():
+            return int(name)
+        if name not in table:
+            raise KeyError(f"no {what} {name!r} in {self.origin}/{'passwd' if what == 'user' else 'group'}")
+        return table[name]
+
+
+def _read_or_empty(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
+def _id_table(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) >= 3 and parts[2].isdigit():
+            out.setdefault(parts[0], int(parts[2]))
+    return out
+
+
+class OverlayLibrary:
+    """Every overlay the site can use, loaded and compiled once per build."""
+
+    def __init__(self, site: Site | None, stock: Path = STOCK_OVERLAYS):
+        self.site = site
+        self.stock = stock
+        self.env = environment()
+        self._trees: dict[str, OverlayTree] = {}
+        self._overrides: dict[str, OverlayTree | None] = {}
+        self._override_names: set[str] | None = None
+
+    def names(self) -> list[str]:
+        roots = [self.stock] + ([self.site.overlays] if self.site else [])
+        return sorted({p.name for r in roots if r.is_dir() for p in r.iterdir() if p.is_dir()})
+
+    def roots(self, name: str) -> list[Path]:
+        return [self.stock / name] + ([self.site.overlays / name] if self.site else [])
+
+    def tree(self, name: str) -> OverlayTree:
+        if name not in self._trees:
+            roots = self.roots(name)
+            if not any(r.is_dir() for r in roots):
+                raise RenderError(name, None, None, f"no overlay {name!r} (looked in {', '.join(map(str, roots))})")
+            self._trees[name] = load_tree(name, roots, self.env)
+        return self._trees[name]
+
+    def override_tree(self, node: str) -> OverlayTree | None:
+        """The node's own files (site/nodes/<node>/), or None; the folder is listed once."""
+        if self._override_names is None:
+            folder = self.site.node_overrides("x").parent if self.site else None
+            self._override_names = set(os.listdir(folder)) if folder and folder.is_dir() else set()
+        if node not in self._override_names or self.site is None:
+            return None
+        if node not in self._overrides:
+            path = self.site.node_overrides(node)
+            self._overrides[node] = load_tree(f"nodes/{node}", [path], self.env) if path.is_dir() else None
+        return self._overrides[node]
+
+
+class NodeRenderer:
+    """Renders nodes of one build: shared templates once, per-node templates per node."""
+
+    def __init__(self, library: OverlayLibrary, shared: SharedContext, read_secret: Callable[[str], bytes],
+                 idmap: Callable[[str | None], IdMap]):
+        self.library = library
+        self.shared = shared
+        self.read_secret = read_secret
+        self.idmap = idmap
+        self._shared_bodies: dict[int, bytes] = {}
+
+    def merged(self, node: Node) -> tuple[dict[str, SourceFile], dict[str, Meta], OverlayTree | None]:
+        files: dict[str, SourceFile] = {}
+        meta: dict[str, Meta] = {}
+        for name in node.overlays:
+            tree = self.library.tree(name)
+            files.update(tree.files)
+            meta.update(tree.meta)
+        own = self.library.override_tree(node.name)
+        if own is not None:
+            files.update(own.files)
+            meta.update(own.meta)
+        return files, meta, own
+
+    def render(self, node: Node, facts: Mapping[str, Any] | None = None) -> list[FileEntry]:
+        """Every path of the node's overlay, parents before children, sorted."""
+        files, meta, own = self.merged(node)
+        ids = self.idmap(node.image)
+        ctx: dict[str, Any] | None = None
+        entries: dict[str, FileEntry] = {}
+        for out, sf in files.items():
+            own_file = own is not None and own.files.get(out) is sf
+            shared = not own_file and not (sf.kind in ("template", "secret") and sf.per_node)
+            if shared:
+                body = self._shared_body(sf, node.name)
+            else:
+                if ctx is None:
+                    ctx = node_context(self.shared, node, facts)
+                body = self._body(sf, ctx, node.name)
+            entries[out] = self._entry(out, sf, body, meta.get(out), ids, node.name, shared)
+        for out in list(entries):
+            parent = out.rpartition("/")[0]
+            while parent and parent not in entries:
+                entries[parent] = self._dir(parent, meta.get(parent), ids, node.name)
+                parent = parent.rpartition("/")[0]
+        return [entries[k] for k in sorted(entries)]
+
+    def _shared_body(self, sf: SourceFile, node: str) -> bytes:
+        key = id(sf)
+        if key not in self._shared_bodies:
+            self._shared_bodies[key] = self._body(sf, self.shared.as_dict(), node)
+        return self._shared_bodies[key]
+
+    def _body(self, sf: SourceFile, ctx: Mapping[str, Any], node: str) -> bytes:
+        if sf.kind == "template":
+            return render(sf.template, ctx, node).encode()  # type: ignore[arg-type]
+        if sf.kind == "secret":
+            relpath = render(sf.template, ctx, node).strip()  # type: ignore[arg-type]
+            try:
+                return self.read_secret(relpath)
+            except Exception as e:  # the reader's own error says what is missing
+                raise RenderError(sf.label, None, node, str(getattr(e, "message", e))) from None
+        return sf.data
+
+    def _entry(self, out: str, sf: SourceFile, body: bytes, m: Meta | None, ids: IdMap, node: str,
+               shared: bool) -> FileEntry:
+        if sf.kind == "dir":
+            return self._dir(out, m, ids, node)
+        if sf.kind == "symlink":
+            return FileEntry(out, "symlink", body, 0o777, "root", "root", 0, 0, sf.label, True)
+        default = SECRET_MODE if sf.kind == "secret" else EXEC_MODE if sf.executable else FILE_MODE
+        entry = self._owned(out, "file", body, default, m, ids, node, sf.label, shared)
+        return replace(entry, secret=True) if sf.kind == "secret" else entry
+
+    def _dir(self, out: str, m: Meta | None, ids: IdMap, node: str) -> FileEntry:
+        return self._owned(out, "dir", b"", DIR_MODE, m, ids, node, "(directory)", True)
+
+    def _owned(self, out: str, kind: str, body: bytes, default: int, m: Meta | None, ids: IdMap, node: str,
+               label: str, shared: bool) -> FileEntry:
+        m = m or Meta()
+        owner, group = m.owner or "root", m.group or m.owner or "root"
+        try:
+            uid, gid = ids.uid(owner), ids.gid(group)
+        except KeyError as e:
+            raise RenderError(f"{label} (_meta.yaml {out})", None, node, e.args[0]) from None
+        return FileEntry(out, kind, body, default if m.mode is None else m.mode, owner, group, uid, gid, label, shared)
