@@ -15,6 +15,8 @@ COMMANDS = [
     ("inventory_cmds", "check"),
     ("inventory_cmds", "node"),
     ("inventory_cmds", "profile"),
+    ("serve_cmds", "serve"),
+    ("status_cmds", "status"),
     ("tftp_cmds", "tftp"),
     ("tftp_cmds", "boot"),
 ]

@@ -1,0 +1,70 @@
+"""`provisioner serve`: the boot services daemon (see servers/serve.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from importlib import resources
+
+import click
+
+from ..errors import UserError
+from ..servers.serve import SERVICES, Daemon, ServeOptions, read_token, setup_logging
+from .context import Context, pass_ctx
+
+PORT = click.IntRange(1, 65535)
+
+
+def unit_text() -> str:
+    """The shipped systemd unit, pointing at this installation's `provisioner` script."""
+    text = resources.files("provisioner").joinpath("systemd/provisioner.service").read_text()
+    exe = os.path.abspath(shutil.which("provisioner") or sys.argv[0])
+    return text.replace("@PROVISIONER@", exe)
+
+
+@click.command()
+@click.option("--services", default=",".join(SERVICES), show_default=True, metavar="LIST",
+              help="Comma list of services to run: dhcp, tftp, http.")
+@click.option("--listen", default="0.0.0.0", show_default=True, metavar="ADDR",
+              help="Address the TFTP and HTTP servers bind.")
+@click.option("--interface", metavar="IF", help="DHCP interface [default: cluster.network.interface].")
+@click.option("--http-port", type=PORT, help="[default: cluster.ports.http]")
+@click.option("--tftp-port", type=PORT, help="[default: cluster.ports.tftp]")
+@click.option("--dhcp-port", type=PORT, help="[default: cluster.ports.dhcp]")
+@click.option("--token-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Bearer token for admin endpoints off localhost [default: state/secrets/api.token if present].")
+@click.option("--slurm-interval", type=click.FloatRange(0.5), default=10.0, show_default=True,
+              help="Seconds between sinfo polls (records each node's `idle` stage).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.option("--print-unit", is_flag=True, help="Print the systemd unit for this installation and exit.")
+@pass_ctx
+def serve(ctx: Context, services: str, listen: str, interface: str | None, http_port: int | None,
+          tftp_port: int | None, dhcp_port: int | None, token_file: str | None, slurm_interval: float,
+          log_level: str, print_unit: bool) -> None:
+    """Run the boot services (DHCP, TFTP, HTTP) in the foreground.
+
+    SIGHUP or a change to cluster.yaml reloads the inventory without dropping transfers in
+    flight; SIGTERM stops cleanly. Log lines go to stderr as key=value pairs.
+    """
+    if print_unit:
+        click.echo(unit_text(), nl=False)
+        return
+    chosen = tuple(s.strip() for s in services.split(",") if s.strip())
+    unknown = sorted(set(chosen) - set(SERVICES))
+    if unknown or not chosen:
+        raise UserError(f"unknown service(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SERVICES)}")
+    try:
+        token = read_token(ctx.state, token_file)
+    except OSError as e:
+        raise UserError(f"cannot read token file {token_file}: {e.strerror}") from None
+    inventory = ctx.inventory()
+    setup_logging(log_level)
+    opts = ServeOptions(tuple(dict.fromkeys(chosen)), listen, interface, http_port, tftp_port, dhcp_port,
+                        token, slurm_interval=slurm_interval)
+    try:
+        daemon = Daemon(ctx.site, ctx.state, inventory, opts)
+    except RuntimeError as e:
+        raise UserError(str(e)) from None
+    sys.exit(daemon.run())

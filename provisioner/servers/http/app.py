@@ -1,0 +1,272 @@
+"""The HTTP routes: boot scripts, kernels and initramfs, overlay archives, the node API,
+admin endpoints and /metrics (URLs fixed in the cross-team contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from ...artifacts import layout
+from ...inventory import Inventory, Node, normalize_mac
+from ...nodestate import NodeStateDB
+from ...nodestate.summary import latest_boot, node_statuses, timeline
+from ...paths import State
+from .access import Peer, is_admin, node_at, secret_refusal
+from .files import TrackedFile
+from .metrics import StateCollector
+
+log = logging.getLogger("provisioner.http")
+
+T = TypeVar("T")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_STAGE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+IMAGE_FILES = {"vmlinuz": ("kernel", layout.image_kernel), "initramfs.img": ("initramfs", layout.image_initramfs)}
+LEASE_CACHE_SECONDS = 2.0
+MAX_BODY = 256 * 1024
+OCTETS = "application/octet-stream"
+
+
+@dataclass
+class Hooks:
+    """What the daemon around the server may plug in."""
+
+    reload: Callable[[], None] | None = None
+    dhcp_packets: Callable[[], Mapping[str, int]] | None = None
+    slurm_states: Callable[[], Mapping[str, str] | None] | None = None
+
+
+class BootApp:
+    """Request handlers over a swappable inventory: `reload` replaces it between requests,
+    and a transfer in flight keeps the file it opened, so nothing in progress is dropped."""
+
+    def __init__(self, inventory: Inventory, state: State, db: NodeStateDB | None = None,
+                 token: str | None = None, hooks: Hooks | None = None):
+        self.inventory = inventory
+        self.state = state
+        self.db = db
+        self.token = token
+        self.hooks = hooks or Hooks()
+        self.in_flight = 0
+        # SQLite calls block: they run on one thread of their own, off the event loop.
+        self._dbx = ThreadPoolExecutor(1, thread_name_prefix="http-db")
+        self._leases: tuple[float, dict[str, str]] = (0.0, {})
+        self.registry = CollectorRegistry()
+        self.registry.register(StateCollector(db, lambda: self.inventory, self.hooks.dhcp_packets,
+                                              lambda: self.in_flight))
+
+    def reload(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+
+    def close(self) -> None:
+        self._dbx.shutdown(wait=True)
+
+    def make(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.add_routes([
+            web.get("/boot/ipxe", self.ipxe_by_address),
+            web.get("/boot/{mac}.ipxe", self.ipxe_by_mac),
+            web.get("/images/{image}/{file}", self.image_file),
+            web.get("/overlays/{node}.cpio.gz", self.overlay),
+            web.post("/api/v1/stage", self.node_stage),
+            web.post("/api/v1/facts", self.node_facts),
+            web.get("/api/v1/nodes", self.admin_nodes),
+            web.get("/api/v1/nodes/{node}/timeline", self.admin_timeline),
+            web.post("/api/v1/nodes/{node}/stage", self.admin_stage),
+            web.post("/api/v1/reload", self.admin_reload),
+            web.get("/metrics", self.metrics),
+        ])
+        return app
+
+    # -- helpers ---------------------------------------------------------------------------------
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._dbx, fn, *args)
+
+    async def _lease_map(self) -> dict[str, str]:
+        """ip -> mac of current DHCP leases, cached briefly (nodes without a static address)."""
+        at, leases = self._leases
+        if self.db is None or time.monotonic() - at < LEASE_CACHE_SECONDS:
+            return leases
+        rows = await self._db(lambda: [(r["ip"], r["mac"]) for r in self.db.leases()])  # type: ignore[union-attr]
+        leases = dict(rows)
+        self._leases = (time.monotonic(), leases)
+        return leases
+
+    async def _node_of(self, peer: Peer) -> Node | None:
+        node = node_at(self.inventory, {}, peer)
+        return node or node_at(self.inventory, await self._lease_map(), peer)
+
+    async def _stage(self, node: str, stage: str, detail: str | None) -> None:
+        if self.db is not None:
+            await self._db(self.db.record_stage, node, stage, detail)
+
+    async def _transfer(self, peer: Peer, path: str, nbytes: int, duration: float, outcome: str,
+                        node: str | None) -> None:
+        if self.db is not None:
+            await self._db(self.db.record_transfer, "http", str(peer), path, nbytes, duration, outcome, node)
+
+    def _refuse(self, status: type[web.HTTPException], reason: str, request: web.Request, **kv: Any) -> web.HTTPException:
+        log.warning(reason, extra={"kv": {"client": str(self._peer(request)), "path": request.path,
+                                          "status": status.status_code, **kv}})
+        return status(text=f"{reason}\n")
+
+    async def _send(self, request: web.Request, path: Path, node: Node | None, stage: str | None,
+                    content_type: str = OCTETS) -> web.StreamResponse:
+        """A file, the node's boot stage recorded when a fetch starts from byte 0 and the
+        transfer when it ends (sent or aborted)."""
+        if not path.is_file():
+            raise self._refuse(web.HTTPNotFound, "no such artifact", request, node=node.name if node else None,
+                               file=str(path))
+        peer = self._peer(request)
+        if node is not None and stage is not None and request.method == "GET" and request.http_range.start in (None, 0):
+            await self._stage(node.name, stage, request.path)
+
+        def begin() -> None:
+            self.in_flight += 1
+
+        async def done(resp: web.FileResponse, sent: int, seconds: float, outcome: str) -> None:
+            self.in_flight -= 1
+            if request.method == "GET":
+                await self._transfer(peer, request.path, sent, seconds, outcome, node.name if node else None)
+
+        return TrackedFile(path, content_type, begin, done)
+
+    @staticmethod
+    def _peer(request: web.Request) -> Peer:
+        return Peer.of(request.transport.get_extra_info("peername") if request.transport else None)
+
+    # -- boot ----------------------------------------------------------------------------------------
+    async def ipxe_by_mac(self, request: web.Request) -> web.StreamResponse:
+        raw = request.match_info["mac"]
+        mac = normalize_mac(raw)
+        if mac is None:
+            raise self._refuse(web.HTTPNotFound, "not a MAC address", request, mac=raw)
+        node = self.inventory.by_mac(mac)
+        if node is None:
+            raise self._refuse(web.HTTPNotFound, "unknown node", request, mac=mac)
+        return await self._send(request, layout.ipxe_script(self.state, node.name), node, "ipxe", "text/plain")
+
+    async def ipxe_by_address(self, request: web.Request) -> web.StreamResponse:
+        peer = self._peer(request)
+        node = await self._node_of(peer)
+        if node is None:
+            raise self._refuse(web.HTTPNotFound, "unknown node", request, address=str(peer.ip))
+        return await self._send(request, layout.ipxe_script(self.state, node.name), node, "ipxe", "text/plain")
+
+    async def image_file(self, request: web.Request) -> web.StreamResponse:
+        image, name = request.match_info["image"], request.match_info["file"]
+        if not _NAME.match(image) or name not in IMAGE_FILES:
+            raise self._refuse(web.HTTPNotFound, "no such image file", request, image=image, file=name)
+        stage, where = IMAGE_FILES[name]
+        node = await self._node_of(self._peer(request))
+        return await self._send(request, where(self.state, image), node, stage if node else None)
+
+    async def overlay(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["node"]
+        node = self.inventory.node(name)
+        if node is None:
+            raise self._refuse(web.HTTPNotFound, "unknown node", request, node=name)
+        peer = self._peer(request)
+        why = secret_refusal(node, peer, await self._lease_map(), self.inventory.cluster.secure)
+        if why is not None:
+            raise self._refuse(web.HTTPForbidden, f"secret refused: {why}", request, node=name)
+        return await self._send(request, layout.overlay_archive(self.state, name), node, "overlay")
+
+    # -- node API ------------------------------------------------------------------------------------
+    async def _calling_node(self, request: web.Request) -> Node:
+        """The node behind a node-API call, authenticated like secrets."""
+        peer = self._peer(request)
+        node = await self._node_of(peer)
+        if node is None:
+            raise self._refuse(web.HTTPNotFound, "unknown node", request, address=str(peer.ip))
+        why = secret_refusal(node, peer, await self._lease_map(), self.inventory.cluster.secure)
+        if why is not None:
+            raise self._refuse(web.HTTPForbidden, f"node API refused: {why}", request, node=node.name)
+        return node
+
+    @staticmethod
+    async def _json_object(request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json(loads=json.loads)
+        except (ValueError, UnicodeDecodeError):
+            raise web.HTTPBadRequest(text="body is not JSON\n") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text="body must be a JSON object\n")
+        return body
+
+    async def _record_posted_stage(self, request: web.Request, node: str) -> web.Response:
+        body = await self._json_object(request)
+        stage, detail = body.get("stage"), body.get("detail")
+        if not isinstance(stage, str) or not _STAGE.match(stage):
+            raise web.HTTPBadRequest(text="stage must be a short lowercase name\n")
+        if detail is not None and not isinstance(detail, str):
+            detail = json.dumps(detail, sort_keys=True)
+        await self._stage(node, stage, detail[:1000] if detail else None)
+        log.info("stage", extra={"kv": {"node": node, "stage": stage}})
+        return web.json_response({"node": node, "stage": stage})
+
+    async def node_stage(self, request: web.Request) -> web.Response:
+        node = await self._calling_node(request)
+        return await self._record_posted_stage(request, node.name)
+
+    async def node_facts(self, request: web.Request) -> web.Response:
+        node = await self._calling_node(request)
+        facts = await self._json_object(request)
+        if self.db is not None:
+            await self._db(self.db.set_facts, node.name, facts)
+        await self._stage(node.name, "registered", None)
+        log.info("facts", extra={"kv": {"node": node.name, "keys": len(facts)}})
+        return web.json_response({"node": node.name, "facts": len(facts)})
+
+    # -- admin -----------------------------------------------------------------------------------------
+    def _admin(self, request: web.Request) -> None:
+        local = Peer.of(request.transport.get_extra_info("sockname") if request.transport else None)
+        if not is_admin(self._peer(request), local, request.headers.get("Authorization"), self.token):
+            raise self._refuse(web.HTTPForbidden, "admin endpoint refused", request)
+
+    def _admin_node(self, request: web.Request) -> str:
+        self._admin(request)
+        name = request.match_info["node"]
+        if self.inventory.node(name) is None:
+            raise web.HTTPNotFound(text=f"no such node: {name}\n")
+        return name
+
+    async def admin_nodes(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        if self.db is None:
+            raise web.HTTPServiceUnavailable(text="no node-state database\n")
+        slurm = self.hooks.slurm_states() if self.hooks.slurm_states else None
+        rows = await self._db(node_statuses, self.inventory.nodes, self.db, slurm)
+        return web.json_response([r.as_dict() for r in rows])
+
+    async def admin_timeline(self, request: web.Request) -> web.Response:
+        name = self._admin_node(request)
+        if self.db is None:
+            raise web.HTTPServiceUnavailable(text="no node-state database\n")
+        events = await self._db(self.db.timeline, name)
+        steps = timeline(latest_boot([dict(e) for e in events]))
+        return web.json_response([s.__dict__ for s in steps])
+
+    async def admin_stage(self, request: web.Request) -> web.Response:
+        return await self._record_posted_stage(request, self._admin_node(request))
+
+    async def admin_reload(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        if self.hooks.reload is None:
+            raise web.HTTPServiceUnavailable(text="reload is not available\n")
+        self.hooks.reload()
+        return web.json_response({"reload": "requested"}, status=202)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await self._db(generate_latest, self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+

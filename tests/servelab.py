@@ -1,0 +1,133 @@
+"""A site, a state tree and a running `provisioner serve` for tests against real clients.
+
+The site matches the `lab` fixture's subnet (10.99.0.0/24, server 10.99.0.1); the state holds
+small fake artifacts (an iPXE script per node, an image's kernel and initramfs, overlay
+archives) so the HTTP server has real files to send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+SERVER_IP = "10.99.0.1"
+NODES = {  # name: (ip, mac)
+    "node01": ("10.99.0.11", "52:54:00:aa:00:01"),
+    "node02": ("10.99.0.12", "52:54:00:aa:00:02"),
+}
+IMAGE = "img1"
+
+
+def cluster_yaml(nodes: dict[str, tuple[str, str]] = NODES, secure: bool = True) -> str:
+    entries = "\n".join(f"  - {{name: {n}, ip: {ip}, mac: '{mac}'}}" for n, (ip, mac) in nodes.items())
+    return f"""cluster:
+  name: lab
+  domain: lab.cluster
+  secure: {str(secure).lower()}
+  network:
+    interface: br0
+    subnet: 10.99.0.0/24
+    master: {SERVER_IP}
+  nfs:
+    exports: []
+  slurm: {{controller: master}}
+profiles:
+  default:
+    image: {IMAGE}
+nodes:
+{entries}
+"""
+
+
+def write_site(site: Path, **kw) -> None:
+    site.mkdir(parents=True, exist_ok=True)
+    tmp = site / ".cluster.yaml.tmp"
+    tmp.write_text(cluster_yaml(**kw))
+    os.replace(tmp, site / "cluster.yaml")
+
+
+def write_state(state: Path, big: int = 3 * 1024 * 1024) -> dict[str, bytes]:
+    """Fake artifacts in the layout the servers read; returns their contents by URL path."""
+    files: dict[str, bytes] = {}
+    version = state / "images" / IMAGE / "versions" / "v1"
+    version.mkdir(parents=True, exist_ok=True)
+    kernel, initramfs = os.urandom(big // 3), os.urandom(big)
+    (version / "vmlinuz").write_bytes(kernel)
+    (version / "initramfs.img").write_bytes(initramfs)
+    (state / "images" / IMAGE / "current").symlink_to("versions/v1")
+    files[f"/images/{IMAGE}/vmlinuz"] = kernel
+    files[f"/images/{IMAGE}/initramfs.img"] = initramfs
+    (state / "overlays").mkdir(parents=True, exist_ok=True)
+    for name, (_ip, mac) in NODES.items():
+        (state / "nodes" / name).mkdir(parents=True, exist_ok=True)
+        script = f"#!ipxe\nkernel http://{SERVER_IP}/images/{IMAGE}/vmlinuz provisioner.node={name}\nboot\n".encode()
+        (state / "nodes" / name / "boot.ipxe").write_bytes(script)
+        files[f"/boot/{mac}.ipxe"] = script
+        secret = f"secret of {name}".encode() + os.urandom(64)
+        (state / "overlays" / f"{name}.cpio.gz").write_bytes(secret)
+        files[f"/overlays/{name}.cpio.gz"] = secret
+    return files
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Serve:
+    """`provisioner serve` in the lab's server namespace; stopped with SIGTERM on exit."""
+
+    def __init__(self, lab, cli, services: str = "http", port: int = 8080, extra: tuple[str, ...] = ()):
+        self.lab, self.cli, self.port = lab, cli, port
+        self.url = f"http://{SERVER_IP}:{port}"
+        self.lines: list[str] = []
+        env = {**os.environ, "PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)}
+        self.proc = lab.server.popen([cli.exe, "serve", "--services", services, "--listen", SERVER_IP,
+                                      "--http-port", str(port), *extra], env=env, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait_log("msg=ready")
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_log(self, needle: str, timeout: float = 30, after: int = 0) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for line in self.lines[after:]:
+                if needle in line:
+                    return line
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no log line with {needle!r}; serve said:\n" + "\n".join(self.lines))
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._reader.join(timeout=5)
+        return rc
+
+    def __enter__(self) -> "Serve":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def curl(ns, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """curl in a client namespace; -sS and no proxy from the environment."""
+    return ns.run(["curl", "-sS", "--noproxy", "*", *args], check=check)

@@ -1,0 +1,133 @@
+"""The HTTP boot server against real curl clients in lab namespaces: iPXE scripts, kernel
+and initramfs (Range, HEAD, ETag/If-None-Match, Content-Length), 404s for unknown nodes,
+and overlay secrets refused to the wrong address or an unprivileged source port."""
+
+import json
+
+import pytest
+
+from servelab import IMAGE, NODES, Serve, curl, sha256, write_site, write_state
+
+pytestmark = pytest.mark.netns
+
+PRIV = ("--local-port", "700-900")  # root in the node's namespace may bind these
+
+
+@pytest.fixture
+def served(lab, cli):
+    write_site(cli.site)
+    files = write_state(cli.state)
+    with Serve(lab, cli) as srv:
+        yield srv, files
+
+
+def node_ns(lab, name):
+    ip, mac = NODES[name]
+    return lab.host(ip=ip, mac=mac)
+
+
+def headers_of(text):
+    lines = text.replace("\r", "").split("\n")
+    return lines[0], {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if ":" in l)}
+
+
+def test_ipxe_script_by_mac_and_by_address(lab, served):
+    srv, files = served
+    n1 = node_ns(lab, "node01")
+    mac = NODES["node01"][1]
+    assert curl(n1, f"{srv.url}/boot/{mac}.ipxe").stdout.encode() == files[f"/boot/{mac}.ipxe"]
+    assert curl(n1, f"{srv.url}/boot/ipxe").stdout.encode() == files[f"/boot/{mac}.ipxe"]
+    upper = mac.upper().replace(":", "-")
+    assert curl(n1, f"{srv.url}/boot/{upper}.ipxe").stdout.encode() == files[f"/boot/{mac}.ipxe"]
+
+
+def test_kernel_and_initramfs_range_head_etag(lab, served):
+    srv, files = served
+    n1 = node_ns(lab, "node01")
+    url = f"{srv.url}/images/{IMAGE}/initramfs.img"
+    body = files[f"/images/{IMAGE}/initramfs.img"]
+
+    status, h = headers_of(curl(n1, "-I", url).stdout)
+    assert "200" in status and int(h["content-length"]) == len(body) and h["accept-ranges"] == "bytes"
+    etag = h["etag"]
+
+    out = n1.run(["sh", "-c", f"curl -sS --noproxy '*' {url} | sha256sum"]).stdout.split()[0]
+    assert out == sha256(body)
+    size = curl(n1, "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{header_json}", url).stdout
+    code, n, hdrs = size.split(" ", 2)
+    assert (code, int(n)) == ("200", len(body)) and json.loads(hdrs)["content-length"] == [str(len(body))]
+
+    part = n1.run(["sh", "-c", f"curl -sS --noproxy '*' -r 1000-1999 -D /dev/stderr {url} | sha256sum"])
+    assert part.stdout.split()[0] == sha256(body[1000:2000])
+    assert "206" in part.stderr and f"bytes 1000-1999/{len(body)}" in part.stderr
+    tail = curl(n1, "-r", "-100", url, "-o", "/tmp/tail-%s" % lab.tag, "-w", "%{http_code}").stdout
+    assert tail == "206"
+    assert n1.run(["sha256sum", f"/tmp/tail-{lab.tag}"]).stdout.split()[0] == sha256(body[-100:])
+    n1.run(["rm", "-f", f"/tmp/tail-{lab.tag}"])
+
+    assert curl(n1, "-o", "/dev/null", "-w", "%{http_code}", "-H", f"If-None-Match: {etag}", url).stdout == "304"
+    assert curl(n1, "-o", "/dev/null", "-w", "%{http_code}", "-H", 'If-None-Match: "other"', url).stdout == "200"
+    kernel = curl(n1, f"{srv.url}/images/{IMAGE}/vmlinuz", "-o", "/dev/null", "-w", "%{size_download}").stdout
+    assert int(kernel) == len(files[f"/images/{IMAGE}/vmlinuz"])
+
+
+def test_unknown_nodes_get_404_and_a_log_line(lab, served):
+    srv, _ = served
+    stranger = lab.host(ip="10.99.0.77", mac="52:54:00:ee:ee:ee")
+    code = lambda path: curl(stranger, "-o", "/dev/null", "-w", "%{http_code}", srv.url + path).stdout
+    assert code("/boot/52:54:00:ee:ee:ee.ipxe") == "404"
+    srv.wait_log("mac=52:54:00:ee:ee:ee")
+    assert code("/boot/ipxe") == "404"
+    assert "unknown node" in srv.wait_log("address=10.99.0.77")
+    assert code("/boot/not-a-mac.ipxe") == "404"
+    assert code("/images/nope/vmlinuz") == "404"
+    assert code(f"/images/{IMAGE}/rootfs") == "404"
+    assert code("/images/..%2F..%2Fetc/vmlinuz") == "404"
+    assert code("/overlays/node09.cpio.gz") == "404"
+
+
+def test_overlay_secrets_only_to_the_node_from_a_privileged_port(lab, served):
+    srv, files = served
+    n1, n2 = node_ns(lab, "node01"), node_ns(lab, "node02")
+    url1 = f"{srv.url}/overlays/node01.cpio.gz"
+    code = lambda ns, *a: curl(ns, "-o", "/dev/null", "-w", "%{http_code}", *a).stdout
+
+    got = n1.run(["sh", "-c", f"curl -sS --noproxy '*' --local-port 700-900 {url1} | sha256sum"])
+    assert got.stdout.split()[0] == sha256(files["/overlays/node01.cpio.gz"])
+    assert code(n1, url1) == "403"                      # right node, unprivileged port
+    assert "unprivileged source port" in srv.wait_log("node=node01")
+    assert code(n2, *PRIV, url1) == "403"               # another node, privileged port
+    srv.wait_log("not the node's address")
+    assert code(n2, *PRIV, f"{srv.url}/overlays/node02.cpio.gz") == "200"
+
+
+def test_insecure_mode_allows_unprivileged_port_but_still_checks_address(lab, cli):
+    write_site(cli.site, secure=False)
+    write_state(cli.state)
+    with Serve(lab, cli) as srv:
+        n1, n2 = node_ns(lab, "node01"), node_ns(lab, "node02")
+        url1 = f"{srv.url}/overlays/node01.cpio.gz"
+        assert curl(n1, "-o", "/dev/null", "-w", "%{http_code}", url1).stdout == "200"
+        assert curl(n2, "-o", "/dev/null", "-w", "%{http_code}", url1).stdout == "403"
+
+
+def test_node_api_authenticated_like_secrets(lab, served, cli):
+    srv, _ = served
+    n1 = node_ns(lab, "node01")
+    stranger = lab.host(ip="10.99.0.78")
+    post = lambda ns, path, body, *a: curl(ns, "-o", "/dev/null", "-w", "%{http_code}", *a, "-H",
+                                           "Content-Type: application/json", "--data-binary", body,
+                                           f"{srv.url}/api/v1/{path}").stdout
+    assert post(n1, "stage", '{"stage": "nfs", "detail": "mounted"}', *PRIV) == "200"
+    assert post(n1, "stage", '{"stage": "nfs"}') == "403"
+    assert post(stranger, "stage", '{"stage": "nfs"}', *PRIV) == "404"
+    assert post(n1, "stage", "not json", *PRIV) == "400"
+    assert post(n1, "stage", '{"stage": "BAD STAGE"}', *PRIV) == "400"
+    assert post(n1, "facts", "[1, 2]", *PRIV) == "400"
+    facts = {"slurmd": "NodeName=node01 CPUs=2 RealMemory=1000", "cpus": 2, "memory_mb": 1000,
+             "gpus": [], "disks": ["vda"], "macs": [NODES["node01"][1]]}
+    assert post(n1, "facts", json.dumps(facts), *PRIV) == "200"
+    db_facts = json.loads(cli("status", "node01", "--json").stdout)[0]
+    assert db_facts["stage"] == "registered"
+    from provisioner.nodestate import NodeStateDB
+    assert NodeStateDB(cli.state / "nodes.sqlite").facts("node01") == facts
