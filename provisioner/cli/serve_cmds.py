@@ -10,7 +10,7 @@ from importlib import resources
 import click
 
 from ..errors import UserError
-from ..servers.serve import SERVICES, Daemon, ServeOptions, read_token, setup_logging
+from ..servers.serve import SERVICES, Daemon, ServeError, ServeOptions, read_token, setup_logging
 from .context import Context, pass_ctx
 
 PORT = click.IntRange(1, 65535)
@@ -65,6 +65,6 @@ def serve(ctx: Context, services: str, listen: str, interface: str | None, http_
                         token, slurm_interval=slurm_interval)
     try:
         daemon = Daemon(ctx.site, ctx.state, inventory, opts)
-    except RuntimeError as e:
+    except ServeError as e:
         raise UserError(str(e)) from None
     sys.exit(daemon.run())

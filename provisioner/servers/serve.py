@@ -31,9 +31,30 @@ log = logging.getLogger("provisioner.serve")
 SERVICES = ("dhcp", "tftp", "http")
 
 
+class ServeError(Exception):
+    """A service cannot start (missing module, address in use): the CLI says so and exits 1."""
+
+
 class Server(Protocol):
     def serve_forever(self) -> None: ...
     def shutdown(self) -> None: ...
+
+
+class TftpService:
+    """The TFTP server with a reload: its resolver is a BootTree, which holds nothing but the
+    inventory, so swapping that reloads it while transfers in flight keep their open files."""
+
+    def __init__(self, server: Any, tree: Any):
+        self.server, self.tree = server, tree
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever()
+
+    def shutdown(self) -> None:
+        self.server.shutdown()
+
+    def reload(self, inventory: Inventory) -> None:
+        self.tree.inventory = inventory
 
 
 @dataclass(frozen=True)
@@ -101,13 +122,30 @@ class Daemon:
 
     # -- composition ---------------------------------------------------------------------------
     def _make(self, name: str) -> Server:
-        cluster = self.inventory.cluster
-        if name == "http":
-            from .http import Hooks, HttpServer
-            return HttpServer(self.inventory, self.state, self.opts.listen,
-                              self.opts.http_port or cluster.ports.http, self.db, self.opts.token,
-                              Hooks(reload=self.request_reload, slurm_states=lambda: self.slurm))
-        raise RuntimeError(f"the {name} service is not available yet")
+        cluster, opts = self.inventory.cluster, self.opts
+        try:
+            if name == "http":
+                from .http import Hooks, HttpServer
+                return HttpServer(self.inventory, self.state, opts.listen, opts.http_port or cluster.ports.http,
+                                  self.db, opts.token, Hooks(reload=self.request_reload, slurm_states=lambda: self.slurm,
+                                                             dhcp_packets=self._dhcp_packets))
+            if name == "tftp":
+                from .boottree import BootTree
+                from .tftp import TftpServer, listen_address
+                tree = BootTree(self.state, self.inventory)
+                return TftpService(TftpServer(listen_address(opts.listen), opts.tftp_port or cluster.ports.tftp,
+                                              tree, self.db), tree)
+            from .dhcp import DhcpServer
+            return DhcpServer(self.inventory, self.state, opts.interface, opts.listen,
+                              opts.dhcp_port or cluster.ports.dhcp, self.db)
+        except ImportError as e:
+            raise ServeError(f"the {name} service is not available in this installation ({e})") from None
+        except (OSError, ValueError) as e:
+            raise ServeError(f"cannot start {name} on {opts.listen}: {e}") from None
+
+    def _dhcp_packets(self) -> Mapping[str, int]:
+        """DHCP packet counters by kind, when this process runs the DHCP server."""
+        return dict(getattr(self.servers.get("dhcp"), "counters", {}))
 
     # -- control, from any thread -----------------------------------------------------------------
     def request_reload(self) -> None:

@@ -21,6 +21,7 @@ from ...inventory import Inventory, Node, normalize_mac
 from ...nodestate import NodeStateDB
 from ...nodestate.summary import latest_boot, node_statuses, timeline
 from ...paths import State
+from ..boottree import BootTree, PathRefused
 from .access import Peer, is_admin, node_at, secret_refusal
 from .files import TrackedFile
 from .metrics import StateCollector
@@ -28,9 +29,8 @@ from .metrics import StateCollector
 log = logging.getLogger("provisioner.http")
 
 T = TypeVar("T")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _STAGE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-IMAGE_FILES = {"vmlinuz": ("kernel", layout.image_kernel), "initramfs.img": ("initramfs", layout.image_initramfs)}
+IMAGE_STAGES = {"vmlinuz": "kernel", "initramfs.img": "initramfs"}
 LEASE_CACHE_SECONDS = 2.0
 MAX_BODY = 256 * 1024
 OCTETS = "application/octet-stream"
@@ -52,6 +52,7 @@ class BootApp:
     def __init__(self, inventory: Inventory, state: State, db: NodeStateDB | None = None,
                  token: str | None = None, hooks: Hooks | None = None):
         self.inventory = inventory
+        self.tree = BootTree(state, inventory)
         self.state = state
         self.db = db
         self.token = token
@@ -66,6 +67,7 @@ class BootApp:
 
     def reload(self, inventory: Inventory) -> None:
         self.inventory = inventory
+        self.tree.inventory = inventory
 
     def close(self) -> None:
         self._dbx.shutdown(wait=True)
@@ -164,11 +166,15 @@ class BootApp:
 
     async def image_file(self, request: web.Request) -> web.StreamResponse:
         image, name = request.match_info["image"], request.match_info["file"]
-        if not _NAME.match(image) or name not in IMAGE_FILES:
+        peer = self._peer(request)
+        try:
+            path = self.tree(str(peer.ip), f"images/{image}/{name}") if name in IMAGE_STAGES else None
+        except PathRefused:
+            path = None
+        if path is None:
             raise self._refuse(web.HTTPNotFound, "no such image file", request, image=image, file=name)
-        stage, where = IMAGE_FILES[name]
-        node = await self._node_of(self._peer(request))
-        return await self._send(request, where(self.state, image), node, stage if node else None)
+        node = await self._node_of(peer)
+        return await self._send(request, path, node, IMAGE_STAGES[name] if node else None)
 
     async def overlay(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["node"]

@@ -1,0 +1,108 @@
+"""`provisioner serve` as a daemon: reload on SIGHUP, on an inventory change and on a new
+artifact while many downloads are in flight (none dropped, every checksum right), TFTP and
+HTTP in one process following the same reload, clean stop on SIGTERM."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from servelab import IMAGE, NODES, SERVER_IP, Serve, curl, sha256, write_site, write_state
+
+pytestmark = pytest.mark.netns
+
+CLIENTS = 40
+NODE03 = ("10.99.0.13", "52:54:00:aa:00:03")
+
+
+def wait_in_flight(lab, srv, n, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        metrics = curl(lab.server, f"{srv.url}/metrics").stdout
+        if f"provisioner_http_in_flight {n}.0" in metrics:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"never {n} transfers in flight")
+
+
+def add_node03(cli):
+    write_site(cli.site, nodes={**NODES, "node03": NODE03})
+    d = cli.state / "nodes" / "node03"
+    d.mkdir(parents=True)
+    (d / "boot.ipxe").write_text("#!ipxe\necho node03\n")
+
+
+def switch_image(cli) -> bytes:
+    """A new image version switched in atomically, as the image builder does."""
+    v2 = cli.state / "images" / IMAGE / "versions" / "v2"
+    v2.mkdir(parents=True)
+    new = os.urandom(1024 * 1024)
+    (v2 / "initramfs.img").write_bytes(new)
+    (v2 / "vmlinuz").write_bytes(b"kernel v2")
+    tmp = cli.state / "images" / IMAGE / "current.new"
+    tmp.symlink_to("versions/v2")
+    os.replace(tmp, cli.state / "images" / IMAGE / "current")
+    return new
+
+
+def test_reload_under_load_drops_no_transfer(lab, cli):
+    write_site(cli.site)
+    files = write_state(cli.state, big=24 * 1024 * 1024)
+    old = files[f"/images/{IMAGE}/initramfs.img"]
+    with Serve(lab, cli, services="tftp,http", extra=("--tftp-port", "6969")) as srv:
+        n1 = lab.host(ip=NODES["node01"][0], mac=NODES["node01"][1])
+        out = f"/tmp/{lab.tag}-dl"
+        urls = " ".join(f"-o {out}/{i} {srv.url}/images/{IMAGE}/initramfs.img" for i in range(CLIENTS))
+        # Each client is held to 3 MB/s, so every download spans the reloads below.
+        fetch = n1.popen(f"mkdir -p {out} && curl -sS --noproxy '*' --fail --parallel --parallel-immediate --parallel-max {CLIENTS} "
+                         f"--limit-rate 3M {urls}; echo rc=$?", text=True)
+        wait_in_flight(lab, srv, CLIENTS)
+        mark = len(srv.lines)
+        srv.signal(signal.SIGHUP)
+        srv.wait_log("msg=reloaded", after=mark)
+        mark = len(srv.lines)
+        add_node03(cli)
+        srv.wait_log("nodes=3", after=mark)
+        new = switch_image(cli)
+        mark = len(srv.lines)
+        curl(lab.server, "-X", "POST", f"{srv.url}/api/v1/reload")
+        srv.wait_log("msg=reloaded", after=mark)
+
+        n3 = lab.host(ip=NODE03[0], mac=NODE03[1])
+        assert curl(n3, f"{srv.url}/boot/{NODE03[1]}.ipxe").stdout == "#!ipxe\necho node03\n"
+        assert curl(n3, f"tftp://{SERVER_IP}:6969/boot.ipxe").stdout == "#!ipxe\necho node03\n"
+        got_new = n3.run(["sh", "-c", f"curl -sS --noproxy '*' {srv.url}/images/{IMAGE}/initramfs.img | sha256sum"])
+        assert got_new.stdout.split()[0] == sha256(new)
+
+        text, _ = fetch.communicate(timeout=120)
+        assert text.strip().endswith("rc=0"), text
+        sums = n1.run(["sh", "-c", f"sha256sum {out}/* && rm -rf {out}"]).stdout.splitlines()
+        assert len(sums) == CLIENTS
+        assert {line.split()[0] for line in sums} == {sha256(old)}
+        assert srv.stop() == 0
+    assert any("msg=stopped" in line and "failed=False" in line for line in srv.lines)
+
+
+def test_invalid_inventory_keeps_serving_the_previous_one(lab, cli):
+    write_site(cli.site)
+    files = write_state(cli.state)
+    with Serve(lab, cli) as srv:
+        n1 = lab.host(ip=NODES["node01"][0], mac=NODES["node01"][1])
+        mark = len(srv.lines)
+        (cli.site / "cluster.yaml").write_text("cluster: [not, a, mapping\n")
+        line = srv.wait_log("reload refused", after=mark)
+        assert "problems=" in line
+        mac = NODES["node01"][1]
+        assert curl(n1, f"{srv.url}/boot/{mac}.ipxe").stdout.encode() == files[f"/boot/{mac}.ipxe"]
+        assert srv.stop() == 0
+
+
+def test_sigterm_stops_cleanly_and_frees_the_port(lab, cli):
+    write_site(cli.site)
+    write_state(cli.state)
+    srv = Serve(lab, cli)
+    assert srv.stop() == 0
+    assert srv.lines[-1].split()[3:] == ["msg=stopped", "failed=False"]
+    with Serve(lab, cli) as again:  # the port is free again at once
+        assert curl(lab.server, "-o", "/dev/null", "-w", "%{http_code}", f"{again.url}/metrics").stdout == "200"
