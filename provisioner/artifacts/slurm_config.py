@@ -1,0 +1,87 @@
+"""Write the rendered Slurm files into the controller's config dir and reload slurmctld.
+
+Each file is replaced atomically and only when its bytes differ; `scontrol reconfigure` runs
+only when something changed, so applying on every facts report is cheap and never disturbs a
+running cluster for nothing. In configless mode slurmctld pushes the new files to every slurmd.
+
+Slurm 22.05 takes some changes only at a restart of slurmctld (a node's CPU topology, a node
+leaving FUTURE state, nodes added or removed): it refuses the reconfigure and says so. Then
+`restart` runs (jobs survive it: slurmctld saves and reloads its state), followed by one more
+reconfigure so that running slurmds fetch the new files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..atomic import atomic_write, locked
+from ..render.slurm import SlurmConfig
+
+DEFAULT_CONF_DIR = Path("/etc/slurm")
+RECONFIGURE = ("scontrol", "reconfigure")
+RESTART = ("systemctl", "restart", "slurmctld")
+
+
+class ReconfigureFailed(RuntimeError):
+    """The files were written but slurmctld did not take them (its message included)."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    changed: tuple[str, ...]  # file names rewritten
+    action: str  # "none" (nothing run), "reconfigured" or "restarted"
+
+
+def diff(config: SlurmConfig, conf_dir: Path = DEFAULT_CONF_DIR) -> str:
+    """A unified diff from what is in `conf_dir` to what would be written ('' if nothing)."""
+    out = []
+    for name, text in config.files.items():
+        path = Path(conf_dir) / name
+        old = path.read_text() if path.exists() else ""
+        out += difflib.unified_diff(old.splitlines(True), text.splitlines(True), str(path), f"{path} (new)")
+    return "".join(out)
+
+
+def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), capture_output=True, text=True)
+
+
+def _failed(cmd: Sequence[str], res: subprocess.CompletedProcess) -> ReconfigureFailed:
+    return ReconfigureFailed(f"{' '.join(cmd)} exited {res.returncode}: {(res.stderr or res.stdout).strip()}")
+
+
+def apply(config: SlurmConfig, conf_dir: Path = DEFAULT_CONF_DIR,
+          reconfigure: Sequence[str] | None = RECONFIGURE,
+          restart: Sequence[str] | None = RESTART) -> ApplyResult:
+    """Write the files that changed; if any did, have slurmctld take them (reconfigure, or
+    restart when Slurm demands it). `reconfigure=None`: write only."""
+    conf_dir = Path(conf_dir)
+    changed = []
+    with locked(conf_dir / ".provisioner"):
+        for name, text in config.files.items():
+            path = conf_dir / name
+            if path.exists() and path.read_text() == text:
+                continue
+            atomic_write(path, text, mode=0o644)
+            changed.append(name)
+        if not changed or reconfigure is None:
+            return ApplyResult(tuple(changed), "none")
+        res = _run(reconfigure)
+        if res.returncode == 0:
+            return ApplyResult(tuple(changed), "reconfigured")
+        if restart is None or "restart" not in (res.stderr + res.stdout).lower():
+            raise _failed(reconfigure, res)
+        res = _run(restart)
+        if res.returncode != 0:
+            raise _failed(restart, res)
+        for _ in range(50):
+            res = _run(reconfigure)
+            if res.returncode == 0:
+                return ApplyResult(tuple(changed), "restarted")
+            time.sleep(0.2)
+        raise _failed(reconfigure, res)

@@ -1,0 +1,264 @@
+"""A Slurm cluster in namespaces: slurmctld on the lab's server namespace, one namespace per node.
+
+Each host (controller or node) is a network namespace from netlab plus its own UTS namespace
+(hostname) and mount namespace, held open by a sleeping process. Inside it:
+- the host's rendered overlay tree is laid over the real root with read-only overlayfs mounts
+  (/etc, /usr...), exactly as the node's overlay archive lands on its image at boot, so a node
+  runs with only the node-side overlay files (MUNGE key, slurmd defaults, units, facts script);
+- /run, /tmp, /var/lib/munge, /var/log/munge, /var/lib/slurm, /var/log/slurm are private
+  directories under the lab's work dir (per-node TmpFS, so PMIx steps do not collide; logs
+  stay readable from outside).
+Daemons start the way their systemd units would: munged as user munge, slurmd from
+/etc/default/slurmd's SLURMD_OPTIONS, restarted on failure like the overlay's drop-in says.
+
+Also runnable as `python slurmlab.py receive-facts ...`: the stand-in for the master's
+POST /api/v1/facts (node by source address, privileged source port, NodeStateDB.set_facts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import yaml  # noqa: E402
+
+from provisioner.artifacts import secrets  # noqa: E402
+from provisioner.artifacts.slurm_config import apply  # noqa: E402
+from provisioner.inventory import Inventory, load_inventory  # noqa: E402
+from provisioner.nodestate import NodeStateDB  # noqa: E402
+from provisioner.paths import State  # noqa: E402
+from provisioner.render import context as rctx  # noqa: E402
+from provisioner.render.slurm import render  # noqa: E402
+
+PRIVATE = {  # dir -> (owner, mode)
+    "run": ("root", 0o755), "run/munge": ("munge", 0o755), "tmp": ("root", 0o1777),
+    "var/lib/munge": ("munge", 0o711), "var/log/munge": ("munge", 0o700),
+    "var/lib/slurm": ("slurm", 0o755), "var/lib/slurm/slurmctld": ("slurm", 0o755),
+    "var/lib/slurm/slurmd": ("root", 0o755), "var/log/slurm": ("slurm", 0o755),
+}
+# Daemonized, as slurmctld.service runs it (its parent is then init, which reaps it).
+START_SLURMCTLD = "slurmctld </dev/null >/dev/null 2>&1"
+BINDS = ("run", "tmp", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm")
+
+
+def render_overlays(inv: Inventory, state: State, node_name: str, overlays: Sequence[str], dest: Path,
+                    facts: Mapping[str, Any] | None = None) -> None:
+    """Render stock overlays for one node into `dest` by the overlay conventions (`.j2`,
+    `.secret`, `_meta.yaml`, symlinks). Stands in for provisioner's overlay builder until that
+    lands; owners resolve through this host's passwd, which is the image's here."""
+    env = rctx.environment()
+    node = inv.node(node_name)
+    ctx = rctx.node_context(rctx.shared_context(inv, rctx.SecretHandles(lambda p: secrets.read_secret(state, p))),
+                            node, facts)
+    for name in overlays:
+        src = rctx.STOCK_OVERLAYS / name
+        meta = yaml.safe_load((src / "_meta.yaml").read_text()) if (src / "_meta.yaml").exists() else {}
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src)
+            if str(rel) == "_meta.yaml":
+                continue
+            out_rel = str(rel)
+            if out_rel.endswith((".j2", ".secret")):
+                out_rel = out_rel.rsplit(".", 1)[0]
+            out = dest / out_rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_symlink():
+                out.unlink(missing_ok=True)
+                out.symlink_to(os.readlink(path))
+                continue
+            if path.is_dir():
+                out.mkdir(exist_ok=True)
+                continue
+            text = path.read_text()
+            if path.suffix in (".j2", ".secret"):
+                text = rctx.render(rctx.compile_template(env, text, str(rel)), ctx, node_name)
+            data = secrets.read_secret(state, text.strip()) if path.suffix == ".secret" else text.encode()
+            out.write_bytes(data)
+            m = meta.get(out_rel, {})
+            os.chmod(out, int(m.get("mode", "0755" if os.access(path, os.X_OK) else "0644"), 8))
+            os.chown(out, pwd.getpwnam(m.get("owner", "root")).pw_uid, grp.getgrnam(m.get("group", "root")).gr_gid)
+
+
+class Host:
+    """A hostname + mount namespace inside one of the lab's network namespaces."""
+
+    def __init__(self, netns, name: str, work: Path, root: Path):
+        self.name, self.work, self.root = name, work, root
+        priv = work / "priv"
+        for d, (owner, mode) in PRIVATE.items():
+            (priv / d).mkdir(parents=True, exist_ok=True)
+            os.chown(priv / d, pwd.getpwnam(owner).pw_uid, pwd.getpwnam(owner).pw_gid)
+            os.chmod(priv / d, mode)
+        script = ["set -e", f"hostname {name}"]
+        for top in sorted(p.name for p in root.iterdir() if p.is_dir()):
+            script.append(f"mount -t overlay overlay -o ro,lowerdir={root / top}:/{top} /{top}")
+        script += [f"mount --bind {priv / d} /{d}" for d in BINDS]
+        script += ["echo ready", "exec sleep infinity"]
+        self.holder = netns.popen(["unshare", "--uts", "--mount", "--propagation", "private", "--",
+                                   "sh", "-c", "\n".join(script)])
+        line = self.holder.stdout.readline().decode()
+        if line.strip() != "ready":
+            raise RuntimeError(f"{name}: namespace setup failed: {line}{self.holder.stdout.read().decode()}")
+
+    def prefix(self, cmd: Sequence[str]) -> list[str]:
+        return ["nsenter", "-t", str(self.holder.pid), "--net", "--uts", "--mount", "--", *cmd]
+
+    def run(self, cmd: Sequence[str] | str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+        if isinstance(cmd, str):
+            cmd = ["sh", "-c", cmd]
+        res = subprocess.run(self.prefix(cmd), capture_output=True, text=True, timeout=timeout, **kw)
+        if check and res.returncode != 0:
+            raise AssertionError(f"{self.name}: {' '.join(cmd)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def popen(self, cmd: Sequence[str] | str, log: str) -> subprocess.Popen:
+        if isinstance(cmd, str):
+            cmd = ["sh", "-c", cmd]
+        out = open(self.work / log, "ab")
+        return subprocess.Popen(self.prefix(cmd), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_munge(self) -> None:
+        """As munge.service does: munged as user munge, forking, socket in /run/munge."""
+        self.run(["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", "/usr/sbin/munged"])
+
+    def log(self, rel: str) -> str:
+        p = self.work / "priv" / rel
+        return p.read_text(errors="replace") if p.exists() else ""
+
+
+def hosts_file(inv: Inventory) -> str:
+    s = inv.cluster.slurm
+    lines = ["127.0.0.1 localhost", f"{s.address} {s.controller}"]
+    lines += [f"{n.ip} {n.name}" for n in inv.nodes if n.ip]
+    return "\n".join(lines) + "\n"
+
+
+class SlurmLab:
+    """slurmctld + munged on `lab.server`; nodes added with `node()`; facts received over HTTP."""
+
+    def __init__(self, lab, inventory: Path, state: Path, work: Path):
+        self.lab, self.work = lab, work
+        self.inv = load_inventory(inventory)
+        self.state = State(state)
+        self.db = NodeStateDB(self.state.db)
+        self.conf_dir = work / "master" / "etc-slurm"
+        self.conf_dir.mkdir(parents=True)
+        secrets.munge_key(self.state)
+        self.nodes: dict[str, Host] = {}
+        self.slurmd: dict[str, subprocess.Popen] = {}
+        root = self._root("master", ["munge"], self.inv.nodes[0].name)
+        self.ctl = Host(lab.server, self.inv.cluster.slurm.controller, work / "master", root)
+        self.ctl.run(["mount", "--bind", str(self.conf_dir), "/etc/slurm"])
+        self.ctl.start_munge()
+        self.apply(reconfigure=False)
+        self.ctl.run(["sh", "-c", START_SLURMCTLD])
+        self._wait(lambda: self.ctl.run(["scontrol", "ping"], check=False).stdout.count("UP") > 0, "slurmctld up")
+        port = self.inv.cluster.ports.http
+        self.receiver = lab.server.popen([sys.executable, __file__, "receive-facts", "--inventory", str(inventory),
+                                          "--db", str(self.state.db), "--port", str(port)],
+                                         stdout=open(work / "receiver.out", "ab"))
+
+    def _root(self, host: str, overlays: Sequence[str], node_for_context: str) -> Path:
+        root = self.work / host / "root"
+        render_overlays(self.inv, self.state, node_for_context, overlays, root, self.db.facts(node_for_context))
+        (root / "etc" / "hosts").write_text(hosts_file(self.inv))
+        return root
+
+    def apply(self, reconfigure: bool = True):
+        """`provisioner slurm apply` against the lab controller (restart = what systemd does)."""
+        cmd = self.ctl.prefix(["scontrol", "reconfigure"]) if reconfigure else None
+        restart = self.ctl.prefix(["sh", "-c", "pid=$(cat /run/slurmctld.pid); kill $pid; "
+                                   "while kill -0 $pid 2>/dev/null; do sleep 0.1; done; " + START_SLURMCTLD])
+        return apply(render(self.inv, self.db.all_facts()), self.conf_dir, cmd, restart)
+
+    def node(self, name: str, munge_key: bytes | None = None) -> Host:
+        """A node namespace with the node's rendered overlays (munge, slurm, mpi); a different
+        `munge_key` replaces the rendered one (an intruder or a stale key)."""
+        n = self.inv.node(name)
+        ns = self.lab.host(ip=str(n.ip), mac=n.mac)
+        root = self._root(name, n.overlays, name)
+        if munge_key is not None:
+            (root / "etc/munge/munge.key").write_bytes(munge_key)
+        host = Host(ns, name, self.work / name, root)
+        self.nodes[name] = host
+        host.start_munge()
+        return host
+
+    def report_facts(self, name: str) -> None:
+        """Run the node's facts script (as provisioner-facts.service does at boot)."""
+        self.nodes[name].run(["/usr/local/sbin/provisioner-facts"])
+
+    def start_slurmd(self, name: str) -> None:
+        """slurmd as the unit runs it: options from /etc/default/slurmd, restart on failure."""
+        self.slurmd[name] = self.nodes[name].popen(
+            '. /etc/default/slurmd; until slurmd -D -s $SLURMD_OPTIONS; do sleep 0.5; done', "slurmd.out")
+
+    def states(self) -> dict[str, str]:
+        out = self.ctl.run(["sinfo", "-N", "-h", "-o", "%N %T"], check=False).stdout
+        return dict(line.split() for line in out.splitlines() if line.strip())
+
+    def wait_idle(self, names: Sequence[str], timeout: float = 40) -> None:
+        self._wait(lambda: all(self.states().get(n) == "idle" for n in names), f"{names} idle", timeout)
+
+    def _wait(self, cond, what: str, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if cond():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; sinfo: {self.states()}\n"
+                             f"slurmctld log tail:\n{self.ctl.log('var/log/slurm/slurmctld.log')[-3000:]}")
+
+    def close(self) -> None:
+        self.lab.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+# -- stand-in facts receiver ----------------------------------------------------------------------
+
+def receive_facts(inventory: Path, db_path: Path, port: int) -> None:
+    inv = load_inventory(inventory)
+    db = NodeStateDB(db_path)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            ip, sport = self.client_address[:2]
+            node = inv.by_ip(ip)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path != "/api/v1/facts" or node is None or (inv.cluster.secure and sport >= 1024):
+                self.send_error(403)
+                return
+            try:
+                facts = json.loads(body)
+                assert isinstance(facts, dict)
+            except (ValueError, AssertionError):
+                self.send_error(400)
+                return
+            db.set_facts(node.name, facts)
+            self.send_response(204)
+            self.end_headers()
+
+    ThreadingHTTPServer((str(inv.cluster.network.master), port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("command", choices=["receive-facts"])
+    ap.add_argument("--inventory", type=Path, required=True)
+    ap.add_argument("--db", type=Path, required=True)
+    ap.add_argument("--port", type=int, required=True)
+    a = ap.parse_args()
+    receive_facts(a.inventory, a.db, a.port)
