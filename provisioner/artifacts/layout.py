@@ -9,6 +9,7 @@ state/
   images/<image>/versions/<version>/rootfs/          the root filesystem (NFS-exported)
   images/<image>/versions/<version>/vmlinuz          kernel taken from the image
   images/<image>/versions/<version>/initramfs.img    native initramfs for that kernel
+  images/<image>/versions/<version>/meta.json        how it was made, which kernel
   secrets/                   0700: munge.key, ssh host keys per node
   nodes.sqlite               node-state database
 """
@@ -69,6 +70,13 @@ def image_kernel(state: State, image: str) -> Path:
 
 def image_initramfs(state: State, image: str) -> Path:
     return image_dir(state, image) / "initramfs.img"
+
+
+IMAGE_META = "meta.json"  # in each version: source, kernel, packages, created
+
+
+def image_versions(state: State, image: str) -> Path:
+    return state.images / image / "versions"
 
 
 def secrets_dir(state: State) -> Path:

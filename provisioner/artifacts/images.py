@@ -1,0 +1,368 @@
+"""Node root filesystems: built with debootstrap or imported, versioned side by side.
+
+Every change (build, import, exec) makes a new version in a hidden staging directory and,
+only once it is complete (root, kernel, initramfs, meta.json), renames it into versions/ and
+switches the `current` symlink atomically. A node booting mid-rebuild therefore gets one
+whole version, and a reader that opened the old kernel keeps reading the old bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..atomic import atomic_write, locked
+from ..errors import UserError
+from ..paths import State
+from . import layout
+from .initramfs import kernel_versions, write_initramfs
+from .kmod import modules_dir
+
+Progress = Callable[[str], None]
+
+DEFAULT_SUITE = "bookworm"
+# What a Slurm compute node needs to boot and join: kernel, init, MUNGE, slurmd, MPI, ssh.
+DEFAULT_PACKAGES = ("linux-image-amd64", "systemd-sysv", "udev", "munge", "slurmd",
+                    "openmpi-bin", "mpich", "openssh-server")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+VERSION_RE = re.compile(r"^v(\d+)$")
+
+
+@dataclass(frozen=True)
+class ImageVersion:
+    image: str
+    version: str
+    path: Path
+    meta: dict
+    current: bool
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UserError(f"bad image name {name!r}: letters, digits, '.', '_', '-' (not first), up to 64")
+    return name
+
+
+def _image_root(state: State, name: str) -> Path:
+    return state.images / check_name(name)
+
+
+def _version_number(v: str) -> int:
+    m = VERSION_RE.match(v)
+    return int(m.group(1)) if m else -1
+
+
+def _current_version(state: State, name: str) -> str | None:
+    link = layout.image_dir(state, name)
+    return Path(os.readlink(link)).name if link.is_symlink() else None
+
+
+def versions(state: State, name: str) -> list[ImageVersion]:
+    """The image's complete versions, oldest first."""
+    vdir = layout.image_versions(state, name)
+    cur = _current_version(state, name)
+    found = sorted((p for p in vdir.glob("v*") if VERSION_RE.match(p.name)), key=lambda p: _version_number(p.name)) \
+        if vdir.is_dir() else []
+    out = []
+    for p in found:
+        meta_file = p / layout.IMAGE_META
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        out.append(ImageVersion(name, p.name, p, meta, p.name == cur))
+    return out
+
+
+def list_images(state: State) -> list[ImageVersion]:
+    """The current version of every image."""
+    if not state.images.is_dir():
+        return []
+    return [v for d in sorted(state.images.iterdir()) if d.is_dir() and NAME_RE.match(d.name)
+            for v in versions(state, d.name) if v.current]
+
+
+def host_mirror() -> str:
+    """The Debian mirror this host installs from (deb822 `URIs:` or one-line `deb` sources)."""
+    uris: list[str] = []
+    for f in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for line in f.read_text().splitlines():
+            if line.startswith("URIs:"):
+                uris += line.split()[1:]
+    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]:
+        if f.exists():
+            for line in f.read_text().splitlines():
+                parts = line.split()
+                if parts[:1] == ["deb"]:
+                    uris += [p for p in parts[1:] if "://" in p][:1]
+    for uri in uris:
+        if "security" not in uri:
+            return uri
+    raise UserError("no Debian mirror in /etc/apt/sources.list(.d): pass --mirror URL")
+
+
+# --- versions: stage, commit, switch ------------------------------------------------------
+
+def _new_staging(state: State, name: str) -> tuple[str, Path]:
+    vdir = layout.image_versions(state, name)
+    vdir.mkdir(parents=True, exist_ok=True)
+    taken = [_version_number(p.name.strip(".").split(".")[0]) for p in vdir.iterdir()]
+    version = f"v{max(taken, default=0) + 1}"
+    staging = vdir / f".{version}.partial"
+    (staging / "rootfs").mkdir(parents=True)
+    return version, staging
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve())
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def _discard(path: Path) -> None:
+    """Delete a staging tree, never through a mount that something left inside it."""
+    for point in sorted(_mounts_under(path), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+    if _mounts_under(path):
+        raise UserError(f"{path} still has mounts inside; not deleting it")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _switch(state: State, name: str, version: str) -> None:
+    link = layout.image_dir(state, name)
+    tmp = link.with_name(f".current.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(f"versions/{version}")
+    os.replace(tmp, link)
+    fd = os.open(link.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prune(state: State, name: str, keep: int) -> None:
+    old = [v for v in versions(state, name) if not v.current]
+    for v in old[: max(0, len(old) - (keep - 1))]:
+        _discard(v.path)
+
+
+def _take_kernel(staging: Path, kernel: str | None, compression: str, progress: Progress) -> str | None:
+    """Copy /boot/vmlinuz-KVER out of the root and build the initramfs from its modules."""
+    rootfs = staging / "rootfs"
+    found = kernel_versions(rootfs)
+    if kernel and kernel not in found:
+        raise UserError(f"no kernel {kernel} in the image (has: {', '.join(found) or 'none'})")
+    if not found:
+        progress("no /boot/vmlinuz-* in the image: no kernel or initramfs for this version")
+        return None
+    kver = kernel or found[-1]
+    with open(rootfs / "boot" / f"vmlinuz-{kver}", "rb") as src:
+        atomic_write(staging / "vmlinuz", src.read())
+    if modules_dir(rootfs, kver).is_dir():
+        progress(f"initramfs for {kver} ({compression})")
+        write_initramfs(staging, kver, compression)
+    else:
+        progress(f"no modules for {kver} in the image: no initramfs")
+    return kver
+
+
+def _commit(state: State, name: str, version: str, staging: Path, meta: dict, kernel: str | None,
+            compression: str, keep: int, progress: Progress) -> ImageVersion:
+    rootfs = staging / "rootfs"
+    if not (rootfs / "etc").is_dir() or not any(os.path.lexists(rootfs / p) for p in ("bin/sh", "usr/bin/sh")):
+        raise UserError(f"{meta.get('source', 'the source')} does not look like a root filesystem (no etc/ or bin/sh)")
+    machine_id = rootfs / "etc" / "machine-id"
+    if machine_id.is_file():
+        machine_id.write_text("")  # each node makes its own at first boot
+    kver = _take_kernel(staging, kernel, compression, progress)
+    meta = {**meta, "kernel": kver, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write(staging / layout.IMAGE_META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    final = layout.image_versions(state, name) / version
+    os.rename(staging, final)
+    _switch(state, name, version)
+    progress(f"{name}: now at {version}")
+    _prune(state, name, keep)
+    return next(v for v in versions(state, name) if v.version == version)
+
+
+def _make_version(state: State, name: str, fill: Callable[[Path], dict], kernel: str | None,
+                  compression: str, keep: int, progress: Progress) -> ImageVersion:
+    with locked(_image_root(state, name)):
+        version, staging = _new_staging(state, name)
+        try:
+            meta = fill(staging / "rootfs")
+            return _commit(state, name, version, staging, meta, kernel, compression, keep, progress)
+        except BaseException:
+            _discard(staging)
+            raise
+
+
+# --- sources: debootstrap, a directory, a tarball -----------------------------------------
+
+def _run(argv: list[str], progress: Progress, what: str) -> None:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        tail = (tail + [line])[-5:]
+        progress(line)
+    if proc.wait() != 0:
+        raise UserError(f"{what} failed (exit {proc.returncode}): {' / '.join(tail)}")
+
+
+def cache_key(suite: str, variant: str, packages: tuple[str, ...]) -> str:
+    text = json.dumps([suite, variant, sorted(set(packages))])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_image(state: State, name: str, suite: str = DEFAULT_SUITE, packages: tuple[str, ...] = DEFAULT_PACKAGES,
+                mirror: str | None = None, variant: str = "minbase", kernel: str | None = None,
+                cache_dir: Path | None = None, compression: str = "gzip", keep: int = 3,
+                progress: Progress = _quiet) -> ImageVersion:
+    """debootstrap a new version of `name`. With `cache_dir`, a finished root is kept there as a
+    tarball keyed by suite, variant and package list, and reused instead of debootstrapping."""
+    mirror = mirror or host_mirror()
+    packages = tuple(packages)
+    key = cache_key(suite, variant, packages)
+    cached = cache_dir / f"{key}.tar" if cache_dir else None
+
+    def fill(rootfs: Path) -> dict:
+        if cached and cached.exists():
+            progress(f"using cached root {cached}")
+            _run(["tar", "-xpf", str(cached), "-C", str(rootfs), "--numeric-owner"], progress, "unpacking the cache")
+        else:
+            argv = ["debootstrap", f"--variant={variant}"]
+            if packages:
+                argv.append("--include=" + ",".join(packages))
+            # A private mount namespace: debootstrap's /proc and /sys mounts in the target die
+            # with it even if it is killed.
+            _run(["unshare", "--mount", "--propagation", "private", "--", *argv, suite, str(rootfs), mirror],
+                 progress, "debootstrap")
+            subprocess.run(["chroot", str(rootfs), "apt-get", "clean"], check=False, capture_output=True)
+            if cached:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+                _run(["tar", "-cpf", str(tmp), "-C", str(rootfs), "--numeric-owner", "."], progress, "caching the root")
+                os.replace(tmp, cached)
+        return {"source": "debootstrap", "suite": suite, "variant": variant, "packages": sorted(packages),
+                "mirror": mirror}
+
+    return _make_version(state, name, fill, kernel, compression, keep, progress)
+
+
+def import_image(state: State, name: str, source: Path, kernel: str | None = None, compression: str = "gzip",
+                 keep: int = 3, progress: Progress = _quiet) -> ImageVersion:
+    """Adopt an existing root (a directory or a tarball, any compression tar reads) as a new version."""
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"no such directory or tarball: {source}")
+
+    def fill(rootfs: Path) -> dict:
+        progress(f"copying {source}")
+        if source.is_dir():
+            _run(["cp", "-a", "--reflink=auto", f"{source}/.", str(rootfs)], progress, f"copying {source}")
+        else:
+            _run(["tar", "-xpf", str(source), "-C", str(rootfs), "--numeric-owner"], progress, f"unpacking {source}")
+        return {"source": str(source.resolve())}
+
+    return _make_version(state, name, fill, kernel, compression, keep, progress)
+
+
+# --- administration -----------------------------------------------------------------------
+
+def rollback(state: State, name: str, to: str | None = None) -> ImageVersion:
+    """Point `current` back at the previous version (or at `to`)."""
+    with locked(_image_root(state, name)):
+        vs = versions(state, name)
+        if not vs:
+            raise UserError(f"no image {name!r}")
+        cur = next((i for i, v in enumerate(vs) if v.current), len(vs))
+        if to is not None:
+            target = next((v for v in vs if v.version == to), None)
+            if target is None:
+                raise UserError(f"{name} has no version {to} (has: {', '.join(v.version for v in vs)})")
+        elif cur == 0:
+            raise UserError(f"{name} has no version older than {vs[0].version}")
+        else:
+            target = vs[cur - 1]
+        _switch(state, name, target.version)
+        return target
+
+
+def remove(state: State, name: str, version: str | None = None) -> None:
+    """Remove one old version, or the whole image (its `current` link goes first)."""
+    root = _image_root(state, name)
+    with locked(root):
+        vs = versions(state, name)
+        if not vs:
+            raise UserError(f"no image {name!r}")
+        if version is None:
+            layout.image_dir(state, name).unlink(missing_ok=True)
+            _discard(root)
+            return
+        target = next((v for v in vs if v.version == version), None)
+        if target is None:
+            raise UserError(f"{name} has no version {version}")
+        if target.current:
+            raise UserError(f"{name} {version} is the current version: roll back first")
+        _discard(target.path)
+
+
+_CHROOT = ('set -e; r=$1; shift; mkdir -p "$r/proc" "$r/sys" "$r/dev"; '
+           'mount -t proc proc "$r/proc"; mount -t sysfs sysfs "$r/sys"; mount --rbind /dev "$r/dev"; '
+           'exec chroot "$r" "$@"')
+
+
+def chroot_run(rootfs: Path, argv: list[str]) -> int:
+    """Run `argv` chrooted in `rootfs` with /proc, /sys and /dev mounted. The mounts live in a
+    private mount and PID namespace, so they and every process started go away on exit."""
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+                          "--", "sh", "-c", _CHROOT, "chroot", str(rootfs), *argv])
+    return res.returncode
+
+
+def exec_in_image(state: State, name: str, argv: list[str], in_place: bool = False, kernel: str | None = None,
+                  compression: str = "gzip", keep: int = 3, progress: Progress = _quiet) -> int:
+    """Run a command inside the image. By default on a copy that becomes the new version only
+    if the command succeeds (nodes never see a half-installed package); `in_place` edits the
+    current version directly."""
+    cur = next((v for v in versions(state, name) if v.current), None)
+    if cur is None:
+        raise UserError(f"no image {name!r}")
+    if in_place:
+        with locked(_image_root(state, name)):
+            return chroot_run(cur.path / "rootfs", argv)
+    status: list[int] = []
+
+    def fill(rootfs: Path) -> dict:
+        progress(f"copying {name} {cur.version}")
+        _run(["cp", "-a", "--reflink=auto", f"{cur.path / 'rootfs'}/.", str(rootfs)], progress, "copying the image")
+        status.append(chroot_run(rootfs, argv))
+        if status[0] != 0:
+            raise _CommandFailed(status[0])
+        return {**cur.meta, "exec": argv, "parent": cur.version}
+
+    try:
+        _make_version(state, name, fill, kernel or cur.meta.get("kernel"), compression, keep, progress)
+    except _CommandFailed as e:
+        progress(f"command exited {e.code}: {name} stays at {cur.version}")
+        return e.code
+    return 0
+
+
+class _CommandFailed(Exception):
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code

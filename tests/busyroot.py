@@ -1,0 +1,54 @@
+"""A tiny bootable root for image and boot tests: busybox, the host's own kernel and just the
+modules the initramfs needs (no modules.dep, so the builder must run depmod), and an /sbin/init
+the test chooses. No debootstrap needed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from provisioner.artifacts.initramfs import NIC_MODULES, REQUIRED_MODULES
+from provisioner.artifacts.kmod import load_index, modules_dir
+
+BUSYBOX = Path("/bin/busybox")
+
+
+def host_kernel() -> str:
+    """The newest kernel installed on the host with both /boot/vmlinuz and its modules."""
+    found = sorted(p.name[len("vmlinuz-"):] for p in Path("/boot").glob("vmlinuz-*")
+                   if modules_dir(Path("/"), p.name[len("vmlinuz-"):]).is_dir())
+    assert found, "no /boot/vmlinuz-* with modules on this host (install linux-image-amd64)"
+    return found[-1]
+
+
+def make_root(dest: Path, init: str, kver: str | None = None, hostname: str = "image") -> Path:
+    """Assemble the root in `dest` with `init` as /sbin/init; returns `dest`."""
+    kver = kver or host_kernel()
+    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root", "boot", "usr/bin", "usr/sbin"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, dest / "bin" / "busybox")
+    applets = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True).stdout.split()
+    for a in applets:
+        link = dest / a
+        if a != "bin/busybox" and not os.path.lexists(link) and a != "sbin/init":
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to("/bin/busybox")
+    (dest / "sbin" / "init").write_text(init)
+    (dest / "sbin" / "init").chmod(0o755)
+    (dest / "etc" / "hostname").write_text(f"{hostname}\n")
+    (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (dest / "etc" / "group").write_text("root:x:0:\n")
+    (dest / "etc" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    shutil.copy2(f"/boot/vmlinuz-{kver}", dest / "boot" / f"vmlinuz-{kver}")
+    host_mods = modules_dir(Path("/"), kver)
+    index = load_index(Path("/"), kver)
+    for rel in index.resolve(REQUIRED_MODULES, NIC_MODULES):
+        target = dest / "lib" / "modules" / kver / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(host_mods / rel, target)
+    for f in ("modules.builtin", "modules.order", "modules.builtin.modinfo"):
+        if (host_mods / f).exists():
+            shutil.copy2(host_mods / f, dest / "lib" / "modules" / kver / f)
+    return dest

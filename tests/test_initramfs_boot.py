@@ -1,0 +1,79 @@
+"""Boot the native initramfs in qemu (TCG) against an image exported by nfs-ganesha: DHCP,
+NFS root read-only below, tmpfs above, the node's overlay from a privileged port, reports,
+switch_root into the image's own init."""
+
+import pytest
+from bootlab import BootLab
+from busyroot import make_root
+
+from provisioner.artifacts import layout
+from provisioner.artifacts.images import import_image
+from provisioner.paths import State
+
+pytestmark = [pytest.mark.netns, pytest.mark.qemu]
+
+# The image's /sbin/init: print what the test checks, then power off (qemu -no-reboot exits).
+CHECK_INIT = """#!/bin/sh
+echo "PVTEST hostname=$(hostname)"
+echo "PVTEST etc_hostname=$(cat /etc/hostname)"
+echo "PVTEST override=$(cat /etc/pvtest/override)"
+echo "PVTEST image_file=$(cat /etc/image-file)"
+touch /written-above && echo "PVTEST upper=writable"
+if touch /run/provisioner/lower/x 2>/dev/null; then echo "PVTEST lower=writable"; else echo "PVTEST lower=readonly"; fi
+grep -E ' / | /run/provisioner/lower ' /proc/mounts | sed 's/^/PVTEST mount /'
+echo "PVTEST pid=$$"
+echo "PVTEST done"
+poweroff -f
+"""
+
+MAC = "52:54:00:7a:00:01"
+
+
+@pytest.fixture
+def image(tmp_path):
+    src = make_root(tmp_path / "src", CHECK_INIT)
+    (src / "etc" / "image-file").write_text("from-the-image\n")
+    state = State(tmp_path / "state")
+    import_image(state, "tiny", src)
+    return state
+
+
+def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path):
+    state = image
+    with BootLab(lab, tmp_path / "lab") as bl:
+        bl.start({"tiny": layout.image_rootfs(state, "tiny")}, {MAC: "10.99.0.11"})
+        bl.put_overlay("node01", {"etc/hostname": b"node01\n", "etc/pvtest/override": b"node01 only\n"})
+        console = bl.boot(layout.image_kernel(state, "tiny"), layout.image_initramfs(state, "tiny"),
+                          bl.cmdline("node01", "tiny"), MAC, until="PVTEST done")
+        reports = bl.reports()
+    lines = {ln.split("=", 1)[0]: ln.split("=", 1)[1].strip() for ln in console.splitlines()
+             if ln.startswith("PVTEST ") and "=" in ln}
+    assert "PVTEST done" in console, console[-3000:]
+    assert lines["PVTEST hostname"] == "node01"
+    assert lines["PVTEST etc_hostname"] == "node01"
+    assert lines["PVTEST override"] == "node01 only"
+    assert lines["PVTEST image_file"] == "from-the-image"
+    assert lines["PVTEST upper"] == "writable"
+    assert lines["PVTEST lower"] == "readonly"
+    assert lines["PVTEST pid"] == "1"
+    mounts = [ln for ln in console.splitlines() if ln.startswith("PVTEST mount ")]
+    assert any(" / overlay " in m for m in mounts), mounts
+    assert any(" nfs4 ro," in m and "/run/provisioner/lower" in m for m in mounts), mounts
+    assert [r["path"] for r in reports if r["method"] == "GET"] == ["/overlays/node01.cpio.gz"]
+    stages = [r["body"]["stage"] for r in reports if r["method"] == "POST"]
+    assert stages == ["network", "root", "overlay", "switch_root"], reports
+    assert all(r["port"] < 1024 for r in reports), reports
+
+
+def test_failed_nfs_mount_names_server_and_export(lab, image, tmp_path):
+    state = image
+    with BootLab(lab, tmp_path / "lab") as bl:
+        bl.start({"tiny": layout.image_rootfs(state, "tiny")}, {MAC: "10.99.0.11"})
+        console = bl.boot(layout.image_kernel(state, "tiny"), layout.image_initramfs(state, "tiny"),
+                          bl.cmdline("node01", "missing"), MAC, until="rebooting in")
+        reports = bl.reports()
+    assert "provisioner: ERROR: cannot mount the NFS root 10.99.0.1:/images/missing (NFS 4.2)" in console, \
+        console[-3000:]
+    assert "PVTEST" not in console
+    failed = [r["body"] for r in reports if r["method"] == "POST" and r["body"]["stage"] == "failed"]
+    assert failed and "10.99.0.1:/images/missing" in failed[0]["detail"]
