@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from ...artifacts import layout
 from ...inventory import Inventory, Node, normalize_mac
@@ -62,6 +62,8 @@ class BootApp:
         self._dbx = ThreadPoolExecutor(1, thread_name_prefix="http-db")
         self._leases: tuple[float, dict[str, str]] = (0.0, {})
         self.registry = CollectorRegistry()
+        self.refused = Counter("provisioner_http_refused", "HTTP requests refused (unknown node, not allowed)",
+                               ["status"], registry=self.registry)
         self.registry.register(StateCollector(db, lambda: self.inventory, self.hooks.dhcp_packets,
                                               lambda: self.in_flight))
 
@@ -117,6 +119,7 @@ class BootApp:
             await self._db(self.db.record_transfer, "http", str(peer), path, nbytes, duration, outcome, node)
 
     def _refuse(self, status: type[web.HTTPException], reason: str, request: web.Request, **kv: Any) -> web.HTTPException:
+        self.refused.labels(str(status.status_code)).inc()
         log.warning(reason, extra={"kv": {"client": str(self._peer(request)), "path": request.path,
                                           "status": status.status_code, **kv}})
         return status(text=f"{reason}\n")

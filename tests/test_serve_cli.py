@@ -1,0 +1,62 @@
+"""`provisioner serve` command line: clear errors for bad services and busy ports, the
+systemd unit shipped as package data."""
+
+import configparser
+from importlib import resources
+
+import pytest
+
+from servelab import NODES, SERVER_IP, Serve, curl, write_site, write_state
+
+
+def test_unknown_service_is_a_clear_error(cli):
+    write_site(cli.site)
+    res = cli("serve", "--services", "http,ftp", check=False)
+    assert res.returncode == 1 and "unknown service(s) ftp" in res.stderr and "Traceback" not in res.stderr
+    res = cli("serve", "--services", ",", check=False)
+    assert res.returncode == 1 and "(none given)" in res.stderr
+
+
+def test_no_inventory_is_a_clear_error(cli):
+    res = cli("serve", check=False)
+    assert res.returncode == 1 and "no inventory" in res.stderr
+
+
+def test_systemd_unit_ships_and_prints_with_this_install(cli):
+    text = resources.files("provisioner").joinpath("systemd/provisioner.service").read_text()
+    assert "@PROVISIONER@ serve" in text
+    printed = cli("serve", "--print-unit").stdout
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read_string(printed)
+    assert unit["Service"]["ExecStart"] == f"{cli.exe} serve" or unit["Service"]["ExecStart"].endswith("/provisioner serve")
+    assert unit["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.netns
+def test_busy_port_exits_1_with_a_log_line(lab, cli):
+    write_site(cli.site)
+    write_state(cli.state)
+    with Serve(lab, cli) as first:
+        res = lab.server.run([cli.exe, "serve", "--services", "http", "--listen", SERVER_IP, "--http-port",
+                              str(first.port)], check=False,
+                             env={"PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)})
+        assert res.returncode == 1
+        assert "service failed" in res.stderr and "service=http" in res.stderr
+        n1 = lab.host(ip=NODES["node01"][0])
+        assert curl(n1, "-o", "/dev/null", "-w", "%{http_code}", f"{first.url}/boot/ipxe").stdout == "200"
+
+
+@pytest.mark.netns
+def test_busy_tftp_port_is_a_clear_error(lab, cli):
+    write_site(cli.site)
+    write_state(cli.state)
+    with lab.server.popen(["python3", "-c", f"import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                                            f"s.bind(('{SERVER_IP}', 6970)); print('bound', flush=True); time.sleep(60)"],
+                          text=True) as holder:
+        assert holder.stdout.readline().strip() == "bound"
+        res = lab.server.run([cli.exe, "serve", "--services", "tftp", "--listen", SERVER_IP, "--tftp-port", "6970"],
+                             check=False, env={"PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)})
+        holder.kill()
+    assert res.returncode == 1 and "cannot start tftp" in res.stderr and "Traceback" not in res.stderr
