@@ -11,22 +11,20 @@ Each host (controller or node) is a network namespace from netlab plus its own U
 Daemons start the way their systemd units would: munged as user munge, slurmd from
 /etc/default/slurmd's SLURMD_OPTIONS, restarted on failure like the overlay's drop-in says.
 
-Also runnable as `python slurmlab.py receive-facts ...`: the stand-in for the master's
-POST /api/v1/facts (node by source address, privileged source port, NodeStateDB.set_facts).
+The master side is the real thing: `provisioner serve --services http` takes the nodes' facts
+and `provisioner slurm apply --watch` folds them into slurm.conf, both in the controller's
+namespaces.
 """
 
 from __future__ import annotations
 
-import argparse
 import grp
-import json
 import os
 import pwd
 import shutil
 import subprocess
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -51,6 +49,9 @@ PRIVATE = {  # dir -> (owner, mode)
 }
 # Daemonized, as slurmctld.service runs it (its parent is then init, which reaps it).
 START_SLURMCTLD = "slurmctld </dev/null >/dev/null 2>&1"
+RESTART_SLURMCTLD = ("pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
+                     + START_SLURMCTLD)
+PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
 BINDS = ("run", "tmp", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm")
 
 
@@ -140,6 +141,7 @@ class Host:
 
 
 def hosts_file(inv: Inventory) -> str:
+    """What the base overlay gives every host: names resolve (MPICH and srun need it)."""
     s = inv.cluster.slurm
     lines = ["127.0.0.1 localhost", f"{s.address} {s.controller}"]
     lines += [f"{n.ip} {n.name}" for n in inv.nodes if n.ip]
@@ -163,26 +165,25 @@ class SlurmLab:
         self.ctl = Host(lab.server, self.inv.cluster.slurm.controller, work / "master", root)
         self.ctl.run(["mount", "--bind", str(self.conf_dir), "/etc/slurm"])
         self.ctl.start_munge()
-        self.apply(reconfigure=False)
+        apply(render(self.inv, self.db.all_facts()), self.conf_dir, reconfigure=None)
         self.ctl.run(["sh", "-c", START_SLURMCTLD])
-        self._wait(lambda: self.ctl.run(["scontrol", "ping"], check=False).stdout.count("UP") > 0, "slurmctld up")
-        port = self.inv.cluster.ports.http
-        self.receiver = lab.server.popen([sys.executable, __file__, "receive-facts", "--inventory", str(inventory),
-                                          "--db", str(self.state.db), "--port", str(port)],
-                                         stdout=open(work / "receiver.out", "ab"))
+        self.wait(lambda: self.ctl.run(["scontrol", "ping"], check=False).stdout.count("UP") > 0, "slurmctld up")
+        env = {"PROVISIONER_SITE": str(inventory.parent), "PROVISIONER_STATE": str(state)}
+        self.serve = self.ctl.popen(["env", *(f"{k}={v}" for k, v in env.items()), PROVISIONER, "serve",
+                                     "--services", "http", "--listen", str(self.inv.cluster.network.master)],
+                                    "serve.out")
+        self.watcher = self.ctl.popen(["env", *(f"{k}={v}" for k, v in env.items()), PROVISIONER, "slurm", "apply",
+                                       "--watch", "0.3", "--conf-dir", "/etc/slurm",
+                                       "--restart-command", f"sh -c '{RESTART_SLURMCTLD}'"], "watcher.out")
+        url = f"http://{self.inv.cluster.network.master}:{self.inv.cluster.ports.http}/metrics"
+        self.wait(lambda: self.ctl.run(["curl", "-fs", "-o", "/dev/null", url], check=False).returncode == 0,
+                   "provisioner serve")
 
     def _root(self, host: str, overlays: Sequence[str], node_for_context: str) -> Path:
         root = self.work / host / "root"
         render_overlays(self.inv, self.state, node_for_context, overlays, root, self.db.facts(node_for_context))
         (root / "etc" / "hosts").write_text(hosts_file(self.inv))
         return root
-
-    def apply(self, reconfigure: bool = True):
-        """`provisioner slurm apply` against the lab controller (restart = what systemd does)."""
-        cmd = self.ctl.prefix(["scontrol", "reconfigure"]) if reconfigure else None
-        restart = self.ctl.prefix(["sh", "-c", "pid=$(cat /run/slurmctld.pid); kill $pid; "
-                                   "while kill -0 $pid 2>/dev/null; do sleep 0.1; done; " + START_SLURMCTLD])
-        return apply(render(self.inv, self.db.all_facts()), self.conf_dir, cmd, restart)
 
     def node(self, name: str, munge_key: bytes | None = None) -> Host:
         """A node namespace with the node's rendered overlays (munge, slurm, mpi); a different
@@ -210,10 +211,15 @@ class SlurmLab:
         out = self.ctl.run(["sinfo", "-N", "-h", "-o", "%N %T"], check=False).stdout
         return dict(line.split() for line in out.splitlines() if line.strip())
 
-    def wait_idle(self, names: Sequence[str], timeout: float = 40) -> None:
-        self._wait(lambda: all(self.states().get(n) == "idle" for n in names), f"{names} idle", timeout)
+    def show_node(self, name: str) -> dict[str, str]:
+        """`scontrol show node NAME -o` as key -> value."""
+        out = self.ctl.run(["scontrol", "-o", "show", "node", name], check=False).stdout
+        return dict(w.split("=", 1) for w in out.split() if "=" in w)
 
-    def _wait(self, cond, what: str, timeout: float = 30) -> None:
+    def wait_idle(self, names: Sequence[str], timeout: float = 40) -> None:
+        self.wait(lambda: all(self.states().get(n) == "idle" for n in names), f"{names} idle", timeout)
+
+    def wait(self, cond, what: str, timeout: float = 30) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if cond():
@@ -225,40 +231,3 @@ class SlurmLab:
     def close(self) -> None:
         self.lab.close()
         shutil.rmtree(self.work, ignore_errors=True)
-
-
-# -- stand-in facts receiver ----------------------------------------------------------------------
-
-def receive_facts(inventory: Path, db_path: Path, port: int) -> None:
-    inv = load_inventory(inventory)
-    db = NodeStateDB(db_path)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            ip, sport = self.client_address[:2]
-            node = inv.by_ip(ip)
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.path != "/api/v1/facts" or node is None or (inv.cluster.secure and sport >= 1024):
-                self.send_error(403)
-                return
-            try:
-                facts = json.loads(body)
-                assert isinstance(facts, dict)
-            except (ValueError, AssertionError):
-                self.send_error(400)
-                return
-            db.set_facts(node.name, facts)
-            self.send_response(204)
-            self.end_headers()
-
-    ThreadingHTTPServer((str(inv.cluster.network.master), port), Handler).serve_forever()
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["receive-facts"])
-    ap.add_argument("--inventory", type=Path, required=True)
-    ap.add_argument("--db", type=Path, required=True)
-    ap.add_argument("--port", type=int, required=True)
-    a = ap.parse_args()
-    receive_facts(a.inventory, a.db, a.port)

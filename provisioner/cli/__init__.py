@@ -17,8 +17,14 @@ COMMANDS = [
     ("inventory_cmds", "profile"),
     ("serve_cmds", "serve"),
     ("status_cmds", "status"),
+    ("discovery_cmds", "node"),  # adds `node discovered` and `node adopt` to the node group
     ("tftp_cmds", "tftp"),
     ("tftp_cmds", "boot"),
+    ("slurm_cmds", "slurm"),
+    ("slurm_cmds", "mpi_group"),
+    ("image_cmds", "image"),
+    ("image_cmds", "initramfs"),
+    ("image_cmds", "nfs"),
 ]
 
 

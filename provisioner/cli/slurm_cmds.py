@@ -1,0 +1,99 @@
+"""Slurm and MPI commands: render, diff and apply the controller's Slurm files; MPI hostfiles."""
+
+from __future__ import annotations
+
+import shlex
+import time
+
+import click
+
+from ..artifacts import slurm_config
+from ..errors import UserError
+from ..render import mpi
+from ..render.slurm import SlurmConfig, render
+from .context import Context, pass_ctx
+
+conf_dir_option = click.option(
+    "--conf-dir", type=click.Path(file_okay=False), envvar="PROVISIONER_SLURM_CONF_DIR", show_envvar=True,
+    default=str(slurm_config.DEFAULT_CONF_DIR), show_default=True, help="The controller's Slurm config dir.")
+
+
+def _config(ctx: Context) -> SlurmConfig:
+    config = render(ctx.inventory(), ctx.db().all_facts())
+    for problem in config.problems:
+        click.echo(f"warning: left out of slurm.conf: {problem}", err=True)
+    return config
+
+
+@click.group()
+def slurm() -> None:
+    """slurm.conf, cgroup.conf and gres.conf from the inventory and the nodes' facts."""
+
+
+@slurm.command("render")
+@click.option("--file", "name", type=click.Choice(["slurm.conf", "cgroup.conf", "gres.conf"]),
+              default="slurm.conf", show_default=True)
+@pass_ctx
+def render_cmd(ctx: Context, name: str) -> None:
+    """Print one rendered file."""
+    click.echo(_config(ctx).files[name], nl=False)
+
+
+@slurm.command("diff")
+@conf_dir_option
+@pass_ctx
+def diff_cmd(ctx: Context, conf_dir: str) -> None:
+    """Show what `apply` would change in the config dir (nothing printed: up to date)."""
+    click.echo(slurm_config.diff(_config(ctx), conf_dir), nl=False)
+
+
+@slurm.command("apply")
+@conf_dir_option
+@click.option("--no-reload", is_flag=True, help="Write the files only; do not touch slurmctld.")
+@click.option("--reconfigure-command", default=" ".join(slurm_config.RECONFIGURE), show_default=True,
+              help="How to make slurmctld re-read its files.")
+@click.option("--restart-command", default=" ".join(slurm_config.RESTART), show_default=True,
+              help="How to restart slurmctld when Slurm refuses a reconfigure (node topology changed).")
+@click.option("--watch", type=click.FloatRange(0.2), metavar="SECONDS",
+              help="Keep running: apply again every SECONDS, so reported facts reach Slurm by themselves.")
+@pass_ctx
+def apply_cmd(ctx: Context, conf_dir: str, no_reload: bool, reconfigure_command: str, restart_command: str,
+              watch: float | None) -> None:
+    """Write the files that changed (atomically) and have slurmctld take them."""
+    reconfigure = None if no_reload else shlex.split(reconfigure_command)
+    restart = shlex.split(restart_command)
+    while True:
+        try:
+            result = slurm_config.apply(_config(ctx), conf_dir, reconfigure, restart)
+        except slurm_config.ReconfigureFailed as e:
+            if watch is None:
+                raise UserError(f"files written, but slurmctld did not take them: {e}") from None
+            click.echo(f"error: {e}", err=True)
+        except OSError as e:
+            raise UserError(f"cannot write {conf_dir}: {e.strerror}") from None
+        else:
+            if result.changed or watch is None:
+                click.echo(f"{', '.join(result.changed) or 'nothing'} changed; slurmctld: {result.action}")
+        if watch is None:
+            return
+        time.sleep(watch)
+        ctx._inventory = None  # pick up inventory edits too
+
+
+@click.group("mpi")
+def mpi_group() -> None:
+    """MPI hostfiles from the inventory and the nodes' facts."""
+
+
+@mpi_group.command("hostfile")
+@click.option("--partition", metavar="P", help="Only this partition's nodes [default: every node in a partition].")
+@click.option("--format", "fmt", type=click.Choice(mpi.FORMATS), default="openmpi", show_default=True,
+              help="openmpi: `name slots=N`; mpich: `name:N`.")
+@pass_ctx
+def hostfile_cmd(ctx: Context, partition: str | None, fmt: str) -> None:
+    """Print a hostfile (slots: the node's mpi_slots, else its reported CPUs, else 1)."""
+    inv = ctx.inventory()
+    if partition is not None and not mpi.partition_nodes(inv, partition):
+        known = sorted({p for n in inv.nodes for p in n.partitions})
+        raise UserError(f"no node is in partition {partition!r} (partitions: {', '.join(known) or 'none'})")
+    click.echo(mpi.hostfile(inv, ctx.db().all_facts(), partition, fmt), nl=False)

@@ -1,0 +1,150 @@
+"""Slurm, MUNGE and MPI against the real daemons: a controller running the generated files and
+nodes in namespaces started with only their node-side overlay files (see slurmlab.py).
+
+One cluster for the module (bring-up is the slow part); tests that change it put it back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from netlab import Lab
+from slurmlab import PROVISIONER, SlurmLab
+
+pytestmark = [pytest.mark.netns, pytest.mark.daemons]
+
+INVENTORY = """\
+cluster:
+  name: lab
+  domain: lab.cluster
+  network: {interface: br0, subnet: 10.99.0.0/24, master: 10.99.0.1}
+  nfs: {exports: []}
+  slurm: {controller: master}
+  ports: {http: 8080}
+profiles:
+  default:
+    overlays: [munge, slurm, mpi]
+    partitions: [batch]
+  late:
+    overlays: [munge, slurm, mpi]
+    partitions: [late]
+nodes:
+  - name: node[01-03]
+    ip: 10.99.0.11
+    mac: [52:54:00:00:00:01, 52:54:00:00:00:02, 52:54:00:00:00:03]
+  - name: node04
+    ip: 10.99.0.14
+    mac: 52:54:00:00:00:04
+    profiles: [late]
+  - name: node05
+    ip: 10.99.0.15
+    mac: 52:54:00:00:00:05
+    profiles: [late]
+"""
+NODES = ["node01", "node02", "node03"]
+
+HELLO = r"""
+#include <mpi.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    int rank, size, len; char name[MPI_MAX_PROCESSOR_NAME];
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank); MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Get_processor_name(name, &len);
+    int sum = 0; MPI_Allreduce(&rank, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    printf("hello %d/%d on %s sum=%d\n", rank, size, name, sum);
+    MPI_Finalize();
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.fail("Slurm lab tests need root: run tests/run as root")
+    work = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="slurmlab-"))  # not /tmp: nodes get their own
+    site = work / "site"
+    site.mkdir()
+    (site / "cluster.yaml").write_text(INVENTORY)
+    lab = Lab()
+    sl = None
+    try:
+        sl = SlurmLab(lab, site / "cluster.yaml", work / "state", work / "lab")
+        for name in NODES:
+            sl.node(name)
+            sl.start_slurmd(name)
+        for name in NODES:
+            sl.report_facts(name)
+        sl.wait_idle(NODES)
+        yield sl
+    finally:
+        if sl is not None:
+            sl.close()
+        else:
+            lab.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hello(cluster):
+    """hello world compiled with each MPI's own mpicc."""
+    out = {}
+    for mpi in ("openmpi", "mpich"):
+        exe = cluster.work / f"hello-{mpi}"
+        src = cluster.work / "hello.c"
+        src.write_text(HELLO)
+        subprocess.run([f"mpicc.{mpi}", "-o", str(exe), str(src)], check=True, capture_output=True)
+        out[mpi] = exe
+    return out
+
+
+def _hosts_of(output: str) -> list[str]:
+    return sorted(re.findall(r"^hello \d+/3 on (\S+) sum=3$", output, re.M))
+
+
+def test_nodes_join_and_srun_runs_on_the_inventory_names(cluster):
+    assert all(cluster.states()[n] == "idle" for n in NODES)
+    res = cluster.ctl.run(["srun", "-N3", "hostname"])
+    assert sorted(res.stdout.split()) == NODES
+
+
+def test_nodename_line_is_what_slurmd_C_prints_on_the_node(cluster):
+    conf = (cluster.conf_dir / "slurm.conf").read_text()
+    for name in NODES:
+        printed = cluster.nodes[name].run(["slurmd", "-C"]).stdout.splitlines()[0]
+        line = next(ln for ln in conf.splitlines() if ln.startswith(f"NodeName={name} "))
+        assert line == f"{printed} NodeAddr={cluster.inv.node(name).ip}"
+    shown = cluster.show_node("node02")
+    hw = dict(w.split("=") for w in printed.split())
+    assert (shown["CPUTot"], shown["RealMemory"]) == (hw["CPUs"], hw["RealMemory"])
+
+
+def test_openmpi_hello_over_srun_pmix(cluster, hello):
+    res = cluster.ctl.run(["srun", "--mpi=pmix", "-N3", "--ntasks-per-node=1", str(hello["openmpi"])])
+    assert _hosts_of(res.stdout) == NODES, res.stdout + res.stderr
+
+
+def test_mpich_hello_over_srun_pmi2(cluster, hello):
+    res = cluster.ctl.run(["srun", "--mpi=pmi2", "-N3", "--ntasks-per-node=1", str(hello["mpich"])])
+    assert _hosts_of(res.stdout) == NODES, res.stdout + res.stderr
+
+
+def test_mpirun_with_the_generated_hostfile_inside_an_allocation(cluster, hello):
+    hostfile = cluster.work / "hostfile"
+    env = {**os.environ, "PROVISIONER_SITE": str(cluster.inv.path.parent), "PROVISIONER_STATE": str(cluster.state.root)}
+    text = subprocess.run([PROVISIONER, "mpi", "hostfile", "--partition", "batch"], env=env, check=True,
+                          capture_output=True, text=True).stdout
+    cpus = cluster.db.facts("node01")["cpus"]
+    assert text.splitlines() == [f"{n} slots={cpus}" for n in NODES]
+    hostfile.write_text(text)
+    res = cluster.ctl.run(["salloc", "-N3", "-w", ",".join(NODES), "mpirun", "--allow-run-as-root",
+                           "--hostfile", str(hostfile), "-np", "3", "--map-by", "node", str(hello["openmpi"])])
+    assert _hosts_of(res.stdout) == NODES, res.stdout + res.stderr
