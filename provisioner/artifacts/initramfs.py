@@ -99,9 +99,9 @@ def entries(spec: InitramfsSpec) -> list[cpio.Entry]:
 
 def compress(data: bytes, compression: str) -> bytes:
     if compression == "gzip":
-        return gzip.compress(data, compresslevel=9, mtime=0)
+        return gzip.compress(data, compresslevel=6, mtime=0)  # -9 costs 10x the time for <1%
     if compression == "zstd":
-        return subprocess.run(["zstd", "-q", "-19", "-T1", "-c"], input=data, capture_output=True, check=True).stdout
+        return subprocess.run(["zstd", "-q", "-9", "-T1", "-c"], input=data, capture_output=True, check=True).stdout
     raise UserError(f"unknown compression {compression!r} (choose from {', '.join(COMPRESSIONS)})")
 
 

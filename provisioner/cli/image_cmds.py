@@ -1,0 +1,203 @@
+"""Image, initramfs and NFS export commands."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+
+from ..artifacts import images, layout
+from ..artifacts.initramfs import COMPRESSIONS, build_initramfs
+from ..atomic import atomic_write
+from ..errors import UserError
+from ..render.nfs import exports_for, render_exports, render_ganesha
+from .context import Context, echo_json, echo_table, pass_ctx
+
+_compression = click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True,
+                            help="Initramfs compression.")
+_kernel = click.option("--kernel", metavar="VERSION", help="Kernel version from the image's /boot (default: newest).")
+_keep = click.option("--keep", type=click.IntRange(1), default=3, show_default=True,
+                     help="Versions to keep, the current one included.")
+
+
+def _progress():
+    start = time.monotonic()
+
+    def show(line: str) -> None:
+        click.echo(f"[{time.monotonic() - start:6.1f}s] {line}", err=True)
+    return show
+
+
+def _done(v: images.ImageVersion) -> None:
+    click.echo(f"{v.image} {v.version}: kernel {v.meta.get('kernel') or 'none'}, {v.path}")
+
+
+@click.group()
+def image() -> None:
+    """Node root filesystems: build, import, versions, admin commands inside."""
+
+
+@image.command()
+@click.argument("name")
+@click.option("--suite", default=None, help=f"Debian suite [default: {images.DEFAULT_SUITE}, or the profile's vars.image_suite].")
+@click.option("--package", "-p", "packages", multiple=True, metavar="PKG",
+              help="A package to install (repeat); replaces the default set.")
+@click.option("--add", "added", multiple=True, metavar="PKG", help="A package to add to the set (repeat).")
+@click.option("--profile", help="Take the package list (vars.image_packages) and suite from this profile.")
+@click.option("--mirror", help="Debian mirror URL [default: the host's apt sources].")
+@click.option("--variant", default="minbase", show_default=True, help="debootstrap variant.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Reuse a finished root cached here (keyed by suite, variant and packages).")
+@_kernel
+@_compression
+@_keep
+@pass_ctx
+def build(ctx: Context, name: str, suite: str | None, packages: tuple[str, ...], added: tuple[str, ...],
+          profile: str | None, mirror: str | None, variant: str, cache_dir: Path | None, kernel: str | None,
+          compression: str, keep: int) -> None:
+    """Build a new version of image NAME with debootstrap (default: a Slurm compute node)."""
+    pkgs = tuple(packages) or images.DEFAULT_PACKAGES
+    if profile:
+        prof = ctx.inventory().profiles.get(profile)
+        if prof is None:
+            raise UserError(f"no such profile: {profile}")
+        pvars = prof.settings.get("vars") or {}
+        pkgs = tuple(packages) or tuple(pvars.get("image_packages") or pkgs)
+        suite = suite or pvars.get("image_suite")
+    v = images.build_image(ctx.state, name, suite or images.DEFAULT_SUITE, pkgs + tuple(added), mirror, variant,
+                           kernel, cache_dir, compression, keep, _progress())
+    _done(v)
+
+
+@image.command(name="import")
+@click.argument("name")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@_kernel
+@_compression
+@_keep
+@pass_ctx
+def import_(ctx: Context, name: str, source: Path, kernel: str | None, compression: str, keep: int) -> None:
+    """Adopt SOURCE (a root directory or a tarball) as a new version of image NAME."""
+    _done(images.import_image(ctx.state, name, source, kernel, compression, keep, _progress()))
+
+
+@image.command(name="list")
+@click.option("--all", "show_all", is_flag=True, help="Every version, not just the current ones.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def list_(ctx: Context, show_all: bool, as_json: bool) -> None:
+    """Images and their versions."""
+    rows = images.list_images(ctx.state)
+    if show_all:
+        rows = [v for cur in rows for v in images.versions(ctx.state, cur.image)]
+    data = [{"image": v.image, "version": v.version, "current": v.current, "kernel": v.meta.get("kernel"),
+             "source": v.meta.get("source"), "created": v.meta.get("created"), "path": str(v.path)} for v in rows]
+    if as_json:
+        echo_json(data)
+        return
+    echo_table(["image", "version", "current", "kernel", "created", "source"],
+               [[d["image"], d["version"], "*" if d["current"] else "", d["kernel"], d["created"], d["source"]]
+                for d in data])
+
+
+@image.command()
+@click.argument("name")
+@click.option("--to", "version", metavar="VERSION", help="The version to switch to (default: the previous one).")
+@pass_ctx
+def rollback(ctx: Context, name: str, version: str | None) -> None:
+    """Switch image NAME back to an older version."""
+    v = images.rollback(ctx.state, name, version)
+    click.echo(f"{name}: now at {v.version}")
+
+
+@image.command(name="rm")
+@click.argument("name")
+@click.option("--version", metavar="VERSION", help="Remove only this (non-current) version.")
+@click.option("--force", is_flag=True, help="Remove even if nodes in the inventory use the image.")
+@pass_ctx
+def rm(ctx: Context, name: str, version: str | None, force: bool) -> None:
+    """Remove image NAME (or one of its old versions)."""
+    if version is None and not force and ctx.site.cluster_yaml.exists():
+        users = [n.name for n in ctx.inventory().nodes if n.image == name]
+        if users:
+            raise UserError(f"{len(users)} node(s) boot {name} (e.g. {', '.join(users[:3])}); use --force")
+    images.remove(ctx.state, name, version)
+    click.echo(f"removed {name}{' ' + version if version else ''}")
+
+
+def _in_image(ctx: Context, name: str, argv: list[str], in_place: bool) -> None:
+    rc = images.exec_in_image(ctx.state, name, argv, in_place=in_place, progress=_progress())
+    if rc != 0:
+        raise click.exceptions.Exit(rc)
+
+
+@image.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--in-place", is_flag=True, help="Change the current version directly instead of a new one.")
+@pass_ctx
+def exec_(ctx: Context, name: str, command: tuple[str, ...], in_place: bool) -> None:
+    """Run COMMAND inside image NAME (e.g. `image exec debian12 -- apt-get install -y htop`).
+
+    It runs on a copy that becomes the new version only if COMMAND succeeds."""
+    _in_image(ctx, name, list(command), in_place)
+
+
+@image.command()
+@click.argument("name")
+@click.option("--in-place", is_flag=True, help="Change the current version directly instead of a new one.")
+@pass_ctx
+def shell(ctx: Context, name: str, in_place: bool) -> None:
+    """An interactive shell inside image NAME; a new version when it exits with status 0."""
+    _in_image(ctx, name, ["/bin/sh", "-i"], in_place)
+
+
+@click.group()
+def initramfs() -> None:
+    """The native initramfs (busybox, the image's NIC/NFS/overlay modules, initcpio/ runtime)."""
+
+
+@initramfs.command(name="build")
+@click.argument("image_name", metavar="IMAGE")
+@_kernel
+@_compression
+@click.option("--module", "modules", multiple=True, metavar="NAME", help="An extra kernel module (repeat).")
+@pass_ctx
+def initramfs_build(ctx: Context, image_name: str, kernel: str | None, compression: str, modules: tuple[str, ...]) -> None:
+    """(Re)build the initramfs of IMAGE's current version."""
+    out = build_initramfs(ctx.state, image_name, kernel, compression, tuple(modules))
+    click.echo(f"wrote {out} ({out.stat().st_size} bytes)")
+
+
+@click.group()
+def nfs() -> None:
+    """NFS exports of images (read-only) and homes (read-write)."""
+
+
+@nfs.command()
+@click.option("--format", "fmt", type=click.Choice(["exports", "ganesha"]), default="exports", show_default=True,
+              help="/etc/exports for kernel nfsd, or an nfs-ganesha configuration.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write here (atomically).")
+@click.option("--recovery-root", type=click.Path(path_type=Path), default=Path("/var/lib/nfs/ganesha"),
+              show_default=True, help="nfs-ganesha's state directory.")
+@pass_ctx
+def exports(ctx: Context, fmt: str, output: Path | None, recovery_root: Path) -> None:
+    """Render the NFS exports: every image's current version and cluster.nfs.exports.
+
+    Re-run it and reload the NFS server after an image switches version."""
+    cluster = ctx.inventory().cluster
+    roots = {v.image: Path(os.path.realpath(layout.image_rootfs(ctx.state, v.image)))
+             for v in images.list_images(ctx.state)}
+    items = exports_for(cluster, roots)
+    if fmt == "exports":
+        text = render_exports(items, cluster.network.subnet)
+    else:
+        versions = (4,) if cluster.nfs.version.startswith("4") else (3, 4)
+        text = render_ganesha(items, cluster.network.subnet, cluster.nfs.server, recovery_root, versions)
+    if output:
+        atomic_write(output, text)
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)

@@ -1,0 +1,158 @@
+"""Versioned images: import, atomic switch, rollback, removal, kernel choice, exec/shell
+inside the image, and a kernel stream that survives a rebuild."""
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+from busyroot import host_kernel, make_root
+
+from provisioner.artifacts import images, layout
+from provisioner.errors import UserError
+from provisioner.paths import State
+
+INIT = "#!/bin/sh\nexec sh\n"
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    return make_root(tmp_path_factory.mktemp("root") / "rootfs", INIT)
+
+
+@pytest.fixture
+def state(tmp_path):
+    return State(tmp_path / "state")
+
+
+def current(state, name):
+    return os.readlink(layout.image_dir(state, name))
+
+
+def test_import_dir_makes_complete_version(state, src):
+    v = images.import_image(state, "tiny", src)
+    assert (v.version, v.current) == ("v1", True)
+    assert current(state, "tiny") == "versions/v1"
+    kver = host_kernel()
+    assert layout.image_kernel(state, "tiny").read_bytes() == (src / "boot" / f"vmlinuz-{kver}").read_bytes()
+    assert layout.image_initramfs(state, "tiny").stat().st_size > 1_000_000
+    meta = json.loads((layout.image_dir(state, "tiny") / layout.IMAGE_META).read_text())
+    assert meta["kernel"] == kver and meta["source"] == str(src)
+    assert (layout.image_rootfs(state, "tiny") / "etc" / "machine-id").read_text() == ""
+    assert (src / "etc" / "machine-id").read_text() != ""  # the source is never touched
+    assert not [p for p in layout.image_versions(state, "tiny").iterdir() if p.name.startswith(".")]
+
+
+def test_import_tarball_and_rollback_and_rm(state, src, tmp_path):
+    images.import_image(state, "tiny", src)
+    tarball = tmp_path / "root.tar.gz"
+    with tarfile.open(tarball, "w:gz") as t:
+        t.add(src, arcname=".")
+    v2 = images.import_image(state, "tiny", tarball)
+    assert v2.version == "v2" and current(state, "tiny") == "versions/v2"
+    assert (layout.image_rootfs(state, "tiny") / "bin" / "busybox").exists()
+    assert [v.version for v in images.versions(state, "tiny")] == ["v1", "v2"]
+    assert images.rollback(state, "tiny").version == "v1"
+    assert current(state, "tiny") == "versions/v1"
+    with pytest.raises(UserError, match="no version older"):
+        images.rollback(state, "tiny")
+    assert images.rollback(state, "tiny", to="v2").version == "v2"
+    with pytest.raises(UserError, match="current version"):
+        images.remove(state, "tiny", "v2")
+    images.remove(state, "tiny", "v1")
+    assert [v.version for v in images.versions(state, "tiny")] == ["v2"]
+    images.remove(state, "tiny")
+    assert images.list_images(state) == []
+    assert not (state.images / "tiny").exists()
+
+
+def test_bad_source_loses_nothing(state, src, tmp_path):
+    images.import_image(state, "tiny", src)
+    (tmp_path / "notaroot").mkdir()
+    (tmp_path / "notaroot" / "README").write_text("hello")
+    with pytest.raises(UserError, match="does not look like a root filesystem"):
+        images.import_image(state, "tiny", tmp_path / "notaroot")
+    with pytest.raises(UserError, match="no such directory or tarball"):
+        images.import_image(state, "tiny", tmp_path / "missing")
+    with pytest.raises(UserError, match="bad image name"):
+        images.import_image(state, "../x", src)
+    assert current(state, "tiny") == "versions/v1"
+    assert [p.name for p in layout.image_versions(state, "tiny").iterdir()] == ["v1"]
+
+
+def test_kernel_version_is_selectable(state, src, tmp_path):
+    root = tmp_path / "twokernels"
+    shutil.copytree(src, root, symlinks=True)
+    kver = host_kernel()
+    (root / "boot" / "vmlinuz-5.10.0-99-amd64").write_bytes(b"older kernel")
+    v = images.import_image(state, "tiny", root)
+    assert v.meta["kernel"] == kver  # the newest by version order
+    (root / "boot" / "vmlinuz-99.0.0-1-amd64").write_bytes(b"newer kernel, no modules")
+    v = images.import_image(state, "tiny", root, kernel=kver)
+    assert v.meta["kernel"] == kver
+    with pytest.raises(UserError, match="no kernel 1.2.3 in the image"):
+        images.import_image(state, "tiny", root, kernel="1.2.3")
+    v = images.import_image(state, "tiny", root, kernel="5.10.0-99-amd64", keep=1)
+    assert layout.image_kernel(state, "tiny").read_bytes() == b"older kernel"
+    assert not layout.image_initramfs(state, "tiny").exists()  # no modules for that kernel
+    assert [x.version for x in images.versions(state, "tiny")] == [v.version]
+
+
+def test_rebuild_leaves_a_reader_of_the_old_kernel_intact(state, src, tmp_path):
+    images.import_image(state, "tiny", src)
+    old = layout.image_kernel(state, "tiny").read_bytes()
+    root = tmp_path / "newkernel"
+    shutil.copytree(src, root, symlinks=True)
+    (root / "boot" / f"vmlinuz-{host_kernel()}").write_bytes(b"N" * len(old))
+    with open(layout.image_kernel(state, "tiny"), "rb") as reader:
+        got = reader.read(4096)
+        images.import_image(state, "tiny", root, keep=1)  # the old version is deleted too
+        assert [v.version for v in images.versions(state, "tiny")] == ["v2"]
+        got += reader.read()
+    assert got == old
+    assert layout.image_kernel(state, "tiny").read_bytes() == b"N" * len(old)
+
+
+def _mounts_under(path):
+    with open("/proc/self/mountinfo") as f:
+        return [ln.split()[4] for ln in f if ln.split()[4].startswith(str(path))]
+
+
+def test_exec_runs_inside_with_api_mounts_and_cleans_up(state, src):
+    images.import_image(state, "tiny", src)
+    script = ("test -e /proc/self/status && test -d /sys/class && test -c /dev/null && "
+              "grep -q ' /proc proc' /proc/mounts && echo installed > /etc/new-package")
+    assert images.exec_in_image(state, "tiny", ["sh", "-c", script]) == 0
+    assert current(state, "tiny") == "versions/v2"
+    assert (layout.image_rootfs(state, "tiny") / "etc" / "new-package").read_text() == "installed\n"
+    assert not _mounts_under(state.root)
+    # A failing command leaves the image as it was and no half-made version behind.
+    assert images.exec_in_image(state, "tiny", ["sh", "-c", "echo x > /etc/broken; exit 3"]) == 3
+    assert current(state, "tiny") == "versions/v2"
+    assert not (layout.image_rootfs(state, "tiny") / "etc" / "broken").exists()
+    assert not [p for p in layout.image_versions(state, "tiny").iterdir() if p.name.startswith(".")]
+    assert not _mounts_under(state.root)
+
+
+def test_cli_image_commands(cli, src):
+    out = cli("image", "import", "tiny", src).stdout
+    assert "tiny v1: kernel" in out
+    cli("image", "exec", "tiny", "--", "sh", "-c", "echo hi > /etc/hi")
+    res = cli("image", "shell", "tiny", input="echo from-shell > /etc/shell-file\nexit 0\n")
+    assert res.returncode == 0
+    listing = json.loads(cli("image", "list", "--all", "--json").stdout)
+    assert [(d["version"], d["current"]) for d in listing] == [("v1", False), ("v2", False), ("v3", True)]
+    assert (cli.state / "images" / "tiny" / "current" / "rootfs" / "etc" / "shell-file").exists()
+    res = cli("image", "exec", "tiny", "--", "false", check=False)
+    assert res.returncode == 1
+    assert cli("image", "rollback", "tiny").stdout == "tiny: now at v2\n"
+    assert cli("image", "rollback", "tiny", "--to", "v3").stdout == "tiny: now at v3\n"
+    res = cli("image", "rm", "nosuch", check=False)
+    assert res.returncode == 1 and "no image 'nosuch'" in res.stderr and "Traceback" not in res.stderr
+    out = cli("initramfs", "build", "tiny", "--compression", "zstd").stdout
+    assert "initramfs.img" in out
+    assert subprocess.run(["zstd", "-t", str(cli.state / "images" / "tiny" / "current" / "initramfs.img")]).returncode == 0
+    cli("image", "rm", "tiny")
+    assert cli("image", "list", "--json").stdout.strip() == "[]"
