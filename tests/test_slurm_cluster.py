@@ -6,6 +6,7 @@ One cluster for the module (bring-up is the slow part); tests that change it put
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -148,3 +149,47 @@ def test_mpirun_with_the_generated_hostfile_inside_an_allocation(cluster, hello)
     res = cluster.ctl.run(["salloc", "-N3", "-w", ",".join(NODES), "mpirun", "--allow-run-as-root",
                            "--hostfile", str(hostfile), "-np", "3", "--map-by", "node", str(hello["openmpi"])])
     assert _hosts_of(res.stdout) == NODES, res.stdout + res.stderr
+
+
+def test_node_without_facts_waits_out_of_every_partition_then_joins(cluster):
+    """The chosen behaviour: listed State=FUTURE in no partition, so no job lands on a 1-CPU
+    placeholder, its slurmd running; when its facts arrive it joins with no hand edit."""
+    node = cluster.node("node04")
+    cluster.start_slurmd("node04")
+    conf = (cluster.conf_dir / "slurm.conf").read_text()
+    assert "NodeName=node04 State=FUTURE NodeAddr=10.99.0.14\n" in conf
+    assert "PartitionName=late Default=NO" in conf
+    cluster.wait(lambda: "started" in node.log("var/log/slurm/slurmd.log"), "slurmd on node04 running")
+    assert "Partitions" not in cluster.show_node("node04")
+    assert "node04" not in cluster.states()
+    assert cluster.slurmd["node04"].poll() is None
+    cluster.report_facts("node04")
+    cluster.wait_idle(["node04"])
+    assert cluster.ctl.run(["srun", "-p", "late", "hostname"]).stdout.split() == ["node04"]
+
+
+def test_node_with_the_wrong_munge_key_is_refused(cluster):
+    node = cluster.node("node05", munge_key=os.urandom(1024))
+    cluster.report_facts("node05")  # HTTP facts are not MUNGE's business: it gets into slurm.conf
+    cluster.wait(lambda: "NodeName=node05 CPUs=" in (cluster.conf_dir / "slurm.conf").read_text(), "node05 facts applied")
+    cluster.start_slurmd("node05")
+    cluster.wait(lambda: "Invalid credential" in cluster.ctl.log("var/log/slurm/slurmctld.log")
+                 or "Invalid credential" in node.log("var/log/slurm/slurmd.log"), "MUNGE refusal")
+    assert cluster.states().get("node05") != "idle"
+    assert cluster.show_node("node05")["State"] != "IDLE"
+
+
+def test_a_change_of_facts_reaches_slurm_conf_and_slurmctld(cluster):
+    """node01 reports other hardware (as after a memory upgrade), then its real hardware again:
+    each time the report alone updates slurm.conf and what slurmctld shows."""
+    real = cluster.db.facts("node01")
+    url = f"http://{cluster.inv.cluster.network.master}:{cluster.inv.cluster.ports.http}/api/v1/facts"
+    line = real["slurmd_C"].replace(f"RealMemory={real['memory_mb']}", "RealMemory=2000")
+    body = json.dumps({**real, "slurmd_C": line, "memory_mb": 2000})
+    cluster.nodes["node01"].run(["curl", "-fsS", "--local-port", "600-1023", "-H", "Content-Type: application/json",
+                                 "--data", body, url])
+    cluster.wait(lambda: cluster.show_node("node01").get("RealMemory") == "2000", "RealMemory=2000 in slurmctld")
+    assert f"{line} NodeAddr=10.99.0.11\n" in (cluster.conf_dir / "slurm.conf").read_text()
+    cluster.report_facts("node01")
+    cluster.wait(lambda: cluster.show_node("node01").get("RealMemory") == str(real["memory_mb"]), "real memory back")
+    cluster.wait_idle(NODES)

@@ -4,10 +4,11 @@ Each file is replaced atomically and only when its bytes differ; `scontrol recon
 only when something changed, so applying on every facts report is cheap and never disturbs a
 running cluster for nothing. In configless mode slurmctld pushes the new files to every slurmd.
 
-Slurm 22.05 takes some changes only at a restart of slurmctld (a node's CPU topology, a node
-leaving FUTURE state, nodes added or removed): it refuses the reconfigure and says so. Then
-`restart` runs (jobs survive it: slurmctld saves and reloads its state), followed by one more
-reconfigure so that running slurmds fetch the new files.
+Slurm 22.05 takes some changes only at a restart of slurmctld. A new CPU topology for a node
+makes it refuse the reconfigure and say so; a changed set of node names is worse: the
+reconfigure kills slurmctld ("hostnames inconsistency"). So a changed node set goes straight
+to `restart`, and a refused reconfigure falls back to it (jobs survive a restart: slurmctld
+saves and reloads its state); one more reconfigure then has running slurmds fetch the files.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def diff(config: SlurmConfig, conf_dir: Path = DEFAULT_CONF_DIR) -> str:
     return "".join(out)
 
 
+def node_names(slurm_conf: str) -> set[str]:
+    return {line.split()[0].partition("=")[2] for line in slurm_conf.splitlines() if line.startswith("NodeName=")}
+
+
 def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), capture_output=True, text=True)
 
@@ -63,19 +68,22 @@ def apply(config: SlurmConfig, conf_dir: Path = DEFAULT_CONF_DIR,
     conf_dir = Path(conf_dir)
     changed = []
     with locked(conf_dir / ".provisioner"):
+        old = {name: (conf_dir / name).read_text() if (conf_dir / name).exists() else None for name in config.files}
         for name, text in config.files.items():
-            path = conf_dir / name
-            if path.exists() and path.read_text() == text:
-                continue
-            atomic_write(path, text, mode=0o644)
-            changed.append(name)
+            if old[name] != text:
+                atomic_write(conf_dir / name, text, mode=0o644)
+                changed.append(name)
         if not changed or reconfigure is None:
             return ApplyResult(tuple(changed), "none")
-        res = _run(reconfigure)
-        if res.returncode == 0:
-            return ApplyResult(tuple(changed), "reconfigured")
-        if restart is None or "restart" not in (res.stderr + res.stdout).lower():
-            raise _failed(reconfigure, res)
+        same_nodes = node_names(old["slurm.conf"] or "") == node_names(config.files["slurm.conf"])
+        if same_nodes:
+            res = _run(reconfigure)
+            if res.returncode == 0:
+                return ApplyResult(tuple(changed), "reconfigured")
+            if "restart" not in (res.stderr + res.stdout).lower():
+                raise _failed(reconfigure, res)
+        if restart is None:
+            raise ReconfigureFailed("slurmctld must be restarted to take the new files (no restart command given)")
         res = _run(restart)
         if res.returncode != 0:
             raise _failed(restart, res)

@@ -14,10 +14,15 @@ object; every key optional:
 so the NodeName line carries exactly the node's own topology. A gpu is a device path or an
 object with `file` and an optional `type`.
 
-Nodes without facts are left out of slurm.conf: they wait for them (the node-side slurmd unit
-retries until the master has folded the node's facts in). A dynamic `slurmd -Z` node would
-join sooner, but on Slurm 22.05 a dynamic node and a later static NodeName line of the same
-name collide, and the inventory, not the node, decides which nodes exist.
+A node without facts waits for them: it is listed `State=FUTURE` with no hardware and in no
+partition, so no job can land on it while Slurm knows it only as a 1-CPU placeholder; its
+slurmd (configless) finds its name and keeps running; once its facts arrive the line gets the
+real hardware and the partitions, and `provisioner slurm apply` has slurmctld take them (a
+restart, Slurm 22.05 wants one for new CPU counts). Listing every inventory node from the start
+keeps the node set fixed, so facts arriving never change it. A dynamic node (`slurmd -Z`)
+was the alternative: it would join before the master saw its facts, but it decides its own
+hardware and partitions (the inventory should), and folding it into a static line later
+changes the node set, which Slurm 22.05 takes only at a slurmctld restart.
 """
 
 from __future__ import annotations
@@ -213,7 +218,9 @@ def render_slurm_conf(inv: Inventory, known: Mapping[str, Hardware]) -> str:
     partitions: dict[str, list[str]] = {}
     for n in nodes:
         for p in n.partitions:
-            partitions.setdefault(p, []).append(n.name)
+            partitions.setdefault(p, [])
+            if n.name in known:
+                partitions[p].append(n.name)
     if partitions:
         out.append("\n")
     for i, (p, members) in enumerate(partitions.items()):
