@@ -50,11 +50,6 @@ def overlay_manifest(state: State) -> Path:
     return state.overlays / "manifest.json"
 
 
-def overlay_staging(state: State) -> Path:
-    """Where a build writes before renaming into place (same filesystem; wiped per build)."""
-    return state.overlays / ".staging"
-
-
 def image_dir(state: State, image: str) -> Path:
     """The image's current version (a symlink switched atomically on rebuild)."""
     return state.images / image / "current"

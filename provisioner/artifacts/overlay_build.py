@@ -2,9 +2,9 @@
 
 Content-addressed: a node is rebuilt only when the digest of its inputs (overlay sources,
 cluster and node data, reported facts, its secrets' stamps, the image's user tables) differs
-from the manifest. Atomic across the whole build: workers write into a staging folder, and
-only when every node rendered without error are the files synced and renamed into place, so
-a broken template, an exception or `kill -9` leaves every previous archive as it was.
+from the manifest. Atomic across the whole build: workers write each file beside its final
+path, and only when every node rendered without error are the files synced and renamed into
+place, so a broken template, an exception or `kill -9` leaves every previous archive as it was.
 Parallel: workers are forked after the shared inputs are loaded and compiled once. Members
 that every node shares (the cluster-wide /etc/hosts) are compressed once per worker and
 reused, since a gzip file may be a series of members.
@@ -12,6 +12,7 @@ reused, since a gzip file may be a series of members.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -21,7 +22,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -39,8 +39,8 @@ from . import cpio, layout, secrets
 
 FORMAT = "1"  # bump when the archive layout changes, so every node rebuilds
 GZIP_LEVEL = 6
-SHARED_MEMBER_MIN = 1024  # shared bodies at least this big get a gzip member of their own
 SERIAL_MAX = 32  # fewer dirty nodes than this: build in-process, forking costs more
+FSYNC_MAX = 64  # more staged files than this: one syncfs beats an fsync each
 
 
 @dataclass
@@ -132,36 +132,39 @@ def _gzip(data: bytes) -> bytes:
 
 
 class ArchiveWriter:
-    """Entries -> gzip'd newc bytes; big shared members are compressed once and reused."""
+    """Entries -> gzip'd newc bytes. A run of entries every node shares becomes a gzip member
+    of its own, compressed once and reused (a gzip file may be a series of members)."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple, tuple[bytes, bytes]] = {}
+        self._cache: dict[tuple, tuple[list[FileEntry], bytes]] = {}
 
-    def archive(self, entries: Iterable[FileEntry]) -> bytes:
+    def archive(self, entries: list[FileEntry]) -> bytes:
         parts: list[bytes] = []
-        run: list[bytes] = []
-        ino = 0
-        for e in entries:
-            ino += 1
-            if e.shared and len(e.data) >= SHARED_MEMBER_MIN:
-                if run:
-                    parts.append(_gzip(b"".join(run)))
-                    run = []
-                parts.append(self._shared_member(e, ino))
-            else:
-                run.append(cpio.encode(_cpio_entry(e), ino))
-        run.append(cpio.trailer())
-        parts.append(_gzip(b"".join(run)))
+        i, ino = 0, 1
+        while i < len(entries):
+            j = i
+            shared = entries[i].shared
+            while j < len(entries) and entries[j].shared == shared:
+                j += 1
+            run = entries[i:j]
+            parts.append(self._shared_run(run, ino) if shared else _gzip(_encode(run, ino)))
+            ino += len(run)
+            i = j
+        parts.append(_gzip(cpio.trailer()))
         return b"".join(parts)
 
-    def _shared_member(self, e: FileEntry, ino: int) -> bytes:
-        # id(e.data) is stable: the renderer keeps each shared body alive for the whole build,
-        # and the cache pins it too.
-        key = (ino, e.path, e.mode, e.uid, e.gid, id(e.data), len(e.data))
+    def _shared_run(self, run: list[FileEntry], ino: int) -> bytes:
+        # Shared entries are the same objects for every node of a build; the cache pins them,
+        # so their ids cannot be reused by other objects while the key lives.
+        key = (ino, *map(id, run))
         hit = self._cache.get(key)
         if hit is None:
-            hit = self._cache[key] = (e.data, _gzip(cpio.encode(_cpio_entry(e), ino)))
+            hit = self._cache[key] = (run, _gzip(_encode(run, ino)))
         return hit[1]
+
+
+def _encode(run: list[FileEntry], ino: int) -> bytes:
+    return b"".join(cpio.encode(_cpio_entry(e), k) for k, e in enumerate(run, ino))
 
 
 def _cpio_entry(e: FileEntry) -> cpio.Entry:
@@ -178,49 +181,69 @@ def read_archive(path: Path) -> list[cpio.Entry]:
 @dataclass(frozen=True)
 class _Output:
     node: str
-    digest: str
     moves: tuple[tuple[str, str], ...]  # (staged file, final path)
     has_boot: bool
 
 
-_JOB: "_Job | None" = None  # set in the parent before forking; workers inherit it
+_JOB: "Build | None" = None  # set in the parent before forking; workers inherit it
+_WRITER = ArchiveWriter()
 
 
-@dataclass
-class _Job:
-    build: Build
-    staging: Path
-    digests: dict[str, str]
-    writer: ArchiveWriter = field(default_factory=ArchiveWriter)
+def _staged(final: Path) -> Path:
+    """The temp file beside `final`: a rename within one folder avoids the filesystem-wide
+    lock a cross-folder rename takes, so workers commit in parallel. The name is fixed, so a
+    killed build's leftovers are simply overwritten by the next one."""
+    return final.with_name(f".{final.name}.building")
 
 
-def _build_node(job: _Job, node: Node) -> _Output:
-    entries, boot = job.build.render(node)
-    state = job.build.state
-    moves = []
-    staged = job.staging / f"{node.name}.cpio.gz"
-    staged.write_bytes(job.writer.archive(entries))
-    moves.append((str(staged), str(layout.overlay_archive(state, node.name))))
+def _write(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _build_node(b: Build, node: Node, moves: list[tuple[str, str]]) -> _Output:
+    entries, boot = b.render(node)
+    state = b.state
+    first = len(moves)
+    final = layout.overlay_archive(state, node.name)
+    _write(_staged(final), _WRITER.archive(entries))
+    moves.append((str(_staged(final)), str(final)))
     if boot is not None:
         layout.node_dir(state, node.name).mkdir(parents=True, exist_ok=True)
         for kind, text in boot.items():
-            staged = job.staging / f"{node.name}.{kind}"
-            staged.write_text(text)
-            moves.append((str(staged), str(_boot_path(state, node.name, kind))))
-    return _Output(node.name, job.digests[node.name], tuple(moves), boot is not None)
+            final = _boot_path(state, node.name, kind)
+            _write(_staged(final), text.encode())
+            moves.append((str(_staged(final)), str(final)))
+    return _Output(node.name, tuple(moves[first:]), boot is not None)
 
 
 def _boot_path(state: State, node: str, kind: str) -> Path:
     return {"ipxe": layout.ipxe_script, "pxelinux": layout.pxelinux_config, "grub": layout.grub_config}[kind](state, node)
 
 
-def _work(names: list[str]) -> list[_Output] | RenderError | Exception:
+def _work(names: list[str]) -> list[_Output] | Exception:
+    """Render and stage a chunk; on any error remove what this chunk staged and say why."""
     assert _JOB is not None
-    inv = _JOB.build.inventory
+    moves: list[tuple[str, str]] = []
     try:
-        return [_build_node(_JOB, inv.node(n)) for n in names]  # type: ignore[arg-type]
+        return [_build_node(_JOB, _JOB.inventory.node(n), moves) for n in names]  # type: ignore[arg-type]
     except (RenderError, UserError, OSError) as e:
+        _discard(moves)
         return e
+
+
+def _commit(moves: list[tuple[str, str]]) -> None:
+    for src, dst in moves:
+        os.replace(src, dst)
+
+
+def _discard(moves: Iterable[tuple[str, str]]) -> None:
+    for src, _ in moves:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(src)
 
 
 def _syncfs(path: Path) -> None:
@@ -232,6 +255,19 @@ def _syncfs(path: Path) -> None:
             os.sync()
     finally:
         os.close(fd)
+
+
+def _durable(moves: list[tuple[str, str]], root: Path) -> None:
+    """Staged data on disk before any rename: one syncfs for a big build, fsyncs for a small."""
+    if len(moves) > FSYNC_MAX:
+        _syncfs(root)
+        return
+    for src, _ in moves:
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_manifest(state: State) -> dict[str, str]:
@@ -257,27 +293,20 @@ def build(state: State, site: Site | None, inventory: Inventory, nodes: list[Nod
         # costs more than a one-node rebuild may take); making any changes the digests.
         if secrets.ensure_secrets(state, inventory, [n for n in dirty if _needs_ssh(n)], jobs=jobs):
             b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
-        report.unchanged = [n.name for n in nodes if n not in dirty]
-        staging = layout.overlay_staging(state)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        _JOB = _Job(b, staging, digests)
+        dirty_names = {n.name for n in dirty}
+        report.unchanged = [n.name for n in nodes if n.name not in dirty_names]
+        _JOB = b
         try:
-            outputs = _run(_JOB, dirty, jobs, progress)
-            _syncfs(state.overlays)
-            for out in outputs:
-                for src, dst in out.moves:
-                    os.replace(src, dst)
-                manifest[out.node] = out.digest
-                report.built.append(out.node)
-                if not out.has_boot:
-                    report.no_image.append(out.node)
-            _syncfs(state.overlays)
-            if outputs:
-                atomic_write(layout.overlay_manifest(state), json.dumps({"format": FORMAT, "nodes": manifest}))
+            outputs = _run(state, [n.name for n in dirty], jobs, progress)
         finally:
             _JOB = None
-            shutil.rmtree(staging, ignore_errors=True)
+        for out in outputs:
+            manifest[out.node] = digests[out.node]
+            report.built.append(out.node)
+            if not out.has_boot:
+                report.no_image.append(out.node)
+        if outputs:
+            atomic_write(layout.overlay_manifest(state), json.dumps({"format": FORMAT, "nodes": manifest}))
     report.seconds = time.monotonic() - started
     return report
 
@@ -290,8 +319,9 @@ def _dirty(state: State, site: Site | None, inventory: Inventory, nodes: list[No
     except RenderError as e:
         raise BuildFailed(f"nothing built: {e}") from None
     digests = {n.name: b.digest(n) for n in nodes}
+    built = set(os.listdir(state.overlays)) if state.overlays.is_dir() else set()
     dirty = [n for n in nodes if force or manifest.get(n.name) != digests[n.name]
-             or not layout.overlay_archive(state, n.name).exists()]
+             or f"{n.name}.cpio.gz" not in built]
     return b, digests, dirty
 
 
@@ -299,27 +329,53 @@ def _needs_ssh(node: Node) -> bool:
     return "ssh" in node.overlays
 
 
-def _run(job: _Job, dirty: list[Node], jobs: int | None, progress: Callable[[int], None] | None) -> list[_Output]:
-    names = [n.name for n in dirty]
+def _run(state: State, names: list[str], jobs: int | None, progress: Callable[[int], None] | None) -> list[_Output]:
+    """Stage every node (in parallel), then, only if all succeeded, make the staged files
+    durable and rename them into place (in parallel too)."""
     workers = max(1, jobs or os.cpu_count() or 1)
     if len(names) < SERIAL_MAX or workers == 1:
-        chunks = [names[i:i + 8] for i in range(0, len(names), 8)]
-        results: Iterable[Any] = map(_work, chunks)
-        return _collect(results, progress)
-    size = max(1, min(256, len(names) // (workers * 8)))
-    chunks = [names[i:i + size] for i in range(0, len(names), size)]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return _collect(pool.imap_unordered(_work, chunks), progress)
+        outputs = _collect(map(_work, [names[i:i + 8] for i in range(0, len(names), 8)]), progress)
+        moves = [m for o in outputs for m in o.moves]
+        _durable(moves, state.overlays)
+        _commit(moves)
+    else:
+        size = max(1, min(256, len(names) // (workers * 8)))
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            outputs = _collect(pool.imap_unordered(_work, [names[i:i + size] for i in range(0, len(names), size)]),
+                               progress)
+            _syncfs(state.overlays)
+            pool.map(_commit, [[m for o in outputs[i:i + size] for m in o.moves]
+                               for i in range(0, len(outputs), size)])
+    if len(outputs) > FSYNC_MAX:
+        _syncfs(state.overlays)
+    elif outputs:
+        _fsync_dirs(outputs)
+    return outputs
+
+
+def _fsync_dirs(outputs: list[_Output]) -> None:
+    for d in {str(Path(dst).parent) for o in outputs for _, dst in o.moves}:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _collect(results: Iterable[Any], progress: Callable[[int], None] | None) -> list[_Output]:
+    """Gather every chunk; if any failed, discard all staged files and report the first error."""
     outputs: list[_Output] = []
+    errors: list[Exception] = []
     for r in results:
         if isinstance(r, Exception):
-            raise BuildFailed(f"nothing built: {r}")
+            errors.append(r)
+            continue
         outputs.extend(r)
         if progress:
             progress(len(r))
+    if errors:
+        _discard(m for o in outputs for m in o.moves)
+        raise BuildFailed(f"nothing built: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
     return outputs
 
 

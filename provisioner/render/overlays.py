@@ -246,6 +246,7 @@ class NodeRenderer:
         self.read_secret = read_secret
         self.idmap = idmap
         self._shared_bodies: dict[int, bytes] = {}
+        self._layouts: dict[tuple, list[tuple[FileEntry, SourceFile | None]]] = {}
 
     def merged(self, node: Node) -> tuple[dict[str, SourceFile], dict[str, Meta], OverlayTree | None]:
         files: dict[str, SourceFile] = {}
@@ -261,25 +262,44 @@ class NodeRenderer:
         return files, meta, own
 
     def render(self, node: Node, facts: Mapping[str, Any] | None = None) -> list[FileEntry]:
-        """Every path of the node's overlay, parents before children, sorted."""
+        """Every path of the node's overlay, parents before children, sorted.
+
+        Nodes with the same overlays and image share one layout (paths, modes, owners, shared
+        bodies); only the per-node slots are rendered for each node."""
         files, meta, own = self.merged(node)
-        ids = self.idmap(node.image)
+        if own is None:
+            key = (node.overlays, node.image)
+            if key not in self._layouts:
+                self._layouts[key] = self._layout(files, meta, None, node)
+            layout = self._layouts[key]
+        else:
+            layout = self._layout(files, meta, own, node)
+        entries = [e for e, _ in layout]
         ctx: dict[str, Any] | None = None
-        entries: dict[str, FileEntry] = {}
-        for out, sf in files.items():
-            own_file = own is not None and own.files.get(out) is sf
-            shared = not own_file and not (sf.kind in ("template", "secret") and sf.per_node)
-            if shared:
-                body = self._shared_body(sf, node.name)
-            else:
+        for i, (proto, sf) in enumerate(layout):
+            if sf is not None:
                 if ctx is None:
                     ctx = node_context(self.shared, node, facts)
-                body = self._body(sf, ctx, node.name)
-            entries[out] = self._entry(out, sf, body, meta.get(out), ids, node.name, shared)
+                entries[i] = FileEntry(proto.path, proto.kind, self._body(sf, ctx, node.name), proto.perm,
+                                       proto.owner, proto.group, proto.uid, proto.gid, proto.source,
+                                       False, proto.secret)
+        return entries
+
+    def _layout(self, files: dict[str, SourceFile], meta: dict[str, Meta], own: OverlayTree | None,
+                node: Node) -> list[tuple[FileEntry, SourceFile | None]]:
+        """Sorted entries with shared bodies filled in; per-node ones paired with their source."""
+        ids = self.idmap(node.image)
+        entries: dict[str, tuple[FileEntry, SourceFile | None]] = {}
+        for out, sf in files.items():
+            own_file = own is not None and own.files.get(out) is sf
+            per_node = own_file or (sf.kind in ("template", "secret") and sf.per_node)
+            body = b"" if per_node else self._shared_body(sf, node.name)
+            entry = self._entry(out, sf, body, meta.get(out), ids, node.name, not per_node)
+            entries[out] = (entry, sf if per_node and sf.kind not in ("dir", "symlink") else None)
         for out in list(entries):
             parent = out.rpartition("/")[0]
             while parent and parent not in entries:
-                entries[parent] = self._dir(parent, meta.get(parent), ids, node.name)
+                entries[parent] = (self._dir(parent, meta.get(parent), ids, node.name), None)
                 parent = parent.rpartition("/")[0]
         return [entries[k] for k in sorted(entries)]
 
