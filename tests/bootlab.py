@@ -91,10 +91,17 @@ class BootLab:
             ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces",
              "--user=root", f"--dhcp-range={self.lab.net[100]},{self.lab.net[200]},1h", f"--dhcp-leasefile={self.work}/leases",
              f"--pid-file={self.work}/dnsmasq.pid", *leases]))
+        return self.start_http()
+
+    def start_http(self) -> "BootLab":
         script = self.work / "overlay_http_stub.py"
         script.write_text(_HTTP)
         self.procs.append(self.lab.server.popen([sys.executable, str(script), str(self.web), str(self.requests),
-                                                 srv, str(HTTP_PORT)]))
+                                                 self.lab.server_ip, str(HTTP_PORT)]))
+        deadline = time.time() + 10
+        while self.lab.server.run(["ss", "-ltnH", f"sport = :{HTTP_PORT}"]).stdout.strip() == "":
+            assert time.time() < deadline, "the stub HTTP server did not start"
+            time.sleep(0.1)
         return self
 
     def put_overlay(self, node: str, files: dict[str, bytes]) -> None:
