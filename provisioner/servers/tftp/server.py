@@ -3,7 +3,7 @@
 tftpy's own server loops on select() (capped below 1,024 descriptors) and builds packet
 objects per block; this loop keeps tftpy for request parsing and replaces the rest: epoll
 scales to any number of transfers, DATA goes out as prebuilt bytes, and timers are a sweep
-every tenth of a second. Nothing a client sends can raise out of serve_forever().
+every 50 ms. Nothing a client sends can raise out of serve_forever().
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ log = logging.getLogger("provisioner.tftp")
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the constant
 _PKTINFO = struct.Struct("=I4s4s")  # ifindex, spec_dst (local address), addr (header dst)
-_SWEEP = 0.1
+_SWEEP = 0.05
 _RCVBUF = 4 << 20
 
 Resolver = Callable[[str, str], "Path | bytes | None"]
@@ -106,7 +106,8 @@ class TftpServer:
         self._running = threading.Event()
         self._stopped = threading.Event()
         self.cache = PayloadCache()
-        self.transfers: dict[int, Transfer] = {}
+        self.transfers: dict[int, Transfer] = {}  # by the fd of the socket connected to the peer
+        self.strays: dict[int, Transfer] = {}  # by the fd of the unconnected same-port socket
         self.by_peer: dict[tuple[str, int], Transfer] = {}
         self._stats: StatsWriter | None = None
         self._node_for = getattr(resolver, "node_for", None)
@@ -151,7 +152,7 @@ class TftpServer:
     def _loop(self, ep: select.epoll) -> None:
         listener = self.sock.fileno()
         wake = self._wake_r.fileno()
-        transfers = self.transfers
+        transfers, strays = self.transfers, self.strays
         next_sweep = time.monotonic() + _SWEEP
         while not self._stopping:
             events = ep.poll(_SWEEP)
@@ -166,13 +167,15 @@ class TftpServer:
                         t.outcome, ended = "server error", True
                     if ended:
                         self._end(t)
+                elif fd in strays:
+                    strays[fd].stray()
                 elif fd == listener:
                     self._accept_all(now)
                 elif fd == wake:
                     self._wake_r.recv(64)
             if now >= next_sweep:
                 next_sweep = now + _SWEEP
-                for t in [t for t in transfers.values() if now - t.last_send >= t.timeout]:
+                for t in [t for t in transfers.values() if now - t.last_send >= t.rto]:
                     if t.tick(now):
                         self._end(t)
 
@@ -249,38 +252,34 @@ class TftpServer:
             self._refuse(addr, local, req.filename, P.ERR_ACCESS, "access violation", f"refused: {e.strerror}")
             return
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        except OSError:
+            sock, strays = transfer_sockets(local, addr)
+        except OSError as e:
             self.cache.release(payload)
+            log.warning("TFTP cannot open a transfer socket for %s: %s", addr[0], e)
             self._refuse(addr, local, req.filename, P.ERR_DISK, "server busy, try again", "refused: busy")
             return
-        try:
-            sock.setblocking(False)
-            sock.bind((local, 0))
-        except OSError:
-            sock.close()
-            self.cache.release(payload)
-            self._refuse(addr, local, req.filename, P.ERR_UNDEFINED, "cannot bind reply socket", "refused: bind")
-            return
         n = neg[0]
-        t = Transfer(sock, addr, req.filename, self._node(addr[0]), payload, n.windowsize,
+        t = Transfer(sock, strays, addr, req.filename, self._node(addr[0]), payload, n.windowsize,
                      n.timeout or self.timeout, self.retries, n.oack)
         self.transfers[sock.fileno()] = t
+        self.strays[strays.fileno()] = t
         self.by_peer[addr] = t
         self._ep.register(sock.fileno(), select.EPOLLIN)
+        self._ep.register(strays.fileno(), select.EPOLLIN)
         t.send_window(now)
 
     # -- the end of a transfer ------------------------------------------------------------------
     def _end(self, t: Transfer) -> None:
-        fd = t.sock.fileno()
-        self.transfers.pop(fd, None)
+        self.transfers.pop(t.sock.fileno(), None)
+        self.strays.pop(t.strays.fileno(), None)
         if self.by_peer.get(t.peer) is t:
             del self.by_peer[t.peer]
-        try:
-            self._ep.unregister(fd)
-        except (OSError, ValueError):
-            pass
-        t.sock.close()
+        for s in (t.sock, t.strays):
+            try:
+                self._ep.unregister(s.fileno())
+            except (OSError, ValueError):
+                pass
+            s.close()
         self.cache.release(t.payload)
         nbytes = len(t.payload.data) if t.outcome == DONE else t.sent_bytes()
         self._record(TransferStats(t.peer[0], t.peer[1], t.path, t.node, nbytes,
@@ -303,6 +302,31 @@ class TftpServer:
                     st.retransmits, st.node or "-")
         if self._stats is not None:
             self._stats.put(st)
+
+
+def transfer_sockets(local: str, peer: tuple[str, int]) -> tuple[socket.socket, socket.socket]:
+    """A socket connected to the peer on a fresh port of the request's local address, and an
+    unconnected one bound to the same port: the kernel gives the peer's datagrams to the
+    connected socket (more specific) and everyone else's to the other."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((local, 0))
+        sock.connect(peer)
+        sock.setblocking(False)
+        strays = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        sock.close()
+        raise
+    try:
+        strays.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        strays.bind(sock.getsockname())
+        strays.setblocking(False)
+    except OSError:
+        strays.close()
+        sock.close()
+        raise
+    return sock, strays
 
 
 def listen_address(value: str) -> str:

@@ -3,13 +3,14 @@
 Block numbers are tracked as absolute integers and put on the wire modulo 65536, so files
 past 32 MB at 512-byte blocks roll over to block 0 and keep going. A window of blocks is
 sent, and the ACK that comes back says where the next window starts (a short ACK after a
-gap restarts from the gap). A duplicate ACK is answered only if the window has gone
-unanswered for a while: never twice in a row, which is what breeds the sorcerer's
+gap restarts from the gap). A duplicate ACK is answered only once the retransmission timeout
+has passed since the last send: never straight away, which is what breeds the sorcerer's
 apprentice storm.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import time
@@ -19,6 +20,23 @@ from .packets import ACK, ERR_TID, ERROR, error_packet
 from .payload import Payload
 
 _UNPACK = struct.Struct("!HH").unpack_from
+_SEG = struct.Struct("=H")
+_SOL_UDP = getattr(socket, "SOL_UDP", 17)
+_UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux value; Python 3.11 lacks it
+_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES = 64, 65000
+# Retransmission timer: TCP-style, from the measured round trip, doubling on each silent
+# retry and never above the timeout the client negotiated (RFC 2349), which would otherwise
+# make each lost packet on a LAN cost whole seconds (curl asks for 6).
+_MIN_RTO, _FIRST_RTO = 0.2, 0.5
+
+
+class _Gso:
+    """Whether UDP GSO works here; cleared on the first refusal (old kernel, no offload)."""
+
+    ok = True
+
+
+_gso = _Gso()
 _ERR_TID = error_packet(ERR_TID, "unknown transfer ID")
 
 DONE = "ok"
@@ -39,14 +57,19 @@ class TransferStats:
 
 
 class Transfer:
-    __slots__ = ("sock", "peer", "path", "node", "payload", "packets", "blocks", "window",
-                 "timeout", "dup_gap", "max_retries", "oack", "acked", "sent_to", "last_send",
-                 "retries", "retransmits", "started", "outcome")
+    """`sock` is connected to the peer (the kernel filters and routes once); `strays` is an
+    unconnected socket on the same port that only ever sees other senders."""
 
-    def __init__(self, sock: socket.socket, peer: tuple[str, int], path: str, node: str | None,
+    __slots__ = ("sock", "strays", "peer", "path", "node", "payload", "packets", "blocks", "window",
+                 "timeout", "rto", "srtt", "max_retries", "oack", "acked", "sent_to", "last_send",
+                 "last_progress", "retries", "retransmits", "started", "outcome")
+
+    def __init__(self, sock: socket.socket, strays: socket.socket, peer: tuple[str, int], path: str,
+                 node: str | None,
                  payload: Payload, window: int, timeout: float, max_retries: int,
                  oack: bytes | None):
         self.sock = sock
+        self.strays = strays
         self.peer = peer
         self.path = path
         self.node = node
@@ -55,7 +78,8 @@ class Transfer:
         self.blocks = payload.blocks
         self.window = window
         self.timeout = timeout
-        self.dup_gap = timeout / 4
+        self.rto = min(timeout, _FIRST_RTO)
+        self.srtt = 0.0
         self.max_retries = max_retries
         self.oack = oack
         # Block 0 is the OACK: it is "unacknowledged" (acked = -1) until the client's ACK 0.
@@ -64,40 +88,61 @@ class Transfer:
         self.last_send = 0.0
         self.retries = 0
         self.retransmits = 0
-        self.started = time.monotonic()
+        self.started = self.last_progress = time.monotonic()
         self.outcome: str | None = None
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     def send_window(self, now: float) -> None:
         first = self.acked + 1
         try:
             if first == 0:
-                self.sock.sendto(self.oack, self.peer)  # type: ignore[arg-type]
+                self.sock.send(self.oack)  # type: ignore[arg-type]
                 self.sent_to = 0
             else:
                 last = min(self.acked + self.window, self.blocks)
-                packets, payload, sendto, peer = self.packets, self.payload, self.sock.sendto, self.peer
-                for n in range(first, last + 1):
-                    p = packets[n]
-                    sendto(p if p is not None else payload.packet(n), peer)
-                    self.sent_to = n
+                if last > first and _gso.ok:
+                    self._send_segmented(first, last)
+                else:
+                    packets, payload, send = self.packets, self.payload, self.sock.send
+                    for n in range(first, last + 1):
+                        p = packets[n]
+                        send(p if p is not None else payload.packet(n))
+                        self.sent_to = n
         except OSError:
             pass  # a full buffer or an unreachable peer: the timeout resends
         self.last_send = now
 
+    def _send_segmented(self, first: int, last: int) -> None:
+        """A window in as few syscalls as UDP GSO allows: the kernel cuts the concatenated
+        packets back into one datagram each (every packet but the file's last is full size)."""
+        payload = self.payload
+        seg = payload.blksize + 4
+        per_call = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // seg)
+        if per_call < 2:
+            per_call = 1
+        cmsg = [(_SOL_UDP, _UDP_SEGMENT, _SEG.pack(seg))]
+        n = first
+        while n <= last:
+            end = min(n + per_call - 1, last)
+            batch = [payload.packet(i) for i in range(n, end + 1)]
+            if len(batch) == 1:
+                self.sock.send(batch[0])
+            else:
+                try:
+                    self.sock.sendmsg(batch, cmsg)
+                except OSError as e:
+                    if e.errno not in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                        raise
+                    _gso.ok = False  # no GSO on this path: one datagram per packet from now on
+                    for p in batch:
+                        self.sock.send(p)
+            self.sent_to = end
+            n = end + 1
+
     def readable(self, now: float) -> bool:
-        """Handle one datagram; True when the transfer has ended (see .outcome)."""
+        """Handle one datagram from the peer; True when the transfer has ended (.outcome)."""
         try:
-            data, addr = self.sock.recvfrom(2048)
+            data = self.sock.recv(2048)
         except OSError:
-            return False
-        if addr != self.peer:
-            try:
-                self.sock.sendto(_ERR_TID, addr)
-            except OSError:
-                pass
             return False
         if len(data) < 4:
             return False
@@ -106,14 +151,20 @@ class Transfer:
             acked = self.acked
             n = acked + ((blk - acked) & 0xFFFF)
             if n == acked:
-                if now - self.last_send >= self.dup_gap:
+                if now - self.last_send >= self.rto:
                     self.retransmits += 1
                     self.send_window(now)
                 return False
             if n > self.sent_to:
                 return False  # an ACK for something never sent: stale or bogus
             self.acked = n
-            self.retries = 0
+            if self.retries == 0:  # Karn: only a window sent once gives a clean RTT sample
+                sample = now - self.last_send
+                self.srtt = sample if self.srtt == 0.0 else 0.875 * self.srtt + 0.125 * sample
+            else:
+                self.retries = 0
+            self.rto = min(self.timeout, max(_MIN_RTO, 4 * self.srtt))
+            self.last_progress = now
             if n >= self.blocks:
                 self.outcome = DONE
                 return True
@@ -125,15 +176,25 @@ class Transfer:
             return True
         return False
 
+    def stray(self) -> None:
+        """A datagram from anyone but the peer reached our port: ERROR 5 back, carry on."""
+        try:
+            _data, addr = self.strays.recvfrom(2048)
+            self.strays.sendto(_ERR_TID, addr)
+        except OSError:
+            pass
+
     def tick(self, now: float) -> bool:
-        """Retransmit after a silent timeout; True when the client is given up on."""
-        if now - self.last_send < self.timeout:
+        """Retransmit once the RTO passes in silence; True when the client is given up on
+        (no progress for `max_retries` negotiated timeouts)."""
+        if now - self.last_send < self.rto:
             return False
-        self.retries += 1
-        if self.retries > self.max_retries:
+        if now - self.last_progress >= self.timeout * self.max_retries:
             self.outcome = "timeout"
             return True
+        self.retries += 1
         self.retransmits += 1
+        self.rto = min(self.timeout, self.rto * 2)
         self.send_window(now)
         return False
 

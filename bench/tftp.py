@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""TFTP throughput: provisioner's server against tftpd-hpa, same machine, same run.
+
+A server namespace holds both servers (tftpd-hpa on port 69, ours on 6969) over the same
+30 MB file; a client namespace runs 1, 20 and 100 concurrent curl clients (blksize 1468)
+against each, then one atftp client with windowsize 16 against each (tftpd-hpa ignores the
+option, so it serves its single lock-step stream). Prints seconds, MB/s and our ratio.
+Goals: >= 1.2x at 20 and 100 clients, >= 4x for the windowsize client. Needs root.
+
+    .venv/bin/python bench/tftp.py [--size-mb 30] [--clients 1,20,100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from netlab import Lab  # noqa: E402
+
+OURS, HPA = 6969, 69
+
+
+def wait_port(ns, port: int) -> None:
+    for _ in range(100):
+        if f":{port} " in ns.run(["ss", "-uln"]).stdout:
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listening on udp port {port}")
+
+
+def run_clients(client, cmd: str, n: int) -> float:
+    """Wall time for n concurrent copies of a shell command (each must exit 0)."""
+    script = f'for i in $(seq {n}); do ( {cmd} ) || echo FAIL & done; wait'
+    t0 = time.monotonic()
+    out = client.run(["sh", "-c", script], timeout=1800).stdout
+    dt = time.monotonic() - t0
+    if "FAIL" in out:
+        raise SystemExit(f"a client failed: {cmd}\n{out}")
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-mb", type=int, default=30)
+    ap.add_argument("--clients", default="1,20,100")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces)")
+    exe = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
+    with tempfile.TemporaryDirectory() as tmp, Lab(subnet="10.98.0.0/24") as lab:
+        root = Path(tmp) / "root"
+        root.mkdir()
+        data = os.urandom(args.size_mb << 20)
+        (root / "big.bin").write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        os.chmod(tmp, 0o755)
+        client = lab.host(ip="10.98.0.2")
+        srv = lab.server_ip
+        lab.server.popen(["in.tftpd", "-L", "-u", "root", "-s", str(root), "-a", f"{srv}:{HPA}"],
+                         stdout=subprocess.DEVNULL)
+        lab.server.popen([exe, "tftp", "--root", str(root), "--listen", srv, "--port", str(OURS)],
+                         stdout=subprocess.DEVNULL)
+        wait_port(lab.server, HPA)
+        wait_port(lab.server, OURS)
+        check = client.run(["sh", "-c", f"curl -s tftp://{srv}:{OURS}/big.bin | sha256sum"]).stdout.split()[0]
+        if check != digest:
+            raise SystemExit("our server sent wrong bytes")
+        mb = len(data) / 1e6
+        rows = []
+        for n in [int(x) for x in args.clients.split(",")]:
+            times = {}
+            for name, port in (("tftpd-hpa", HPA), ("provisioner", OURS)):
+                cmd = (f"curl -sf --tftp-blksize 1468 -o /dev/null tftp://{srv}:{port}/big.bin")
+                times[name] = run_clients(client, cmd, n)
+            rows.append((f"curl x{n}", times, n * mb))
+        times = {}
+        for name, port in (("tftpd-hpa", HPA), ("provisioner", OURS)):
+            cmd = (f"atftp --option 'windowsize 16' --option 'blksize 1468' -g -r big.bin "
+                   f"-l /dev/null {srv} {port} >/dev/null 2>&1")
+            times[name] = run_clients(client, cmd, 1)
+        rows.append(("atftp windowsize 16", times, mb))
+        print(f"{'run':22} {'tftpd-hpa s':>12} {'ours s':>8} {'hpa MB/s':>9} {'ours MB/s':>10} {'ratio':>6}")
+        for label, t, total in rows:
+            ratio = t["tftpd-hpa"] / t["provisioner"]
+            print(f"{label:22} {t['tftpd-hpa']:12.2f} {t['provisioner']:8.2f} "
+                  f"{total / t['tftpd-hpa']:9.1f} {total / t['provisioner']:10.1f} {ratio:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
