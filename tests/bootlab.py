@@ -81,8 +81,10 @@ class BootLab:
         self.procs: list[subprocess.Popen] = []
         self.ganesha: Ganesha | None = None
 
-    def start(self, images: dict[str, Path], hosts: dict[str, str]) -> "BootLab":
-        """Serve `images` (name -> rootfs dir) over NFS and DHCP leases `hosts` (mac -> ip)."""
+    def start(self, images: dict[str, Path], hosts: dict[str, str], serve: tuple[str, Path, Path] | None = None
+              ) -> "BootLab":
+        """Serve `images` (name -> rootfs dir) over NFS and DHCP leases `hosts` (mac -> ip); HTTP
+        from `provisioner serve` when `serve` = (executable, site, state) is given, else the stub."""
         srv = self.lab.server_ip
         exports = [Export(Path(os.path.realpath(p)), image_pseudo(n), False, False) for n, p in images.items()]
         self.ganesha = Ganesha(self.lab.server, self.work / "ganesha", exports, self.lab.net, srv).start()
@@ -91,17 +93,33 @@ class BootLab:
             ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces",
              "--user=root", f"--dhcp-range={self.lab.net[100]},{self.lab.net[200]},1h", f"--dhcp-leasefile={self.work}/leases",
              f"--pid-file={self.work}/dnsmasq.pid", *leases]))
+        if serve:
+            return self.start_serve(*serve)
         return self.start_http()
+
+    def _wait_listening(self, what: str) -> None:
+        deadline = time.time() + 20
+        while self.lab.server.run(["ss", "-ltnH", f"sport = :{HTTP_PORT}"]).stdout.strip() == "":
+            assert self.procs[-1].poll() is None, f"{what} exited: {self.procs[-1].stdout.read().decode()}"
+            assert time.time() < deadline, f"{what} did not start"
+            time.sleep(0.1)
+
+    def start_serve(self, exe: str, site: Path, state: Path) -> "BootLab":
+        """The real HTTP service: `provisioner serve --services http` (secure mode: overlays and
+        reports only from the node's own address and a privileged source port)."""
+        env = {**os.environ, "PROVISIONER_SITE": str(site), "PROVISIONER_STATE": str(state)}
+        self.procs.append(self.lab.server.popen(
+            [exe, "serve", "--services", "http", "--listen", self.lab.server_ip, "--http-port", str(HTTP_PORT)],
+            env=env))
+        self._wait_listening("provisioner serve")
+        return self
 
     def start_http(self) -> "BootLab":
         script = self.work / "overlay_http_stub.py"
         script.write_text(_HTTP)
         self.procs.append(self.lab.server.popen([sys.executable, str(script), str(self.web), str(self.requests),
                                                  self.lab.server_ip, str(HTTP_PORT)]))
-        deadline = time.time() + 10
-        while self.lab.server.run(["ss", "-ltnH", f"sport = :{HTTP_PORT}"]).stdout.strip() == "":
-            assert time.time() < deadline, "the stub HTTP server did not start"
-            time.sleep(0.1)
+        self._wait_listening("the stub HTTP server")
         return self
 
     def put_overlay(self, node: str, files: dict[str, bytes]) -> None:

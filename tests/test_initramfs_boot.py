@@ -3,11 +3,12 @@ NFS root read-only below, tmpfs above, the node's overlay from a privileged port
 switch_root into the image's own init."""
 
 import pytest
-from bootlab import BootLab
+from bootlab import HTTP_PORT, BootLab, overlay_archive
 from busyroot import make_root
 
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image
+from provisioner.nodestate import NodeStateDB
 from provisioner.paths import State
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
@@ -28,6 +29,24 @@ poweroff -f
 
 MAC = "52:54:00:7a:00:01"
 
+CLUSTER_YAML = f"""\
+cluster:
+  name: boot
+  domain: boot.test
+  network:
+    subnet: 10.99.0.0/24
+    master: 10.99.0.1
+  ports: {{http: {HTTP_PORT}}}
+  slurm: {{controller: master}}
+profiles:
+  default:
+    image: tiny
+nodes:
+  - name: node01
+    ip: 10.99.0.11
+    mac: {MAC}
+"""
+
 
 @pytest.fixture
 def image(tmp_path):
@@ -38,14 +57,20 @@ def image(tmp_path):
     return state
 
 
-def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path):
+def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
+    """Against the real `provisioner serve --services http` in secure mode."""
     state = image
+    cli.site.mkdir(parents=True)
+    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML)
+    overlay = overlay_archive("node01", {"etc/hostname": b"node01\n", "etc/pvtest/override": b"node01 only\n"})
+    layout.overlay_archive(state, "node01").parent.mkdir(parents=True, exist_ok=True)
+    layout.overlay_archive(state, "node01").write_bytes(overlay)
     with BootLab(lab, tmp_path / "lab") as bl:
-        bl.start({"tiny": layout.image_rootfs(state, "tiny")}, {MAC: "10.99.0.11"})
-        bl.put_overlay("node01", {"etc/hostname": b"node01\n", "etc/pvtest/override": b"node01 only\n"})
+        bl.start({"tiny": layout.image_rootfs(state, "tiny")}, {MAC: "10.99.0.11"},
+                 serve=(cli.exe, cli.site, state.root))
         console = bl.boot(layout.image_kernel(state, "tiny"), layout.image_initramfs(state, "tiny"),
                           bl.cmdline("node01", "tiny"), MAC, until="PVTEST done")
-        reports = bl.reports()
+    timeline = NodeStateDB(state.db).timeline("node01")
     lines = {ln.split("=", 1)[0]: ln.split("=", 1)[1].strip() for ln in console.splitlines()
              if ln.startswith("PVTEST ") and "=" in ln}
     assert "PVTEST done" in console, console[-3000:]
@@ -59,10 +84,9 @@ def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path):
     mounts = [ln for ln in console.splitlines() if ln.startswith("PVTEST mount ")]
     assert any(" / overlay " in m for m in mounts), mounts
     assert any(" nfs4 ro," in m and "/run/provisioner/lower" in m for m in mounts), mounts
-    assert [r["path"] for r in reports if r["method"] == "GET"] == ["/overlays/node01.cpio.gz"]
-    stages = [r["body"]["stage"] for r in reports if r["method"] == "POST"]
-    assert stages == ["network", "root", "overlay", "switch_root"], reports
-    assert all(r["port"] < 1024 for r in reports), reports
+    stages = [r["stage"] for r in timeline]
+    for stage in ("network", "root", "overlay", "switch_root"):
+        assert stage in stages, [dict(r) for r in timeline]
 
 
 def test_failed_nfs_mount_names_server_and_export(lab, image, tmp_path):
