@@ -140,8 +140,13 @@ class BootApp:
 
         async def done(resp: web.FileResponse, sent: int, seconds: float, outcome: str) -> None:
             self.in_flight -= 1
-            if request.method == "GET":
-                await self._transfer(peer, request.path, sent, seconds, outcome, node.name if node else None)
+            if request.method != "GET":
+                return
+            name = node.name if node else None
+            (log.info if outcome == "ok" else log.warning)("transfer", extra={"kv": {
+                "client": str(peer), "node": name, "path": request.path, "status": resp.status, "bytes": sent,
+                "seconds": round(seconds, 3), "outcome": outcome}})
+            await self._transfer(peer, request.path, sent, seconds, outcome, name)
 
         return TrackedFile(path, content_type, begin, done)
 
