@@ -25,6 +25,10 @@ COMMANDS = [
     ("image_cmds", "image"),
     ("image_cmds", "initramfs"),
     ("image_cmds", "nfs"),
+    ("overlay_cmds", "overlay"),
+    ("overlay_cmds", "plan"),
+    ("overlay_cmds", "secrets_group"),
+    ("demo_cmds", "demo"),
 ]
 
 

@@ -1,0 +1,259 @@
+"""Overlay commands: `overlay build|list|show|edit`, `plan` and `secrets show|regenerate`."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from ..artifacts import overlay_build, secrets
+from ..artifacts.overlay_build import Build, BuildFailed
+from ..atomic import atomic_write
+from ..errors import UserError
+from ..inventory.model import Node
+from ..render.context import RenderError
+from ..render.overlays import FileEntry
+from .context import Context, echo_json, echo_table, pass_ctx
+
+
+def _build(ctx: Context) -> Build:
+    try:
+        return Build(ctx.state, ctx.site, ctx.inventory())
+    except RenderError as e:
+        raise UserError(str(e)) from None
+
+
+def _render(ctx: Context, node: Node) -> list[FileEntry]:
+    """A node's entries, rendered now (its secrets made first, as a build would)."""
+    inv = ctx.inventory()
+    secrets.ensure_secrets(ctx.state, inv, [node] if "ssh" in node.overlays else [])
+    try:
+        return _build(ctx).render(node)[0]
+    except RenderError as e:
+        raise UserError(str(e)) from None
+
+
+def _one(ctx: Context, name: str) -> Node:
+    node = ctx.inventory().node(name)
+    if node is None:
+        raise UserError(f"no such node: {name}")
+    return node
+
+
+def run_build(ctx: Context, nodes: list[Node] | None, force: bool = False, jobs: int | None = None,
+              quiet: bool = False) -> overlay_build.BuildReport:
+    inv = ctx.inventory()
+    total = len(inv.nodes if nodes is None else nodes)
+    if sys.stdout.isatty() and not quiet:
+        with click.progressbar(length=total, label="building overlays") as bar:
+            report = overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs,
+                                         progress=bar.update)
+    else:
+        report = overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs)
+    return report
+
+
+@click.group()
+def overlay() -> None:
+    """Per-node overlays: build, inspect, override files."""
+
+
+@overlay.command("build")
+@click.argument("nodes", required=False)
+@click.option("--force", is_flag=True, help="Rebuild even nodes whose inputs did not change.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 256), help="Worker processes [default: one per core].")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@pass_ctx
+def overlay_build_cmd(ctx: Context, nodes: str | None, force: bool, jobs: int | None, as_json: bool) -> None:
+    """Build overlay archives and boot configs of NODES (default all) whose inputs changed."""
+    report = run_build(ctx, ctx.select(nodes) if nodes else None, force, jobs, quiet=as_json)
+    if as_json:
+        echo_json(report.__dict__)
+        return
+    click.echo(f"built {len(report.built)}, unchanged {len(report.unchanged)} in {report.seconds:.2f} s")
+    if report.no_image:
+        click.echo(f"no image, so no boot configs: {', '.join(report.no_image)}")
+
+
+@overlay.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def overlay_list(ctx: Context, as_json: bool) -> None:
+    """Overlays available (stock and site) and how many nodes use each."""
+    b = _build(ctx)
+    used = Counter(o for n in ctx.inventory().nodes for o in n.overlays)
+    rows = []
+    for name in b.library.names():
+        tree = b.library.tree(name)
+        where = [("stock" if i == 0 else "site") for i, r in enumerate(b.library.roots(name)) if r.is_dir()]
+        rows.append({"overlay": name, "sources": "+".join(where), "files": len(tree.files), "nodes": used.get(name, 0)})
+    missing = sorted(set(used) - set(b.library.names()))
+    if as_json:
+        echo_json({"overlays": rows, "missing": missing})
+        return
+    echo_table(["overlay", "sources", "files", "nodes"], [list(r.values()) for r in rows])
+    if missing:
+        raise UserError(f"used by nodes but not found: {', '.join(missing)}")
+
+
+@overlay.command("show")
+@click.argument("node")
+@click.argument("path", required=False)
+@click.option("--reveal", is_flag=True, help="Print a secret's bytes instead of masking them.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def overlay_show(ctx: Context, node: str, path: str | None, reveal: bool, as_json: bool) -> None:
+    """NODE's overlay as it would be built now: every file, or one file's content."""
+    entries = _render(ctx, _one(ctx, node))
+    if path is None:
+        if as_json:
+            echo_json([{"path": e.path, "kind": e.kind, "mode": f"{e.perm:04o}", "owner": e.owner,
+                        "group": e.group, "size": len(e.data), "source": e.source,
+                        **({"target": e.data.decode()} if e.kind == "symlink" else {})} for e in entries])
+            return
+        echo_table(["mode", "owner", "group", "size", "path", "source"],
+                   [[_mode_str(e), e.owner, e.group, len(e.data),
+                     e.path + (f" -> {e.data.decode()}" if e.kind == "symlink" else ""), e.source] for e in entries])
+        return
+    want = path.strip("/")
+    entry = next((e for e in entries if e.path == want), None)
+    if entry is None:
+        raise UserError(f"{node} has no {want} in its overlay")
+    if entry.secret and not reveal:
+        click.echo(f"({want}: secret, {len(entry.data)} bytes; --reveal to print it)")
+        return
+    if entry.kind == "dir":
+        click.echo(f"{want}: directory {_mode_str(entry)} {entry.owner}:{entry.group}")
+        return
+    sys.stdout.buffer.write(entry.data)
+
+
+def _mode_str(e: FileEntry) -> str:
+    kind = {"dir": "d", "symlink": "l"}.get(e.kind, "-")
+    bits = "".join(c if e.perm & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+    return kind + bits
+
+
+@overlay.command("edit")
+@click.argument("node")
+@click.argument("path")
+@pass_ctx
+def overlay_edit(ctx: Context, node: str, path: str) -> None:
+    """Edit NODE's own copy of PATH in $EDITOR (seeded from the rendered default), then
+    re-render and rebuild the node. Nothing is saved if the editor fails or nothing changed."""
+    n = _one(ctx, node)
+    rel = path.strip("/")
+    if not rel or ".." in rel.split("/"):
+        raise UserError(f"{path!r} is not a path inside the node's root")
+    entries = {e.path: e for e in _render(ctx, n)}
+    current = entries.get(rel)
+    if current is not None and current.secret:
+        raise UserError(f"{rel} is a secret; use `provisioner secrets regenerate`")
+    if current is not None and current.kind != "file":
+        raise UserError(f"{rel} is a {current.kind}, not a file")
+    override = ctx.site.node_overrides(node) / rel
+    before = override.read_bytes() if override.exists() else None
+    seed = before if before is not None else (current.data if current else b"")
+    edited = _run_editor(seed, Path(rel).name)
+    if edited == seed:
+        click.echo(f"{node}: {rel} unchanged, nothing saved")
+        return
+    atomic_write(override, edited, mode=0o644)
+    try:
+        report = run_build(ctx, [n], quiet=True)
+    except (BuildFailed, UserError) as e:
+        if before is None:
+            override.unlink()
+        else:
+            atomic_write(override, before, mode=0o644)
+        raise UserError(f"not saved: {e.message}") from None
+    click.echo(f"{node}: saved {override}; {'rebuilt' if report.built else 'up to date'}")
+
+
+def _run_editor(seed: bytes, name: str) -> bytes:
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    with tempfile.TemporaryDirectory(prefix="provisioner-edit.") as tmp:
+        f = Path(tmp) / name
+        f.write_bytes(seed)
+        res = subprocess.run([*shlex.split(editor), str(f)])
+        if res.returncode != 0:
+            raise UserError(f"editor {editor!r} exited {res.returncode}; nothing saved")
+        return f.read_bytes()
+
+
+@click.command()
+@click.argument("nodes", required=False)
+@click.option("--diff", "with_diff", is_flag=True, help="Unified diffs of changed files (secrets never shown).")
+@pass_ctx
+def plan(ctx: Context, nodes: str | None, with_diff: bool) -> None:
+    """Which files of NODES (default all) a build would change. Writes nothing."""
+    b = _build(ctx)
+    marks = {"added": "+", "removed": "-", "changed": "~", "mode": "m", "owner": "o"}
+    pending = 0
+    for n in ctx.select(nodes):
+        try:
+            changes = overlay_build.plan_node(b, n, with_diff)
+        except RenderError as e:
+            raise UserError(str(e)) from None
+        if changes is None:
+            click.echo(f"{n.name}: not built yet")
+            pending += 1
+            continue
+        if not changes:
+            continue
+        pending += 1
+        click.echo(f"{n.name}: {len(changes)} change(s)")
+        for c in changes:
+            click.echo(f"  {marks[c.what]} {c.path}" + (f" ({c.diff})" if c.what in ("mode", "owner") else ""))
+            if with_diff and c.what == "changed" and c.diff:
+                click.echo(c.diff.rstrip("\n"))
+    click.echo(f"{pending} node(s) would change" if pending else "nothing to build")
+
+
+@click.group("secrets")
+def secrets_group() -> None:
+    """Cluster secrets: the MUNGE key and SSH host keys (state/secrets)."""
+
+
+@secrets_group.command("show")
+@click.argument("node", required=False)
+@click.option("--reveal", is_flag=True, help="Print the secrets themselves (binary ones in base64).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def secrets_show(ctx: Context, node: str | None, reveal: bool, as_json: bool) -> None:
+    """List secrets (masked: size and fingerprint), optionally only NODE's."""
+    infos = secrets.list_secrets(ctx.state, node)
+    if as_json:
+        echo_json([{**s.__dict__, **({"value": s.reveal(ctx.state)} if reveal else {})} for s in infos])
+        return
+    if not reveal:
+        echo_table(["path", "mode", "size", "fingerprint"], [[s.path, s.mode, s.size, s.fingerprint] for s in infos])
+        return
+    for s in infos:
+        click.echo(f"==> {s.path} <==")
+        click.echo(s.reveal(ctx.state), nl=False)
+
+
+@secrets_group.command("regenerate")
+@click.argument("what", type=click.Choice(["munge", "ssh"]))
+@click.argument("nodes", required=False)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+def secrets_regenerate(ctx: Context, what: str, nodes: str | None, yes: bool) -> None:
+    """Replace the MUNGE key, or the SSH host keys of NODES (default all); then rebuild."""
+    chosen = ctx.select(nodes) if what == "ssh" else []
+    target = "the cluster MUNGE key" if what == "munge" else f"SSH host keys of {len(chosen)} node(s)"
+    if not yes and not click.confirm(f"Replace {target}? Running nodes keep the old ones until they reboot"):
+        raise UserError("nothing changed")
+    if what == "munge":
+        secrets.regenerate_munge(ctx.state)
+    else:
+        secrets.regenerate_ssh(ctx.state, ctx.inventory(), chosen)
+    report = run_build(ctx, None, quiet=True)
+    click.echo(f"replaced {target}; rebuilt {len(report.built)} node(s)")

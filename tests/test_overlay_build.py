@@ -1,0 +1,195 @@
+"""Overlay archives: extracted by GNU cpio and busybox cpio to the same tree; incremental,
+all-or-nothing, and a build killed with SIGKILL leaves the previous archives intact."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from provisioner.artifacts import cpio, layout
+from provisioner.artifacts.overlay_build import BuildFailed, build, read_archive
+from provisioner.inventory import load_inventory
+from provisioner.paths import Site, State
+
+from test_render_overlays import INVENTORY, fake_image, make_site, plant_secrets
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under root: type+mode, owner, group, and content or link target."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = os.lstat(p)
+            body = os.readlink(p) if stat.S_ISLNK(st.st_mode) else (p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
+            out[p.relative_to(root).as_posix()] = (st.st_mode, st.st_uid, st.st_gid, body)
+    return out
+
+
+def extract(archive: Path, dest: Path, tool: list[str]) -> dict[str, tuple]:
+    dest.mkdir()
+    data = gzip.decompress(archive.read_bytes())
+    subprocess.run(tool, input=data, cwd=dest, check=True, capture_output=True)
+    return snapshot(dest)
+
+
+def test_gnu_and_busybox_cpio_extract_the_same_tree(tmp_path):
+    site, state, inv = make_site(tmp_path)
+    fake_image(state, munge_ids=(4242, 4343))
+    report = build(state, site, inv)
+    assert sorted(report.built) == sorted(n.name for n in inv.nodes)
+    archive = layout.overlay_archive(state, "node01")
+    gnu = extract(archive, tmp_path / "gnu", ["cpio", "-idm", "--quiet", "--no-absolute-filenames"])
+    bb = extract(archive, tmp_path / "bb", ["busybox", "cpio", "-idm"])
+    assert gnu == bb
+    # and both match what the archive says
+    members = {e.path: e for e in read_archive(archive)}
+    assert set(gnu) == set(members)
+    for path, (mode, uid, gid, body) in gnu.items():
+        m = members[path]
+        assert (mode, uid, gid) == (m.mode, m.uid, m.gid), path
+    key = gnu["etc/munge/munge.key"]
+    assert (stat.S_IMODE(key[0]), key[1], key[2]) == (0o400, 4242, 4343)
+    assert gnu["etc/systemd/system/multi-user.target.wants/systemd-networkd.service"][3] == \
+        "/lib/systemd/system/systemd-networkd.service"
+    assert gnu["etc/hostname"][3] == b"node01\n"
+    assert stat.S_IMODE(gnu["etc/ssh/ssh_host_rsa_key"][0]) == 0o600
+    # boot configs land where the servers look
+    assert "provisioner.node=node01" in layout.ipxe_script(state, "node01").read_text()
+    assert "APPEND provisioner.node=node01" in layout.pxelinux_config(state, "node01").read_text()
+    assert "linux /images/debian12/vmlinuz" in layout.grub_config(state, "node01").read_text()
+
+
+def test_builds_are_deterministic_and_incremental(tmp_path):
+    site, state, inv = make_site(tmp_path)
+    build(state, site, inv)
+    first = {n.name: layout.overlay_archive(state, n.name).read_bytes() for n in inv.nodes}
+    again = build(state, site, inv)
+    assert again.built == [] and len(again.unchanged) == len(inv.nodes)
+    forced = build(state, site, inv, force=True)
+    assert len(forced.built) == len(inv.nodes)
+    assert {n.name: layout.overlay_archive(state, n.name).read_bytes() for n in inv.nodes} == first
+
+    own = site.node_overrides("node02") / "etc" / "motd"
+    own.parent.mkdir(parents=True)
+    own.write_text("hello node02\n")
+    assert build(state, site, inv).built == ["node02"]
+    assert {e.path: e.data for e in read_archive(layout.overlay_archive(state, "node02"))}["etc/motd"] == b"hello node02\n"
+
+    (site.overlays / "base" / "etc").mkdir(parents=True)
+    (site.overlays / "base" / "etc" / "issue").write_text("site issue\n")
+    assert sorted(build(state, site, inv).built) == sorted(n.name for n in inv.nodes)
+
+    # a node's new address changes /etc/hosts everywhere, so everyone rebuilds
+    site.cluster_yaml.write_text(INVENTORY.replace("ip: 10.77.0.21", "ip: 10.77.0.31"))
+    moved = load_inventory(site.cluster_yaml)
+    plant_secrets(state, moved)
+    assert len(build(state, site, moved).built) == len(moved.nodes)
+
+
+def test_changed_secret_rebuilds_only_its_node(tmp_path):
+    site, state, inv = make_site(tmp_path)
+    build(state, site, inv)
+    d = layout.secrets_dir(state) / "ssh" / "node03"
+    tmp = d / ".new"
+    tmp.write_text("NEW KEY\n")
+    os.replace(tmp, d / "ssh_host_ed25519_key")
+    assert build(state, site, inv).built == ["node03"]
+
+
+def test_broken_template_changes_no_archive(tmp_path):
+    site, state, inv = make_site(tmp_path)
+    build(state, site, inv)
+    before = {p: p.read_bytes() for p in state.root.rglob("*") if p.is_file() and "secrets" not in p.parts}
+    (site.overlays / "base" / "etc").mkdir(parents=True)
+    # fails for one node only, after the others rendered fine
+    (site.overlays / "base" / "etc" / "motd.j2").write_text(
+        "{% if node.name == 'gpu01' %}{{ vars.missing }}{% endif %}\n")
+    with pytest.raises(BuildFailed, match=r"base:etc/motd.j2:1: .*missing.*gpu01"):
+        build(state, site, inv, jobs=1)
+    after = {p: p.read_bytes() for p in state.root.rglob("*") if p.is_file() and "secrets" not in p.parts}
+    assert after == before
+
+
+KILLER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from provisioner.artifacts import overlay_build
+    from provisioner.inventory import load_inventory
+    from provisioner.paths import Site, State
+    site, state = Site(Path(sys.argv[1])), State(Path(sys.argv[2]))
+    inv = load_inventory(site.cluster_yaml)
+    def progress(n):
+        print("staged", flush=True)
+        time.sleep(3600)  # hold mid-build until killed
+    overlay_build.build(state, site, inv, jobs=int(sys.argv[3]), progress=progress)
+""")
+
+
+def _many_nodes(n: int) -> str:
+    macs = ", ".join(f"52:54:00:10:{i // 256:02x}:{i % 256:02x}" for i in range(n))
+    return INVENTORY.replace("10.77.0.0/24", "10.77.0.0/16").replace(
+        "  - name: gpu01", f"  - name: big[001-{n:03d}]\n    ip: 10.77.1.1\n    mac: [{macs}]\n  - name: gpu01")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_kill_9_mid_build_leaves_previous_archives_intact(tmp_path, jobs):
+    site, state, inv = make_site(tmp_path, _many_nodes(100))
+    build(state, site, inv)
+    archives = {n.name: layout.overlay_archive(state, n.name) for n in inv.nodes}
+    before = {n: p.read_bytes() for n, p in archives.items()}
+    (site.overlays / "base" / "etc").mkdir(parents=True)
+    (site.overlays / "base" / "etc" / "motd").write_text("changed\n")
+    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(site.root), str(state.root), str(jobs)],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "staged"
+        staged = [p for p in state.root.rglob(".*.building")]
+        assert staged, "the build had staged files when it was killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for name, path in archives.items():
+        assert path.read_bytes() == before[name], name
+        assert cpio.read(gzip.decompress(path.read_bytes()))  # readable
+    # the next build finishes the job and clears the leftovers
+    report = build(state, site, inv)
+    assert len(report.built) == len(inv.nodes)
+    assert not list(state.root.rglob(".*.building"))
+    assert b"changed\n" in {e.path: e.data for e in read_archive(archives["big001"])}["etc/motd"]
+
+
+def test_kill_9_at_any_moment_leaves_every_archive_whole(tmp_path):
+    """Kill at several points of a real build (no hooks): each archive is the old or the new."""
+    site, state, inv = make_site(tmp_path, _many_nodes(250))
+    build(state, site, inv)
+    archives = {n.name: layout.overlay_archive(state, n.name) for n in inv.nodes}
+    old = {n: p.read_bytes() for n, p in archives.items()}
+    code = ("import sys; from pathlib import Path; from provisioner.artifacts import overlay_build; "
+            "from provisioner.inventory import load_inventory; from provisioner.paths import Site, State; "
+            "s = Site(Path(sys.argv[1])); overlay_build.build(State(Path(sys.argv[2])), s, "
+            "load_inventory(s.cluster_yaml), force=True, jobs=2)")
+    for delay in (0.4, 0.7, 1.0, 1.4):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(site.root), str(state.root)], cwd=REPO,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for name, path in archives.items():
+            assert path.read_bytes() == old[name], name  # force rebuilds the same bytes

@@ -1,0 +1,134 @@
+"""Cluster secrets: made once with real OpenSSH tools, kept private, regenerated on demand."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from provisioner.artifacts import layout, secrets
+from provisioner.inventory import parse_text
+from provisioner.paths import State
+
+INV = """\
+cluster:
+  name: sec
+  domain: sec.cluster
+  network: {subnet: 10.88.0.0/24, master: 10.88.0.1}
+profiles:
+  default: {image: debian12, overlays: [base, ssh, munge]}
+nodes:
+  - name: n[1-2]
+    ip: 10.88.0.11
+    mac: [52:54:00:88:00:01, 52:54:00:88:00:02]
+"""
+
+
+@pytest.fixture
+def inv():
+    return parse_text(INV, "cluster.yaml")
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_generated_once_with_private_modes_and_real_openssh_keys(tmp_path, inv):
+    state = State(tmp_path / "state")
+    made = secrets.ensure_secrets(state, inv)
+    assert set(made) == {"munge.key", "ssh_host_ca", "ssh/n1", "ssh/n2"}
+    root = layout.secrets_dir(state)
+    assert mode(root) == 0o700
+    for p in root.rglob("*"):
+        assert mode(p) == (0o700 if p.is_dir() else 0o600), p
+    assert len(secrets.munge_key(state)) == 1024
+    d = root / "ssh" / "n1"
+    for ktype, name in (("ed25519", "ED25519"), ("ecdsa", "ECDSA"), ("rsa", "RSA")):
+        key = d / f"ssh_host_{ktype}_key"
+        assert key.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+        derived = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, check=True)
+        assert derived.stdout.split()[:2] == (d / f"ssh_host_{ktype}_key.pub").read_text().split()[:2]
+        listing = subprocess.run(["ssh-keygen", "-l", "-f", str(key)], capture_output=True, text=True, check=True)
+        assert f"({name})" in listing.stdout
+        cert = subprocess.run(["ssh-keygen", "-L", "-f", str(d / f"ssh_host_{ktype}_key-cert.pub")],
+                              capture_output=True, text=True, check=True).stdout
+        assert "host certificate" in cert
+        for principal in ("n1", "n1.sec.cluster", "10.88.0.11"):
+            assert principal in cert
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert secrets.ensure_secrets(state, inv) == []
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_certificates_verify_against_the_cluster_ca(tmp_path, inv):
+    state = State(tmp_path / "state")
+    secrets.ensure_secrets(state, inv)
+    root = layout.secrets_dir(state)
+    cert = root / "ssh" / "n2" / "ssh_host_ed25519_key-cert.pub"
+    # ssh-keygen -L shows the signing CA's fingerprint: it must be the cluster CA's.
+    ca_fp = subprocess.run(["ssh-keygen", "-l", "-f", str(root / "ssh_host_ca.pub")], capture_output=True,
+                           text=True, check=True).stdout.split()[1]
+    shown = subprocess.run(["ssh-keygen", "-L", "-f", str(cert)], capture_output=True, text=True, check=True).stdout
+    assert ca_fp in shown
+
+
+def test_changed_address_resigns_certificates_but_keeps_keys(tmp_path, inv):
+    state = State(tmp_path / "state")
+    secrets.ensure_secrets(state, inv)
+    d = layout.secrets_dir(state) / "ssh" / "n1"
+    key = (d / "ssh_host_ed25519_key").read_bytes()
+    moved = parse_text(INV.replace("10.88.0.11", "10.88.0.51"), "cluster.yaml")
+    assert "ssh/n1" in secrets.ensure_secrets(state, moved)
+    assert (d / "ssh_host_ed25519_key").read_bytes() == key
+    cert = subprocess.run(["ssh-keygen", "-L", "-f", str(d / "ssh_host_ed25519_key-cert.pub")],
+                          capture_output=True, text=True, check=True).stdout
+    assert "10.88.0.51" in cert
+
+
+def test_regenerate_replaces_only_what_was_asked(tmp_path, inv):
+    state = State(tmp_path / "state")
+    secrets.ensure_secrets(state, inv)
+    root = layout.secrets_dir(state)
+    munge = secrets.munge_key(state)
+    n1 = (root / "ssh/n1/ssh_host_rsa_key").read_bytes()
+    n2 = (root / "ssh/n2/ssh_host_rsa_key").read_bytes()
+    secrets.regenerate_ssh(state, inv, [inv.node("n1")])
+    assert (root / "ssh/n1/ssh_host_rsa_key").read_bytes() != n1
+    assert (root / "ssh/n2/ssh_host_rsa_key").read_bytes() == n2
+    assert secrets.munge_key(state) == munge
+    secrets.regenerate_munge(state)
+    assert secrets.munge_key(state) != munge and len(secrets.munge_key(state)) == 1024
+    assert not [p for p in (root / "ssh").iterdir() if p.name.startswith(".")]
+
+
+def test_concurrent_first_use_agrees_on_one_munge_key(tmp_path):
+    state = State(tmp_path / "state")
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: secrets.munge_key(state), range(16)))
+    assert len(keys) == 1
+
+
+def test_read_secret_refuses_paths_outside_the_secrets_folder(tmp_path):
+    state = State(tmp_path / "state")
+    secrets.munge_key(state)
+    (tmp_path / "state" / "outside").write_text("nope")
+    for bad in ("../outside", "/etc/passwd", "", ".", "ssh/../../outside"):
+        with pytest.raises(secrets.SecretMissing):
+            secrets.read_secret(state, bad)
+    with pytest.raises(secrets.SecretMissing, match="does not exist"):
+        secrets.read_secret(state, "ssh/nobody/key")
+    assert secrets.read_secret(state, "munge.key") == secrets.munge_key(state)
+
+
+def test_listing_masks_and_reveal_shows(tmp_path, inv):
+    state = State(tmp_path / "state")
+    secrets.ensure_secrets(state, inv)
+    infos = {s.path: s for s in secrets.list_secrets(state, "n1")}
+    assert "ssh/n2/ssh_host_rsa_key" not in infos and "ssh/n1/ssh_host_rsa_key" in infos
+    munge = infos["munge.key"]
+    assert munge.size == 1024 and munge.mode == "0600"
+    assert infos["ssh/n1/ssh_host_ed25519_key.pub"].fingerprint.startswith("SHA256:")
+    assert "PRIVATE KEY" in infos["ssh/n1/ssh_host_ed25519_key"].reveal(state)
