@@ -109,37 +109,40 @@ def parse_oack(data: bytes) -> dict[str, str]:
     return {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts), 2)}
 
 
-def fetch(server: tuple[str, int], name: str, *, window: int = 1, timeout: float = 3.0,
+def fetch(server: tuple[str, int], name: str, *, wait: float = 3.0,
           sock: socket.socket | None = None, **options: Any) -> tuple[bytes, dict[str, str], tuple[str, int]]:
     """Download with a plain RFC 1350/7440 client; (data, oack options, server TID)."""
     s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(timeout)
+    s.settimeout(wait)
     try:
         s.sendto(rrq(name, **options), server)
         pkt, tid = s.recvfrom(70000)
-        oack: dict[str, str] = {}
-        blksize = int(options.get("blksize", 512))
-        if pkt[:2] == b"\0\x06":
-            oack = parse_oack(pkt)
-            blksize = int(oack.get("blksize", 512))
-            window = int(oack.get("windowsize", 1))
-            s.sendto(ack(0), tid)
-            pkt, _ = s.recvfrom(70000)
-        chunks, expect, in_window = [], 1, 0
-        while True:
-            assert pkt[:2] == b"\0\x03", pkt[:60]
-            blk = struct.unpack("!H", pkt[2:4])[0]
-            if blk == expect & 0xFFFF:
-                chunks.append(pkt[4:])
-                expect += 1
-                in_window += 1
-                last = len(pkt) - 4 < blksize
-                if last or in_window == window:
-                    s.sendto(ack(expect - 1), tid)
-                    in_window = 0
-                if last:
-                    return b"".join(chunks), oack, tid
-            pkt, _ = s.recvfrom(70000)
+        if pkt[:2] != b"\0\x06":
+            return receive(s, tid, pkt, int(options.get("blksize", 512)), 1), {}, tid
+        oack = parse_oack(pkt)
+        s.sendto(ack(0), tid)
+        blksize, window = int(oack.get("blksize", 512)), int(oack.get("windowsize", 1))
+        return receive(s, tid, s.recvfrom(70000)[0], blksize, window), oack, tid
     finally:
         if sock is None:
             s.close()
+
+
+def receive(s: socket.socket, tid: tuple[str, int], pkt: bytes, blksize: int, window: int) -> bytes:
+    """The rest of a download whose first DATA packet is `pkt`: ACK each window (or at a
+    gap, the last block in order, as RFC 7440 says) until the short last block."""
+    chunks, expect, in_window = [], 1, 0
+    while True:
+        assert pkt[:2] == b"\0\x03", pkt[:60]
+        blk = struct.unpack("!H", pkt[2:4])[0]
+        if blk == expect & 0xFFFF:
+            chunks.append(pkt[4:])
+            expect += 1
+            in_window += 1
+            last = len(pkt) - 4 < blksize
+            if last or in_window == window:
+                s.sendto(ack(expect - 1), tid)
+                in_window = 0
+            if last:
+                return b"".join(chunks)
+        pkt = s.recvfrom(70000)[0]

@@ -216,7 +216,7 @@ class TftpServer:
             return  # never answer an ERROR, and never port 0: no error ping-pong
         existing = self.by_peer.get(addr)
         if existing is not None:
-            if existing.acked <= 0 and now - existing.last_send >= existing.dup_gap:
+            if existing.acked <= 0 and now - existing.last_send >= existing.rto:
                 existing.send_window(now)  # our first answer was lost: the client asked again
             return
         try:
