@@ -134,6 +134,9 @@ def test_exec_runs_inside_with_api_mounts_and_cleans_up(state, src):
     assert not (layout.image_rootfs(state, "tiny") / "etc" / "broken").exists()
     assert not [p for p in layout.image_versions(state, "tiny").iterdir() if p.name.startswith(".")]
     assert not _mounts_under(state.root)
+    # A newer kernel appearing in /boot does not replace the one the image boots.
+    assert images.exec_in_image(state, "tiny", ["sh", "-c", "echo k > /boot/vmlinuz-99.0.0-1-amd64"]) == 0
+    assert next(v for v in images.versions(state, "tiny") if v.current).meta["kernel"] == host_kernel()
 
 
 def test_cli_image_commands(cli, src):

@@ -157,8 +157,10 @@ def _prune(state: State, name: str, keep: int) -> None:
         _discard(v.path)
 
 
-def _take_kernel(staging: Path, kernel: str | None, compression: str, progress: Progress) -> str | None:
-    """Copy /boot/vmlinuz-KVER out of the root and build the initramfs from its modules."""
+def _take_kernel(staging: Path, kernel: str | None, compression: str, progress: Progress,
+                 prefer: str | None = None) -> str | None:
+    """Copy /boot/vmlinuz-KVER out of the root and build the initramfs from its modules:
+    `kernel` if given, else `prefer` (the parent version's) while it is still there, else the newest."""
     rootfs = staging / "rootfs"
     found = kernel_versions(rootfs)
     if kernel and kernel not in found:
@@ -166,7 +168,7 @@ def _take_kernel(staging: Path, kernel: str | None, compression: str, progress: 
     if not found:
         progress("no /boot/vmlinuz-* in the image: no kernel or initramfs for this version")
         return None
-    kver = kernel or found[-1]
+    kver = kernel or (prefer if prefer in found else found[-1])
     with open(rootfs / "boot" / f"vmlinuz-{kver}", "rb") as src:
         atomic_write(staging / "vmlinuz", src.read())
     if modules_dir(rootfs, kver).is_dir():
@@ -179,13 +181,14 @@ def _take_kernel(staging: Path, kernel: str | None, compression: str, progress: 
 
 def _commit(state: State, name: str, version: str, staging: Path, meta: dict, kernel: str | None,
             compression: str, keep: int, progress: Progress) -> ImageVersion:
+    prefer = meta.pop("kernel", None)
     rootfs = staging / "rootfs"
     if not (rootfs / "etc").is_dir() or not any(os.path.lexists(rootfs / p) for p in ("bin/sh", "usr/bin/sh")):
         raise UserError(f"{meta.get('source', 'the source')} does not look like a root filesystem (no etc/ or bin/sh)")
     machine_id = rootfs / "etc" / "machine-id"
     if machine_id.is_file():
         machine_id.write_text("")  # each node makes its own at first boot
-    kver = _take_kernel(staging, kernel, compression, progress)
+    kver = _take_kernel(staging, kernel, compression, progress, prefer)
     meta = {**meta, "kernel": kver, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write(staging / layout.IMAGE_META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     final = layout.image_versions(state, name) / version
@@ -355,7 +358,7 @@ def exec_in_image(state: State, name: str, argv: list[str], in_place: bool = Fal
         return {**cur.meta, "exec": argv, "parent": cur.version}
 
     try:
-        _make_version(state, name, fill, kernel or cur.meta.get("kernel"), compression, keep, progress)
+        _make_version(state, name, fill, kernel, compression, keep, progress)
     except _CommandFailed as e:
         progress(f"command exited {e.code}: {name} stays at {cur.version}")
         return e.code
