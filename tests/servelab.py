@@ -85,6 +85,7 @@ class Serve:
         self.lab, self.cli, self.port = lab, cli, port
         self.url = f"http://{SERVER_IP}:{port}"
         self.lines: list[str] = []
+        self.terminated = False
         env = {**os.environ, "PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)}
         self.proc = lab.server.popen([cli.exe, "serve", "--services", services, "--listen", SERVER_IP,
                                       "--http-port", str(port), *extra], env=env, text=True)
@@ -108,10 +109,12 @@ class Serve:
         raise AssertionError(f"no log line with {needle!r}; serve said:\n" + "\n".join(self.lines))
 
     def signal(self, sig: int) -> None:
+        self.terminated = self.terminated or sig == signal.SIGTERM
         os.kill(self.proc.pid, sig)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
+        """SIGTERM once (a second one while Python finalizes would kill it) and the exit code."""
+        if self.proc.poll() is None and not self.terminated:
             self.signal(signal.SIGTERM)
         try:
             rc = self.proc.wait(timeout=30)

@@ -106,3 +106,22 @@ def test_sigterm_stops_cleanly_and_frees_the_port(lab, cli):
     assert srv.lines[-1].split()[3:] == ["msg=stopped", "failed=False"]
     with Serve(lab, cli) as again:  # the port is free again at once
         assert curl(lab.server, "-o", "/dev/null", "-w", "%{http_code}", f"{again.url}/metrics").stdout == "200"
+
+
+def test_sigterm_lets_a_download_in_flight_finish(lab, cli):
+    write_site(cli.site)
+    files = write_state(cli.state, big=16 * 1024 * 1024)  # more than socket buffers hold
+    body = files[f"/images/{IMAGE}/initramfs.img"]
+    srv = Serve(lab, cli)
+    try:
+        n1 = lab.host(ip=NODES["node01"][0])
+        fetch = n1.popen(f"curl -sS --noproxy '*' --fail --limit-rate 4M {srv.url}/images/{IMAGE}/initramfs.img "
+                         "| sha256sum", text=True)
+        wait_in_flight(lab, srv, 1)
+        srv.signal(signal.SIGTERM)
+        out, _ = fetch.communicate(timeout=60)
+        assert out.split()[0] == sha256(body)
+        srv.wait_log("msg=stopped")
+        assert any("msg=transfer" in line and "outcome=ok" in line and "bytes=16777216" in line for line in srv.lines)
+    finally:
+        assert srv.stop() == 0
