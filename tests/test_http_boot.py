@@ -65,6 +65,8 @@ def test_kernel_and_initramfs_range_head_etag(lab, served):
     assert n1.run(["sha256sum", f"/tmp/tail-{lab.tag}"]).stdout.split()[0] == sha256(body[-100:])
     n1.run(["rm", "-f", f"/tmp/tail-{lab.tag}"])
 
+    assert curl(n1, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Range: bytes=zz", url).stdout == "416"
+    assert curl(n1, "-o", "/dev/null", "-w", "%{http_code}", "-r", f"{len(body)}-", url).stdout == "416"
     assert curl(n1, "-o", "/dev/null", "-w", "%{http_code}", "-H", f"If-None-Match: {etag}", url).stdout == "304"
     assert curl(n1, "-o", "/dev/null", "-w", "%{http_code}", "-H", 'If-None-Match: "other"', url).stdout == "200"
     kernel = curl(n1, f"{srv.url}/images/{IMAGE}/vmlinuz", "-o", "/dev/null", "-w", "%{size_download}").stdout
@@ -131,3 +133,15 @@ def test_node_api_authenticated_like_secrets(lab, served, cli):
     assert db_facts["stage"] == "registered"
     from provisioner.nodestate import NodeStateDB
     assert NodeStateDB(cli.state / "nodes.sqlite").facts("node01") == facts
+
+
+def test_garbage_requests_get_400_and_the_server_carries_on(lab, served):
+    srv, files = served
+    n1 = node_ns(lab, "node01")
+    for junk in (r"\x00\xff\xfe junk\r\n\r\n", r"GET /boot/ipxe HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+                 "GET /" + "a" * 70000 + r" HTTP/1.1\r\n\r\n"):
+        out = n1.run(["bash", "-c", f"exec 3<>/dev/tcp/10.99.0.1/{srv.port}; printf '{junk}' >&3; "
+                                    "timeout 5 head -c 12 <&3"], check=False).stdout
+        assert out.startswith("HTTP/1.") and out[9] == "4", out  # a 4xx status line
+    mac = NODES["node01"][1]
+    assert curl(n1, f"{srv.url}/boot/{mac}.ipxe").stdout.encode() == files[f"/boot/{mac}.ipxe"]

@@ -132,7 +132,11 @@ class BootApp:
             raise self._refuse(web.HTTPNotFound, "no such artifact", request, node=node.name if node else None,
                                file=str(path))
         peer = self._peer(request)
-        if node is not None and stage is not None and request.method == "GET" and request.http_range.start in (None, 0):
+        try:
+            first_byte = request.http_range.start
+        except ValueError:  # a malformed Range: FileResponse answers 416
+            first_byte = -1
+        if node is not None and stage is not None and request.method == "GET" and first_byte in (None, 0):
             await self._stage(node.name, stage, request.path)
 
         def begin() -> None:
