@@ -183,6 +183,11 @@ pv_mount_root() {
             dev=${spec%%:*}
             sub=""
             [ "$dev" != "$spec" ] && sub=${spec#*:}
+            try=0
+            while [ ! -e "$dev" ] && [ $try -lt 40 ]; do
+                sleep 0.25
+                try=$((try + 1))
+            done
             out=$(mount -o ro "$dev" "$PV_RUN/lower" 2>&1) \
                 || pv_fail "cannot mount the local root $dev: $out"
             PV_LOWER=$PV_RUN/lower/${sub#/}

@@ -4,7 +4,7 @@ switch_root into the image's own init."""
 
 import pytest
 from bootlab import HTTP_PORT, BootLab, overlay_archive
-from busyroot import make_root
+from busyroot import REPORT_INIT, console_values, make_root
 
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image
@@ -12,20 +12,6 @@ from provisioner.nodestate import NodeStateDB
 from provisioner.paths import State
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
-
-# The image's /sbin/init: print what the test checks, then power off (qemu -no-reboot exits).
-CHECK_INIT = """#!/bin/sh
-echo "PVTEST hostname=$(hostname)"
-echo "PVTEST etc_hostname=$(cat /etc/hostname)"
-echo "PVTEST override=$(cat /etc/pvtest/override)"
-echo "PVTEST image_file=$(cat /etc/image-file)"
-touch /written-above && echo "PVTEST upper=writable"
-if touch /run/provisioner/lower/x 2>/dev/null; then echo "PVTEST lower=writable"; else echo "PVTEST lower=readonly"; fi
-grep -E ' / | /run/provisioner/lower ' /proc/mounts | sed 's/^/PVTEST mount /'
-echo "PVTEST pid=$$"
-echo "PVTEST done"
-poweroff -f
-"""
 
 MAC = "52:54:00:7a:00:01"
 
@@ -50,8 +36,7 @@ nodes:
 
 @pytest.fixture
 def image(tmp_path):
-    src = make_root(tmp_path / "src", CHECK_INIT)
-    (src / "etc" / "image-file").write_text("from-the-image\n")
+    src = make_root(tmp_path / "src", REPORT_INIT)
     state = State(tmp_path / "state")
     import_image(state, "tiny", src)
     return state
@@ -71,16 +56,11 @@ def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
         console = bl.boot(layout.image_kernel(state, "tiny"), layout.image_initramfs(state, "tiny"),
                           bl.cmdline("node01", "tiny"), MAC, until="PVTEST done")
     timeline = NodeStateDB(state.db).timeline("node01")
-    lines = {ln.split("=", 1)[0]: ln.split("=", 1)[1].strip() for ln in console.splitlines()
-             if ln.startswith("PVTEST ") and "=" in ln}
     assert "PVTEST done" in console, console[-3000:]
-    assert lines["PVTEST hostname"] == "node01"
-    assert lines["PVTEST etc_hostname"] == "node01"
-    assert lines["PVTEST override"] == "node01 only"
-    assert lines["PVTEST image_file"] == "from-the-image"
-    assert lines["PVTEST upper"] == "writable"
-    assert lines["PVTEST lower"] == "readonly"
-    assert lines["PVTEST pid"] == "1"
+    got = console_values(console)
+    assert (got["hostname"], got["etc_hostname"], got["override"]) == ("node01", "node01", "node01 only")
+    assert got["image_file"] == "from-the-image"
+    assert (got["upper"], got["lower"], got["pid"]) == ("writable", "readonly", "1")
     mounts = [ln for ln in console.splitlines() if ln.startswith("PVTEST mount ")]
     assert any(" / overlay " in m for m in mounts), mounts
     assert any(" nfs4 ro," in m and "/run/provisioner/lower" in m for m in mounts), mounts
