@@ -2,9 +2,10 @@
 
 Each host (controller or node) is a network namespace from netlab plus its own UTS namespace
 (hostname) and mount namespace, held open by a sleeping process. Inside it:
-- the host's rendered overlay tree is laid over the real root with read-only overlayfs mounts
-  (/etc, /usr...), exactly as the node's overlay archive lands on its image at boot, so a node
-  runs with only the node-side overlay files (MUNGE key, slurmd defaults, units, facts script);
+- the node's overlay archive, built by provisioner's overlay builder and unpacked, is laid
+  over the real root with read-only overlayfs mounts (/etc, /usr...) as it lands on the image
+  at boot, so a node runs with only the node-side overlay files (MUNGE key, slurmd defaults,
+  units, facts script);
 - /run, /tmp, /var/lib/munge, /var/log/munge, /var/lib/slurm, /var/log/slurm are private
   directories under the lab's work dir (per-node TmpFS, so PMIx steps do not collide; logs
   stay readable from outside).
@@ -18,28 +19,29 @@ namespaces.
 
 from __future__ import annotations
 
-import grp
+import contextlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Iterator, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import yaml  # noqa: E402
-
-from provisioner.artifacts import secrets  # noqa: E402
+from provisioner.artifacts import layout, overlay_build, secrets  # noqa: E402
 from provisioner.artifacts.slurm_config import apply  # noqa: E402
 from provisioner.inventory import Inventory, load_inventory  # noqa: E402
 from provisioner.nodestate import NodeStateDB  # noqa: E402
-from provisioner.paths import State  # noqa: E402
-from provisioner.render import context as rctx  # noqa: E402
+from provisioner.paths import Site, State  # noqa: E402
 from provisioner.render.slurm import render  # noqa: E402
+
+from netlab import Lab  # noqa: E402
 
 PRIVATE = {  # dir -> (owner, mode)
     "run": ("root", 0o755), "run/munge": ("munge", 0o755), "tmp": ("root", 0o1777),
@@ -55,42 +57,22 @@ PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "
 BINDS = ("run", "tmp", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm")
 
 
-def render_overlays(inv: Inventory, state: State, node_name: str, overlays: Sequence[str], dest: Path,
-                    facts: Mapping[str, Any] | None = None) -> None:
-    """Render stock overlays for one node into `dest` by the overlay conventions (`.j2`,
-    `.secret`, `_meta.yaml`, symlinks). Stands in for provisioner's overlay builder until that
-    lands; owners resolve through this host's passwd, which is the image's here."""
-    env = rctx.environment()
-    node = inv.node(node_name)
-    ctx = rctx.node_context(rctx.shared_context(inv, rctx.SecretHandles(lambda p: secrets.read_secret(state, p))),
-                            node, facts)
-    for name in overlays:
-        src = rctx.STOCK_OVERLAYS / name
-        meta = yaml.safe_load((src / "_meta.yaml").read_text()) if (src / "_meta.yaml").exists() else {}
-        for path in sorted(src.rglob("*")):
-            rel = path.relative_to(src)
-            if str(rel) == "_meta.yaml":
-                continue
-            out_rel = str(rel)
-            if out_rel.endswith((".j2", ".secret")):
-                out_rel = out_rel.rsplit(".", 1)[0]
-            out = dest / out_rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_symlink():
-                out.unlink(missing_ok=True)
-                out.symlink_to(os.readlink(path))
-                continue
-            if path.is_dir():
-                out.mkdir(exist_ok=True)
-                continue
-            text = path.read_text()
-            if path.suffix in (".j2", ".secret"):
-                text = rctx.render(rctx.compile_template(env, text, str(rel)), ctx, node_name)
-            data = secrets.read_secret(state, text.strip()) if path.suffix == ".secret" else text.encode()
-            out.write_bytes(data)
-            m = meta.get(out_rel, {})
-            os.chmod(out, int(m.get("mode", "0755" if os.access(path, os.X_OK) else "0644"), 8))
-            os.chown(out, pwd.getpwnam(m.get("owner", "root")).pw_uid, grp.getgrnam(m.get("group", "root")).gr_gid)
+def install_overlay(state: State, site: Site, inv: Inventory, node: str, dest: Path) -> None:
+    """Build the node's overlay archive with provisioner's builder and unpack it into `dest`
+    (modes, owners, symlinks as the node's initramfs lays them down)."""
+    overlay_build.build(state, site, inv, [inv.node(node)])
+    for e in overlay_build.read_archive(layout.overlay_archive(state, node)):
+        out = dest / e.path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if stat.S_ISDIR(e.mode):
+            out.mkdir(exist_ok=True)
+        elif stat.S_ISLNK(e.mode):
+            out.symlink_to(e.data.decode())
+        else:
+            out.write_bytes(e.data)
+        if not stat.S_ISLNK(e.mode):
+            os.chmod(out, stat.S_IMODE(e.mode))
+        os.lchown(out, e.uid, e.gid)
 
 
 class Host:
@@ -161,7 +143,7 @@ class SlurmLab:
         secrets.munge_key(self.state)
         self.nodes: dict[str, Host] = {}
         self.slurmd: dict[str, subprocess.Popen] = {}
-        root = self._root("master", ["munge"], self.inv.nodes[0].name)
+        root = self._root("master", None)
         self.ctl = Host(lab.server, self.inv.cluster.slurm.controller, work / "master", root)
         self.ctl.run(["mount", "--bind", str(self.conf_dir), "/etc/slurm"])
         self.ctl.start_munge()
@@ -179,9 +161,19 @@ class SlurmLab:
         self.wait(lambda: self.ctl.run(["curl", "-fs", "-o", "/dev/null", url], check=False).returncode == 0,
                    "provisioner serve")
 
-    def _root(self, host: str, overlays: Sequence[str], node_for_context: str) -> Path:
+    def _root(self, host: str, node: str | None) -> Path:
+        """The host's layer over the real root: its overlay archive unpacked (the controller:
+        the MUNGE key), plus /etc/hosts as a base overlay would give it."""
         root = self.work / host / "root"
-        render_overlays(self.inv, self.state, node_for_context, overlays, root, self.db.facts(node_for_context))
+        (root / "etc").mkdir(parents=True)
+        if node is not None:
+            install_overlay(self.state, Site(self.inv.path.parent), self.inv, node, root)
+        else:
+            key = root / "etc" / "munge" / "munge.key"
+            key.parent.mkdir()
+            key.write_bytes(secrets.munge_key(self.state))
+            os.chmod(key, 0o400)
+            os.chown(key, pwd.getpwnam("munge").pw_uid, pwd.getpwnam("munge").pw_gid)
         (root / "etc" / "hosts").write_text(hosts_file(self.inv))
         return root
 
@@ -190,12 +182,19 @@ class SlurmLab:
         `munge_key` replaces the rendered one (an intruder or a stale key)."""
         n = self.inv.node(name)
         ns = self.lab.host(ip=str(n.ip), mac=n.mac)
-        root = self._root(name, n.overlays, name)
+        root = self._root(name, name)
         if munge_key is not None:
             (root / "etc/munge/munge.key").write_bytes(munge_key)
         host = Host(ns, name, self.work / name, root)
         self.nodes[name] = host
         host.start_munge()
+        return host
+
+    def boot(self, name: str) -> Host:
+        """A node as its units start it: munged, the facts report (Before=slurmd), slurmd."""
+        host = self.node(name)
+        self.report_facts(name)
+        self.start_slurmd(name)
         return host
 
     def report_facts(self, name: str) -> None:
@@ -216,18 +215,33 @@ class SlurmLab:
         out = self.ctl.run(["scontrol", "-o", "show", "node", name], check=False).stdout
         return dict(w.split("=", 1) for w in out.split() if "=" in w)
 
-    def wait_idle(self, names: Sequence[str], timeout: float = 40) -> None:
+    def wait_idle(self, names: Sequence[str], timeout: float = 90) -> None:
         self.wait(lambda: all(self.states().get(n) == "idle" for n in names), f"{names} idle", timeout)
 
-    def wait(self, cond, what: str, timeout: float = 30) -> None:
+    def wait(self, cond, what: str, timeout: float = 60) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if cond():
                 return
             time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; sinfo: {self.states()}\n"
-                             f"slurmctld log tail:\n{self.ctl.log('var/log/slurm/slurmctld.log')[-3000:]}")
+        tails = [f"--- slurmctld.log\n{self.ctl.log('var/log/slurm/slurmctld.log')[-2500:]}",
+                 f"--- watcher.out\n{(self.work / 'master' / 'watcher.out').read_text()[-1500:]}"]
+        tails += [f"--- {n}: slurmd.log\n{h.log('var/log/slurm/slurmd.log')[-1000:]}" for n, h in self.nodes.items()]
+        raise AssertionError(f"timed out waiting for {what}; sinfo: {self.states()}\n" + "\n".join(tails))
 
-    def close(self) -> None:
-        self.lab.close()
-        shutil.rmtree(self.work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def slurm_cluster(inventory_text: str) -> Iterator[SlurmLab]:
+    """A controller for `inventory_text` in a fresh lab (add nodes with `boot()`); every
+    namespace, process and file is gone afterwards. The work dir is under /var/tmp, not /tmp:
+    each node mounts its own /tmp."""
+    work = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="slurmlab-"))
+    (work / "site").mkdir()
+    (work / "site" / "cluster.yaml").write_text(inventory_text)
+    lab = Lab()
+    try:
+        yield SlurmLab(lab, work / "site" / "cluster.yaml", work / "state", work / "lab")
+    finally:
+        lab.close()
+        shutil.rmtree(work, ignore_errors=True)

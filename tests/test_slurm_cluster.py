@@ -9,15 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from netlab import Lab
-from slurmlab import PROVISIONER, SlurmLab
+from slurmlab import PROVISIONER, slurm_cluster
 
 pytestmark = [pytest.mark.netns, pytest.mark.daemons]
 
@@ -71,27 +67,11 @@ int main(int argc, char **argv) {
 def cluster():
     if os.geteuid() != 0:
         pytest.fail("Slurm lab tests need root: run tests/run as root")
-    work = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="slurmlab-"))  # not /tmp: nodes get their own
-    site = work / "site"
-    site.mkdir()
-    (site / "cluster.yaml").write_text(INVENTORY)
-    lab = Lab()
-    sl = None
-    try:
-        sl = SlurmLab(lab, site / "cluster.yaml", work / "state", work / "lab")
+    with slurm_cluster(INVENTORY) as sl:
         for name in NODES:
-            sl.node(name)
-            sl.start_slurmd(name)
-        for name in NODES:
-            sl.report_facts(name)
+            sl.boot(name)
         sl.wait_idle(NODES)
         yield sl
-    finally:
-        if sl is not None:
-            sl.close()
-        else:
-            lab.close()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,8 @@ def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess:
 
 
 def _failed(cmd: Sequence[str], res: subprocess.CompletedProcess) -> ReconfigureFailed:
-    return ReconfigureFailed(f"{' '.join(cmd)} exited {res.returncode}: {(res.stderr or res.stdout).strip()}")
+    said = (res.stderr or res.stdout).strip()
+    return ReconfigureFailed(f"{' '.join(cmd)} exited {res.returncode}" + (f": {said}" if said else ""))
 
 
 def apply(config: SlurmConfig, conf_dir: Path = DEFAULT_CONF_DIR,

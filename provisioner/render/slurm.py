@@ -186,6 +186,11 @@ def _global(cluster: Cluster, has_gres: bool) -> dict[str, str]:
         "SelectTypeParameters": "CR_Core_Memory",
         "MpiDefault": "pmix",
         "ReturnToService": "2",
+        # The NodeName lines come from what each node itself reported at this boot, so they are
+        # right by construction. A slurmd still holding the previous (placeholder) config when
+        # slurmctld restarts with the node's real hardware would otherwise be drained for
+        # "Low CPUs" and stay drained after it fetched the new files.
+        "SlurmdParameters": "config_overrides",
         "TmpFS": "/tmp",
         "MailProg": "/bin/true",
     }

@@ -1,0 +1,99 @@
+"""MPI hostfiles, OpenMPI's MCA settings and the node-side munge/slurm/mpi overlays."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from provisioner.artifacts import secrets
+from provisioner.inventory import parse_text
+from provisioner.nodestate import NodeStateDB
+from provisioner.paths import Site, State
+from provisioner.render.mpi import hostfile, mca_params
+
+sys.path.insert(0, str(Path(__file__).parent))
+from slurmlab import install_overlay  # noqa: E402
+from test_slurm_render import INVENTORY, facts_for  # noqa: E402
+
+SLOTS = INVENTORY.replace("  - name: g01\n", "  - name: g01\n    mpi_slots: 3\n")
+
+
+@pytest.fixture
+def inv():
+    return parse_text(SLOTS, "cluster.yaml")
+
+
+def test_openmpi_and_mpich_formats_per_partition(inv):
+    facts = {"c01": facts_for("c01"), "g01": facts_for("g01")}
+    assert hostfile(inv, facts, "batch") == "c01 slots=8\nc02 slots=1\nc03 slots=1\ng01 slots=3\n"
+    assert hostfile(inv, facts, "gpu", "mpich") == "g01:3\n"
+    assert hostfile(inv, facts) == hostfile(inv, facts, "batch")  # nfs01 is in no partition
+    with pytest.raises(ValueError, match="unknown hostfile format"):
+        hostfile(inv, facts, None, "lam")
+
+
+def test_mca_params_keep_openmpi_on_the_cluster_network(inv):
+    text = mca_params(inv.cluster)
+    assert "btl_tcp_if_include = 10.5.0.0/24" in text and "oob_tcp_if_include = 10.5.0.0/24" in text
+
+
+def test_cli_hostfile(cli, tmp_path):
+    cli.site.mkdir()
+    (cli.site / "cluster.yaml").write_text(SLOTS)
+    db = NodeStateDB(cli.state / "nodes.sqlite")
+    db.set_facts("c02", {**facts_for("c02"), "cpus": 16})
+    db.close()
+    assert cli("mpi", "hostfile", "--partition", "batch", "--format", "mpich").stdout == "c01:1\nc02:16\nc03:1\ng01:3\n"
+    assert cli("mpi", "hostfile", "--partition", "gpu").stdout == "g01 slots=3\n"
+    res = cli("mpi", "hostfile", "--partition", "nope", check=False)
+    assert res.returncode == 1
+    assert "no node is in partition 'nope' (partitions: batch, gpu)" in res.stderr and "Traceback" not in res.stderr
+
+
+# -- node-side overlays ------------------------------------------------------------------------------
+
+@pytest.fixture
+def rendered(inv, tmp_path):
+    """c02's overlay archive from provisioner's builder, unpacked as on the node."""
+    state = State(tmp_path / "state")
+    key = secrets.munge_key(state)
+    root = tmp_path / "root"
+    install_overlay(state, Site(tmp_path / "site"), inv, "c02", root)
+    return root, key
+
+
+def test_munge_overlay_carries_the_cluster_key_for_munge_only(rendered):
+    root, key = rendered
+    path = root / "etc/munge/munge.key"
+    assert path.read_bytes() == key
+    st = path.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o400
+    assert st.st_uid == int(subprocess.run(["id", "-u", "munge"], capture_output=True, text=True).stdout)
+    assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/munge.service") == \
+        "/lib/systemd/system/munge.service"
+
+
+def test_slurm_overlay_runs_slurmd_configless_and_reports_facts_first(rendered):
+    root, _ = rendered
+    assert (root / "etc/default/slurmd").read_text().splitlines()[-1] == 'SLURMD_OPTIONS="--conf-server 10.5.0.1:6817"'
+    dropin = (root / "etc/systemd/system/slurmd.service.d/provisioner.conf").read_text()
+    assert "ConditionPathExists=\n" in dropin and "Restart=on-failure" in dropin
+    assert "After=provisioner-facts.service" in dropin
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    assert {p.name for p in wants.iterdir()} >= {"slurmd.service", "provisioner-facts.service"}
+    assert (wants / "provisioner-facts.service").resolve() == root / "etc/systemd/system/provisioner-facts.service"
+    script = root / "usr/local/sbin/provisioner-facts"
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755
+    assert 'report="http://10.5.0.1:80/api/v1"' in script.read_text()
+    assert "--local-port 600-1023" in script.read_text()
+    subprocess.run(["shellcheck", "-s", "sh", str(script)], check=True)
+
+
+def test_mpi_overlay_equals_the_masters_mca_params(rendered, inv):
+    root, _ = rendered
+    assert (root / "etc/openmpi/openmpi-mca-params.conf").read_text() == mca_params(inv.cluster)

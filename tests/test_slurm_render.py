@@ -1,0 +1,136 @@
+"""slurm.conf, cgroup.conf and gres.conf rendering (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from provisioner.inventory import parse_text
+from provisioner.render.slurm import FactsInvalid, hardware, parse_slurmd_c, render
+
+INVENTORY = """\
+cluster:
+  name: hpc
+  domain: hpc.cluster
+  network: {subnet: 10.5.0.0/24, master: 10.5.0.1}
+  nfs: {exports: []}
+  slurm:
+    controller: head
+    options: {SelectTypeParameters: CR_Core, SchedulerType: sched/backfill}
+profiles:
+  default:
+    overlays: [munge, slurm, mpi]
+    partitions: [batch]
+  gpu:
+    features: [gpu, a100]
+    partitions: [gpu]
+  storage:
+    overlays: [base]
+nodes:
+  - name: c[01-03]
+    ip: 10.5.0.11
+  - name: g01
+    ip: 10.5.0.21
+    profiles: [default, gpu]
+  - name: nfs01
+    ip: 10.5.0.31
+    profiles: [storage]
+"""
+
+C01 = "NodeName=c01 CPUs=8 Boards=1 SocketsPerBoard=2 CoresPerSocket=2 ThreadsPerCore=2 RealMemory=15890"
+
+
+def facts_for(name: str, mem: int = 15890) -> dict:
+    line = C01.replace("c01", name).replace("RealMemory=15890", f"RealMemory={mem}")
+    return {"slurmd_C": line + "\nUpTime=0-01:02:03", "cpus": 8, "memory_mb": mem, "gpus": []}
+
+
+@pytest.fixture
+def inv():
+    return parse_text(INVENTORY, "cluster.yaml")
+
+
+def conf_lines(text: str, prefix: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith(prefix)]
+
+
+def test_global_section_names_the_controller_and_the_plugins(inv):
+    conf = render(inv, {}).files["slurm.conf"]
+    for line in ("ClusterName=hpc", "SlurmctldHost=head(10.5.0.1)", "SlurmctldParameters=enable_configless",
+                 "AuthType=auth/munge", "ProctrackType=proctrack/cgroup", "TaskPlugin=task/cgroup,task/affinity",
+                 "MpiDefault=pmix", "SchedulerType=sched/backfill"):
+        assert line in conf.splitlines()
+    assert "SelectTypeParameters=CR_Core" in conf.splitlines()  # the inventory's options win
+    assert "SelectTypeParameters=CR_Core_Memory" not in conf
+
+
+def test_node_lines_carry_slurmd_C_word_for_word_then_address_gres_and_features(inv):
+    facts = {"c01": facts_for("c01"),
+             "g01": {**facts_for("g01"), "gpus": [{"file": "/dev/nvidia0", "type": "a100"},
+                                                  {"file": "/dev/nvidia1", "type": "a100"}]}}
+    conf = render(inv, facts).files["slurm.conf"]
+    assert conf_lines(conf, "NodeName=c01 ") == [f"{C01} NodeAddr=10.5.0.11"]
+    assert conf_lines(conf, "NodeName=g01 ") == [
+        f"{C01.replace('c01', 'g01')} NodeAddr=10.5.0.21 Gres=gpu:a100:2 Features=gpu,a100"]
+    assert "GresTypes=gpu" in conf.splitlines()
+
+
+def test_nodes_without_facts_are_future_and_in_no_partition(inv):
+    conf = render(inv, {"c02": facts_for("c02")}).files["slurm.conf"]
+    assert conf_lines(conf, "NodeName=c01 ") == ["NodeName=c01 State=FUTURE NodeAddr=10.5.0.11"]
+    assert conf_lines(conf, "PartitionName=") == [
+        "PartitionName=batch Nodes=c02 Default=YES MaxTime=INFINITE State=UP",
+        "PartitionName=gpu Default=NO MaxTime=INFINITE State=UP",
+    ]
+
+
+def test_only_nodes_with_the_slurm_overlay_are_listed(inv):
+    conf = render(inv, {n: facts_for(n) for n in ("c01", "c02", "c03", "g01", "nfs01")}).files["slurm.conf"]
+    assert [ln.split()[0] for ln in conf_lines(conf, "NodeName=")] == [
+        "NodeName=c01", "NodeName=c02", "NodeName=c03", "NodeName=g01"]
+    assert "PartitionName=batch Nodes=c[01-03],g01 Default=YES" in conf
+
+
+def test_cpus_and_memory_alone_make_a_line(inv):
+    conf = render(inv, {"c03": {"cpus": 4, "memory_mb": 2000}}).files["slurm.conf"]
+    assert conf_lines(conf, "NodeName=c03 ") == ["NodeName=c03 CPUs=4 RealMemory=2000 NodeAddr=10.5.0.13"]
+
+
+def test_broken_facts_leave_that_node_waiting_and_say_why(inv):
+    cfg = render(inv, {"c01": {"slurmd_C": "garbage"}, "c02": {"cpus": -3}, "c03": facts_for("c03"),
+                       "g01": {**facts_for("g01"), "gpus": ["/etc/passwd"]}})
+    assert len(cfg.problems) == 3
+    assert any("c01" in p and "slurmd_C" in p for p in cfg.problems)
+    assert any("c02" in p and "cpus" in p for p in cfg.problems)
+    assert any("g01" in p and "gpu" in p for p in cfg.problems)
+    assert conf_lines(cfg.files["slurm.conf"], "NodeName=c03 CPUs=8")
+    assert conf_lines(cfg.files["slurm.conf"], "NodeName=c01 ") == ["NodeName=c01 State=FUTURE NodeAddr=10.5.0.11"]
+
+
+def test_gres_conf_lists_each_gpu_device(inv):
+    facts = {"g01": {**facts_for("g01"), "gpus": ["/dev/nvidia0", {"file": "/dev/nvidia1", "type": "h100"}]}}
+    cfg = render(inv, facts)
+    assert conf_lines(cfg.files["gres.conf"], "NodeName=") == [
+        "NodeName=g01 Name=gpu File=/dev/nvidia0", "NodeName=g01 Name=gpu Type=h100 File=/dev/nvidia1"]
+    assert "Gres=gpu:1,gpu:h100:1" in cfg.files["slurm.conf"]
+
+
+def test_cgroup_conf_constrains_cores_memory_devices(inv):
+    text = render(inv, {}).files["cgroup.conf"]
+    assert {"ConstrainCores=yes", "ConstrainRAMSpace=yes", "ConstrainDevices=yes"} <= set(text.splitlines())
+
+
+def test_same_inputs_same_bytes(inv):
+    facts = {"c01": facts_for("c01"), "g01": facts_for("g01")}
+    assert render(inv, facts) == render(inv, dict(reversed(list(facts.items()))))
+
+
+def test_parse_slurmd_c_and_hardware():
+    assert parse_slurmd_c(C01 + "\nUpTime=1-00:00:00\n")["CoresPerSocket"] == "2"
+    with pytest.raises(ValueError):
+        parse_slurmd_c("CPUs=2")
+    assert hardware("x", {}) is None
+    assert hardware("x", {"gpus": []}) is None
+    with pytest.raises(FactsInvalid, match="x: facts must be a JSON object"):
+        hardware("x", ["not", "an", "object"])
+    with pytest.raises(FactsInvalid):
+        hardware("x", {"cpus": True})
