@@ -91,9 +91,10 @@ class NodeStateDB:
             "SELECT stage, at, detail FROM events WHERE node=? ORDER BY at, id", (node,)))
 
     def last_stages(self) -> dict[str, sqlite3.Row]:
+        """Each node's latest event by time (not by id: servers write batched events late)."""
         rows = self._conn().execute(
-            "SELECT node, stage, at, detail FROM events WHERE id IN "
-            "(SELECT MAX(id) FROM events GROUP BY node)")
+            "SELECT node, stage, at, detail FROM (SELECT node, stage, at, detail, ROW_NUMBER() OVER "
+            "(PARTITION BY node ORDER BY at DESC, id DESC) AS n FROM events) WHERE n = 1")
         return {r["node"]: r for r in rows}
 
     def last_seen(self) -> dict[str, float]:
