@@ -57,7 +57,7 @@ def test_global_section_names_the_controller_and_the_plugins(inv):
     conf = render(inv, {}).files["slurm.conf"]
     for line in ("ClusterName=hpc", "SlurmctldHost=head(10.5.0.1)", "SlurmctldParameters=enable_configless",
                  "AuthType=auth/munge", "ProctrackType=proctrack/cgroup", "TaskPlugin=task/cgroup,task/affinity",
-                 "MpiDefault=pmix", "SchedulerType=sched/backfill"):
+                 "MpiDefault=pmix", "SchedulerType=sched/backfill", "SlurmdParameters=config_overrides"):
         assert line in conf.splitlines()
     assert "SelectTypeParameters=CR_Core" in conf.splitlines()  # the inventory's options win
     assert "SelectTypeParameters=CR_Core_Memory" not in conf

@@ -77,7 +77,7 @@ def apply_cmd(ctx: Context, conf_dir: str, no_reload: bool, reconfigure_command:
         if watch is None:
             return
         time.sleep(watch)
-        ctx._inventory = None  # pick up inventory edits too
+        ctx = Context(ctx.site, ctx.state)  # a fresh inventory each round: edits are picked up
 
 
 @click.group("mpi")
