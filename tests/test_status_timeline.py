@@ -89,3 +89,26 @@ def test_status_errors_and_watch(cli):
     finally:
         watch.terminate()
         watch.wait(timeout=10)
+
+
+@pytest.mark.netns
+def test_tftp_requests_mark_bootloader_and_ipxe_stages(lab, cli):
+    write_site(cli.site)
+    write_state(cli.state)
+    (cli.state / "boot").mkdir(parents=True, exist_ok=True)
+    (cli.state / "boot" / "undionly.kpxe").write_bytes(b"\x55\xaa" * 40000)
+    with Serve(lab, cli, services="tftp,http", extra=("--tftp-port", "6969")) as srv:
+        ip, mac = NODES["node01"]
+        n1 = lab.host(ip=ip, mac=mac)
+        tftp = "tftp://10.99.0.1:6969"
+        curl(n1, "-o", "/dev/null", "--fail", f"{tftp}/undionly.kpxe")
+        curl(n1, "-o", "/dev/null", "--fail", f"{tftp}/undionly.kpxe")  # a retry is no new stage
+        time.sleep(0.05)
+        curl(n1, "-o", "/dev/null", "--fail", f"{tftp}/boot.ipxe")
+        time.sleep(0.05)
+        curl(n1, "-o", "/dev/null", "--fail", f"{srv.url}/images/{IMAGE}/vmlinuz")
+        stranger = lab.host(ip="10.99.0.79")
+        curl(stranger, "-o", "/dev/null", "--fail", f"{tftp}/undionly.kpxe")
+    steps = json.loads(cli("status", "node01", "--timeline", "--json").stdout)
+    assert [(s["stage"], s["detail"]) for s in steps] == [
+        ("bootloader", "tftp undionly.kpxe"), ("ipxe", "tftp boot.ipxe"), ("kernel", f"/images/{IMAGE}/vmlinuz")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -40,15 +41,72 @@ class Server(Protocol):
     def shutdown(self) -> None: ...
 
 
+# Boot stages a TFTP request marks, by the requested path's last component.
+TFTP_STAGES = {"undionly.kpxe": "bootloader", "ipxe.efi": "bootloader", "snponly.efi": "bootloader",
+               "pxelinux.0": "bootloader", "lpxelinux.0": "bootloader", "grubx64.efi": "bootloader",
+               "boot.ipxe": "ipxe", "vmlinuz": "kernel", "initramfs.img": "initramfs"}
+STAGE_REPEAT = 2.0  # seconds within which the same stage is not noted again (tsize probes, retries)
+
+
+class StageWriter:
+    """Boot-stage events noted from a packet loop, written to the DB by a thread of their own."""
+
+    def __init__(self, db: NodeStateDB):
+        self.db = db
+        self.q: queue.SimpleQueue[tuple[str, str, float, str] | None] = queue.SimpleQueue()
+        self.last: dict[tuple[str, str], float] = {}
+        self.thread = threading.Thread(target=self._run, name="stage-writer", daemon=True)
+        self.thread.start()
+
+    def note(self, node: str, stage: str, detail: str) -> None:
+        now = time.time()
+        if now - self.last.get((node, stage), 0.0) >= STAGE_REPEAT:
+            self.last[(node, stage)] = now
+            self.q.put((node, stage, now, detail))
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while (ev := self.q.get()) is not None:
+            try:
+                self.db.record_stage(ev[0], ev[1], ev[3], at=ev[2])
+            except Exception:  # a full disk must not stop the boot services
+                log.exception("could not record a boot stage", extra={"kv": {"node": ev[0], "stage": ev[1]}})
+
+
+class StagedTree:
+    """The TFTP resolver: the shared BootTree, noting the boot stage a found file marks."""
+
+    def __init__(self, tree: Any, stages: StageWriter):
+        self.tree, self.stages = tree, stages
+
+    def __call__(self, client_ip: str, path: str) -> Any:
+        found = self.tree(client_ip, path)
+        stage = TFTP_STAGES.get(path.replace("\\", "/").rsplit("/", 1)[-1])
+        if found is not None and stage is not None:
+            node = self.tree.node_for(client_ip)
+            if node is not None:
+                self.stages.note(node, stage, f"tftp {path}")
+        return found
+
+    def node_for(self, client_ip: str) -> str | None:
+        return self.tree.node_for(client_ip)
+
+
 class TftpService:
     """The TFTP server with a reload: its resolver is a BootTree, which holds nothing but the
     inventory, so swapping that reloads it while transfers in flight keep their open files."""
 
-    def __init__(self, server: Any, tree: Any):
-        self.server, self.tree = server, tree
+    def __init__(self, server: Any, tree: Any, stages: StageWriter):
+        self.server, self.tree, self.stages = server, tree, stages
 
     def serve_forever(self) -> None:
-        self.server.serve_forever()
+        try:
+            self.server.serve_forever()
+        finally:
+            self.stages.close()
 
     def shutdown(self) -> None:
         self.server.shutdown()
@@ -132,9 +190,10 @@ class Daemon:
             if name == "tftp":
                 from .boottree import BootTree
                 from .tftp import TftpServer, listen_address
-                tree = BootTree(self.state, self.inventory)
-                return TftpService(TftpServer(listen_address(opts.listen), opts.tftp_port or cluster.ports.tftp,
-                                              tree, self.db), tree)
+                tree, stages = BootTree(self.state, self.inventory), StageWriter(self.db)
+                server = TftpServer(listen_address(opts.listen), opts.tftp_port or cluster.ports.tftp,
+                                    StagedTree(tree, stages), self.db)
+                return TftpService(server, tree, stages)
             from .dhcp import DhcpServer
             return DhcpServer(self.inventory, self.state, opts.interface, opts.listen,
                               opts.dhcp_port or cluster.ports.dhcp, self.db)
