@@ -134,3 +134,8 @@ def test_parse_slurmd_c_and_hardware():
         hardware("x", ["not", "an", "object"])
     with pytest.raises(FactsInvalid):
         hardware("x", {"cpus": True})
+
+
+def test_an_inventory_without_slurm_nodes_is_reported():
+    inv = parse_text(INVENTORY.replace("overlays: [munge, slurm, mpi]", "overlays: [munge]"), "cluster.yaml")
+    assert any("no node carries the `slurm` overlay" in p for p in render(inv, {}).problems)

@@ -21,7 +21,7 @@ conf_dir_option = click.option(
 def _config(ctx: Context) -> SlurmConfig:
     config = render(ctx.inventory(), ctx.db().all_facts())
     for problem in config.problems:
-        click.echo(f"warning: left out of slurm.conf: {problem}", err=True)
+        click.echo(f"warning: {problem}", err=True)
     return config
 
 

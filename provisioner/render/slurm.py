@@ -14,6 +14,9 @@ object; every key optional:
 so the NodeName line carries exactly the node's own topology. A gpu is a device path or an
 object with `file` and an optional `type`.
 
+Nodes: those carrying the `slurm` overlay, in inventory order. Partitions: the nodes'
+`partitions` settings; the first one named is the default.
+
 A node without facts waits for them: it is listed `State=FUTURE` with no hardware and in no
 partition, so no job can land on it while Slurm knows it only as a 1-CPU placeholder; its
 slurmd (configless) finds its name and keeps running; once its facts arrive the line gets the
@@ -208,7 +211,7 @@ def known_hardware(inv: Inventory, facts: Mapping[str, Mapping[str, Any]]) -> tu
         try:
             hw = hardware(n.name, facts.get(n.name))
         except FactsInvalid as e:
-            problems.append(str(e))
+            problems.append(f"{e} (the node stays FUTURE)")
             continue
         if hw is not None:
             known[n.name] = hw
@@ -252,6 +255,8 @@ def render_gres_conf(inv: Inventory, known: Mapping[str, Hardware]) -> str:
 def render(inv: Inventory, facts: Mapping[str, Mapping[str, Any]]) -> SlurmConfig:
     """All three files; nodes with unusable facts are left out and named in `problems`."""
     known, problems = known_hardware(inv, facts)
+    if not slurm_nodes(inv):
+        problems.append("no node carries the `slurm` overlay: slurmctld refuses a slurm.conf without nodes")
     return SlurmConfig({
         "slurm.conf": render_slurm_conf(inv, known),
         "cgroup.conf": render_cgroup_conf(),
