@@ -1,0 +1,59 @@
+"""Discovery commands: `node discovered` lists MACs that PXE-booted without being in the
+inventory; `node adopt MAC NAME` makes one a node (added to the existing `node` group)."""
+
+from __future__ import annotations
+
+import datetime
+
+import click
+
+from ..errors import UserError
+from ..inventory import InventoryInvalid, normalize_mac
+from ..servers.dhcp.adopt import AdoptError, adopt
+from .context import Context, echo_json, echo_table, pass_ctx
+from .inventory_cmds import node
+
+__all__ = ["node"]
+
+
+def _when(ts: float | None) -> str | None:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else None
+
+
+@node.command("discovered")
+@click.option("--all", "show_all", is_flag=True, help="Include MACs adopted already.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def node_discovered(ctx: Context, show_all: bool, as_json: bool) -> None:
+    """List unknown MACs seen PXE booting (first and last seen, architecture, UUID)."""
+    rows = [dict(r) for r in ctx.db().discovered() if show_all or not r["adopted_as"]]
+    if as_json:
+        echo_json(rows)
+        return
+    echo_table(["mac", "first seen", "last seen", "arch", "uuid", "ip", "adopted as"],
+               [[r["mac"], _when(r["first_seen"]), _when(r["last_seen"]), r["arch"], r["uuid"], r["ip"],
+                 r["adopted_as"]] for r in rows])
+
+
+@node.command("adopt")
+@click.argument("mac")
+@click.argument("name")
+@click.option("--profile", "profiles", multiple=True, help="Repeatable or comma list "
+              "(default: cluster.discovery.profiles, else the default profile).")
+@pass_ctx
+def node_adopt(ctx: Context, mac: str, name: str, profiles: tuple[str, ...]) -> None:
+    """Add a discovered MAC to the inventory as node NAME (next free address)."""
+    norm = normalize_mac(mac)
+    if norm is None:
+        raise UserError(f"{mac!r} is not a MAC address (like 52:54:00:12:34:56)")
+    if not ctx.site.cluster_yaml.exists():
+        raise UserError(f"no inventory at {ctx.site.cluster_yaml} (run `provisioner init` first)")
+    chosen = [p for item in profiles for p in item.split(",") if p]
+    try:
+        name, ip = adopt(ctx.site.cluster_yaml, norm, name, chosen or None)
+    except AdoptError as e:
+        raise UserError(str(e)) from None
+    except InventoryInvalid as e:
+        raise UserError(f"not changed: {e}") from None
+    ctx.db().mark_adopted(norm, name)
+    click.echo(f"adopted {norm} as {name} ({ip})")

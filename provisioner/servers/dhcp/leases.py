@@ -1,0 +1,105 @@
+"""Dynamic leases for discovered (unknown) MACs, RFC 2131 style.
+
+Static nodes need none of this: their address comes from the inventory, so answering them
+writes nothing. Dynamic leases live in the node-state database (they must survive a restart)
+and in memory; an offer is only a short in-memory reservation until the client requests it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from ipaddress import IPv4Address
+
+from ...inventory import Inventory
+from ...nodestate import NodeStateDB
+
+log = logging.getLogger("provisioner.dhcp")
+
+OFFER_HOLD = 60.0  # seconds an offered address stays reserved for its client
+DECLINE_HOLD = 600.0  # seconds a declined address (in use by someone else) is skipped
+
+
+class DynamicPool:
+    def __init__(self, inventory: Inventory, db: NodeStateDB):
+        self.db = db
+        self._lock = threading.Lock()
+        self.leases: dict[str, tuple[IPv4Address, float]] = {}  # mac -> (ip, expires)
+        for row in db.leases():
+            self.leases[row["mac"]] = (IPv4Address(row["ip"]), float(row["expires"]))
+        self.offers: dict[str, tuple[IPv4Address, float]] = {}  # mac -> (ip, hold until)
+        self.declined: dict[IPv4Address, float] = {}
+        self.set_inventory(inventory)
+
+    def set_inventory(self, inventory: Inventory) -> None:
+        net = inventory.cluster.network
+        self.range = net.dynamic_range
+        self.reserved = {net.master, net.gateway, *(i.ip for n in inventory.nodes for i in n.interfaces if i.ip)}
+
+    def lease_of(self, mac: str) -> IPv4Address | None:
+        """The client's persisted address (expired or not: a returning client keeps it while
+        nobody else took it)."""
+        got = self.leases.get(mac)
+        return got[0] if got else None
+
+    def _taken(self, now: float, mac: str) -> set[IPv4Address]:
+        taken = {ip for m, (ip, exp) in self.leases.items() if m != mac and exp > now}
+        taken |= {ip for m, (ip, until) in self.offers.items() if m != mac and until > now}
+        taken |= {ip for ip, until in self.declined.items() if until > now}
+        return taken | self.reserved
+
+    def offer(self, mac: str, requested: IPv4Address | None) -> IPv4Address | None:
+        """Reserve an address for an unknown client: its old one, the one it asks for, or the
+        first free one of the range; None if the range is missing or full."""
+        if self.range is None:
+            return None
+        lo, hi = self.range
+        now = time.time()
+        with self._lock:
+            taken = self._taken(now, mac)
+            candidates = [self.lease_of(mac), (self.offers.get(mac) or (None,))[0], requested]
+            choice = next((ip for ip in candidates if ip is not None and lo <= ip <= hi and ip not in taken), None)
+            if choice is None:
+                ip = lo
+                while ip <= hi and ip in taken:
+                    ip += 1
+                choice = ip if ip <= hi else None
+            if choice is None:
+                log.warning("dynamic range %s-%s is full; no address for %s", lo, hi, mac)
+                return None
+            self.offers[mac] = (choice, now + OFFER_HOLD)
+            return choice
+
+    def expected(self, mac: str) -> IPv4Address | None:
+        """The address a REQUEST from this unknown client must name: offered or leased."""
+        offered = self.offers.get(mac)
+        if offered and offered[1] > time.time():
+            return offered[0]
+        return self.lease_of(mac)
+
+    def commit(self, mac: str, ip: IPv4Address, hostname: str | None, lease_time: int) -> None:
+        expires = time.time() + lease_time
+        with self._lock:
+            self.db.put_lease(mac, str(ip), hostname, expires)
+            self.leases = {m: v for m, v in self.leases.items() if v[0] != ip or m == mac}
+            self.leases[mac] = (ip, expires)
+            self.offers.pop(mac, None)
+
+    def forget_offer(self, mac: str) -> None:
+        with self._lock:
+            self.offers.pop(mac, None)
+
+    def release(self, mac: str, ip: IPv4Address) -> None:
+        with self._lock:
+            if self.lease_of(mac) == ip:
+                self.db.drop_lease(mac)
+                self.leases.pop(mac, None)
+
+    def decline(self, mac: str, ip: IPv4Address) -> None:
+        with self._lock:
+            self.declined[ip] = time.time() + DECLINE_HOLD
+            if self.lease_of(mac) == ip:
+                self.db.drop_lease(mac)
+                self.leases.pop(mac, None)
+            self.offers.pop(mac, None)

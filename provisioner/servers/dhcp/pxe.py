@@ -1,0 +1,122 @@
+"""What kind of boot client is asking, and what it should load next.
+
+Firmware PXE (options 60/93/94/97) gets an iPXE binary by architecture over TFTP (or, for
+UEFI HTTP boot, by URL); a client that already runs iPXE (user class "iPXE" or option 175)
+gets the HTTP URL of its node's iPXE script, which ends the chain-load loop. The defaults
+can be overridden per profile or node through `boot_files` (keys bios, uefi32, uefi, arm64,
+http, ipxe): a value is a path in the TFTP boot tree or a full URL.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import Mapping
+
+from . import wire
+
+DEFAULT_BOOT_FILES: Mapping[str, str] = {
+    "bios": "undionly.kpxe",
+    "uefi32": "ipxe-i386.efi",
+    "uefi": "snponly.efi",
+    "arm64": "snponly-arm64.efi",
+    "http": "ipxe.efi",
+}
+
+# RFC 4578 / IANA processor architecture types -> boot_files key
+ARCH_KEYS = {0: "bios", 6: "uefi32", 7: "uefi", 9: "uefi", 11: "arm64", 16: "http", 19: "arm64"}
+HTTP_ARCHES = {15, 16, 19}
+
+# Option 43, PXE sub-option 6 (discovery control) = 0x08: take the boot file from this
+# packet, do not wait for or ask a ProxyDHCP/boot server (saves iPXE and ROMs ~2 s).
+PXE_VENDOR_OPTIONS = b"\x06\x01\x08\xff"
+
+
+@dataclass(frozen=True)
+class Client:
+    """The boot-relevant facts of one request."""
+
+    kind: str  # "plain" (no PXE), "pxe" (firmware), "http" (UEFI HTTP boot), "ipxe"
+    vendor: bytes | None  # b"PXEClient" / b"HTTPClient" as the client announced itself
+    arch: int | None
+    uuid: str | None
+    machine_id: bytes | None  # option 97 as sent, echoed back
+
+    @property
+    def boots(self) -> bool:
+        return self.kind != "plain"
+
+
+def _arch(options: dict[int, bytes], vendor: bytes) -> int | None:
+    value = options.get(wire.OPT_ARCH)
+    if value is not None and len(value) >= 2:
+        return struct.unpack_from("!H", value)[0]
+    # "PXEClient:Arch:00007:UNDI:003016" carries the architecture when option 93 is missing
+    parts = vendor.split(b":")
+    if len(parts) >= 3 and parts[1] == b"Arch" and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
+def _uuid(machine_id: bytes | None) -> str | None:
+    """Option 97 is type 0 followed by the 16-byte SMBIOS UUID (first fields little-endian)."""
+    if machine_id is None or len(machine_id) != 17 or machine_id[0] != 0:
+        return None
+    return str(uuid.UUID(bytes_le=machine_id[1:]))
+
+
+def classify(req: wire.Request) -> Client:
+    opts = req.options
+    vendor = opts.get(wire.OPT_VENDOR_CLASS, b"")
+    machine_id = opts.get(wire.OPT_UUID)
+    arch = _arch(opts, vendor)
+    user_class = opts.get(wire.OPT_USER_CLASS, b"")
+    if b"iPXE" in user_class or wire.OPT_IPXE in opts:
+        kind = "ipxe"
+    elif vendor.startswith(b"HTTPClient") or (arch in HTTP_ARCHES and vendor.startswith(b"PXEClient")):
+        kind = "http"
+    elif vendor.startswith(b"PXEClient"):
+        kind = "pxe"
+    else:
+        kind = "plain"
+    announced = next((v for v in (b"PXEClient", b"HTTPClient") if vendor.startswith(v)), None)
+    return Client(kind, announced, arch, _uuid(machine_id), machine_id)
+
+
+def base_url(master: str, port: int) -> str:
+    return f"http://{master}" + (f":{port}" if port != 80 else "")
+
+
+def ipxe_script_url(master: str, port: int, mac: str) -> str:
+    """The node's iPXE script (contract: GET /boot/{mac}.ipxe, lowercase colon MAC)."""
+    return f"{base_url(master, port)}/boot/{mac}.ipxe"
+
+
+@dataclass(frozen=True)
+class Boot:
+    """What goes into the reply: boot file (or URL), and the vendor class to answer with."""
+
+    file: str
+    vendor_class: bytes | None  # b"PXEClient" / b"HTTPClient" echoed, None for plain iPXE
+    variant: str  # cache key: which of a node's reply templates this is
+
+
+def choose(client: Client, mac: str, boot_files: Mapping[str, str], master: str, http_port: int) -> Boot | None:
+    """The boot answer for a booting client, None for a plain DHCP client."""
+    if client.kind == "plain":
+        return None
+    if client.kind == "ipxe":
+        override = boot_files.get("ipxe")
+        if override:
+            url = override if "://" in override else f"{base_url(master, http_port)}/{override.lstrip('/')}"
+        else:
+            url = ipxe_script_url(master, http_port, mac)
+        return Boot(url, client.vendor, f"ipxe-{(client.vendor or b'').decode()}")
+    key = ARCH_KEYS.get(client.arch if client.arch is not None else 0, "bios")
+    if client.kind == "http":
+        name = boot_files.get("http" if key == "http" else key) or DEFAULT_BOOT_FILES["http" if key == "http" else key]
+        url = name if "://" in name else f"{base_url(master, http_port)}/boot/{name.lstrip('/')}"
+        return Boot(url, b"HTTPClient", f"http-{key}")
+    name = boot_files.get(key) or DEFAULT_BOOT_FILES[key]
+    return Boot(name, b"PXEClient", key)

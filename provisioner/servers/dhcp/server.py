@@ -1,0 +1,385 @@
+"""The DHCP / ProxyDHCP server: one thread, non-blocking sockets bound to the provisioning
+interface, answers per RFC 2131 with PXE boot information.
+
+Hot path for an inventory node: parse (wire.py), look the MAC up, copy the cached reply
+template and patch it (reply.py). Nothing is written to disk for it; its "dhcp" boot stage
+goes to the state database from a background thread in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Callable
+
+from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
+from ...nodestate import NodeStateDB
+from ...paths import State
+from . import netif, pxe, reply, wire
+from .adopt import AdoptError, adopt
+from .leases import DynamicPool
+
+log = logging.getLogger("provisioner.dhcp")
+
+PROXY_PORT = 4011
+CLIENT_PORT = 68
+BROADCAST = "255.255.255.255"
+STAGE_EVERY = 10.0  # seconds: at most one "dhcp" boot-stage event per node in this time
+
+Answer = tuple[bytes, tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class Static:
+    """An inventory node as the DHCP server sees it."""
+
+    node: Node
+    ip: IPv4Address
+
+
+class StageRecorder:
+    """Boot-stage events off the hot path: queued, debounced per node, written in batches."""
+
+    def __init__(self, db: NodeStateDB):
+        self.db = db
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.last: dict[str, float] = {}
+        self.thread = threading.Thread(target=self._run, name="dhcp-stages", daemon=True)
+        self.thread.start()
+
+    def note(self, node: str, detail: str) -> None:
+        now = time.time()
+        if now - self.last.get(node, 0.0) >= STAGE_EVERY:
+            self.last[node] = now
+            self.queue.put((node, "dhcp", now, detail))
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            rows = [self.queue.get()]
+            time.sleep(0.2)
+            while not self.queue.empty():
+                rows.append(self.queue.get())
+            done = None in rows
+            rows = [r for r in rows if r is not None]
+            if rows:
+                try:
+                    self.db.record_stages(rows)
+                except Exception:  # a full disk must not stop DHCP
+                    log.exception("could not record %d boot-stage events", len(rows))
+            if done:
+                self.db.close()
+                return
+
+
+class DhcpServer:
+    """DHCP (or, with proxy=True or cluster.dhcp.mode "proxy", ProxyDHCP) for the cluster.
+
+    `listen` is the server's own address (server identifier, default next-server); with
+    "0.0.0.0" the interface's address in the provisioning subnet is used.
+    """
+
+    def __init__(self, inventory: Inventory, state: State, interface: str | None, listen: str,
+                 port: int = 67, db: NodeStateDB | None = None, proxy: bool | None = None):
+        net = inventory.cluster.network
+        self.link = netif.find(interface or net.interface, listen, net.subnet)
+        self.server_ip = IPv4Address(listen) if listen not in ("", "0.0.0.0") else self.link.address.ip
+        self.server_id = self.server_ip.packed
+        self.proxy = inventory.cluster.dhcp.mode == "proxy" if proxy is None else proxy
+        self.db = db if db is not None else NodeStateDB(state.db)
+        self.pool = DynamicPool(inventory, self.db)
+        self.stages = StageRecorder(self.db)
+        self.port = port
+        self.sockets = [netif.udp_socket(self.link.name, port)]
+        if self.proxy:
+            self.sockets.append(netif.udp_socket(self.link.name, PROXY_PORT))
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self.counters = {"received": 0, "answered": 0, "dropped": 0, "errors": 0}
+        self.reload(inventory)
+        log.info("DHCP%s on %s (%s), server id %s", " proxy" if self.proxy else "", self.link.name,
+                 self.link.address, self.server_ip)
+
+    # -- configuration ---------------------------------------------------------------------------
+    def reload(self, inventory: Inventory) -> None:
+        """Take a new inventory; cached reply templates are dropped (rebuilt on demand)."""
+        self.inventory = inventory
+        self.static = {i.mac: Static(n, i.ip) for n in inventory.nodes for i in n.interfaces if i.mac and i.ip}
+        self.templates: dict[tuple, bytes] = {}
+        self.pool.set_inventory(inventory)
+        c = inventory.cluster
+        self.master = str(c.network.master)
+        self.http_port = c.ports.http
+        self.lease_time = c.dhcp.lease_time
+
+    # -- the loop --------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        self._stopped.clear()
+        sel = selectors.DefaultSelector()
+        for s in self.sockets:
+            sel.register(s, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._stopping:
+                for key, _ in sel.select():
+                    if key.fileobj == self._wake_r:
+                        continue
+                    self._drain(key.fileobj)  # type: ignore[arg-type]
+        finally:
+            sel.close()
+            for s in self.sockets:
+                s.close()
+            self.stages.stop()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever (from another thread) and return once it has stopped."""
+        self._stopping = True
+        os.write(self._wake_w, b"x")
+        self._stopped.wait()
+
+    def _drain(self, sock: socket.socket) -> None:
+        port = sock.getsockname()[1]
+        for _ in range(256):  # bounded, so the other socket and shutdown get their turn
+            try:
+                data, peer = sock.recvfrom(wire.MAX_PACKET + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            self.counters["received"] += 1
+            try:
+                answer = self.handle(data, peer, port)
+            except wire.Malformed as e:
+                self.counters["dropped"] += 1
+                log.warning("dropped a malformed packet from %s:%d: %s", peer[0], peer[1], e)
+                continue
+            except Exception:
+                self.counters["errors"] += 1
+                log.exception("error answering %s:%d; packet dropped", peer[0], peer[1])
+                continue
+            if answer is not None:
+                try:
+                    sock.sendto(*answer)
+                    self.counters["answered"] += 1
+                except OSError as e:
+                    log.warning("could not send to %s: %s", answer[1], e)
+
+    # -- answering -------------------------------------------------------------------------------
+    def handle(self, data: bytes, peer: tuple[str, int], port: int) -> Answer | None:
+        req = wire.parse(data)
+        if req.relayed and IPv4Address(req.giaddr) not in self.inventory.cluster.network.subnet:
+            log.info("ignored %s via relay %s: no subnet for it", req.mac, IPv4Address(req.giaddr))
+            return None
+        client = pxe.classify(req)
+        if self.proxy:
+            return self._proxy(req, client, peer, port)
+        handler: Callable = {wire.DISCOVER: self._discover, wire.REQUEST: self._request, wire.INFORM: self._inform,
+                             wire.RELEASE: self._release, wire.DECLINE: self._decline}[req.msgtype]
+        return handler(req, client)
+
+    def _destination(self, req: wire.Request, msgtype: int) -> tuple[str, int]:
+        if req.relayed:
+            return str(IPv4Address(req.giaddr)), self.port
+        if req.ciaddr != wire.ZERO_IP and msgtype != wire.NAK:
+            return str(IPv4Address(req.ciaddr)), CLIENT_PORT
+        return BROADCAST, CLIENT_PORT
+
+    def _lease_options(self, hostname: str | None, node: Node | None, lease: bool = True) -> list[tuple[int, bytes]]:
+        c = self.inventory.cluster
+        net = c.network
+        opts = [(1, net.subnet.netmask.packed), (28, net.subnet.broadcast_address.packed)]
+        if net.gateway:
+            opts.append((3, net.gateway.packed))
+        if net.dns:
+            opts.append((6, b"".join(d.packed for d in net.dns)))
+        if hostname:
+            opts.append((12, hostname.encode()))
+        opts.append((15, c.domain.encode()))
+        ntp = [t for t in c.time_servers if _is_ipv4(t)]
+        if ntp:
+            opts.append((42, b"".join(IPv4Address(t).packed for t in ntp)))
+        if node is not None and node.image:
+            opts.append((17, f"{c.nfs.server}:/images/{node.image}".encode()))
+        if lease:
+            lt = self.lease_time
+            opts += [(51, lt.to_bytes(4, "big")), (58, (lt // 2).to_bytes(4, "big")),
+                     (59, (lt * 7 // 8).to_bytes(4, "big"))]
+        return opts
+
+    def _boot(self, client: pxe.Client, mac: str, node: Node | None) -> pxe.Boot | None:
+        return pxe.choose(client, mac, node.boot_files if node else {}, self.master, self.http_port)
+
+    @staticmethod
+    def _boot_options(boot: pxe.Boot | None) -> list[tuple[int, bytes]]:
+        if boot is None or boot.vendor_class is None:
+            return []
+        opts = [(60, boot.vendor_class)]
+        if boot.vendor_class == b"PXEClient":
+            opts.append((43, pxe.PXE_VENDOR_OPTIONS))
+        return opts
+
+    def _build(self, msgtype: int, ip: IPv4Address | None, hostname: str | None, node: Node | None,
+               boot: pxe.Boot | None, lease: bool = True) -> bytes:
+        opts = self._lease_options(hostname, node, lease)
+        return reply.template(msgtype, self.server_ip, yiaddr=ip if lease else None,
+                              siaddr=IPv4Address(self.master) if boot else None,
+                              file=boot.file if boot else "", options=opts + self._boot_options(boot))
+
+    def _static_reply(self, req: wire.Request, client: pxe.Client, st: Static, msgtype: int) -> Answer:
+        boot = self._boot(client, req.mac, st.node)
+        key = (req.mac, msgtype, boot.variant if boot else None)
+        tmpl = self.templates.get(key)
+        if tmpl is None:
+            tmpl = self.templates[key] = self._build(msgtype, st.ip, st.node.name, st.node, boot)
+        return reply.finish(tmpl, req, reply.echoes(req, client.boots)), self._destination(req, msgtype)
+
+    def _dynamic_reply(self, req: wire.Request, client: pxe.Client, ip: IPv4Address, msgtype: int) -> Answer:
+        boot = self._boot(client, req.mac, None)
+        tmpl = self._build(msgtype, ip, None, None, boot)
+        return reply.finish(tmpl, req, reply.echoes(req, client.boots)), self._destination(req, msgtype)
+
+    def _nak(self, req: wire.Request, why: str) -> Answer:
+        log.info("NAK %s: %s", req.mac, why)
+        tmpl = self.templates.get(("nak",))
+        if tmpl is None:
+            tmpl = self.templates[("nak",)] = reply.template(wire.NAK, self.server_ip)
+        flags = req.flags | 0x8000 if req.relayed else req.flags
+        return reply.finish(tmpl, req, reply.echoes(req, False), ciaddr=wire.ZERO_IP, flags=flags), \
+            self._destination(req, wire.NAK)
+
+    def _unknown(self, req: wire.Request, client: pxe.Client) -> Static | None:
+        """Record an unknown booting MAC; adopt it if the policy says so."""
+        if not client.boots:
+            return None
+        self.db.saw_unknown(req.mac, client.arch, client.uuid, None)
+        if not self.inventory.cluster.discovery.adopt:
+            return None
+        try:
+            name, _ = adopt(self.inventory.path, req.mac)
+            inv = load_inventory(self.inventory.path)
+        except (AdoptError, InventoryInvalid, OSError) as e:  # it still gets a dynamic lease
+            log.warning("could not adopt %s: %s", req.mac, e)
+            return None
+        self.db.mark_adopted(req.mac, name)
+        log.info("adopted %s as %s", req.mac, name)
+        self.reload(inv)
+        return self.static.get(req.mac)
+
+    def _discover(self, req: wire.Request, client: pxe.Client) -> Answer | None:
+        st = self.static.get(req.mac) or self._unknown(req, client)
+        if st is not None:
+            return self._static_reply(req, client, st, wire.OFFER)
+        if not client.boots and self.pool.lease_of(req.mac) is None:
+            log.debug("ignored DISCOVER from %s: not in the inventory and not PXE booting", req.mac)
+            return None
+        requested = req.options.get(wire.OPT_REQUESTED_IP)
+        ip = self.pool.offer(req.mac, IPv4Address(requested) if requested and len(requested) == 4 else None)
+        if ip is None:
+            return None
+        return self._dynamic_reply(req, client, ip, wire.OFFER)
+
+    def _request(self, req: wire.Request, client: pxe.Client) -> Answer | None:
+        sid = req.options.get(wire.OPT_SERVER_ID)
+        if sid is not None and sid != self.server_id:
+            self.pool.forget_offer(req.mac)  # the client chose another server
+            return None
+        requested = req.options.get(wire.OPT_REQUESTED_IP)
+        if requested is not None and len(requested) != 4:
+            raise wire.Malformed("requested-address option is not 4 bytes")
+        want = requested or (req.ciaddr if req.ciaddr != wire.ZERO_IP else None)
+        if want is None:
+            raise wire.Malformed("REQUEST names no address (no option 50, no ciaddr)")
+        want_ip = IPv4Address(want)
+        st = self.static.get(req.mac)
+        if st is not None:
+            if want_ip != st.ip:
+                return self._nak(req, f"asked for {want_ip}, its address is {st.ip}")
+            self.stages.note(st.node.name, f"{want_ip} {client.kind}" + (f" arch {client.arch}" if client.arch is not None else ""))
+            return self._static_reply(req, client, st, wire.ACK)
+        expected = self.pool.expected(req.mac)
+        if expected is None:
+            if sid is not None:
+                return self._nak(req, f"no offer or lease for {want_ip}")
+            return None  # INIT-REBOOT/RENEW of a client we do not know: stay silent (RFC 2131 4.3.2)
+        if want_ip != expected:
+            return self._nak(req, f"asked for {want_ip}, its lease is {expected}")
+        self.pool.commit(req.mac, want_ip, None, self.lease_time)
+        if client.boots:
+            self.db.saw_unknown(req.mac, client.arch, client.uuid, str(want_ip))
+        return self._dynamic_reply(req, client, want_ip, wire.ACK)
+
+    def _inform(self, req: wire.Request, client: pxe.Client) -> Answer | None:
+        if req.ciaddr == wire.ZERO_IP:
+            raise wire.Malformed("INFORM without ciaddr")
+        st = self.static.get(req.mac)
+        tmpl = self._build(wire.ACK, None, st.node.name if st else None, st.node if st else None,
+                           self._boot(client, req.mac, st.node if st else None), lease=False)
+        return reply.finish(tmpl, req, reply.echoes(req, client.boots)), self._destination(req, wire.ACK)
+
+    def _release(self, req: wire.Request, client: pxe.Client) -> None:
+        if req.mac not in self.static and req.ciaddr != wire.ZERO_IP:
+            self.pool.release(req.mac, IPv4Address(req.ciaddr))
+
+    def _decline(self, req: wire.Request, client: pxe.Client) -> None:
+        requested = req.options.get(wire.OPT_REQUESTED_IP)
+        if requested is None or len(requested) != 4:
+            raise wire.Malformed("DECLINE without a requested address")
+        ip = IPv4Address(requested)
+        st = self.static.get(req.mac)
+        if st is not None:
+            log.warning("%s (%s) declined %s: another host uses its address", st.node.name, req.mac, ip)
+        else:
+            log.warning("%s declined %s: another host uses it; skipping it for a while", req.mac, ip)
+            self.pool.decline(req.mac, ip)
+
+    # -- ProxyDHCP -------------------------------------------------------------------------------
+    def _proxy(self, req: wire.Request, client: pxe.Client, peer: tuple[str, int], port: int) -> Answer | None:
+        """Boot information only, no address: an OFFER to a DISCOVER on port 67, an ACK to a
+        REQUEST on port 4011 (or on 67 when it names us as server)."""
+        if not client.boots:
+            return None
+        st = self.static.get(req.mac)
+        if st is None:
+            self.db.saw_unknown(req.mac, client.arch, client.uuid, None)
+        if req.msgtype == wire.DISCOVER and port != PROXY_PORT:
+            msgtype = wire.OFFER
+        elif req.msgtype in (wire.REQUEST, wire.INFORM) and (
+                port == PROXY_PORT or req.options.get(wire.OPT_SERVER_ID) == self.server_id):
+            msgtype = wire.ACK
+        else:
+            return None
+        node = st.node if st else None
+        boot = self._boot(client, req.mac, node)
+        key = ("proxy", req.mac, msgtype, boot.variant if boot else None)
+        tmpl = self.templates.get(key)
+        if tmpl is None:
+            if boot is not None and boot.vendor_class is None:
+                boot = pxe.Boot(boot.file, b"PXEClient", boot.variant)  # a proxy answer always says PXEClient
+            tmpl = self.templates[key] = reply.template(
+                msgtype, self.server_ip, siaddr=IPv4Address(self.master), file=boot.file if boot else "",
+                options=self._boot_options(boot))
+        if node is not None and msgtype == wire.ACK:
+            self.stages.note(node.name, f"proxy {client.kind}")
+        out = reply.finish(tmpl, req, reply.echoes(req, True))
+        if port == PROXY_PORT:
+            return out, peer
+        return out, self._destination(req, msgtype)
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        IPv4Address(text)
+        return True
+    except ValueError:
+        return False
