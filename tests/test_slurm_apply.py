@@ -147,3 +147,8 @@ def test_cli_apply_to_an_unwritable_dir_is_a_user_error(site, tmp_path):
     res = site("slurm", "apply", "--conf-dir", blocker / "sub", "--no-reload", check=False)
     assert res.returncode == 1 and "cannot write" in res.stderr and "Traceback" not in res.stderr
     assert os.path.isfile(blocker)
+
+
+def test_cli_prints_the_watch_unit(cli):
+    text = cli("slurm", "apply", "--print-unit").stdout
+    assert f"ExecStart={cli.exe} slurm apply --watch 5\n" in text and "@PROVISIONER@" not in text
