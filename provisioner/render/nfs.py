@@ -76,7 +76,10 @@ def render_ganesha(exports: list[Export], subnet: IPv4Network, bind: IPv4Address
     out = ["# Written by `provisioner nfs exports`; edits are lost on the next render.",
            "NFS_CORE_PARAM {", *[f"    {c}" for c in core], "}",
            "NFSv4 {", "    Graceless = true;", f'    RecoveryRoot = "{recovery_root}";',
-           "    Minor_Versions = 0, 1, 2;", "}",
+           "    Minor_Versions = 0, 1, 2;",
+           # Owners as numbers: an initramfs has no idmapd, so names would map to nobody and
+           # setuid-root binaries (mount, su) in the image would run as nobody.
+           "    Only_Numeric_Owners = true;", "}",
            "NFS_KRB5 {", "    Active_krb5 = false;", "}"]
     for e in exports:
         out += ["EXPORT {",
