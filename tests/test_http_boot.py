@@ -145,3 +145,25 @@ def test_garbage_requests_get_400_and_the_server_carries_on(lab, served):
         assert out.startswith("HTTP/1.") and out[9] == "4", out  # a 4xx status line
     mac = NODES["node01"][1]
     assert curl(n1, f"{srv.url}/boot/{mac}.ipxe").stdout.encode() == files[f"/boot/{mac}.ipxe"]
+
+
+def test_boot_tree_over_http(lab, served, cli):
+    srv, files = served
+    (cli.state / "boot").mkdir(exist_ok=True)
+    (cli.state / "boot" / "ipxe.efi").write_bytes(b"MZ" + b"\0" * 5000)
+    grub = cli.state / "nodes" / "node01" / "grub.cfg"
+    grub.write_text("menuentry node01 {}\n")
+    n1, n2 = node_ns(lab, "node01"), node_ns(lab, "node02")
+    code = lambda ns, *a: curl(ns, "-o", "/dev/null", "-w", "%{http_code} %{size_download}", *a[:-1],
+                               srv.url + a[-1]).stdout
+    assert code(n2, "/boot/ipxe.efi") == "200 5002"
+    assert curl(n1, f"{srv.url}/boot/grub.cfg").stdout == "menuentry node01 {}\n"
+    assert code(n2, "/boot/grub.cfg").startswith("404")          # node02 has none rendered
+    mac = NODES["node01"][1]
+    assert curl(n1, f"{srv.url}/boot/boot.ipxe").stdout.encode() == files[f"/boot/{mac}.ipxe"]
+    (cli.state / "secrets").mkdir(exist_ok=True)
+    (cli.state / "secrets" / "munge.key").write_bytes(b"k" * 1024)
+    for path in ("/boot/../secrets/munge.key", "/boot/%2e%2e/secrets/munge.key", "/boot/..%2fsecrets/munge.key",
+                 "/images/..%2f..%2fsecrets/munge.key", "/boot//%2e%2e/%2e%2e/state/secrets/munge.key"):
+        assert code(n1, "--path-as-is", path).startswith("404"), path
+    assert code(n1, "/boot/nothing.bin").startswith("404")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -26,6 +25,7 @@ from ..inventory import Inventory, InventoryInvalid, load_inventory
 from ..nodestate import NodeStateDB
 from ..nodestate.slurm import is_ready, slurm_states
 from ..paths import Site, State
+from .stages import StageWriter, stage_of
 
 log = logging.getLogger("provisioner.serve")
 
@@ -41,41 +41,6 @@ class Server(Protocol):
     def shutdown(self) -> None: ...
 
 
-# Boot stages a TFTP request marks, by the requested path's last component.
-TFTP_STAGES = {"undionly.kpxe": "bootloader", "ipxe.efi": "bootloader", "snponly.efi": "bootloader",
-               "pxelinux.0": "bootloader", "lpxelinux.0": "bootloader", "grubx64.efi": "bootloader",
-               "boot.ipxe": "ipxe", "vmlinuz": "kernel", "initramfs.img": "initramfs"}
-STAGE_REPEAT = 2.0  # seconds within which the same stage is not noted again (tsize probes, retries)
-
-
-class StageWriter:
-    """Boot-stage events noted from a packet loop, written to the DB by a thread of their own."""
-
-    def __init__(self, db: NodeStateDB):
-        self.db = db
-        self.q: queue.SimpleQueue[tuple[str, str, float, str] | None] = queue.SimpleQueue()
-        self.last: dict[tuple[str, str], float] = {}
-        self.thread = threading.Thread(target=self._run, name="stage-writer", daemon=True)
-        self.thread.start()
-
-    def note(self, node: str, stage: str, detail: str) -> None:
-        now = time.time()
-        if now - self.last.get((node, stage), 0.0) >= STAGE_REPEAT:
-            self.last[(node, stage)] = now
-            self.q.put((node, stage, now, detail))
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-
-    def _run(self) -> None:
-        while (ev := self.q.get()) is not None:
-            try:
-                self.db.record_stage(ev[0], ev[1], ev[3], at=ev[2])
-            except Exception:  # a full disk must not stop the boot services
-                log.exception("could not record a boot stage", extra={"kv": {"node": ev[0], "stage": ev[1]}})
-
-
 class StagedTree:
     """The TFTP resolver: the shared BootTree, noting the boot stage a found file marks."""
 
@@ -84,7 +49,7 @@ class StagedTree:
 
     def __call__(self, client_ip: str, path: str) -> Any:
         found = self.tree(client_ip, path)
-        stage = TFTP_STAGES.get(path.replace("\\", "/").rsplit("/", 1)[-1])
+        stage = stage_of(path)
         if found is not None and stage is not None:
             node = self.tree.node_for(client_ip)
             if node is not None:

@@ -22,6 +22,7 @@ from ...nodestate import NodeStateDB
 from ...nodestate.summary import latest_boot, node_statuses, timeline
 from ...paths import State
 from ..boottree import BootTree, PathRefused
+from ..stages import stage_of
 from .access import Peer, is_admin, node_at, secret_refusal
 from .files import TrackedFile
 from .metrics import StateCollector
@@ -30,7 +31,6 @@ log = logging.getLogger("provisioner.http")
 
 T = TypeVar("T")
 _STAGE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-IMAGE_STAGES = {"vmlinuz": "kernel", "initramfs.img": "initramfs"}
 LEASE_CACHE_SECONDS = 2.0
 MAX_BODY = 256 * 1024
 OCTETS = "application/octet-stream"
@@ -79,6 +79,7 @@ class BootApp:
         app.add_routes([
             web.get("/boot/ipxe", self.ipxe_by_address),
             web.get("/boot/{mac}.ipxe", self.ipxe_by_mac),
+            web.get("/boot/{path:.+}", self.boot_file),
             web.get("/images/{image}/{file}", self.image_file),
             web.get("/overlays/{node}.cpio.gz", self.overlay),
             web.post("/api/v1/stage", self.node_stage),
@@ -162,8 +163,8 @@ class BootApp:
     async def ipxe_by_mac(self, request: web.Request) -> web.StreamResponse:
         raw = request.match_info["mac"]
         mac = normalize_mac(raw)
-        if mac is None:
-            raise self._refuse(web.HTTPNotFound, "not a MAC address", request, mac=raw)
+        if mac is None:  # not a MAC: a file of that name in the boot tree
+            return await self._boot_tree_file(request, f"{raw}.ipxe")
         node = self.inventory.by_mac(mac)
         if node is None:
             raise self._refuse(web.HTTPNotFound, "unknown node", request, mac=mac)
@@ -176,17 +177,24 @@ class BootApp:
             raise self._refuse(web.HTTPNotFound, "unknown node", request, address=str(peer.ip))
         return await self._send(request, layout.ipxe_script(self.state, node.name), node, "ipxe", "text/plain")
 
-    async def image_file(self, request: web.Request) -> web.StreamResponse:
-        image, name = request.match_info["image"], request.match_info["file"]
+    async def boot_file(self, request: web.Request) -> web.StreamResponse:
+        return await self._boot_tree_file(request, request.match_info["path"])
+
+    async def _boot_tree_file(self, request: web.Request, rel: str) -> web.StreamResponse:
+        """The boot tree over HTTP as over TFTP (bootloaders, per-node boot.ipxe/grub.cfg,
+        PXELINUX configs), for UEFI HTTP boot and iPXE chains that prefer HTTP."""
         peer = self._peer(request)
         try:
-            path = self.tree(str(peer.ip), f"images/{image}/{name}") if name in IMAGE_STAGES else None
-        except PathRefused:
-            path = None
+            path = self.tree(str(peer.ip), rel)
+        except PathRefused as e:
+            raise self._refuse(web.HTTPNotFound, f"path refused: {e}", request) from None
         if path is None:
-            raise self._refuse(web.HTTPNotFound, "no such image file", request, image=image, file=name)
+            raise self._refuse(web.HTTPNotFound, "no such boot file", request, file=rel)
         node = await self._node_of(peer)
-        return await self._send(request, path, node, IMAGE_STAGES[name] if node else None)
+        return await self._send(request, path, node, stage_of(rel) if node else None)
+
+    async def image_file(self, request: web.Request) -> web.StreamResponse:
+        return await self._boot_tree_file(request, f"images/{request.match_info['image']}/{request.match_info['file']}")
 
     async def overlay(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["node"]
