@@ -55,5 +55,7 @@ def node_adopt(ctx: Context, mac: str, name: str, profiles: tuple[str, ...]) -> 
         raise UserError(str(e)) from None
     except InventoryInvalid as e:
         raise UserError(f"not changed: {e}") from None
-    ctx.db().mark_adopted(norm, name)
+    db = ctx.db()
+    db.mark_adopted(norm, name)
+    db.drop_lease(norm)  # its dynamic address is free again: the node has a static one now
     click.echo(f"adopted {norm} as {name} ({ip})")

@@ -86,11 +86,6 @@ class NodeStateDB:
             c.execute("INSERT INTO events(node, stage, at, detail) VALUES (?,?,?,?)",
                       (node, stage, at or time.time(), detail))
 
-    def record_stages(self, rows: list[tuple[str, str, float, str | None]]) -> None:
-        """Many (node, stage, at, detail) events in one transaction (servers batch them)."""
-        with self._tx() as c:
-            c.executemany("INSERT INTO events(node, stage, at, detail) VALUES (?,?,?,?)", rows)
-
     def timeline(self, node: str) -> list[sqlite3.Row]:
         return list(self._conn().execute(
             "SELECT stage, at, detail FROM events WHERE node=? ORDER BY at, id", (node,)))

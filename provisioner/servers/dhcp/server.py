@@ -3,18 +3,16 @@ interface, answers per RFC 2131 with PXE boot information.
 
 Hot path for an inventory node: parse (wire.py), look the MAC up, copy the cached reply
 template and patch it (reply.py). Nothing is written to disk for it; its "dhcp" boot stage
-goes to the state database from a background thread in batches.
+goes to the state database from the shared stage-writer thread.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import selectors
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Callable
@@ -22,6 +20,7 @@ from typing import Callable
 from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
 from ...nodestate import NodeStateDB
 from ...paths import State
+from ..stages import StageWriter
 from . import netif, pxe, reply, wire
 from .adopt import AdoptError, adopt
 from .leases import DynamicPool
@@ -31,7 +30,6 @@ log = logging.getLogger("provisioner.dhcp")
 PROXY_PORT = 4011
 CLIENT_PORT = 68
 BROADCAST = "255.255.255.255"
-STAGE_EVERY = 10.0  # seconds: at most one "dhcp" boot-stage event per node in this time
 
 Answer = tuple[bytes, tuple[str, int]]
 
@@ -42,44 +40,6 @@ class Static:
 
     node: Node
     ip: IPv4Address
-
-
-class StageRecorder:
-    """Boot-stage events off the hot path: queued, debounced per node, written in batches."""
-
-    def __init__(self, db: NodeStateDB):
-        self.db = db
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.last: dict[str, float] = {}
-        self.thread = threading.Thread(target=self._run, name="dhcp-stages", daemon=True)
-        self.thread.start()
-
-    def note(self, node: str, detail: str) -> None:
-        now = time.time()
-        if now - self.last.get(node, 0.0) >= STAGE_EVERY:
-            self.last[node] = now
-            self.queue.put((node, "dhcp", now, detail))
-
-    def stop(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-
-    def _run(self) -> None:
-        while True:
-            rows = [self.queue.get()]
-            time.sleep(0.2)
-            while not self.queue.empty():
-                rows.append(self.queue.get())
-            done = None in rows
-            rows = [r for r in rows if r is not None]
-            if rows:
-                try:
-                    self.db.record_stages(rows)
-                except Exception:  # a full disk must not stop DHCP
-                    log.exception("could not record %d boot-stage events", len(rows))
-            if done:
-                self.db.close()
-                return
 
 
 class DhcpServer:
@@ -98,7 +58,7 @@ class DhcpServer:
         self.proxy = inventory.cluster.dhcp.mode == "proxy" if proxy is None else proxy
         self.db = db if db is not None else NodeStateDB(state.db)
         self.pool = DynamicPool(inventory, self.db)
-        self.stages = StageRecorder(self.db)
+        self.stages = StageWriter(self.db)
         self.port = port
         self.sockets = [netif.udp_socket(self.link.name, port)]
         if self.proxy:
@@ -141,7 +101,7 @@ class DhcpServer:
             sel.close()
             for s in self.sockets:
                 s.close()
-            self.stages.stop()
+            self.stages.close()
             self._stopped.set()
 
     def shutdown(self) -> None:
@@ -305,7 +265,7 @@ class DhcpServer:
         if st is not None:
             if want_ip != st.ip:
                 return self._nak(req, f"asked for {want_ip}, its address is {st.ip}")
-            self.stages.note(st.node.name, f"{want_ip} {client.kind}" + (f" arch {client.arch}" if client.arch is not None else ""))
+            self.stages.note(st.node.name, "dhcp", f"{want_ip} {client.kind}" + (f" arch {client.arch}" if client.arch is not None else ""))
             return self._static_reply(req, client, st, wire.ACK)
         expected = self.pool.expected(req.mac)
         if expected is None:
@@ -370,7 +330,7 @@ class DhcpServer:
                 msgtype, self.server_ip, siaddr=IPv4Address(self.master), file=boot.file if boot else "",
                 options=self._boot_options(boot))
         if node is not None and msgtype == wire.ACK:
-            self.stages.note(node.name, f"proxy {client.kind}")
+            self.stages.note(node.name, "dhcp", f"proxy {client.kind}")
         out = reply.finish(tmpl, req, reply.echoes(req, True))
         if port == PROXY_PORT:
             return out, peer
