@@ -8,7 +8,7 @@ nodes and scaled to N.
 
 Setup that is not measured: SSH host keys for N nodes would take ssh-keygen hours (RSA), so one
 real set is generated and hard-linked into every node's key folder (with that node's
-principals file, so nothing is re-signed). The archives' contents are otherwise real.
+signed-for marker, so nothing is re-signed). The archives' contents are otherwise real.
 
     .venv/bin/python bench/overlay_build.py [--nodes 10000] [--jobs 2]
 """
@@ -68,13 +68,13 @@ def fake_secrets(state: State, inv) -> None:
     secrets.ensure_secrets(state, inv, [first])
     root = layout.secrets_dir(state)
     src = root / secrets.node_ssh_dir(first.name)
-    files = [p for p in src.iterdir() if p.is_file() and p.name != "principals"]
+    files = [p for p in src.iterdir() if p.is_file() and not p.name.startswith("signed-for.")]
     for node in inv.nodes[1:]:
         d = root / secrets.node_ssh_dir(node.name)
         d.mkdir(mode=0o700)
         for f in files:
             os.link(f, d / f.name)
-        (d / "principals").write_text(secrets.principals(inv.cluster, node))
+        (d / secrets.signed_for(inv.cluster, node)).write_text(secrets.principals(inv.cluster, node))
 
 
 def standard_tools(state: State, nodes: list[str], total: int) -> float:

@@ -67,7 +67,7 @@ def plant_secrets(state: State, inv) -> None:
             (d / base).write_text(f"PRIVATE {t} {node.name}\n")
             (d / f"{base}.pub").write_text(f"ssh-{t} AAAA{t}{node.name} root@{node.name}\n")
             (d / f"{base}-cert.pub").write_text(f"ssh-{t}-cert AAAA{t}{node.name}\n")
-        (d / "principals").write_text(secrets.principals(inv.cluster, node))
+        (d / secrets.signed_for(inv.cluster, node)).write_text(secrets.principals(inv.cluster, node))
 
 
 def make_site(tmp_path: Path, text: str = INVENTORY) -> tuple[Site, State, object]:

@@ -57,9 +57,12 @@ class BuildFailed(UserError):
 
 # -- inputs ----------------------------------------------------------------------------------------
 
+_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(Node) if f.compare)  # not sources/line
+
+
 def _node_key(node: Node) -> str:
-    data = {f.name: getattr(node, f.name) for f in dataclasses.fields(node) if f.compare}
-    return json.dumps(data, sort_keys=True, default=str)
+    """Everything about the node that can reach its files (its YAML line number cannot)."""
+    return repr([getattr(node, f) for f in _KEY_FIELDS])
 
 
 def _facts(state: State) -> dict[str, dict[str, Any]]:

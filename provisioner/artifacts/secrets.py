@@ -5,7 +5,7 @@ secrets/
   ssh_host_ca, .pub           ed25519 CA that signs every node's host keys, so one
                               `@cert-authority` line in ssh_known_hosts covers the cluster
   ssh/<node>/ssh_host_{ed25519,ecdsa,rsa}_key[.pub|-cert.pub]
-  ssh/<node>/principals       names the certificates were signed for (re-signed on change)
+  ssh/<node>/signed-for.<digest>  names the certificates were signed for (re-signed on change)
 
 Keys come from ssh-keygen, so they are real OpenSSH formats. Every file lands by rename, so a
 key is either absent or complete; `stamp()` relies on that (a rename changes the directory).
@@ -59,7 +59,8 @@ def secret_path(state: State, relpath: str) -> Path:
 def read_secret(state: State, relpath: str) -> bytes:
     path = secret_path(state, relpath)
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            return f.read()
     except FileNotFoundError:
         raise SecretMissing(f"secret {relpath!r} does not exist (run `provisioner overlay build` "
                             f"or `provisioner secrets regenerate`)") from None
@@ -128,17 +129,22 @@ def principals(cluster: Cluster, node: Node) -> str:
     return ",".join(names)
 
 
+def signed_for(cluster: Cluster, node: Node) -> str:
+    """Name of the file recording which principals the certificates carry. The name holds a
+    digest of them, so one directory listing tells whether the node is complete and current:
+    checking 10,000 nodes stays cheap."""
+    return "signed-for." + hashlib.sha256(principals(cluster, node).encode()).hexdigest()[:16]
+
+
 def _node_ssh_complete(root: Path, cluster: Cluster, node: Node) -> bool:
-    """Two syscalls per node, so checking 10,000 nodes stays cheap."""
-    d = root / node_ssh_dir(node.name)
     try:
-        present = set(os.listdir(d))
-        return _SSH_FILES <= present and (d / "principals").read_text() == principals(cluster, node)
+        present = set(os.listdir(f"{root}/{node_ssh_dir(node.name)}"))
     except FileNotFoundError:
         return False
+    return _SSH_FILES <= present and signed_for(cluster, node) in present
 
 
-_SSH_FILES = {f"ssh_host_{t}_key{s}" for t in SSH_KEY_TYPES for s in ("", ".pub", "-cert.pub")} | {"principals"}
+_SSH_FILES = {f"ssh_host_{t}_key{s}" for t in SSH_KEY_TYPES for s in ("", ".pub", "-cert.pub")}
 
 
 def _ensure_node_ssh(root: Path, ca: Path, cluster: Cluster, node: Node) -> bool:
@@ -149,12 +155,13 @@ def _ensure_node_ssh(root: Path, ca: Path, cluster: Cluster, node: Node) -> bool
         if not (d / name).exists():
             _new_keypair(d, name, ktype, f"root@{node.name}")
             changed = True
-    want = principals(cluster, node)
-    pfile = d / "principals"
-    if changed or not pfile.exists() or pfile.read_text() != want or \
+    marker = signed_for(cluster, node)
+    if changed or not (d / marker).exists() or \
             not all((d / f"ssh_host_{t}_key-cert.pub").exists() for t in SSH_KEY_TYPES):
-        _sign(d, ca, node.name, want)
-        atomic_write(pfile, want, mode=0o600)
+        _sign(d, ca, node.name, principals(cluster, node))
+        for old in d.glob("signed-for.*"):
+            old.unlink()
+        atomic_write(d / marker, principals(cluster, node), mode=0o600)
         changed = True
     return changed
 
@@ -217,7 +224,7 @@ def stamp(state: State, node: str) -> tuple:
     """Changes whenever a secret this node may receive changes: every file lands by rename, so
     the stat of the node's key directory and of the top-level files is enough (no reads)."""
     try:
-        st = os.stat(secrets_dir(state) / node_ssh_dir(node))
+        st = os.stat(f"{secrets_dir(state)}/{node_ssh_dir(node)}")
         return (st.st_mtime_ns, st.st_ino)
     except FileNotFoundError:
         return ()
