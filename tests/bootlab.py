@@ -81,12 +81,13 @@ class BootLab:
         self.procs: list[subprocess.Popen] = []
         self.ganesha: Ganesha | None = None
 
-    def start(self, images: dict[str, Path], hosts: dict[str, str], serve: tuple[str, Path, Path] | None = None
-              ) -> "BootLab":
-        """Serve `images` (name -> rootfs dir) over NFS and DHCP leases `hosts` (mac -> ip); HTTP
+    def start(self, images: dict[str, Path], hosts: dict[str, str], serve: tuple[str, Path, Path] | None = None,
+              exports: list[Export] | None = None) -> "BootLab":
+        """Serve `images` (name -> rootfs dir), or `exports`, over NFS and DHCP leases `hosts` (mac -> ip); HTTP
         from `provisioner serve` when `serve` = (executable, site, state) is given, else the stub."""
         srv = self.lab.server_ip
-        exports = [Export(Path(os.path.realpath(p)), image_pseudo(n), False, False) for n, p in images.items()]
+        exports = exports or [Export(Path(os.path.realpath(p)), image_pseudo(n), False, False)
+                              for n, p in images.items()]
         self.ganesha = Ganesha(self.lab.server, self.work / "ganesha", exports, self.lab.net, srv).start()
         leases = [f"--dhcp-host={mac},{ip}" for mac, ip in hosts.items()]
         self.procs.append(self.lab.server.popen(

@@ -23,6 +23,15 @@ echo "PVTEST image_file=$(cat /etc/image-file)"
 touch /written-above && echo "PVTEST upper=writable"
 if touch /run/provisioner/lower/x 2>/dev/null; then echo "PVTEST lower=writable"; else echo "PVTEST lower=readonly"; fi
 grep -E ' / | /run/provisioner/lower ' /proc/mounts | sed 's/^/PVTEST mount /'
+home=$(sed -n 's/.*pvtest.home=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+if [ -n "$home" ]; then
+    mkdir -p /mnt/home
+    if mount -t nfs4 -o vers=4.2 "$home" /mnt/home && echo "from $(hostname)" > /mnt/home/from-node; then
+        echo "PVTEST home=writable"
+    else
+        echo "PVTEST home=failed"
+    fi
+fi
 echo "PVTEST pid=$$"
 echo "PVTEST done"
 poweroff -f

@@ -2,27 +2,35 @@
 NFS root read-only below, tmpfs above, the node's overlay from a privileged port, reports,
 switch_root into the image's own init."""
 
+import os
+from pathlib import Path
+
 import pytest
 from bootlab import HTTP_PORT, BootLab, overlay_archive
 from busyroot import REPORT_INIT, console_values, make_root
 
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image
+from provisioner.inventory import load_inventory
 from provisioner.nodestate import NodeStateDB
 from provisioner.paths import State
+from provisioner.render.nfs import exports_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 
 MAC = "52:54:00:7a:00:01"
 
-CLUSTER_YAML = f"""\
+CLUSTER_YAML = """\
 cluster:
   name: boot
   domain: boot.test
   network:
     subnet: 10.99.0.0/24
     master: 10.99.0.1
-  ports: {{http: {HTTP_PORT}}}
+  nfs:
+    exports:
+      - {{path: {home}, access: rw}}
+  ports: {{http: {port}}}
   slurm: {{controller: master}}
 profiles:
   default:
@@ -30,7 +38,7 @@ profiles:
 nodes:
   - name: node01
     ip: 10.99.0.11
-    mac: {MAC}
+    mac: {mac}
 """
 
 
@@ -43,24 +51,32 @@ def image(tmp_path):
 
 
 def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
-    """Against the real `provisioner serve --services http` in secure mode."""
+    """Against the real `provisioner serve --services http` in secure mode, with the exports
+    `provisioner nfs exports` would render (image read-only, homes read-write, root squashed)."""
     state = image
+    home = tmp_path / "home"
+    home.mkdir(mode=0o1777)
+    home.chmod(0o1777)
     cli.site.mkdir(parents=True)
-    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML)
+    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML.format(home=home, port=HTTP_PORT, mac=MAC))
+    cluster = load_inventory(cli.site / "cluster.yaml").cluster
+    exports = exports_for(cluster, {"tiny": Path(os.path.realpath(layout.image_rootfs(state, "tiny")))})
     overlay = overlay_archive("node01", {"etc/hostname": b"node01\n", "etc/pvtest/override": b"node01 only\n"})
     layout.overlay_archive(state, "node01").parent.mkdir(parents=True, exist_ok=True)
     layout.overlay_archive(state, "node01").write_bytes(overlay)
     with BootLab(lab, tmp_path / "lab") as bl:
-        bl.start({"tiny": layout.image_rootfs(state, "tiny")}, {MAC: "10.99.0.11"},
-                 serve=(cli.exe, cli.site, state.root))
+        bl.start({}, {MAC: "10.99.0.11"}, serve=(cli.exe, cli.site, state.root), exports=exports)
         console = bl.boot(layout.image_kernel(state, "tiny"), layout.image_initramfs(state, "tiny"),
-                          bl.cmdline("node01", "tiny"), MAC, until="PVTEST done")
+                          bl.cmdline("node01", "tiny") + f" pvtest.home=10.99.0.1:{home}", MAC, until="PVTEST done")
     timeline = NodeStateDB(state.db).timeline("node01")
     assert "PVTEST done" in console, console[-3000:]
     got = console_values(console)
     assert (got["hostname"], got["etc_hostname"], got["override"]) == ("node01", "node01", "node01 only")
     assert got["image_file"] == "from-the-image"
     assert (got["upper"], got["lower"], got["pid"]) == ("writable", "readonly", "1")
+    assert got["home"] == "writable"
+    assert (home / "from-node").read_text() == "from node01\n"
+    assert (home / "from-node").stat().st_uid != 0  # root is squashed on homes
     mounts = [ln for ln in console.splitlines() if ln.startswith("PVTEST mount ")]
     assert any(" / overlay " in m for m in mounts), mounts
     assert any(" nfs4 ro," in m and "/run/provisioner/lower" in m for m in mounts), mounts
