@@ -199,3 +199,19 @@ def test_missing_secret_is_a_clear_error(tmp_path):
     os.unlink(layout.secrets_dir(state) / "munge.key")
     with pytest.raises(RenderError, match="munge.key.*does not exist"):
         Build(state, site, inv).render(inv.node("node01"))
+
+
+def test_site_pxe_template_replaces_the_stock_one(tmp_path):
+    site, state, inv = make_site(tmp_path)
+    (site.root / "pxe").mkdir()
+    (site.root / "pxe" / "boot.ipxe.j2").write_text("#!ipxe\necho {{ node.name }} {{ node.mac | mac_bare }}\n"
+                                                    "kernel http://x/vmlinuz {{ cmdline }}\nboot\n")
+    boot = Build(state, site, inv).render(inv.node("node03"))[1]
+    assert boot.ipxe.startswith("#!ipxe\necho node03 525400000003\nkernel http://x/vmlinuz provisioner.node=node03 ")
+    assert "LABEL node03" in boot.pxelinux  # the others stay stock
+
+
+def test_node_without_image_gets_no_boot_configs(tmp_path):
+    site, state, inv = make_site(tmp_path, INVENTORY.replace("    image: debian12\n", ""))
+    entries, boot = Build(state, site, inv).render(inv.node("node01"))
+    assert boot is None and by_path(entries)["etc/hostname"].data == b"node01\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address, ip_interface
+from ipaddress import IPv4Interface, IPv4Network, ip_address, ip_interface
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Mapping
