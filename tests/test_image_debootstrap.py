@@ -31,3 +31,29 @@ def test_debootstrap_build_then_cached_rebuild(tmp_path):
     assert (layout.image_rootfs(state, "deb") / "bin" / "busybox").exists()
     with open("/proc/self/mountinfo") as f:
         assert not [ln for ln in f if str(tmp_path) in ln]
+
+
+SITE = """\
+cluster:
+  name: deb
+  domain: deb.test
+  network: {subnet: 10.77.0.0/24, master: 10.77.0.1}
+  slurm: {controller: master}
+profiles:
+  default:
+    image: deb
+    vars: {image_packages: [busybox], image_suite: bookworm}
+nodes: []
+"""
+
+
+def test_cli_build_takes_packages_from_the_profile_and_shows_progress(cli):
+    cli.site.mkdir(parents=True)
+    (cli.site / "cluster.yaml").write_text(SITE)
+    res = cli("image", "build", "deb", "--profile", "default", "--cache", CACHE)
+    assert "deb v1: kernel none" in res.stdout
+    assert "s] " in res.stderr  # timestamped progress lines
+    listing = cli("image", "list", "--json").stdout
+    assert '"busybox"' not in listing and '"deb"' in listing
+    res = cli("image", "build", "deb", "--profile", "nosuch", check=False)
+    assert res.returncode == 1 and "no such profile: nosuch" in res.stderr
