@@ -67,6 +67,13 @@ def test_per_node_files_follow_the_client_address(tree):
     assert tree.node_for("10.77.0.11") == "node01" and tree.node_for("10.77.0.99") is None
 
 
+def test_reload_follows_a_new_inventory(tree):
+    moved = parse_text(INVENTORY.replace("10.77.0.11", "10.77.0.31"), "cluster.yaml")
+    tree.reload(moved)
+    assert text(tree("10.77.0.31", "boot.ipxe")) == "ipxe node01"
+    assert text(tree("10.77.0.11", "boot.ipxe")) == "default script"
+
+
 def test_pxelinux_config_by_the_mac_in_the_name(tree):
     assert text(tree("10.77.0.200", "pxelinux.cfg/01-52-54-00-00-00-02")) == "pxe node02"
     assert tree("10.77.0.11", "pxelinux.cfg/01-52-54-00-00-00-99") is None

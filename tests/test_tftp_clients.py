@@ -110,11 +110,23 @@ def test_standalone_command_refuses_a_bad_listen_address(cli, tmp_path):
 
 
 def test_standalone_command_stops_cleanly_on_sigterm(lab, cli, tmp_path):
+    """With three worker processes: all of them serve, and all of them stop."""
+    (tmp_path / "f").write_bytes(b"payload" * 1000)
     proc = lab.server.popen([cli.exe, "tftp", "--root", str(tmp_path), "--listen", lab.server_ip,
-                             "--port", "6969"], stdout=subprocess.PIPE)
+                             "--port", "6969", "--workers", "3"], stdout=subprocess.PIPE)
     deadline = time.time() + 10
     while ":6969 " not in lab.server.run(["ss", "-uln"]).stdout:
         assert time.time() < deadline
         time.sleep(0.05)
+    client = lab.host(ip="10.99.0.2")
+    out = tmp_path / "out"
+    for i in range(12):  # distinct source ports: the kernel spreads them over the workers
+        client.run(["curl", "-sSf", "-o", f"{out}{i}", f"tftp://{lab.server_ip}:6969/f"])
+        assert (tmp_path / f"out{i}").read_bytes() == b"payload" * 1000
+    assert len(lab.server.pids()) == 3
     proc.terminate()
     assert proc.wait(10) == 0
+    deadline = time.time() + 5
+    while lab.server.pids() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not lab.server.pids()

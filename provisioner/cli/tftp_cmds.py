@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
+import os
 from pathlib import Path
 
 import click
@@ -13,6 +12,7 @@ from ..artifacts import bootloaders
 from ..errors import UserError
 from ..servers.boottree import StaticTree
 from ..servers.tftp import TftpServer, listen_address
+from ..servers.tftp.workers import serve_workers
 from .context import Context, echo_table, pass_ctx
 
 
@@ -23,28 +23,34 @@ from .context import Context, echo_table, pass_ctx
 @click.option("--port", default=69, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--timeout", default=1.0, show_default=True, type=click.FloatRange(0.1, 255),
               help="Retransmit timeout in seconds when the client asks for none.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Server processes sharing the port [default: one per CPU].")
 @click.option("--record", is_flag=True, help="Also record transfers in the state directory's node database.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every transfer.")
 @pass_ctx
-def tftp(ctx: Context, root: Path, listen: str, port: int, timeout: float, record: bool, verbose: bool) -> None:
+def tftp(ctx: Context, root: Path, listen: str, port: int, timeout: float, workers: int | None,
+         record: bool, verbose: bool) -> None:
     """Serve a directory over TFTP (no inventory needed); stops on SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s")
+                        format="%(asctime)s %(process)d %(levelname)s %(message)s")
     try:
-        server = TftpServer(listen_address(listen), port, StaticTree(root),
-                            ctx.db() if record else None, timeout=timeout)
+        address = listen_address(listen)
     except ValueError as e:
         raise UserError(f"bad listen address {listen!r}: {e}") from None
+    tree = StaticTree(root)
+    n = workers or os.cpu_count() or 1
+    if n > 1 and port == 0:
+        raise UserError("--port 0 (any free port) needs --workers 1")
+
+    def make() -> TftpServer:
+        return TftpServer(address, port, tree, ctx.db() if record else None, timeout=timeout,
+                          reuse_port=n > 1)
+
+    click.echo(f"serving {root} on {address}:{port} ({n} worker{'s' if n > 1 else ''})", err=True)
+    try:
+        serve_workers(make, n)
     except OSError as e:
         raise UserError(f"cannot listen on {listen}:{port}: {e.strerror}") from None
-
-    def stop(*_: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    click.echo(f"serving {root} on {listen}:{server.port}", err=True)
-    server.serve_forever()
 
 
 @click.group()

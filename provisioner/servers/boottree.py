@@ -77,13 +77,17 @@ class StaticTree:
 
 
 class BootTree:
-    """The state directory's boot view for one inventory: per-node virtual files, then
-    state/boot. Build a new one to follow an inventory reload (it holds no other state)."""
+    """The state directory's boot view for an inventory: per-node virtual files, then
+    state/boot."""
 
     def __init__(self, state: State, inventory: Inventory | NodeLookup | None):
         self.state = state
         self.inventory = inventory
         self.static = StaticTree(layout.boot_dir(state))
+
+    def reload(self, inventory: Inventory | NodeLookup | None) -> None:
+        """Follow an edited inventory (one reference swap: safe while serving)."""
+        self.inventory = inventory
 
     def node_for(self, client_ip: str) -> str | None:
         node = self._by_ip(client_ip)

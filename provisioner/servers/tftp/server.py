@@ -148,6 +148,13 @@ class TftpServer:
             pass
         self._stopped.wait()
 
+    def reload(self, inventory: object) -> None:
+        """Pass a reloaded inventory to the resolver, if it follows one (BootTree does)."""
+        reload = getattr(self.resolver, "reload", None)
+        if reload is not None:
+            reload(inventory)
+        self._node_for = getattr(self.resolver, "node_for", None)
+
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self, ep: select.epoll) -> None:
         listener = self.sock.fileno()
