@@ -55,7 +55,7 @@ ThreadingHTTPServer((sys.argv[3], int(sys.argv[4])), H).serve_forever()
 '''
 
 
-def overlay_archive(node: str, files: dict[str, bytes]) -> bytes:
+def overlay_archive(files: dict[str, bytes]) -> bytes:
     """A node overlay (what the overlay builder serves), made with the shared cpio writer."""
     entries, dirs = [], set()
     for path in sorted(files):
@@ -124,7 +124,7 @@ class BootLab:
         return self
 
     def put_overlay(self, node: str, files: dict[str, bytes]) -> None:
-        (self.web / "overlays" / f"{node}.cpio.gz").write_bytes(overlay_archive(node, files))
+        (self.web / "overlays" / f"{node}.cpio.gz").write_bytes(overlay_archive(files))
 
     def cmdline(self, node: str, image: str, **extra: str) -> str:
         base = f"http://{self.lab.server_ip}:{HTTP_PORT}"

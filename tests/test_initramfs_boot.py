@@ -1,12 +1,13 @@
 """Boot the native initramfs in qemu (TCG) against an image exported by nfs-ganesha: DHCP,
-NFS root read-only below, tmpfs above, the node's overlay from a privileged port, reports,
+NFS root read-only below, tmpfs above, the node's overlay (built by `provisioner overlay build`,
+served by `provisioner serve`) fetched from a privileged port, stage reports,
 switch_root into the image's own init."""
 
 import os
 from pathlib import Path
 
 import pytest
-from bootlab import HTTP_PORT, BootLab, overlay_archive
+from bootlab import HTTP_PORT, BootLab
 from busyroot import REPORT_INIT, console_values, make_root
 
 from provisioner.artifacts import layout
@@ -35,6 +36,7 @@ cluster:
 profiles:
   default:
     image: tiny
+    overlays: [base, pvtest]
 nodes:
   - name: node01
     ip: 10.99.0.11
@@ -61,9 +63,14 @@ def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
     (cli.site / "cluster.yaml").write_text(CLUSTER_YAML.format(home=home, port=HTTP_PORT, mac=MAC))
     cluster = load_inventory(cli.site / "cluster.yaml").cluster
     exports = exports_for(cluster, {"tiny": Path(os.path.realpath(layout.image_rootfs(state, "tiny")))})
-    overlay = overlay_archive("node01", {"etc/hostname": b"node01\n", "etc/pvtest/override": b"node01 only\n"})
-    layout.overlay_archive(state, "node01").parent.mkdir(parents=True, exist_ok=True)
-    layout.overlay_archive(state, "node01").write_bytes(overlay)
+    # The overlay as the admin makes it: a site template, overridden by the node's own file.
+    template = cli.site / "overlays" / "pvtest" / "etc" / "pvtest" / "override.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text("{{ node.name }} from the template\n")
+    own = cli.site / "nodes" / "node01" / "etc" / "pvtest" / "override"
+    own.parent.mkdir(parents=True)
+    own.write_text("node01 only\n")
+    cli("overlay", "build")
     with BootLab(lab, tmp_path / "lab") as bl:
         bl.start({}, {MAC: "10.99.0.11"}, serve=(cli.exe, cli.site, state.root), exports=exports)
         console = bl.boot(layout.image_kernel(state, "tiny"), layout.image_initramfs(state, "tiny"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from busyroot import make_root
 
-from provisioner.render.nfs import Export, exports_for, render_exports, render_ganesha
+from provisioner.render.nfs import Export, render_exports, render_ganesha
 
 SUBNET = IPv4Network("10.77.0.0/24")
 
