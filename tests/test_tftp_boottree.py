@@ -34,10 +34,9 @@ nodes:
 """
 
 
-@pytest.fixture
-def tree(tmp_path):
+def make_state(tmp_path) -> State:
+    """A state dir with rendered configs for node01/02, one image and a static tree."""
     state = State(tmp_path / "state")
-    inv = parse_text(INVENTORY, "cluster.yaml")
     for node in ("node01", "node02"):
         for fn, text in ((layout.ipxe_script, "ipxe"), (layout.pxelinux_config, "pxe"), (layout.grub_config, "grub")):
             path = fn(state, node)
@@ -51,7 +50,12 @@ def tree(tmp_path):
     layout.boot_dir(state).mkdir(parents=True)
     (layout.boot_dir(state) / "undionly.kpxe").write_bytes(b"ipxe")
     (layout.boot_dir(state) / "boot.ipxe").write_text("default script")
-    return BootTree(state, inv)
+    return state
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return BootTree(make_state(tmp_path), parse_text(INVENTORY, "cluster.yaml"))
 
 
 def text(path) -> str | None:

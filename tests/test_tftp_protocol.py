@@ -15,7 +15,8 @@ import pytest
 from tftp_support import ServerThread, ack, fetch, in_ns, parse_oack, receive, rrq, sha
 
 from provisioner.nodestate import NodeStateDB
-from provisioner.servers.boottree import StaticTree
+from provisioner.inventory import parse_text
+from provisioner.servers.boottree import BootTree, StaticTree
 
 pytestmark = pytest.mark.netns
 
@@ -237,3 +238,20 @@ def test_shutdown_from_another_thread_ends_running_transfers(lab, tmp_path):
     assert st.server.transfers
     st.stop()
     assert not st.thread.is_alive() and not st.server.transfers
+
+
+def test_boot_tree_serves_each_node_its_own_files(lab, tmp_path):
+    """The server as `provisioner serve` runs it: BootTree over a state dir and inventory."""
+    from test_tftp_boottree import INVENTORY, make_state
+
+    inv = parse_text(INVENTORY.replace("10.77.0.", "10.99.0."), "cluster.yaml")
+    tree = BootTree(make_state(tmp_path), inv)
+    db = NodeStateDB(tmp_path / "state.sqlite")
+    node01 = lab.host(ip="10.99.0.11")
+    with ServerThread(lab.server, tree, db):
+        script = node01.run(["curl", "-sSf", f"tftp://{SRV[0]}/boot.ipxe"]).stdout
+        pxe = node01.run(["curl", "-sSf", f"tftp://{SRV[0]}/pxelinux.cfg/01-52-54-00-00-00-02"]).stdout
+        kernel = node01.run(["curl", "-sSf", f"tftp://{SRV[0]}/images/debian12/vmlinuz"]).stdout
+    assert (script, pxe, kernel) == ("ipxe node01", "pxe node02", "kernel")
+    rows = sqlite3.connect(tmp_path / "state.sqlite").execute("SELECT node, path, outcome FROM transfers").fetchall()
+    assert ("node01", "boot.ipxe", "ok") in rows and len(rows) == 3
