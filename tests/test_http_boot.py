@@ -142,7 +142,9 @@ def test_garbage_requests_get_400_and_the_server_carries_on(lab, served):
                  "GET /" + "a" * 70000 + r" HTTP/1.1\r\n\r\n"):
         out = n1.run(["bash", "-c", f"exec 3<>/dev/tcp/10.99.0.1/{srv.port}; printf '{junk}' >&3; "
                                     "timeout 5 head -c 12 <&3"], check=False).stdout
-        assert out.startswith("HTTP/1.") and out[9] == "4", out  # a 4xx status line
+        # A 4xx status line; for the oversized line the server may reset the connection
+        # before the client reads the answer (unread request bytes make the close a RST).
+        assert (out.startswith("HTTP/1.") and out[9] == "4") or (len(junk) > 65536 and out == ""), (junk[:20], out)
     mac = NODES["node01"][1]
     assert curl(n1, f"{srv.url}/boot/{mac}.ipxe").stdout.encode() == files[f"/boot/{mac}.ipxe"]
 

@@ -114,10 +114,13 @@ class BootApp:
         if self.db is not None:
             await self._db(self.db.record_stage, node, stage, detail)
 
-    async def _transfer(self, peer: Peer, path: str, nbytes: int, duration: float, outcome: str,
-                        node: str | None) -> None:
-        if self.db is not None:
-            await self._db(self.db.record_transfer, "http", str(peer), path, nbytes, duration, outcome, node)
+    def _later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A DB write a file transfer does not wait for (queued in order on the DB thread);
+        a locked or full database is logged, never in the way of a boot."""
+        if self.db is None:
+            return
+        fut = asyncio.get_running_loop().run_in_executor(self._dbx, fn, *args)
+        fut.add_done_callback(_log_db_failure)
 
     def _refuse(self, status: type[web.HTTPException], reason: str, request: web.Request, **kv: Any) -> web.HTTPException:
         self.refused.labels(str(status.status_code)).inc()
@@ -138,7 +141,7 @@ class BootApp:
         except ValueError:  # a malformed Range: FileResponse answers 416
             first_byte = -1
         if node is not None and stage is not None and request.method == "GET" and first_byte in (None, 0):
-            await self._stage(node.name, stage, request.path)
+            self._later(self.db.record_stage, node.name, stage, request.path)  # type: ignore[union-attr]
 
         def begin() -> None:
             self.in_flight += 1
@@ -151,7 +154,8 @@ class BootApp:
             (log.info if outcome == "ok" else log.warning)("transfer", extra={"kv": {
                 "client": str(peer), "node": name, "path": request.path, "status": resp.status, "bytes": sent,
                 "seconds": round(seconds, 3), "outcome": outcome}})
-            await self._transfer(peer, request.path, sent, seconds, outcome, name)
+            self._later(self.db.record_transfer, "http", str(peer), request.path, sent, seconds,  # type: ignore[union-attr]
+                        outcome, name)
 
         return TrackedFile(path, content_type, begin, done)
 
@@ -296,3 +300,7 @@ class BootApp:
         body = await self._db(generate_latest, self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+
+def _log_db_failure(fut: "asyncio.Future[Any]") -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("node-state DB write failed", exc_info=fut.exception())
