@@ -155,7 +155,9 @@ class DhcpServer:
             return str(IPv4Address(req.ciaddr)), CLIENT_PORT
         return BROADCAST, CLIENT_PORT
 
-    def _lease_options(self, hostname: str | None, node: Node | None, lease: bool = True) -> list[tuple[int, bytes]]:
+    def _common_options(self, image: str | None, kind: str) -> list[tuple[int, bytes]]:
+        """Options shared by every node of an image: network, names, NTP, root path, and for
+        a lease ("lease", not "inform") its times."""
         c = self.inventory.cluster
         net = c.network
         opts = [(1, net.subnet.netmask.packed), (28, net.subnet.broadcast_address.packed)]
@@ -163,15 +165,13 @@ class DhcpServer:
             opts.append((3, net.gateway.packed))
         if net.dns:
             opts.append((6, b"".join(d.packed for d in net.dns)))
-        if hostname:
-            opts.append((12, hostname.encode()))
         opts.append((15, c.domain.encode()))
         ntp = [t for t in c.time_servers if _is_ipv4(t)]
         if ntp:
             opts.append((42, b"".join(IPv4Address(t).packed for t in ntp)))
-        if node is not None and node.image:
-            opts.append((17, f"{c.nfs.server}:/images/{node.image}".encode()))
-        if lease:
+        if image:
+            opts.append((17, f"{c.nfs.server}:/images/{image}".encode()))
+        if kind == "lease":
             lt = self.lease_time
             opts += [(51, lt.to_bytes(4, "big")), (58, (lt // 2).to_bytes(4, "big")),
                      (59, (lt * 7 // 8).to_bytes(4, "big"))]
@@ -180,34 +180,32 @@ class DhcpServer:
     def _boot(self, client: pxe.Client, mac: str, node: Node | None) -> pxe.Boot | None:
         return pxe.choose(client, mac, node.boot_files if node else {}, self.master, self.http_port)
 
-    @staticmethod
-    def _boot_options(boot: pxe.Boot | None) -> list[tuple[int, bytes]]:
-        if boot is None or boot.vendor_class is None:
-            return []
-        opts = [(60, boot.vendor_class)]
-        if boot.vendor_class == b"PXEClient":
-            opts.append((43, pxe.PXE_VENDOR_OPTIONS))
-        return opts
-
-    def _build(self, msgtype: int, ip: IPv4Address | None, hostname: str | None, node: Node | None,
-               boot: pxe.Boot | None, lease: bool = True) -> bytes:
-        opts = self._lease_options(hostname, node, lease)
-        return reply.template(msgtype, self.server_ip, yiaddr=ip if lease else None,
-                              siaddr=IPv4Address(self.master) if boot else None,
-                              file=boot.file if boot else "", options=opts + self._boot_options(boot))
-
-    def _static_reply(self, req: wire.Request, client: pxe.Client, st: Static, msgtype: int) -> Answer:
-        boot = self._boot(client, req.mac, st.node)
-        key = (req.mac, msgtype, boot.variant if boot else None)
+    def _answer(self, req: wire.Request, client: pxe.Client, msgtype: int, kind: str,
+                ip: IPv4Address | None = None, node: Node | None = None) -> bytes:
+        """A reply of `kind` "lease" (OFFER/ACK with an address), "inform" (no address, no
+        lease times) or "proxy" (boot information only) from a shared template."""
+        boot = self._boot(client, req.mac, node)
+        vendor = boot.vendor_class if boot else None
+        if kind == "proxy" and boot is not None:
+            vendor = b"HTTPClient" if vendor == b"HTTPClient" else b"PXEClient"  # a proxy always says which
+        image = node.image if node is not None and kind != "proxy" else None
+        key = (msgtype, kind, boot is not None, vendor, image)
         tmpl = self.templates.get(key)
         if tmpl is None:
-            tmpl = self.templates[key] = self._build(msgtype, st.ip, st.node.name, st.node, boot)
-        return reply.finish(tmpl, req, reply.echoes(req, client.boots)), self._destination(req, msgtype)
+            opts = [] if kind == "proxy" else self._common_options(image, kind)
+            if vendor is not None:
+                opts.append((60, vendor))
+                if vendor == b"PXEClient":
+                    opts.append((43, pxe.PXE_VENDOR_OPTIONS))
+            tmpl = self.templates[key] = reply.template(
+                msgtype, self.server_ip, siaddr=IPv4Address(self.master) if boot else None, options=opts)
+        extra = reply.tlv(12, node.name.encode()) if node is not None and kind != "proxy" else b""
+        return reply.finish(tmpl, req, yiaddr=ip.packed if ip is not None else wire.ZERO_IP,
+                            file=boot.file if boot else "", extra=extra + reply.echoes(req, client.boots))
 
-    def _dynamic_reply(self, req: wire.Request, client: pxe.Client, ip: IPv4Address, msgtype: int) -> Answer:
-        boot = self._boot(client, req.mac, None)
-        tmpl = self._build(msgtype, ip, None, None, boot)
-        return reply.finish(tmpl, req, reply.echoes(req, client.boots)), self._destination(req, msgtype)
+    def _lease(self, req: wire.Request, client: pxe.Client, msgtype: int, ip: IPv4Address,
+               node: Node | None) -> Answer:
+        return self._answer(req, client, msgtype, "lease", ip, node), self._destination(req, msgtype)
 
     def _nak(self, req: wire.Request, why: str) -> Answer:
         log.info("NAK %s: %s", req.mac, why)
@@ -215,7 +213,7 @@ class DhcpServer:
         if tmpl is None:
             tmpl = self.templates[("nak",)] = reply.template(wire.NAK, self.server_ip)
         flags = req.flags | 0x8000 if req.relayed else req.flags
-        return reply.finish(tmpl, req, reply.echoes(req, False), ciaddr=wire.ZERO_IP, flags=flags), \
+        return reply.finish(tmpl, req, extra=reply.echoes(req, False), ciaddr=wire.ZERO_IP, flags=flags), \
             self._destination(req, wire.NAK)
 
     def _unknown(self, req: wire.Request, client: pxe.Client) -> Static | None:
@@ -239,7 +237,7 @@ class DhcpServer:
     def _discover(self, req: wire.Request, client: pxe.Client) -> Answer | None:
         st = self.static.get(req.mac) or self._unknown(req, client)
         if st is not None:
-            return self._static_reply(req, client, st, wire.OFFER)
+            return self._lease(req, client, wire.OFFER, st.ip, st.node)
         if not client.boots and self.pool.lease_of(req.mac) is None:
             log.debug("ignored DISCOVER from %s: not in the inventory and not PXE booting", req.mac)
             return None
@@ -247,7 +245,7 @@ class DhcpServer:
         ip = self.pool.offer(req.mac, IPv4Address(requested) if requested and len(requested) == 4 else None)
         if ip is None:
             return None
-        return self._dynamic_reply(req, client, ip, wire.OFFER)
+        return self._lease(req, client, wire.OFFER, ip, None)
 
     def _request(self, req: wire.Request, client: pxe.Client) -> Answer | None:
         sid = req.options.get(wire.OPT_SERVER_ID)
@@ -266,7 +264,7 @@ class DhcpServer:
             if want_ip != st.ip:
                 return self._nak(req, f"asked for {want_ip}, its address is {st.ip}")
             self.stages.note(st.node.name, "dhcp", f"{want_ip} {client.kind}" + (f" arch {client.arch}" if client.arch is not None else ""))
-            return self._static_reply(req, client, st, wire.ACK)
+            return self._lease(req, client, wire.ACK, st.ip, st.node)
         expected = self.pool.expected(req.mac)
         if expected is None:
             if sid is not None:
@@ -277,15 +275,14 @@ class DhcpServer:
         self.pool.commit(req.mac, want_ip, None, self.lease_time)
         if client.boots:
             self.db.saw_unknown(req.mac, client.arch, client.uuid, str(want_ip))
-        return self._dynamic_reply(req, client, want_ip, wire.ACK)
+        return self._lease(req, client, wire.ACK, want_ip, None)
 
     def _inform(self, req: wire.Request, client: pxe.Client) -> Answer | None:
         if req.ciaddr == wire.ZERO_IP:
             raise wire.Malformed("INFORM without ciaddr")
         st = self.static.get(req.mac)
-        tmpl = self._build(wire.ACK, None, st.node.name if st else None, st.node if st else None,
-                           self._boot(client, req.mac, st.node if st else None), lease=False)
-        return reply.finish(tmpl, req, reply.echoes(req, client.boots)), self._destination(req, wire.ACK)
+        return self._answer(req, client, wire.ACK, "inform", node=st.node if st else None), \
+            self._destination(req, wire.ACK)
 
     def _release(self, req: wire.Request, client: pxe.Client) -> None:
         if req.mac not in self.static and req.ciaddr != wire.ZERO_IP:
@@ -320,18 +317,9 @@ class DhcpServer:
         else:
             return None
         node = st.node if st else None
-        boot = self._boot(client, req.mac, node)
-        key = ("proxy", req.mac, msgtype, boot.variant if boot else None)
-        tmpl = self.templates.get(key)
-        if tmpl is None:
-            if boot is not None and boot.vendor_class is None:
-                boot = pxe.Boot(boot.file, b"PXEClient", boot.variant)  # a proxy answer always says PXEClient
-            tmpl = self.templates[key] = reply.template(
-                msgtype, self.server_ip, siaddr=IPv4Address(self.master), file=boot.file if boot else "",
-                options=self._boot_options(boot))
         if node is not None and msgtype == wire.ACK:
             self.stages.note(node.name, "dhcp", f"proxy {client.kind}")
-        out = reply.finish(tmpl, req, reply.echoes(req, True))
+        out = self._answer(req, client, msgtype, "proxy", node=node)
         if port == PROXY_PORT:
             return out, peer
         return out, self._destination(req, msgtype)
