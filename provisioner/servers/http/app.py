@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,7 +95,11 @@ class BootApp:
 
     # -- helpers ---------------------------------------------------------------------------------
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._dbx, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._dbx, fn, *args)
+        except sqlite3.Error as e:
+            log.error("node-state DB unavailable", extra={"kv": {"error": str(e)}})
+            raise web.HTTPServiceUnavailable(text="node-state database unavailable\n") from None
 
     async def _lease_map(self) -> dict[str, str]:
         """ip -> mac of current DHCP leases, cached briefly (nodes without a static address)."""
