@@ -6,9 +6,9 @@ Each host (controller or node) is a network namespace from netlab plus its own U
   over the real root with read-only overlayfs mounts (/etc, /usr...) as it lands on the image
   at boot, so a node runs with only the node-side overlay files (MUNGE key, slurmd defaults,
   units, facts script);
-- /run, /tmp, /var/lib/munge, /var/log/munge, /var/lib/slurm, /var/log/slurm are private
-  directories under the lab's work dir (per-node TmpFS, so PMIx steps do not collide; logs
-  stay readable from outside).
+- /run, /tmp, /dev/shm, /var/lib/munge, /var/log/munge, /var/lib/slurm, /var/log/slurm are
+  private directories under the lab's work dir (per-node TmpFS and shared memory, so PMIx
+  steps of one job on several "nodes" of this one host do not collide; logs stay readable).
 Daemons start the way their systemd units would: munged as user munge, slurmd from
 /etc/default/slurmd's SLURMD_OPTIONS, restarted on failure like the overlay's drop-in says.
 
@@ -44,7 +44,7 @@ from provisioner.render.slurm import render  # noqa: E402
 from netlab import Lab  # noqa: E402
 
 PRIVATE = {  # dir -> (owner, mode)
-    "run": ("root", 0o755), "run/munge": ("munge", 0o755), "tmp": ("root", 0o1777),
+    "run": ("root", 0o755), "run/munge": ("munge", 0o755), "tmp": ("root", 0o1777), "dev/shm": ("root", 0o1777),
     "var/lib/munge": ("munge", 0o711), "var/log/munge": ("munge", 0o700),
     "var/lib/slurm": ("slurm", 0o755), "var/lib/slurm/slurmctld": ("slurm", 0o755),
     "var/lib/slurm/slurmd": ("root", 0o755), "var/log/slurm": ("slurm", 0o755),
@@ -54,7 +54,7 @@ START_SLURMCTLD = "slurmctld </dev/null >/dev/null 2>&1"
 RESTART_SLURMCTLD = ("pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
                      + START_SLURMCTLD)
 PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
-BINDS = ("run", "tmp", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm")
+BINDS = ("run", "tmp", "dev/shm", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm")
 
 
 def install_overlay(state: State, site: Site, inv: Inventory, node: str, dest: Path) -> None:
