@@ -29,9 +29,10 @@ from .kmod import modules_dir
 Progress = Callable[[str], None]
 
 DEFAULT_SUITE = "bookworm"
-# What a Slurm compute node needs to boot and join: kernel, init, MUNGE, slurmd, MPI, ssh.
+# What a Slurm compute node needs to boot and join: kernel, init, MUNGE, slurmd, MPI, ssh;
+# curl reports the node's facts, nfs-common mounts the NFS homes.
 DEFAULT_PACKAGES = ("linux-image-amd64", "systemd-sysv", "udev", "munge", "slurmd",
-                    "openmpi-bin", "mpich", "openssh-server")
+                    "openmpi-bin", "mpich", "openssh-server", "curl", "nfs-common")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VERSION_RE = re.compile(r"^v(\d+)$")
 

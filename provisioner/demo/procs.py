@@ -1,0 +1,77 @@
+"""Child daemons of the demo: each logs to its own file, is waited on until ready, and is
+stopped (TERM, then KILL) in reverse start order. A failure shows the daemon's last lines."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+class DemoFailure(Exception):
+    """A demo stage failed; the message names the stage and carries the relevant log lines."""
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(f"    {line}" for line in text[-lines:])
+
+
+@dataclass
+class Supervisor:
+    logdir: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
+              ready: str | Callable[[], bool] | None = None, timeout: float = 60) -> Proc:
+        """Start `cmd`; with `ready` (a regex on the log, or a predicate) wait until it holds."""
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        log = self.logdir / f"{name}.log"
+        out = open(log, "wb")
+        popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env={**os.environ, **(env or {})}, start_new_session=True)
+        out.close()
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        if ready is not None:
+            self.wait(proc, ready, timeout)
+        return proc
+
+    def wait(self, proc: Proc, ready: str | Callable[[], bool], timeout: float) -> None:
+        check = ready if callable(ready) else (lambda: re.search(ready, proc.log.read_text(errors="replace")) is not None)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if proc.popen.poll() is not None:
+                raise DemoFailure(f"{proc.name} exited with status {proc.popen.returncode}:\n{proc.tail()}")
+            time.sleep(0.1)
+        raise DemoFailure(f"{proc.name} was not ready after {timeout:.0f} s:\n{proc.tail()}")
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+                try:
+                    proc.popen.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                    proc.popen.wait()
+        self.procs.clear()

@@ -1,0 +1,235 @@
+"""The demo, stage by stage: build, network, master daemons, virtual nodes, Slurm.
+
+Every stage prints what it does and how long it took; a failing stage raises DemoFailure
+naming itself with the relevant log lines. Everything started is stopped and removed at the
+end, success or not; the work directory (site, state, logs, image cache) stays for a look.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from ..artifacts import bootloaders, layout, overlay_build, secrets
+from ..artifacts.images import build_image, versions
+from ..artifacts.slurm_config import apply
+from ..inventory import Inventory, load_inventory
+from ..nodestate import NodeStateDB
+from ..paths import Site, State
+from ..render.nfs import exports_for, render_ganesha
+from ..render.slurm import render as render_slurm
+from . import site as demo_site
+from .host import MasterHost
+from .netns import DemoNet
+from .procs import DemoFailure, Supervisor
+
+PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
+IMAGE_CACHE = Path("/var/cache/provisioner/images")
+START_SLURMCTLD = "slurmctld </dev/null >/dev/null 2>&1"
+RESTART_SLURMCTLD = ("pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
+                     + START_SLURMCTLD)
+
+
+@dataclass
+class Demo:
+    work: Path
+    nodes: int = 1
+    timeout: float = 600
+    mirror: str | None = None
+    kernel_args: tuple[str, ...] = ()
+    echo: Callable[[str], None] = click.echo
+    t0: float = field(default_factory=time.monotonic)
+    sup: Supervisor = field(init=False)
+    net: DemoNet | None = None
+    master: MasterHost | None = None
+
+    def __post_init__(self) -> None:
+        self.site = Site(self.work / "site")
+        self.state = State(self.work / "state")
+        self.logs = self.work / "logs"
+        self.sup = Supervisor(self.logs)
+
+    # -- output ----------------------------------------------------------------------------------
+    def say(self, stage: str, message: str) -> None:
+        self.echo(f"[{time.monotonic() - self.t0:6.1f}s] {stage:<10} {message}")
+
+    def stage(self, name: str, message: str, fn: Callable[[], object]) -> object:
+        self.say(name, message)
+        started = time.monotonic()
+        try:
+            result = fn()
+        except DemoFailure:
+            raise
+        except Exception as e:  # every stage failure is reported with its stage name
+            raise DemoFailure(f"stage {name} failed: {e}") from e
+        self.say(name, f"done in {time.monotonic() - started:.1f} s")
+        return result
+
+    # -- build -------------------------------------------------------------------------------------
+    def write_site(self) -> Inventory:
+        home = self.work / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        self.site.root.mkdir(parents=True, exist_ok=True)
+        self.site.cluster_yaml.write_text(demo_site.cluster_yaml(self.nodes, str(home), self.kernel_args))
+        return load_inventory(self.site.cluster_yaml)
+
+    def build_image(self) -> None:
+        wanted = sorted(demo_site.IMAGE_PACKAGES)
+        current = [v for v in versions(self.state, demo_site.IMAGE) if v.current]
+        if current and current[0].meta.get("packages") == wanted:
+            self.say("image", f"{demo_site.IMAGE} {current[0].version} is up to date")
+            return
+        build_image(self.state, demo_site.IMAGE, packages=demo_site.IMAGE_PACKAGES, mirror=self.mirror,
+                    cache_dir=IMAGE_CACHE, progress=lambda m: self.say("image", m))
+
+    def build_artifacts(self, inv: Inventory) -> None:
+        bootloaders.install(self.state)
+        report = overlay_build.build(self.state, self.site, inv)
+        self.say("overlays", f"built {len(report.built)}, unchanged {len(report.unchanged)}")
+
+    # -- master side ---------------------------------------------------------------------------------
+    def start_network(self) -> None:
+        self.net = DemoNet(f"pvdemo{os.getpid()}", demo_site.MASTER)
+        self.net.create()
+
+    def start_master(self, inv: Inventory) -> None:
+        assert self.net is not None
+        mwork = self.work / "master"
+        conf = mwork / "etc-slurm"
+        conf.mkdir(parents=True, exist_ok=True)
+        apply(render_slurm(inv, NodeStateDB(self.state.db).all_facts()), conf, reconfigure=None)
+        hosts = mwork / "hosts"
+        hosts.write_text("127.0.0.1 localhost\n" + f"{inv.cluster.slurm.address} {inv.cluster.slurm.controller}\n"
+                         + "".join(f"{n.ip} {n.name}\n" for n in inv.nodes))
+        self.master = MasterHost(self.net, inv.cluster.slurm.controller, mwork,
+                                 {"etc/slurm": conf, "etc/hosts": hosts})
+        key = self.master.priv / "etc/munge/munge.key"
+        key.write_bytes(secrets.munge_key(self.state))
+        munge = pwd.getpwnam("munge")
+        os.chown(key, munge.pw_uid, munge.pw_gid)
+        os.chmod(key, 0o400)
+        m = self.master
+        self.sup.start("munged", m.enter(["setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
+                                          "/usr/sbin/munged", "--foreground"]),
+                       ready=lambda: (m.priv / "run/munge/munge.socket.2").exists(), timeout=20)
+        self.start_nfs(inv)
+        env = {"PROVISIONER_SITE": str(self.site.root), "PROVISIONER_STATE": str(self.state.root)}
+        self.sup.start("slurmctld", m.enter(["slurmctld", "-D"]),
+                       ready=lambda: "UP" in m.run(["scontrol", "ping"]).stdout, timeout=30)
+        self.sup.start("serve", m.enter([PROVISIONER, "serve", "--interface", "br0", "--slurm-interval", "1"]),
+                       env=env, ready=r"ready.*services=", timeout=30)
+        self.sup.start("slurm-apply", m.enter([PROVISIONER, "slurm", "apply", "--watch", "1", "--conf-dir",
+                                               "/etc/slurm", "--restart-command",
+                                               f"sh -c 'pkill -x slurmctld; sleep 1; slurmctld'"]), env=env)
+
+    def start_nfs(self, inv: Inventory) -> None:
+        assert self.net is not None
+        gw = self.work / "ganesha"
+        (gw / "recovery").mkdir(parents=True, exist_ok=True)
+        images = {demo_site.IMAGE: Path(os.path.realpath(layout.image_rootfs(self.state, demo_site.IMAGE)))}
+        conf = gw / "ganesha.conf"
+        conf.write_text(render_ganesha(exports_for(inv.cluster, images), inv.cluster.network.subnet,
+                                       inv.cluster.network.master, recovery_root=gw / "recovery"))
+        log = gw / "ganesha.log"
+        script = ("mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/ganesha && "
+                  f"exec ganesha.nfsd -F -f {conf} -L {log} -p /run/ganesha/pid -N NIV_EVENT")
+        self.sup.start("nfs", self.net.enter(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]),
+                       ready=lambda: log.exists() and "NFS SERVER INITIALIZED" in log.read_text(errors="replace"),
+                       timeout=40)
+
+    # -- nodes -------------------------------------------------------------------------------------
+    def boot_vms(self, inv: Inventory) -> None:
+        assert self.net is not None
+        for i, node in enumerate(inv.nodes, start=1):
+            tap = self.net.add_tap()
+            console = self.logs / f"{node.name}-console.log"
+            self.sup.start(f"qemu-{node.name}", self.net.enter([
+                "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1", "-display", "none",
+                "-monitor", "none", "-serial", f"file:{console}", "-boot", "order=n", "-no-reboot",
+                "-uuid", str(uuid.uuid5(uuid.NAMESPACE_DNS, node.name)),
+                "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+                "-device", f"e1000,netdev=n0,mac={node.mac}"]))
+
+    def wait_idle(self, inv: Inventory) -> None:
+        db = NodeStateDB(self.state.db)
+        # Earlier runs' events stay in the database; show this run's only.
+        seen: dict[str, int] = {n.name: len(db.timeline(n.name)) for n in inv.nodes}
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            for name in seen:
+                events = db.timeline(name)
+                for ev in events[seen[name]:]:
+                    detail = f" ({ev['detail']})" if ev["detail"] else ""
+                    self.say("boot", f"{name}: {ev['stage']}{detail}")
+                seen[name] = len(events)
+            states = self.sinfo()
+            if all(states.get(n) == "idle" for n in seen):
+                return
+            for proc in self.sup.procs:
+                if proc.popen.poll() is not None and proc.name != "slurm-apply":
+                    raise DemoFailure(f"{proc.name} exited with status {proc.popen.returncode}:\n{proc.tail()}")
+            time.sleep(1)
+        last = {n: (db.timeline(n) or [{"stage": "none"}])[-1]["stage"] for n in seen}
+        consoles = "\n".join(f"{n} console:\n{self._tail(self.logs / f'{n}-console.log')}" for n in seen)
+        raise DemoFailure(f"nodes not idle after {self.timeout:.0f} s; last stages {last}; sinfo {self.sinfo()}\n"
+                          f"{consoles}\nserve log:\n{self._tail(self.logs / 'serve.log')}")
+
+    def sinfo(self) -> dict[str, str]:
+        assert self.master is not None
+        out = self.master.run(["sinfo", "-N", "-h", "-o", "%N %T"]).stdout
+        return dict(line.split()[:2] for line in out.splitlines() if len(line.split()) >= 2)
+
+    def srun(self, inv: Inventory) -> None:
+        assert self.master is not None
+        for node in inv.nodes:
+            res = self.master.run(["srun", "-w", node.name, "hostname"], timeout=60)
+            got = res.stdout.strip()
+            if res.returncode != 0 or got != node.name:
+                raise DemoFailure(f"srun -w {node.name} hostname printed {got!r} (exit {res.returncode}):\n{res.stderr}")
+            self.say("slurm", f"srun -w {node.name} hostname -> {got}")
+
+    @staticmethod
+    def _tail(path: Path, lines: int = 30) -> str:
+        try:
+            return "\n".join("    " + ln for ln in path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "    (no log)"
+
+    # -- whole run -------------------------------------------------------------------------------
+    def run(self, boot: bool = True) -> None:
+        inv = self.stage("site", f"writing {self.site.cluster_yaml}", self.write_site)
+        assert isinstance(inv, Inventory)
+        if not boot:
+            subprocess.run([PROVISIONER, "--site", str(self.site.root), "--state", str(self.state.root), "plan"])
+            return
+        self.stage("image", f"image {demo_site.IMAGE} (debootstrap, cached in {IMAGE_CACHE})", self.build_image)
+        self.stage("overlays", "bootloaders, secrets, overlays and boot configs", lambda: self.build_artifacts(inv))
+        try:
+            self.stage("network", "namespace with bridge br0 and a tap per node", self.start_network)
+            self.stage("master", "munged, nfs-ganesha, slurmctld, provisioner serve", lambda: self.start_master(inv))
+            self.stage("boot", f"qemu (TCG) x{len(inv.nodes)}, PXE with the stock iPXE ROM", lambda: self.boot_vms(inv))
+            self.stage("join", "waiting for sinfo to show every node idle", lambda: self.wait_idle(inv))
+            self.stage("slurm", "srun on each node", lambda: self.srun(inv))
+            for node in inv.nodes:
+                subprocess.run([PROVISIONER, "--site", str(self.site.root), "--state", str(self.state.root),
+                                "status", node.name, "--timeline"])
+        finally:
+            self.cleanup()
+
+    def cleanup(self) -> None:
+        self.sup.stop_all()
+        if self.master:
+            self.master.stop()
+        if self.net:
+            self.net.destroy()
+        self.say("cleanup", "stopped every process, removed the namespace")

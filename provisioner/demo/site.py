@@ -1,0 +1,62 @@
+"""The demo's site: a small cluster on a private network, one or more virtual nodes."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Interface
+
+MASTER = IPv4Interface("10.77.0.1/24")
+IMAGE = "demo"
+# Debian minbase plus what a diskless Slurm node needs to boot and join (curl reports facts,
+# nfs-common mounts the NFS homes).
+IMAGE_PACKAGES = ("linux-image-amd64", "systemd-sysv", "udev", "kmod", "iproute2", "munge", "slurmd", "curl",
+                  "nfs-common")
+
+
+def node_names(count: int) -> list[str]:
+    return [f"node{i:02d}" for i in range(1, count + 1)]
+
+
+def node_mac(index: int) -> str:
+    return f"52:54:00:77:00:{0x10 + index:02x}"
+
+
+def cluster_yaml(count: int, home: str, kernel_args: tuple[str, ...] = ()) -> str:
+    args = ", ".join(("console=ttyS0", *kernel_args))
+    macs = ", ".join(node_mac(i) for i in range(1, count + 1))
+    last = f"{count:02d}"
+    return f"""\
+# The provisioner demo: a private network in a namespace, qemu guests as compute nodes.
+cluster:
+  name: demo
+  domain: demo.cluster
+  network:
+    interface: br0
+    subnet: {MASTER.network}
+    master: {MASTER.ip}
+    gateway: {MASTER.ip}
+    dns: [{MASTER.ip}]
+    dynamic_range: 10.77.0.200-10.77.0.220
+  nfs:
+    exports:
+      - path: {home}
+        mount: /home
+        access: rw
+  slurm:
+    controller: master
+  time_servers: [{MASTER.ip}]
+  ports:
+    http: 80
+    tftp: 69
+
+profiles:
+  default:
+    image: {IMAGE}
+    kernel_args: [{args}]
+    overlays: [base, ssh, munge, slurm, mpi]
+    partitions: [debug]
+
+nodes:
+  - name: node[01-{last}]
+    ip: 10.77.0.11
+    mac: [{macs}]
+"""
