@@ -97,7 +97,7 @@ def test_cpus_and_memory_alone_make_a_line(inv):
 
 def test_broken_facts_leave_that_node_waiting_and_say_why(inv):
     cfg = render(inv, {"c01": {"slurmd_C": "garbage"}, "c02": {"cpus": -3}, "c03": facts_for("c03"),
-                       "g01": {**facts_for("g01"), "gpus": ["/etc/passwd"]}})
+                       "g01": {**facts_for("g01"), "gpus": ["/dev/nvidia0\nNodeName=evil"]}})
     assert len(cfg.problems) == 3
     assert any("c01" in p and "slurmd_C" in p for p in cfg.problems)
     assert any("c02" in p and "cpus" in p for p in cfg.problems)
@@ -134,6 +134,12 @@ def test_parse_slurmd_c_and_hardware():
         hardware("x", ["not", "an", "object"])
     with pytest.raises(FactsInvalid):
         hardware("x", {"cpus": True})
+    with pytest.raises(FactsInvalid, match="plain word"):
+        hardware("x", {"cpus": 1, "gpus": [{"file": "/dev/nvidia0", "type": "a b"}]})
+    with pytest.raises(FactsInvalid, match="/dev path"):
+        hardware("x", {"cpus": 1, "gpus": ["/etc/passwd"]})
+    with pytest.raises(FactsInvalid, match="RealMemory='1G'"):
+        hardware("x", {"slurmd_C": "NodeName=x CPUs=2 RealMemory=1G"})
 
 
 def test_an_inventory_without_slurm_nodes_is_reported():

@@ -30,6 +30,7 @@ changes the node set, which Slurm 22.05 takes only at a slurmctld restart.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -59,9 +60,6 @@ class Hardware:
 
     fields: tuple[tuple[str, str], ...]
     gpus: tuple[Gpu, ...] = ()
-
-    def get(self, key: str) -> str | None:
-        return dict(self.fields).get(key)
 
 
 @dataclass(frozen=True)
@@ -93,22 +91,26 @@ def _positive(node: str, key: str, value: Any) -> str:
     return str(int(value))
 
 
+_DEVICE = re.compile(r"^/dev/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_WORD = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 def _gpus(node: str, raw: Any) -> tuple[Gpu, ...]:
-    if raw in (None, []):
+    """GPUs from facts; paths and types are checked, as they land verbatim in gres.conf."""
+    if raw is None:
         return ()
     if not isinstance(raw, list):
         raise FactsInvalid(f"{node}: facts gpus must be a list")
     out = []
     for g in raw:
-        if isinstance(g, str) and g.startswith("/dev/"):
-            out.append(Gpu(g))
-        elif isinstance(g, dict) and isinstance(g.get("file"), str) and g["file"].startswith("/dev/"):
-            t = g.get("type")
-            if t is not None and (not isinstance(t, str) or not t.replace("_", "").replace("-", "").isalnum()):
-                raise FactsInvalid(f"{node}: gpu type {t!r} is not a plain word")
-            out.append(Gpu(g["file"], t))
-        else:
+        file, gtype = (g, None) if isinstance(g, str) else (None, None)
+        if isinstance(g, dict):
+            file, gtype = g.get("file"), g.get("type")
+        if not isinstance(file, str) or not _DEVICE.match(file):
             raise FactsInvalid(f"{node}: gpu {g!r} is neither a /dev path nor {{file: /dev/..., type: ...}}")
+        if gtype is not None and (not isinstance(gtype, str) or not _WORD.match(gtype)):
+            raise FactsInvalid(f"{node}: gpu type {gtype!r} is not a plain word")
+        out.append(Gpu(file, gtype))
     return tuple(out)
 
 
@@ -125,7 +127,7 @@ def hardware(node: str, facts: Mapping[str, Any] | None) -> Hardware | None:
         except ValueError as e:
             raise FactsInvalid(f"{node}: slurmd_C: {e}") from None
         fields = tuple((k, _positive(node, k, pairs[k])) for k in HARDWARE_KEYS if k in pairs)
-        if not any(k == "CPUs" for k, _ in fields):
+        if "CPUs" not in pairs:
             raise FactsInvalid(f"{node}: slurmd_C has no CPUs=")
         return Hardware(fields, gpus)
     if facts.get("cpus") is None:
