@@ -193,3 +193,22 @@ def test_kill_9_at_any_moment_leaves_every_archive_whole(tmp_path):
             proc.wait()
         for name, path in archives.items():
             assert path.read_bytes() == old[name], name  # force rebuilds the same bytes
+
+
+def test_boot_configs_follow_the_inventory_and_are_left_alone_when_unchanged(tmp_path):
+    site, state, inv = make_site(tmp_path)
+    build(state, site, inv)
+    untouched = layout.ipxe_script(state, "node01")
+    inode = untouched.stat().st_ino
+    site.cluster_yaml.write_text(INVENTORY.replace("kernel_args: [quiet]", "kernel_args: [quiet, mitigations=off]"))
+    changed = load_inventory(site.cluster_yaml)
+    # every node's digest covers the whole inventory (templates may loop over `nodes`)
+    assert "gpu01" in build(state, site, changed).built
+    for path in (layout.ipxe_script(state, "gpu01"), layout.pxelinux_config(state, "gpu01"),
+                 layout.grub_config(state, "gpu01")):
+        assert "console=ttyS0 quiet mitigations=off" in path.read_text()
+    assert untouched.stat().st_ino == inode
+    (site.overlays / "base" / "etc").mkdir(parents=True)
+    (site.overlays / "base" / "etc" / "motd").write_text("new motd\n")
+    assert len(build(state, site, changed).built) == len(changed.nodes)
+    assert untouched.stat().st_ino == inode  # same bytes: not rewritten

@@ -218,9 +218,19 @@ def _build_node(b: Build, node: Node, moves: list[tuple[str, str]]) -> _Output:
         layout.node_dir(state, node.name).mkdir(parents=True, exist_ok=True)
         for kind, text in boot.items():
             final = _boot_path(state, node.name, kind)
-            _write(_staged(final), text.encode())
-            moves.append((str(_staged(final)), str(final)))
+            data = text.encode()
+            if _read_or_none(final) != data:  # most rebuilds leave boot configs as they were
+                _write(_staged(final), data)
+                moves.append((str(_staged(final)), str(final)))
     return _Output(node.name, tuple(moves[first:]), boot is not None)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 def _boot_path(state: State, node: str, kind: str) -> Path:
