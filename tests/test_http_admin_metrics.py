@@ -38,6 +38,12 @@ def test_admin_needs_localhost_or_token(lab, cli):
         assert code(lab.server, "-X", "POST", "--data-binary", '{"stage": "x"}', f"{srv.url}/api/v1/nodes/node09/stage") == "404"
         steps = json.loads(curl(lab.server, f"{srv.url}/api/v1/nodes/node02/timeline").stdout)
         assert [(s["stage"], s["detail"]) for s in steps] == [("maintenance", "disk swap")]
+        token_file.write_text("rotated\n")  # a reload picks up a new token
+        mark = len(srv.lines)
+        assert code(lab.server, "-X", "POST", f"{srv.url}/api/v1/reload") == "202"
+        srv.wait_log("msg=reloaded", after=mark)
+        assert code(n2, "-H", "Authorization: Bearer s3cret-token", f"{srv.url}/api/v1/nodes") == "403"
+        assert code(n2, "-H", "Authorization: Bearer rotated", f"{srv.url}/api/v1/nodes") == "200"
         assert code(n2, "-X", "POST", f"{srv.url}/api/v1/reload") == "403"
         assert code(lab.server, "-X", "POST", f"{srv.url}/api/v1/reload") == "202"
         srv.wait_log("msg=reloaded")

@@ -56,13 +56,13 @@ def serve(ctx: Context, services: str, listen: str, interface: str | None, http_
     if unknown or not chosen:
         raise UserError(f"unknown service(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SERVICES)}")
     try:
-        token = read_token(ctx.state, token_file)
+        read_token(ctx.state, token_file)  # an unreadable file is an error now, not at the first request
     except OSError as e:
         raise UserError(f"cannot read token file {token_file}: {e.strerror}") from None
     inventory = ctx.inventory()
     setup_logging(log_level)
     opts = ServeOptions(tuple(dict.fromkeys(chosen)), listen, interface, http_port, tftp_port, dhcp_port,
-                        token, slurm_interval=slurm_interval)
+                        token_file, slurm_interval=slurm_interval)
     try:
         daemon = Daemon(ctx.site, ctx.state, inventory, opts)
     except ServeError as e:

@@ -88,7 +88,7 @@ class ServeOptions:
     http_port: int | None = None  # None: the inventory's cluster.ports
     tftp_port: int | None = None
     dhcp_port: int | None = None
-    token: str | None = None
+    token_file: str | None = None  # None: state/secrets/api.token if present
     watch_interval: float = 1.0
     slurm_interval: float = 10.0
 
@@ -149,9 +149,10 @@ class Daemon:
         try:
             if name == "http":
                 from .http import Hooks, HttpServer
+                hooks = Hooks(reload=self.request_reload, slurm_states=lambda: self.slurm,
+                              dhcp_packets=self._dhcp_packets)
                 return HttpServer(self.inventory, self.state, opts.listen, opts.http_port or cluster.ports.http,
-                                  self.db, opts.token, Hooks(reload=self.request_reload, slurm_states=lambda: self.slurm,
-                                                             dhcp_packets=self._dhcp_packets))
+                                  self.db, read_token(self.state, opts.token_file), hooks)
             if name == "tftp":
                 from .boottree import BootTree
                 from .tftp import TftpServer, listen_address
@@ -232,6 +233,12 @@ class Daemon:
                       extra={"kv": {"problems": len(e.problems), "first": str(e.problems[0]) if e.problems else None}})
             return
         self.inventory = inventory
+        http = self.servers.get("http")
+        if http is not None:
+            try:
+                http.boot.token = read_token(self.state, self.opts.token_file)  # type: ignore[attr-defined]
+            except OSError as e:
+                log.error("token file unreadable, keeping the previous token", extra={"kv": {"error": str(e)}})
         for name, server in self.servers.items():
             reload: Callable[[Inventory], None] | None = getattr(server, "reload", None)
             if reload is not None:
