@@ -168,6 +168,16 @@ class Transfer:
             if n >= self.blocks:
                 self.outcome = DONE
                 return True
+            if self.window == 1:  # the lock-step common case, without send_window's loop
+                n += 1
+                p = self.packets[n]
+                try:
+                    self.sock.send(p if p is not None else self.payload.packet(n))
+                except OSError:
+                    pass  # the timeout resends
+                self.sent_to = n
+                self.last_send = now
+                return False
             self.send_window(now)
             return False
         if op == ERROR:
