@@ -60,3 +60,9 @@ def test_busy_tftp_port_is_a_clear_error(lab, cli):
                              check=False, env={"PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)})
         holder.kill()
     assert res.returncode == 1 and "cannot start tftp" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_token_file_is_a_clear_error(cli, tmp_path):
+    write_site(cli.site)
+    res = cli("serve", "--services", "http", "--token-file", tmp_path / "nope", check=False)
+    assert res.returncode == 1 and "cannot read token file" in res.stderr and "Traceback" not in res.stderr
