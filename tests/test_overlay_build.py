@@ -202,8 +202,8 @@ def test_boot_configs_follow_the_inventory_and_are_left_alone_when_unchanged(tmp
     inode = untouched.stat().st_ino
     site.cluster_yaml.write_text(INVENTORY.replace("kernel_args: [quiet]", "kernel_args: [quiet, mitigations=off]"))
     changed = load_inventory(site.cluster_yaml)
-    # every node's digest covers the whole inventory (templates may loop over `nodes`)
-    assert "gpu01" in build(state, site, changed).built
+    # no shared file shows kernel_args, so only gpu01 rebuilds
+    assert build(state, site, changed).built == ["gpu01"]
     for path in (layout.ipxe_script(state, "gpu01"), layout.pxelinux_config(state, "gpu01"),
                  layout.grub_config(state, "gpu01")):
         assert "console=ttyS0 quiet mitigations=off" in path.read_text()
@@ -212,3 +212,20 @@ def test_boot_configs_follow_the_inventory_and_are_left_alone_when_unchanged(tmp
     (site.overlays / "base" / "etc" / "motd").write_text("new motd\n")
     assert len(build(state, site, changed).built) == len(changed.nodes)
     assert untouched.stat().st_ino == inode  # same bytes: not rewritten
+
+
+def test_a_per_node_template_reading_all_nodes_ties_every_node_to_any_change(tmp_path):
+    site, state, inv = make_site(tmp_path)
+    build(state, site, inv)
+    vars_changed = INVENTORY.replace("vars: {debug: true}", "vars: {debug: true, rack: r7}")
+    site.cluster_yaml.write_text(vars_changed)
+    assert build(state, site, load_inventory(site.cluster_yaml)).built == ["gpu01"]
+    (site.overlays / "base" / "etc").mkdir(parents=True)
+    (site.overlays / "base" / "etc" / "racks.j2").write_text(
+        "{{ node.name }}: {% for n in nodes %}{{ n.name }}={{ n.vars.rack | default('-') }} {% endfor %}\n")
+    build(state, site, load_inventory(site.cluster_yaml))
+    site.cluster_yaml.write_text(vars_changed.replace("rack: r7", "rack: r8"))
+    now = load_inventory(site.cluster_yaml)
+    assert len(build(state, site, now).built) == len(now.nodes)
+    racks = {e.path: e.data for e in read_archive(layout.overlay_archive(state, "node01"))}["etc/racks"]
+    assert racks == b"node01: node01=- node02=- node03=- gpu01=r8 "  # trim_blocks ate the newline

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from provisioner.inventory import parse_text
-from provisioner.render.context import RenderError, compile_template, environment, render, uses_node
+from provisioner.render.context import PER_NODE, RenderError, compile_template, environment, reads, render
 from provisioner.render.pxe import kernel_cmdline
 
 INV = """\
@@ -69,6 +69,10 @@ def test_strict_undefined_names_template_line_and_node():
 
 def test_block_tags_leave_no_blank_lines():
     assert rendered("{% for i in [1, 2] %}\nline {{ i }}\n{% endfor %}\nend\n") == "line 1\nline 2\nend\n"
+
+
+def uses_node(env, source, name):
+    return bool(reads(env, source, name) & PER_NODE)
 
 
 def test_per_node_detection():

@@ -90,6 +90,7 @@ class Build:
                                      reader, self.idmap)
         self._idmaps: dict[str | None, IdMap] = {}
         self._node_keys = {n.name: _node_key(n) for n in inventory.nodes}
+        self._all: bytes | None = None
         self._global = self._global_digest()
 
     def read_secret(self, relpath: str) -> bytes:
@@ -102,23 +103,42 @@ class Build:
 
     def _global_digest(self) -> bytes:
         h = hashlib.sha256(FORMAT.encode())
-        for name in sorted({o for n in self.inventory.nodes for o in n.overlays}):
-            h.update(f"overlay\0{name}\0{self.library.tree(name).digest}\0".encode())
+        trees = [self.library.tree(name) for name in sorted({o for n in self.inventory.nodes for o in n.overlays})]
+        for tree in trees:
+            h.update(f"overlay\0{tree.name}\0{tree.digest}\0".encode())
         h.update(self.boot.digest.encode())
         h.update(repr(self.inventory.cluster).encode())
-        for n in self.inventory.nodes:
-            h.update(self._node_keys[n.name].encode())
+        sources = [sf for t in trees for sf in t.files.values()]
+        if self.boot.reads_nodes or any(sf.per_node_reads_all for sf in sources):
+            h.update(self._all_nodes())
+        else:
+            # What the shared files say stands for the rest of the inventory: a change to one
+            # node that no shared file shows (its vars, kernel_args) rebuilds that node alone.
+            for sf in sources:
+                if sf.kind in ("template", "secret") and not sf.per_node:
+                    h.update(hashlib.sha256(self.renderer.shared_body(sf)).digest())
         h.update(repr(secrets.shared_stamp(self.state)).encode())
         for image in sorted({n.image or "" for n in self.inventory.nodes}):
             h.update(f"ids\0{image}\0{self.idmap(image or None).digest}".encode())
         return h.digest()
+
+    def _all_nodes(self) -> bytes:
+        if self._all is None:
+            h = hashlib.sha256()
+            for n in self.inventory.nodes:
+                h.update(self._node_keys[n.name].encode())
+            self._all = h.digest()
+        return self._all
 
     def digest(self, node: Node) -> str:
         h = hashlib.sha256(self._global)
         h.update(self._node_keys[node.name].encode())
         h.update(json.dumps(self.facts.get(node.name) or {}, sort_keys=True).encode())
         own = self.library.override_tree(node.name)
-        h.update((own.digest if own else "").encode())
+        if own is not None:
+            h.update(own.digest.encode())
+            if any("nodes" in sf.reads for sf in own.files.values()):
+                h.update(self._all_nodes())
         h.update(repr(secrets.stamp(self.state, node.name)).encode())
         return h.hexdigest()
 

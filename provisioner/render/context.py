@@ -152,13 +152,14 @@ def node_context(shared: SharedContext, node: Node, facts: Mapping[str, Any] | N
     return {**shared.as_dict(), "node": node, "vars": node.vars, "facts": dict(facts or {})}
 
 
-def uses_node(env: jinja2.Environment, source: str, name: str) -> bool:
-    """Whether a template reads any per-node name (else it renders once per build)."""
+def reads(env: jinja2.Environment, source: str, name: str) -> frozenset[str]:
+    """The context names a template reads: those in PER_NODE make it per node (else it renders
+    once per build); `nodes` read by a per-node template ties it to every node."""
     try:
         ast = env.parse(source, name=name, filename=name)
     except jinja2.TemplateSyntaxError as e:
         raise RenderError(name, e.lineno, None, f"syntax error: {e.message}") from None
-    return bool(jinja2.meta.find_undeclared_variables(ast) & PER_NODE)
+    return frozenset(jinja2.meta.find_undeclared_variables(ast))
 
 
 def compile_template(env: jinja2.Environment, source: str, name: str) -> jinja2.Template:

@@ -23,7 +23,7 @@ from ..inventory.model import Node
 from ..paths import Site
 from .context import (
     STOCK_OVERLAYS, RenderError, SharedContext, compile_template, environment, node_context, render,
-    uses_node,
+    PER_NODE, reads,
 )
 
 META = "_meta.yaml"
@@ -71,6 +71,12 @@ class SourceFile:
     template: jinja2.Template | None = None
     per_node: bool = False
     executable: bool = False
+    reads: frozenset[str] = frozenset()
+
+    @property
+    def per_node_reads_all(self) -> bool:
+        """Rendered per node yet reading every node: its output changes with any node."""
+        return self.per_node and "nodes" in self.reads
 
 
 @dataclass
@@ -150,8 +156,9 @@ def _source(src: Path, rel: str, label: str, env: jinja2.Environment) -> SourceF
     for suffix, kind in ((".j2", "template"), (".secret", "secret")):
         if rel.endswith(suffix):
             text = data.decode()
+            names = reads(env, text, label)
             return SourceFile(rel[: -len(suffix)], src, kind, label, data, compile_template(env, text, label),
-                              uses_node(env, text, label), executable)
+                              bool(names & PER_NODE), executable, names)
     return SourceFile(rel, src, "static", label, data, executable=executable)
 
 
@@ -293,7 +300,7 @@ class NodeRenderer:
         for out, sf in files.items():
             own_file = own is not None and own.files.get(out) is sf
             per_node = own_file or (sf.kind in ("template", "secret") and sf.per_node)
-            body = b"" if per_node else self._shared_body(sf, node.name)
+            body = b"" if per_node else self.shared_body(sf, node.name)
             entry = self._entry(out, sf, body, meta.get(out), ids, node.name, not per_node)
             entries[out] = (entry, sf if per_node and sf.kind not in ("dir", "symlink") else None)
         for out in list(entries):
@@ -303,7 +310,8 @@ class NodeRenderer:
                 parent = parent.rpartition("/")[0]
         return [entries[k] for k in sorted(entries)]
 
-    def _shared_body(self, sf: SourceFile, node: str) -> bytes:
+    def shared_body(self, sf: SourceFile, node: str | None = None) -> bytes:
+        """The bytes of a file every node shares, rendered once per build."""
         key = id(sf)
         if key not in self._shared_bodies:
             self._shared_bodies[key] = self._body(sf, self.shared.as_dict(), node)

@@ -13,7 +13,7 @@ import jinja2
 
 from ..inventory.model import Cluster, Node
 from ..paths import Site
-from .context import STOCK_PXE, SharedContext, compile_template, environment, node_context, render
+from .context import STOCK_PXE, SharedContext, compile_template, environment, node_context, reads, render
 
 TEMPLATES = {"ipxe": "boot.ipxe.j2", "pxelinux": "pxelinux.cfg.j2", "grub": "grub.cfg.j2"}
 
@@ -53,12 +53,14 @@ class BootTemplates:
     def __init__(self, site: Site | None = None, stock: Path = STOCK_PXE):
         env = environment()
         self.templates: dict[str, jinja2.Template] = {}
+        self.reads_nodes = False
         digest = hashlib.sha256()
         for kind, name in TEMPLATES.items():
             path = site.root / "pxe" / name if site and (site.root / "pxe" / name).is_file() else stock / name
             source = path.read_text()
             digest.update(f"{kind}\0{len(source)}\0{source}".encode())
             self.templates[kind] = compile_template(env, source, str(path))
+            self.reads_nodes = self.reads_nodes or "nodes" in reads(env, source, str(path))
         self.digest = digest.hexdigest()
 
     def render(self, shared: SharedContext, node: Node, facts: Mapping[str, Any] | None = None) -> BootConfigs | None:
