@@ -252,12 +252,18 @@ class Daemon:
             self.slurm = states or {}
             if not states:
                 continue
-            last = self.db.last_stages()
-            for node in self.inventory.nodes:
-                state = states.get(node.name)
-                if is_ready(state) and (node.name not in last or last[node.name]["stage"] != "idle"):
-                    self.db.record_stage(node.name, "idle", state)
-                    log.info("stage", extra={"kv": {"node": node.name, "stage": "idle", "slurm": state}})
+            try:
+                self._record_idle(states)
+            except Exception:  # a locked or full database must not end the poller
+                log.exception("could not record Slurm idle stages")
+
+    def _record_idle(self, states: Mapping[str, str]) -> None:
+        last = self.db.last_stages()
+        for node in self.inventory.nodes:
+            state = states.get(node.name)
+            if is_ready(state) and (node.name not in last or last[node.name]["stage"] != "idle"):
+                self.db.record_stage(node.name, "idle", state)
+                log.info("stage", extra={"kv": {"node": node.name, "stage": "idle", "slurm": state}})
 
 
 def read_token(state: State, path: str | None) -> str | None:
