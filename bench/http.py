@@ -5,7 +5,9 @@
 Clients are one curl process (--parallel --parallel-immediate: one connection per client),
 on loopback. nginx runs with a private config in a temporary directory (sendfile on, no
 access log, worker_processes 1 and auto both measured). Rounds alternate between servers;
-the best round of each counts. Prints MB/s and the ratio against nginx (goal: >= 0.8).
+the best round of each counts. Prints MB/s, the server's own CPU time per round (on loopback
+the copy into the client dominates, so this shows the server's overhead apart from the
+machine's load) and the ratio against nginx (goal: >= 0.8).
 
     .venv/bin/python bench/http.py [--clients 100] [--size-mb 30] [--rounds 3]
 """
@@ -95,6 +97,19 @@ def fetch_all(url: str, clients: int, size: int) -> float:
     return took
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its direct children (nginx's workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -146,11 +161,15 @@ def main() -> None:
             for (name, url), proc in zip(targets.items(), procs):
                 wait_http(url, proc)
             best: dict[str, float] = {}
+            pids = dict(zip(targets, (p.pid for p in procs)))
             for r in range(a.rounds):
                 for name, url in targets.items():
+                    cpu = cpu_seconds(pids[name])
                     took = fetch_all(url, a.clients, size)
+                    cpu = cpu_seconds(pids[name]) - cpu
                     best[name] = min(best.get(name, took), took)
-                    print(f"round {r + 1}  {name:22s} {took:6.2f} s  {total_mb / took:8.0f} MB/s", flush=True)
+                    print(f"round {r + 1}  {name:22s} {took:6.2f} s  {total_mb / took:8.0f} MB/s  "
+                          f"server CPU {cpu:5.2f} s", flush=True)
         finally:
             for p in procs:
                 stop(p)
