@@ -2,6 +2,7 @@
 systemd unit shipped as package data."""
 
 import configparser
+import subprocess
 from importlib import resources
 
 import pytest
@@ -32,6 +33,10 @@ def test_systemd_unit_ships_and_prints_with_this_install(cli):
     assert unit["Service"]["ExecStart"] == f"{cli.exe} serve" or unit["Service"]["ExecStart"].endswith("/provisioner serve")
     assert unit["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+    path = cli.site.parent / "provisioner.service"
+    path.write_text(printed)
+    check = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0 and "provisioner.service" not in check.stderr, check.stderr
 
 
 @pytest.mark.netns
