@@ -90,11 +90,11 @@ def start(lab: Lab, name: str, tmp: Path, table: list[tuple[str, str, str]]) -> 
     return proc
 
 
-def perfdhcp(client, macs: Path, rate: int, period: float) -> tuple[float, int]:
+def perfdhcp(client, macs: Path, rate: int, period: int) -> tuple[float, int]:
     """(completed DORA exchanges per second, packets dropped) at one offered rate."""
     out = client.run(["perfdhcp", "-4", "-r", str(rate), "-p", str(period), "-M", str(macs), "-l", CLIENT,
                       "-d", "2", "-W", "2000000", SERVER], check=False, timeout=120 + period).stdout
-    blocks = dict(re.findall(r"Statistics for: (\S+)\s*\n(.*?)(?=\n\s*\n|\Z)", out, re.S))
+    blocks = dict(re.findall(r"\*\*\*Statistics for: ([A-Z-]+)\*\*\*\n(.*?)(?=\*\*\*|\Z)", out, re.S))
     if "REQUEST-ACK" not in blocks:
         raise SystemExit(f"unexpected perfdhcp output:\n{out}")
     drops = sum(int(m) for b in blocks.values() for m in re.findall(r"^drops: (\d+)", b, re.M))
@@ -102,7 +102,7 @@ def perfdhcp(client, macs: Path, rate: int, period: float) -> tuple[float, int]:
     return acks / period, drops
 
 
-def measure(client, macs: Path, name: str, start_rate: int, step: float, period: float, top: int) -> float:
+def measure(client, macs: Path, name: str, start_rate: int, step: float, period: int, top: int) -> float:
     best, rate = 0.0, start_rate
     while rate <= top:
         got, drops = perfdhcp(client, macs, rate, period)
@@ -117,7 +117,7 @@ def measure(client, macs: Path, name: str, start_rate: int, step: float, period:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", type=int, default=10000)
-    ap.add_argument("--period", type=float, default=4.0, help="seconds per rate step")
+    ap.add_argument("--period", type=int, default=4, help="seconds per rate step")
     ap.add_argument("--step", type=float, default=1.3, help="rate multiplier between steps")
     ap.add_argument("--servers", default="ours,kea,dnsmasq")
     ap.add_argument("--top", type=int, default=20000, help="highest rate tried")
@@ -133,7 +133,7 @@ def main() -> None:
         macs = tmp / "macs.txt"
         macs.write_text("".join(f"{m}\n" for _, m, _ in table))
         client = lab.host(ip=CLIENT)
-        print(f"{args.nodes} static nodes, {args.period:g} s per step, perfdhcp as a relay from another namespace")
+        print(f"{args.nodes} static nodes, {args.period} s per step, perfdhcp as a relay from another namespace")
         for name in args.servers.split(","):
             proc = start(lab, name, tmp, table)
             try:

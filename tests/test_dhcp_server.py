@@ -333,3 +333,30 @@ def test_malformed_packets_are_dropped_and_server_keeps_answering(lab, dhcp, tmp
     ns = lab.host(mac=MACS[1])
     assert udhcpc(ns, tmp_path)["ip"] == NODE_IPS[1]
     assert dhcp.text().count("dropped a malformed packet") >= len(bad) - 2  # "" may not arrive as a datagram
+
+
+RS_CLIENT = textwrap.dedent('''
+    import sys
+    from scapy.all import conf, Ether, IPv6, ICMPv6ND_RS, ICMPv6ND_RA, srp1
+    conf.verb = 0
+    mac = sys.argv[1]
+    rs = Ether(src=mac, dst="33:33:00:00:00:02") / IPv6(src="fe80::1234", dst="ff02::2", hlim=255) / ICMPv6ND_RS()
+    for _ in range(5):
+        ra = srp1(rs, iface="eth0", timeout=2)
+        if ra is not None and ICMPv6ND_RA in ra:
+            r = ra[ICMPv6ND_RA]
+            print(r.routerlifetime, r.M, r.O, ra[IPv6].hlim, ra[IPv6].src.startswith("fe80:"), ra[Ether].src)
+            break
+    else:
+        print("no RA")
+''')
+
+
+def test_router_solicitation_is_answered_so_ipxe_does_not_wait(lab, dhcp, tmp_path):
+    ns = lab.host(mac=MACS[0])
+    script = tmp_path / "rs.py"
+    script.write_text(RS_CLIENT)
+    out = ns.run([sys.executable, str(script), MACS[0]], timeout=60).stdout.split()
+    bridge_mac = lab.server.run(["ip", "-br", "link", "show", "br0"]).stdout.split()[2]
+    # no default route, no managed/other configuration: nothing for iPXE to wait for
+    assert out == ["0", "0", "0", "255", "True", bridge_mac]

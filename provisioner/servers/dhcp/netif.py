@@ -15,14 +15,15 @@ SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 @dataclass(frozen=True)
 class Link:
     name: str
+    index: int
     address: IPv4Interface
 
 
 def _addresses() -> list[Link]:
     with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        return [Link(names.get(a["index"], "?"), IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
-                for a in ipr.get_addr(family=socket.AF_INET)]
+        links = {link["index"]: link for link in ipr.get_links()}
+        return [Link(links[a["index"]].get_attr("IFLA_IFNAME"), a["index"], IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
+                for a in ipr.get_addr(family=socket.AF_INET) if a["index"] in links]
 
 
 def find(interface: str | None, listen: str, subnet: IPv4Network) -> Link:

@@ -3,7 +3,7 @@ interface, answers per RFC 2131 with PXE boot information.
 
 Hot path for an inventory node: parse (wire.py), look the MAC up, copy the cached reply
 template and patch it (reply.py). Nothing is written to disk for it; its "dhcp" boot stage
-goes to the state database from the shared stage-writer thread.
+goes to the state database in batches from a writer thread.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from typing import Callable
 from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
 from ...nodestate import NodeStateDB
 from ...paths import State
-from ..stages import StageWriter
 from . import netif, pxe, reply, wire
 from .adopt import AdoptError, adopt
 from .leases import DynamicPool
+from .ra import RouterAdvertiser
+from .stages import BatchedStageWriter
 
 log = logging.getLogger("provisioner.dhcp")
 
@@ -58,11 +59,12 @@ class DhcpServer:
         self.proxy = inventory.cluster.dhcp.mode == "proxy" if proxy is None else proxy
         self.db = db if db is not None else NodeStateDB(state.db)
         self.pool = DynamicPool(inventory, self.db)
-        self.stages = StageWriter(self.db)
+        self.stages = BatchedStageWriter(self.db)
         self.port = port
         self.sockets = [netif.udp_socket(self.link.name, port)]
         if self.proxy:
             self.sockets.append(netif.udp_socket(self.link.name, PROXY_PORT))
+        self.ra = None if self.proxy else self._advertiser()
         self._wake_r, self._wake_w = os.pipe()
         self._stopping = False
         self._stopped = threading.Event()
@@ -71,6 +73,13 @@ class DhcpServer:
         self.reload(inventory)
         log.info("DHCP%s on %s (%s), server id %s", " proxy" if self.proxy else "", self.link.name,
                  self.link.address, self.server_ip)
+
+    def _advertiser(self) -> RouterAdvertiser | None:
+        try:
+            return RouterAdvertiser(self.link)
+        except OSError as e:  # IPv6 off on this link: iPXE will not wait for an RA either
+            log.info("no IPv6 router advertisements on %s: %s", self.link.name, e)
+            return None
 
     # -- configuration ---------------------------------------------------------------------------
     def reload(self, inventory: Inventory) -> None:
@@ -91,16 +100,23 @@ class DhcpServer:
         for s in self.sockets:
             sel.register(s, selectors.EVENT_READ)
         sel.register(self._wake_r, selectors.EVENT_READ)
+        if self.ra is not None:
+            sel.register(self.ra.sock, selectors.EVENT_READ)
         try:
             while not self._stopping:
                 for key, _ in sel.select():
                     if key.fileobj == self._wake_r:
+                        continue
+                    if self.ra is not None and key.fileobj is self.ra.sock:
+                        self.ra.answer()
                         continue
                     self._drain(key.fileobj)  # type: ignore[arg-type]
         finally:
             sel.close()
             for s in self.sockets:
                 s.close()
+            if self.ra is not None:
+                self.ra.close()
             self.stages.close()
             self._stopped.set()
 
@@ -150,9 +166,9 @@ class DhcpServer:
 
     def _destination(self, req: wire.Request, msgtype: int) -> tuple[str, int]:
         if req.relayed:
-            return str(IPv4Address(req.giaddr)), self.port
+            return socket.inet_ntoa(req.giaddr), self.port
         if req.ciaddr != wire.ZERO_IP and msgtype != wire.NAK:
-            return str(IPv4Address(req.ciaddr)), CLIENT_PORT
+            return socket.inet_ntoa(req.ciaddr), CLIENT_PORT
         return BROADCAST, CLIENT_PORT
 
     def _common_options(self, image: str | None, kind: str) -> list[tuple[int, bytes]]:
