@@ -360,3 +360,53 @@ def test_router_solicitation_is_answered_so_ipxe_does_not_wait(lab, dhcp, tmp_pa
     bridge_mac = lab.server.run(["ip", "-br", "link", "show", "br0"]).stdout.split()[2]
     # no default route, no managed/other configuration: nothing for iPXE to wait for
     assert out == ["0", "0", "0", "255", "True", bridge_mac]
+
+
+UDP_CLIENT = textwrap.dedent('''
+    import json, socket, sys
+    from scapy.all import BOOTP, DHCP, mac2str
+    mac, ciaddr, msgtype, requested = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    opts = [("message-type", msgtype), ("server_id", "10.99.0.1")]
+    if requested:
+        opts.append(("requested_addr", requested))
+    pkt = BOOTP(chaddr=mac2str(mac), xid=99, ciaddr=ciaddr if msgtype != "decline" else "0.0.0.0") / DHCP(options=opts + ["end"])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((ciaddr, 68))
+    s.settimeout(3)
+    s.sendto(bytes(pkt), ("10.99.0.1", 67))
+    try:
+        r = BOOTP(s.recvfrom(2048)[0])
+    except socket.timeout:
+        print(json.dumps(None))
+        sys.exit(0)
+    o = {str(x[0]): (x[1].hex() if isinstance(x[1], bytes) else x[1]) for x in r[DHCP].options if isinstance(x, tuple)}
+    print(json.dumps({"yiaddr": r.yiaddr, "ciaddr": r.ciaddr, "options": o}))
+''')
+
+
+def udp_client(ns, tmp_path: Path, mac: str, ciaddr: str, msgtype: str, requested: str = "") -> dict | None:
+    script = tmp_path / "udpclient.py"
+    script.write_text(UDP_CLIENT)
+    res = ns.run([sys.executable, str(script), mac, ciaddr, msgtype, requested], timeout=60)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_inform_release_decline(lab, dhcp, tmp_path):
+    node = lab.host(ip=NODE_IPS[0], mac=MACS[0])
+    got = udp_client(node, tmp_path, MACS[0], NODE_IPS[0], "inform")
+    assert got["options"]["message-type"] == 5 and got["yiaddr"] == "0.0.0.0" and got["ciaddr"] == NODE_IPS[0]
+    assert got["options"]["hostname"] == b"node01".hex() and "lease_time" not in got["options"]
+
+    ns = lab.host(mac=UNKNOWN)
+    efi = ("--arch", "7", "--vendor", "PXEClient:Arch:00007:UNDI:003016")
+    assert pxe_client(ns, tmp_path, UNKNOWN, *efi)["reply"]["yiaddr"] == "10.99.0.200"
+    ns.run(["ip", "addr", "add", "10.99.0.200/24", "dev", "eth0"])
+    assert udp_client(ns, tmp_path, UNKNOWN, "10.99.0.200", "release") is None  # no answer to a RELEASE
+    deadline = time.time() + 5
+    while _db_rows(dhcp.state, "SELECT mac FROM leases") and time.time() < deadline:
+        time.sleep(0.1)
+    assert _db_rows(dhcp.state, "SELECT mac FROM leases") == []
+    # DECLINE: someone else uses the address, so the next offer is another one
+    assert udp_client(ns, tmp_path, UNKNOWN, "10.99.0.200", "decline", "10.99.0.200") is None
+    ns.run(["ip", "addr", "del", "10.99.0.200/24", "dev", "eth0"])
+    assert pxe_client(ns, tmp_path, UNKNOWN, *efi)["reply"]["yiaddr"] == "10.99.0.201"
