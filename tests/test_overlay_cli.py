@@ -110,3 +110,27 @@ def test_secrets_show_masks_and_regenerate_is_explicit(cli):
     munge = members(cli, "node01")["etc/munge/munge.key"].data
     assert "rebuilt 4 node(s)" in cli("secrets", "regenerate", "munge", "--yes").stdout
     assert members(cli, "node01")["etc/munge/munge.key"].data != munge
+
+
+def test_reported_facts_reach_templates_and_trigger_a_rebuild(cli):
+    from provisioner.nodestate.db import NodeStateDB
+
+    setup_site(cli)
+    base = cli.site / "overlays" / "base" / "etc"
+    base.mkdir(parents=True)
+    (base / "cpus.j2").write_text("{{ facts.cpus | default('unknown') }}\n")
+    cli("overlay", "build")
+    assert members(cli, "node01")["etc/cpus"].data == b"unknown\n"
+    db = NodeStateDB(State(cli.state).db)
+    db.set_facts("node01", {"cpus": 8})
+    db.close()
+    assert cli("overlay", "show", "node01", "etc/cpus").stdout == "8\n"
+    assert "built 1, unchanged 3" in cli("overlay", "build").stdout
+    assert members(cli, "node01")["etc/cpus"].data == b"8\n"
+
+
+def test_plan_before_any_build_writes_nothing(cli):
+    setup_site(cli)
+    out = cli("plan").stdout
+    assert "node01: not built yet" in out and "4 node(s) would change" in out
+    assert not (cli.state / "secrets").exists() and not (cli.state / "overlays").exists()

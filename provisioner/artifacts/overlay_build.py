@@ -65,24 +65,15 @@ def _node_key(node: Node) -> str:
     return repr([getattr(node, f) for f in _KEY_FIELDS])
 
 
-def _facts(state: State) -> dict[str, dict[str, Any]]:
-    if not state.db.exists():
-        return {}
-    from ..nodestate.db import NodeStateDB
-    db = NodeStateDB(state.db)
-    try:
-        return db.all_facts()
-    finally:
-        db.close()
-
-
 class Build:
-    """One build's inputs, loaded and compiled once; renders any node of the inventory."""
+    """One build's inputs, loaded and compiled once; renders any node of the inventory.
+    `facts` are what nodes reported (by node name); the caller reads them from the node-state
+    database, so artifacts never reach into it."""
 
     def __init__(self, state: State, site: Site | None, inventory: Inventory,
                  facts: dict[str, dict[str, Any]] | None = None):
         self.state, self.site, self.inventory = state, site, inventory
-        self.facts = _facts(state) if facts is None else facts
+        self.facts = facts or {}
         self.library = OverlayLibrary(site)
         self.boot = BootTemplates(site)
         reader = self.read_secret
@@ -320,6 +311,7 @@ def build(state: State, site: Site | None, inventory: Inventory, nodes: list[Nod
     state.overlays.mkdir(parents=True, exist_ok=True)
     report = BuildReport()
     with locked(layout.overlay_manifest(state)):
+        secrets.ensure_secrets(state, inventory, [])  # the cluster-wide ones shared files read
         manifest = load_manifest(state)
         b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
         # Secrets are checked only for nodes about to be built (checking 10,000 nodes' keys

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from ..artifacts import overlay_build, secrets
+from ..artifacts import layout, overlay_build, secrets
 from ..artifacts.overlay_build import Build, BuildFailed
 from ..atomic import atomic_write
 from ..errors import UserError
@@ -22,9 +22,20 @@ from ..render.overlays import FileEntry
 from .context import Context, echo_json, echo_table, pass_ctx
 
 
+def _facts(ctx: Context) -> dict[str, dict]:
+    """What nodes reported (templates see it as `facts`); none before the first boot."""
+    if not ctx.state.db.exists():
+        return {}
+    db = ctx.db()
+    try:
+        return db.all_facts()
+    finally:
+        db.close()
+
+
 def _build(ctx: Context) -> Build:
     try:
-        return Build(ctx.state, ctx.site, ctx.inventory())
+        return Build(ctx.state, ctx.site, ctx.inventory(), _facts(ctx))
     except RenderError as e:
         raise UserError(str(e)) from None
 
@@ -50,13 +61,12 @@ def run_build(ctx: Context, nodes: list[Node] | None, force: bool = False, jobs:
               quiet: bool = False) -> overlay_build.BuildReport:
     inv = ctx.inventory()
     total = len(inv.nodes if nodes is None else nodes)
+    facts = _facts(ctx)
     if sys.stdout.isatty() and not quiet:
         with click.progressbar(length=total, label="building overlays") as bar:
-            report = overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs,
-                                         progress=bar.update)
-    else:
-        report = overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs)
-    return report
+            return overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs, facts=facts,
+                                       progress=bar.update)
+    return overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs, facts=facts)
 
 
 @click.group()
@@ -193,12 +203,14 @@ def _run_editor(seed: bytes, name: str) -> bytes:
 @pass_ctx
 def plan(ctx: Context, nodes: str | None, with_diff: bool) -> None:
     """Which files of NODES (default all) a build would change. Writes nothing."""
-    b = _build(ctx)
+    chosen = ctx.select(nodes)
+    # Before the first build there is nothing to compare with, nor secrets to render with.
+    b = _build(ctx) if any(layout.overlay_archive(ctx.state, n.name).exists() for n in chosen) else None
     marks = {"added": "+", "removed": "-", "changed": "~", "mode": "m", "owner": "o"}
     pending = 0
-    for n in ctx.select(nodes):
+    for n in chosen:
         try:
-            changes = overlay_build.plan_node(b, n, with_diff)
+            changes = overlay_build.plan_node(b, n, with_diff) if b else None
         except RenderError as e:
             raise UserError(str(e)) from None
         if changes is None:
