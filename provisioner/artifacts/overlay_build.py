@@ -281,17 +281,21 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def _durable(moves: list[tuple[str, str]], root: Path) -> None:
-    """Staged data on disk before any rename: one syncfs for a big build, fsyncs for a small."""
-    if len(moves) > FSYNC_MAX:
-        _syncfs(root)
-        return
-    for src, _ in moves:
-        fd = os.open(src, os.O_RDONLY)
+def _fsync(paths: Iterable[str], flags: int = os.O_RDONLY) -> None:
+    for p in paths:
+        fd = os.open(p, flags)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _durable(moves: list[tuple[str, str]], root: Path) -> None:
+    """Staged data on disk before any rename: one syncfs for a big build, fsyncs for a small."""
+    if len(moves) > FSYNC_MAX:
+        _syncfs(root)
+    else:
+        _fsync(src for src, _ in moves)
 
 
 def load_manifest(state: State) -> dict[str, str]:
@@ -316,7 +320,7 @@ def build(state: State, site: Site | None, inventory: Inventory, nodes: list[Nod
         b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
         # Secrets are checked only for nodes about to be built (checking 10,000 nodes' keys
         # costs more than a one-node rebuild may take); making any changes the digests.
-        if secrets.ensure_secrets(state, inventory, [n for n in dirty if _needs_ssh(n)], jobs=jobs):
+        if secrets.ensure_secrets(state, inventory, [n for n in dirty if secrets.needs_host_keys(n)], jobs=jobs):
             b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
         dirty_names = {n.name for n in dirty}
         report.unchanged = [n.name for n in nodes if n.name not in dirty_names]
@@ -350,10 +354,6 @@ def _dirty(state: State, site: Site | None, inventory: Inventory, nodes: list[No
     return b, digests, dirty
 
 
-def _needs_ssh(node: Node) -> bool:
-    return "ssh" in node.overlays
-
-
 def _run(state: State, names: list[str], jobs: int | None, progress: Callable[[int], None] | None) -> list[_Output]:
     """Stage every node (in parallel), then, only if all succeeded, make the staged files
     durable and rename them into place (in parallel too)."""
@@ -373,18 +373,9 @@ def _run(state: State, names: list[str], jobs: int | None, progress: Callable[[i
                                for i in range(0, len(outputs), size)])
     if len(outputs) > FSYNC_MAX:
         _syncfs(state.overlays)
-    elif outputs:
-        _fsync_dirs(outputs)
+    else:  # the renames themselves
+        _fsync({os.path.dirname(dst) for o in outputs for _, dst in o.moves}, os.O_RDONLY | os.O_DIRECTORY)
     return outputs
-
-
-def _fsync_dirs(outputs: list[_Output]) -> None:
-    for d in {str(Path(dst).parent) for o in outputs for _, dst in o.moves}:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _collect(results: Iterable[Any], progress: Callable[[int], None] | None) -> list[_Output]:

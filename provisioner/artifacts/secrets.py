@@ -123,6 +123,11 @@ def _ensure_ca(root: Path, cluster: Cluster) -> Path:
     return ca
 
 
+def needs_host_keys(node: Node) -> bool:
+    """Nodes with the ssh overlay get host keys (RSA keys take ssh-keygen a while to make)."""
+    return "ssh" in node.overlays
+
+
 def principals(cluster: Cluster, node: Node) -> str:
     names = [node.name, f"{node.name}.{cluster.domain}"]
     names += [str(i.ip) for i in node.interfaces if i.ip]

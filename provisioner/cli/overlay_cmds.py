@@ -43,7 +43,7 @@ def _build(ctx: Context) -> Build:
 def _render(ctx: Context, node: Node) -> list[FileEntry]:
     """A node's entries, rendered now (its secrets made first, as a build would)."""
     inv = ctx.inventory()
-    secrets.ensure_secrets(ctx.state, inv, [node] if "ssh" in node.overlays else [])
+    secrets.ensure_secrets(ctx.state, inv, [node] if secrets.needs_host_keys(node) else [])
     try:
         return _build(ctx).render(node)[0]
     except RenderError as e:
