@@ -233,7 +233,7 @@ class OverlayLibrary:
     def override_tree(self, node: str) -> OverlayTree | None:
         """The node's own files (site/nodes/<node>/), or None; the folder is listed once."""
         if self._override_names is None:
-            folder = self.site.node_overrides("x").parent if self.site else None
+            folder = self.site.node_overrides("") if self.site else None  # site/nodes itself
             self._override_names = set(os.listdir(folder)) if folder and folder.is_dir() else set()
         if node not in self._override_names or self.site is None:
             return None
