@@ -215,3 +215,11 @@ def test_node_without_image_gets_no_boot_configs(tmp_path):
     site, state, inv = make_site(tmp_path, INVENTORY.replace("    image: debian12\n", ""))
     entries, boot = Build(state, site, inv).render(inv.node("node01"))
     assert boot is None and by_path(entries)["etc/hostname"].data == b"node01\n"
+
+
+def test_template_that_is_not_text_is_a_clear_error(tmp_path):
+    site, state, inv = make_site(tmp_path)
+    (site.overlays / "base" / "etc").mkdir(parents=True)
+    (site.overlays / "base" / "etc" / "blob.j2").write_bytes(b"\xff\xfe{{ node.name }}")
+    with pytest.raises(RenderError, match=r"base:etc/blob.j2: not UTF-8"):
+        Build(state, site, inv)

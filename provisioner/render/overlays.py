@@ -155,7 +155,10 @@ def _source(src: Path, rel: str, label: str, env: jinja2.Environment) -> SourceF
     executable = bool(src.stat().st_mode & 0o111)
     for suffix, kind in ((".j2", "template"), (".secret", "secret")):
         if rel.endswith(suffix):
-            text = data.decode()
+            try:
+                text = data.decode()
+            except UnicodeDecodeError as e:
+                raise RenderError(label, None, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
             names = reads(env, text, label)
             return SourceFile(rel[: -len(suffix)], src, kind, label, data, compile_template(env, text, label),
                               bool(names & PER_NODE), executable, names)
