@@ -223,3 +223,18 @@ def test_template_that_is_not_text_is_a_clear_error(tmp_path):
     (site.overlays / "base" / "etc" / "blob.j2").write_bytes(b"\xff\xfe{{ node.name }}")
     with pytest.raises(RenderError, match=r"base:etc/blob.j2: not UTF-8"):
         Build(state, site, inv)
+
+
+@pytest.mark.parametrize("meta, message", [
+    ('etc/hostname: {mode: "rw-"}', "not octal"),
+    ("etc/hostname: {mode: 0644, colour: red}", "expected {mode, owner, group}"),
+    ("- just a list", "must map node paths"),
+    ("etc/hostname: {mode: [", "invalid YAML"),
+])
+def test_bad_meta_is_a_clear_error(tmp_path, meta, message):
+    site, state, inv = make_site(tmp_path)
+    (site.overlays / "base").mkdir(parents=True)
+    (site.overlays / "base" / "_meta.yaml").write_text(meta + "\n")
+    with pytest.raises(RenderError, match=message) as err:
+        Build(state, site, inv)
+    assert "site/overlays/base/_meta.yaml" in str(err.value)
