@@ -66,8 +66,14 @@ def _uuid(machine_id: bytes | None) -> str | None:
     return str(uuid.UUID(bytes_le=machine_id[1:]))
 
 
+PLAIN = Client("plain", None, None, None, None)
+BOOT_OPTIONS = (wire.OPT_VENDOR_CLASS, wire.OPT_USER_CLASS, wire.OPT_ARCH, wire.OPT_UUID, wire.OPT_IPXE)
+
+
 def classify(req: wire.Request) -> Client:
     opts = req.options
+    if not any(code in opts for code in BOOT_OPTIONS):
+        return PLAIN
     vendor = opts.get(wire.OPT_VENDOR_CLASS, b"")
     machine_id = opts.get(wire.OPT_UUID)
     arch = _arch(opts, vendor)

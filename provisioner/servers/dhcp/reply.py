@@ -22,8 +22,8 @@ FILE_OFFSET = 108
 
 def tlv(code: int, value: bytes) -> bytes:
     """One option, split into several instances if longer than 255 bytes (RFC 3396)."""
-    if not value:
-        return bytes((code, 0))
+    if len(value) <= 255:
+        return bytes((code, len(value))) + value
     return b"".join(bytes((code, len(value[i:i + 255]))) + value[i:i + 255] for i in range(0, len(value), 255))
 
 

@@ -41,6 +41,7 @@ class Static:
 
     node: Node
     ip: IPv4Address
+    packed: bytes
 
 
 class DhcpServer:
@@ -85,7 +86,10 @@ class DhcpServer:
     def reload(self, inventory: Inventory) -> None:
         """Take a new inventory; cached reply templates are dropped (rebuilt on demand)."""
         self.inventory = inventory
-        self.static = {i.mac: Static(n, i.ip) for n in inventory.nodes for i in n.interfaces if i.mac and i.ip}
+        self.static = {i.mac: Static(n, i.ip, i.ip.packed)
+                       for n in inventory.nodes for i in n.interfaces if i.mac and i.ip}
+        subnet = inventory.cluster.network.subnet
+        self.subnet_bits = (int(subnet.network_address), int(subnet.netmask))
         self.templates: dict[tuple, bytes] = {}
         self.pool.set_inventory(inventory)
         c = inventory.cluster
@@ -154,7 +158,8 @@ class DhcpServer:
     # -- answering -------------------------------------------------------------------------------
     def handle(self, data: bytes, peer: tuple[str, int], port: int) -> Answer | None:
         req = wire.parse(data)
-        if req.relayed and IPv4Address(req.giaddr) not in self.inventory.cluster.network.subnet:
+        network, mask = self.subnet_bits
+        if req.relayed and int.from_bytes(req.giaddr, "big") & mask != network:
             log.info("ignored %s via relay %s: no subnet for it", req.mac, IPv4Address(req.giaddr))
             return None
         client = pxe.classify(req)
@@ -274,13 +279,13 @@ class DhcpServer:
         want = requested or (req.ciaddr if req.ciaddr != wire.ZERO_IP else None)
         if want is None:
             raise wire.Malformed("REQUEST names no address (no option 50, no ciaddr)")
-        want_ip = IPv4Address(want)
         st = self.static.get(req.mac)
         if st is not None:
-            if want_ip != st.ip:
-                return self._nak(req, f"asked for {want_ip}, its address is {st.ip}")
-            self.stages.note(st.node.name, "dhcp", f"{want_ip} {client.kind}" + (f" arch {client.arch}" if client.arch is not None else ""))
+            if want != st.packed:
+                return self._nak(req, f"asked for {IPv4Address(want)}, its address is {st.ip}")
+            self.stages.note(st.node.name, "dhcp", f"{st.ip} {client.kind}" + (f" arch {client.arch}" if client.arch is not None else ""))
             return self._lease(req, client, wire.ACK, st.ip, st.node)
+        want_ip = IPv4Address(want)
         expected = self.pool.expected(req.mac)
         if expected is None:
             if sid is not None:
