@@ -410,3 +410,31 @@ def test_inform_release_decline(lab, dhcp, tmp_path):
     assert udp_client(ns, tmp_path, UNKNOWN, "10.99.0.200", "decline", "10.99.0.200") is None
     ns.run(["ip", "addr", "del", "10.99.0.200/24", "dev", "eth0"])
     assert pxe_client(ns, tmp_path, UNKNOWN, *efi)["reply"]["yiaddr"] == "10.99.0.201"
+
+
+RELAY_CLIENT = textwrap.dedent('''
+    import json, socket
+    from scapy.all import BOOTP, DHCP, mac2str
+    agent = bytes([1, 4]) + b"port" + bytes([2, 3]) + b"sw1"
+    pkt = BOOTP(chaddr=mac2str("52:54:00:aa:00:02"), xid=82, giaddr="10.99.0.5", hops=1) / DHCP(
+        options=[("message-type", "discover"), (82, agent), "end"])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("10.99.0.5", 67))
+    s.settimeout(5)
+    s.sendto(bytes(pkt), ("10.99.0.1", 67))
+    data, peer = s.recvfrom(2048)
+    r = BOOTP(data)
+    o = {str(x[0]): (x[1].hex() if isinstance(x[1], bytes) else x[1]) for x in r[DHCP].options if isinstance(x, tuple)}
+    print(json.dumps({"yiaddr": r.yiaddr, "giaddr": r.giaddr, "hops": r.hops, "options": o,
+                      "agent": agent.hex(), "last": data.rstrip(b"\\0")[-1 - len(agent) - 2:-1].hex()}))
+''')
+
+
+def test_relayed_reply_goes_to_the_relay_with_option_82_last(lab, dhcp, tmp_path):
+    relay = lab.host(ip="10.99.0.5")
+    script = tmp_path / "relay.py"
+    script.write_text(RELAY_CLIENT)
+    got = json.loads(relay.run([sys.executable, str(script)], timeout=60).stdout.strip().splitlines()[-1])
+    assert got["yiaddr"] == NODE_IPS[1] and got["giaddr"] == "10.99.0.5" and got["hops"] == 1
+    assert got["options"]["relay_agent_information"] == got["agent"]
+    assert got["last"] == "52" + "%02x" % (len(got["agent"]) // 2) + got["agent"]  # the last option, RFC 3046
