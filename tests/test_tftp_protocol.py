@@ -202,6 +202,8 @@ def test_dynamic_files_from_the_resolver(lab, tmp_path):
     text = b"#!ipxe\nchain http://10.99.0.1/boot/${mac}.ipxe\n"
 
     def resolver(ip, path):
+        if path == "broken":
+            raise RuntimeError("a resolver bug")
         return text if path == "boot.ipxe" else None
 
     with ServerThread(lab.server, resolver):
@@ -210,6 +212,8 @@ def test_dynamic_files_from_the_resolver(lab, tmp_path):
         data, _, _ = in_ns(client, fetch, SRV, "boot.ipxe", mode="netascii")
         assert data == text.replace(b"\n", b"\r\n")
         assert in_ns(client, first_reply, rrq("other"))[:4] == b"\0\x05\0\x01"
+        assert in_ns(client, first_reply, rrq("broken"))[:4] == b"\0\x05\0\x00"
+        assert in_ns(client, fetch, SRV, "boot.ipxe")[0] == text
 
 
 def test_replies_come_from_the_address_the_request_went_to(lab, tmp_path):

@@ -229,7 +229,10 @@ class TftpServer:
         try:
             req = P.parse_request(data)
         except P.BadPacket as e:
-            log.warning("TFTP bad packet from %s:%d: %s", addr[0], addr[1], e)
+            if data[:2] not in (b"\0\x01", b"\0\x02"):
+                log.debug("TFTP ignored a non-request from %s:%d", addr[0], addr[1])
+                return  # no answer to noise: the port must not be a reflector
+            log.warning("TFTP bad request from %s:%d: %s", addr[0], addr[1], e)
             self._reply(P.error_packet(P.ERR_ILLEGAL, "illegal TFTP operation"), addr, local)
             return
         if req.write:
@@ -238,8 +241,12 @@ class TftpServer:
         try:
             source = self.resolver(addr[0], req.filename)
         except PathRefused as e:
-            log.warning("TFTP refused %r to %s: %s", req.filename, addr[0], e)
+            log.warning("TFTP refused %r to %s: %s", req.filename[:300], addr[0], e)
             self._refuse(addr, local, req.filename[:255], P.ERR_ACCESS, "access violation", f"refused: {e}")
+            return
+        except Exception:
+            log.exception("TFTP resolver failed on %r for %s", req.filename[:300], addr[0])
+            self._refuse(addr, local, req.filename[:255], P.ERR_UNDEFINED, "server error", "server error")
             return
         if source is None:
             self._refuse(addr, local, req.filename, P.ERR_NOT_FOUND, "file not found", "not found")
