@@ -170,15 +170,26 @@ def test_vanished_client_is_cleaned_up_and_recorded(env):
     assert rows == [("10.99.0.2", "a.bin", "timeout", rows[0][3])] and rows[0][3] >= 1
 
 
+def tsize_probe(name: str) -> dict[str, str]:
+    """What PXE ROMs do first: ask the size, then abort with an ERROR at the OACK."""
+    s = udp()
+    s.sendto(rrq(name, tsize=0), SRV)
+    oack, tid = s.recvfrom(2000)
+    s.sendto(b"\0\x05\0\x08size known\0", tid)
+    return parse_oack(oack)
+
+
 def test_stats_reach_the_node_state_store(env):
     client, files, root, st, dbpath = env
     in_ns(client, fetch, SRV, "a.bin", blksize=1468)
     in_ns(client, first_reply, rrq("missing.bin"))
+    assert in_ns(client, tsize_probe, "one.bin") == {"tsize": "100"}
     st.stop()
     rows = sqlite3.connect(dbpath).execute(
         "SELECT protocol, client, path, bytes, outcome FROM transfers ORDER BY id").fetchall()
     assert rows == [("tftp", "10.99.0.2", "a.bin", 200_000, "ok"),
-                    ("tftp", "10.99.0.2", "missing.bin", 0, "not found")]
+                    ("tftp", "10.99.0.2", "missing.bin", 0, "not found"),
+                    ("tftp", "10.99.0.2", "one.bin", 0, "size probe")]
 
 
 def test_write_requests_and_escaping_paths_are_refused_and_logged(env, caplog):

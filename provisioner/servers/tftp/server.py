@@ -24,7 +24,7 @@ from ...nodestate import NodeStateDB
 from ..boottree import PathRefused
 from . import packets as P
 from .payload import NotServable, PayloadCache
-from .transfer import DONE, Transfer, TransferStats
+from .transfer import DONE, PROBED, Transfer, TransferStats
 
 log = logging.getLogger("provisioner.tftp")
 
@@ -308,7 +308,7 @@ class TftpServer:
             return None
 
     def _record(self, st: TransferStats) -> None:
-        level = logging.INFO if st.outcome == DONE else logging.WARNING
+        level = logging.INFO if st.outcome in (DONE, PROBED) else logging.WARNING
         if log.isEnabledFor(level):
             rate = st.bytes / st.duration / 1e6 if st.duration > 0 else 0.0
             log.log(level, "tftp %s %s:%d %s %d bytes %.3fs %.1f MB/s retransmits=%d node=%s",

@@ -40,6 +40,7 @@ _gso = _Gso()
 _ERR_TID = error_packet(ERR_TID, "unknown transfer ID")
 
 DONE = "ok"
+PROBED = "size probe"  # the client ended the transfer at the OACK
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,10 @@ class Transfer:
             self.send_window(now)
             return False
         if op == ERROR:
+            if self.acked < 0:
+                # PXE ROMs ask for tsize, read the OACK and abort: a probe, not a failure.
+                self.outcome = PROBED
+                return True
             msg = data[4:].split(b"\0", 1)[0].decode("ascii", "replace")
             self.outcome = f"client error {blk}: {msg}" if msg else f"client error {blk}"
             return True
