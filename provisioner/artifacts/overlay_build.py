@@ -76,16 +76,13 @@ class Build:
         self.facts = facts or {}
         self.library = OverlayLibrary(site)
         self.boot = BootTemplates(site)
-        reader = self.read_secret
+        reader = secrets.reader(state)
         self.renderer = NodeRenderer(self.library, shared_context(inventory, SecretHandles(reader)),
                                      reader, self.idmap)
         self._idmaps: dict[str | None, IdMap] = {}
         self._node_keys = {n.name: _node_key(n) for n in inventory.nodes}
         self._all: bytes | None = None
         self._global = self._global_digest()
-
-    def read_secret(self, relpath: str) -> bytes:
-        return secrets.read_secret(self.state, relpath)
 
     def idmap(self, image: str | None) -> IdMap:
         if image not in self._idmaps:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 import jinja2
 import jinja2.meta
+from jinja2.defaults import DEFAULT_NAMESPACE
 
 from ..inventory.model import Cluster, Inventory, Node
 
@@ -141,7 +142,7 @@ class SharedContext:
     secrets: SecretHandles
 
     def as_dict(self) -> dict[str, Any]:
-        return {"cluster": self.cluster, "nodes": self.nodes, "secrets": self.secrets}
+        return {**DEFAULT_NAMESPACE, "cluster": self.cluster, "nodes": self.nodes, "secrets": self.secrets}
 
 
 def shared_context(inventory: Inventory, secrets: SecretHandles) -> SharedContext:
@@ -171,9 +172,16 @@ def compile_template(env: jinja2.Environment, source: str, name: str) -> jinja2.
 
 
 def render(template: jinja2.Template, context: Mapping[str, Any], node: str | None) -> str:
-    """Render, turning any template failure into a RenderError with template, line and node."""
+    """Render, turning any template failure into a RenderError with template, line and node.
+
+    The context is used as is, not copied per template (a node renders a dozen templates from
+    one context): contexts from this module already carry Jinja's default globals."""
     try:
-        return template.render(context)
+        ctx = template.new_context(dict(context) if not isinstance(context, dict) else context, shared=True)
+        try:
+            return template.environment.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
+        except Exception:
+            template.environment.handle_exception()  # re-raises with template lines in the traceback
     except jinja2.TemplateError as e:
         raise RenderError(template.name or "?", _template_line(sys.exc_info()[2], template), node,
                           _message(e)) from None
