@@ -105,6 +105,8 @@ class Demo:
     def start_master(self, inv: Inventory) -> None:
         assert self.net is not None
         mwork = self.work / "master"
+        # slurmctld's saved state (jobs, node states) from an earlier run would only confuse this one.
+        shutil.rmtree(mwork, ignore_errors=True)
         conf = mwork / "etc-slurm"
         conf.mkdir(parents=True, exist_ok=True)
         apply(render_slurm(inv, NodeStateDB(self.state.db).all_facts()), conf, reconfigure=None)
@@ -192,7 +194,7 @@ class Demo:
     def srun(self, inv: Inventory) -> None:
         assert self.master is not None
         for node in inv.nodes:
-            res = self.master.run(["srun", "-w", node.name, "hostname"], timeout=60)
+            res = self.master.run(["srun", "-w", node.name, "hostname"], timeout=240)
             got = res.stdout.strip()
             if res.returncode != 0 or got != node.name:
                 raise DemoFailure(f"srun -w {node.name} hostname printed {got!r} (exit {res.returncode}):\n{res.stderr}")

@@ -7,8 +7,8 @@ from ipaddress import IPv4Interface
 MASTER = IPv4Interface("10.77.0.1/24")
 IMAGE = "demo"
 # Debian minbase plus what a diskless Slurm node needs to boot and join (curl reports facts,
-# nfs-common mounts the NFS homes).
-IMAGE_PACKAGES = ("linux-image-amd64", "systemd-sysv", "udev", "kmod", "iproute2", "munge", "slurmd", "curl",
+# nfs-common mounts the NFS homes, slurmd needs dbus for its cgroup v2 scope).
+IMAGE_PACKAGES = ("linux-image-amd64", "systemd-sysv", "udev", "kmod", "iproute2", "munge", "slurmd", "curl", "dbus",
                   "nfs-common")
 
 
@@ -43,6 +43,8 @@ cluster:
         access: rw
   slurm:
     controller: master
+    options:
+      MessageTimeout: 60    # slurmstepd starts slowly on an emulated CPU
   time_servers: [{MASTER.ip}]
   ports:
     http: 80

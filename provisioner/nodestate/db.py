@@ -165,6 +165,12 @@ class NodeStateDB:
                       "VALUES (?,?,?,?,?,?,?,?,?)",
                       (protocol, client, node, path, nbytes, duration, retransmits, outcome, time.time()))
 
+    def transfers(self, node: str | None = None) -> list[sqlite3.Row]:
+        """Transfers in the order they finished, all or one node's."""
+        if node is None:
+            return list(self._conn().execute("SELECT * FROM transfers ORDER BY id"))
+        return list(self._conn().execute("SELECT * FROM transfers WHERE node=? ORDER BY id", (node,)))
+
     def transfer_totals(self) -> list[sqlite3.Row]:
         """Transfers, bytes and per-outcome counts by protocol, for /metrics."""
         return list(self._conn().execute(

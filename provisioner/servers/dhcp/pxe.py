@@ -115,7 +115,7 @@ def choose(client: Client, mac: str, boot_files: Mapping[str, str], master: str,
     if client.kind == "ipxe":
         override = boot_files.get("ipxe")
         if override:
-            url = override if "://" in override else f"{base_url(master, http_port)}/{override.lstrip('/')}"
+            url = override if "://" in override else f"{base_url(master, http_port)}/boot/{override.lstrip('/')}"
         else:
             url = ipxe_script_url(master, http_port, mac)
         return Boot(url, client.vendor, f"ipxe-{(client.vendor or b'').decode()}")
