@@ -198,7 +198,7 @@ def test_udhcpc_pxe_bios_gets_static_lease_and_boot_file(lab, dhcp, tmp_path):
     assert got["router"] == SERVER_IP and got["dns"] == SERVER_IP
     assert got["hostname"] == "node01" and got["domain"] == "t.cluster"
     assert got["siaddr"] == SERVER_IP and got["boot_file"] == "undionly.kpxe"
-    assert got["rootpath"] == f"{SERVER_IP}:/images/debian12"
+    assert got["rootpath"] == ""  # a root path is for the booted system, not for firmware
     assert got["lease"] == "600" and got["serverid"] == SERVER_IP
     assert got["ntpsrv"] == SERVER_IP
 
@@ -228,6 +228,7 @@ def test_dhcpcd_gets_static_lease(lab, dhcp, tmp_path):
     out = log.read_text()
     assert f"new_ip_address='{NODE_IPS[2]}'" in out, out
     assert "new_host_name='node03'" in out and "new_dhcp_message_type='2'" in out, out
+    assert f"new_root_path='{SERVER_IP}:/images/debian12'" in out, out
 
 
 @pytest.mark.parametrize("arch,vendor,file,vclass", [

@@ -209,7 +209,8 @@ class DhcpServer:
         vendor = boot.vendor_class if boot else None
         if kind == "proxy" and boot is not None:
             vendor = b"HTTPClient" if vendor == b"HTTPClient" else b"PXEClient"  # a proxy always says which
-        image = node.image if node is not None and kind != "proxy" else None
+        # the NFS root path is for the booted system's DHCP client; iPXE would try to SAN-boot it
+        image = node.image if node is not None and kind != "proxy" and boot is None else None
         key = (msgtype, kind, boot is not None, vendor, image)
         tmpl = self.templates.get(key)
         if tmpl is None:
