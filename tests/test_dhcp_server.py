@@ -7,6 +7,7 @@ Shared helpers here are imported by the other test_dhcp_*.py files.
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -439,3 +440,44 @@ def test_relayed_reply_goes_to_the_relay_with_option_82_last(lab, dhcp, tmp_path
     assert got["yiaddr"] == NODE_IPS[1] and got["giaddr"] == "10.99.0.5" and got["hops"] == 1
     assert got["options"]["relay_agent_information"] == got["agent"]
     assert got["last"] == "52" + "%02x" % (len(got["agent"]) // 2) + got["agent"]  # the last option, RFC 3046
+
+
+def test_reload_takes_a_changed_inventory(lab, dhcp, tmp_path):
+    ns = lab.host(mac=MACS[0])
+    assert udhcpc(ns, tmp_path)["ip"] == NODE_IPS[0]
+    cluster = dhcp.site / "cluster.yaml"
+    cluster.write_text(cluster.read_text().replace("ip: 10.99.0.11", "ip: 10.99.0.31"))
+    dhcp.proc.send_signal(signal.SIGHUP)  # __main__ maps SIGHUP to DhcpServer.reload
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if udhcpc(ns, tmp_path)["ip"] == "10.99.0.31":
+            break
+    assert udhcpc(ns, tmp_path)["ip"] == "10.99.0.31"
+
+
+SHUTDOWN = textwrap.dedent('''
+    import threading
+    from pathlib import Path
+    from provisioner.inventory import load_inventory
+    from provisioner.paths import State
+    from provisioner.servers.dhcp import DhcpServer
+    import sys
+    inv = load_inventory(sys.argv[1])
+    never = DhcpServer(inv, State(Path(sys.argv[2])), "br0", "10.99.0.1")
+    never.shutdown()  # never served: releases its sockets
+    srv = DhcpServer(inv, State(Path(sys.argv[2])), "br0", "10.99.0.1")  # so port 67 is free again
+    t = threading.Thread(target=srv.serve_forever)
+    t.start()
+    srv.shutdown()
+    t.join(5)
+    print("stopped" if not t.is_alive() else "still running")
+''')
+
+
+def test_shutdown_from_another_thread(lab, tmp_path):
+    write_site(tmp_path / "site")
+    script = tmp_path / "shutdown.py"
+    script.write_text(SHUTDOWN)
+    res = lab.server.run([sys.executable, str(script), str(tmp_path / "site" / "cluster.yaml"), str(tmp_path / "state")],
+                         timeout=60)
+    assert res.stdout.strip().splitlines()[-1] == "stopped"

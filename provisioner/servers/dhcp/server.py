@@ -67,7 +67,9 @@ class DhcpServer:
             self.sockets.append(netif.udp_socket(self.link.name, PROXY_PORT))
         self.ra = None if self.proxy else self._advertiser()
         self._wake_r, self._wake_w = os.pipe()
+        self._lock = threading.Lock()
         self._stopping = False
+        self._closed = False
         self._stopped = threading.Event()
         self._stopped.set()
         self.counters = {"received": 0, "answered": 0, "dropped": 0, "errors": 0}
@@ -99,7 +101,10 @@ class DhcpServer:
 
     # -- the loop --------------------------------------------------------------------------------
     def serve_forever(self) -> None:
-        self._stopped.clear()
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopped.clear()
         sel = selectors.DefaultSelector()
         for s in self.sockets:
             sel.register(s, selectors.EVENT_READ)
@@ -117,18 +122,32 @@ class DhcpServer:
                     self._drain(key.fileobj)  # type: ignore[arg-type]
         finally:
             sel.close()
-            for s in self.sockets:
-                s.close()
-            if self.ra is not None:
-                self.ra.close()
-            self.stages.close()
+            self._close()
             self._stopped.set()
 
     def shutdown(self) -> None:
-        """Stop serve_forever (from another thread) and return once it has stopped."""
-        self._stopping = True
-        os.write(self._wake_w, b"x")
-        self._stopped.wait()
+        """Stop serve_forever (from another thread) and return once it has stopped; release
+        the sockets even if it never ran."""
+        with self._lock:
+            self._stopping = True
+            running = not self._stopped.is_set()
+        if running:
+            os.write(self._wake_w, b"x")
+            self._stopped.wait()
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for s in self.sockets:
+            s.close()
+        if self.ra is not None:
+            self.ra.close()
+        self.stages.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def _drain(self, sock: socket.socket) -> None:
         port = sock.getsockname()[1]
