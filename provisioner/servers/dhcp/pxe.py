@@ -105,7 +105,6 @@ class Boot:
 
     file: str
     vendor_class: bytes | None  # b"PXEClient" / b"HTTPClient" echoed, None for plain iPXE
-    variant: str  # cache key: which of a node's reply templates this is
 
 
 def choose(client: Client, mac: str, boot_files: Mapping[str, str], master: str, http_port: int) -> Boot | None:
@@ -118,11 +117,11 @@ def choose(client: Client, mac: str, boot_files: Mapping[str, str], master: str,
             url = override if "://" in override else f"{base_url(master, http_port)}/boot/{override.lstrip('/')}"
         else:
             url = ipxe_script_url(master, http_port, mac)
-        return Boot(url, client.vendor, f"ipxe-{(client.vendor or b'').decode()}")
+        return Boot(url, client.vendor)
     key = ARCH_KEYS.get(client.arch if client.arch is not None else 0, "bios")
     if client.kind == "http":
-        name = boot_files.get("http" if key == "http" else key) or DEFAULT_BOOT_FILES["http" if key == "http" else key]
+        name = boot_files.get(key) or DEFAULT_BOOT_FILES[key]
         url = name if "://" in name else f"{base_url(master, http_port)}/boot/{name.lstrip('/')}"
-        return Boot(url, b"HTTPClient", f"http-{key}")
+        return Boot(url, b"HTTPClient")
     name = boot_files.get(key) or DEFAULT_BOOT_FILES[key]
-    return Boot(name, b"PXEClient", key)
+    return Boot(name, b"PXEClient")
