@@ -19,10 +19,12 @@ pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 SCRIPT_URL = f"http://{SERVER_IP}:8080/boot/{MACS[0]}.ipxe"
 
 
-@pytest.mark.parametrize("firmware", ["bios-ipxe-rom", "uefi-pxe"])
-def test_firmware_boots_to_its_ipxe_script(lab, tmp_path, firmware):
-    write_site(tmp_path / "site")
-    server = Server(lab, tmp_path / "site", tmp_path / "state").start()
+UUID = "11223344-5566-7788-99aa-bbccddeeff00"
+
+
+def boot(lab, tmp_path, firmware: str, mac: str) -> str:
+    """Start the HTTP stub (and TFTP for UEFI) and qemu; return the serial console once the
+    node's script ran, or what it showed when the time ran out."""
     www = tmp_path / "www"
     (www / "boot").mkdir(parents=True)
     (www / "boot" / f"{MACS[0]}.ipxe").write_text("#!ipxe\necho provisioner-script-reached\nshell\n")
@@ -31,9 +33,9 @@ def test_firmware_boots_to_its_ipxe_script(lab, tmp_path, firmware):
     serial = tmp_path / "serial.log"
     tap = lab.tap()
     qemu = ["qemu-system-x86_64", "-m", "256", "-nographic", "-boot", "n", "-serial", f"file:{serial}",
-            "-monitor", "none", "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
+            "-monitor", "none", "-uuid", UUID, "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
     if firmware == "bios-ipxe-rom":  # qemu's e1000 option ROM is iPXE itself: user class iPXE at once
-        qemu += ["-machine", "accel=tcg", "-device", f"e1000,netdev=n0,mac={MACS[0]}"]
+        qemu += ["-machine", "accel=tcg", "-device", f"e1000,netdev=n0,mac={mac}"]
     else:  # OVMF's own PXE (arch 7) on virtio-net without an option ROM, then snponly.efi over TFTP
         tftp = tmp_path / "tftp"
         tftp.mkdir()
@@ -44,14 +46,22 @@ def test_firmware_boots_to_its_ipxe_script(lab, tmp_path, firmware):
         qemu += ["-machine", "q35,accel=tcg",
                  "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
                  "-drive", f"if=pflash,format=raw,file={tmp_path / 'vars.fd'}",
-                 "-device", f"virtio-net-pci,netdev=n0,mac={MACS[0]},romfile="]
+                 "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
     lab.server.popen(qemu, stdout=open(tmp_path / "qemu.log", "w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     console = ""
-    while time.time() < deadline and "provisioner-script-reached" not in console:
+    while time.time() < deadline and "provisioner-script-reached" not in console and ".ipxe... No such" not in console:
         time.sleep(0.5)
         console = serial.read_text(errors="replace") if serial.exists() else ""
+    return console
+
+
+@pytest.mark.parametrize("firmware", ["bios-ipxe-rom", "uefi-pxe"])
+def test_firmware_boots_to_its_ipxe_script(lab, tmp_path, firmware):
+    write_site(tmp_path / "site")
+    server = Server(lab, tmp_path / "site", tmp_path / "state").start()
     try:
+        console = boot(lab, tmp_path, firmware, MACS[0])
         assert f"Filename: {SCRIPT_URL}" in console, console
         assert "provisioner-script-reached" in console, console
         assert "GET /boot/52%3A54%3A00%3Aaa%3A00%3A01.ipxe" in (tmp_path / "http.log").read_text()  # ':' escaped
@@ -67,3 +77,17 @@ def test_firmware_boots_to_its_ipxe_script(lab, tmp_path, firmware):
     else:  # iPXE's own request is noted too unless it came within the stage writer's repeat window
         assert "10.99.0.11 pxe arch 7" in details and details <= {"10.99.0.11 pxe arch 7", "10.99.0.11 ipxe arch 7"}
     assert "Traceback" not in server.text(), server.text()
+
+
+def test_unknown_uefi_node_is_discovered_with_its_smbios_uuid(lab, tmp_path):
+    write_site(tmp_path / "site")
+    server = Server(lab, tmp_path / "site", tmp_path / "state").start()
+    unknown = "52:54:00:bb:00:07"
+    try:
+        console = boot(lab, tmp_path, "uefi-pxe", unknown)
+        assert "NBP filename is snponly.efi" in console, console
+        assert f"Filename: http://{SERVER_IP}:8080/boot/{unknown}.ipxe" in console, console
+    finally:
+        server.stop()
+    assert _db_rows(tmp_path / "state", "SELECT mac, arch, uuid, ip FROM discovered") == \
+        [(unknown, 7, UUID, "10.99.0.200")]
