@@ -31,9 +31,9 @@ Progress = Callable[[str], None]
 DEFAULT_SUITE = "bookworm"
 # What a Slurm compute node needs to boot and join: kernel, init, MUNGE, slurmd, MPI, ssh;
 # curl reports the node's facts, nfs-common mounts the NFS homes, slurmd needs dbus for its
-# cgroup v2 scope and slurmstepd the unversioned libpmix.so (MpiDefault=pmix) from libpmix-dev.
+# cgroup v2 scope (openmpi-bin brings libpmix2; the slurm overlay links the libpmix.so Slurm loads).
 DEFAULT_PACKAGES = ("linux-image-amd64", "systemd-sysv", "udev", "munge", "slurmd",
-                    "openmpi-bin", "mpich", "openssh-server", "curl", "nfs-common", "dbus", "libpmix-dev")
+                    "openmpi-bin", "mpich", "openssh-server", "curl", "nfs-common", "dbus")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VERSION_RE = re.compile(r"^v(\d+)$")
 

@@ -52,6 +52,9 @@ class Demo:
     sup: Supervisor = field(init=False)
     net: DemoNet | None = None
     master: MasterHost | None = None
+    # Wall-clock marks of this run (for bench/boot.py): guests started, every node idle.
+    booted_at: float = 0.0
+    idle_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.site = Site(self.work / "site")
@@ -152,6 +155,7 @@ class Demo:
     # -- nodes -------------------------------------------------------------------------------------
     def boot_vms(self, inv: Inventory) -> None:
         assert self.net is not None
+        self.booted_at = time.time()
         for i, node in enumerate(inv.nodes, start=1):
             tap = self.net.add_tap()
             console = self.logs / f"{node.name}-console.log"
@@ -176,6 +180,7 @@ class Demo:
                 seen[name] = len(events)
             states = self.sinfo()
             if all(states.get(n) == "idle" for n in seen):
+                self.idle_at = time.time()
                 return
             for proc in self.sup.procs:
                 if proc.popen.poll() is not None and proc.name != "slurm-apply":
