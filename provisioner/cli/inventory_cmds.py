@@ -9,12 +9,13 @@ from ipaddress import IPv4Address
 from typing import Any, Iterator
 
 import click
+from ruamel.yaml.comments import CommentedMap
 
 from ..atomic import atomic_write, locked
 from ..errors import UserError
-from ..inventory import InventoryInvalid, Node, Problem, load_inventory, normalize_mac, parse_text
+from ..inventory import Inventory, InventoryInvalid, Node, Problem, load_inventory, normalize_mac, parse_text
 from ..inventory.edit import edit_inventory, isolate, next_free_ip, node_entries, set_fields
-from ..inventory.hostlist import HostlistError, expand, is_range
+from ..inventory.hostlist import HostlistError, compress, expand, is_range
 from ..inventory.model import SETTINGS
 from ..inventory.starter import detect, starter_yaml
 from .context import Context, echo_json, echo_table, pass_ctx
@@ -141,6 +142,13 @@ def node_show(ctx: Context, nodes: str, sources: bool, as_json: bool) -> None:
             click.echo(line)
 
 
+def _selected(inv: Inventory, expr: str) -> list[str]:
+    try:
+        return [n.name for n in inv.select(expr)]
+    except KeyError as e:
+        raise UserError(f"no such node or profile: {e.args[0]}") from None
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value))
@@ -223,7 +231,6 @@ def node_add(ctx: Context, name: str, mac: str | None, ip: str | None, profiles:
         entry: dict[str, Any] = {"name": name, "ip": ip}
         if mac:
             entry["mac"] = mac
-        from ruamel.yaml.comments import CommentedMap
         m = CommentedMap(entry)
         plist = [p for item in profiles for p in item.split(",") if p]
         set_fields(m, {"profiles": plist or None, "bmc": bmc, **_settings_from(settings)})
@@ -245,10 +252,7 @@ def node_set(ctx: Context, nodes: str, mac: str | None, ip: str | None, profiles
     """Change node-level values (a node inside a range entry is split out of it)."""
     mac = _parse_mac(mac)
     with editing(ctx) as (doc, inv):
-        try:
-            names = [n.name for n in inv.select(nodes)]
-        except KeyError as e:
-            raise UserError(f"no such node or profile: {e.args[0]}") from None
+        names = _selected(inv, nodes)
         if (mac or ip) and len(names) > 1:
             raise UserError("--mac and --ip name one node")
         values: dict[str, Any] = {"mac": mac, "ip": ip, "bmc": bmc, **_settings_from(settings)}
@@ -273,10 +277,7 @@ def node_set(ctx: Context, nodes: str, mac: str | None, ip: str | None, profiles
 def node_rm(ctx: Context, nodes: str) -> None:
     """Remove nodes (a node inside a range entry is split out of it first)."""
     with editing(ctx) as (doc, inv):
-        try:
-            names = [n.name for n in inv.select(nodes)]
-        except KeyError as e:
-            raise UserError(f"no such node or profile: {e.args[0]}") from None
+        names = _selected(inv, nodes)
         for name in names:
             entry = isolate(doc, name)
             entries = node_entries(doc)
@@ -292,7 +293,6 @@ def profile() -> None:
 
 
 def _profiles_map(doc: Any) -> Any:
-    from ruamel.yaml.comments import CommentedMap
     if doc.get("profiles") is None:
         doc["profiles"] = CommentedMap()
     return doc["profiles"]
@@ -335,7 +335,6 @@ def profile_show(ctx: Context, name: str, as_json: bool) -> None:
 @pass_ctx
 def profile_add(ctx: Context, name: str, description: str | None, **settings: Any) -> None:
     """Add a profile."""
-    from ruamel.yaml.comments import CommentedMap
     with editing(ctx) as (doc, inv):
         if name in inv.profiles:
             raise UserError(f"profile {name} exists already")
@@ -373,7 +372,6 @@ def profile_rm(ctx: Context, name: str) -> None:
             raise UserError(f"no such profile: {name}")
         users = [n.name for n in inv.nodes if name in n.profiles]
         if users:
-            from ..inventory.hostlist import compress
             raise UserError(f"profile {name} is used by {compress(users)}")
         del _profiles_map(doc)[name]
     click.echo(f"removed profile {name}")
