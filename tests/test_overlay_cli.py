@@ -134,3 +134,13 @@ def test_plan_before_any_build_writes_nothing(cli):
     out = cli("plan").stdout
     assert "node01: not built yet" in out and "4 node(s) would change" in out
     assert not (cli.state / "secrets").exists() and not (cli.state / "overlays").exists()
+
+
+def test_build_durations_reach_the_node_state_db_for_metrics(cli):
+    from provisioner.nodestate import NodeStateDB
+
+    setup_site(cli)
+    cli("overlay", "build")
+    cli("overlay", "build")  # nothing changed: nothing built, nothing recorded
+    rows = {r["kind"]: r for r in NodeStateDB(cli.state / "nodes.sqlite").build_totals()}
+    assert rows["overlay"]["n"] == 1 and rows["overlay"]["seconds"] > 0

@@ -64,9 +64,15 @@ def run_build(ctx: Context, nodes: list[Node] | None, force: bool = False, jobs:
     facts = _facts(ctx)
     if sys.stdout.isatty() and not quiet:
         with click.progressbar(length=total, label="building overlays") as bar:
-            return overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs, facts=facts,
-                                       progress=bar.update)
-    return overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs, facts=facts)
+            report = overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs, facts=facts,
+                                         progress=bar.update)
+    else:
+        report = overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs, facts=facts)
+    if report.built:
+        # /metrics (in the serve process) learns build durations from the node-state DB.
+        ctx.db().record_build("overlay", ",".join(report.built) if len(report.built) <= 3 else f"{len(report.built)} nodes",
+                              report.seconds)
+    return report
 
 
 @click.group()
