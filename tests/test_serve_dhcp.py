@@ -33,6 +33,8 @@ def test_dhcp_tftp_http_in_one_process(lab, cli):
         assert steps[0] == "dhcp" and steps[-1] == "ipxe", steps
         text = curl(lab.server, f"{srv.url}/metrics").stdout
         assert metric(text, "provisioner_dhcp_packets_total") >= 2
+        assert metric(text, 'provisioner_dhcp_packets_total{type="discover"}') >= 1
+        assert metric(text, 'provisioner_dhcp_packets_total{type="request"}') >= 1
         mark = len(srv.lines)
         srv.signal(signal.SIGHUP)
         srv.wait_log("msg=reloaded", after=mark)

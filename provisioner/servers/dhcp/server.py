@@ -177,6 +177,8 @@ class DhcpServer:
     # -- answering -------------------------------------------------------------------------------
     def handle(self, data: bytes, peer: tuple[str, int], port: int) -> Answer | None:
         req = wire.parse(data)
+        kind = wire.MESSAGE_NAMES.get(req.msgtype, "other").lower()
+        self.counters[kind] = self.counters.get(kind, 0) + 1
         network, mask = self.subnet_bits
         if req.relayed and int.from_bytes(req.giaddr, "big") & mask != network:
             log.info("ignored %s via relay %s: no subnet for it", req.mac, IPv4Address(req.giaddr))
