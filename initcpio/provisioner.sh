@@ -146,8 +146,22 @@ pv_network() {
     # shellcheck source=/dev/null
     . "$PV_RUN/net.env"
     PV_NETUP=1
+    # shellcheck disable=SC2153 # PV_IP and PV_IF come from net.env, written by udhcpc.script
     pv_log "network: $PV_IP on $PV_IF"
     pv_report network "$PV_IP on $PV_IF"
+}
+
+# NFSv4 servers tell clients apart by an owner string built from the hostname (and an
+# optional unique id). In an initramfs every node is "(none)", so nodes booting together
+# would share one NFS identity and steal each other's state: the root then hangs. Name the
+# client before the first mount.
+pv_nfs_identity() {
+    local mac=""
+    [ -n "$PV_NODE" ] && hostname "$PV_NODE"
+    [ -n "$PV_IF" ] && [ -r "/sys/class/net/$PV_IF/address" ] && read -r mac <"/sys/class/net/$PV_IF/address"
+    if [ -n "$mac" ] && [ -w /sys/module/nfs/parameters/nfs4_unique_id ]; then
+        echo "$mac" >/sys/module/nfs/parameters/nfs4_unique_id
+    fi
 }
 
 # pv_mount_root: the read-only lower layer, from provisioner.root or the DHCP root-path.
@@ -237,7 +251,7 @@ pv_boot() {
     pv_read_cmdline
     pv_log "node ${PV_NODE:-?}: loading drivers"
     pv_load_modules
-    case "$PV_ROOT" in dev:*) ;; *) pv_network ;; esac
+    case "$PV_ROOT" in dev:*) ;; *) pv_network; pv_nfs_identity ;; esac
     pv_mount_root
     pv_mount_upper
     pv_apply_overlay

@@ -14,12 +14,13 @@ from .netns import DemoNet
 
 # Private state directories: path on the host -> (owner, mode), bind-mounted over the real ones.
 PRIVATE = {
-    "run": ("root", 0o755), "run/munge": ("munge", 0o755), "tmp": ("root", 0o1777),
+    "run": ("root", 0o755), "run/munge": ("munge", 0o755),
     "var/lib/munge": ("munge", 0o711), "var/log/munge": ("munge", 0o700),
     "var/lib/slurm": ("slurm", 0o755), "var/lib/slurm/slurmctld": ("slurm", 0o755),
     "var/log/slurm": ("slurm", 0o755), "etc/munge": ("munge", 0o700),
 }
-BINDS = ("run", "tmp", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm", "etc/munge")
+# Not /tmp: the demo's own files may live there (a test's work dir), and must stay visible.
+BINDS = ("run", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm", "etc/munge")
 
 
 class MasterHost:

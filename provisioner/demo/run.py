@@ -22,6 +22,7 @@ import click
 
 from ..artifacts import bootloaders, layout, overlay_build, secrets
 from ..artifacts.images import build_image, versions
+from ..artifacts.initramfs import build_initramfs
 from ..artifacts.slurm_config import apply
 from ..inventory import Inventory, load_inventory
 from ..nodestate import NodeStateDB
@@ -91,6 +92,8 @@ class Demo:
         current = [v for v in versions(self.state, demo_site.IMAGE) if v.current]
         if current and current[0].meta.get("packages") == wanted:
             self.say("image", f"{demo_site.IMAGE} {current[0].version} is up to date")
+            # Cheap and deterministic: picks up changes to the initramfs runtime (initcpio/).
+            build_initramfs(self.state, demo_site.IMAGE)
             return
         build_image(self.state, demo_site.IMAGE, packages=demo_site.IMAGE_PACKAGES, mirror=self.mirror,
                     cache_dir=IMAGE_CACHE, progress=lambda m: self.say("image", m))
