@@ -88,7 +88,12 @@ class Host:
         script = ["set -e", f"hostname {name}"]
         for top in sorted(p.name for p in root.iterdir() if p.is_dir()):
             script.append(f"mount -t overlay overlay -o ro,lowerdir={root / top}:/{top} /{top}")
-        script += [f"mount --bind {priv / d} /{d}" for d in BINDS]
+        # The private /tmp would hide a checkout (and its venv) that lives under /tmp, as a CI
+        # clone may: carry it into the private /tmp (the recursive bind below keeps it).
+        if REPO.is_relative_to("/tmp"):
+            keep = priv / "tmp" / REPO.relative_to("/tmp")
+            script += [f"mkdir -p {keep}", f"mount --bind {REPO} {keep}"]
+        script += [f"mount --rbind {priv / d} /{d}" for d in BINDS]
         script += ["echo ready", "exec sleep infinity"]
         self.holder = netns.popen(["unshare", "--uts", "--mount", "--propagation", "private", "--",
                                    "sh", "-c", "\n".join(script)])
