@@ -62,6 +62,16 @@ class Supervisor:
             time.sleep(0.1)
         raise DemoFailure(f"{proc.name} was not ready after {timeout:.0f} s:\n{proc.tail()}")
 
+    @staticmethod
+    def wait_for(what: str, ready: Callable[[], bool], timeout: float, log: Callable[[], str]) -> None:
+        """Wait for a daemon this supervisor did not start (one that daemonizes itself)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            time.sleep(0.2)
+        raise DemoFailure(f"{what} was not ready after {timeout:.0f} s:\n{log()}")
+
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             if proc.popen.poll() is None:

@@ -36,6 +36,8 @@ from .procs import DemoFailure, Supervisor
 
 PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
 IMAGE_CACHE = Path("/var/cache/provisioner/images")
+# slurmctld daemonizes as its unit runs it; `slurm apply` restarts it by the pid file in the
+# master's private /run (a name-based kill would hit every slurmctld on this machine).
 START_SLURMCTLD = "slurmctld </dev/null >/dev/null 2>&1"
 RESTART_SLURMCTLD = ("pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
                      + START_SLURMCTLD)
@@ -132,13 +134,16 @@ class Demo:
                        ready=lambda: (m.priv / "run/munge/munge.socket.2").exists(), timeout=20)
         self.start_nfs(inv)
         env = {"PROVISIONER_SITE": str(self.site.root), "PROVISIONER_STATE": str(self.state.root)}
-        self.sup.start("slurmctld", m.enter(["slurmctld", "-D"]),
-                       ready=lambda: "UP" in m.run(["scontrol", "ping"]).stdout, timeout=30)
+        started = m.run(["sh", "-c", START_SLURMCTLD])
+        if started.returncode != 0:
+            raise DemoFailure(f"slurmctld did not start:\n{self._tail(self.slurmctld_log)}")
+        self.sup.wait_for("slurmctld", lambda: "UP" in m.run(["scontrol", "ping"]).stdout, 30,
+                          lambda: self._tail(self.slurmctld_log))
         self.sup.start("serve", m.enter([PROVISIONER, "serve", "--interface", "br0", "--slurm-interval", "1"]),
                        env=env, ready=r"ready.*services=", timeout=30)
         self.sup.start("slurm-apply", m.enter([PROVISIONER, "slurm", "apply", "--watch", "1", "--conf-dir",
                                                "/etc/slurm", "--restart-command",
-                                               f"sh -c 'pkill -x slurmctld; sleep 1; slurmctld'"]), env=env)
+                                               f"sh -c '{RESTART_SLURMCTLD}'"]), env=env)
 
     def start_nfs(self, inv: Inventory) -> None:
         assert self.net is not None
@@ -192,7 +197,13 @@ class Demo:
         last = {n: (db.timeline(n) or [{"stage": "none"}])[-1]["stage"] for n in seen}
         consoles = "\n".join(f"{n} console:\n{self._tail(self.logs / f'{n}-console.log')}" for n in seen)
         raise DemoFailure(f"nodes not idle after {self.timeout:.0f} s; last stages {last}; sinfo {self.sinfo()}\n"
-                          f"{consoles}\nserve log:\n{self._tail(self.logs / 'serve.log')}")
+                          f"{consoles}\nserve log:\n{self._tail(self.logs / 'serve.log')}\n"
+                          f"slurmctld log:\n{self._tail(self.slurmctld_log)}")
+
+    @property
+    def slurmctld_log(self) -> Path:
+        assert self.master is not None
+        return self.master.priv / "var/log/slurm/slurmctld.log"
 
     def sinfo(self) -> dict[str, str]:
         assert self.master is not None
