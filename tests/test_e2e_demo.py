@@ -24,3 +24,14 @@ def test_demo_boots_two_nodes_that_join_slurm(cli, tmp_path):
     assert "cleanup    stopped every process" in out
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "pvdemo" not in left, left
+
+
+def test_a_failing_demo_names_the_stage_shows_logs_and_cleans_up(cli, tmp_path):
+    res = subprocess.run([cli.exe, "demo", "--work", str(tmp_path / "demo"), "--timeout", "3"],
+                         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert res.returncode == 1
+    assert "Error: stage join failed: nodes not idle after 3 s" in res.stderr, res.stderr[-3000:]
+    assert "node01 console:" in res.stderr and "serve log:" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "cleanup    stopped every process" in res.stdout
+    assert "pvdemo" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

@@ -53,18 +53,18 @@ class Supervisor:
 
     def wait(self, proc: Proc, ready: str | Callable[[], bool], timeout: float) -> None:
         check = ready if callable(ready) else (lambda: re.search(ready, proc.log.read_text(errors="replace")) is not None)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
+
+        def ready_or_dead() -> bool:
             if proc.popen.poll() is not None:
                 raise DemoFailure(f"{proc.name} exited with status {proc.popen.returncode}:\n{proc.tail()}")
-            time.sleep(0.1)
-        raise DemoFailure(f"{proc.name} was not ready after {timeout:.0f} s:\n{proc.tail()}")
+            return check()
+
+        self.wait_for(proc.name, ready_or_dead, timeout, proc.tail)
 
     @staticmethod
     def wait_for(what: str, ready: Callable[[], bool], timeout: float, log: Callable[[], str]) -> None:
-        """Wait for a daemon this supervisor did not start (one that daemonizes itself)."""
+        """Wait until `ready()` holds; on timeout fail with what `log()` shows. Also for daemons
+        this supervisor did not start (they daemonize themselves)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if ready():

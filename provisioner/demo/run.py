@@ -74,8 +74,6 @@ class Demo:
         started = time.monotonic()
         try:
             result = fn()
-        except DemoFailure:
-            raise
         except Exception as e:  # every stage failure is reported with its stage name
             raise DemoFailure(f"stage {name} failed: {e}") from e
         self.say(name, f"done in {time.monotonic() - started:.1f} s")
