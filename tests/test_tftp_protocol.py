@@ -184,6 +184,7 @@ def test_stats_reach_the_node_state_store(env):
     in_ns(client, fetch, SRV, "a.bin", blksize=1468)
     in_ns(client, first_reply, rrq("missing.bin"))
     assert in_ns(client, tsize_probe, "one.bin") == {"tsize": "100"}
+    time.sleep(0.3)  # the probe's closing ERROR is in flight; a stop before it lands says "shutdown"
     st.stop()
     rows = sqlite3.connect(dbpath).execute(
         "SELECT protocol, client, path, bytes, outcome FROM transfers ORDER BY id").fetchall()

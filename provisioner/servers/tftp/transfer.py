@@ -79,7 +79,9 @@ class Transfer:
         self.blocks = payload.blocks
         self.window = window
         self.timeout = timeout
-        self.rto = min(timeout, _FIRST_RTO)
+        # The OACK waits the whole timeout: some clients (atftp) abort on a second OACK, so it
+        # is resent only when the ACK 0 really is lost, not when the client is slow to answer.
+        self.rto = timeout if oack is not None else min(timeout, _FIRST_RTO)
         self.srtt = 0.0
         self.max_retries = max_retries
         self.oack = oack
