@@ -71,6 +71,9 @@ def test_kernel_and_initramfs_range_head_etag(lab, served):
     assert curl(n1, "-o", "/dev/null", "-w", "%{http_code}", "-H", 'If-None-Match: "other"', url).stdout == "200"
     kernel = curl(n1, f"{srv.url}/images/{IMAGE}/vmlinuz", "-o", "/dev/null", "-w", "%{size_download}").stdout
     assert int(kernel) == len(files[f"/images/{IMAGE}/vmlinuz"])
+    # what boot configs name: the version they pin
+    pinned = n1.run(["sh", "-c", f"curl -sS --noproxy '*' --fail {srv.url}/images/{IMAGE}/versions/v1/initramfs.img | sha256sum"])
+    assert pinned.stdout.split()[0] == sha256(body)
 
 
 def test_unknown_nodes_get_404_and_a_log_line(lab, served):
@@ -85,6 +88,9 @@ def test_unknown_nodes_get_404_and_a_log_line(lab, served):
     assert code("/images/nope/vmlinuz") == "404"
     assert code(f"/images/{IMAGE}/rootfs") == "404"
     assert code("/images/..%2F..%2Fetc/vmlinuz") == "404"
+    assert code(f"/images/{IMAGE}/versions/v2/vmlinuz") == "404"
+    assert code(f"/images/{IMAGE}/versions/x/vmlinuz") == "404"
+    assert code(f"/images/{IMAGE}/versions/v1/..%2F..%2F..%2F..%2Fsecrets%2Fvmlinuz") == "404"
     assert code("/overlays/node09.cpio.gz") == "404"
 
 

@@ -13,6 +13,7 @@ from busyroot import host_kernel, make_root
 from provisioner.artifacts import images, layout
 from provisioner.errors import UserError
 from provisioner.paths import State
+from provisioner.servers.boottree import BootTree, PathRefused
 
 INIT = "#!/bin/sh\nexec sh\n"
 
@@ -159,3 +160,29 @@ def test_cli_image_commands(cli, src):
     assert subprocess.run(["zstd", "-t", str(cli.state / "images" / "tiny" / "current" / "initramfs.img")]).returncode == 0
     cli("image", "rm", "tiny")
     assert cli("image", "list", "--json").stdout.strip() == "[]"
+
+
+def test_boot_tree_serves_each_version_and_current(state, src, tmp_path):
+    images.import_image(state, "tiny", src)
+    root = tmp_path / "v2root"
+    shutil.copytree(src, root, symlinks=True)
+    (root / "boot" / f"vmlinuz-{host_kernel()}").write_bytes(b"kernel v2")
+    images.import_image(state, "tiny", root)
+    tree = BootTree(state, None)
+    v1 = tree("10.0.0.1", "images/tiny/versions/v1/vmlinuz")
+    assert v1.read_bytes() == (src / "boot" / f"vmlinuz-{host_kernel()}").read_bytes()
+    assert tree("10.0.0.1", "/images/tiny/versions/v2/vmlinuz").read_bytes() == b"kernel v2"
+    assert tree("10.0.0.1", "images/tiny/vmlinuz").read_bytes() == b"kernel v2"  # unpinned: current
+    assert tree("10.0.0.1", "images/tiny/versions/v1/initramfs.img").stat().st_size > 1_000_000
+    assert tree("10.0.0.1", "images/tiny/versions/v9/vmlinuz") is None
+    assert tree("10.0.0.1", "images/tiny/versions/v1/rootfs") is None
+    for bad in ("images/tiny/versions/../../tiny/vmlinuz", "images/tiny/versions/x/vmlinuz",
+                "images/tiny/versions/current/vmlinuz", "images/tiny/versions/.v3.partial/vmlinuz",
+                "images/.tiny/vmlinuz", "images/tiny/versions/v1/../../../../secrets/initramfs.img"):
+        with pytest.raises(PathRefused):
+            tree("10.0.0.1", bad)
+    # a version that leads outside its image is refused, not served
+    os.symlink(tmp_path, layout.image_versions(state, "tiny") / "v7")
+    (tmp_path / "vmlinuz").write_bytes(b"outside")
+    with pytest.raises(PathRefused):
+        tree("10.0.0.1", "images/tiny/versions/v7/vmlinuz")

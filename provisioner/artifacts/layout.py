@@ -50,28 +50,34 @@ def overlay_manifest(state: State) -> Path:
     return state.overlays / "manifest.json"
 
 
-def image_dir(state: State, image: str) -> Path:
-    """The image's current version (a symlink switched atomically on rebuild)."""
-    return state.images / image / "current"
+def image_top(state: State, image: str) -> Path:
+    """The image's own directory: what NFS exports (it holds every version)."""
+    return state.images / image
 
 
-def image_rootfs(state: State, image: str) -> Path:
-    return image_dir(state, image) / "rootfs"
+def image_dir(state: State, image: str, version: str | None = None) -> Path:
+    """One version of the image, or (no version) the current one: a symlink switched
+    atomically on rebuild."""
+    return image_versions(state, image) / version if version else image_top(state, image) / "current"
 
 
-def image_kernel(state: State, image: str) -> Path:
-    return image_dir(state, image) / "vmlinuz"
+def image_rootfs(state: State, image: str, version: str | None = None) -> Path:
+    return image_dir(state, image, version) / "rootfs"
 
 
-def image_initramfs(state: State, image: str) -> Path:
-    return image_dir(state, image) / "initramfs.img"
+def image_kernel(state: State, image: str, version: str | None = None) -> Path:
+    return image_dir(state, image, version) / "vmlinuz"
+
+
+def image_initramfs(state: State, image: str, version: str | None = None) -> Path:
+    return image_dir(state, image, version) / "initramfs.img"
 
 
 IMAGE_META = "meta.json"  # in each version: source, kernel, packages, created
 
 
 def image_versions(state: State, image: str) -> Path:
-    return state.images / image / "versions"
+    return image_top(state, image) / "versions"
 
 
 def secrets_dir(state: State) -> Path:

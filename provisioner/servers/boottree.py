@@ -2,9 +2,11 @@
 a real file in the state directory. TFTP and HTTP share this so both serve the same bytes.
 
 Per-node virtual paths (the node comes from the client address, or from the MAC in a
-PXELINUX config name) map to the node's rendered configs and its image's kernel/initramfs
-through artifacts.layout; every other path is looked up in a static tree (state/boot) with
-the path-safety rules below. Nothing is copied and nothing is rendered here.
+PXELINUX config name) map to the node's rendered configs, and image paths to an image's
+kernel/initramfs, through artifacts.layout: images/IMAGE/versions/VERSION/FILE is that version's
+(what boot configs name: they pin a version), images/IMAGE/FILE the current version's. Every
+other path is looked up in a static tree (state/boot) with the path-safety rules below.
+Nothing is copied and nothing is rendered here.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..artifacts import layout
+from ..artifacts.images import NAME_RE, VERSION_RE
 from ..inventory import Inventory, Node
 from ..paths import State
 
 MAX_PATH = 255
 _PXELINUX_MAC = re.compile(r"pxelinux\.cfg/01-((?:[0-9a-f]{2}-){5}[0-9a-f]{2})")
-_IMAGE_FILE = re.compile(r"images/([A-Za-z0-9][A-Za-z0-9._-]*)/(vmlinuz|initramfs\.img)")
+_IMAGE_FILE = re.compile(r"images/([^/]+)/(?:versions/([^/]+)/)?(vmlinuz|initramfs\.img)")
 
 Resolver = Callable[[str, str], "Path | bytes | None"]
 
@@ -117,9 +120,7 @@ class BootTree:
             return layout.pxelinux_config(self.state, node.name) if node else None
         m = _IMAGE_FILE.fullmatch(rel)
         if m:
-            image, kind = m.groups()
-            fn = layout.image_kernel if kind == "vmlinuz" else layout.image_initramfs
-            return fn(self.state, image)
+            return self._image_file(*m.groups())
         node = self._by_ip(client_ip)
         if node is not None:
             if rel == "boot.ipxe":
@@ -127,3 +128,17 @@ class BootTree:
             if rel == "grub.cfg" or rel == "grub/grub.cfg":
                 return layout.grub_config(self.state, node.name)
         return None
+
+    def _image_file(self, image: str, version: str | None, kind: str) -> Path:
+        """An image version's kernel or initramfs (no version: the current one's); PathRefused
+        for a bad image or version name, or a file that resolves outside the image."""
+        if not NAME_RE.match(image):
+            raise PathRefused(f"bad image name {image!r}")
+        if version is not None and not VERSION_RE.match(version):
+            raise PathRefused(f"bad image version {version!r}")
+        fn = layout.image_kernel if kind == "vmlinuz" else layout.image_initramfs
+        path = fn(self.state, image, version)
+        real, top = os.path.realpath(path), os.path.realpath(layout.image_top(self.state, image))
+        if not real.startswith(top + os.sep):
+            raise PathRefused("image file leads outside its image")
+        return Path(real)

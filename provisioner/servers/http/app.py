@@ -81,7 +81,7 @@ class BootApp:
             web.get("/boot/ipxe", self.ipxe_by_address),
             web.get("/boot/{mac}.ipxe", self.ipxe_by_mac),
             web.get("/boot/{path:.+}", self.boot_file),
-            web.get("/images/{image}/{file}", self.image_file),
+            web.get("/images/{path:.+}", self.image_file),
             web.get("/overlays/{node}.cpio.gz", self.overlay),
             web.post("/api/v1/stage", self.node_stage),
             web.post("/api/v1/facts", self.node_facts),
@@ -203,7 +203,8 @@ class BootApp:
         return await self._send(request, path, node, stage_of(rel) if node else None)
 
     async def image_file(self, request: web.Request) -> web.StreamResponse:
-        return await self._boot_tree_file(request, f"images/{request.match_info['image']}/{request.match_info['file']}")
+        # images/IMAGE/FILE (the current version) or images/IMAGE/versions/VERSION/FILE
+        return await self._boot_tree_file(request, f"images/{request.match_info['path']}")
 
     async def overlay(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["node"]
