@@ -20,7 +20,7 @@ from pathlib import Path
 from ganesha import Ganesha
 
 from provisioner.artifacts import cpio
-from provisioner.render.nfs import Export, image_pseudo
+from provisioner.render.nfs import Export, image_pseudo, image_root
 
 HTTP_PORT = 8000
 
@@ -83,10 +83,11 @@ class BootLab:
 
     def start(self, images: dict[str, Path], hosts: dict[str, str], serve: tuple[str, Path, Path] | None = None,
               exports: list[Export] | None = None) -> "BootLab":
-        """Serve `images` (name -> rootfs dir), or `exports`, over NFS and DHCP leases `hosts` (mac -> ip); HTTP
-        from `provisioner serve` when `serve` = (executable, site, state) is given, else the stub."""
+        """Serve `images` (name -> image dir, the one holding versions/), or `exports`, over NFS and DHCP
+        leases `hosts` (mac -> ip); HTTP from `provisioner serve` when `serve` = (executable, site, state)
+        is given, else the stub."""
         srv = self.lab.server_ip
-        exports = exports or [Export(Path(os.path.realpath(p)), image_pseudo(n), False, False)
+        exports = exports or [Export(Path(os.path.realpath(p)), image_pseudo(n), False, False, image=True)
                               for n, p in images.items()]
         self.ganesha = Ganesha(self.lab.server, self.work / "ganesha", exports, self.lab.net, srv).start()
         leases = [f"--dhcp-host={mac},{ip}" for mac, ip in hosts.items()]
@@ -126,9 +127,10 @@ class BootLab:
     def put_overlay(self, node: str, files: dict[str, bytes]) -> None:
         (self.web / "overlays" / f"{node}.cpio.gz").write_bytes(overlay_archive(files))
 
-    def cmdline(self, node: str, image: str, **extra: str) -> str:
+    def cmdline(self, node: str, image: str, version: str | None = None, **extra: str) -> str:
+        """Without a version, the root is the image's current one (through its `current` link)."""
         base = f"http://{self.lab.server_ip}:{HTTP_PORT}"
-        args = {"node": node, "root": f"nfs:{self.lab.server_ip}:{image_pseudo(image)}", "nfsvers": "4.2",
+        args = {"node": node, "root": f"nfs:{self.lab.server_ip}:{image_root(image, version)}", "nfsvers": "4.2",
                 "overlay": f"{base}/overlays/{node}.cpio.gz", "report": f"{base}/api/v1", "retry": "0", **extra}
         return "console=ttyS0 panic=-1 " + " ".join(f"provisioner.{k}={v}" for k, v in args.items())
 

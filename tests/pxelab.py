@@ -7,7 +7,6 @@ PVTEST lines and powers off.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
@@ -17,8 +16,7 @@ from busyroot import make_root
 from ganesha import Ganesha
 from servelab import Serve
 
-from provisioner.artifacts import layout
-from provisioner.artifacts.images import import_image
+from provisioner.artifacts.images import import_image, nfs_roots
 from provisioner.inventory import load_inventory
 from provisioner.nodestate import NodeStateDB
 from provisioner.paths import State
@@ -65,8 +63,7 @@ class PxeLab:
         self.cli("boot", "install")
         self.cli("overlay", "build")
         inv = load_inventory(self.cli.site / "cluster.yaml")
-        images = {"tiny": Path(os.path.realpath(layout.image_rootfs(self.state, "tiny")))}
-        self.ganesha = Ganesha(self.lab.server, self.work / "ganesha", exports_for(inv.cluster, images),
+        self.ganesha = Ganesha(self.lab.server, self.work / "ganesha", exports_for(inv.cluster, nfs_roots(self.state)),
                                self.lab.net, self.lab.server_ip).start()
         self.serve = Serve(self.lab, self.cli, services="dhcp,tftp,http", port=HTTP_PORT, extra=("--interface", "br0"))
         return self

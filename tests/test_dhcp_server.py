@@ -229,7 +229,7 @@ def test_dhcpcd_gets_static_lease(lab, dhcp, tmp_path):
     out = log.read_text()
     assert f"new_ip_address='{NODE_IPS[2]}'" in out, out
     assert "new_host_name='node03'" in out and "new_dhcp_message_type='2'" in out, out
-    assert f"new_root_path='{SERVER_IP}:/images/debian12'" in out, out
+    assert f"new_root_path='{SERVER_IP}:/images/debian12/current/rootfs'" in out, out
 
 
 @pytest.mark.parametrize("arch,vendor,file,vclass", [

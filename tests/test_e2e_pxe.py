@@ -46,7 +46,7 @@ def test_legacy_pxelinux_loads_everything_over_tftp(pxe):
     tftp = [path for proto, path, outcome in got if proto == "tftp" and outcome == "ok"]
     assert "pxelinux.0" in tftp
     assert "pxelinux.cfg/01-52-54-00-7b-00-01" in tftp
-    assert "images/tiny/vmlinuz" in tftp and "images/tiny/initramfs.img" in tftp
+    assert "images/tiny/versions/v1/vmlinuz" in tftp and "images/tiny/versions/v1/initramfs.img" in tftp
     assert not [p for proto, p, _ in got if proto == "http" and p.startswith("/images/")], got
     assert {"dhcp", "bootloader", "kernel", "initramfs", "root", "switch_root"} <= set(pxe.stages("node01"))
 
@@ -60,7 +60,7 @@ def test_uefi_firmware_boots_through_snponly_efi(pxe):
     got = pxe.transfers("node01")
     assert ("tftp", "snponly.efi", "ok") in got, got
     http = [path for proto, path, outcome in got if proto == "http" and outcome == "ok"]
-    assert "/images/tiny/vmlinuz" in http and "/images/tiny/initramfs.img" in http, got
+    assert "/images/tiny/versions/v1/vmlinuz" in http and "/images/tiny/versions/v1/initramfs.img" in http, got
 
 
 def test_overlay_edit_reaches_the_node_at_next_boot(pxe, cli, tmp_path):

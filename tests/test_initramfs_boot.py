@@ -3,15 +3,12 @@ NFS root read-only below, tmpfs above, the node's overlay (built by `provisioner
 served by `provisioner serve`) fetched from a privileged port, stage reports,
 switch_root into the image's own init."""
 
-import os
-from pathlib import Path
-
 import pytest
 from bootlab import HTTP_PORT, BootLab
 from busyroot import REPORT_INIT, console_values, make_root
 
 from provisioner.artifacts import layout
-from provisioner.artifacts.images import import_image
+from provisioner.artifacts.images import import_image, nfs_roots
 from provisioner.inventory import load_inventory
 from provisioner.nodestate import NodeStateDB
 from provisioner.paths import State
@@ -54,7 +51,9 @@ def image(tmp_path):
 
 def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
     """Against the real `provisioner serve --services http` in secure mode, with the exports
-    `provisioner nfs exports` would render (image read-only, homes read-write, root squashed)."""
+    `provisioner nfs exports` would render (image read-only, homes read-write, root squashed).
+    The root is the unpinned one, /images/tiny/current/rootfs (as the DHCP root-path names
+    it): the NFS client follows the `current` link inside the image's export."""
     state = image
     home = tmp_path / "home"
     home.mkdir(mode=0o1777)
@@ -62,7 +61,7 @@ def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
     cli.site.mkdir(parents=True)
     (cli.site / "cluster.yaml").write_text(CLUSTER_YAML.format(home=home, port=HTTP_PORT, mac=MAC))
     cluster = load_inventory(cli.site / "cluster.yaml").cluster
-    exports = exports_for(cluster, {"tiny": Path(os.path.realpath(layout.image_rootfs(state, "tiny")))})
+    exports = exports_for(cluster, nfs_roots(state))
     # The overlay as the admin makes it: a site template, overridden by the node's own file.
     template = cli.site / "overlays" / "pvtest" / "etc" / "pvtest" / "override.j2"
     template.parent.mkdir(parents=True)
@@ -87,6 +86,8 @@ def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
     mounts = [ln for ln in console.splitlines() if ln.startswith("PVTEST mount ")]
     assert any(" / overlay " in m for m in mounts), mounts
     assert any(" nfs4 ro," in m and "/run/provisioner/lower" in m for m in mounts), mounts
+    # the client resolved `current` once, at mount time: the node stays on that version
+    assert any(m.startswith("PVTEST mount 10.99.0.1:/images/tiny/versions/v1/rootfs ") for m in mounts), mounts
     stages = [r["stage"] for r in timeline]
     for stage in ("network", "root", "overlay", "switch_root"):
         assert stage in stages, [dict(r) for r in timeline]
@@ -95,12 +96,12 @@ def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
 def test_failed_nfs_mount_names_server_and_export(lab, image, tmp_path):
     state = image
     with BootLab(lab, tmp_path / "lab") as bl:
-        bl.start({"tiny": layout.image_rootfs(state, "tiny")}, {MAC: "10.99.0.11"})
+        bl.start(nfs_roots(state), {MAC: "10.99.0.11"})
         console = bl.boot(layout.image_kernel(state, "tiny"), layout.image_initramfs(state, "tiny"),
-                          bl.cmdline("node01", "missing"), MAC, until="rebooting in")
+                          bl.cmdline("node01", "missing", "v1"), MAC, until="rebooting in")
         reports = bl.reports()
-    assert "provisioner: ERROR: cannot mount the NFS root 10.99.0.1:/images/missing (NFS 4.2)" in console, \
-        console[-3000:]
+    assert "provisioner: ERROR: cannot mount the NFS root 10.99.0.1:/images/missing/versions/v1/rootfs (NFS 4.2)" \
+        in console, console[-3000:]
     assert "PVTEST" not in console
     failed = [r["body"] for r in reports if r["method"] == "POST" and r["body"]["stage"] == "failed"]
-    assert failed and "10.99.0.1:/images/missing" in failed[0]["detail"]
+    assert failed and "10.99.0.1:/images/missing/versions/v1/rootfs" in failed[0]["detail"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.artifacts import cpio, layout
-from provisioner.artifacts.overlay_build import BuildFailed, build, read_archive
+from provisioner.artifacts.overlay_build import Build, BuildFailed, build, read_archive
 from provisioner.inventory import load_inventory
 from provisioner.paths import Site, State
 
@@ -68,7 +68,7 @@ def test_gnu_and_busybox_cpio_extract_the_same_tree(tmp_path):
     # boot configs land where the servers look
     assert "provisioner.node=node01" in layout.ipxe_script(state, "node01").read_text()
     assert "APPEND provisioner.node=node01" in layout.pxelinux_config(state, "node01").read_text()
-    assert "linux /images/debian12/vmlinuz" in layout.grub_config(state, "node01").read_text()
+    assert "linux /images/debian12/versions/v1/vmlinuz" in layout.grub_config(state, "node01").read_text()
 
 
 def test_builds_are_deterministic_and_incremental(tmp_path):
@@ -212,6 +212,28 @@ def test_boot_configs_follow_the_inventory_and_are_left_alone_when_unchanged(tmp
     (site.overlays / "base" / "etc" / "motd").write_text("new motd\n")
     assert len(build(state, site, changed).built) == len(changed.nodes)
     assert untouched.stat().st_ino == inode  # same bytes: not rewritten
+
+
+def test_an_image_switch_rebuilds_only_that_images_nodes_pinned_to_the_new_version(tmp_path):
+    site, state, inv = make_site(tmp_path, INVENTORY.replace("    kernel_args: [quiet]\n",
+                                                             "    kernel_args: [quiet]\n    image: rocky9\n"))
+    fake_image(state)  # debian12 v1: node01-03
+    fake_image(state, "rocky9")  # rocky9 v1: gpu01
+    assert len(build(state, site, inv).built) == len(inv.nodes)
+    node01 = layout.grub_config(state, "node01").read_text()
+    before = {n.name: Build(state, site, inv).digest(n) for n in inv.nodes}
+    fake_image(state, "rocky9", munge_ids=(900, 901), version="v2")  # a new version with new user tables
+    after = {n.name: Build(state, site, inv).digest(n) for n in inv.nodes}
+    assert [n for n in before if before[n] != after[n]] == ["gpu01"]
+    assert build(state, site, inv).built == ["gpu01"]
+    grub = layout.grub_config(state, "gpu01").read_text()
+    assert "linux /images/rocky9/versions/v2/vmlinuz " in grub and "initrd /images/rocky9/versions/v2/initramfs.img" in grub
+    assert "provisioner.root=nfs:10.77.0.1:/images/rocky9/versions/v2/rootfs " in grub
+    assert "set base http://10.77.0.1:80/images/rocky9/versions/v2\n" in layout.ipxe_script(state, "gpu01").read_text()
+    key = next(e for e in read_archive(layout.overlay_archive(state, "gpu01")) if e.path == "etc/munge/munge.key")
+    assert (key.uid, key.gid) == (900, 901)
+    assert layout.grub_config(state, "node01").read_text() == node01
+    assert "/images/debian12/versions/v1/rootfs " in node01
 
 
 def test_a_per_node_template_reading_all_nodes_ties_every_node_to_any_change(tmp_path):

@@ -86,10 +86,12 @@ def test_per_node_detection():
 def test_kernel_cmdline_follows_the_contract():
     inv = parse_text(INV, "cluster.yaml")
     c01, c02 = inv.node("c01"), inv.node("c02")
-    assert kernel_cmdline(inv.cluster, c02) == (
-        "provisioner.node=c02 provisioner.root=nfs:10.55.0.1:/images/rocky9 provisioner.nfsvers=4.2 "
+    assert kernel_cmdline(inv.cluster, c02, "v7") == (
+        "provisioner.node=c02 provisioner.root=nfs:10.55.0.1:/images/rocky9/versions/v7/rootfs provisioner.nfsvers=4.2 "
         "provisioner.overlay=http://10.55.0.1:8080/overlays/c02.cpio.gz "
         "provisioner.report=http://10.55.0.1:8080/api/v1 console=ttyS0 rd.debug=0")
+    # an image with no version yet: the current one's root, through its symlink
+    assert "provisioner.root=nfs:10.55.0.1:/images/rocky9/current/rootfs " in kernel_cmdline(inv.cluster, c02)
     assert "provisioner.debug=1 console=ttyS0" in kernel_cmdline(inv.cluster, c01)
     assert "provisioner.debug" not in kernel_cmdline(inv.cluster, c01, debug=False)
     assert "provisioner.debug=1" in kernel_cmdline(inv.cluster, c02, debug=True)

@@ -79,11 +79,16 @@ def make_site(tmp_path: Path, text: str = INVENTORY) -> tuple[Site, State, objec
     return site, state, inv
 
 
-def fake_image(state: State, image: str = "debian12", munge_ids: tuple[int, int] = (777, 778)) -> None:
-    etc = layout.image_rootfs(state, image) / "etc"
+def fake_image(state: State, image: str = "debian12", munge_ids: tuple[int, int] = (777, 778),
+               version: str = "v1") -> None:
+    """A version of `image` with just its user tables, made current as the image builder does."""
+    etc = layout.image_rootfs(state, image, version) / "etc"
     etc.mkdir(parents=True)
     (etc / "passwd").write_text(f"root:x:0:0:root:/root:/bin/sh\nmunge:x:{munge_ids[0]}:{munge_ids[1]}::/:/bin/false\n")
     (etc / "group").write_text(f"root:x:0:\nmunge:x:{munge_ids[1]}:\n")
+    link = layout.image_dir(state, image)
+    link.unlink(missing_ok=True)
+    link.symlink_to(f"versions/{version}")
 
 
 def by_path(entries):
@@ -116,6 +121,7 @@ def test_stock_overlays_match_golden_files(tmp_path, node):
 @pytest.mark.parametrize("node", ["node02", "gpu01"])
 def test_boot_configs_match_golden_files(tmp_path, node):
     site, state, inv = make_site(tmp_path)
+    fake_image(state, version="v3")  # kernel, initramfs and root all name the current version
     boot = Build(state, site, inv).render(inv.node(node))[1]
     for kind, text in boot.items():
         check_golden(f"boot/{node}.{kind}", text.encode())

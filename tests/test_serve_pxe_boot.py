@@ -4,10 +4,8 @@ mounts the image over NFS (nfs-ganesha), takes its overlay from a privileged por
 switches root; `provisioner status --timeline` then shows the whole boot, stage by stage."""
 
 import json
-import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from busyroot import REPORT_INIT, console_values, make_root
@@ -15,7 +13,7 @@ from ganesha import Ganesha
 from servelab import Serve
 
 from provisioner.artifacts import layout
-from provisioner.artifacts.images import import_image
+from provisioner.artifacts.images import import_image, nfs_roots
 from provisioner.inventory import load_inventory
 from provisioner.paths import State
 from provisioner.render.nfs import exports_for
@@ -49,7 +47,7 @@ def test_pxe_boot_through_serve_shows_every_stage(lab, tmp_path, cli):
     cli("overlay", "build")
     assert layout.ipxe_script(state, "node01").is_file()
     cluster = load_inventory(cli.site / "cluster.yaml").cluster
-    exports = exports_for(cluster, {"tiny": Path(os.path.realpath(layout.image_rootfs(state, "tiny")))})
+    exports = exports_for(cluster, nfs_roots(state))
     console = tmp_path / "console.log"
     with Ganesha(lab.server, tmp_path / "ganesha", exports, lab.net, lab.server_ip), \
             Serve(lab, cli, services="dhcp,tftp,http", port=8080, extra=("--interface", "br0")) as srv:

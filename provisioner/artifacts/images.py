@@ -66,15 +66,20 @@ def _version_number(v: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def _current_version(state: State, name: str) -> str | None:
+def current_version(state: State, name: str) -> str | None:
+    """The version `current` points at, or None (no version yet)."""
     link = layout.image_dir(state, name)
-    return Path(os.readlink(link)).name if link.is_symlink() else None
+    try:
+        version = Path(os.readlink(link)).name
+    except OSError:
+        return None
+    return version if VERSION_RE.match(version) else None
 
 
 def versions(state: State, name: str) -> list[ImageVersion]:
     """The image's complete versions, oldest first."""
     vdir = layout.image_versions(state, name)
-    cur = _current_version(state, name)
+    cur = current_version(state, name)
     found = sorted((p for p in vdir.glob("v*") if VERSION_RE.match(p.name)), key=lambda p: _version_number(p.name)) \
         if vdir.is_dir() else []
     out = []
@@ -91,6 +96,12 @@ def list_images(state: State) -> list[ImageVersion]:
         return []
     return [v for d in sorted(state.images.iterdir()) if d.is_dir() and NAME_RE.match(d.name)
             for v in versions(state, d.name) if v.current]
+
+
+def nfs_roots(state: State) -> dict[str, Path]:
+    """What NFS exports for each image that has a version: its own directory, resolved (it
+    never switches; nfs-ganesha refuses a path through a symlink)."""
+    return {v.image: Path(os.path.realpath(layout.image_top(state, v.image))) for v in list_images(state)}
 
 
 def host_mirror() -> str:

@@ -5,13 +5,19 @@ state/
   boot/                      bootloaders (iPXE, PXELINUX, GRUB): the static TFTP tree
   nodes/<node>/              per-node boot configs: boot.ipxe, pxelinux.cfg, grub.cfg
   overlays/<node>.cpio.gz    the node's current overlay archive (atomically replaced)
+  images/<image>/            NFS-exported whole (read-only) at /images/<image>: it never switches
   images/<image>/current     -> versions/<version>/ (atomically switched symlink)
-  images/<image>/versions/<version>/rootfs/          the root filesystem (NFS-exported)
+  images/<image>/versions/<version>/rootfs/          the root filesystem
   images/<image>/versions/<version>/vmlinuz          kernel taken from the image
   images/<image>/versions/<version>/initramfs.img    native initramfs for that kernel
   images/<image>/versions/<version>/meta.json        how it was made, which kernel
   secrets/                   0700: munge.key, ssh host keys per node
   nodes.sqlite               node-state database
+
+A node's boot config pins one version: its kernel and initramfs are served as
+images/<image>/versions/<version>/{vmlinuz,initramfs.img} (images/<image>/{vmlinuz,initramfs.img}
+still mean `current`) and it mounts /images/<image>/versions/<version>/rootfs over NFS. So a
+rebuild needs the boot configs re-rendered (the image commands do it), never the NFS exports.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Build each node's overlay archive (gzip newc cpio) and boot configs into the state directory.
 
 Content-addressed: a node is rebuilt only when the digest of its inputs (overlay sources,
-cluster and node data, reported facts, its secrets' stamps, the image's user tables) differs
-from the manifest. Atomic across the whole build: workers write each file beside its final
-path, and only when every node rendered without error are the files synced and renamed into
-place, so a broken template, an exception or `kill -9` leaves every previous archive as it was.
+cluster and node data, reported facts, its secrets' stamps, its image's current version and
+user tables) differs from the manifest, so an image switch rebuilds that image's nodes alone.
+Atomic across the whole build: workers write each file beside its final path, and only when
+every node rendered without error are the files synced and renamed into place, so a broken
+template, an exception or `kill -9` leaves every previous archive as it was.
 Parallel: workers are forked after the shared inputs are loaded and compiled once. Members
 that every node shares (the cluster-wide /etc/hosts) are compressed once per worker and
 reused, since a gzip file may be a series of members.
@@ -35,7 +36,7 @@ from ..paths import Site, State
 from ..render.context import RenderError, SecretHandles, shared_context
 from ..render.overlays import FileEntry, IdMap, NodeRenderer, OverlayLibrary
 from ..render.pxe import BootConfigs, BootTemplates
-from . import cpio, layout, secrets
+from . import cpio, images, layout, secrets
 
 FORMAT = "1"  # bump when the archive layout changes, so every node rebuilds
 GZIP_LEVEL = 6
@@ -68,12 +69,15 @@ def _node_key(node: Node) -> str:
 class Build:
     """One build's inputs, loaded and compiled once; renders any node of the inventory.
     `facts` are what nodes reported (by node name); the caller reads them from the node-state
-    database, so artifacts never reach into it."""
+    database, so artifacts never reach into it. Each image's current version is read once
+    here: boot configs pin it, and the image's user tables come from it."""
 
     def __init__(self, state: State, site: Site | None, inventory: Inventory,
                  facts: dict[str, dict[str, Any]] | None = None):
         self.state, self.site, self.inventory = state, site, inventory
         self.facts = facts or {}
+        used = {n.image for n in inventory.nodes}
+        self.versions = {i: images.current_version(state, i) for i in sorted(i for i in used if i)}
         self.library = OverlayLibrary(site)
         self.boot = BootTemplates(site)
         reader = secrets.reader(state)
@@ -81,12 +85,15 @@ class Build:
                                      reader, self.idmap)
         self._idmaps: dict[str | None, IdMap] = {}
         self._node_keys = {n.name: _node_key(n) for n in inventory.nodes}
+        self._image_keys = {i: f"image\0{i or ''}\0{self.versions.get(i) or ''}\0{self.idmap(i).digest}".encode()
+                            for i in used}
         self._all: bytes | None = None
         self._global = self._global_digest()
 
     def idmap(self, image: str | None) -> IdMap:
         if image not in self._idmaps:
-            self._idmaps[image] = IdMap.load(layout.image_rootfs(self.state, image) if image else None)
+            self._idmaps[image] = IdMap.load(layout.image_rootfs(self.state, image, self.versions.get(image))
+                                             if image else None)
         return self._idmaps[image]
 
     def _global_digest(self) -> bytes:
@@ -106,8 +113,6 @@ class Build:
                 if sf.kind in ("template", "secret") and not sf.per_node:
                     h.update(hashlib.sha256(self.renderer.shared_body(sf)).digest())
         h.update(repr(secrets.shared_stamp(self.state)).encode())
-        for image in sorted({n.image or "" for n in self.inventory.nodes}):
-            h.update(f"ids\0{image}\0{self.idmap(image or None).digest}".encode())
         return h.digest()
 
     def _all_nodes(self) -> bytes:
@@ -121,6 +126,7 @@ class Build:
     def digest(self, node: Node) -> str:
         h = hashlib.sha256(self._global)
         h.update(self._node_keys[node.name].encode())
+        h.update(self._image_keys[node.image])  # the version its boot configs pin, its user tables
         h.update(json.dumps(self.facts.get(node.name) or {}, sort_keys=True).encode())
         own = self.library.override_tree(node.name)
         if own is not None:
@@ -132,7 +138,8 @@ class Build:
 
     def render(self, node: Node) -> tuple[list[FileEntry], BootConfigs | None]:
         facts = self.facts.get(node.name)
-        return self.renderer.render(node, facts), self.boot.render(self.renderer.shared, node, facts)
+        return (self.renderer.render(node, facts),
+                self.boot.render(self.renderer.shared, node, facts, self.versions.get(node.image)))
 
 
 # -- archives ----------------------------------------------------------------------------------------

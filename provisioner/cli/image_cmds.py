@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import click
 
-from ..artifacts import images, layout
+from ..artifacts import images
 from ..artifacts.initramfs import COMPRESSIONS, build_initramfs
 from ..atomic import atomic_write
 from ..errors import UserError
@@ -184,13 +183,13 @@ def nfs() -> None:
               show_default=True, help="nfs-ganesha's state directory.")
 @pass_ctx
 def exports(ctx: Context, fmt: str, output: Path | None, recovery_root: Path) -> None:
-    """Render the NFS exports: every image's current version and cluster.nfs.exports.
+    """Render the NFS exports: every image (read-only) and cluster.nfs.exports.
 
-    Re-run it and reload the NFS server after an image switches version."""
+    An image is exported whole, every version in it, and a node mounts the version its boot
+    config names; so re-run this and reload the NFS server when an image is added or removed,
+    not after a rebuild or rollback."""
     cluster = ctx.inventory().cluster
-    roots = {v.image: Path(os.path.realpath(layout.image_rootfs(ctx.state, v.image)))
-             for v in images.list_images(ctx.state)}
-    items = exports_for(cluster, roots)
+    items = exports_for(cluster, images.nfs_roots(ctx.state))
     if fmt == "exports":
         text = render_exports(items, cluster.network.subnet)
     else:

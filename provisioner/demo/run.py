@@ -20,8 +20,8 @@ from typing import Callable
 
 import click
 
-from ..artifacts import bootloaders, layout, overlay_build, secrets
-from ..artifacts.images import build_image, versions
+from ..artifacts import bootloaders, overlay_build, secrets
+from ..artifacts.images import build_image, nfs_roots, versions
 from ..artifacts.initramfs import build_initramfs
 from ..artifacts.slurm_config import apply
 from ..inventory import Inventory, load_inventory
@@ -147,9 +147,8 @@ class Demo:
         assert self.net is not None
         gw = self.work / "ganesha"
         (gw / "recovery").mkdir(parents=True, exist_ok=True)
-        images = {demo_site.IMAGE: Path(os.path.realpath(layout.image_rootfs(self.state, demo_site.IMAGE)))}
         conf = gw / "ganesha.conf"
-        conf.write_text(render_ganesha(exports_for(inv.cluster, images), inv.cluster.network.subnet,
+        conf.write_text(render_ganesha(exports_for(inv.cluster, nfs_roots(self.state)), inv.cluster.network.subnet,
                                        inv.cluster.network.master, recovery_root=gw / "recovery"))
         log = gw / "ganesha.log"
         script = ("mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/ganesha && "

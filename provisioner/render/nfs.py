@@ -1,9 +1,14 @@
 """NFS exports for the kernel server (/etc/exports) and for nfs-ganesha: every image read-only
 with no_root_squash under the pseudo path /images/{image}, the cluster's homes read-write.
 
-Pure: the caller passes each image's version directory already resolved (nfs-ganesha refuses
-a path through a symlink and kernel nfsd resolves it once at export time), so after an image
-switches version, re-render and reload the NFS server; running nodes keep the old version.
+An image is exported whole: its own directory (every version below versions/), which never
+switches. A node mounts the subdirectory of the version its boot config pins,
+/images/{image}/versions/{version}/rootfs, so a rebuild or rollback needs no new exports and
+no NFS reload (only adding or removing an image does), and a node always gets the root of the
+version whose kernel and initramfs it booted; running nodes keep theirs until it is pruned.
+
+Pure: the caller passes each image's directory already resolved (nfs-ganesha refuses a path
+through a symlink).
 """
 
 from __future__ import annotations
@@ -22,15 +27,24 @@ class Export:
     pseudo: str     # what clients mount (NFSv4 pseudo path)
     writable: bool
     root_squash: bool
+    image: bool = False  # an image's directory: nodes mount versions/VERSION/rootfs below it
 
 
 def image_pseudo(image: str) -> str:
+    """Where an image's export appears to clients."""
     return f"/images/{image}"
 
 
+def image_root(image: str, version: str | None) -> str:
+    """The root a node mounts: one version's rootfs inside the image's export, or (no version
+    yet) the current one's, through the `current` symlink the client follows."""
+    return f"{image_pseudo(image)}/{f'versions/{version}' if version else 'current'}/rootfs"
+
+
 def exports_for(cluster: Cluster, images: dict[str, Path]) -> list[Export]:
-    """The images (name -> resolved rootfs directory) and the cluster's configured exports."""
-    out = [Export(Path(p), image_pseudo(name), False, False) for name, p in sorted(images.items())]
+    """The images (name -> resolved image directory, the one holding versions/) and the
+    cluster's configured exports."""
+    out = [Export(Path(p), image_pseudo(name), False, False, image=True) for name, p in sorted(images.items())]
     for e in cluster.nfs.exports:
         out.append(Export(Path(e.path), e.path, e.access == "rw", "no_root_squash" not in e.options))
     return out
@@ -51,14 +65,15 @@ def _export_ids(exports: list[Export]) -> dict[str, int]:
 
 
 def render_exports(exports: list[Export], subnet: IPv4Network) -> str:
-    """/etc/exports for kernel nfsd. Kernel nfsd serves real paths: there a node mounts the
-    path shown in each line's comment instead of the pseudo path."""
+    """/etc/exports for kernel nfsd. Kernel nfsd serves real paths, not the pseudo path in each
+    line's comment: with it, a node's root is an image line's directory plus
+    versions/VERSION/rootfs (where the boot configs name /images/IMAGE/versions/VERSION/rootfs)."""
     ids = _export_ids(exports)
     lines = ["# Written by `provisioner nfs exports`; edits are lost on the next render."]
     for e in exports:
         opts = ["rw" if e.writable else "ro", "root_squash" if e.root_squash else "no_root_squash",
                 "no_subtree_check", "sync" if e.writable else "async", f"fsid={ids[e.pseudo]}"]
-        lines.append(f"# {e.pseudo}")
+        lines.append(f"# {e.pseudo}" + (" (nodes mount versions/VERSION/rootfs below it)" if e.image else ""))
         lines.append(f"{e.path} {subnet}({','.join(opts)})")
     return "\n".join(lines) + "\n"
 

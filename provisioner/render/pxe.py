@@ -1,6 +1,12 @@
 """Boot configurations per node (iPXE script, PXELINUX config, GRUB config) and the kernel
 command line the initramfs hook reads. Templates live in pxe/; a file of the same name in
-site/pxe/ replaces the stock one."""
+site/pxe/ replaces the stock one.
+
+A boot config pins one image version: kernel and initramfs from `image_base`
+(images/IMAGE/versions/VERSION, a path on the boot servers) and the NFS root
+/images/IMAGE/versions/VERSION/rootfs, so a node never boots one version's kernel on another's
+root. The current version of each image is an input (the builder reads it); an image with no
+version yet gets the unpinned `current` paths."""
 
 from __future__ import annotations
 
@@ -14,20 +20,28 @@ import jinja2
 from ..inventory.model import Cluster, Node
 from ..paths import Site
 from .context import STOCK_PXE, SharedContext, compile_template, environment, node_context, reads, render
+from .nfs import image_pseudo, image_root
 
 TEMPLATES = {"ipxe": "boot.ipxe.j2", "pxelinux": "pxelinux.cfg.j2", "grub": "grub.cfg.j2"}
 
 
-def kernel_cmdline(cluster: Cluster, node: Node, debug: bool | None = None) -> str:
+def image_base(image: str, version: str | None) -> str:
+    """Where the boot servers (TFTP, HTTP) serve a version's vmlinuz and initramfs.img;
+    without a version, the current one's."""
+    return image_pseudo(image).lstrip("/") + (f"/versions/{version}" if version else "")
+
+
+def kernel_cmdline(cluster: Cluster, node: Node, version: str | None = None, debug: bool | None = None) -> str:
     """The contract between boot configs and the initramfs hook, plus the node's kernel_args.
-    `debug` defaults to the node's `vars.debug`."""
+    `version` is the image version the root pins (None: the current one); `debug` defaults to
+    the node's `vars.debug`."""
     if node.image is None:
         raise ValueError(f"node {node.name} has no image")
     master, port = cluster.network.master, cluster.ports.http
     base = f"http://{master}:{port}"
     args = [
         f"provisioner.node={node.name}",
-        f"provisioner.root=nfs:{cluster.nfs.server}:/images/{node.image}",
+        f"provisioner.root=nfs:{cluster.nfs.server}:{image_root(node.image, version)}",
         f"provisioner.nfsvers={cluster.nfs.version}",
         f"provisioner.overlay={base}/overlays/{node.name}.cpio.gz",
         f"provisioner.report={base}/api/v1",
@@ -63,10 +77,15 @@ class BootTemplates:
             self.reads_nodes = self.reads_nodes or "nodes" in reads(env, source, str(path))
         self.digest = digest.hexdigest()
 
-    def render(self, shared: SharedContext, node: Node, facts: Mapping[str, Any] | None = None) -> BootConfigs | None:
-        """None for a node without an image: it has nothing to boot."""
+    def render(self, shared: SharedContext, node: Node, facts: Mapping[str, Any] | None = None,
+               version: str | None = None) -> BootConfigs | None:
+        """None for a node without an image: it has nothing to boot. `version`: the image's
+        current version, which the configs pin (None: unpinned, the image has none yet).
+        Templates see `cmdline`, `image_version` and `image_base` besides the node context."""
         if node.image is None:
             return None
         ctx = node_context(shared, node, facts)
-        ctx["cmdline"] = kernel_cmdline(shared.cluster, node)
+        ctx["cmdline"] = kernel_cmdline(shared.cluster, node, version)
+        ctx["image_version"] = version
+        ctx["image_base"] = image_base(node.image, version)
         return BootConfigs(**{k: render(t, ctx, node.name) for k, t in self.templates.items()})

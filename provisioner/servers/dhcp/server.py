@@ -20,6 +20,7 @@ from typing import Callable
 from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
 from ...nodestate import NodeStateDB
 from ...paths import State
+from ...render.nfs import image_root
 from . import netif, pxe, reply, wire
 from .adopt import AdoptError, adopt
 from .leases import DynamicPool
@@ -211,8 +212,8 @@ class DhcpServer:
         ntp = [t for t in c.time_servers if _is_ipv4(t)]
         if ntp:
             opts.append((42, b"".join(IPv4Address(t).packed for t in ntp)))
-        if image:
-            opts.append((17, f"{c.nfs.server}:/images/{image}".encode()))
+        if image:  # a fallback: boot configs name the root of the version they pin
+            opts.append((17, f"{c.nfs.server}:{image_root(image, None)}".encode()))
         if kind == "lease":
             lt = self.lease_time
             opts += [(51, lt.to_bytes(4, "big")), (58, (lt // 2).to_bytes(4, "big")),
