@@ -1,8 +1,10 @@
 """Versioned images: import, atomic switch, rollback, removal, kernel choice, exec/shell
-inside the image, and a kernel stream that survives a rebuild."""
+inside the image, a kernel stream that survives a rebuild; versioned boot paths, and boot
+configs that follow every switch to the version they pin."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -143,6 +145,7 @@ def test_exec_runs_inside_with_api_mounts_and_cleans_up(state, src):
 def test_cli_image_commands(cli, src):
     out = cli("image", "import", "tiny", src).stdout
     assert "tiny v1: kernel" in out
+    assert f"no inventory at {cli.site / 'cluster.yaml'} yet: no boot configs to update" in out
     cli("image", "exec", "tiny", "--", "sh", "-c", "echo hi > /etc/hi")
     res = cli("image", "shell", "tiny", input="echo from-shell > /etc/shell-file\nexit 0\n")
     assert res.returncode == 0
@@ -151,8 +154,8 @@ def test_cli_image_commands(cli, src):
     assert (cli.state / "images" / "tiny" / "current" / "rootfs" / "etc" / "shell-file").exists()
     res = cli("image", "exec", "tiny", "--", "false", check=False)
     assert res.returncode == 1
-    assert cli("image", "rollback", "tiny").stdout == "tiny: now at v2\n"
-    assert cli("image", "rollback", "tiny", "--to", "v3").stdout == "tiny: now at v3\n"
+    assert cli("image", "rollback", "tiny").stdout.startswith("tiny: now at v2\n")
+    assert cli("image", "rollback", "tiny", "--to", "v3").stdout.startswith("tiny: now at v3\n")
     res = cli("image", "rm", "nosuch", check=False)
     assert res.returncode == 1 and "no image 'nosuch'" in res.stderr and "Traceback" not in res.stderr
     out = cli("initramfs", "build", "tiny", "--compression", "zstd").stdout
@@ -186,3 +189,88 @@ def test_boot_tree_serves_each_version_and_current(state, src, tmp_path):
     (tmp_path / "vmlinuz").write_bytes(b"outside")
     with pytest.raises(PathRefused):
         tree("10.0.0.1", "images/tiny/versions/v7/vmlinuz")
+
+
+CLUSTER_YAML = """\
+cluster:
+  name: t
+  domain: t.cluster
+  network: {subnet: 10.77.0.0/24, master: 10.77.0.1}
+  slurm: {controller: master}
+profiles:
+  default: {image: tiny, overlays: [base]}
+nodes:
+  - {name: node01, ip: 10.77.0.11, mac: "52:54:00:00:00:01"}
+  - {name: node02, ip: 10.77.0.12, mac: "52:54:00:00:00:02"}
+  - {name: other01, ip: 10.77.0.21, mac: "52:54:00:00:00:03", image: other}
+"""
+
+
+def pinned(cli, node):
+    """The image version a node's three boot configs name (all must name the same one)."""
+    state = State(cli.state)
+    found = set()
+    for fn in (layout.ipxe_script, layout.pxelinux_config, layout.grub_config):
+        text = fn(state, node).read_text()
+        found |= set(re.findall(r"images/tiny/versions/(v\d+)/(?:vmlinuz|initramfs.img|rootfs)", text))
+        assert "images/tiny/vmlinuz" not in text and "images/tiny/current" not in text, text
+    assert len(found) == 1, found
+    return found.pop()
+
+
+def test_cli_switches_rebuild_the_boot_configs_of_the_images_nodes(cli, src):
+    cli.site.mkdir(parents=True)
+    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML)
+    out = cli("image", "import", "tiny", src).stdout
+    assert "2 node(s) now boot tiny v1" in out
+    assert pinned(cli, "node01") == pinned(cli, "node02") == "v1"
+    assert not layout.ipxe_script(State(cli.state), "other01").exists()  # only tiny's nodes were built
+    out = cli("image", "import", "tiny", src).stdout
+    assert "2 node(s) now boot tiny v2" in out
+    assert pinned(cli, "node01") == pinned(cli, "node02") == "v2"
+    assert cli("image", "rollback", "tiny").stdout == "tiny: now at v1\n2 node(s) now boot tiny v1\n"
+    assert pinned(cli, "node01") == "v1"
+    cli("image", "rollback", "tiny", "--to", "v2")
+    cli("image", "exec", "tiny", "--", "true")
+    assert pinned(cli, "node02") == "v3"
+    assert "0 node(s) now boot" not in cli("image", "exec", "tiny", "--in-place", "--", "true").stdout
+    assert pinned(cli, "node02") == "v3"
+    # the same code path as `overlay build`: nothing left for it but other01, whose image has
+    # no version yet (unpinned paths)
+    assert "built 1, unchanged 2" in cli("overlay", "build").stdout
+    assert "provisioner.root=nfs:10.77.0.1:/images/other/current/rootfs " in \
+        layout.ipxe_script(State(cli.state), "other01").read_text()
+
+
+def test_cli_switch_whose_rebuild_fails_keeps_the_old_versions(cli, src):
+    cli.site.mkdir(parents=True)
+    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML)
+    cli("image", "import", "tiny", src, "--keep", "1")
+    broken = cli.site / "overlays" / "base" / "etc" / "broken.j2"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("{{ no_such_variable }}\n")
+    res = cli("image", "import", "tiny", src, "--keep", "1", check=False)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "tiny v2: kernel" in res.stdout  # the image did switch
+    assert "tiny is now at v2, but its nodes' boot configs were not rebuilt" in res.stderr
+    assert "provisioner overlay build" in res.stderr and "Traceback" not in res.stderr
+    assert current(State(cli.state), "tiny") == "versions/v2"
+    # v1, which the boot configs still name, was not pruned despite --keep 1
+    assert [v.version for v in images.versions(State(cli.state), "tiny")] == ["v1", "v2"]
+    assert pinned(cli, "node01") == "v1"
+    broken.unlink()
+    assert "2 node(s) now boot tiny v3" in cli("image", "import", "tiny", src, "--keep", "1").stdout
+    assert [v.version for v in images.versions(State(cli.state), "tiny")] == ["v3"]
+    assert pinned(cli, "node01") == "v3"
+
+
+def test_cli_rm_of_a_used_image_warns_which_nodes_name_it(cli, src):
+    cli.site.mkdir(parents=True)
+    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML)
+    cli("image", "import", "tiny", src)
+    before = layout.ipxe_script(State(cli.state), "node01").read_text()
+    res = cli("image", "rm", "tiny", check=False)
+    assert res.returncode == 1 and "use --force" in res.stderr
+    res = cli("image", "rm", "tiny", "--force")
+    assert "warning: 2 node(s) still name tiny (node01, node02)" in res.stderr
+    assert layout.ipxe_script(State(cli.state), "node01").read_text() == before  # left alone

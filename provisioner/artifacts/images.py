@@ -4,6 +4,10 @@ Every change (build, import, exec) makes a new version in a hidden staging direc
 only once it is complete (root, kernel, initramfs, meta.json), renames it into versions/ and
 switches the `current` symlink atomically. A node booting mid-rebuild therefore gets one
 whole version, and a reader that opened the old kernel keeps reading the old bytes.
+
+Boot configs pin a version (kernel, initramfs and NFS root of one version), so after a switch
+the caller re-renders them (`on_switch`); old versions are pruned only once that succeeded,
+never while a boot config may still name one.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from .initramfs import kernel_versions, write_initramfs
 from .kmod import modules_dir
 
 Progress = Callable[[str], None]
+# Called under the image's lock right after `current` switched to a new version; True once the
+# boot configs name it, so older versions may be pruned (False keeps them all).
+OnSwitch = Callable[["ImageVersion"], bool]
 
 DEFAULT_SUITE = "bookworm"
 # What a Slurm compute node needs to boot and join: kernel, init, MUNGE, slurmd, MPI, ssh;
@@ -193,7 +200,7 @@ def _take_kernel(staging: Path, kernel: str | None, compression: str, progress: 
 
 
 def _commit(state: State, name: str, version: str, staging: Path, meta: dict, kernel: str | None,
-            compression: str, keep: int, progress: Progress) -> ImageVersion:
+            compression: str, keep: int, progress: Progress, on_switch: OnSwitch | None) -> ImageVersion:
     prefer = meta.pop("kernel", None)
     rootfs = staging / "rootfs"
     if not (rootfs / "etc").is_dir() or not any(os.path.lexists(rootfs / p) for p in ("bin/sh", "usr/bin/sh")):
@@ -208,17 +215,21 @@ def _commit(state: State, name: str, version: str, staging: Path, meta: dict, ke
     os.rename(staging, final)
     _switch(state, name, version)
     progress(f"{name}: now at {version}")
-    _prune(state, name, keep)
-    return next(v for v in versions(state, name) if v.version == version)
+    made = next(v for v in versions(state, name) if v.version == version)
+    if on_switch is None or on_switch(made):
+        _prune(state, name, keep)
+    else:
+        progress(f"{name}: older versions kept (boot configs may still name one)")
+    return made
 
 
 def _make_version(state: State, name: str, fill: Callable[[Path], dict], kernel: str | None,
-                  compression: str, keep: int, progress: Progress) -> ImageVersion:
+                  compression: str, keep: int, progress: Progress, on_switch: OnSwitch | None) -> ImageVersion:
     with locked(_image_root(state, name)):
         version, staging = _new_staging(state, name)
         try:
             meta = fill(staging / "rootfs")
-            return _commit(state, name, version, staging, meta, kernel, compression, keep, progress)
+            return _commit(state, name, version, staging, meta, kernel, compression, keep, progress, on_switch)
         except BaseException:
             _discard(staging)
             raise
@@ -246,7 +257,7 @@ def cache_key(suite: str, variant: str, packages: tuple[str, ...]) -> str:
 def build_image(state: State, name: str, suite: str = DEFAULT_SUITE, packages: tuple[str, ...] = DEFAULT_PACKAGES,
                 mirror: str | None = None, variant: str = "minbase", kernel: str | None = None,
                 cache_dir: Path | None = None, compression: str = "gzip", keep: int = 3,
-                progress: Progress = _quiet) -> ImageVersion:
+                progress: Progress = _quiet, on_switch: OnSwitch | None = None) -> ImageVersion:
     """debootstrap a new version of `name`. With `cache_dir`, a finished root is kept there as a
     tarball keyed by suite, variant and package list, and reused instead of debootstrapping."""
     mirror = mirror or host_mirror()
@@ -275,11 +286,11 @@ def build_image(state: State, name: str, suite: str = DEFAULT_SUITE, packages: t
         return {"source": "debootstrap", "suite": suite, "variant": variant, "packages": sorted(packages),
                 "mirror": mirror}
 
-    return _make_version(state, name, fill, kernel, compression, keep, progress)
+    return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch)
 
 
 def import_image(state: State, name: str, source: Path, kernel: str | None = None, compression: str = "gzip",
-                 keep: int = 3, progress: Progress = _quiet) -> ImageVersion:
+                 keep: int = 3, progress: Progress = _quiet, on_switch: OnSwitch | None = None) -> ImageVersion:
     """Adopt an existing root (a directory or a tarball, any compression tar reads) as a new version."""
     source = Path(source)
     if not source.exists():
@@ -293,7 +304,7 @@ def import_image(state: State, name: str, source: Path, kernel: str | None = Non
             _run(["tar", "-xpf", str(source), "-C", str(rootfs), "--numeric-owner"], progress, f"unpacking {source}")
         return {"source": str(source.resolve())}
 
-    return _make_version(state, name, fill, kernel, compression, keep, progress)
+    return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch)
 
 
 # --- administration -----------------------------------------------------------------------
@@ -350,7 +361,8 @@ def chroot_run(rootfs: Path, argv: list[str]) -> int:
 
 
 def exec_in_image(state: State, name: str, argv: list[str], in_place: bool = False, kernel: str | None = None,
-                  compression: str = "gzip", keep: int = 3, progress: Progress = _quiet) -> int:
+                  compression: str = "gzip", keep: int = 3, progress: Progress = _quiet,
+                  on_switch: OnSwitch | None = None) -> int:
     """Run a command inside the image. By default on a copy that becomes the new version only
     if the command succeeds (nodes never see a half-installed package); `in_place` edits the
     current version directly."""
@@ -371,7 +383,7 @@ def exec_in_image(state: State, name: str, argv: list[str], in_place: bool = Fal
         return {**cur.meta, "exec": argv, "parent": cur.version}
 
     try:
-        _make_version(state, name, fill, kernel, compression, keep, progress)
+        _make_version(state, name, fill, kernel, compression, keep, progress, on_switch)
     except _CommandFailed as e:
         progress(f"command exited {e.code}: {name} stays at {cur.version}")
         return e.code

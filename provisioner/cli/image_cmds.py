@@ -13,12 +13,14 @@ from ..atomic import atomic_write
 from ..errors import UserError
 from ..render.nfs import exports_for, render_exports, render_ganesha
 from .context import Context, echo_json, echo_table, pass_ctx
+from .overlay_cmds import run_build
 
 _compression = click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True,
                             help="Initramfs compression.")
 _kernel = click.option("--kernel", metavar="VERSION", help="Kernel version from the image's /boot (default: newest).")
 _keep = click.option("--keep", type=click.IntRange(1), default=3, show_default=True,
-                     help="Versions to keep, the current one included.")
+                     help="Versions to keep, the current one included. Older ones are removed once the boot "
+                          "configs name the new version; a node still running a removed version loses its root.")
 
 
 def _progress():
@@ -31,6 +33,39 @@ def _progress():
 
 def _done(v: images.ImageVersion) -> None:
     click.echo(f"{v.image} {v.version}: kernel {v.meta.get('kernel') or 'none'}, {v.path}")
+
+
+class _BootConfigs:
+    """After an image switched version: rebuild the overlays and boot configs of the nodes that
+    boot it, as `provisioner overlay build` does, so they pin the new version (an images.OnSwitch;
+    older versions are pruned only if it returns True). finish() says what became of it."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.message: str | None = None
+        self.error: str | None = None
+
+    def __call__(self, v: images.ImageVersion) -> bool:
+        ctx = self.ctx
+        if not ctx.site.cluster_yaml.exists():
+            self.message = f"no inventory at {ctx.site.cluster_yaml} yet: no boot configs to update"
+            return True
+        try:
+            nodes = [n for n in ctx.inventory().nodes if n.image == v.image]
+            if nodes:
+                run_build(ctx, nodes)
+        except (UserError, OSError) as e:
+            self.error = (f"{v.image} is now at {v.version}, but its nodes' boot configs were not rebuilt: {e}\n"
+                          f"They still boot the version they named before; fix this and run `provisioner overlay build`.")
+            return False
+        self.message = f"{len(nodes)} node(s) now boot {v.image} {v.version}"
+        return True
+
+    def finish(self) -> None:
+        if self.message:
+            click.echo(self.message)
+        if self.error:
+            raise UserError(self.error)
 
 
 @click.group()
@@ -56,7 +91,9 @@ def image() -> None:
 def build(ctx: Context, name: str, suite: str | None, packages: tuple[str, ...], added: tuple[str, ...],
           profile: str | None, mirror: str | None, variant: str, cache_dir: Path | None, kernel: str | None,
           compression: str, keep: int) -> None:
-    """Build a new version of image NAME with debootstrap (default: a Slurm compute node)."""
+    """Build a new version of image NAME with debootstrap (default: a Slurm compute node).
+
+    The nodes that boot NAME then get boot configs for the new version."""
     pkgs = tuple(packages) or images.DEFAULT_PACKAGES
     if profile:
         prof = ctx.inventory().profiles.get(profile)
@@ -65,9 +102,11 @@ def build(ctx: Context, name: str, suite: str | None, packages: tuple[str, ...],
         pvars = prof.settings.get("vars") or {}
         pkgs = tuple(packages) or tuple(pvars.get("image_packages") or pkgs)
         suite = suite or pvars.get("image_suite")
+    boot = _BootConfigs(ctx)
     v = images.build_image(ctx.state, name, suite or images.DEFAULT_SUITE, pkgs + tuple(added), mirror, variant,
-                           kernel, cache_dir, compression, keep, _progress())
+                           kernel, cache_dir, compression, keep, _progress(), boot)
     _done(v)
+    boot.finish()
 
 
 @image.command(name="import")
@@ -78,8 +117,12 @@ def build(ctx: Context, name: str, suite: str | None, packages: tuple[str, ...],
 @_keep
 @pass_ctx
 def import_(ctx: Context, name: str, source: Path, kernel: str | None, compression: str, keep: int) -> None:
-    """Adopt SOURCE (a root directory or a tarball) as a new version of image NAME."""
-    _done(images.import_image(ctx.state, name, source, kernel, compression, keep, _progress()))
+    """Adopt SOURCE (a root directory or a tarball) as a new version of image NAME.
+
+    The nodes that boot NAME then get boot configs for the new version."""
+    boot = _BootConfigs(ctx)
+    _done(images.import_image(ctx.state, name, source, kernel, compression, keep, _progress(), boot))
+    boot.finish()
 
 
 @image.command(name="list")
@@ -106,9 +149,12 @@ def list_(ctx: Context, show_all: bool, as_json: bool) -> None:
 @click.option("--to", "version", metavar="VERSION", help="The version to switch to (default: the previous one).")
 @pass_ctx
 def rollback(ctx: Context, name: str, version: str | None) -> None:
-    """Switch image NAME back to an older version."""
+    """Switch image NAME back to an older version; its nodes get boot configs for it."""
     v = images.rollback(ctx.state, name, version)
     click.echo(f"{name}: now at {v.version}")
+    boot = _BootConfigs(ctx)
+    boot(v)
+    boot.finish()
 
 
 @image.command(name="rm")
@@ -117,19 +163,32 @@ def rollback(ctx: Context, name: str, version: str | None) -> None:
 @click.option("--force", is_flag=True, help="Remove even if nodes in the inventory use the image.")
 @pass_ctx
 def rm(ctx: Context, name: str, version: str | None, force: bool) -> None:
-    """Remove image NAME (or one of its old versions)."""
-    if version is None and not force and ctx.site.cluster_yaml.exists():
-        users = [n.name for n in ctx.inventory().nodes if n.image == name]
-        if users:
-            raise UserError(f"{len(users)} node(s) boot {name} (e.g. {', '.join(users[:3])}); use --force")
+    """Remove image NAME (or one of its old versions: a node still running it loses its root)."""
+    users: list[str] = []
+    if version is None and ctx.site.cluster_yaml.exists():
+        try:
+            users = [n.name for n in ctx.inventory().nodes if n.image == name]
+        except UserError:
+            if not force:
+                raise
+    if users and not force:
+        raise UserError(f"{len(users)} node(s) boot {name} (e.g. {', '.join(users[:3])}); use --force")
     images.remove(ctx.state, name, version)
     click.echo(f"removed {name}{' ' + version if version else ''}")
+    if users:
+        more = f" and {len(users) - 5} more" if len(users) > 5 else ""
+        click.echo(f"warning: {len(users)} node(s) still name {name} ({', '.join(users[:5])}{more}); their boot "
+                   f"configs are left as they were and cannot boot: give them another image and run "
+                   f"`provisioner overlay build`", err=True)
 
 
 def _in_image(ctx: Context, name: str, argv: list[str], in_place: bool) -> None:
-    rc = images.exec_in_image(ctx.state, name, argv, in_place=in_place, progress=_progress())
+    boot = _BootConfigs(ctx)
+    rc = images.exec_in_image(ctx.state, name, argv, in_place=in_place, progress=_progress(),
+                              on_switch=None if in_place else boot)
     if rc != 0:
         raise click.exceptions.Exit(rc)
+    boot.finish()
 
 
 @image.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -140,7 +199,8 @@ def _in_image(ctx: Context, name: str, argv: list[str], in_place: bool) -> None:
 def exec_(ctx: Context, name: str, command: tuple[str, ...], in_place: bool) -> None:
     """Run COMMAND inside image NAME (e.g. `image exec debian12 -- apt-get install -y htop`).
 
-    It runs on a copy that becomes the new version only if COMMAND succeeds."""
+    It runs on a copy that becomes the new version only if COMMAND succeeds; the nodes that
+    boot NAME then get boot configs for it."""
     _in_image(ctx, name, list(command), in_place)
 
 
@@ -149,7 +209,8 @@ def exec_(ctx: Context, name: str, command: tuple[str, ...], in_place: bool) -> 
 @click.option("--in-place", is_flag=True, help="Change the current version directly instead of a new one.")
 @pass_ctx
 def shell(ctx: Context, name: str, in_place: bool) -> None:
-    """An interactive shell inside image NAME; a new version when it exits with status 0."""
+    """An interactive shell inside image NAME; a new version when it exits with status 0 (the
+    nodes that boot NAME then get boot configs for it)."""
     _in_image(ctx, name, ["/bin/sh", "-i"], in_place)
 
 
