@@ -173,7 +173,7 @@ pv_mount_root() {
         root=nfs:${PV_ROOTPATH#nfs:}
         case "$root" in nfs:/*) root="nfs:$PV_SERVERID:${root#nfs:}" ;; esac
     fi
-    [ -n "$root" ] || pv_fail "no root given: set provisioner.root=nfs:SERVER:/images/IMAGE or a DHCP root-path"
+    [ -n "$root" ] || pv_fail "no root given: set provisioner.root=nfs:SERVER:/images/IMAGE/versions/VERSION/rootfs or a DHCP root-path"
     mkdir -p "$PV_RUN/lower"
     case "$root" in
         nfs:*)
