@@ -33,7 +33,7 @@ def env(lab, tmp_path):
         (root / name).write_bytes(data)
     db = NodeStateDB(tmp_path / "state.sqlite")
     client = lab.host(ip="10.99.0.2")
-    with ServerThread(lab.server, StaticTree(root), db, retries=2) as st:
+    with ServerThread(lab.server, StaticTree(root), db, patience=2) as st:
         yield client, files, root, st, tmp_path / "state.sqlite"
 
 
@@ -136,19 +136,48 @@ def test_unknown_tid_gets_error_5_and_the_transfer_goes_on(env):
     assert sha(in_ns(client, run)) == sha(files["a.bin"])
 
 
-def test_retransmits_after_silence(env):
+@pytest.mark.parametrize("ask_again", [False, True], ids=["silence", "request-again"])
+def test_an_unanswered_oack_goes_again(env, ask_again):
+    """Unanswered, the OACK goes again after two of the client's timers (it negotiated 1 s):
+    its own ACK 0 resend comes first. A client that repeats its request never got the OACK,
+    so that brings it again at once."""
     client, *_ = env
 
     def run():
         s = udp()
         s.sendto(rrq("one.bin", timeout=1), SRV)
         first, tid = s.recvfrom(2000)
-        again, tid2 = s.recvfrom(2000)  # we never ACKed: the OACK comes again
+        t0 = time.monotonic()
+        if ask_again:
+            time.sleep(0.3)  # a client's timer is never shorter than that
+            t0 = time.monotonic()
+            s.sendto(rrq("one.bin", timeout=1), SRV)
+        again, tid2 = s.recvfrom(2000)
+        waited = time.monotonic() - t0
         s.sendto(ack(0), tid)
-        return first, again, tid == tid2, s.recvfrom(2000)[0][:4]
+        return first == again and first[:2] == b"\0\x06", tid == tid2, s.recvfrom(2000)[0][:4], waited
 
-    first, again, same_tid, data = in_ns(client, run)
-    assert first == again and first[:2] == b"\0\x06" and same_tid and data == b"\0\x03\0\x01"
+    same, same_tid, data, waited = in_ns(client, run)
+    assert same and same_tid and data == b"\0\x03\0\x01"
+    assert waited < 1.0 if ask_again else waited >= 1.9
+
+
+def test_a_client_silent_for_longer_than_its_timer_still_finishes(lab, tmp_path):
+    """atftp ignores our resends of a block it has and re-ACKs only when its own 5 s timer
+    fires: with the default patience the transfer is still there then."""
+    data = os.urandom(20_000)
+    (tmp_path / "a.bin").write_bytes(data)
+    client = lab.host(ip="10.99.0.2")
+
+    def run():
+        s = udp(10)
+        s.sendto(rrq("a.bin"), SRV)  # no options: DATA 1 first, our default 1 s timeout
+        first, tid = s.recvfrom(2000)
+        time.sleep(5.5)  # our resends of DATA 1 queue up unread; receive() skips them
+        return receive(s, tid, first, 512, 1)
+
+    with ServerThread(lab.server, StaticTree(tmp_path)):
+        assert sha(in_ns(client, run)) == sha(data)
 
 
 def test_vanished_client_is_cleaned_up_and_recorded(env):
@@ -184,7 +213,9 @@ def test_stats_reach_the_node_state_store(env):
     in_ns(client, fetch, SRV, "a.bin", blksize=1468)
     in_ns(client, first_reply, rrq("missing.bin"))
     assert in_ns(client, tsize_probe, "one.bin") == {"tsize": "100"}
-    time.sleep(0.3)  # the probe's closing ERROR is in flight; a stop before it lands says "shutdown"
+    deadline = time.time() + 5  # the probe's closing ERROR may still be in flight
+    while st.server.transfers and time.time() < deadline:
+        time.sleep(0.01)
     st.stop()
     rows = sqlite3.connect(dbpath).execute(
         "SELECT protocol, client, path, bytes, outcome FROM transfers ORDER BY id").fetchall()

@@ -81,12 +81,12 @@ class TftpServer:
     have a `node_for(client_ip)` method naming the node for the stats."""
 
     def __init__(self, listen: str, port: int, resolver: Resolver, db: NodeStateDB | None = None,
-                 *, timeout: float = 1.0, retries: int = 5, reuse_port: bool = False):
+                 *, timeout: float = 1.0, patience: float = 15.0, reuse_port: bool = False):
         self.listen = listen
         self.resolver = resolver
         self.db = db
         self.timeout = timeout
-        self.retries = retries
+        self.patience = patience
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -223,8 +223,7 @@ class TftpServer:
             return  # never answer an ERROR, and never port 0: no error ping-pong
         existing = self.by_peer.get(addr)
         if existing is not None:
-            if existing.acked <= 0 and now - existing.last_send >= existing.rto:
-                existing.send_window(now)  # our first answer was lost: the client asked again
+            existing.asked_again(now)
             return
         try:
             req = P.parse_request(data)
@@ -274,7 +273,7 @@ class TftpServer:
             return
         n = neg[0]
         t = Transfer(sock, strays, addr, req.filename, self._node(addr[0]), payload, n.windowsize,
-                     n.timeout or self.timeout, self.retries, n.oack)
+                     n.timeout or self.timeout, self.patience, n.oack, n.timeout is not None)
         self.transfers[sock.fileno()] = t
         self.strays[strays.fileno()] = t
         self.by_peer[addr] = t

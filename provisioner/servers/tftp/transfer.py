@@ -24,10 +24,13 @@ _SEG = struct.Struct("=H")
 _SOL_UDP = getattr(socket, "SOL_UDP", 17)
 _UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux value; Python 3.11 lacks it
 _GSO_MAX_SEGMENTS, _GSO_MAX_BYTES = 64, 65000
-# Retransmission timer: TCP-style, from the measured round trip, doubling on each silent
-# retry and never above the timeout the client negotiated (RFC 2349), which would otherwise
-# make each lost packet on a LAN cost whole seconds (curl asks for 6).
-_MIN_RTO, _FIRST_RTO = 0.2, 0.5
+# Retransmission timer: TCP-style, from the measured round trip (never above the timeout,
+# which would make each lost packet on a LAN cost whole seconds: curl asks for 6), doubling
+# on each silent retry up to past the client's own timer. The backoff matters: atftp answers
+# only the first repeat of a block it has and then waits for its timer (5 s) to run out with
+# no packet from us, so resends every second would keep it silent until we gave up.
+MIN_RTO, _FIRST_RTO = 0.2, 0.5
+_CLIENT_TIMER = 6.0  # past the 5 s of atftp and tftp-hpa when the client negotiated none
 
 
 class _Gso:
@@ -62,13 +65,13 @@ class Transfer:
     unconnected socket on the same port that only ever sees other senders."""
 
     __slots__ = ("sock", "strays", "peer", "path", "node", "payload", "packets", "blocks", "window",
-                 "timeout", "rto", "srtt", "max_retries", "oack", "acked", "sent_to", "last_send",
-                 "last_progress", "retries", "retransmits", "started", "outcome")
+                 "timeout", "rto", "max_rto", "srtt", "patience", "oack", "acked", "sent_to", "last_send",
+                 "last_heard", "retries", "retransmits", "started", "outcome")
 
     def __init__(self, sock: socket.socket, strays: socket.socket, peer: tuple[str, int], path: str,
                  node: str | None,
-                 payload: Payload, window: int, timeout: float, max_retries: int,
-                 oack: bytes | None):
+                 payload: Payload, window: int, timeout: float, patience: float,
+                 oack: bytes | None, negotiated_timeout: bool = False):
         self.sock = sock
         self.strays = strays
         self.peer = peer
@@ -79,11 +82,14 @@ class Transfer:
         self.blocks = payload.blocks
         self.window = window
         self.timeout = timeout
-        # The OACK waits the whole timeout: some clients (atftp) abort on a second OACK, so it
-        # is resent only when the ACK 0 really is lost, not when the client is slow to answer.
-        self.rto = timeout if oack is not None else min(timeout, _FIRST_RTO)
+        self.max_rto = 2 * timeout if negotiated_timeout else max(timeout, _CLIENT_TIMER)
+        # The OACK is left to the client's timer: a lost OACK brings the request again
+        # (answered at once), a lost ACK 0 brings ACK 0 again. An early second OACK of ours
+        # would abort atftp.
+        self.rto = self.max_rto if oack is not None else min(timeout, _FIRST_RTO)
         self.srtt = 0.0
-        self.max_retries = max_retries
+        # Silence from the client we wait out before giving up: a few of its own timers.
+        self.patience = max(patience, 4 * self.max_rto)
         self.oack = oack
         # Block 0 is the OACK: it is "unacknowledged" (acked = -1) until the client's ACK 0.
         self.acked = -1 if oack is not None else 0
@@ -91,7 +97,7 @@ class Transfer:
         self.last_send = 0.0
         self.retries = 0
         self.retransmits = 0
-        self.started = self.last_progress = time.monotonic()
+        self.started = self.last_heard = time.monotonic()
         self.outcome: str | None = None
 
     def send_window(self, now: float) -> None:
@@ -147,6 +153,7 @@ class Transfer:
             data = self.sock.recv(2048)
         except OSError:
             return False
+        self.last_heard = now
         if len(data) < 4:
             return False
         op, blk = _UNPACK(data)
@@ -166,8 +173,7 @@ class Transfer:
                 self.srtt = sample if self.srtt == 0.0 else 0.875 * self.srtt + 0.125 * sample
             else:
                 self.retries = 0
-            self.rto = min(self.timeout, max(_MIN_RTO, 4 * self.srtt))
-            self.last_progress = now
+            self.rto = min(self.timeout, max(MIN_RTO, 4 * self.srtt))
             if n >= self.blocks:
                 self.outcome = DONE
                 return True
@@ -203,17 +209,25 @@ class Transfer:
 
     def tick(self, now: float) -> bool:
         """Retransmit once the RTO passes in silence; True when the client is given up on
-        (no progress for `max_retries` negotiated timeouts)."""
+        (nothing heard from it for `patience` seconds)."""
         if now - self.last_send < self.rto:
             return False
-        if now - self.last_progress >= self.timeout * self.max_retries:
+        if now - self.last_heard >= self.patience:
             self.outcome = "timeout"
             return True
         self.retries += 1
         self.retransmits += 1
-        self.rto = min(self.timeout, self.rto * 2)
+        self.rto = min(self.max_rto, self.rto * 2)
         self.send_window(now)
         return False
+
+    def asked_again(self, now: float) -> None:
+        """The client repeated its request: our first answer was lost (a client that had it
+        would ACK instead), so it goes again at once."""
+        self.last_heard = now
+        if self.acked <= 0 and now - self.last_send >= MIN_RTO:
+            self.retransmits += 1
+            self.send_window(now)
 
     def sent_bytes(self) -> int:
         return max(0, min(self.acked * self.payload.blksize, len(self.payload.data)))
