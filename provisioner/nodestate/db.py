@@ -160,10 +160,14 @@ class NodeStateDB:
     # -- transfers -----------------------------------------------------------------------------------
     def record_transfer(self, protocol: str, client: str, path: str, nbytes: int, duration: float,
                         outcome: str, node: str | None = None, retransmits: int = 0) -> None:
+        self.record_transfers([(protocol, client, node, path, nbytes, duration, retransmits, outcome, time.time())])
+
+    def record_transfers(self, rows: list[tuple]) -> None:
+        """(protocol, client, node, path, bytes, duration, retransmits, outcome, at) rows in one
+        transaction."""
         with self._tx() as c:
-            c.execute("INSERT INTO transfers(protocol, client, node, path, bytes, duration, retransmits, outcome, at) "
-                      "VALUES (?,?,?,?,?,?,?,?,?)",
-                      (protocol, client, node, path, nbytes, duration, retransmits, outcome, time.time()))
+            c.executemany("INSERT INTO transfers(protocol, client, node, path, bytes, duration, retransmits, outcome, at) "
+                          "VALUES (?,?,?,?,?,?,?,?,?)", rows)
 
     def transfers(self, node: str | None = None) -> list[sqlite3.Row]:
         """Transfers in the order they finished, all or one node's."""

@@ -21,15 +21,18 @@ from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
 from ...nodestate import NodeStateDB
 from ...paths import State
 from ...render.nfs import image_root
+from ..stages import StageWriter
 from . import netif, pxe, reply, wire
 from .adopt import AdoptError, adopt
 from .leases import DynamicPool
 from .ra import RouterAdvertiser
-from .stages import BatchedStageWriter
 
 log = logging.getLogger("provisioner.dhcp")
 
 PROXY_PORT = 4011
+# Every lease notes a "dhcp" stage; in a boot storm (or under perfdhcp) that is thousands a
+# second, so they are gathered for this long and written in one transaction.
+STAGE_GATHER = 0.2
 CLIENT_PORT = 68
 BROADCAST = "255.255.255.255"
 
@@ -61,7 +64,7 @@ class DhcpServer:
         self.proxy = inventory.cluster.dhcp.mode == "proxy" if proxy is None else proxy
         self.db = db if db is not None else NodeStateDB(state.db)
         self.pool = DynamicPool(inventory, self.db)
-        self.stages = BatchedStageWriter(self.db)
+        self.stages = StageWriter(self.db, gather=STAGE_GATHER)
         self.port = port
         self.sockets = [netif.udp_socket(self.link.name, port)]
         if self.proxy:

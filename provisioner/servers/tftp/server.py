@@ -9,7 +9,6 @@ every 50 ms. Nothing a client sends can raise out of serve_forever().
 from __future__ import annotations
 
 import logging
-import queue
 import resource
 import select
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...nodestate import NodeStateDB
+from ...nodestate.writer import BatchWriter
 from ..boottree import PathRefused
 from . import packets as P
 from .payload import NotServable, PayloadCache
@@ -46,32 +46,6 @@ def raise_nofile_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
-
-
-class StatsWriter:
-    """Writes transfer stats to the node-state DB from its own thread, so a slow disk never
-    stalls the packet loop."""
-
-    def __init__(self, db: NodeStateDB):
-        self.db = db
-        self.q: queue.SimpleQueue[TransferStats | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="tftp-stats", daemon=True)
-        self.thread.start()
-
-    def put(self, st: TransferStats) -> None:
-        self.q.put(st)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-
-    def _run(self) -> None:
-        while (st := self.q.get()) is not None:
-            try:
-                self.db.record_transfer("tftp", st.client, st.path, st.bytes, st.duration,
-                                        st.outcome, node=st.node, retransmits=st.retransmits)
-            except Exception:
-                log.exception("could not record a TFTP transfer in the node-state DB")
 
 
 class TftpServer:
@@ -109,13 +83,13 @@ class TftpServer:
         self.transfers: dict[int, Transfer] = {}  # by the fd of the socket connected to the peer
         self.strays: dict[int, Transfer] = {}  # by the fd of the unconnected same-port socket
         self.by_peer: dict[tuple[str, int], Transfer] = {}
-        self._stats: StatsWriter | None = None
+        self._stats: BatchWriter[tuple] | None = None
         self._node_for = getattr(resolver, "node_for", None)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def serve_forever(self) -> None:
         raise_nofile_limit()
-        self._stats = StatsWriter(self.db) if self.db is not None else None
+        self._stats = BatchWriter(self.db.record_transfers, "tftp-stats") if self.db is not None else None
         ep = select.epoll()
         ep.register(self.sock.fileno(), select.EPOLLIN)
         ep.register(self._wake_r.fileno(), select.EPOLLIN)
@@ -314,7 +288,8 @@ class TftpServer:
                     st.outcome, st.client, st.port, st.path, st.bytes, st.duration, rate,
                     st.retransmits, st.node or "-")
         if self._stats is not None:
-            self._stats.put(st)
+            self._stats.put(("tftp", st.client, st.node, st.path, st.bytes, st.duration, st.retransmits,
+                             st.outcome, time.time()))
 
 
 def transfer_sockets(local: str, peer: tuple[str, int]) -> tuple[socket.socket, socket.socket]:

@@ -1,0 +1,59 @@
+"""Rows for the node-state DB written from a thread of their own, a batch per transaction.
+
+The DHCP and TFTP packet loops and the HTTP event loop only queue rows: a slow disk never
+stalls them, and a boot storm costs one commit per batch instead of one per event (a commit
+costs about ten times the packet that caused it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Generic, TypeVar
+
+log = logging.getLogger("provisioner.nodestate")
+
+T = TypeVar("T")
+MAX_BATCH = 5000
+
+
+class BatchWriter(Generic[T]):
+    """`write(rows)` called on the writer thread with what was queued; `gather` seconds
+    are let pass after the first row so that a burst lands in one batch."""
+
+    def __init__(self, write: Callable[[list[T]], None], name: str, gather: float = 0.0):
+        self._write = write
+        self.name = name
+        self.gather = gather
+        self._q: queue.SimpleQueue[T | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, row: T) -> None:
+        self._q.put(row)
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        self._q.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._q.get()]
+            if batch[0] is not None and self.gather:
+                time.sleep(self.gather)
+            while len(batch) < MAX_BATCH and batch[-1] is not None:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            rows = [r for r in batch if r is not None]
+            if rows:
+                try:
+                    self._write(rows)
+                except Exception:  # a full disk must not stop the boot services
+                    log.exception("%s: could not record %d rows in the node-state DB", self.name, len(rows))
+            if batch[-1] is None:
+                return
