@@ -62,3 +62,15 @@ def site_from(value: str | os.PathLike | None) -> Site:
 
 def state_from(value: str | os.PathLike | None) -> State:
     return State(Path(value or os.environ.get("PROVISIONER_STATE") or DEFAULT_STATE))
+
+
+def image_pseudo(image: str) -> str:
+    """Where an image's NFS export appears to clients: the contract between boot configs,
+    exports and DHCP, kept here since all three read it."""
+    return f"/images/{image}"
+
+
+def image_root(image: str, version: str | None) -> str:
+    """The root a node mounts: one version's rootfs inside the image's export, or (no version
+    yet) the current one's, through the `current` symlink the client follows."""
+    return f"{image_pseudo(image)}/{f'versions/{version}' if version else 'current'}/rootfs"

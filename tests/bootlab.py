@@ -20,7 +20,8 @@ from pathlib import Path
 from ganesha import Ganesha
 
 from provisioner.artifacts import cpio
-from provisioner.render.nfs import Export, image_pseudo, image_root
+from provisioner.paths import image_pseudo, image_root
+from provisioner.render.nfs import Export
 
 HTTP_PORT = 8000
 

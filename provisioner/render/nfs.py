@@ -19,6 +19,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from ..inventory.model import Cluster
+from ..paths import image_pseudo
 
 
 @dataclass(frozen=True)
@@ -28,17 +29,6 @@ class Export:
     writable: bool
     root_squash: bool
     image: bool = False  # an image's directory: nodes mount versions/VERSION/rootfs below it
-
-
-def image_pseudo(image: str) -> str:
-    """Where an image's export appears to clients."""
-    return f"/images/{image}"
-
-
-def image_root(image: str, version: str | None) -> str:
-    """The root a node mounts: one version's rootfs inside the image's export, or (no version
-    yet) the current one's, through the `current` symlink the client follows."""
-    return f"{image_pseudo(image)}/{f'versions/{version}' if version else 'current'}/rootfs"
 
 
 def exports_for(cluster: Cluster, images: dict[str, Path]) -> list[Export]:

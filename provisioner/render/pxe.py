@@ -18,9 +18,8 @@ from typing import Any, Mapping
 import jinja2
 
 from ..inventory.model import Cluster, Node
-from ..paths import Site
+from ..paths import Site, image_pseudo, image_root
 from .context import STOCK_PXE, SharedContext, compile_template, environment, node_context, reads, render
-from .nfs import image_pseudo, image_root
 
 TEMPLATES = {"ipxe": "boot.ipxe.j2", "pxelinux": "pxelinux.cfg.j2", "grub": "grub.cfg.j2"}
 

@@ -19,8 +19,7 @@ from typing import Callable
 
 from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
 from ...nodestate import NodeStateDB
-from ...paths import State
-from ...render.nfs import image_root
+from ...paths import State, image_root
 from ..stages import StageWriter
 from . import netif, pxe, reply, wire
 from .adopt import AdoptError, adopt
