@@ -8,7 +8,9 @@ option, so it serves its single lock-step stream). Prints seconds, MB/s and our 
 Runs alternate between the two servers and the best of --repeat runs counts, so a burst
 of load from elsewhere on the machine does not decide the result.
 Goals: >= 1.2x at 20 and 100 clients, >= 4x for the windowsize client. Also prints each
-server's own CPU seconds (its cgroup), since the clients share the machine. Needs root.
+server's own CPU seconds (its cgroup) and the ratio of those (tftpd-hpa's over ours: the
+bytes each CPU second of ours serves, relative), since the clients share the machine's two
+cores and wall time alone measures them too. Needs root.
 
     .venv/bin/python bench/tftp.py [--size-mb 30] [--clients 1,20,100]
 """
@@ -137,11 +139,11 @@ def measure(args: argparse.Namespace, exe: str, meters: dict) -> None:
         rows.append(("atftp windowsize 16", best(atftp, 1), mb))
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; best of {args.repeat}")
         print(f"{'run':22} {'tftpd-hpa s':>12} {'ours s':>8} {'hpa MB/s':>9} {'ours MB/s':>10} {'ratio':>6}"
-              f" {'hpa cpu s':>10} {'ours cpu s':>11}")
+              f" {'hpa cpu s':>10} {'ours cpu s':>11} {'cpu ratio':>10}")
         for label, t, total in rows:
             (h, hcpu), (o, ocpu) = t["tftpd-hpa"], t["provisioner"]
             print(f"{label:22} {h:12.2f} {o:8.2f} {total / h:9.1f} {total / o:10.1f} {h / o:5.2f}x"
-                  f" {hcpu:10.2f} {ocpu:11.2f}")
+                  f" {hcpu:10.2f} {ocpu:11.2f} {hcpu / ocpu if ocpu else float('nan'):9.2f}x")
 
 
 if __name__ == "__main__":
