@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import subprocess
-import time
 from ipaddress import IPv4Interface, IPv4Network
 from typing import Sequence
+
+from provisioner.demo.netns import end_processes_in, netns_pids
 
 _counter = itertools.count()
 
@@ -58,20 +58,10 @@ class Netns:
         return subprocess.Popen(self.prefix(cmd), start_new_session=True, **kw)
 
     def pids(self) -> list[int]:
-        out = sh(["ip", "netns", "pids", self.name], check=False).stdout.split()
-        return [int(p) for p in out]
+        return netns_pids(self.name)
 
     def destroy(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = self.pids()
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + 3
-            while self.pids() and time.time() < deadline:
-                time.sleep(0.05)
+        end_processes_in(self.name, grace=3.0)
         sh(["ip", "netns", "del", self.name], check=False)
 
 

@@ -49,6 +49,20 @@ PRIVATE = {  # dir -> (owner, mode)
     "var/lib/slurm": ("slurm", 0o755), "var/lib/slurm/slurmctld": ("slurm", 0o755),
     "var/lib/slurm/slurmd": ("root", 0o755), "var/log/slurm": ("slurm", 0o755),
 }
+# The lab cluster's settings and default profile; tests add their profiles and nodes.
+LAB_CLUSTER = """\
+cluster:
+  name: lab
+  domain: lab.cluster
+  network: {interface: br0, subnet: 10.99.0.0/24, master: 10.99.0.1}
+  nfs: {exports: []}
+  slurm: {controller: master}
+  ports: {http: 8080}
+profiles:
+  default:
+    overlays: [munge, slurm, mpi]
+    partitions: [batch]
+"""
 # Daemonized, as slurmctld.service runs it (its parent is then init, which reaps it).
 START_SLURMCTLD = "slurmctld </dev/null >/dev/null 2>&1"
 RESTART_SLURMCTLD = ("pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "

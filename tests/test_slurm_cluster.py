@@ -13,22 +13,11 @@ import subprocess
 
 import pytest
 
-from slurmlab import PROVISIONER, slurm_cluster
+from slurmlab import LAB_CLUSTER, PROVISIONER, slurm_cluster
 
 pytestmark = [pytest.mark.netns, pytest.mark.daemons]
 
-INVENTORY = """\
-cluster:
-  name: lab
-  domain: lab.cluster
-  network: {interface: br0, subnet: 10.99.0.0/24, master: 10.99.0.1}
-  nfs: {exports: []}
-  slurm: {controller: master}
-  ports: {http: 8080}
-profiles:
-  default:
-    overlays: [munge, slurm, mpi]
-    partitions: [batch]
+INVENTORY = LAB_CLUSTER + """\
   late:
     overlays: [munge, slurm, mpi]
     partitions: [late]

@@ -14,22 +14,11 @@ from pathlib import Path
 import pytest
 
 from netlab import Lab
-from slurmlab import PROVISIONER, SlurmLab
+from slurmlab import LAB_CLUSTER, PROVISIONER, SlurmLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.daemons]
 
-INVENTORY = """\
-cluster:
-  name: lab
-  domain: lab.cluster
-  network: {interface: br0, subnet: 10.99.0.0/24, master: 10.99.0.1}
-  nfs: {exports: []}
-  slurm: {controller: master}
-  ports: {http: 8080}
-profiles:
-  default:
-    overlays: [munge, slurm, mpi]
-    partitions: [batch]
+INVENTORY = LAB_CLUSTER + """\
 nodes:
   - {name: node01, ip: 10.99.0.11, mac: "52:54:00:00:00:01"}
   - {name: node02, ip: 10.99.0.12, mac: "52:54:00:00:00:02"}

@@ -46,21 +46,27 @@ class DemoNet:
         """`cmd` run inside the namespace (nsenter keeps /sys, which slurmd needs)."""
         return ["nsenter", f"--net={self.path}", "--", *cmd]
 
-    def pids(self) -> list[int]:
-        out = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
-
     def destroy(self) -> None:
         """Kill whatever still runs inside, then remove the namespace."""
         if not os.path.exists(self.path):
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + 5
-            while self.pids() and time.time() < deadline:
-                time.sleep(0.1)
+        end_processes_in(self.name)
         netns.remove(self.name)
+
+
+def netns_pids(name: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def end_processes_in(name: str, grace: float = 5.0) -> None:
+    """SIGTERM every process in network namespace `name`, SIGKILL what is left after `grace`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in netns_pids(name):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        while netns_pids(name) and time.time() < deadline:
+            time.sleep(0.05)
