@@ -180,13 +180,22 @@ def test_a_client_silent_for_longer_than_its_timer_still_finishes(lab, tmp_path)
         assert sha(in_ns(client, run)) == sha(data)
 
 
-def test_vanished_client_is_cleaned_up_and_recorded(env):
+@pytest.mark.parametrize("last_ack", [False, True], ids=["after-oack", "all-but-the-last-ack"])
+def test_vanished_client_is_cleaned_up_and_recorded(env, last_ack):
+    """A client gone after the OACK is a timeout; one gone after every block with only the
+    final ACK missing most likely has the file (that ACK is never resent), and says so."""
     client, files, root, st, dbpath = env
 
     def run():
         s = udp()
-        s.sendto(rrq("a.bin", timeout=1), SRV)
-        s.recvfrom(2000)
+        s.sendto(rrq("a.bin", timeout=1, blksize=65464), SRV)
+        _oack, tid = s.recvfrom(2000)
+        if last_ack:  # 200,000 bytes are 4 blocks: ACK the first three, never the last
+            s.sendto(ack(0), tid)
+            for n in (1, 2, 3):
+                assert struct.unpack("!HH", s.recvfrom(70000)[0][:4]) == (3, n)
+                s.sendto(ack(n), tid)
+            assert struct.unpack("!HH", s.recvfrom(70000)[0][:4]) == (3, 4)
         s.close()
 
     in_ns(client, run)
@@ -196,7 +205,8 @@ def test_vanished_client_is_cleaned_up_and_recorded(env):
     assert not st.server.transfers and not st.server.strays
     st.stop()
     rows = sqlite3.connect(dbpath).execute("SELECT client, path, outcome, retransmits FROM transfers").fetchall()
-    assert rows == [("10.99.0.2", "a.bin", "timeout", rows[0][3])] and rows[0][3] >= 1
+    outcome = "sent, last ACK missing" if last_ack else "timeout"
+    assert rows == [("10.99.0.2", "a.bin", outcome, rows[0][3])] and rows[0][3] >= 1
 
 
 def tsize_probe(name: str) -> dict[str, str]:

@@ -44,6 +44,7 @@ _ERR_TID = error_packet(ERR_TID, "unknown transfer ID")
 
 DONE = "ok"
 PROBED = "size probe"  # the client ended the transfer at the OACK
+LAST_ACK_MISSING = "sent, last ACK missing"
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,10 @@ class Transfer:
         if now - self.last_send < self.rto:
             return False
         if now - self.last_heard >= self.patience:
-            self.outcome = "timeout"
+            # Every block went out and all but the last were ACKed: most likely the client has
+            # the file and its final ACK was lost (it does not resend that one).
+            last_unconfirmed = 0 < self.acked == self.blocks - 1 and self.sent_to == self.blocks
+            self.outcome = LAST_ACK_MISSING if last_unconfirmed else "timeout"
             return True
         self.retries += 1
         self.retransmits += 1
