@@ -36,13 +36,15 @@ def unit_text() -> str:
               help="Bearer token for admin endpoints off localhost [default: state/secrets/api.token if present].")
 @click.option("--slurm-interval", type=click.FloatRange(0.5), default=10.0, show_default=True,
               help="Seconds between sinfo polls (records each node's `idle` stage).")
+@click.option("--tftp-workers", type=click.IntRange(1, 64), default=None,
+              help="TFTP processes sharing the port, this one included [default: one per CPU].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.option("--print-unit", is_flag=True, help="Print the systemd unit for this installation and exit.")
 @pass_ctx
 def serve(ctx: Context, services: str, listen: str, interface: str | None, http_port: int | None,
           tftp_port: int | None, dhcp_port: int | None, token_file: str | None, slurm_interval: float,
-          log_level: str, print_unit: bool) -> None:
+          tftp_workers: int | None, log_level: str, print_unit: bool) -> None:
     """Run the boot services (DHCP, TFTP, HTTP) in the foreground.
 
     SIGHUP or a change to cluster.yaml reloads the inventory without dropping transfers in
@@ -62,7 +64,8 @@ def serve(ctx: Context, services: str, listen: str, interface: str | None, http_
     inventory = ctx.inventory()
     setup_logging(log_level)
     opts = ServeOptions(tuple(dict.fromkeys(chosen)), listen, interface, http_port, tftp_port, dhcp_port,
-                        token_file, slurm_interval=slurm_interval)
+                        token_file, slurm_interval=slurm_interval,
+                        tftp_workers=tftp_workers or os.cpu_count() or 1)
     try:
         daemon = Daemon(ctx.site, ctx.state, inventory, opts)
     except ServeError as e:

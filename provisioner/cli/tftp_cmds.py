@@ -11,7 +11,7 @@ import click
 from ..artifacts import bootloaders
 from ..errors import UserError
 from ..servers.boottree import StaticTree
-from ..servers.tftp import TftpServer, listen_address
+from ..servers.tftp import TftpServer, check_port_free, listen_address
 from ..servers.tftp.workers import serve_workers
 from .context import Context, echo_table, pass_ctx
 
@@ -48,6 +48,8 @@ def tftp(ctx: Context, root: Path, listen: str, port: int, timeout: float, worke
 
     click.echo(f"serving {root} on {address}:{port} ({n} worker{'s' if n > 1 else ''})", err=True)
     try:
+        if n > 1:
+            check_port_free(address, port)
         serve_workers(make, n)
     except OSError as e:
         raise UserError(f"cannot listen on {listen}:{port}: {e.strerror}") from None

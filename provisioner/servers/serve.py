@@ -1,4 +1,5 @@
-"""The `provisioner serve` daemon: DHCP, TFTP and HTTP servers as threads of one process.
+"""The `provisioner serve` daemon: DHCP, TFTP and HTTP servers as threads of one process
+(TFTP may add worker processes on its port: tftp_service.py).
 
 The main thread owns the signals: SIGHUP (or an inventory change, or POST /api/v1/reload)
 reloads the inventory into every server in place, so transfers in flight carry on; SIGTERM
@@ -25,7 +26,6 @@ from ..inventory import Inventory, InventoryInvalid, load_inventory
 from ..nodestate import NodeStateDB
 from ..nodestate.slurm import is_ready, slurm_states
 from ..paths import Site, State
-from .stages import StageWriter, stage_of
 
 log = logging.getLogger("provisioner.serve")
 
@@ -41,45 +41,6 @@ class Server(Protocol):
     def shutdown(self) -> None: ...
 
 
-class StagedTree:
-    """The TFTP resolver: the shared BootTree, noting the boot stage a found file marks."""
-
-    def __init__(self, tree: Any, stages: StageWriter):
-        self.tree, self.stages = tree, stages
-
-    def __call__(self, client_ip: str, path: str) -> Any:
-        found = self.tree(client_ip, path)
-        stage = stage_of(path)
-        if found is not None and stage is not None:
-            node = self.tree.node_for(client_ip)
-            if node is not None:
-                self.stages.note(node, stage, f"tftp {path}")
-        return found
-
-    def node_for(self, client_ip: str) -> str | None:
-        return self.tree.node_for(client_ip)
-
-
-class TftpService:
-    """The TFTP server with a reload: its resolver is a BootTree, which holds nothing but the
-    inventory, so swapping that reloads it while transfers in flight keep their open files."""
-
-    def __init__(self, server: Any, tree: Any, stages: StageWriter):
-        self.server, self.tree, self.stages = server, tree, stages
-
-    def serve_forever(self) -> None:
-        try:
-            self.server.serve_forever()
-        finally:
-            self.stages.close()
-
-    def shutdown(self) -> None:
-        self.server.shutdown()
-
-    def reload(self, inventory: Inventory) -> None:
-        self.tree.inventory = inventory
-
-
 @dataclass(frozen=True)
 class ServeOptions:
     services: tuple[str, ...] = SERVICES
@@ -91,10 +52,16 @@ class ServeOptions:
     token_file: str | None = None  # None: state/secrets/api.token if present
     watch_interval: float = 1.0
     slurm_interval: float = 10.0
+    tftp_workers: int = 1  # TFTP processes on the port, this one included (tftp_service.py)
 
 
 class Logfmt(logging.Formatter):
-    """`ts=... level=... logger=... msg=... key=value` lines; fields from `extra={"kv": {...}}`."""
+    """`ts=... level=... logger=... msg=... key=value` lines; fields from `extra={"kv": {...}}`,
+    then the process's own `always` fields (a TFTP worker's pid)."""
+
+    def __init__(self, always: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.always = dict(always or {})
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = {
@@ -106,6 +73,7 @@ class Logfmt(logging.Formatter):
         }
         if record.exc_info:
             fields["error"] = self.formatException(record.exc_info)
+        fields.update(self.always)
         return " ".join(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
 
 
@@ -114,9 +82,9 @@ def _value(v: Any) -> str:
     return json.dumps(s) if not s or any(c in s for c in ' "=\n\t') else s
 
 
-def setup_logging(level: str = "info") -> None:
+def setup_logging(level: str = "info", **always: Any) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Logfmt())
+    handler.setFormatter(Logfmt(always))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -154,12 +122,10 @@ class Daemon:
                 return HttpServer(self.inventory, self.state, opts.listen, opts.http_port or cluster.ports.http,
                                   self.db, read_token(self.state, opts.token_file), hooks)
             if name == "tftp":
-                from .boottree import BootTree
-                from .tftp import TftpServer, listen_address
-                tree, stages = BootTree(self.state, self.inventory), StageWriter(self.db)
-                server = TftpServer(listen_address(opts.listen), opts.tftp_port or cluster.ports.tftp,
-                                    StagedTree(tree, stages), self.db)
-                return TftpService(server, tree, stages)
+                from .tftp import listen_address
+                from .tftp_service import with_workers
+                return with_workers(self.site, self.state, self.inventory, self.db, listen_address(opts.listen),
+                                    opts.tftp_port or cluster.ports.tftp, opts.tftp_workers)
             from .dhcp import DhcpServer
             return DhcpServer(self.inventory, self.state, opts.interface, opts.listen,
                               opts.dhcp_port or cluster.ports.dhcp, self.db)
@@ -191,9 +157,9 @@ class Daemon:
         threads.append(threading.Thread(target=self._poll_slurm, name="slurm-poll", daemon=True))
         for t in threads:
             t.start()
-        http = self.servers.get("http")
-        if http is not None:
-            while not http.ready.wait(0.1) and not self._stop.is_set():  # type: ignore[attr-defined]
+        for server in self.servers.values():  # those that take a while to be up say when they are
+            ready: threading.Event | None = getattr(server, "ready", None)
+            while ready is not None and not ready.wait(0.1) and not self._stop.is_set():
                 pass
         if not self._stop.is_set():
             log.info("ready", extra={"kv": {"services": ",".join(self.servers), "pid": os.getpid()}})

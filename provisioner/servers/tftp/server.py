@@ -317,6 +317,19 @@ def transfer_sockets(local: str, peer: tuple[str, int]) -> tuple[socket.socket, 
     return sock, strays
 
 
+def check_port_free(listen: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE) if anything holds the UDP port. Sockets that will share a
+    port with SO_REUSEPORT bind even beside another such group (another server left
+    running), so the first of them checks with a plain bind."""
+    if port == 0:
+        return
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.bind((listen, port))
+    finally:
+        probe.close()
+
+
 def listen_address(value: str) -> str:
     """A listen address as the socket layer wants it ("" and "*" mean all addresses)."""
     return "0.0.0.0" if value in ("", "*") else str(IPv4Address(value))
