@@ -31,6 +31,7 @@ log = logging.getLogger("provisioner.tftp")
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 lacks the constant
 _PKTINFO = struct.Struct("=I4s4s")  # ifindex, spec_dst (local address), addr (header dst)
 _SWEEP = 0.05
+_MAX_EVENTS = 256  # per poll: Python's default sizes its buffer at 1,023 events every call
 _RCVBUF = 4 << 20
 
 Resolver = Callable[[str, str], "Path | bytes | None"]
@@ -134,15 +135,16 @@ class TftpServer:
         listener = self.sock.fileno()
         wake = self._wake_r.fileno()
         transfers, strays = self.transfers, self.strays
+        buf = bytearray(2048)  # every datagram from a peer is read into this one buffer
         next_sweep = time.monotonic() + _SWEEP
         while not self._stopping:
-            events = ep.poll(_SWEEP)
+            events = ep.poll(_SWEEP, _MAX_EVENTS)
             now = time.monotonic()
             for fd, _ in events:
                 t = transfers.get(fd)
                 if t is not None:
                     try:
-                        ended = t.readable(now)
+                        ended = t.readable(now, buf)
                     except Exception:
                         log.exception("TFTP transfer of %s to %s failed", t.path, t.peer[0])
                         t.outcome, ended = "server error", True

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from .packets import ACK, ERR_TID, ERROR, error_packet
 from .payload import Payload
 
-_UNPACK = struct.Struct("!HH").unpack_from
 _SEG = struct.Struct("=H")
 _SOL_UDP = getattr(socket, "SOL_UDP", 17)
 _UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)  # Linux value; Python 3.11 lacks it
@@ -148,16 +147,17 @@ class Transfer:
             self.sent_to = end
             n = end + 1
 
-    def readable(self, now: float) -> bool:
-        """Handle one datagram from the peer; True when the transfer has ended (.outcome)."""
+    def readable(self, now: float, buf: bytearray) -> bool:
+        """Handle one datagram from the peer, read into the loop's `buf` (no allocation per
+        block); True when the transfer has ended (.outcome)."""
         try:
-            data = self.sock.recv(2048)
+            size = self.sock.recv_into(buf)
         except OSError:
             return False
         self.last_heard = now
-        if len(data) < 4:
+        if size < 4 or buf[0]:
             return False
-        op, blk = _UNPACK(data)
+        op, blk = buf[1], buf[2] << 8 | buf[3]
         if op == ACK:
             acked = self.acked
             n = acked + ((blk - acked) & 0xFFFF)
@@ -195,7 +195,7 @@ class Transfer:
                 # PXE ROMs ask for tsize, read the OACK and abort: a probe, not a failure.
                 self.outcome = PROBED
                 return True
-            msg = data[4:].split(b"\0", 1)[0].decode("ascii", "replace")
+            msg = bytes(buf[4:size]).split(b"\0", 1)[0].decode("ascii", "replace")
             self.outcome = f"client error {blk}: {msg}" if msg else f"client error {blk}"
             return True
         return False
