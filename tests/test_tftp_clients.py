@@ -124,6 +124,11 @@ def test_standalone_command_stops_cleanly_on_sigterm(lab, cli, tmp_path):
         client.run(["curl", "-sSf", "-o", f"{out}{i}", f"tftp://{lab.server_ip}:6969/f"])
         assert (tmp_path / f"out{i}").read_bytes() == b"payload" * 1000
     assert len(lab.server.pids()) == 3
+    # A second server on the port is refused: SO_REUSEPORT alone would let it share the port.
+    again = lab.server.run([cli.exe, "tftp", "--root", str(tmp_path), "--listen", lab.server_ip,
+                            "--port", "6969", "--workers", "2"], check=False, timeout=30)
+    assert again.returncode == 1 and "Address already in use" in again.stderr, again.stderr
+    assert len(lab.server.pids()) == 3
     proc.terminate()
     assert proc.wait(10) == 0
     deadline = time.time() + 5
