@@ -229,9 +229,16 @@ pv_apply_overlay() {
     if [ -n "$PV_OVERLAY" ]; then
         out=$(pv_http "$PV_OVERLAY" "$PV_RUN/overlay.cpio.gz") \
             || pv_fail "cannot fetch the node overlay $PV_OVERLAY: $out"
-        out=$(cd "$PV_RUN/rw/upper" && zcat "$PV_RUN/overlay.cpio.gz" | cpio -i -d -m -u 2>&1) \
+        # Not `zcat | cpio`: the pipe's status is cpio's, and cpio unpacks nothing from an empty
+        # stream without complaint, so a page that is not an archive would count as applied.
+        # busybox zcat also exits 0 on a truncated stream; it still says so on stderr.
+        if ! out=$(zcat "$PV_RUN/overlay.cpio.gz" 2>&1 >"$PV_RUN/overlay.cpio") || [ -n "$out" ] \
+            || [ ! -s "$PV_RUN/overlay.cpio" ]; then
+            pv_fail "the node overlay from $PV_OVERLAY is not a gzip cpio archive: ${out:-nothing in it}"
+        fi
+        out=$(cd "$PV_RUN/rw/upper" && cpio -i -d -m -u <"$PV_RUN/overlay.cpio" 2>&1) \
             || pv_fail "cannot unpack the node overlay from $PV_OVERLAY: $out"
-        rm -f "$PV_RUN/overlay.cpio.gz"
+        rm -f "$PV_RUN/overlay.cpio.gz" "$PV_RUN/overlay.cpio"
         pv_log "overlay: applied $PV_OVERLAY"
         pv_report overlay "$PV_OVERLAY"
     fi

@@ -103,5 +103,6 @@ def test_failed_nfs_mount_names_server_and_export(lab, image, tmp_path):
     assert "provisioner: ERROR: cannot mount the NFS root 10.99.0.1:/images/missing/versions/v1/rootfs (NFS 4.2)" \
         in console, console[-3000:]
     assert "PVTEST" not in console
+    assert "debug shell" not in console  # a shell only with provisioner.debug=1
     failed = [r["body"] for r in reports if r["method"] == "POST" and r["body"]["stage"] == "failed"]
     assert failed and "10.99.0.1:/images/missing/versions/v1/rootfs" in failed[0]["detail"]
