@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,14 @@ IMAGE_CACHE = Path("/var/cache/provisioner/images")
 START_SLURMCTLD = "slurmctld </dev/null >/dev/null 2>&1"
 RESTART_SLURMCTLD = ("pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
                      + START_SLURMCTLD)
+# One job step on every node at once (srun -l labels its lines by task): what the default image
+# set promises, OpenMPI as `mpirun` and MPICH, and the machine ID, which must differ between
+# nodes sharing one root. Shell builtins but for the two MPI commands: every fork is slow
+# under TCG. sshd is checked from the master meanwhile (ssh-keyscan, see check_nodes).
+NODE_CHECK = """read -r n < /proc/sys/kernel/hostname; read -r mid < /etc/machine-id
+o=$(mpirun --version 2>&1); m=$(mpichversion 2>&1)
+printf '%s\\n' "host $n" "machine-id $mid" "$o" "$m"
+"""
 
 
 @dataclass
@@ -216,6 +225,62 @@ class Demo:
                 raise DemoFailure(f"srun -w {node.name} hostname printed {got!r} (exit {res.returncode}):\n{res.stderr}")
             self.say("slurm", f"srun -w {node.name} hostname -> {got}")
 
+    def check_nodes(self, inv: Inventory) -> None:
+        """What the default image set promises, on the booted nodes: one srun finds OpenMPI
+        (`mpirun`) and MPICH and each node's machine ID; meanwhile ssh-keyscan from the master
+        finds each node's sshd serving the node's own host key (the ssh overlay's, not one
+        baked into the shared image)."""
+        assert self.master is not None
+        names = {n.name: str(n.ip) for n in inv.nodes}
+        scan = subprocess.Popen(self.master.enter(["ssh-keyscan", "-T", "30", "-t", "ed25519", *names.values()]),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            res = self.master.run(["srun", "-l", "--mpi=none", "-N", str(len(names)), "--ntasks-per-node=1",
+                                   "-w", ",".join(names), "sh", "-c", NODE_CHECK], timeout=240)
+            offered = {}
+            for line in scan.communicate(timeout=60)[0].splitlines():
+                if not line.startswith("#") and len(line.split()) >= 3:
+                    addr, ktype, key = line.split()[:3]
+                    offered[addr] = f"{ktype} {key}"
+        finally:
+            if scan.poll() is None:
+                scan.kill()
+                scan.wait()
+        tasks: dict[str, list[str]] = {}
+        for line in res.stdout.splitlines():
+            m = re.match(r"\s*(\d+): ?(.*)", line)
+            if m:
+                tasks.setdefault(m.group(1), []).append(m.group(2))
+        got: dict[str, dict[str, str]] = {}
+        for lines in tasks.values():
+            text = "\n".join(lines)
+            host = re.search(r"^host (\S+)", text, re.M)
+            facts = {"machine-id": re.search(r"^machine-id ?(.*)", text, re.M),
+                     "openmpi": re.search(r"^mpirun \(Open MPI\) (\S+)", text, re.M),
+                     "mpich": re.search(r"^MPICH Version:\s*(\S+)", text, re.M)}
+            if host:
+                got[host.group(1)] = {k: v.group(1).strip() for k, v in facts.items() if v}
+        problems = []
+        for name, ip in names.items():
+            facts = got.get(name, {})
+            own = secrets.read_secret(self.state, f"{secrets.node_ssh_dir(name)}/ssh_host_ed25519_key.pub")
+            mid = facts.get("machine-id", "")
+            if not facts.get("openmpi"):
+                problems.append(f"{name}: mpirun is not Open MPI (mpirun --version)")
+            if not facts.get("mpich"):
+                problems.append(f"{name}: no MPICH (mpichversion)")
+            if offered.get(ip) != " ".join(own.decode().split()[:2]):
+                problems.append(f"{name}: sshd on {ip} offers {offered.get(ip, 'no ed25519 host key')!r}, "
+                                "not the node's own")
+            if not re.fullmatch(r"[0-9a-f]{32}", mid) or any(got[n].get("machine-id") == mid for n in got if n != name):
+                problems.append(f"{name}: machine-id {mid!r} is not its own")
+        if res.returncode != 0 or problems:
+            raise DemoFailure(f"node check (srun exit {res.returncode}): {'; '.join(problems) or 'see output'}\n"
+                              f"{res.stdout}{res.stderr}")
+        for name, facts in got.items():
+            self.say("check", f"{name}: Open MPI {facts['openmpi']}, MPICH {facts['mpich']}, sshd with its own "
+                              f"host key, machine-id {facts['machine-id'][:8]}...")
+
     @staticmethod
     def _tail(path: Path, lines: int = 30) -> str:
         try:
@@ -238,6 +303,8 @@ class Demo:
             self.stage("boot", f"qemu (TCG) x{len(inv.nodes)}, PXE with the stock iPXE ROM", lambda: self.boot_vms(inv))
             self.stage("join", "waiting for sinfo to show every node idle", lambda: self.wait_idle(inv))
             self.stage("slurm", "srun on each node", lambda: self.srun(inv))
+            self.stage("check", "one srun on every node (OpenMPI, MPICH, machine-id); ssh-keyscan each sshd",
+                       lambda: self.check_nodes(inv))
             for node in inv.nodes:
                 subprocess.run([PROVISIONER, "--site", str(self.site.root), "--state", str(self.state.root),
                                 "status", node.name, "--timeline"])

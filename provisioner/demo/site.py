@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from ipaddress import IPv4Interface
 
+from ..artifacts.images import DEFAULT_PACKAGES
+
 MASTER = IPv4Interface("10.77.0.1/24")
 IMAGE = "demo"
-# Debian minbase plus what a diskless Slurm node needs to boot and join: curl reports facts,
-# nfs-common mounts the NFS homes, slurmd needs dbus for its cgroup v2 scope and slurmstepd
-# the PMIx library (MpiDefault=pmix; the slurm overlay adds the unversioned link Slurm loads).
-IMAGE_PACKAGES = ("linux-image-amd64", "systemd-sysv", "udev", "kmod", "iproute2", "munge", "slurmd", "curl", "dbus",
-                  "nfs-common", "libpmix2")
+# The demo boots what `provisioner image build` builds by default, so that set is proven to
+# boot into Slurm.
+IMAGE_PACKAGES = DEFAULT_PACKAGES
 
 
 def node_names(count: int) -> list[str]:
