@@ -277,6 +277,20 @@ def cache_key(suite: str, variant: str, packages: tuple[str, ...]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def cache_file(cache_dir: Path, suite: str, variant: str, packages: tuple[str, ...]) -> Path:
+    """The tarball a build with these inputs reuses (or writes) in `cache_dir`."""
+    return Path(cache_dir) / f"{cache_key(suite, variant, tuple(packages))}.tar"
+
+
+def debootstrap_argv(suite: str, packages: tuple[str, ...], variant: str, target: Path | str,
+                     mirror: str) -> list[str]:
+    """The debootstrap command build_image runs (in a private mount namespace) to make a root."""
+    argv = ["debootstrap", f"--variant={variant}"]
+    if packages:
+        argv.append("--include=" + ",".join(packages))
+    return [*argv, suite, str(target), mirror]
+
+
 def build_image(state: State, name: str, suite: str = DEFAULT_SUITE, packages: tuple[str, ...] = DEFAULT_PACKAGES,
                 mirror: str | None = None, variant: str = "minbase", kernel: str | None = None,
                 cache_dir: Path | None = None, compression: str = "gzip", keep: int = 3,
@@ -285,21 +299,17 @@ def build_image(state: State, name: str, suite: str = DEFAULT_SUITE, packages: t
     tarball keyed by suite, variant and package list, and reused instead of debootstrapping."""
     mirror = mirror or host_mirror()
     packages = tuple(packages)
-    key = cache_key(suite, variant, packages)
-    cached = cache_dir / f"{key}.tar" if cache_dir else None
+    cached = cache_file(cache_dir, suite, variant, packages) if cache_dir else None
 
     def fill(rootfs: Path) -> dict:
         if cached and cached.exists():
             progress(f"using cached root {cached}")
             _run(["tar", "-xpf", str(cached), "-C", str(rootfs), "--numeric-owner"], progress, "unpacking the cache")
         else:
-            argv = ["debootstrap", f"--variant={variant}"]
-            if packages:
-                argv.append("--include=" + ",".join(packages))
             # A private mount namespace: debootstrap's /proc and /sys mounts in the target die
             # with it even if it is killed.
-            _run(["unshare", "--mount", "--propagation", "private", "--", *argv, suite, str(rootfs), mirror],
-                 progress, "debootstrap")
+            _run(["unshare", "--mount", "--propagation", "private", "--",
+                  *debootstrap_argv(suite, packages, variant, rootfs, mirror)], progress, "debootstrap")
             subprocess.run(["chroot", str(rootfs), "apt-get", "clean"], check=False, capture_output=True)
             if cached:
                 cached.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -87,26 +88,54 @@ def image() -> None:
 @_kernel
 @_compression
 @_keep
+@click.option("--dry-run", is_flag=True, help="Print the suite, packages, mirror, cache file and debootstrap "
+                                              "command this build would use, and build nothing.")
 @pass_ctx
 def build(ctx: Context, name: str, suite: str | None, packages: tuple[str, ...], added: tuple[str, ...],
           profile: str | None, mirror: str | None, variant: str, cache_dir: Path | None, kernel: str | None,
-          compression: str, keep: int) -> None:
+          compression: str, keep: int, dry_run: bool) -> None:
     """Build a new version of image NAME with debootstrap (default: a Slurm compute node).
 
     The nodes that boot NAME then get boot configs for the new version."""
-    pkgs = tuple(packages) or images.DEFAULT_PACKAGES
+    images.check_name(name)
+    suite, pkgs = _build_inputs(ctx, suite, packages, added, profile)
+    if dry_run:
+        _show_plan(name, suite, pkgs, mirror or images.host_mirror(), variant, cache_dir)
+        return
+    boot = _BootConfigs(ctx)
+    v = images.build_image(ctx.state, name, suite, pkgs, mirror, variant,
+                           kernel, cache_dir, compression, keep, _progress(), boot)
+    _done(v)
+    boot.finish()
+
+
+def _build_inputs(ctx: Context, suite: str | None, packages: tuple[str, ...], added: tuple[str, ...],
+                  profile: str | None) -> tuple[str, tuple[str, ...]]:
+    """The suite and packages of a build: each from its flag, else the profile's vars.image_suite /
+    image_packages, else the default; --add packages join whichever set that gave."""
+    pvars: dict = {}
     if profile:
         prof = ctx.inventory().profiles.get(profile)
         if prof is None:
             raise UserError(f"no such profile: {profile}")
         pvars = prof.settings.get("vars") or {}
-        pkgs = tuple(packages) or tuple(pvars.get("image_packages") or pkgs)
-        suite = suite or pvars.get("image_suite")
-    boot = _BootConfigs(ctx)
-    v = images.build_image(ctx.state, name, suite or images.DEFAULT_SUITE, pkgs + tuple(added), mirror, variant,
-                           kernel, cache_dir, compression, keep, _progress(), boot)
-    _done(v)
-    boot.finish()
+    pkgs = tuple(packages) or tuple(pvars.get("image_packages") or images.DEFAULT_PACKAGES)
+    return (suite or pvars.get("image_suite") or images.DEFAULT_SUITE), tuple(dict.fromkeys(pkgs + tuple(added)))
+
+
+def _show_plan(name: str, suite: str, pkgs: tuple[str, ...], mirror: str, variant: str,
+               cache_dir: Path | None) -> None:
+    cached = images.cache_file(cache_dir, suite, variant, pkgs) if cache_dir else None
+    if cached is None:
+        cache = "none (no --cache)"
+    elif cached.exists():
+        cache = f"{cached} (present: unpacked instead of running debootstrap)"
+    else:
+        cache = f"{cached} (absent: written after debootstrap)"
+    for key, value in (("image", f"{name} (dry run: nothing built)"), ("suite", suite), ("variant", variant),
+                       ("packages", " ".join(pkgs)), ("mirror", mirror), ("cache", cache),
+                       ("command", shlex.join(images.debootstrap_argv(suite, pkgs, variant, "ROOT", mirror)))):
+        click.echo(f"{key + ':':10}{value}")
 
 
 @image.command(name="import")
