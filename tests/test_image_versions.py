@@ -8,6 +8,8 @@ import re
 import shutil
 import subprocess
 import tarfile
+import threading
+import time
 
 import pytest
 from busyroot import host_kernel, make_root
@@ -140,6 +142,25 @@ def test_exec_runs_inside_with_api_mounts_and_cleans_up(state, src):
     # A newer kernel appearing in /boot does not replace the one the image boots.
     assert images.exec_in_image(state, "tiny", ["sh", "-c", "echo k > /boot/vmlinuz-99.0.0-1-amd64"]) == 0
     assert next(v for v in images.versions(state, "tiny") if v.current).meta["kernel"] == host_kernel()
+
+
+def test_two_execs_at_once_both_land(state, src):
+    """The second exec waits for the first (the image's lock) and then starts from the version
+    the first made, not from the one current when it was asked: no change is lost."""
+    images.import_image(state, "tiny", src)
+    first = threading.Thread(target=images.exec_in_image,
+                             args=(state, "tiny", ["sh", "-c", "echo a > /etc/first; sleep 2"]))
+    first.start()
+    deadline = time.time() + 30
+    while not list(layout.image_versions(state, "tiny").glob(".v2.partial/rootfs/etc/first")):
+        assert time.time() < deadline and first.is_alive(), "the first exec never ran"
+        time.sleep(0.05)
+    assert images.exec_in_image(state, "tiny", ["sh", "-c", "echo b > /etc/second"]) == 0
+    first.join()
+    assert current(state, "tiny") == "versions/v3"
+    etc = layout.image_rootfs(state, "tiny") / "etc"
+    assert (etc / "first").read_text() == "a\n" and (etc / "second").read_text() == "b\n"
+    assert next(v for v in images.versions(state, "tiny") if v.current).meta["parent"] == "v2"
 
 
 def test_cli_image_commands(cli, src):

@@ -398,29 +398,37 @@ def exec_in_image(state: State, name: str, argv: list[str], in_place: bool = Fal
                   on_switch: OnSwitch | None = None) -> int:
     """Run a command inside the image. By default on a copy that becomes the new version only
     if the command succeeds (nodes never see a half-installed package); `in_place` edits the
-    current version directly."""
-    cur = next((v for v in versions(state, name) if v.current), None)
-    if cur is None:
-        raise UserError(f"no image {name!r}")
+    current version directly. The version copied is the one current once the image's lock is
+    held: an exec that waited for another starts from what that one made."""
+    _current(state, name)  # a missing image is an error before any wait
     if in_place:
         with locked(_image_root(state, name)):
-            return chroot_run(cur.path / "rootfs", argv)
-    status: list[int] = []
+            return chroot_run(_current(state, name).path / "rootfs", argv)
+    parent: list[ImageVersion] = []
 
     def fill(rootfs: Path) -> dict:
+        cur = _current(state, name)
+        parent.append(cur)
         progress(f"copying {name} {cur.version}")
         _run(["cp", "-a", "--reflink=auto", f"{cur.path / 'rootfs'}/.", str(rootfs)], progress, "copying the image")
-        status.append(chroot_run(rootfs, argv))
-        if status[0] != 0:
-            raise _CommandFailed(status[0])
+        code = chroot_run(rootfs, argv)
+        if code != 0:
+            raise _CommandFailed(code)
         return {**cur.meta, "exec": argv, "parent": cur.version}
 
     try:
         _make_version(state, name, fill, kernel, compression, keep, progress, on_switch)
     except _CommandFailed as e:
-        progress(f"command exited {e.code}: {name} stays at {cur.version}")
+        progress(f"command exited {e.code}: {name} stays at {parent[0].version}")
         return e.code
     return 0
+
+
+def _current(state: State, name: str) -> ImageVersion:
+    cur = next((v for v in versions(state, name) if v.current), None)
+    if cur is None:
+        raise UserError(f"no image {name!r}")
+    return cur
 
 
 class _CommandFailed(Exception):
