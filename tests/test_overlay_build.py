@@ -18,7 +18,6 @@ import pytest
 from provisioner.artifacts import cpio, layout
 from provisioner.artifacts.overlay_build import Build, BuildFailed, build, read_archive
 from provisioner.inventory import load_inventory
-from provisioner.paths import Site, State
 
 from test_render_overlays import INVENTORY, fake_image, make_site, plant_secrets
 
