@@ -9,7 +9,7 @@ import pytest
 from busyroot import host_kernel, make_root
 
 from provisioner.artifacts.initramfs import INITCPIO, InitramfsSpec, entries, render
-from provisioner.artifacts.kmod import ModuleIndex, load_index
+from provisioner.artifacts.kmod import ModuleIndex, load_index, plain_module
 from provisioner.errors import UserError
 
 
@@ -59,7 +59,9 @@ def test_modules_load_after_their_dependencies(root):
 
 
 def test_zstd_compression_and_extra_modules(root):
-    data = render(InitramfsSpec(root, host_kernel(), compression="zstd", extra_modules=("overlay",)))
+    spec = InitramfsSpec(root, host_kernel(), compression="zstd", extra_modules=("overlay",))
+    data = render(spec)
+    assert render(spec) == data  # same inputs, same bytes here too
     raw = subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
     assert "init" in gnu_cpio_list(raw)
 
@@ -76,3 +78,25 @@ def test_module_index_resolution_rules():
                             "kernel/c-d.ko.xz:\n", "kernel/builtin_one.ko\n")
     assert idx.resolve(["a"]) == ["kernel/c-d.ko.xz", "kernel/b.ko", "kernel/a.ko"]
     assert idx.resolve(["builtin-one", "c_d"], ["absent_nic"]) == ["kernel/c-d.ko.xz"]
+
+
+def test_compressed_modules_are_packed_plain(tmp_path):
+    """An image whose modules are xz- and zstd-compressed (trixie, Void): the initramfs carries
+    them uncompressed, as busybox insmod (no zstd) loads them, and its load list names those."""
+    kver = host_kernel()
+    root = make_root(tmp_path / "rootfs", "#!/bin/sh\n")
+    mods = root / "lib" / "modules" / kver / "kernel"
+    e1000 = next(mods.rglob("e1000.ko"))
+    nfsv4 = next(mods.rglob("nfsv4.ko"))
+    plain = {"e1000.ko": e1000.read_bytes(), "nfsv4.ko": nfsv4.read_bytes()}
+    subprocess.run(["zstd", "-q", "--rm", str(e1000)], check=True)
+    subprocess.run(["xz", "-q", str(nfsv4)], check=True)
+    by_path = {e.path: e for e in entries(InitramfsSpec(root, kver))}
+    listing = by_path["lib/provisioner/modules"].data.decode().split()
+    assert listing and all(p.endswith(".ko") for p in listing), listing
+    for name, data in plain.items():
+        (path,) = [p for p in by_path if p.endswith(f"/{name}")]
+        assert by_path[path].data == data and f"/{path}" in listing
+    gz = tmp_path / "m.ko.gz"
+    gz.write_bytes(gzip.compress(b"\x7fELF module"))
+    assert plain_module(gz) == ("m.ko", b"\x7fELF module")

@@ -12,13 +12,13 @@ import os
 import stat
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..atomic import atomic_write
 from ..errors import UserError
 from ..paths import State
 from . import cpio, layout
-from .kmod import load_index, modules_dir
+from .kmod import load_index, modules_dir, plain_module
 
 INITCPIO = Path(__file__).resolve().parent.parent.parent / "initcpio"
 BUSYBOX = Path("/bin/busybox")
@@ -90,9 +90,12 @@ def entries(spec: InitramfsSpec) -> list[cpio.Entry]:
     files.append(cpio.Entry.file("lib/provisioner/udhcpc.script", (INITCPIO / "udhcpc.script").read_bytes(), 0o755))
     files += _busybox_entries(spec.busybox)
     dest = f"lib/modules/{spec.kver}"
+    packed = []
     for m in mods:
-        files.append(cpio.Entry.file(f"{dest}/{m}", (mdir / m).read_bytes()))
-    listing = "".join(f"/{dest}/{m}\n" for m in mods)
+        name, data = plain_module(mdir / m)
+        packed.append(str(PurePosixPath(dest, m).with_name(name)))
+        files.append(cpio.Entry.file(packed[-1], data))
+    listing = "".join(f"/{p}\n" for p in packed)
     files.append(cpio.Entry.file("lib/provisioner/modules", listing.encode()))
     return _with_parents(files)
 

@@ -3,6 +3,8 @@ exactly the drivers it asks for and everything they need, in a loadable order.""
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import re
 import subprocess
 from dataclasses import dataclass
@@ -16,6 +18,24 @@ _SUFFIX = re.compile(r"\.ko(\.(xz|gz|zst))?$")
 def module_name(path: str) -> str:
     """`kernel/fs/nfs/nfsv4.ko.xz` -> `nfsv4` (dashes and underscores are the same to the kernel)."""
     return _SUFFIX.sub("", path.rsplit("/", 1)[-1]).replace("-", "_")
+
+
+def plain_module(path: Path) -> tuple[str, bytes]:
+    """A module file's name and bytes as busybox insmod loads them: uncompressed. Images ship
+    .ko.xz, .ko.gz or .ko.zst (trixie, Void...) and busybox has no zstd; the initramfs is
+    compressed as a whole anyway."""
+    name, data = path.name, path.read_bytes()
+    if name.endswith(".ko.xz"):
+        return name[:-3], lzma.decompress(data)
+    if name.endswith(".ko.gz"):
+        return name[:-3], gzip.decompress(data)
+    if name.endswith(".ko.zst"):
+        try:
+            out = subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise UserError(f"cannot decompress {path} (zstd-compressed modules need the zstd command): {e}") from None
+        return name[:-4], out
+    return name, data
 
 
 def modules_dir(root: Path, kver: str) -> Path:
