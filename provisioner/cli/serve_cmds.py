@@ -14,6 +14,9 @@ from ..servers.serve import SERVICES, Daemon, ServeError, ServeOptions, read_tok
 from .context import Context, pass_ctx
 
 PORT = click.IntRange(1, 65535)
+# Each TFTP worker is a Python process (~30 MB, plus the files it is sending); past 8 a
+# master's TFTP outruns what nodes that load iPXE over TFTP and the rest over HTTP ask of it.
+DEFAULT_TFTP_WORKERS_MAX = 8
 
 
 def unit_text() -> str:
@@ -37,7 +40,8 @@ def unit_text() -> str:
 @click.option("--slurm-interval", type=click.FloatRange(0.5), default=10.0, show_default=True,
               help="Seconds between sinfo polls (records each node's `idle` stage).")
 @click.option("--tftp-workers", type=click.IntRange(1, 64), default=None,
-              help="TFTP processes sharing the port, this one included [default: one per CPU].")
+              help=f"TFTP processes sharing the port, this one included [default: one per CPU, at most "
+                   f"{DEFAULT_TFTP_WORKERS_MAX}].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.option("--print-unit", is_flag=True, help="Print the systemd unit for this installation and exit.")
@@ -65,7 +69,7 @@ def serve(ctx: Context, services: str, listen: str, interface: str | None, http_
     setup_logging(log_level)
     opts = ServeOptions(tuple(dict.fromkeys(chosen)), listen, interface, http_port, tftp_port, dhcp_port,
                         token_file, slurm_interval=slurm_interval,
-                        tftp_workers=tftp_workers or os.cpu_count() or 1)
+                        tftp_workers=tftp_workers or min(os.cpu_count() or 1, DEFAULT_TFTP_WORKERS_MAX))
     try:
         daemon = Daemon(ctx.site, ctx.state, inventory, opts)
     except ServeError as e:
