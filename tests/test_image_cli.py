@@ -33,12 +33,15 @@ def src(tmp_path_factory):
 
 # --- build inputs: flags, then the profile, then the defaults ----------------------------
 
-PROFILES_YAML = """\
+CLUSTER = """\
 cluster:
   name: t
   domain: t.cluster
   network: {subnet: 10.77.0.0/24, master: 10.77.0.1}
   slurm: {controller: master}
+"""
+
+PROFILES_YAML = CLUSTER + """\
 profiles:
   default: {image: deb}
   small:
@@ -190,12 +193,7 @@ def test_every_step_of_a_rebuild_serves_the_old_version_whole(tmp_path, src):
     assert served(tree, "images/tiny/versions/v1/vmlinuz") == old["vmlinuz"]  # kept (--keep 3)
 
 
-CLUSTER_YAML = """\
-cluster:
-  name: t
-  domain: t.cluster
-  network: {subnet: 10.77.0.0/24, master: 10.77.0.1}
-  slurm: {controller: master}
+CLUSTER_YAML = CLUSTER + """\
 profiles:
   default: {image: tiny, overlays: [base]}
 nodes:

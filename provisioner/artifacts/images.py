@@ -39,28 +39,26 @@ DEFAULT_SUITE = "bookworm"
 # What a Slurm compute node needs to boot and join (`provisioner demo` boots exactly this set):
 # kernel, init, udev and kmod (modprobe), iproute2; MUNGE and slurmd, which needs dbus for its
 # cgroup v2 scope; libpmix2 for Slurm's mpi/pmix (the slurm overlay links the unversioned
-# libpmix.so it loads; libpmix-dev, which ships that link, breaks debootstrap); OpenMPI and MPICH; sshd (host keys come from the ssh
-# overlay, see _scrub_node_identity); curl reports the node's facts, nfs-common mounts the
-# NFS homes.
+# libpmix.so it loads; libpmix-dev, which ships that link, breaks debootstrap); OpenMPI and
+# MPICH; sshd (host keys come from the ssh overlay, see _scrub_node_identity); curl reports the
+# node's facts, nfs-common mounts the NFS homes.
 DEFAULT_PACKAGES = ("linux-image-amd64", "systemd-sysv", "udev", "kmod", "iproute2", "dbus", "munge", "slurmd",
                     "libpmix2", "openmpi-bin", "mpich", "openssh-server", "curl", "nfs-common")
-# What must differ between nodes that share one root: cleared at every commit of a version.
-# sshd's host keys (openssh-server's postinst makes a set; each node gets its own from the ssh
-# overlay) and the machine ID, which systemd makes at boot when /etc/machine-id is empty, but
-# takes from a D-Bus machine-id file if there is one (dbus's postinst writes one), so that
-# becomes a link to /etc/machine-id as machine-id(5) describes.
-HOST_KEY_GLOB = "etc/ssh/ssh_host_*"
-DBUS_MACHINE_ID = "var/lib/dbus/machine-id"
 
 
 def _scrub_node_identity(rootfs: Path) -> None:
-    for key in rootfs.glob(HOST_KEY_GLOB):
+    """Clear what must differ between nodes that share one root, at every commit of a version:
+    sshd's host keys (openssh-server's postinst makes a set; each node gets its own from the
+    ssh overlay) and the machine ID, which systemd makes at boot when /etc/machine-id is empty
+    but takes from a D-Bus machine-id file if there is one (dbus's postinst writes one), so
+    that becomes a link to /etc/machine-id, as machine-id(5) describes."""
+    for key in rootfs.glob("etc/ssh/ssh_host_*"):
         if key.is_file() or key.is_symlink():
             key.unlink()
     machine_id = rootfs / "etc" / "machine-id"
     if machine_id.is_file():
         machine_id.write_text("")  # each node makes its own at first boot
-    dbus_id = rootfs / DBUS_MACHINE_ID
+    dbus_id = rootfs / "var/lib/dbus/machine-id"
     if dbus_id.is_file() and not dbus_id.is_symlink():
         dbus_id.unlink()
         dbus_id.symlink_to("/etc/machine-id")

@@ -215,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("reload refused: inventory invalid, keeping the previous one",
                           extra={"kv": {"problems": len(e.problems)}})
             _tell("reloaded")
-    served_to_the_end = not thread.is_alive()
+    failed = not thread.is_alive()  # the server ended by itself, not asked to
     service.shutdown()
     thread.join(timeout=15)
-    return 1 if served_to_the_end else 0  # a server that ended by itself failed
+    return 1 if failed else 0
 
 
 def _tell(word: str) -> None:
