@@ -15,9 +15,14 @@ seconds of both and two derived ratios: "cpu" (tftpd-hpa's server CPU over ours:
 CPU second, relative) and "ceiling", (clients + tftpd-hpa) / clients of the tftpd-hpa run, the
 best ratio any server could reach here: one that cost no CPU at all. In lock-step (curl) a
 block costs client time plus server time, serially for one client and on saturated cores
-for many, so wall time follows their sum. Needs root.
+for many, so wall time follows their sum.
 
-    .venv/bin/python bench/tftp.py [--size-mb 30] [--clients 1,20,100]
+--floor adds a third server, bench/tftp_floor.c (compiled with gcc): the same shape as ours
+(a process per CPU, epoll, a socket per transfer) in a hundred lines of C with no loss handling.
+Its ratio is what the kernel and the clients leave to any server of that shape on this
+machine: the part of a gap that is ours, and the part that is the machine's. Needs root.
+
+    .venv/bin/python bench/tftp.py [--size-mb 30] [--clients 1,20,100] [--floor]
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from netlab import Lab  # noqa: E402
 
-OURS, HPA = 6969, 69
+OURS, HPA, FLOOR = 6969, 69, 6970
 
 
 def wait_port(ns, port: int) -> None:
@@ -89,6 +94,7 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=30)
     ap.add_argument("--clients", default="1,20,100")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--floor", action="store_true", help="also run bench/tftp_floor.c, a minimal C server")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
@@ -118,22 +124,32 @@ def measure(args: argparse.Namespace, exe: str, meters: dict) -> None:
                                 stdout=subprocess.DEVNULL)
         wait_port(lab.server, OURS)
         ours_pids = [p for p in lab.server.pids() if p != hpa.pid]
+        servers = {"tftpd-hpa": HPA, "provisioner": OURS}
+        if args.floor:
+            floor = Path(tmp) / "tftp_floor"
+            subprocess.run(["gcc", "-O2", "-o", str(floor), str(REPO / "bench" / "tftp_floor.c")], check=True)
+            lab.server.popen([str(floor), srv, str(FLOOR), str(root)], stdout=subprocess.DEVNULL)
+            wait_port(lab.server, FLOOR)
+            servers["floor"] = FLOOR
         if CpuMeter.ROOT.is_dir():
             meters.update({"tftpd-hpa": CpuMeter("hpa", [hpa.pid]), "provisioner": CpuMeter("ours", ours_pids),
                            "clients": CpuMeter("clients", [])})
-        check = client.run(["sh", "-c", f"curl -s tftp://{srv}:{OURS}/big.bin | sha256sum"]).stdout.split()[0]
-        if check != digest:
-            raise SystemExit("our server sent wrong bytes")
+            if args.floor:
+                meters["floor"] = CpuMeter("floor", [p for p in lab.server.pids() if p not in ours_pids + [hpa.pid]])
+        for name, port in servers.items():
+            check = client.run(["sh", "-c", f"curl -s tftp://{srv}:{port}/big.bin | sha256sum"]).stdout.split()[0]
+            if check != digest:
+                raise SystemExit(f"{name} sent wrong bytes")
         mb = len(data) / 1e6
         rows = []
 
         def best(make_cmd, n: int) -> dict[str, tuple[float, float, float]]:
             """(wall s, server CPU s, clients' CPU s) of the fastest run per server."""
             nan = float("nan")
-            out = {"tftpd-hpa": (float("inf"), nan, nan), "provisioner": (float("inf"), nan, nan)}
+            out = {name: (float("inf"), nan, nan) for name in servers}
             clients = meters.get("clients")
             for _ in range(args.repeat):
-                for name, port in (("tftpd-hpa", HPA), ("provisioner", OURS)):
+                for name, port in servers.items():
                     meter = meters.get(name)
                     cpu0 = meter.seconds() if meter else 0.0
                     ccpu0 = clients.seconds() if clients else 0.0
@@ -163,6 +179,13 @@ def measure(args: argparse.Namespace, exe: str, meters: dict) -> None:
             ceiling = (hcl + hcpu) / hcl if hcl else float("nan")
             print(f"{label:20} {h:6.2f} {o:6.2f} {total / h:9.1f} {total / o:9.1f} {h / o:5.2f}x {hcpu:8.2f}"
                   f" {ocpu:8.2f} {cpu_ratio:5.2f}x {hcl:11.2f} {ocl:12.2f} {ceiling:6.2f}x")
+        if args.floor:
+            print("floor (bench/tftp_floor.c, lock-step only: its windowsize run is a single stream too)")
+            print(f"{'run':20} {'hpa':>6} {'floor':>6} {'ratio':>6} {'cpu':>6} {'clients':>8}   ours / floor")
+            for label, t, total in rows:
+                (h, hcpu, _), (f, fcpu, fcl), o = t["tftpd-hpa"], t["floor"], t["provisioner"][0]
+                cpu_ratio = hcpu / fcpu if fcpu else float("nan")
+                print(f"{label:20} {h:6.2f} {f:6.2f} {h / f:5.2f}x {cpu_ratio:5.2f}x {fcl:8.2f}   {f / o:5.2f}x")
 
 
 if __name__ == "__main__":
