@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,8 +56,12 @@ class StagedTree:
 
 class Workers:
     """The extra TFTP processes of one serve, on the port its own TFTP server holds. Each
-    says "ready" once bound and "reloaded" after each SIGHUP, on its stdout: serve's own
-    "ready" and "reloaded" then hold for every process."""
+    says "ready" once bound and "reloaded N" after a reload, N the SIGHUPs it had received
+    when that reload began, on its stdout: serve's own "ready" and "reloaded" then hold for
+    every process. The count keeps a late answer to a reload that timed out from passing for
+    the answer to the next one."""
+
+    ack_timeout = ACK_TIMEOUT
 
     def __init__(self, count: int, site: Site, state: State, listen: str, port: int):
         self.argv = [sys.executable, "-m", __name__, "--site", str(site.root), "--state", str(state.root),
@@ -64,25 +69,51 @@ class Workers:
                      "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()]
         self.count = count
         self.procs: list[subprocess.Popen] = []
+        self.hups = 0  # SIGHUPs sent to each worker
+        self._unread: dict[int, bytes] = {}
         self._stopping = threading.Event()
 
     def start(self, on_death: Callable[[str], None]) -> None:
         """Start the workers and wait until each is bound; `on_death(reason)` is called (from
         a watcher thread) if one ends before stop()."""
-        self.procs = [subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        self.procs = [subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
                       for _ in range(self.count)]
-        self._expect("ready", ACK_TIMEOUT)
+        self._expect("ready")
         log.info("tftp workers", extra={"kv": {"pids": ",".join(str(p.pid) for p in self.procs)}})
         threading.Thread(target=self._watch, args=(on_death,), name="tftp-workers", daemon=True).start()
 
-    def _expect(self, word: str, timeout: float) -> None:
+    def _expect(self, word: str, count: int = 0) -> None:
+        """Wait for every worker to say `word` (with a count of at least `count`), passing
+        over older answers."""
+        deadline = time.monotonic() + self.ack_timeout
         for p in self.procs:
-            ready, _, _ = select.select([p.stdout], [], [], timeout)
-            line = p.stdout.readline().strip() if ready else ""  # type: ignore[union-attr]
-            if line != word:
-                code = p.poll()
-                raise RuntimeError(f"TFTP worker {p.pid} did not say {word!r} within {timeout:.0f} s"
-                                   + (f" (exited with code {code})" if code is not None else ""))
+            while True:
+                line = self._line(p, deadline)
+                if line is None:
+                    code = p.poll()
+                    raise RuntimeError(f"TFTP worker {p.pid} did not say {word!r} within {self.ack_timeout:g} s"
+                                       + (f" (exited with code {code})" if code is not None else ""))
+                said, _, n = line.partition(" ")
+                if said == word and (int(n) if n.isdigit() else 0) >= count:
+                    break
+
+    def _line(self, p: subprocess.Popen, deadline: float) -> str | None:
+        """The worker's next line, or None at the deadline or its end. Read straight from the
+        pipe: a buffered reader would hide a second line from select()."""
+        fd = p.stdout.fileno()  # type: ignore[union-attr]
+        unread = self._unread.get(p.pid, b"")
+        while b"\n" not in unread:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                self._unread[p.pid] = unread
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                self._unread[p.pid] = unread
+                return None
+            unread += chunk
+        line, _, self._unread[p.pid] = unread.partition(b"\n")
+        return line.decode("ascii", "replace").strip()
 
     def _watch(self, on_death: Callable[[str], None]) -> None:
         while not self._stopping.wait(0.5):
@@ -94,11 +125,12 @@ class Workers:
 
     def reload(self) -> None:
         """SIGHUP every worker and wait for each to have reloaded."""
+        self.hups += 1
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGHUP)
         try:
-            self._expect("reloaded", ACK_TIMEOUT)
+            self._expect("reloaded", self.hups)
         except RuntimeError as e:
             log.error("tftp worker reload", extra={"kv": {"error": str(e)}})
 
@@ -190,31 +222,34 @@ def main(argv: list[str] | None = None) -> int:
     service = tftp_service(state, load_inventory(site.cluster_yaml), NodeStateDB(state.db), args.listen, args.port,
                            shared=True)
     wake = threading.Event()
-    asked: set[str] = set()
+    hups, stop = [0], threading.Event()
 
-    def on(word: str) -> Callable[..., None]:
-        def handler(*_: object) -> None:
-            asked.add(word)
-            wake.set()
-        return handler
+    def hup(*_: object) -> None:
+        hups[0] += 1
+        wake.set()
 
-    signal.signal(signal.SIGHUP, on("reload"))
-    signal.signal(signal.SIGTERM, on("stop"))
+    def term(*_: object) -> None:
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGHUP, hup)
+    signal.signal(signal.SIGTERM, term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches serve, which stops us
     thread = threading.Thread(target=service.serve_forever, name="serve-tftp", daemon=True)
     thread.start()
     _tell("ready")
-    while "stop" not in asked and thread.is_alive() and os.getppid() == parent:
+    reloaded = 0
+    while not stop.is_set() and thread.is_alive() and os.getppid() == parent:
         wake.wait(0.5)
         wake.clear()
-        if "reload" in asked:
-            asked.discard("reload")
+        if hups[0] > reloaded:
+            reloaded = hups[0]  # SIGHUPs that came during a reload are answered by the next
             try:
                 service.reload(load_inventory(site.cluster_yaml))
             except InventoryInvalid as e:
                 log.error("reload refused: inventory invalid, keeping the previous one",
                           extra={"kv": {"problems": len(e.problems)}})
-            _tell("reloaded")
+            _tell(f"reloaded {reloaded}")
     failed = not thread.is_alive()  # the server ended by itself, not asked to
     service.shutdown()
     thread.join(timeout=15)
