@@ -16,14 +16,19 @@ CLIENTS = 40
 NODE03 = ("10.99.0.13", "52:54:00:aa:00:03")
 
 
-def wait_in_flight(lab, srv, n, timeout=30):
+def wait_in_flight(lab, srv, n, timeout=30, fetch=None):
+    """Until serve's metrics count n HTTP transfers in flight; `fetch`, the client process,
+    is named in the failure if it ended first."""
     deadline = time.time() + timeout
+    seen = ""
     while time.time() < deadline:
         metrics = curl(lab.server, f"{srv.url}/metrics").stdout
         if f"provisioner_http_in_flight {n}.0" in metrics:
             return
+        seen = next((line for line in metrics.splitlines() if line.startswith("provisioner_http_in_flight")), seen)
         time.sleep(0.1)
-    raise AssertionError(f"never {n} transfers in flight")
+    ended = f"; the client ended with {fetch.poll()}" if fetch is not None and fetch.poll() is not None else ""
+    raise AssertionError(f"never {n} transfers in flight (last seen: {seen or 'no metric'}){ended}")
 
 
 def add_node03(cli):
@@ -115,9 +120,11 @@ def test_sigterm_lets_a_download_in_flight_finish(lab, cli):
     srv = Serve(lab, cli)
     try:
         n1 = lab.host(ip=NODES["node01"][0])
-        fetch = n1.popen(f"curl -sS --noproxy '*' --fail --limit-rate 4M {srv.url}/images/{IMAGE}/initramfs.img "
+        # 8 s at 2 MB/s: time to see it in flight on a loaded machine, and to finish inside
+        # serve's 10 s shutdown grace.
+        fetch = n1.popen(f"curl -sS --noproxy '*' --fail --limit-rate 2M {srv.url}/images/{IMAGE}/initramfs.img "
                          "| sha256sum", text=True)
-        wait_in_flight(lab, srv, 1)
+        wait_in_flight(lab, srv, 1, fetch=fetch)
         srv.signal(signal.SIGTERM)
         out, _ = fetch.communicate(timeout=60)
         assert out.split()[0] == sha256(body)
