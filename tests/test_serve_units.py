@@ -2,13 +2,15 @@
 who may have secrets and the admin endpoints."""
 
 import logging
+import time
 from ipaddress import IPv4Address
 
 from provisioner.inventory import parse_text
 from provisioner.nodestate.slurm import is_ready, parse_sinfo
 from provisioner.servers.http.access import Peer, is_admin, node_at, secret_refusal
 from provisioner.servers.serve import Logfmt
-from provisioner.servers.stages import stage_of
+from provisioner.nodestate import NodeStateDB
+from provisioner.servers.stages import StageWriter, stage_of
 from servelab import cluster_yaml
 
 
@@ -31,6 +33,17 @@ def test_boot_file_stages():
     assert stage_of("undionly.kpxe") == "bootloader" and stage_of("/grubx64.efi") == "bootloader"
     assert stage_of("images/x/vmlinuz") == "kernel" and stage_of("images\\x\\initramfs.img") == "initramfs"
     assert stage_of("boot.ipxe") == "ipxe" and stage_of("ldlinux.c32") is None
+
+
+def test_a_stage_is_noted_once_across_processes(tmp_path):
+    """Two writers, as two TFTP worker processes each seeing one of a node's retries."""
+    db = NodeStateDB(tmp_path / "state.db")
+    for _ in range(2):
+        writer = StageWriter(db)
+        writer.note("node01", "bootloader", "tftp undionly.kpxe")
+        writer.close()
+    db.record_stages([("node01", "bootloader", time.time() + 3, "tftp undionly.kpxe")], within=2.0)
+    assert [r["stage"] for r in db.timeline("node01")] == ["bootloader", "bootloader"]
 
 
 def test_secret_and_admin_rules():

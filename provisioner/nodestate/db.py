@@ -86,11 +86,15 @@ class NodeStateDB:
             c.execute("INSERT INTO events(node, stage, at, detail) VALUES (?,?,?,?)",
                       (node, stage, at or time.time(), detail))
 
-    def record_stages(self, rows: list[tuple[str, str, float, str | None]]) -> None:
+    def record_stages(self, rows: list[tuple[str, str, float, str | None]], within: float = 0.0) -> None:
         """Many (node, stage, at, detail) events in one transaction: a boot storm of 10,000
-        nodes must not cost 10,000 commits."""
+        nodes must not cost 10,000 commits. A row is dropped when its node already has that
+        stage less than `within` seconds from it: each TFTP worker process sees only its own
+        share of a node's retries."""
         with self._tx() as c:
-            c.executemany("INSERT INTO events(node, stage, at, detail) VALUES (?,?,?,?)", rows)
+            c.executemany("INSERT INTO events(node, stage, at, detail) SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS "
+                          "(SELECT 1 FROM events WHERE node = ?1 AND stage = ?2 AND at > ?3 - ?5 AND at < ?3 + ?5)",
+                          [(*row, within) for row in rows])
 
     def timeline(self, node: str) -> list[sqlite3.Row]:
         return list(self._conn().execute(

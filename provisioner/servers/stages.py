@@ -17,12 +17,14 @@ STAGE_REPEAT = 2.0  # seconds within which the same stage is not noted again (ts
 
 class StageWriter:
     """Boot-stage events noted from a packet or event loop, written by a BatchWriter; the
-    same stage of a node again within STAGE_REPEAT is not noted. DHCP gathers its events
+    same stage of a node again within STAGE_REPEAT is not noted, here nor by the database
+    (another process may have noted it). DHCP gathers its events
     for a moment (`gather`): in a boot storm or under perfdhcp that is thousands a second."""
 
     def __init__(self, db: NodeStateDB, gather: float = 0.0):
         self.last: dict[tuple[str, str], float] = {}
-        self.writer: BatchWriter[tuple[str, str, float, str]] = BatchWriter(db.record_stages, "stage-writer", gather)
+        self.writer: BatchWriter[tuple[str, str, float, str]] = BatchWriter(
+            lambda rows: db.record_stages(rows, within=STAGE_REPEAT), "stage-writer", gather)
 
     def note(self, node: str, stage: str, detail: str) -> None:
         now = time.time()
