@@ -104,11 +104,8 @@ class Workers:
         unread = self._unread.get(p.pid, b"")
         while b"\n" not in unread:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                self._unread[p.pid] = unread
-                return None
-            chunk = os.read(fd, 4096)
-            if not chunk:
+            chunk = os.read(fd, 4096) if left > 0 and select.select([fd], [], [], left)[0] else b""
+            if not chunk:  # the deadline, or the worker's end
                 self._unread[p.pid] = unread
                 return None
             unread += chunk
