@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from provisioner.artifacts import layout, overlay_build, secrets  # noqa: E402
 from provisioner.artifacts.slurm_config import apply  # noqa: E402
+from provisioner.atomic import locked  # noqa: E402
 from provisioner.inventory import Inventory, load_inventory  # noqa: E402
 from provisioner.nodestate import NodeStateDB  # noqa: E402
 from provisioner.paths import Site, State  # noqa: E402
@@ -226,16 +227,33 @@ class SlurmLab:
             '. /etc/default/slurmd; until slurmd -D -s $SLURMD_OPTIONS; do sleep 0.5; done', "slurmd.out")
 
     def states(self) -> dict[str, str]:
-        out = self.ctl.run(["sinfo", "-N", "-h", "-o", "%N %T"], check=False).stdout
-        return dict(line.split() for line in out.splitlines() if line.strip())
+        """Node -> state as sinfo shows it. A failing sinfo (slurmctld restarting) is asked again:
+        an empty answer would pass for "the node is not there"."""
+        deadline = time.time() + 15
+        while True:
+            res = self.ctl.run(["sinfo", "-N", "-h", "-o", "%N %T"], check=False)
+            if res.returncode == 0:
+                return dict(line.split() for line in res.stdout.splitlines() if line.strip())
+            if time.time() > deadline:
+                raise AssertionError(f"sinfo exited {res.returncode}: {res.stderr.strip()}")
+            time.sleep(0.2)
 
     def show_node(self, name: str) -> dict[str, str]:
         """`scontrol show node NAME -o` as key -> value."""
         out = self.ctl.run(["scontrol", "-o", "show", "node", name], check=False).stdout
         return dict(w.split("=", 1) for w in out.split() if "=" in w)
 
+    def settled_idle(self, names: Sequence[str]) -> bool:
+        """Each node is idle, its facts are in slurm.conf, and no apply is in flight (its lock is
+        free): the watcher's restart or reconfigure for them has ended and cannot change sinfo
+        under a test (a restart's follow-up reconfigure ran after the nodes were idle once)."""
+        with locked(self.conf_dir / ".provisioner"):
+            conf = (self.conf_dir / "slurm.conf").read_text()
+            return all(f"NodeName={n} CPUs=" in conf for n in names) and \
+                all(self.states().get(n) == "idle" for n in names)
+
     def wait_idle(self, names: Sequence[str], timeout: float = 90) -> None:
-        self.wait(lambda: all(self.states().get(n) == "idle" for n in names), f"{names} idle", timeout)
+        self.wait(lambda: self.settled_idle(names), f"{names} idle, the watcher done", timeout)
 
     def wait(self, cond, what: str, timeout: float = 60) -> None:
         deadline = time.time() + timeout
@@ -246,7 +264,9 @@ class SlurmLab:
         tails = [f"--- slurmctld.log\n{self.ctl.log('var/log/slurm/slurmctld.log')[-2500:]}",
                  f"--- watcher.out\n{(self.work / 'master' / 'watcher.out').read_text()[-1500:]}"]
         tails += [f"--- {n}: slurmd.log\n{h.log('var/log/slurm/slurmd.log')[-1000:]}" for n, h in self.nodes.items()]
-        raise AssertionError(f"timed out waiting for {what}; sinfo: {self.states()}\n" + "\n".join(tails))
+        sinfo = self.ctl.run(["sinfo", "-N", "-h", "-o", "%N %T"], check=False)
+        raise AssertionError(f"timed out waiting for {what}; sinfo: {(sinfo.stdout + sinfo.stderr).strip()!r}\n"
+                             + "\n".join(tails))
 
 
 

@@ -81,7 +81,8 @@ def _hosts_of(output: str) -> list[str]:
 
 
 def test_nodes_join_and_srun_runs_on_the_inventory_names(cluster):
-    assert all(cluster.states()[n] == "idle" for n in NODES)
+    states = cluster.states()
+    assert all(states.get(n) == "idle" for n in NODES), states
     res = cluster.ctl.run(["srun", "-N3", "hostname"])
     assert sorted(res.stdout.split()) == NODES
 
