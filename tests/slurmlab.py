@@ -246,7 +246,7 @@ class SlurmLab:
     def settled_idle(self, names: Sequence[str]) -> bool:
         """Each node is idle, its facts are in slurm.conf, and no apply is in flight (its lock is
         free): the watcher's restart or reconfigure for them has ended and cannot change sinfo
-        under a test (a restart's follow-up reconfigure ran after the nodes were idle once)."""
+        under a test (a restart's follow-up reconfigure can come after the nodes were idle once)."""
         with locked(self.conf_dir / ".provisioner"):
             conf = (self.conf_dir / "slurm.conf").read_text()
             return all(f"NodeName={n} CPUs=" in conf for n in names) and \
