@@ -23,7 +23,7 @@ from ...nodestate import NodeStateDB
 from ...nodestate.summary import latest_boot, node_statuses, timeline
 from ...paths import State
 from ..boottree import BootTree, PathRefused
-from ..stages import stage_of
+from ..stages import STAGE_REPEAT, stage_of
 from .access import Peer, is_admin, node_at, secret_refusal
 from .files import TrackedFile
 from .metrics import StateCollector
@@ -240,13 +240,17 @@ class BootApp:
         return body
 
     async def _record_posted_stage(self, request: web.Request, node: str) -> web.Response:
+        """A reported stage; dropped when a server noted the same stage of the node within
+        STAGE_REPEAT (the initramfs reports "overlay" just after the fetch this server noted)."""
         body = await self._json_object(request)
         stage, detail = body.get("stage"), body.get("detail")
         if not isinstance(stage, str) or not _STAGE.match(stage):
             raise web.HTTPBadRequest(text="stage must be a short lowercase name\n")
         if detail is not None and not isinstance(detail, str):
             detail = json.dumps(detail, sort_keys=True)
-        await self._stage(node, stage, detail[:1000] if detail else None)
+        if self.db is not None:
+            row = (node, stage, time.time(), detail[:1000] if detail else None)
+            await self._db(self.db.record_stages, [row], STAGE_REPEAT)
         log.info("stage", extra={"kv": {"node": node, "stage": stage}})
         return web.json_response({"node": node, "stage": stage})
 
