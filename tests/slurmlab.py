@@ -69,6 +69,7 @@ START_SLURMCTLD = "slurmctld </dev/null >/dev/null 2>&1"
 RESTART_SLURMCTLD = ("pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
                      + START_SLURMCTLD)
 PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
+SINFO = ("sinfo", "-N", "-h", "-o", "%N %T")  # a line per node: name, state
 BINDS = ("run", "tmp", "dev/shm", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm")
 
 
@@ -231,7 +232,7 @@ class SlurmLab:
         an empty answer would pass for "the node is not there"."""
         deadline = time.time() + 15
         while True:
-            res = self.ctl.run(["sinfo", "-N", "-h", "-o", "%N %T"], check=False)
+            res = self.ctl.run(SINFO, check=False)
             if res.returncode == 0:
                 return dict(line.split() for line in res.stdout.splitlines() if line.strip())
             if time.time() > deadline:
@@ -264,7 +265,7 @@ class SlurmLab:
         tails = [f"--- slurmctld.log\n{self.ctl.log('var/log/slurm/slurmctld.log')[-2500:]}",
                  f"--- watcher.out\n{(self.work / 'master' / 'watcher.out').read_text()[-1500:]}"]
         tails += [f"--- {n}: slurmd.log\n{h.log('var/log/slurm/slurmd.log')[-1000:]}" for n, h in self.nodes.items()]
-        sinfo = self.ctl.run(["sinfo", "-N", "-h", "-o", "%N %T"], check=False)
+        sinfo = self.ctl.run(SINFO, check=False)
         raise AssertionError(f"timed out waiting for {what}; sinfo: {(sinfo.stdout + sinfo.stderr).strip()!r}\n"
                              + "\n".join(tails))
 
