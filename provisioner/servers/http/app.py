@@ -116,8 +116,10 @@ class BootApp:
         return node or node_at(self.inventory, await self._lease_map(), peer)
 
     async def _stage(self, node: str, stage: str, detail: str | None) -> None:
+        """A stage a node reports; dropped when a server noted the same stage of the node within
+        STAGE_REPEAT (the initramfs reports "overlay" just after the fetch this server noted)."""
         if self.db is not None:
-            await self._db(self.db.record_stage, node, stage, detail)
+            await self._db(self.db.record_stages, [(node, stage, time.time(), detail)], STAGE_REPEAT)
 
     def _later(self, fn: Callable[..., Any], *args: Any) -> None:
         """A DB write a file transfer does not wait for (queued in order on the DB thread);
@@ -240,17 +242,13 @@ class BootApp:
         return body
 
     async def _record_posted_stage(self, request: web.Request, node: str) -> web.Response:
-        """A reported stage; dropped when a server noted the same stage of the node within
-        STAGE_REPEAT (the initramfs reports "overlay" just after the fetch this server noted)."""
         body = await self._json_object(request)
         stage, detail = body.get("stage"), body.get("detail")
         if not isinstance(stage, str) or not _STAGE.match(stage):
             raise web.HTTPBadRequest(text="stage must be a short lowercase name\n")
         if detail is not None and not isinstance(detail, str):
             detail = json.dumps(detail, sort_keys=True)
-        if self.db is not None:
-            row = (node, stage, time.time(), detail[:1000] if detail else None)
-            await self._db(self.db.record_stages, [row], STAGE_REPEAT)
+        await self._stage(node, stage, detail[:1000] if detail else None)
         log.info("stage", extra={"kv": {"node": node, "stage": stage}})
         return web.json_response({"node": node, "stage": stage})
 
