@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+from collections.abc import Iterator
 from ipaddress import IPv4Address
-from typing import Any, Iterator
+from typing import Any
 
 import click
 from ruamel.yaml.comments import CommentedMap
@@ -17,6 +18,7 @@ from ..inventory import Inventory, InventoryInvalid, Node, Problem, load_invento
 from ..inventory.edit import edit_inventory, isolate, next_free_ip, node_entries, set_fields
 from ..inventory.hostlist import HostlistError, compress, expand, is_range
 from ..inventory.model import SETTINGS
+from ..inventory.schema import Invalid
 from ..inventory.starter import detect, starter_yaml
 from .context import Context, echo_json, echo_table, pass_ctx
 
@@ -81,9 +83,7 @@ def node_dict(n: Node, sources: bool = False) -> dict[str, Any]:
         "interfaces": [{"name": i.name, "mac": i.mac, "ip": str(i.ip) if i.ip else None} for i in n.interfaces],
         "profiles": list(n.profiles),
         "bmc": str(n.bmc) if n.bmc else None,
-        "image": n.image, "kernel": n.kernel, "kernel_args": list(n.kernel_args),
-        "overlays": list(n.overlays), "partitions": list(n.partitions), "features": list(n.features),
-        "mpi_slots": n.mpi_slots, "boot_files": dict(n.boot_files), "vars": dict(n.vars),
+        **{key: s.kind.to_json(getattr(n, key)) for key, s in SETTINGS.items()},
     }
     if sources:
         d["sources"] = dict(n.sources)
@@ -167,33 +167,27 @@ def _parse_mac(value: str | None) -> str | None:
 
 
 def _settings_from(options: dict[str, Any]) -> dict[str, Any]:
-    """CLI options for profile/node settings -> YAML values (`vars` as KEY=VALUE)."""
+    """The settings' CLI flags -> YAML values, each as its kind reads the flag."""
     out: dict[str, Any] = {}
-    for key in ("image", "kernel", "mpi_slots"):
-        if options.get(key) is not None:
-            out[key] = options[key]
-    for key in ("kernel_args", "overlays", "partitions", "features"):
-        if options.get(key):
-            out[key] = [v for item in options[key] for v in item.split(",") if v] if key != "kernel_args" else list(options[key])
-    if options.get("var"):
-        out["vars"] = {}
-        for item in options["var"]:
-            if "=" not in item:
-                raise UserError(f"--var takes KEY=VALUE, not {item!r}")
-            k, v = item.split("=", 1)
-            out["vars"][k] = v
+    for key, s in SETTINGS.items():
+        if s.flag is None:
+            continue
+        try:
+            value = s.kind.from_cli(options[key])
+        except Invalid as e:
+            raise UserError(f"{s.flag} {e.message}") from None
+        if value is not None:
+            out[key] = value
     return out
 
 
 def settings_options(f: Any) -> Any:
-    for opt in reversed([
-        click.option("--image"), click.option("--kernel", help="Kernel version from the image."),
-        click.option("--kernel-arg", "kernel_args", multiple=True, help="Repeatable."),
-        click.option("--overlay", "overlays", multiple=True, help="Repeatable or comma list."),
-        click.option("--partition", "partitions", multiple=True), click.option("--feature", "features", multiple=True),
-        click.option("--mpi-slots", type=click.IntRange(1)), click.option("--var", multiple=True, help="KEY=VALUE"),
-    ]):
-        f = opt(f)
+    """One click option per setting that declares a CLI flag."""
+    for key, s in reversed(list(SETTINGS.items())):
+        if s.flag is not None:
+            bounds = s.kind.bounds
+            f = click.option(s.flag, key, multiple=s.kind.multiple, type=click.IntRange(*bounds) if bounds else None,
+                             help=s.help)(f)
     return f
 
 

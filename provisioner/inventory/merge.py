@@ -1,17 +1,19 @@
 """Profile merging: later profiles beat earlier ones, the node beats every profile.
 
-Scalars are replaced, lists append (no repeats), dicts merge key by key. The sources map
+Each setting's kind names its rule: scalars are replaced, lists append (no repeats), dicts
+merge key by key. The sources map
 records, for `node show --sources`, which layer each value came from.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .model import SETTINGS
 
 
-def _deep_merge(base: dict, over: Mapping) -> dict:
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
@@ -23,12 +25,12 @@ def merge_settings(layers: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[dic
     sources: dict[str, str] = {}
     for origin, settings in layers:
         for key, value in settings.items():
-            kind = SETTINGS[key]
-            if kind == "list":
+            rule = SETTINGS[key].kind.merge
+            if rule == "append":
                 prev = list(merged.get(key, ()))
                 merged[key] = tuple(prev + [v for v in value if v not in prev])
                 sources[key] = f"{sources[key]} + {origin}" if key in sources else origin
-            elif kind == "dict":
+            elif rule == "merge":
                 merged[key] = _deep_merge(merged.get(key, {}), value)
                 for sub in _leaf_keys(value):
                     sources[f"{key}.{sub}"] = origin
@@ -38,7 +40,7 @@ def merge_settings(layers: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[dic
     return merged, sources
 
 
-def _leaf_keys(d: Mapping, prefix: str = "") -> list[str]:
+def _leaf_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
     out = []
     for k, v in d.items():
         name = f"{prefix}{k}"

@@ -1,101 +1,128 @@
 """The typed inventory: what the cluster and each node should be.
 
 Everything downstream (renderers, servers) reads these frozen dataclasses, never raw YAML.
+Each setting is declared once, as a field carrying its kind, default, checks and CLI flag
+(see schema.py); the parser, profile merging, the CLI and the JSON view derive from them.
 """
 
+# ruff: noqa: RUF009  (`setting` returns a dataclasses.field carrying the declaration)
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .hostlist import expand, split_top
+from .schema import (
+    Address,
+    Addresses,
+    AddressRange,
+    Choice,
+    Count,
+    Flag,
+    Hostlist,
+    Label,
+    Names,
+    Options,
+    Scope,
+    Section,
+    Sections,
+    Setting,
+    Subnet,
+    Table,
+    Text,
+    Words,
+    setting,
+    settings_of,
+)
 
 
-@dataclass(frozen=True)
+def _in_subnet(addr: IPv4Address, s: Scope) -> str | None:
+    return None if addr in s.subnet else f"{addr} is outside the subnet {s.subnet}"
+
+
+def _range_in_subnet(r: tuple[IPv4Address, IPv4Address], s: Scope) -> str | None:
+    if r[0] <= r[1] and r[0] in s.subnet and r[1] in s.subnet:
+        return None
+    return f"'{r[0]}-{r[1]}' must be 'FIRST-LAST' inside {s.subnet}, FIRST <= LAST"
+
+
+# -- the cluster section ----------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
 class Network:
-    interface: str | None
-    subnet: IPv4Network
-    master: IPv4Address
-    gateway: IPv4Address | None = None
-    dns: tuple[IPv4Address, ...] = ()
-    dynamic_range: tuple[IPv4Address, IPv4Address] | None = None
+    interface: str | None = setting(Text(), help="the provisioning interface on the master")
+    subnet: IPv4Network = setting(Subnet(), required=True)
+    master: IPv4Address = setting(Address(), derive=lambda s: next(s.subnet.hosts(), s.subnet.network_address),
+                                  check=_in_subnet, help="default: the subnet's first host")
+    gateway: IPv4Address | None = setting(Address(), check=_in_subnet)
+    dns: tuple[IPv4Address, ...] = setting(Addresses())
+    dynamic_range: tuple[IPv4Address, IPv4Address] | None = setting(
+        AddressRange(), check=_range_in_subnet, help="addresses for nodes that are not in the inventory")
 
     def in_dynamic_range(self, ip: IPv4Address) -> bool:
         return self.dynamic_range is not None and self.dynamic_range[0] <= ip <= self.dynamic_range[1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NfsExport:
-    path: str
-    mount: str
-    access: str = "rw"
-    options: str = ""
+    path: str = setting(Text(), required=True)
+    mount: str = setting(Text(), derive=lambda s: s.path, help="where nodes mount it; default: the path")
+    access: str = setting(Choice(("ro", "rw")), default="rw")
+    options: str = setting(Text(), default="")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Nfs:
-    server: IPv4Address
-    version: str = "4.2"
-    exports: tuple[NfsExport, ...] = ()
+    server: IPv4Address = setting(Address(), derive=lambda s: s.network.master, help="default: the master")
+    version: str = setting(Text(), default="4.2")
+    exports: tuple[NfsExport, ...] = setting(Sections(NfsExport))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Slurm:
-    controller: str
-    address: IPv4Address
-    port: int = 6817
-    options: Mapping[str, str] = field(default_factory=dict)
+    controller: str = setting(Text(), default="master")
+    address: IPv4Address = setting(Address(), derive=lambda s: s.network.master, help="default: the master")
+    port: int = setting(Count(1, 65535), default=6817)
+    options: Mapping[str, str] = setting(Options("slurm.conf keys to values"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Ports:
-    http: int = 80
-    tftp: int = 69
-    dhcp: int = 67
+    http: int = setting(Count(1, 65535), default=80)
+    tftp: int = setting(Count(1, 65535), default=69)
+    dhcp: int = setting(Count(1, 65535), default=67)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Dhcp:
-    mode: str = "full"  # "full" or "proxy"
-    lease_time: int = 3600
+    mode: str = setting(Choice(("full", "proxy")), default="full")
+    lease_time: int = setting(Count(60), default=3600)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Discovery:
-    adopt: str | None = None  # hostlist the server may name discovered nodes from
-    profiles: tuple[str, ...] = ()
+    adopt: str | None = setting(Hostlist(), help="hostlist the server may name discovered nodes from")
+    profiles: tuple[str, ...] = setting(Names(), help="profiles an adopted node gets")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Cluster:
-    name: str
-    domain: str
-    network: Network
-    nfs: Nfs
-    slurm: Slurm
-    time_servers: tuple[str, ...] = ()
-    ports: Ports = Ports()
-    dhcp: Dhcp = Dhcp()
-    discovery: Discovery = Discovery()
-    secure: bool = True
+    name: str = setting(Label(), required=True, default="cluster")
+    domain: str = setting(Text(), default="cluster")
+    network: Network = setting(Section(Network), required=True)
+    nfs: Nfs = setting(Section(Nfs))
+    slurm: Slurm = setting(Section(Slurm))
+    time_servers: tuple[str, ...] = setting(Names())
+    ports: Ports = setting(Section(Ports))
+    dhcp: Dhcp = setting(Section(Dhcp))
+    discovery: Discovery = setting(Section(Discovery))
+    secure: bool = setting(Flag(), default=True)
 
 
-# Settings a profile or a node may carry. Merge rule by kind: "scalar" - later wins,
-# "list" - later appends (without repeats), "dict" - merged key by key, later wins.
-SETTINGS: dict[str, str] = {
-    "image": "scalar",
-    "kernel": "scalar",
-    "kernel_args": "list",
-    "overlays": "list",
-    "partitions": "list",
-    "features": "list",
-    "mpi_slots": "scalar",
-    "boot_files": "dict",
-    "vars": "dict",
-}
-
+# -- profiles and nodes -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Profile:
@@ -111,7 +138,7 @@ class Interface:
     ip: IPv4Address | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Node:
     """A node merged with its profiles; `sources` says where each setting came from."""
 
@@ -119,15 +146,16 @@ class Node:
     interfaces: tuple[Interface, ...]
     profiles: tuple[str, ...]
     bmc: IPv4Address | None
-    image: str | None
-    kernel: str | None
-    kernel_args: tuple[str, ...]
-    overlays: tuple[str, ...]
-    partitions: tuple[str, ...]
-    features: tuple[str, ...]
-    mpi_slots: int | None
-    boot_files: Mapping[str, str]
-    vars: Mapping[str, Any]
+    # The settings a profile or a node may carry: each line is the whole declaration.
+    image: str | None = setting(Text(), "--image")
+    kernel: str | None = setting(Text(), "--kernel", "Kernel version from the image.")
+    kernel_args: tuple[str, ...] = setting(Words(), "--kernel-arg", "Repeatable.")
+    overlays: tuple[str, ...] = setting(Names(), "--overlay", "Repeatable or comma list.")
+    partitions: tuple[str, ...] = setting(Names(), "--partition")
+    features: tuple[str, ...] = setting(Names(), "--feature")
+    mpi_slots: int | None = setting(Count(1, 100000), "--mpi-slots")
+    boot_files: Mapping[str, str] = setting(Table())
+    vars: Mapping[str, Any] = setting(Table(), "--var", "KEY=VALUE")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     line: int = field(default=0, compare=False)
 
@@ -144,6 +172,9 @@ class Node:
         return self.primary.mac
 
 
+SETTINGS: Mapping[str, Setting] = settings_of(Node)
+
+
 @dataclass(frozen=True)
 class Inventory:
     path: Path
@@ -151,22 +182,23 @@ class Inventory:
     profiles: Mapping[str, Profile]
     nodes: tuple[Node, ...]
 
+    _by_name: dict[str, Node] = field(init=False, repr=False, compare=False)
+    _by_mac: dict[str, Node] = field(init=False, repr=False, compare=False)
+    _by_ip: dict[IPv4Address, Node] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
-        by_name = {n.name: n for n in self.nodes}
-        by_mac = {i.mac: n for n in self.nodes for i in n.interfaces if i.mac}
-        by_ip = {i.ip: n for n in self.nodes for i in n.interfaces if i.ip}
-        object.__setattr__(self, "_by_name", by_name)
-        object.__setattr__(self, "_by_mac", by_mac)
-        object.__setattr__(self, "_by_ip", by_ip)
+        object.__setattr__(self, "_by_name", {n.name: n for n in self.nodes})
+        object.__setattr__(self, "_by_mac", {i.mac: n for n in self.nodes for i in n.interfaces if i.mac})
+        object.__setattr__(self, "_by_ip", {i.ip: n for n in self.nodes for i in n.interfaces if i.ip})
 
     def node(self, name: str) -> Node | None:
-        return self._by_name.get(name)  # type: ignore[attr-defined]
+        return self._by_name.get(name)
 
     def by_mac(self, mac: str) -> Node | None:
-        return self._by_mac.get(mac.lower())  # type: ignore[attr-defined]
+        return self._by_mac.get(mac.lower())
 
     def by_ip(self, ip: IPv4Address | str) -> Node | None:
-        return self._by_ip.get(IPv4Address(ip))  # type: ignore[attr-defined]
+        return self._by_ip.get(IPv4Address(ip))
 
     def select(self, expr: str | None) -> list[Node]:
         """Nodes named by a selector: hostlist terms (`node[01-04,07]`, `a,b`), `@profile`,
@@ -185,11 +217,11 @@ class Inventory:
                         chosen.setdefault(n.name, n)
                 continue
             for name in expand(term):
-                n = self.node(name)
-                if n is None:
+                found = self.node(name)
+                if found is None:
                     missing.append(name)
                 else:
-                    chosen.setdefault(name, n)
+                    chosen.setdefault(name, found)
         if missing:
             raise KeyError(", ".join(missing))
         order = {n.name: i for i, n in enumerate(self.nodes)}

@@ -2,40 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import difflib
 import re
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from pathlib import Path as FsPath
-from typing import Any, Callable
+from typing import Any, TypeVar
 
 import yaml
 
 from . import yamlpos
 from .hostlist import HostlistError, expand, is_range
 from .merge import merge_settings
-from .model import (
-    SETTINGS, Cluster, Dhcp, Discovery, Interface, Inventory, Network, Nfs, NfsExport, Node,
-    Ports, Profile, Slurm,
-)
+from .model import SETTINGS, Cluster, Interface, Inventory, Node, Profile
+from .schema import Address, Invalid, Kind, Names, Scope, Section, Sections, Unresolved, settings_of, valid_hostname
 
 Path = yamlpos.Path
+T = TypeVar("T")
 
-CLUSTER_KEYS = {"name", "domain", "network", "nfs", "slurm", "time_servers", "ports", "dhcp",
-                "discovery", "secure"}
-NETWORK_KEYS = {"interface", "subnet", "gateway", "dns", "master", "dynamic_range"}
-NFS_KEYS = {"server", "version", "exports"}
-EXPORT_KEYS = {"path", "mount", "access", "options"}
-SLURM_KEYS = {"controller", "address", "port", "options"}
-PORT_KEYS = {"http", "tftp", "dhcp"}
-DHCP_KEYS = {"mode", "lease_time"}
-DISCOVERY_KEYS = {"adopt", "profiles"}
-PROFILE_KEYS = {"description", *SETTINGS}
+# Keys of a node entry besides its settings: who it is and where it is.
 NODE_KEYS = {"name", "interfaces", "mac", "ip", "profiles", "bmc", *SETTINGS}
-IFACE_KEYS = {"name", "mac", "ip"}
+PROFILE_KEYS = {"description", *SETTINGS}
+IFACE_KEYS = {f.name for f in dataclasses.fields(Interface)}
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.I)
 _MAC_HEX = re.compile(r"^[0-9a-f]{12}$")
+_ADDRESS, _NAMES = Address(), Names()
+_MISSING: Any = dataclasses.MISSING
 
 
 @dataclass(frozen=True)
@@ -74,10 +68,6 @@ def normalize_mac(value: str) -> str | None:
     return ":".join(hexdigits[i:i + 2] for i in range(0, 12, 2))
 
 
-def valid_hostname(name: str) -> bool:
-    return bool(_LABEL.match(name))
-
-
 class _Parser:
     def __init__(self, located: yamlpos.Located, filename: str):
         self.loc = located
@@ -88,7 +78,7 @@ class _Parser:
     def err(self, path: Path, message: str) -> None:
         self.problems.append(Problem(self.file, self.loc.line(path), field_name(path), message))
 
-    def mapping(self, value: Any, path: Path, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
+    def mapping(self, value: Any, path: Path, allowed: set[str], required: tuple[str, ...] = ()) -> dict[str, Any]:
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -103,159 +93,71 @@ class _Parser:
                 self.err(path, f"missing required key {key!r}")
         return value
 
-    # -- typed getters (None on a problem, which is recorded) ---------------------------------
-    def typed(self, m: dict, path: Path, key: str, conv: Callable[[Any], Any], what: str, default: Any = None) -> Any:
-        if m.get(key) is None:
-            return default
+    # -- values (None or MISSING on a problem, which is recorded) -----------------------------
+    def parsed(self, raw: Any, path: Path, kind: Kind) -> Any:
         try:
-            return conv(m[key])
-        except (ValueError, TypeError) as e:
-            detail = f" ({e})" if str(e) and what not in str(e) else ""
-            self.err((*path, key), f"{m[key]!r} is not {what}{detail}")
-            return default
+            return kind.parse(raw)
+        except Invalid as e:
+            self.err((*path, *e.at), e.message)
+            return _MISSING
 
-    def ip(self, m: dict, path: Path, key: str, default: Any = None) -> IPv4Address | None:
-        return self.typed(m, path, key, lambda v: IPv4Address(str(v)), "an IPv4 address", default)
-
-    def string(self, m: dict, path: Path, key: str, default: Any = None) -> str | None:
-        return self.typed(m, path, key, _as_str, "a string", default)
-
-    def integer(self, m: dict, path: Path, key: str, default: Any = None, lo: int = 0, hi: int = 2**31) -> int | None:
-        def conv(v: Any) -> int:
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError("")
-            if not lo <= v <= hi:
-                raise ValueError(f"out of range {lo}..{hi}")
-            return v
-        return self.typed(m, path, key, conv, "a whole number", default)
-
-    def strings(self, m: dict, path: Path, key: str) -> tuple[str, ...]:
-        value = m.get(key)
-        if value is None:
-            return ()
-        if isinstance(value, (str, int, float)):
-            return tuple(str(value).split()) if key == "kernel_args" else (str(value),)
-        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
-            self.err((*path, key), "must be a list of strings")
-            return ()
-        return tuple(str(v) for v in value)
+    def value(self, m: dict[str, Any], path: Path, key: str, kind: Kind) -> Any:
+        if m.get(key) is None:
+            return None
+        v = self.parsed(m[key], (*path, key), kind)
+        return None if v is _MISSING else v
 
     # -- sections -----------------------------------------------------------------------------
-    def cluster(self, raw: Any) -> Cluster | None:
-        path: Path = ("cluster",)
-        c = self.mapping(raw, path, CLUSTER_KEYS, required=("name", "network"))
-        name = self.string(c, path, "name", "cluster")
-        if name and not valid_hostname(name):
-            self.err((*path, "name"), f"{name!r} is not a valid name (letters, digits, '-')")
-        domain = self.string(c, path, "domain", "cluster")
-        net = self.network(c.get("network"), (*path, "network"))
-        if net is None:
-            return None
-        nfs_path = (*path, "nfs")
-        nfs_raw = self.mapping(c.get("nfs"), nfs_path, NFS_KEYS)
-        exports = []
-        raw_exports = nfs_raw.get("exports") or []
-        if not isinstance(raw_exports, list):
-            self.err((*nfs_path, "exports"), "must be a list")
-            raw_exports = []
-        for i, e in enumerate(raw_exports):
-            ep = (*nfs_path, "exports", i)
-            e = self.mapping(e, ep, EXPORT_KEYS, required=("path",))
-            access = self.string(e, ep, "access", "rw")
-            if access not in ("ro", "rw"):
-                self.err((*ep, "access"), f"{access!r} must be 'ro' or 'rw'")
-            if e.get("path"):
-                exports.append(NfsExport(str(e["path"]), str(e.get("mount") or e["path"]), access or "rw",
-                                         self.string(e, ep, "options", "") or ""))
-        nfs = Nfs(self.ip(nfs_raw, nfs_path, "server", net.master) or net.master,
-                  str(nfs_raw.get("version") or "4.2"), tuple(exports))
-        sp = (*path, "slurm")
-        s = self.mapping(c.get("slurm"), sp, SLURM_KEYS)
-        options = s.get("options") or {}
-        if not isinstance(options, dict):
-            self.err((*sp, "options"), "must be a mapping of slurm.conf keys to values")
-            options = {}
-        slurm = Slurm(self.string(s, sp, "controller", "master") or "master",
-                      self.ip(s, sp, "address", net.master) or net.master,
-                      self.integer(s, sp, "port", 6817, 1, 65535) or 6817,
-                      {str(k): str(v) for k, v in options.items()})
-        pp = (*path, "ports")
-        p = self.mapping(c.get("ports"), pp, PORT_KEYS)
-        ports = Ports(*(self.integer(p, pp, k, d, 1, 65535) or d for k, d in (("http", 80), ("tftp", 69), ("dhcp", 67))))
-        dp = (*path, "dhcp")
-        d = self.mapping(c.get("dhcp"), dp, DHCP_KEYS)
-        mode = self.string(d, dp, "mode", "full")
-        if mode not in ("full", "proxy"):
-            self.err((*dp, "mode"), f"{mode!r} must be 'full' or 'proxy'")
-        dhcp = Dhcp(mode or "full", self.integer(d, dp, "lease_time", 3600, 60) or 3600)
-        dsp = (*path, "discovery")
-        ds = self.mapping(c.get("discovery"), dsp, DISCOVERY_KEYS)
-        adopt = self.string(ds, dsp, "adopt")
-        if adopt:
-            try:
-                expand(adopt)
-            except HostlistError as e:
-                self.err((*dsp, "adopt"), str(e))
-        discovery = Discovery(adopt, self.strings(ds, dsp, "profiles"))
-        secure = c.get("secure", True)
-        if not isinstance(secure, bool):
-            self.err((*path, "secure"), "must be true or false")
-            secure = True
-        return Cluster(name or "cluster", domain or "cluster", net, nfs, slurm,
-                       self.strings(c, path, "time_servers"), ports, dhcp, discovery, secure)
-
-    def network(self, raw: Any, path: Path) -> Network | None:
-        n = self.mapping(raw, path, NETWORK_KEYS, required=("subnet",))
-        subnet = self.typed(n, path, "subnet", lambda v: IPv4Network(str(v), strict=True), "an IPv4 subnet (like 10.0.0.0/24)")
-        if subnet is None:
-            return None
-        master = self.ip(n, path, "master", next(subnet.hosts(), subnet.network_address))
-        gateway = self.ip(n, path, "gateway")
-        dns = []
-        for i, v in enumerate(n.get("dns") or []):
-            try:
-                dns.append(IPv4Address(str(v)))
-            except ValueError:
-                self.err((*path, "dns", i), f"{v!r} is not an IPv4 address")
-        for key, addr in (("master", master), ("gateway", gateway)):
-            if addr is not None and addr not in subnet:
-                self.err((*path, key), f"{addr} is outside the subnet {subnet}")
-        dyn = None
-        if n.get("dynamic_range") is not None:
-            text = str(n["dynamic_range"])
-            parts = [p.strip() for p in text.split("-")]
-            try:
-                if len(parts) != 2:
-                    raise ValueError
-                lo, hi = IPv4Address(parts[0]), IPv4Address(parts[1])
-                if lo > hi or lo not in subnet or hi not in subnet:
-                    raise ValueError
-                dyn = (lo, hi)
-            except ValueError:
-                self.err((*path, "dynamic_range"), f"{text!r} must be 'FIRST-LAST' inside {subnet}, FIRST <= LAST")
-        iface = self.string(n, path, "interface")
-        return Network(iface, subnet, master or subnet.network_address, gateway, tuple(dns), dyn)
-
-    def settings(self, m: dict, path: Path) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, kind in SETTINGS.items():
-            if key not in m or m[key] is None:
-                continue
-            if kind == "list":
-                out[key] = self.strings(m, path, key)
-            elif kind == "dict":
-                if not isinstance(m[key], dict):
-                    self.err((*path, key), "must be a mapping")
-                else:
-                    out[key] = {str(k): v for k, v in m[key].items()}
-            elif key == "mpi_slots":
-                v = self.integer(m, path, key, None, 1, 100000)
-                if v is not None:
-                    out[key] = v
+    def section(self, raw: Any, path: Path, model: type[T], outer: Scope | None = None) -> T | None:
+        """A model dataclass from a mapping, every field read as its setting declares; None
+        when a value it cannot do without is missing or wrong (that problem is recorded)."""
+        specs = settings_of(model)
+        m = self.mapping(raw, path, set(specs), tuple(k for k, s in specs.items() if s.required))
+        values: dict[str, Any] = {}
+        scope = Scope(values, outer)
+        complete = True
+        for key, s in specs.items():
+            sub = (*path, key)
+            if isinstance(s.kind, Section):
+                value = self.section(m.get(key), sub, s.kind.model, scope)
+                value = _MISSING if value is None else value
+            elif isinstance(s.kind, Sections):
+                value = self.sections(m.get(key), sub, s.kind.model, scope)
             else:
-                v = self.string(m, path, key)
-                if v is not None:
-                    out[key] = v
+                value = _MISSING if m.get(key) is None else self.parsed(m[key], sub, s.kind)
+            if value is _MISSING and s.derive is not None:
+                with contextlib.suppress(Unresolved):
+                    value = s.derive(scope)
+            if value is _MISSING:
+                value = s.fallback()
+            if value is _MISSING:
+                complete = False
+                continue
+            if value is not None and s.check is not None:
+                with contextlib.suppress(Unresolved):
+                    if problem := s.check(value, scope):
+                        self.err(sub, problem)
+            values[key] = value
+        return model(**values) if complete else None
+
+    def sections(self, raw: Any, path: Path, model: type[T], outer: Scope) -> tuple[T, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            self.err(path, "must be a list")
+            return ()
+        items = (self.section(item, (*path, i), model, outer) for i, item in enumerate(raw))
+        return tuple(item for item in items if item is not None)
+
+    def cluster(self, raw: Any) -> Cluster | None:
+        return self.section(raw, ("cluster",), Cluster)
+
+    def settings(self, m: dict[str, Any], path: Path) -> dict[str, Any]:
+        """The node settings a profile or a node entry gives, parsed by their declarations."""
+        out: dict[str, Any] = {}
+        for key, s in SETTINGS.items():
+            if m.get(key) is not None and (v := self.parsed(m[key], (*path, key), s.kind)) is not _MISSING:
+                out[key] = v
         return out
 
     def profiles(self, raw: Any) -> dict[str, Profile]:
@@ -301,7 +203,7 @@ class _Parser:
         if e.get("interfaces") is not None:
             if not isinstance(e["interfaces"], list) or not e["interfaces"]:
                 self.err((*path, "interfaces"), "must be a non-empty list")
-                raw_ifaces: list[tuple[dict, Path]] = []
+                raw_ifaces: list[tuple[dict[str, Any], Path]] = []
             else:
                 raw_ifaces = [(self.mapping(x, (*path, "interfaces", k), IFACE_KEYS), (*path, "interfaces", k))
                               for k, x in enumerate(e["interfaces"])]
@@ -310,13 +212,13 @@ class _Parser:
         per_node_ifaces: list[list[Interface]] = [[] for _ in names]
         for k, (iface, ipath) in enumerate(raw_ifaces):
             macs = self.macs_for(iface, ipath, names)
-            first_ip = self.ip(iface, ipath, "ip")
+            first_ip = self.value(iface, ipath, "ip", _ADDRESS)
             if k == 0 and first_ip is None and "ip" not in iface:
                 self.err(ipath, "the first interface needs an 'ip' (the first address for a range)")
             for j, _ in enumerate(names):
                 ip = first_ip + j if first_ip is not None else None
                 per_node_ifaces[j].append(Interface(str(iface.get("name") or f"eth{k}"), macs[j], ip))
-        prof_names = self.strings(e, path, "profiles") if "profiles" in e else (("default",) if "default" in profiles else ())
+        prof_names = (self.value(e, path, "profiles", _NAMES) or ()) if "profiles" in e else (("default",) if "default" in profiles else ())
         for pn in prof_names:
             if pn not in profiles:
                 hint = difflib.get_close_matches(pn, sorted(profiles), n=1)
@@ -325,15 +227,15 @@ class _Parser:
         layers = [(f"profile:{pn}", profiles[pn].settings) for pn in prof_names if pn in profiles]
         layers.append(("node", own))
         merged, sources = merge_settings(layers)
-        bmc = self.ip(e, path, "bmc")
+        bmc = self.value(e, path, "bmc", _ADDRESS)
         line = self.loc.line(path)
         return [
             Node(name=name, interfaces=tuple(per_node_ifaces[j]), profiles=tuple(prof_names),
-                 bmc=(bmc + j if bmc is not None else None), sources=sources, line=line, **_node_fields(merged))
+                 bmc=(bmc + j if bmc is not None else None), sources=sources, line=line, **merged)
             for j, name in enumerate(names)
         ]
 
-    def macs_for(self, iface: dict, path: Path, names: list[str]) -> list[str | None]:
+    def macs_for(self, iface: dict[str, Any], path: Path, names: list[str]) -> list[str | None]:
         raw = iface.get("mac")
         if raw is None:
             return [None] * len(names)
@@ -388,26 +290,6 @@ def _entry_index(loc: yamlpos.Located, line: int) -> int:
         if len(path) == 2 and path[0] == "nodes" and ln == line:
             return int(path[1])
     return 0
-
-
-def _as_str(v: Any) -> str:
-    if isinstance(v, (dict, list)):
-        raise TypeError("")
-    return str(v)
-
-
-def _node_fields(merged: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "image": merged.get("image"),
-        "kernel": merged.get("kernel"),
-        "kernel_args": tuple(merged.get("kernel_args", ())),
-        "overlays": tuple(merged.get("overlays", ())),
-        "partitions": tuple(merged.get("partitions", ())),
-        "features": tuple(merged.get("features", ())),
-        "mpi_slots": merged.get("mpi_slots"),
-        "boot_files": dict(merged.get("boot_files", {})),
-        "vars": dict(merged.get("vars", {})),
-    }
 
 
 def parse_text(text: str, filename: str) -> Inventory:
