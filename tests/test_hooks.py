@@ -3,12 +3,12 @@ source port, JSON reports, clear errors) run by busybox against a real server.""
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 from bootlab import HTTP_PORT, BootLab
 
-INITCPIO = Path(__file__).resolve().parent.parent / "initcpio"
+from provisioner.resources import INITCPIO
+
 SH_SCRIPTS = ["provisioner.sh", "init", "udhcpc.script", "hooks/provisioner"]
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from busyroot import host_kernel, make_root
 
-from provisioner.artifacts.initramfs import INITCPIO, InitramfsSpec, entries, render
+from provisioner.artifacts.initramfs import InitramfsSpec, entries, render
 from provisioner.artifacts.kmod import ModuleIndex, load_index, plain_module
 from provisioner.errors import UserError
+from provisioner.resources import INITCPIO
 
 
 @pytest.fixture(scope="module")

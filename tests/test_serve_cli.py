@@ -39,6 +39,18 @@ def test_systemd_unit_ships_and_prints_with_this_install(cli):
     assert check.returncode == 0 and "provisioner.service" not in check.stderr, check.stderr
 
 
+def test_printed_unit_names_the_site_and_state_it_was_given(cli, tmp_path, monkeypatch):
+    """--site/--state (relative ones made absolute) or else the environment end up in the unit."""
+    monkeypatch.chdir(tmp_path)
+    flags = cli("--site", "mysite", "--state", "/srv/pv-state", "serve", "--print-unit").stdout
+    assert f"Environment=PROVISIONER_SITE={tmp_path / 'mysite'}\n" in flags
+    assert "Environment=PROVISIONER_STATE=/srv/pv-state\n" in flags
+    from_env = cli("serve", "--print-unit").stdout
+    assert f"Environment=PROVISIONER_SITE={cli.site}\n" in from_env
+    assert f"Environment=PROVISIONER_STATE={cli.state}\n" in from_env
+    assert "@" not in flags  # every placeholder filled in
+
+
 @pytest.mark.netns
 def test_busy_port_exits_1_with_a_log_line(lab, cli):
     write_site(cli.site)

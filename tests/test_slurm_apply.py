@@ -152,3 +152,5 @@ def test_cli_apply_to_an_unwritable_dir_is_a_user_error(site, tmp_path):
 def test_cli_prints_the_watch_unit(cli):
     text = cli("slurm", "apply", "--print-unit").stdout
     assert f"ExecStart={cli.exe} slurm apply --watch 5\n" in text and "@PROVISIONER@" not in text
+    assert f"Environment=PROVISIONER_SITE={cli.site}\n" in text
+    assert f"Environment=PROVISIONER_STATE={cli.state}\n" in text

@@ -17,10 +17,10 @@ from pathlib import Path, PurePosixPath
 from ..atomic import atomic_write
 from ..errors import UserError
 from ..paths import State
+from ..resources import INITCPIO
 from . import cpio, layout
 from .kmod import load_index, modules_dir, plain_module
 
-INITCPIO = Path(__file__).resolve().parent.parent.parent / "initcpio"
 BUSYBOX = Path("/bin/busybox")
 
 # What a diskless boot cannot do without: the NFS client and overlayfs.

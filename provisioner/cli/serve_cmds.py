@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-from importlib import resources
 
 import click
 
 from ..errors import UserError
+from ..resources import systemd_unit
 from ..servers.serve import SERVICES, Daemon, ServeError, ServeOptions, read_token, setup_logging
 from .context import Context, pass_ctx
 
@@ -17,13 +16,6 @@ PORT = click.IntRange(1, 65535)
 # Each TFTP worker is a Python process (~30 MB, plus the files it is sending); past 8 a
 # master's TFTP outruns what nodes that load iPXE over TFTP and the rest over HTTP ask of it.
 DEFAULT_TFTP_WORKERS_MAX = 8
-
-
-def unit_text() -> str:
-    """The shipped systemd unit, pointing at this installation's `provisioner` script."""
-    text = resources.files("provisioner").joinpath("systemd/provisioner.service").read_text()
-    exe = os.path.abspath(shutil.which("provisioner") or sys.argv[0])
-    return text.replace("@PROVISIONER@", exe)
 
 
 @click.command()
@@ -44,7 +36,8 @@ def unit_text() -> str:
                    f"{DEFAULT_TFTP_WORKERS_MAX}].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
-@click.option("--print-unit", is_flag=True, help="Print the systemd unit for this installation and exit.")
+@click.option("--print-unit", is_flag=True,
+              help="Print the systemd unit for this installation, with its --site and --state, and exit.")
 @pass_ctx
 def serve(ctx: Context, services: str, listen: str, interface: str | None, http_port: int | None,
           tftp_port: int | None, dhcp_port: int | None, token_file: str | None, slurm_interval: float,
@@ -55,7 +48,7 @@ def serve(ctx: Context, services: str, listen: str, interface: str | None, http_
     flight; SIGTERM stops cleanly. Log lines go to stderr as key=value pairs.
     """
     if print_unit:
-        click.echo(unit_text(), nl=False)
+        click.echo(systemd_unit("provisioner.service", ctx.site, ctx.state), nl=False)
         return
     chosen = tuple(s.strip() for s in services.split(",") if s.strip())
     unknown = sorted(set(chosen) - set(SERVICES))

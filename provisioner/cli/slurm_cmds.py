@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
-import sys
 import time
-from importlib import resources
 
 import click
 
@@ -15,6 +11,7 @@ from ..artifacts import slurm_config
 from ..errors import UserError
 from ..render import mpi
 from ..render.slurm import SlurmConfig, render
+from ..resources import systemd_unit
 from .context import Context, pass_ctx
 
 conf_dir_option = click.option(
@@ -60,14 +57,14 @@ def diff_cmd(ctx: Context, conf_dir: str) -> None:
               help="How to restart slurmctld when Slurm refuses a reconfigure (node topology changed).")
 @click.option("--watch", type=click.FloatRange(0.2), metavar="SECONDS",
               help="Keep running: apply again every SECONDS, so reported facts reach Slurm by themselves.")
-@click.option("--print-unit", is_flag=True, help="Print a systemd unit running `apply --watch` and exit.")
+@click.option("--print-unit", is_flag=True,
+              help="Print a systemd unit running `apply --watch` with this --site and --state, and exit.")
 @pass_ctx
 def apply_cmd(ctx: Context, conf_dir: str, no_reload: bool, reconfigure_command: str, restart_command: str,
               watch: float | None, print_unit: bool) -> None:
     """Write the files that changed (atomically) and have slurmctld take them."""
     if print_unit:
-        text = resources.files("provisioner").joinpath("systemd/provisioner-slurm.service").read_text()
-        click.echo(text.replace("@PROVISIONER@", os.path.abspath(shutil.which("provisioner") or sys.argv[0])), nl=False)
+        click.echo(systemd_unit("provisioner-slurm.service", ctx.site, ctx.state), nl=False)
         return
     reconfigure = None if no_reload else shlex.split(reconfigure_command)
     restart = shlex.split(restart_command)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, ip_address, ip_interface
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Mapping
 
@@ -18,10 +17,6 @@ import jinja2.meta
 from jinja2.defaults import DEFAULT_NAMESPACE
 
 from ..inventory.model import Cluster, Inventory, Node
-
-REPO = Path(__file__).resolve().parent.parent.parent
-STOCK_OVERLAYS = REPO / "overlays"
-STOCK_PXE = REPO / "pxe"
 
 # Context names whose value differs from node to node; a template using none of them renders
 # once per build and is shared by every node.

@@ -3,8 +3,9 @@
 Sources, later winning file by file: the stock overlay (overlays/<name>/), the site's overlay
 of the same name (site/overlays/<name>/), the overlays in the node's order, and finally the
 node's own override tree (site/nodes/<node>/). In every tree `*.j2` is a template, `*.secret`
-names a secret whose bytes become the file, symlinks stay symlinks, and `_meta.yaml` sets
-mode/owner/group per node path. Rendering is pure given the secret reader: no writes.
+names a secret whose bytes become the file, symlinks stay symlinks, `*.symlink` is a symlink to
+the target it holds (how the stock trees, shipped in a wheel, carry theirs), and `_meta.yaml`
+sets mode/owner/group per node path. Rendering is pure given the secret reader: no writes.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import yaml
 
 from ..inventory.model import Node
 from ..paths import Site
+from ..resources import STOCK_OVERLAYS
 from .context import (
-    STOCK_OVERLAYS, RenderError, SharedContext, compile_template, environment, node_context, render,
-    PER_NODE, reads,
+    RenderError, SharedContext, compile_template, environment, node_context, render, PER_NODE, reads,
 )
 
 META = "_meta.yaml"
+LINK = ".symlink"
 DIR_MODE, FILE_MODE, EXEC_MODE, SECRET_MODE = 0o755, 0o644, 0o755, 0o600
 
 
@@ -152,6 +154,8 @@ def _source(src: Path, rel: str, label: str, env: jinja2.Environment) -> SourceF
     if not src.is_file():
         return None
     data = src.read_bytes()
+    if rel.endswith(LINK):
+        return SourceFile(rel[: -len(LINK)], src, "symlink", label, data.strip())
     executable = bool(src.stat().st_mode & 0o111)
     for suffix, kind in ((".j2", "template"), (".secret", "secret")):
         if rel.endswith(suffix):

@@ -19,7 +19,8 @@ import jinja2
 
 from ..inventory.model import Cluster, Node
 from ..paths import Site, image_pseudo, image_root
-from .context import STOCK_PXE, SharedContext, compile_template, environment, node_context, reads, render
+from ..resources import STOCK_PXE
+from .context import SharedContext, compile_template, environment, node_context, reads, render
 
 TEMPLATES = {"ipxe": "boot.ipxe.j2", "pxelinux": "pxelinux.cfg.j2", "grub": "grub.cfg.j2"}
 
