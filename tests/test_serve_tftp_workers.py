@@ -22,8 +22,12 @@ PORT = 6969
 CLIENTS = 30  # with 3 processes, one left without a transfer is a 3 * (2/3)**30 chance
 
 
+def tftp_ok(line: str) -> bool:
+    return "logger=tftp msg=transfer" in line and "outcome=ok" in line
+
+
 def worker_pids(srv) -> list[int]:
-    line = srv.wait_log("msg=\"tftp workers\"")
+    line = srv.wait_log("logger=tftp msg=workers")
     return [int(p) for p in re.search(r"pids=([\d,]+)", line).group(1).split(",")]
 
 
@@ -62,10 +66,10 @@ def test_workers_share_the_port_follow_reloads_and_stop_with_serve(lab, cli):
         n1 = lab.host(ip=NODES["node01"][0], mac=NODES["node01"][1])
         assert fetch_all(n1, f"images/{IMAGE}/vmlinuz", CLIENTS) == [sha256(kernel)] * CLIENTS
         deadline = time.time() + 10
-        while len([ln for ln in srv.lines if "tftp ok" in ln]) < CLIENTS:
+        while len([ln for ln in srv.lines if tftp_ok(ln)]) < CLIENTS:
             assert time.time() < deadline, "\n".join(srv.lines)
             time.sleep(0.05)
-        served = [ln for ln in srv.lines if "tftp ok" in ln and f"images/{IMAGE}/vmlinuz" in ln]
+        served = [ln for ln in srv.lines if tftp_ok(ln) and f"path=images/{IMAGE}/vmlinuz" in ln]
         by = {re.search(r"worker=(\d+)", ln).group(1) if "worker=" in ln else "serve" for ln in served}
         assert by == {"serve", *map(str, workers)}, served
         deadline = time.time() + 10

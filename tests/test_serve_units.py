@@ -6,10 +6,10 @@ import time
 from ipaddress import IPv4Address
 
 from provisioner.inventory import parse_text
+from provisioner.logs import Logfmt
 from provisioner.nodestate import NodeStateDB
 from provisioner.nodestate.slurm import is_ready, parse_sinfo
 from provisioner.servers.http.access import Peer, is_admin, node_at, secret_refusal
-from provisioner.servers.serve import Logfmt
 from provisioner.servers.stages import StageWriter, stage_of
 from servelab import cluster_yaml
 

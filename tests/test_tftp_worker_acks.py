@@ -4,8 +4,7 @@ reload late: the answer to a reload that timed out must not pass for the next on
 import sys
 import textwrap
 
-from provisioner.paths import Site, State
-from provisioner.servers.tftp_service import Workers
+from provisioner.servers.tftp.workers import Workers
 
 # Answers its first reload after 1.5 s (serve has given up after 0.5 s and sent the second
 # SIGHUP by then), the second 0.5 s later, and only then marks that second reload done.
@@ -33,13 +32,11 @@ LATE_WORKER = textwrap.dedent("""
 def test_a_late_reload_answer_is_not_taken_for_the_next(tmp_path, caplog):
     script, marker = tmp_path / "worker.py", tmp_path / "second-reload-done"
     script.write_text(LATE_WORKER)
-    workers = Workers(1, Site(tmp_path), State(tmp_path), "127.0.0.1", 0)
-    workers.argv = [sys.executable, str(script), str(marker)]
-    workers.ack_timeout = 0.5
+    workers = Workers([sys.executable, str(script), str(marker)], 1, ack_timeout=0.5)
     workers.start(on_death=lambda reason: None)
     try:
         workers.reload()
-        assert any("did not say 'reloaded'" in r.kv["error"] for r in caplog.records)
+        assert any("did not say 'reloaded'" in str(r.kv["error"]) for r in caplog.records)
         caplog.clear()
         workers.ack_timeout = 10
         workers.reload()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
 from ..errors import UserError
+from ..logs import setup_logging
 from ..resources import systemd_unit
-from ..servers.serve import SERVICES, Daemon, ServeError, ServeOptions, read_token, setup_logging
+from ..servers.serve import SERVICES, Daemon, ServeError, ServeOptions
 from .context import Context, pass_ctx
 
 PORT = click.IntRange(1, 65535)
@@ -27,7 +29,7 @@ DEFAULT_TFTP_WORKERS_MAX = 8
 @click.option("--http-port", type=PORT, help="[default: cluster.ports.http]")
 @click.option("--tftp-port", type=PORT, help="[default: cluster.ports.tftp]")
 @click.option("--dhcp-port", type=PORT, help="[default: cluster.ports.dhcp]")
-@click.option("--token-file", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Bearer token for admin endpoints off localhost [default: state/secrets/api.token if present].")
 @click.option("--slurm-interval", type=click.FloatRange(0.5), default=10.0, show_default=True,
               help="Seconds between sinfo polls (records each node's `idle` stage).")
@@ -40,7 +42,7 @@ DEFAULT_TFTP_WORKERS_MAX = 8
               help="Print the systemd unit for this installation, with its --site and --state, and exit.")
 @pass_ctx
 def serve(ctx: Context, services: str, listen: str, interface: str | None, http_port: int | None,
-          tftp_port: int | None, dhcp_port: int | None, token_file: str | None, slurm_interval: float,
+          tftp_port: int | None, dhcp_port: int | None, token_file: Path | None, slurm_interval: float,
           tftp_workers: int | None, log_level: str, print_unit: bool) -> None:
     """Run the boot services (DHCP, TFTP, HTTP) in the foreground.
 
@@ -54,10 +56,12 @@ def serve(ctx: Context, services: str, listen: str, interface: str | None, http_
     unknown = sorted(set(chosen) - set(SERVICES))
     if unknown or not chosen:
         raise UserError(f"unknown service(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SERVICES)}")
-    try:
-        read_token(ctx.state, token_file)  # an unreadable file is an error now, not at the first request
-    except OSError as e:
-        raise UserError(f"cannot read token file {token_file}: {e.strerror}") from None
+    if "http" in chosen:
+        from ..servers.http import read_token
+        try:
+            read_token(ctx.state, token_file)  # an unreadable file is an error now, not at the first request
+        except OSError as e:
+            raise UserError(f"cannot read token file {token_file}: {e.strerror}") from None
     inventory = ctx.inventory()
     setup_logging(log_level)
     opts = ServeOptions(tuple(dict.fromkeys(chosen)), listen, interface, http_port, tftp_port, dhcp_port,

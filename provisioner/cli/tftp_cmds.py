@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import click
 
 from ..artifacts import bootloaders
 from ..errors import UserError
-from ..servers.boottree import StaticTree
-from ..servers.tftp import TftpServer, check_port_free, listen_address
-from ..servers.tftp.workers import serve_workers
+from ..logs import kv, setup_logging
+from ..servers.tftp import listen_address
+from ..servers.tftp_service import directory_service
 from .context import Context, echo_table, pass_ctx
+
+log = logging.getLogger("provisioner.cli")
 
 
 @click.command()
@@ -31,28 +36,32 @@ from .context import Context, echo_table, pass_ctx
 def tftp(ctx: Context, root: Path, listen: str, port: int, timeout: float, workers: int | None,
          record: bool, verbose: bool) -> None:
     """Serve a directory over TFTP (no inventory needed); stops on SIGINT/SIGTERM."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(process)d %(levelname)s %(message)s")
+    setup_logging("info")
+    if not verbose:
+        logging.getLogger("provisioner.tftp").setLevel(logging.WARNING)
     try:
         address = listen_address(listen)
     except ValueError as e:
         raise UserError(f"bad listen address {listen!r}: {e}") from None
-    tree = StaticTree(root)
     n = workers or os.cpu_count() or 1
     if n > 1 and port == 0:
         raise UserError("--port 0 (any free port) needs --workers 1")
-
-    def make() -> TftpServer:
-        return TftpServer(address, port, tree, ctx.db() if record else None, timeout=timeout,
-                          reuse_port=n > 1)
-
-    click.echo(f"serving {root} on {address}:{port} ({n} worker{'s' if n > 1 else ''})", err=True)
     try:
-        if n > 1:
-            check_port_free(address, port)
-        serve_workers(make, n)
+        service = directory_service(root, address, port, n, ctx.state if record else None, timeout)
     except OSError as e:
         raise UserError(f"cannot listen on {listen}:{port}: {e.strerror}") from None
+    log.info("serving", extra=kv(root=root, address=address, port=service.server.port, workers=n))
+
+    def stop(*_: object) -> None:
+        threading.Thread(target=service.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        service.serve_forever()
+    except RuntimeError as e:  # a worker died
+        log.error("service failed", extra=kv(service="tftp", error=e))
+        sys.exit(1)
 
 
 @click.group()

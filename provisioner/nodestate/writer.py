@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Callable, Generic, TypeVar
 
+from ..logs import kv
+
 log = logging.getLogger("provisioner.nodestate")
 
 T = TypeVar("T")
@@ -54,6 +56,6 @@ class BatchWriter(Generic[T]):
                 try:
                     self._write(rows)
                 except Exception:  # a full disk must not stop the boot services
-                    log.exception("%s: could not record %d rows in the node-state DB", self.name, len(rows))
+                    log.exception("could not record rows in the node-state DB", extra=kv(writer=self.name, rows=len(rows)))
             if batch[-1] is None:
                 return

@@ -10,22 +10,20 @@ stage. Log lines are logfmt (key=value), one event per line.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import sys
 import threading
-import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
 
-from ..artifacts import layout
 from ..inventory import Inventory, InventoryInvalid, load_inventory
+from ..logs import kv
 from ..nodestate import NodeStateDB
 from ..nodestate.slurm import is_ready, slurm_states
 from ..paths import Site, State
+from .service import Service
 
 log = logging.getLogger("provisioner.serve")
 
@@ -36,11 +34,6 @@ class ServeError(Exception):
     """A service cannot start (missing module, address in use): the CLI says so and exits 1."""
 
 
-class Server(Protocol):
-    def serve_forever(self) -> None: ...
-    def shutdown(self) -> None: ...
-
-
 @dataclass(frozen=True)
 class ServeOptions:
     services: tuple[str, ...] = SERVICES
@@ -49,46 +42,10 @@ class ServeOptions:
     http_port: int | None = None  # None: the inventory's cluster.ports
     tftp_port: int | None = None
     dhcp_port: int | None = None
-    token_file: str | None = None  # None: state/secrets/api.token if present
+    token_file: Path | None = None  # None: state/secrets/api.token if present
     watch_interval: float = 1.0
     slurm_interval: float = 10.0
-    tftp_workers: int = 1  # TFTP processes on the port, this one included (tftp_service.py)
-
-
-class Logfmt(logging.Formatter):
-    """`ts=... level=... logger=... msg=... key=value` lines; fields from `extra={"kv": {...}}`,
-    then the process's own `always` fields (a TFTP worker's pid)."""
-
-    def __init__(self, always: Mapping[str, Any] | None = None):
-        super().__init__()
-        self.always = dict(always or {})
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name.removeprefix("provisioner."),
-            "msg": record.getMessage(),
-            **getattr(record, "kv", {}),
-        }
-        if record.exc_info:
-            fields["error"] = self.formatException(record.exc_info)
-        fields.update(self.always)
-        return " ".join(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
-
-
-def _value(v: Any) -> str:
-    s = str(v)
-    return json.dumps(s) if not s or any(c in s for c in ' "=\n\t') else s
-
-
-def setup_logging(level: str = "info", **always: Any) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Logfmt(always))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    tftp_workers: int = 1  # TFTP processes on the port, this one included (tftp/workers.py)
 
 
 def _fingerprint(site: Site) -> tuple[int, int, int] | None:
@@ -109,34 +66,41 @@ class Daemon:
         self._reload = threading.Event()
         self._wake = threading.Event()
         self._seen = _fingerprint(site)
-        self.servers: dict[str, Server] = {name: self._make(name) for name in opts.services}
+        self.services: dict[str, Service] = {name: self._make(name) for name in opts.services}
 
     # -- composition ---------------------------------------------------------------------------
-    def _make(self, name: str) -> Server:
-        cluster, opts = self.inventory.cluster, self.opts
+    def _make(self, name: str) -> Service:
+        make: dict[str, Callable[[], Service]] = {"dhcp": self._dhcp, "tftp": self._tftp, "http": self._http}
         try:
-            if name == "http":
-                from .http import Hooks, HttpServer
-                hooks = Hooks(reload=self.request_reload, slurm_states=lambda: self.slurm,
-                              dhcp_packets=self._dhcp_packets)
-                return HttpServer(self.inventory, self.state, opts.listen, opts.http_port or cluster.ports.http,
-                                  self.db, read_token(self.state, opts.token_file), hooks)
-            if name == "tftp":
-                from .tftp import listen_address
-                from .tftp_service import with_workers
-                return with_workers(self.site, self.state, self.inventory, self.db, listen_address(opts.listen),
-                                    opts.tftp_port or cluster.ports.tftp, opts.tftp_workers)
-            from .dhcp import DhcpServer
-            return DhcpServer(self.inventory, self.state, opts.interface, opts.listen,
-                              opts.dhcp_port or cluster.ports.dhcp, self.db)
+            return make[name]()
         except ImportError as e:
             raise ServeError(f"the {name} service is not available in this installation ({e})") from None
         except (OSError, ValueError) as e:
-            raise ServeError(f"cannot start {name} on {opts.listen}: {e}") from None
+            raise ServeError(f"cannot start {name} on {self.opts.listen}: {e}") from None
 
-    def _dhcp_packets(self) -> Mapping[str, int]:
-        """DHCP packet counters by kind, when this process runs the DHCP server."""
-        return dict(getattr(self.servers.get("dhcp"), "counters", {}))
+    def _dhcp(self) -> Service:
+        from .dhcp import DhcpServer
+        return DhcpServer(self.inventory, self.state, self.opts.interface, self.opts.listen,
+                          self.opts.dhcp_port or self.inventory.cluster.ports.dhcp, self.db)
+
+    def _tftp(self) -> Service:
+        from .tftp import listen_address
+        from .tftp_service import boot_service
+        return boot_service(self.site, self.state, self.inventory, self.db, listen_address(self.opts.listen),
+                            self.opts.tftp_port or self.inventory.cluster.ports.tftp, self.opts.tftp_workers)
+
+    def _http(self) -> Service:
+        from .http import Hooks, HttpServer
+        hooks = Hooks(reload=self.request_reload, slurm_states=lambda: self.slurm,
+                      dhcp_packets=lambda: self._counters("dhcp"))
+        return HttpServer(self.inventory, self.state, self.opts.listen,
+                          self.opts.http_port or self.inventory.cluster.ports.http, self.db, self.opts.token_file,
+                          hooks)
+
+    def _counters(self, name: str) -> Mapping[str, int]:
+        """A service's counters, empty when this process does not run it."""
+        service = self.services.get(name)
+        return service.counters() if service is not None else {}
 
     # -- control, from any thread -----------------------------------------------------------------
     def request_reload(self) -> None:
@@ -153,16 +117,15 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         threads = [threading.Thread(target=self._serve, args=(n, s), name=f"serve-{n}", daemon=True)
-                   for n, s in self.servers.items()]
+                   for n, s in self.services.items()]
         threads.append(threading.Thread(target=self._poll_slurm, name="slurm-poll", daemon=True))
         for t in threads:
             t.start()
-        for server in self.servers.values():  # those that take a while to be up say when they are
-            ready: threading.Event | None = getattr(server, "ready", None)
-            while ready is not None and not ready.wait(0.1) and not self._stop.is_set():
+        for service in self.services.values():
+            while not service.ready.wait(0.1) and not self._stop.is_set():
                 pass
         if not self._stop.is_set():
-            log.info("ready", extra={"kv": {"services": ",".join(self.servers), "pid": os.getpid()}})
+            log.info("ready", extra=kv(services=",".join(self.services), pid=os.getpid()))
         while not self._stop.is_set():
             self._wake.wait(self.opts.watch_interval)
             self._wake.clear()
@@ -173,19 +136,19 @@ class Daemon:
                 self._reload.clear()
                 self._seen = changed
                 self._do_reload()
-        log.info("stopping", extra={"kv": {"services": ",".join(self.servers)}})
-        for s in self.servers.values():
+        log.info("stopping", extra=kv(services=",".join(self.services)))
+        for s in self.services.values():
             s.shutdown()
         for t in threads:
             t.join(timeout=15)
-        log.info("stopped", extra={"kv": {"failed": self.failed}})
+        log.info("stopped", extra=kv(failed=self.failed))
         return 1 if self.failed else 0
 
-    def _serve(self, name: str, server: Server) -> None:
+    def _serve(self, name: str, service: Service) -> None:
         try:
-            server.serve_forever()
+            service.serve_forever()
         except Exception:
-            log.exception("service failed", extra={"kv": {"service": name}})
+            log.exception("service failed", extra=kv(service=name))
             self.failed = True
         if not self._stop.is_set():
             self.failed = True
@@ -196,20 +159,12 @@ class Daemon:
             inventory = load_inventory(self.site.cluster_yaml)
         except InventoryInvalid as e:
             log.error("reload refused: inventory invalid, keeping the previous one",
-                      extra={"kv": {"problems": len(e.problems), "first": str(e.problems[0]) if e.problems else None}})
+                      extra=kv(problems=len(e.problems), first=e.problems[0] if e.problems else None))
             return
         self.inventory = inventory
-        http = self.servers.get("http")
-        if http is not None:
-            try:
-                http.boot.token = read_token(self.state, self.opts.token_file)  # type: ignore[attr-defined]
-            except OSError as e:
-                log.error("token file unreadable, keeping the previous token", extra={"kv": {"error": str(e)}})
-        for name, server in self.servers.items():
-            reload: Callable[[Inventory], None] | None = getattr(server, "reload", None)
-            if reload is not None:
-                reload(inventory)
-        log.info("reloaded", extra={"kv": {"nodes": len(inventory.nodes)}})
+        for service in self.services.values():
+            service.reload(inventory)
+        log.info("reloaded", extra=kv(nodes=len(inventory.nodes)))
 
     def _poll_slurm(self) -> None:
         """Record `idle` for each node slurmctld reports ready, once per boot."""
@@ -229,16 +184,4 @@ class Daemon:
             state = states.get(node.name)
             if is_ready(state) and (node.name not in last or last[node.name]["stage"] != "idle"):
                 self.db.record_stage(node.name, "idle", state)
-                log.info("stage", extra={"kv": {"node": node.name, "stage": "idle", "slurm": state}})
-
-
-def read_token(state: State, path: str | None) -> str | None:
-    """The admin API token: the given file, else state/secrets/api.token if present."""
-    p = Path(path) if path else layout.api_token(state)
-    try:
-        return p.read_text().strip() or None
-    except FileNotFoundError:
-        if path:
-            raise
-        return None
-
+                log.info("stage", extra=kv(node=node.name, stage="idle", slurm=state))

@@ -1,13 +1,9 @@
-"""TFTP inside `provisioner serve`: the boot tree as resolver (noting boot stages), reload
-in place, and worker processes that share the port.
+"""TFTP as a service: serve's boot tree (noting boot stages, following reloads) or a plain
+directory (`provisioner tftp`), in this process and, if asked, worker processes on the same
+port (tftp/workers.py). `python -m provisioner.servers.tftp_service` is such a worker.
 
-One Python process is one CPU, and serve's process also runs DHCP and HTTP. With more than
-one worker, serve starts fresh processes of this module (never a fork: serve has threads by
-then) that bind the same port with SO_REUSEPORT; the kernel hashes each client to one
-socket, so a client's retries and its whole transfer stay in one process. A worker reloads
-the inventory on SIGHUP, which serve sends on each reload of its own, and ends on SIGTERM or
-as soon as serve is gone. A worker that dies fails serve (systemd restarts the unit), as any
-failed service does.
+A worker that dies fails the service, as any failed service fails serve (systemd restarts
+the unit); serve's reload reaches every worker before serve says "reloaded".
 """
 
 from __future__ import annotations
@@ -15,33 +11,31 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import select
-import signal
-import subprocess
 import sys
-import threading
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
 
 from ..inventory import Inventory, InventoryInvalid, load_inventory
+from ..logs import kv, setup_logging
 from ..nodestate import NodeStateDB
 from ..paths import Site, State
-from .boottree import BootTree
+from .boottree import BootTree, StaticTree
+from .service import Service
 from .stages import StageWriter, stage_of
 from .tftp import TftpServer, check_port_free
+from .tftp.server import Resolver
+from .tftp.workers import Workers, run_worker
 
-log = logging.getLogger("provisioner.serve")
-ACK_TIMEOUT = 30.0  # for a worker to bind or reload: a Python start-up and a YAML parse
+log = logging.getLogger("provisioner.tftp")
 
 
 class StagedTree:
-    """The TFTP resolver: the shared BootTree, noting the boot stage a found file marks."""
+    """serve's TFTP resolver: the shared BootTree, noting the boot stage a found file marks."""
 
-    def __init__(self, tree: BootTree, stages: StageWriter):
-        self.tree, self.stages = tree, stages
+    def __init__(self, state: State, inventory: Inventory, db: NodeStateDB):
+        self.tree, self.stages = BootTree(state, inventory), StageWriter(db)
 
-    def __call__(self, client_ip: str, path: str) -> Any:
+    def __call__(self, client_ip: str, path: str) -> Path | None:
         found = self.tree(client_ip, path)
         stage = stage_of(path)
         if found is not None and stage is not None:
@@ -54,105 +48,15 @@ class StagedTree:
         return self.tree.node_for(client_ip)
 
 
-class Workers:
-    """The extra TFTP processes of one serve, on the port its own TFTP server holds. Each
-    says "ready" once bound and "reloaded N" after a reload, N the SIGHUPs it had received
-    when that reload began, on its stdout: serve's own "ready" and "reloaded" then hold for
-    every process. The count keeps a late answer to a reload that timed out from passing for
-    the answer to the next one."""
+class TftpService(Service):
+    """A TftpServer and its workers. With a StagedTree, reload swaps the inventory the tree
+    resolves with (transfers in flight keep their open files) and reaches every worker."""
 
-    ack_timeout = ACK_TIMEOUT
+    name = "tftp"
 
-    def __init__(self, count: int, site: Site, state: State, listen: str, port: int):
-        self.argv = [sys.executable, "-m", __name__, "--site", str(site.root), "--state", str(state.root),
-                     "--listen", listen, "--port", str(port),
-                     "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()]
-        self.count = count
-        self.procs: list[subprocess.Popen] = []
-        self.hups = 0  # SIGHUPs sent to each worker
-        self._unread: dict[int, bytes] = {}
-        self._stopping = threading.Event()
-
-    def start(self, on_death: Callable[[str], None]) -> None:
-        """Start the workers and wait until each is bound; `on_death(reason)` is called (from
-        a watcher thread) if one ends before stop()."""
-        self.procs = [subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-                      for _ in range(self.count)]
-        self._expect("ready")
-        log.info("tftp workers", extra={"kv": {"pids": ",".join(str(p.pid) for p in self.procs)}})
-        threading.Thread(target=self._watch, args=(on_death,), name="tftp-workers", daemon=True).start()
-
-    def _expect(self, word: str, count: int = 0) -> None:
-        """Wait for every worker to say `word` (with a count of at least `count`), passing
-        over older answers."""
-        deadline = time.monotonic() + self.ack_timeout
-        for p in self.procs:
-            while True:
-                line = self._line(p, deadline)
-                if line is None:
-                    code = p.poll()
-                    raise RuntimeError(f"TFTP worker {p.pid} did not say {word!r} within {self.ack_timeout:g} s"
-                                       + (f" (exited with code {code})" if code is not None else ""))
-                said, _, n = line.partition(" ")
-                if said == word and (int(n) if n.isdigit() else 0) >= count:
-                    break
-
-    def _line(self, p: subprocess.Popen, deadline: float) -> str | None:
-        """The worker's next line, or None at the deadline or its end. Read straight from the
-        pipe: a buffered reader would hide a second line from select()."""
-        fd = p.stdout.fileno()  # type: ignore[union-attr]
-        unread = self._unread.get(p.pid, b"")
-        while b"\n" not in unread:
-            left = deadline - time.monotonic()
-            chunk = os.read(fd, 4096) if left > 0 and select.select([fd], [], [], left)[0] else b""
-            if not chunk:  # the deadline, or the worker's end
-                self._unread[p.pid] = unread
-                return None
-            unread += chunk
-        line, _, self._unread[p.pid] = unread.partition(b"\n")
-        return line.decode("ascii", "replace").strip()
-
-    def _watch(self, on_death: Callable[[str], None]) -> None:
-        while not self._stopping.wait(0.5):
-            for p in self.procs:
-                code = p.poll()
-                if code is not None and not self._stopping.is_set():
-                    on_death(f"TFTP worker {p.pid} exited with code {code}")
-                    return
-
-    def reload(self) -> None:
-        """SIGHUP every worker and wait for each to have reloaded."""
-        self.hups += 1
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGHUP)
-        try:
-            self._expect("reloaded", self.hups)
-        except RuntimeError as e:
-            log.error("tftp worker reload", extra={"kv": {"error": str(e)}})
-
-    def stop(self) -> None:
-        self._stopping.set()
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            if p.stdout is not None:
-                p.stdout.close()
-
-
-class TftpService:
-    """The TFTP server with a reload: its resolver is a BootTree, which holds nothing but the
-    inventory, so swapping that reloads it while transfers in flight keep their open files."""
-
-    def __init__(self, server: TftpServer, tree: BootTree, stages: StageWriter, workers: Workers | None = None):
-        self.server, self.tree, self.stages, self.workers = server, tree, stages, workers
-        self.ready = threading.Event()  # set once every worker is bound
+    def __init__(self, server: TftpServer, staged: StagedTree | None = None, workers: Workers | None = None):
+        super().__init__()
+        self.server, self.staged, self.workers = server, staged, workers
         self._death: str | None = None
 
     def serve_forever(self) -> None:
@@ -164,7 +68,8 @@ class TftpService:
         finally:
             if self.workers is not None:
                 self.workers.stop()
-            self.stages.close()
+            if self.staged is not None:
+                self.staged.stages.close()
         if self._death is not None:
             raise RuntimeError(self._death)
 
@@ -176,90 +81,76 @@ class TftpService:
         self.server.shutdown()
 
     def reload(self, inventory: Inventory) -> None:
-        self.tree.inventory = inventory
+        if self.staged is not None:
+            self.staged.tree.reload(inventory)
         if self.workers is not None:
             self.workers.reload()
 
 
-def tftp_service(state: State, inventory: Inventory, db: NodeStateDB, listen: str, port: int,
-                 *, shared: bool = False) -> TftpService:
-    """serve's TFTP service; `shared` binds with SO_REUSEPORT, for workers to join."""
-    tree, stages = BootTree(state, inventory), StageWriter(db)
-    server = TftpServer(listen, port, StagedTree(tree, stages), db, reuse_port=shared)
-    return TftpService(server, tree, stages)
+def boot_service(site: Site, state: State, inventory: Inventory, db: NodeStateDB, listen: str, port: int,
+                 processes: int = 1, *, shared: bool = False) -> TftpService:
+    """serve's TFTP service over the boot tree, in `processes` processes (this one included);
+    `shared` binds with SO_REUSEPORT also when alone (a worker)."""
+    staged = StagedTree(state, inventory, db)
+    return _service(listen, port, processes, shared, staged, db, staged,
+                    ["--site", str(site.root), "--state", str(state.root)])
 
 
-def with_workers(site: Site, state: State, inventory: Inventory, db: NodeStateDB, listen: str, port: int,
-                 workers: int) -> TftpService:
-    """serve's TFTP service in `workers` processes: this one and `workers - 1` more.
-    The port is checked free first: sockets with SO_REUSEPORT would otherwise quietly share
-    it with another serve left running."""
-    if workers <= 1:
-        return tftp_service(state, inventory, db, listen, port)
-    check_port_free(listen, port)
-    service = tftp_service(state, inventory, db, listen, port, shared=True)
-    service.workers = Workers(workers - 1, site, state, listen, service.server.port)
-    return service
+def directory_service(root: Path, listen: str, port: int, processes: int = 1, state: State | None = None,
+                      timeout: float = 1.0, *, shared: bool = False) -> TftpService:
+    """A plain directory served read-only (`provisioner tftp`); transfers are recorded in
+    the node database of `state` when one is given."""
+    db = NodeStateDB(state.db) if state is not None else None
+    mode = ["--root", str(root), "--timeout", str(timeout)] + (["--state", str(state.root)] if state else [])
+    return _service(listen, port, processes, shared, StaticTree(root), db, None, mode, timeout)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """A worker: serve's TFTP service on a port serve already holds, until SIGTERM or serve ends."""
-    from .serve import setup_logging  # serve imports this module
+def _service(listen: str, port: int, processes: int, shared: bool, resolver: Resolver, db: NodeStateDB | None,
+             staged: StagedTree | None, mode: list[str], timeout: float = 1.0) -> TftpService:
+    """The service, with `processes - 1` workers started with `mode` (how a worker builds
+    the same service). The port is checked free first: sockets with SO_REUSEPORT would
+    otherwise quietly share it with another server left running."""
+    if processes > 1:
+        check_port_free(listen, port)
+    server = TftpServer(listen, port, resolver, db, timeout=timeout, reuse_port=shared or processes > 1)
+    workers = None
+    if processes > 1:
+        level = logging.getLevelName(log.getEffectiveLevel()).lower()
+        workers = Workers([sys.executable, "-m", __name__, "--listen", listen, "--port", str(server.port),
+                           "--log-level", level, *mode], processes - 1)
+    return TftpService(server, staged, workers)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """A worker: the service its parent runs, on the port the parent holds, until SIGTERM or
+    the parent's end."""
     ap = argparse.ArgumentParser(prog=f"python -m {__name__}", description=main.__doc__)
-    ap.add_argument("--site", type=Path, required=True)
-    ap.add_argument("--state", type=Path, required=True)
     ap.add_argument("--listen", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--log-level", default="info")
+    ap.add_argument("--site", type=Path, help="serve's boot tree for this site (with --state)")
+    ap.add_argument("--state", type=Path)
+    ap.add_argument("--root", type=Path, help="a plain directory instead")
+    ap.add_argument("--timeout", type=float, default=1.0)
     args = ap.parse_args(argv)
     setup_logging(args.log_level, worker=os.getpid())
-    parent = os.getppid()
-    site, state = Site(args.site), State(args.state)
-    service = tftp_service(state, load_inventory(site.cluster_yaml), NodeStateDB(state.db), args.listen, args.port,
-                           shared=True)
-    wake = threading.Event()
-    hups, stop = [0], threading.Event()
+    state = State(args.state) if args.state else None
+    if args.root is not None:
+        service = directory_service(args.root, args.listen, args.port, state=state, timeout=args.timeout, shared=True)
+        return run_worker(service, lambda: None)
+    if args.site is None or state is None:
+        ap.error("give --site and --state, or --root")
+    site = Site(args.site)
+    service = boot_service(site, state, load_inventory(site.cluster_yaml), NodeStateDB(state.db), args.listen,
+                           args.port, shared=True)
 
-    def hup(*_: object) -> None:
-        hups[0] += 1
-        wake.set()
+    def reload() -> None:
+        try:
+            service.reload(load_inventory(site.cluster_yaml))
+        except InventoryInvalid as e:
+            log.error("reload refused: inventory invalid, keeping the previous one", extra=kv(problems=len(e.problems)))
 
-    def term(*_: object) -> None:
-        stop.set()
-        wake.set()
-
-    signal.signal(signal.SIGHUP, hup)
-    signal.signal(signal.SIGTERM, term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches serve, which stops us
-    thread = threading.Thread(target=service.serve_forever, name="serve-tftp", daemon=True)
-    thread.start()
-    _tell("ready")
-    reloaded = 0
-    while not stop.is_set() and thread.is_alive() and os.getppid() == parent:
-        wake.wait(0.5)
-        wake.clear()
-        if hups[0] > reloaded:
-            reloaded = hups[0]  # SIGHUPs that came during a reload are answered by the next
-            try:
-                service.reload(load_inventory(site.cluster_yaml))
-            except InventoryInvalid as e:
-                log.error("reload refused: inventory invalid, keeping the previous one",
-                          extra={"kv": {"problems": len(e.problems)}})
-            _tell(f"reloaded {reloaded}")
-    failed = not thread.is_alive()  # the server ended by itself, not asked to
-    service.shutdown()
-    thread.join(timeout=15)
-    return 1 if failed else 0
-
-
-def _tell(word: str) -> None:
-    """A line to serve on our stdout (a pipe serve reads)."""
-    try:
-        sys.stdout.write(word + "\n")
-        sys.stdout.flush()
-    except OSError:
-        pass  # serve is gone: the loop sees it
+    return run_worker(service, reload)
 
 
 if __name__ == "__main__":

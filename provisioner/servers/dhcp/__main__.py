@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
-import sys
 import threading
 
 from ...inventory import load_inventory
+from ...logs import kv, setup_logging
 from ...paths import site_from, state_from
 from .server import DhcpServer
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--proxy", action="store_true", default=None)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging("info")
     if args.verbose:
         logging.getLogger("provisioner").setLevel(logging.DEBUG)
     site, state = site_from(args.site), state_from(args.state)
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, lambda *_: server.reload(load_inventory(site.cluster_yaml)))
-    print("ready", flush=True)
+    logging.getLogger("provisioner.dhcp").info("ready", extra=kv(pid=os.getpid()))
     server.serve_forever()
 
 

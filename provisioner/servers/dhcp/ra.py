@@ -14,6 +14,7 @@ import logging
 import socket
 import struct
 
+from ...logs import kv
 from . import netif
 
 log = logging.getLogger("provisioner.dhcp")
@@ -65,9 +66,9 @@ class RouterAdvertiser:
             try:
                 self.sock.sendto(ADVERTISEMENT, (ALL_NODES, 0, 0, self.link.index))
             except OSError as e:
-                log.warning("could not send a router advertisement on %s: %s", self.link.name, e)
+                log.warning("could not send a router advertisement", extra=kv(interface=self.link.name, error=e))
             else:
-                log.debug("router advertisement for %s", peer[0])
+                log.debug("router advertisement", extra=kv(to=peer[0]))
 
     def close(self) -> None:
         self.sock.close()

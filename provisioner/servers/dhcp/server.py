@@ -18,8 +18,10 @@ from ipaddress import IPv4Address
 from typing import Callable
 
 from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
+from ...logs import kv
 from ...nodestate import NodeStateDB
 from ...paths import State, image_root
+from ..service import Service
 from ..stages import StageWriter
 from . import netif, pxe, reply, wire
 from .adopt import AdoptError, adopt
@@ -47,15 +49,18 @@ class Static:
     packed: bytes
 
 
-class DhcpServer:
+class DhcpServer(Service):
     """DHCP (or, with proxy=True or cluster.dhcp.mode "proxy", ProxyDHCP) for the cluster.
 
     `listen` is the server's own address (server identifier, default next-server); with
     "0.0.0.0" the interface's address in the provisioning subnet is used.
     """
 
+    name = "dhcp"
+
     def __init__(self, inventory: Inventory, state: State, interface: str | None, listen: str,
                  port: int = 67, db: NodeStateDB | None = None, proxy: bool | None = None):
+        super().__init__()
         net = inventory.cluster.network
         self.link = netif.find(interface or net.interface, listen, net.subnet)
         self.server_ip = IPv4Address(listen) if listen not in ("", "0.0.0.0") else self.link.address.ip
@@ -75,17 +80,21 @@ class DhcpServer:
         self._closed = False
         self._stopped = threading.Event()
         self._stopped.set()
-        self.counters = {"received": 0, "answered": 0, "dropped": 0, "errors": 0}
+        self.packets = {"received": 0, "answered": 0, "dropped": 0, "errors": 0}
         self.reload(inventory)
-        log.info("DHCP%s on %s (%s), server id %s", " proxy" if self.proxy else "", self.link.name,
-                 self.link.address, self.server_ip)
+        log.info("listening", extra=kv(mode="proxy" if self.proxy else "full", interface=self.link.name,
+                                       address=self.link.address, server_id=self.server_ip))
 
     def _advertiser(self) -> RouterAdvertiser | None:
         try:
             return RouterAdvertiser(self.link)
         except OSError as e:  # IPv6 off on this link: iPXE will not wait for an RA either
-            log.info("no IPv6 router advertisements on %s: %s", self.link.name, e)
+            log.info("no IPv6 router advertisements", extra=kv(interface=self.link.name, error=e))
             return None
+
+    def counters(self) -> dict[str, int]:
+        """Packets by outcome and by message type."""
+        return dict(self.packets)
 
     # -- configuration ---------------------------------------------------------------------------
     def reload(self, inventory: Inventory) -> None:
@@ -114,6 +123,7 @@ class DhcpServer:
         sel.register(self._wake_r, selectors.EVENT_READ)
         if self.ra is not None:
             sel.register(self.ra.sock, selectors.EVENT_READ)
+        self.ready.set()
         try:
             while not self._stopping:
                 for key, _ in sel.select():
@@ -159,32 +169,32 @@ class DhcpServer:
                 data, peer = sock.recvfrom(wire.MAX_PACKET + 1)
             except (BlockingIOError, InterruptedError):
                 return
-            self.counters["received"] += 1
+            self.packets["received"] += 1
             try:
                 answer = self.handle(data, peer, port)
             except wire.Malformed as e:
-                self.counters["dropped"] += 1
-                log.warning("dropped a malformed packet from %s:%d: %s", peer[0], peer[1], e)
+                self.packets["dropped"] += 1
+                log.warning("dropped a malformed packet", extra=kv(peer=f"{peer[0]}:{peer[1]}", error=e))
                 continue
             except Exception:
-                self.counters["errors"] += 1
-                log.exception("error answering %s:%d; packet dropped", peer[0], peer[1])
+                self.packets["errors"] += 1
+                log.exception("error answering; packet dropped", extra=kv(peer=f"{peer[0]}:{peer[1]}"))
                 continue
             if answer is not None:
                 try:
                     sock.sendto(*answer)
-                    self.counters["answered"] += 1
+                    self.packets["answered"] += 1
                 except OSError as e:
-                    log.warning("could not send to %s: %s", answer[1], e)
+                    log.warning("could not send", extra=kv(to=f"{answer[1][0]}:{answer[1][1]}", error=e))
 
     # -- answering -------------------------------------------------------------------------------
     def handle(self, data: bytes, peer: tuple[str, int], port: int) -> Answer | None:
         req = wire.parse(data)
         kind = wire.MESSAGE_NAMES.get(req.msgtype, "other").lower()
-        self.counters[kind] = self.counters.get(kind, 0) + 1
+        self.packets[kind] = self.packets.get(kind, 0) + 1
         network, mask = self.subnet_bits
         if req.relayed and int.from_bytes(req.giaddr, "big") & mask != network:
-            log.info("ignored %s via relay %s: no subnet for it", req.mac, IPv4Address(req.giaddr))
+            log.info("ignored: no subnet for the relay", extra=kv(mac=req.mac, relay=IPv4Address(req.giaddr)))
             return None
         client = pxe.classify(req)
         if self.proxy:
@@ -254,7 +264,7 @@ class DhcpServer:
         return self._answer(req, client, msgtype, "lease", ip, node), self._destination(req, msgtype)
 
     def _nak(self, req: wire.Request, why: str) -> Answer:
-        log.info("NAK %s: %s", req.mac, why)
+        log.info("NAK", extra=kv(mac=req.mac, reason=why))
         tmpl = self.templates.get(("nak",))
         if tmpl is None:
             tmpl = self.templates[("nak",)] = reply.template(wire.NAK, self.server_ip)
@@ -273,10 +283,10 @@ class DhcpServer:
             name, _ = adopt(self.inventory.path, req.mac)
             inv = load_inventory(self.inventory.path)
         except (AdoptError, InventoryInvalid, OSError) as e:  # it still gets a dynamic lease
-            log.warning("could not adopt %s: %s", req.mac, e)
+            log.warning("could not adopt", extra=kv(mac=req.mac, error=e))
             return None
         self.db.mark_adopted(req.mac, name)
-        log.info("adopted %s as %s", req.mac, name)
+        log.info("adopted", extra=kv(mac=req.mac, node=name))
         self.reload(inv)
         return self.static.get(req.mac)
 
@@ -285,7 +295,7 @@ class DhcpServer:
         if st is not None:
             return self._lease(req, client, wire.OFFER, st.ip, st.node)
         if not client.boots and self.pool.lease_of(req.mac) is None:
-            log.debug("ignored DISCOVER from %s: not in the inventory and not PXE booting", req.mac)
+            log.debug("ignored DISCOVER: not in the inventory and not PXE booting", extra=kv(mac=req.mac))
             return None
         requested = req.options.get(wire.OPT_REQUESTED_IP)
         ip = self.pool.offer(req.mac, IPv4Address(requested) if requested and len(requested) == 4 else None)
@@ -341,9 +351,9 @@ class DhcpServer:
         ip = IPv4Address(requested)
         st = self.static.get(req.mac)
         if st is not None:
-            log.warning("%s (%s) declined %s: another host uses its address", st.node.name, req.mac, ip)
+            log.warning("declined: another host uses its address", extra=kv(node=st.node.name, mac=req.mac, ip=ip))
         else:
-            log.warning("%s declined %s: another host uses it; skipping it for a while", req.mac, ip)
+            log.warning("declined: another host uses it; skipping it for a while", extra=kv(mac=req.mac, ip=ip))
             self.pool.decline(req.mac, ip)
 
     # -- ProxyDHCP -------------------------------------------------------------------------------

@@ -7,6 +7,6 @@ hundreds of concurrent boot downloads without a thread each.
 """
 
 from .app import BootApp, Hooks
-from .server import HttpServer
+from .server import HttpServer, read_token
 
-__all__ = ["BootApp", "Hooks", "HttpServer"]
+__all__ = ["BootApp", "Hooks", "HttpServer", "read_token"]

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 
 from ...artifacts import layout
 from ...inventory import Inventory, Node, normalize_mac
+from ...logs import kv
 from ...nodestate import NodeStateDB
 from ...nodestate.summary import latest_boot, node_statuses, timeline
 from ...paths import State
@@ -98,7 +99,7 @@ class BootApp:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._dbx, fn, *args)
         except sqlite3.Error as e:
-            log.error("node-state DB unavailable", extra={"kv": {"error": str(e)}})
+            log.error("node-state DB unavailable", extra=kv(error=e))
             raise web.HTTPServiceUnavailable(text="node-state database unavailable\n") from None
 
     async def _lease_map(self) -> dict[str, str]:
@@ -129,10 +130,11 @@ class BootApp:
         fut = asyncio.get_running_loop().run_in_executor(self._dbx, fn, *args)
         fut.add_done_callback(_log_db_failure)
 
-    def _refuse(self, status: type[web.HTTPException], reason: str, request: web.Request, **kv: Any) -> web.HTTPException:
+    def _refuse(self, status: type[web.HTTPException], reason: str, request: web.Request,
+                **fields: Any) -> web.HTTPException:
         self.refused.labels(str(status.status_code)).inc()
-        log.warning(reason, extra={"kv": {"client": str(self._peer(request)), "path": request.path,
-                                          "status": status.status_code, **kv}})
+        log.warning(reason, extra=kv(client=self._peer(request), path=request.path, status=status.status_code,
+                                     **fields))
         return status(text=f"{reason}\n")
 
     async def _send(self, request: web.Request, path: Path, node: Node | None, stage: str | None,
@@ -158,9 +160,9 @@ class BootApp:
             if request.method != "GET":
                 return
             name = node.name if node else None
-            (log.info if outcome == "ok" else log.warning)("transfer", extra={"kv": {
-                "client": str(peer), "node": name, "path": request.path, "status": resp.status, "bytes": sent,
-                "seconds": round(seconds, 3), "outcome": outcome}})
+            (log.info if outcome == "ok" else log.warning)("transfer", extra=kv(
+                client=peer, node=name, path=request.path, status=resp.status, bytes=sent,
+                seconds=round(seconds, 3), outcome=outcome))
             self._later(self.db.record_transfer, "http", str(peer), request.path, sent, seconds,  # type: ignore[union-attr]
                         outcome, name)
 
@@ -249,7 +251,7 @@ class BootApp:
         if detail is not None and not isinstance(detail, str):
             detail = json.dumps(detail, sort_keys=True)
         await self._stage(node, stage, detail[:1000] if detail else None)
-        log.info("stage", extra={"kv": {"node": node, "stage": stage}})
+        log.info("stage", extra=kv(node=node, stage=stage))
         return web.json_response({"node": node, "stage": stage})
 
     async def node_stage(self, request: web.Request) -> web.Response:
@@ -262,7 +264,7 @@ class BootApp:
         if self.db is not None:
             await self._db(self.db.set_facts, node.name, facts)
         await self._stage(node.name, "registered", None)
-        log.info("facts", extra={"kv": {"node": node.name, "keys": len(facts)}})
+        log.info("facts", extra=kv(node=node.name, keys=len(facts)))
         return web.json_response({"node": node.name, "facts": len(facts)})
 
     # -- admin -----------------------------------------------------------------------------------------

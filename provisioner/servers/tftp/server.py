@@ -19,6 +19,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Callable
 
+from ...logs import kv
 from ...nodestate import NodeStateDB
 from ...nodestate.writer import BatchWriter
 from ..boottree import PathRefused
@@ -96,7 +97,7 @@ class TftpServer:
         ep.register(self._wake_r.fileno(), select.EPOLLIN)
         self._ep = ep
         self._running.set()
-        log.info("TFTP serving on %s:%d", self.listen, self.port)
+        log.info("listening", extra=kv(address=self.listen, port=self.port))
         try:
             self._loop(ep)
         finally:
@@ -123,13 +124,6 @@ class TftpServer:
             pass
         self._stopped.wait()
 
-    def reload(self, inventory: object) -> None:
-        """Pass a reloaded inventory to the resolver, if it follows one (BootTree does)."""
-        reload = getattr(self.resolver, "reload", None)
-        if reload is not None:
-            reload(inventory)
-        self._node_for = getattr(self.resolver, "node_for", None)
-
     # -- the loop ------------------------------------------------------------------------------
     def _loop(self, ep: select.epoll) -> None:
         listener = self.sock.fileno()
@@ -146,7 +140,7 @@ class TftpServer:
                     try:
                         ended = t.readable(now, buf)
                     except Exception:
-                        log.exception("TFTP transfer of %s to %s failed", t.path, t.peer[0])
+                        log.exception("transfer failed", extra=kv(client=t.peer[0], path=t.path))
                         t.outcome, ended = "server error", True
                     if ended:
                         self._end(t)
@@ -169,7 +163,7 @@ class TftpServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                log.exception("TFTP request socket error")
+                log.exception("request socket error")
                 return
             local = self.listen
             for level, kind, value in anc:
@@ -178,7 +172,7 @@ class TftpServer:
             try:
                 self._request(data, addr, local, now)
             except Exception:
-                log.exception("TFTP request from %s not handled", addr[0])
+                log.exception("request not handled", extra=kv(client=addr[0]))
 
     # -- requests -------------------------------------------------------------------------------
     def _reply(self, data: bytes, addr: tuple[str, int], local: str) -> None:
@@ -205,9 +199,9 @@ class TftpServer:
             req = P.parse_request(data)
         except P.BadPacket as e:
             if data[:2] not in (b"\0\x01", b"\0\x02"):
-                log.debug("TFTP ignored a non-request from %s:%d", addr[0], addr[1])
+                log.debug("ignored a non-request", extra=kv(client=f"{addr[0]}:{addr[1]}"))
                 return  # no answer to noise: the port must not be a reflector
-            log.warning("TFTP bad request from %s:%d: %s", addr[0], addr[1], e)
+            log.warning("bad request", extra=kv(client=f"{addr[0]}:{addr[1]}", error=e))
             self._reply(P.error_packet(P.ERR_ILLEGAL, "illegal TFTP operation"), addr, local)
             return
         if req.write:
@@ -216,11 +210,11 @@ class TftpServer:
         try:
             source = self.resolver(addr[0], req.filename)
         except PathRefused as e:
-            log.warning("TFTP refused %r to %s: %s", req.filename[:300], addr[0], e)
+            log.warning("path refused", extra=kv(client=addr[0], path=req.filename[:300], error=e))
             self._refuse(addr, local, req.filename[:255], P.ERR_ACCESS, "access violation", f"refused: {e}")
             return
         except Exception:
-            log.exception("TFTP resolver failed on %r for %s", req.filename[:300], addr[0])
+            log.exception("resolver failed", extra=kv(client=addr[0], path=req.filename[:300]))
             self._refuse(addr, local, req.filename[:255], P.ERR_UNDEFINED, "server error", "server error")
             return
         if source is None:
@@ -244,7 +238,7 @@ class TftpServer:
             sock, strays = transfer_sockets(local, addr)
         except OSError as e:
             self.cache.release(payload)
-            log.warning("TFTP cannot open a transfer socket for %s: %s", addr[0], e)
+            log.warning("cannot open a transfer socket", extra=kv(client=addr[0], error=e))
             self._refuse(addr, local, req.filename, P.ERR_DISK, "server busy, try again", "refused: busy")
             return
         n = neg[0]
@@ -285,10 +279,9 @@ class TftpServer:
     def _record(self, st: TransferStats) -> None:
         level = logging.INFO if st.outcome in (DONE, PROBED) else logging.WARNING
         if log.isEnabledFor(level):
-            rate = st.bytes / st.duration / 1e6 if st.duration > 0 else 0.0
-            log.log(level, "tftp %s %s:%d %s %d bytes %.3fs %.1f MB/s retransmits=%d node=%s",
-                    st.outcome, st.client, st.port, st.path, st.bytes, st.duration, rate,
-                    st.retransmits, st.node or "-")
+            log.log(level, "transfer", extra=kv(
+                client=f"{st.client}:{st.port}", node=st.node, path=st.path, bytes=st.bytes,
+                seconds=round(st.duration, 3), retransmits=st.retransmits, outcome=st.outcome))
         if self._stats is not None:
             self._stats.put(("tftp", st.client, st.node, st.path, st.bytes, st.duration, st.retransmits,
                              st.outcome, time.time()))
