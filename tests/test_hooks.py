@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from bootlab import HTTP_PORT, BootLab
+from labs.boot import HTTP_PORT, BootLab
 
 INITCPIO = Path(__file__).resolve().parent.parent / "initcpio"
 SH_SCRIPTS = ["provisioner.sh", "init", "udhcpc.script", "hooks/provisioner"]

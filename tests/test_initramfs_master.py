@@ -4,7 +4,7 @@
 import subprocess
 
 import pytest
-from busyroot import REPORT_INIT, console_values, make_root
+from labs.busyroot import REPORT_INIT, console_values, make_root
 
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image

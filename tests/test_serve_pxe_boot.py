@@ -10,9 +10,9 @@ import subprocess
 import time
 
 import pytest
-from busyroot import REPORT_INIT, console_values, make_root
-from ganesha import Ganesha
-from servelab import Serve
+from labs.busyroot import REPORT_INIT, console_values, make_root
+from labs.ganesha import Ganesha
+from labs.serve import Serve
 
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import nfs_roots

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ganesha import Ganesha
+from .ganesha import Ganesha
 
 from provisioner.artifacts import cpio
 from provisioner.paths import image_pseudo, image_root

@@ -1,7 +1,7 @@
 """PXE boots against the whole of `provisioner serve` (DHCP, TFTP and HTTP from this project,
 no stand-ins), nfs-ganesha for the root, and qemu (TCG) guests whose firmware does the rest.
 
-A tiny busybox image (tests/busyroot.py) keeps each boot under a minute; its /sbin/init prints
+A tiny busybox image (labs/busyroot.py) keeps each boot under a minute; its /sbin/init prints
 PVTEST lines and powers off.
 """
 
@@ -12,9 +12,9 @@ import time
 import uuid
 from pathlib import Path
 
-from busyroot import make_root
-from ganesha import Ganesha
-from servelab import Serve
+from .busyroot import make_root
+from .ganesha import Ganesha
+from .serve import Serve
 
 from provisioner.artifacts.images import import_image, nfs_roots
 from provisioner.inventory import load_inventory
