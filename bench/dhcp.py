@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from netlab import Lab  # noqa: E402
+from labs.net import Lab  # noqa: E402
 
 SUBNET, SERVER, CLIENT = "10.96.0.0/16", "10.96.0.1", "10.96.0.2"
 FIRST_NODE_IP = IPv4Address("10.96.1.1")

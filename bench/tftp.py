@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from netlab import Lab  # noqa: E402
+from labs.net import Lab  # noqa: E402
 
 OURS, HPA, FLOOR = 6969, 69, 6970
 

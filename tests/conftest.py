@@ -6,11 +6,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from netlab import Lab  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from labs.net import Lab
 
 
 @pytest.fixture

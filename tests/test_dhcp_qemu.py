@@ -9,10 +9,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
+from labs import guest
 from test_dhcp_server import MACS, SERVER_IP, Server, _db_rows, write_site
+
+from provisioner.demo.qemu import Guest, Nic
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 
@@ -30,30 +32,17 @@ def boot(lab, tmp_path, firmware: str, mac: str) -> str:
     (www / "boot" / f"{MACS[0]}.ipxe").write_text("#!ipxe\necho provisioner-script-reached\nshell\n")
     lab.server.popen([sys.executable, "-m", "http.server", "8080", "--bind", SERVER_IP, "--directory", str(www)],
                      stdout=open(tmp_path / "http.log", "w"), stderr=subprocess.STDOUT)
-    serial = tmp_path / "serial.log"
-    tap = lab.tap()
-    qemu = ["qemu-system-x86_64", "-m", "256", "-nographic", "-boot", "n", "-serial", f"file:{serial}",
-            "-monitor", "none", "-uuid", UUID, "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
-    if firmware == "bios-ipxe-rom":  # qemu's e1000 option ROM is iPXE itself: user class iPXE at once
-        qemu += ["-machine", "accel=tcg", "-device", f"e1000,netdev=n0,mac={mac}"]
-    else:  # OVMF's own PXE (arch 7) on virtio-net without an option ROM, then snponly.efi over TFTP
+    if firmware == "uefi-pxe":  # OVMF's own PXE (arch 7), then snponly.efi over TFTP
         tftp = tmp_path / "tftp"
         tftp.mkdir()
         shutil.copy("/usr/lib/ipxe/snponly.efi", tftp)
         lab.server.popen(["in.tftpd", "-L", "-s", str(tftp), "-a", f"{SERVER_IP}:69"],
                          stdout=open(tmp_path / "tftp.log", "w"), stderr=subprocess.STDOUT)
-        shutil.copy("/usr/share/OVMF/OVMF_VARS.fd", tmp_path / "vars.fd")
-        qemu += ["-machine", "q35,accel=tcg",
-                 "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
-                 "-drive", f"if=pflash,format=raw,file={tmp_path / 'vars.fd'}",
-                 "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
-    lab.server.popen(qemu, stdout=open(tmp_path / "qemu.log", "w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    console = ""
-    while time.time() < deadline and "provisioner-script-reached" not in console and ".ipxe... No such" not in console:
-        time.sleep(0.5)
-        console = serial.read_text(errors="replace") if serial.exists() else ""
-    return console
+    # "bios-ipxe-rom": qemu's e1000 option ROM is iPXE itself, user class iPXE at once
+    node = Guest(Nic(lab.tap(), mac), "uefi" if firmware == "uefi-pxe" else "bios", memory_mb=256, uuid=UUID,
+                 efi_vars=tmp_path / "vars.fd")
+    return guest.boot(node, tmp_path / "serial.log", ("provisioner-script-reached", ".ipxe... No such"), 300,
+                      ns=lab.server)
 
 
 @pytest.mark.parametrize("firmware", ["bios-ipxe-rom", "uefi-pxe"])

@@ -9,7 +9,7 @@ import textwrap
 import time
 
 import pytest
-from netlab import Netns, uid
+from labs.net import Netns, uid
 from test_dhcp_server import MACS, SERVER_IP, Server, pxe_client, udhcpc, write_site
 
 pytestmark = pytest.mark.netns

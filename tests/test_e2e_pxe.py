@@ -6,8 +6,8 @@ import os
 import textwrap
 
 import pytest
-from busyroot import console_values
-from pxelab import PxeLab, site_yaml
+from labs.busyroot import console_values
+from labs.pxe import PxeLab, site_yaml
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 

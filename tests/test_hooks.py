@@ -5,7 +5,7 @@ import json
 import subprocess
 
 import pytest
-from bootlab import HTTP_PORT, BootLab
+from labs.boot import HTTP_PORT, BootLab
 
 from provisioner.resources import INITCPIO
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from provisioner.nodestate import NodeStateDB
-from servelab import IMAGE, NODES, Serve, curl, write_site, write_state
+from labs.serve import IMAGE, NODES, Serve, curl, write_site, write_state
 
 pytestmark = pytest.mark.netns
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from servelab import IMAGE, NODES, Serve, curl, sha256, write_site, write_state
+from labs.serve import IMAGE, NODES, Serve, curl, sha256, write_site, write_state
 
 pytestmark = pytest.mark.netns
 

@@ -16,7 +16,7 @@ import tarfile
 import time
 
 import pytest
-from busyroot import host_kernel, make_root
+from labs.busyroot import host_kernel, make_root
 
 from provisioner.artifacts import images, layout
 from provisioner.inventory import load_inventory

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from busyroot import host_kernel, make_root
+from labs.busyroot import host_kernel, make_root
 
 from provisioner.artifacts import images, layout
 from provisioner.errors import UserError

@@ -4,8 +4,8 @@ served by `provisioner serve`) fetched from a privileged port, stage reports,
 switch_root into the image's own init."""
 
 import pytest
-from bootlab import HTTP_PORT, BootLab
-from busyroot import REPORT_INIT, console_values, make_root
+from labs.boot import HTTP_PORT, BootLab
+from labs.busyroot import REPORT_INIT, console_values, make_root
 
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image, nfs_roots

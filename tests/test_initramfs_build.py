@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from busyroot import host_kernel, make_root
+from labs.busyroot import host_kernel, make_root
 
 from provisioner.artifacts.initramfs import InitramfsSpec, entries, render
 from provisioner.artifacts.kmod import ModuleIndex, load_index, plain_module

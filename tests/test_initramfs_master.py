@@ -4,11 +4,13 @@
 import subprocess
 
 import pytest
-from busyroot import REPORT_INIT, console_values, make_root
+from labs.busyroot import REPORT_INIT, console_values, make_root
+from labs.guest import boot
 
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image
 from provisioner.artifacts.initramfs import build_initramfs
+from provisioner.demo.qemu import DirectBoot, Guest
 from provisioner.paths import State
 
 pytestmark = pytest.mark.qemu
@@ -24,12 +26,8 @@ def test_master_boots_the_image_from_local_storage(tmp_path):
     subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "state", "-d", str(state.root), str(disk), "128M"], check=True)
     append = ("console=ttyS0 panic=-1 provisioner.node=master provisioner.retry=0 "
               "provisioner.root=dev:/dev/vda:/images/tiny/current/rootfs")
-    res = subprocess.run(
-        ["qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-monitor", "none", "-no-reboot",
-         "-nic", "none", "-kernel", str(layout.image_kernel(state, "tiny")), "-initrd", str(initrd),
-         "-append", append, "-drive", f"file={disk},if=virtio,format=raw"],
-        capture_output=True, timeout=240)
-    console = res.stdout.decode(errors="replace")
+    guest = Guest(direct=DirectBoot(layout.image_kernel(state, "tiny"), initrd, append), disks=(disk,))
+    console = boot(guest, tmp_path / "console.log", "PVTEST done", 240)
     assert "PVTEST done" in console, console[-3000:]
     got = console_values(console)
     assert (got["hostname"], got["etc_hostname"], got["image_file"]) == ("master", "master", "from-the-image")

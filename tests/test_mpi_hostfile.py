@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,9 +14,8 @@ from provisioner.nodestate import NodeStateDB
 from provisioner.paths import Site, State
 from provisioner.render.mpi import hostfile, mca_params
 
-sys.path.insert(0, str(Path(__file__).parent))
-from slurmlab import install_overlay  # noqa: E402
-from test_slurm_render import INVENTORY, facts_for  # noqa: E402
+from labs.slurm import install_overlay
+from test_slurm_render import INVENTORY, facts_for
 
 SLOTS = INVENTORY.replace("  - name: g01\n", "  - name: g01\n    mpi_slots: 3\n")
 

@@ -6,7 +6,7 @@ import re
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from busyroot import make_root
+from labs.busyroot import make_root
 
 from provisioner.render.nfs import Export, render_exports, render_ganesha
 

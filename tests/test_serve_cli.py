@@ -7,7 +7,7 @@ from importlib import resources
 
 import pytest
 
-from servelab import NODES, SERVER_IP, Serve, curl, write_site, write_state
+from labs.serve import NODES, SERVER_IP, Serve, curl, write_site, write_state
 
 
 def test_unknown_service_is_a_clear_error(cli):

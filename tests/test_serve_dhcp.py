@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from servelab import NODES, SERVER_IP, Serve, curl, write_site, write_state
+from labs.serve import NODES, SERVER_IP, Serve, curl, write_site, write_state
 
 pytestmark = pytest.mark.netns
 

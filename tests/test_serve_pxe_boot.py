@@ -6,16 +6,16 @@ Then the image is rebuilt while everything keeps running, nfs-ganesha untouched 
 exports, no reload): the next boot gets the new version's kernel, initramfs and root."""
 
 import json
-import subprocess
-import time
 
 import pytest
-from busyroot import REPORT_INIT, console_values, make_root
-from ganesha import Ganesha
-from servelab import Serve
+from labs import guest
+from labs.busyroot import REPORT_INIT, console_values, make_root
+from labs.ganesha import Ganesha
+from labs.serve import Serve
 
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import nfs_roots
+from provisioner.demo.qemu import Guest, Nic
 from provisioner.inventory import load_inventory
 from provisioner.nodestate import NodeStateDB
 from provisioner.paths import State
@@ -44,19 +44,7 @@ nodes:
 
 def boot(lab, console, srv) -> str:
     """PXE-boot node01 until its init reports (or it powers off); its console text."""
-    tap = lab.tap()
-    with open(console, "wb") as out:
-        qemu = lab.server.popen(["qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic",
-                                 "-monitor", "none", "-no-reboot", "-boot", "n",
-                                 "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-                                 "-device", f"e1000,netdev=n0,mac={MAC}"], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while time.time() < deadline and qemu.poll() is None and b"PVTEST done" not in console.read_bytes():
-            time.sleep(0.5)
-        if qemu.poll() is None:
-            qemu.kill()
-        qemu.wait()
-    text = console.read_text(errors="replace")
+    text = guest.boot(Guest(Nic(lab.tap(), MAC)), console, "PVTEST done", 300, ns=lab.server)
     assert "PVTEST done" in text, text[-3000:] + "\n" + "\n".join(srv.lines)[-3000:]
     return text
 

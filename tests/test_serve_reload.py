@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from servelab import IMAGE, NODES, SERVER_IP, Serve, curl, sha256, write_site, write_state
+from labs.serve import IMAGE, NODES, SERVER_IP, Serve, curl, sha256, write_site, write_state
 
 pytestmark = pytest.mark.netns
 

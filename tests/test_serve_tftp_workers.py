@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from servelab import IMAGE, NODES, SERVER_IP, Serve, sha256, write_site, write_state
+from labs.serve import IMAGE, NODES, SERVER_IP, Serve, sha256, write_site, write_state
 from test_serve_reload import NODE03, add_node03
 
 from provisioner.nodestate import NodeStateDB

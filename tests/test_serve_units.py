@@ -11,7 +11,7 @@ from provisioner.nodestate import NodeStateDB
 from provisioner.nodestate.slurm import is_ready, parse_sinfo
 from provisioner.servers.http.access import Peer, is_admin, node_at, secret_refusal
 from provisioner.servers.stages import StageWriter, stage_of
-from servelab import cluster_yaml
+from labs.serve import cluster_yaml
 
 
 def test_logfmt_quotes_only_what_needs_it():

@@ -7,8 +7,6 @@ like scontrol does; test_slurm_cluster.py runs the same code against the real sl
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +14,7 @@ from provisioner.artifacts.slurm_config import ReconfigureFailed, apply, diff
 from provisioner.nodestate import NodeStateDB
 from provisioner.render.slurm import SlurmConfig
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_slurm_render import INVENTORY, facts_for  # noqa: E402
+from test_slurm_render import INVENTORY, facts_for
 
 
 def conf(nodes: str, mem: int = 1000) -> SlurmConfig:

@@ -1,5 +1,5 @@
 """Slurm, MUNGE and MPI against the real daemons: a controller running the generated files and
-nodes in namespaces started with only their node-side overlay files (see slurmlab.py).
+nodes in namespaces started with only their node-side overlay files (see labs/slurm.py).
 
 One cluster for the module (bring-up is the slow part); tests that change it put it back.
 """
@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from slurmlab import LAB_CLUSTER, PROVISIONER, slurm_cluster
+from labs.slurm import LAB_CLUSTER, PROVISIONER, slurm_cluster
 
 pytestmark = [pytest.mark.netns, pytest.mark.daemons]
 

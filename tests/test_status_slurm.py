@@ -1,5 +1,5 @@
 """The `idle` boot stage and the Slurm column come from the real slurmctld: a node in a
-namespace reports its facts to `provisioner serve` and starts slurmd (slurmlab.py); serve's
+namespace reports its facts to `provisioner serve` and starts slurmd (labs/slurm.py); serve's
 sinfo poller records `idle`, and `provisioner status` shows it."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from netlab import Lab
-from slurmlab import LAB_CLUSTER, PROVISIONER, SlurmLab
+from labs.net import Lab
+from labs.slurm import LAB_CLUSTER, PROVISIONER, SlurmLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.daemons]
 

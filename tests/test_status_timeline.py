@@ -11,7 +11,7 @@ import pytest
 
 from provisioner.nodestate import NodeStateDB
 from provisioner.nodestate.summary import latest_boot, timeline
-from servelab import IMAGE, NODES, Serve, curl, write_site, write_state
+from labs.serve import IMAGE, NODES, Serve, curl, write_site, write_state
 
 PRIV = ("--local-port", "700-900")
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tftp_support import file_sha
+from labs.tftp import file_sha
 
 pytestmark = pytest.mark.netns
 

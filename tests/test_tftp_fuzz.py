@@ -10,7 +10,7 @@ import socket
 import struct
 
 import pytest
-from tftp_support import ServerThread, ack, fetch, in_ns, receive, rrq, sha
+from labs.tftp import ServerThread, ack, fetch, in_ns, receive, rrq, sha
 
 from provisioner.servers.boottree import StaticTree
 

@@ -12,7 +12,7 @@ import struct
 import time
 
 import pytest
-from tftp_support import ServerThread, ack, fetch, in_ns, parse_oack, receive, rrq, sha
+from labs.tftp import ServerThread, ack, fetch, in_ns, parse_oack, receive, rrq, sha
 
 from provisioner.logs import Logfmt
 from provisioner.nodestate import NodeStateDB

@@ -12,7 +12,7 @@ import struct
 import time
 
 import pytest
-from tftp_support import ServerThread, ack, in_ns, rrq, sha
+from labs.tftp import ServerThread, ack, in_ns, rrq, sha
 
 from provisioner.servers.boottree import StaticTree
 

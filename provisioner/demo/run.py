@@ -34,6 +34,7 @@ from . import site as demo_site
 from .host import MasterHost
 from .netns import DemoNet
 from .procs import DemoFailure, Supervisor
+from .qemu import Guest, Nic
 
 PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
 IMAGE_CACHE = Path("/var/cache/provisioner/images")
@@ -173,12 +174,10 @@ class Demo:
         for i, node in enumerate(inv.nodes, start=1):
             tap = self.net.add_tap()
             console = self.logs / f"{node.name}-console.log"
-            self.sup.start(f"qemu-{node.name}", self.net.enter([
-                "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1", "-display", "none",
-                "-monitor", "none", "-serial", f"file:{console}", "-boot", "order=n", "-no-reboot",
-                "-uuid", str(uuid.uuid5(uuid.NAMESPACE_DNS, node.name)),
-                "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-                "-device", f"e1000,netdev=n0,mac={node.mac}"]))
+            assert node.mac is not None  # the demo's site gives every node one
+            guest = Guest(Nic(tap, node.mac), memory_mb=1024, serial=console,
+                          uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, node.name)))
+            self.sup.start(f"qemu-{node.name}", self.net.enter(guest.argv()))
 
     def wait_idle(self, inv: Inventory) -> None:
         db = NodeStateDB(self.state.db)

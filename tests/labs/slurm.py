@@ -1,6 +1,6 @@
 """A Slurm cluster in namespaces: slurmctld on the lab's server namespace, one namespace per node.
 
-Each host (controller or node) is a network namespace from netlab plus its own UTS namespace
+Each host (controller or node) is a network namespace from labs.net plus its own UTS namespace
 (hostname) and mount namespace, held open by a sleeping process. Inside it:
 - the node's overlay archive, built by provisioner's overlay builder and unpacked, is laid
   over the real root with read-only overlayfs mounts (/etc, /usr...) as it lands on the image
@@ -31,18 +31,17 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from provisioner.artifacts import layout, overlay_build, secrets
+from provisioner.artifacts.slurm_config import apply
+from provisioner.atomic import locked
+from provisioner.inventory import Inventory, load_inventory
+from provisioner.nodestate import NodeStateDB
+from provisioner.paths import Site, State
+from provisioner.render.slurm import render
 
-from provisioner.artifacts import layout, overlay_build, secrets  # noqa: E402
-from provisioner.artifacts.slurm_config import apply  # noqa: E402
-from provisioner.atomic import locked  # noqa: E402
-from provisioner.inventory import Inventory, load_inventory  # noqa: E402
-from provisioner.nodestate import NodeStateDB  # noqa: E402
-from provisioner.paths import Site, State  # noqa: E402
-from provisioner.render.slurm import render  # noqa: E402
+from .net import Lab
 
-from netlab import Lab  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 PRIVATE = {  # dir -> (owner, mode)
     "run": ("root", 0o755), "run/munge": ("munge", 0o755), "tmp": ("root", 0o1777), "dev/shm": ("root", 0o1777),

@@ -1,26 +1,26 @@
 """PXE boots against the whole of `provisioner serve` (DHCP, TFTP and HTTP from this project,
 no stand-ins), nfs-ganesha for the root, and qemu (TCG) guests whose firmware does the rest.
 
-A tiny busybox image (tests/busyroot.py) keeps each boot under a minute; its /sbin/init prints
+A tiny busybox image (labs/busyroot.py) keeps each boot under a minute; its /sbin/init prints
 PVTEST lines and powers off.
 """
 
 from __future__ import annotations
 
-import subprocess
-import time
-import uuid
+import itertools
 from pathlib import Path
 
-from busyroot import make_root
-from ganesha import Ganesha
-from servelab import Serve
-
 from provisioner.artifacts.images import import_image, nfs_roots
+from provisioner.demo.qemu import Firmware, Guest, Nic
 from provisioner.inventory import load_inventory
 from provisioner.nodestate import NodeStateDB
 from provisioner.paths import State
 from provisioner.render.nfs import exports_for
+
+from .busyroot import make_root
+from .ganesha import Ganesha
+from .guest import boot
+from .serve import Serve
 
 HTTP_PORT = 8080
 
@@ -52,7 +52,7 @@ class PxeLab:
     def __init__(self, lab, cli, work: Path, init: str):
         self.lab, self.cli, self.work = lab, cli, work
         self.state = State(cli.state)
-        self.procs: list[subprocess.Popen] = []
+        self._boots = itertools.count()
         self.ganesha: Ganesha | None = None
         self.serve: Serve | None = None
         import_image(self.state, "tiny", make_root(work / "root", init))
@@ -68,35 +68,12 @@ class PxeLab:
         self.serve = Serve(self.lab, self.cli, services="dhcp,tftp,http", port=HTTP_PORT, extra=("--interface", "br0"))
         return self
 
-    def boot(self, mac: str, until: str, firmware: str = "bios", timeout: float = 240) -> str:
-        """PXE-boot a guest with `mac` until `until` shows on its console (or it powers off).
-        firmware "bios": SeaBIOS + the stock iPXE ROM on e1000; "uefi": OVMF with its own
-        virtio-net driver and PXE (no option ROM), so the firmware itself asks for a boot file."""
-        tap = self.lab.tap()
-        log = self.work / f"console-{mac.replace(':', '')}-{len(self.procs)}.log"
-        if firmware == "uefi":
-            vars_file = self.work / f"OVMF_VARS-{len(self.procs)}.fd"
-            vars_file.write_bytes(Path("/usr/share/OVMF/OVMF_VARS_4M.fd").read_bytes())
-            fw = ["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-                  "-drive", f"if=pflash,format=raw,file={vars_file}",
-                  "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile="]
-        else:
-            fw = ["-device", f"e1000,netdev=n0,mac={mac}"]
-        with open(log, "wb") as out:
-            proc = self.lab.server.popen(
-                ["qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-monitor", "none",
-                 "-no-reboot", "-boot", "n", "-uuid", str(uuid.uuid4()),
-                 "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no", *fw], stdout=out)
-        self.procs.append(proc)
-        deadline = time.time() + timeout
-        while time.time() < deadline and proc.poll() is None:
-            if log.exists() and until.encode() in log.read_bytes():
-                break
-            time.sleep(0.5)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        return log.read_text(errors="replace") if log.exists() else ""
+    def boot(self, mac: str, until: str, firmware: Firmware = "bios", timeout: float = 240) -> str:
+        """PXE-boot a guest with `mac` until `until` shows on its console (or it powers off);
+        "bios": SeaBIOS and the e1000's iPXE ROM, "uefi": OVMF's own PXE (see demo.qemu)."""
+        n = next(self._boots)
+        guest = Guest(Nic(self.lab.tap(), mac), firmware, efi_vars=self.work / f"OVMF_VARS-{n}.fd")
+        return boot(guest, self.work / f"console-{mac.replace(':', '')}-{n}.log", until, timeout, ns=self.lab.server)
 
     def stages(self, node: str) -> list[str]:
         return [r["stage"] for r in NodeStateDB(self.state.db).timeline(node)]
@@ -107,13 +84,5 @@ class PxeLab:
     def close(self) -> None:
         if self.serve:
             self.serve.stop()
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
         if self.ganesha:
             self.ganesha.stop()

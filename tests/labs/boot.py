@@ -18,11 +18,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ganesha import Ganesha
-
 from provisioner.artifacts import cpio
+from provisioner.demo.qemu import DirectBoot, Guest, Nic
 from provisioner.paths import image_pseudo, image_root
 from provisioner.render.nfs import Export
+
+from .ganesha import Ganesha
+from .guest import boot
 
 HTTP_PORT = 8000
 
@@ -138,44 +140,11 @@ class BootLab:
 
     def boot(self, kernel: Path, initrd: Path, append: str, mac: str, until: str, timeout: float = 150,
              send: Sequence[tuple[str, str]] = ()) -> str:
-        """Boot a guest until `until` appears on its serial console or it powers off.
-
-        `send` types on the guest's serial console (qemu's stdin, which -nographic with
-        -monitor none makes the plain serial line): for each (after, text) in turn, once the
-        console shows `after` (past where the previous one was seen), write `text`; `until`
-        counts only after the last of them."""
-        tap = self.lab.tap()
-        log = self.work / f"console-{mac.replace(':', '')}.log"
-        pending, seen = list(send), 0
-        with open(log, "wb") as out:
-            proc = self.lab.server.popen(
-                ["qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-monitor", "none", "-no-reboot",
-                 "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
-                 "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-                 "-device", f"e1000,netdev=n0,mac={mac}"], stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT)
-            self.procs.append(proc)
-            deadline = time.time() + timeout
-            while time.time() < deadline and proc.poll() is None:
-                console = log.read_bytes()
-                if pending:
-                    after, text = pending[0]
-                    if (at := console.find(after.encode(), seen)) >= 0:
-                        seen = at + len(after)
-                        try:
-                            proc.stdin.write(text.encode())
-                            proc.stdin.flush()
-                        except BrokenPipeError:  # the guest is gone: the loop ends
-                            pass
-                        pending.pop(0)
-                        continue
-                elif until.encode() in console[seen:]:
-                    break
-                time.sleep(0.5)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdin.close()
-        return log.read_text(errors="replace")
+        """Boot a guest until `until` appears on its serial console or it powers off; `send`
+        types on the console first (see labs.guest.boot)."""
+        guest = Guest(Nic(self.lab.tap(), mac), direct=DirectBoot(kernel, initrd, append))
+        return boot(guest, self.work / f"console-{mac.replace(':', '')}.log", until, timeout, ns=self.lab.server,
+                    send=send)
 
     def reports(self) -> list[dict]:
         if not self.requests.exists():
