@@ -87,18 +87,12 @@ def imports(module: str) -> Iterator[Import]:
 
 ALL = [imp for m in MODULES for imp in imports(m)]
 
-# Upward imports of today that other steps of issue 16 remove: shrink this to empty after they
-# land, never grow it.
-KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 def test_imports_go_down_the_layers_only() -> None:
     upward = [imp for imp in ALL
               if LAYERS.index(layer(imp.target)) > LAYERS.index(layer(imp.source))]
-    unknown = [str(imp) for imp in upward if (imp.source, imp.target) not in KNOWN_UPWARD]
-    assert not unknown, "imports against the data path:\n" + "\n".join(unknown)
-    gone = KNOWN_UPWARD - {(imp.source, imp.target) for imp in upward}
-    assert not gone, f"fixed, drop from KNOWN_UPWARD: {sorted(gone)}"
+    assert not upward, "imports against the data path:\n" + "\n".join(map(str, upward))
 
 
 def test_servers_read_artifacts_and_never_render() -> None:
@@ -141,12 +135,6 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-# Import cycles of today that other steps of issue 16 remove (same rule as KNOWN_UPWARD):
-# serve imports the TFTP service, which imports serve's setup_logging (logging gets a module
-# of its own, issue 16 section 4).
-KNOWN_CYCLES: list[list[str]] = [["provisioner.servers.serve", "provisioner.servers.tftp_service"]]
-
-
 def test_no_import_cycle() -> None:
     """At run time (imports under TYPE_CHECKING are skipped: they exist to break a cycle for
     the type checker and never run). A package importing its own submodules in __init__ is no
@@ -156,8 +144,7 @@ def test_no_import_cycle() -> None:
         if not imp.type_only and imp.target != imp.source and imp.target in MODULES:
             edges.setdefault(imp.source, set()).add(imp.target)
     found = cycles(edges)
-    assert not [c for c in found if c not in KNOWN_CYCLES], f"import cycles: {found}"
-    assert not [c for c in KNOWN_CYCLES if c not in found], f"fixed, drop from KNOWN_CYCLES: {KNOWN_CYCLES}"
+    assert not found, f"import cycles: {found}"
 
 
 def test_the_cycle_finder_finds_cycles() -> None:
