@@ -1,9 +1,10 @@
-"""The `provisioner serve` daemon: DHCP, TFTP and HTTP servers as threads of one process
-(TFTP may add worker processes on its port: tftp_service.py).
+"""The `provisioner serve` daemon: the DHCP, TFTP and HTTP services as threads of one
+process (TFTP may add worker processes on its port: tftp/workers.py), each driven through
+the Service interface (service.py) alone.
 
 The main thread owns the signals: SIGHUP (or an inventory change, or POST /api/v1/reload)
-reloads the inventory into every server in place, so transfers in flight carry on; SIGTERM
-or SIGINT stops the servers cleanly. Artifacts need no reload: the servers open them per
+reloads the inventory into every service in place, so transfers in flight carry on; SIGTERM
+or SIGINT stops the services cleanly. Artifacts need no reload: the servers open them per
 request, and builders replace them atomically. A Slurm poller records each node's `idle`
 stage. Log lines are logfmt (key=value), one event per line.
 """

@@ -124,7 +124,7 @@ def _service(listen: str, port: int, processes: int, shared: bool, resolver: Res
 def main(argv: Sequence[str] | None = None) -> int:
     """A worker: the service its parent runs, on the port the parent holds, until SIGTERM or
     the parent's end."""
-    ap = argparse.ArgumentParser(prog=f"python -m {__name__}", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m provisioner.servers.tftp_service", description=main.__doc__)
     ap.add_argument("--listen", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--log-level", default="info")

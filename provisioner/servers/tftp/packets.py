@@ -22,7 +22,6 @@ MIN_TIMEOUT, MAX_TIMEOUT = 1, 255  # RFC 2349, seconds
 MAX_REQUEST = 1024  # a request is a name, a mode and a few options; more is garbage
 
 ERR_UNDEFINED, ERR_NOT_FOUND, ERR_ACCESS, ERR_DISK, ERR_ILLEGAL, ERR_TID = 0, 1, 2, 3, 4, 5
-ERR_OPTIONS = 8
 
 _factory = TftpPacketFactory()
 

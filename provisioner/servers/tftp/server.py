@@ -78,6 +78,7 @@ class TftpServer:
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
         self._wake_r, self._wake_w = socket.socketpair()
+        self._lock = threading.Lock()
         self._stopping = False
         self._running = threading.Event()
         self._stopped = threading.Event()
@@ -90,21 +91,25 @@ class TftpServer:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def serve_forever(self) -> None:
-        raise_nofile_limit()
-        self._stats = BatchWriter(self.db.record_transfers, "tftp-stats") if self.db is not None else None
-        ep = select.epoll()
-        ep.register(self.sock.fileno(), select.EPOLLIN)
-        ep.register(self._wake_r.fileno(), select.EPOLLIN)
-        self._ep = ep
-        self._running.set()
-        log.info("listening", extra=kv(address=self.listen, port=self.port))
+        with self._lock:
+            if self._stopping:  # shut down before it ran: shutdown() has closed the sockets
+                return
+            self._running.set()
+        ep: select.epoll | None = None
         try:
+            raise_nofile_limit()
+            self._stats = BatchWriter(self.db.record_transfers, "tftp-stats") if self.db is not None else None
+            self._ep = ep = select.epoll()
+            ep.register(self.sock.fileno(), select.EPOLLIN)
+            ep.register(self._wake_r.fileno(), select.EPOLLIN)
+            log.info("listening", extra=kv(address=self.listen, port=self.port))
             self._loop(ep)
         finally:
             for t in list(self.transfers.values()):
                 t.outcome = "shutdown"
                 self._end(t)
-            ep.close()
+            if ep is not None:
+                ep.close()
             self.sock.close()
             self._wake_r.close()
             self._wake_w.close()
@@ -113,10 +118,14 @@ class TftpServer:
             self._stopped.set()
 
     def shutdown(self) -> None:
-        """Stop serving; returns once the loop has ended (safe from any thread)."""
-        self._stopping = True
-        if not self._running.is_set():
-            self.sock.close()
+        """Stop serving, from any thread; returns once the loop has ended. Before it ever ran,
+        the sockets are closed at once and serve_forever() will return straight away."""
+        with self._lock:
+            self._stopping = True
+            running = self._running.is_set()
+        if not running:
+            for s in (self.sock, self._wake_r, self._wake_w):
+                s.close()
             return
         try:
             self._wake_w.send(b"x")
