@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -83,11 +83,16 @@ def node_dict(n: Node, sources: bool = False) -> dict[str, Any]:
         "interfaces": [{"name": i.name, "mac": i.mac, "ip": str(i.ip) if i.ip else None} for i in n.interfaces],
         "profiles": list(n.profiles),
         "bmc": str(n.bmc) if n.bmc else None,
-        **{key: s.kind.to_json(getattr(n, key)) for key, s in SETTINGS.items()},
+        **_settings_json({key: getattr(n, key) for key in SETTINGS}),
     }
     if sources:
         d["sources"] = dict(n.sources)
     return d
+
+
+def _settings_json(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Node or profile settings as JSON values, each shown as its kind says."""
+    return {key: SETTINGS[key].kind.to_json(value) for key, value in settings.items()}
 
 
 # -- node ------------------------------------------------------------------------------------
@@ -300,7 +305,8 @@ def profile_list(ctx: Context, as_json: bool) -> None:
     inv = ctx.inventory()
     rows = [(p, sum(1 for n in inv.nodes if p.name in n.profiles)) for p in inv.profiles.values()]
     if as_json:
-        echo_json([{"name": p.name, "nodes": c, "description": p.description, **p.settings} for p, c in rows])
+        echo_json([{"name": p.name, "nodes": c, "description": p.description, **_settings_json(p.settings)}
+                   for p, c in rows])
         return
     echo_table(["name", "nodes", "image", "description"], [[p.name, c, p.settings.get("image"), p.description] for p, c in rows])
 
@@ -315,11 +321,11 @@ def profile_show(ctx: Context, name: str, as_json: bool) -> None:
     if p is None:
         raise UserError(f"no such profile: {name}")
     if as_json:
-        echo_json({"name": p.name, "description": p.description, **p.settings})
+        echo_json({"name": p.name, "description": p.description, **_settings_json(p.settings)})
         return
     click.echo(f"{p.name}:" + (f"  # {p.description}" if p.description else ""))
-    for key, value in p.settings.items():
-        click.echo(f"  {key}: {_fmt(list(value) if isinstance(value, tuple) else value)}")
+    for key, value in _settings_json(p.settings).items():
+        click.echo(f"  {key}: {_fmt(value)}")
 
 
 @profile.command("add")

@@ -147,15 +147,15 @@ class Node:
     profiles: tuple[str, ...]
     bmc: IPv4Address | None
     # The settings a profile or a node may carry: each line is the whole declaration.
-    image: str | None = setting(Text(), "--image")
+    image: str | None = setting(Text(), "--image", "Root image the node boots.")
     kernel: str | None = setting(Text(), "--kernel", "Kernel version from the image.")
     kernel_args: tuple[str, ...] = setting(Words(), "--kernel-arg", "Repeatable.")
     overlays: tuple[str, ...] = setting(Names(), "--overlay", "Repeatable or comma list.")
-    partitions: tuple[str, ...] = setting(Names(), "--partition")
-    features: tuple[str, ...] = setting(Names(), "--feature")
-    mpi_slots: int | None = setting(Count(1, 100000), "--mpi-slots")
-    boot_files: Mapping[str, str] = setting(Table())
-    vars: Mapping[str, Any] = setting(Table(), "--var", "KEY=VALUE")
+    partitions: tuple[str, ...] = setting(Names(), "--partition", "Slurm partition (repeatable or comma list).")
+    features: tuple[str, ...] = setting(Names(), "--feature", "Slurm feature (repeatable or comma list).")
+    mpi_slots: int | None = setting(Count(1, 100000), "--mpi-slots", "MPI slots (default: its reported CPUs).")
+    boot_files: Mapping[str, str] = setting(Table())  # per client architecture; no flag yet
+    vars: Mapping[str, Any] = setting(Table(), "--var", "KEY=VALUE for templates (repeatable).")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     line: int = field(default=0, compare=False)
 

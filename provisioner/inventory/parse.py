@@ -22,7 +22,8 @@ from .schema import Address, Invalid, Kind, Names, Scope, Section, Sections, Unr
 Path = yamlpos.Path
 T = TypeVar("T")
 
-# Keys of a node entry besides its settings: who it is and where it is.
+# A node entry: who the node is and where (name, interfaces or the mac/ip shorthand, profiles,
+# bmc), then its settings.
 NODE_KEYS = {"name", "interfaces", "mac", "ip", "profiles", "bmc", *SETTINGS}
 PROFILE_KEYS = {"description", *SETTINGS}
 IFACE_KEYS = {f.name for f in dataclasses.fields(Interface)}

@@ -326,7 +326,7 @@ def setting(kind: Kind, flag: str | None = None, help: str | None = None, *, def
     return dataclasses.field(default=default, metadata=meta)
 
 
-def settings_of(model: type) -> dict[str, Setting]:
+def settings_of(model: type) -> Mapping[str, Setting]:
     """The settings a model dataclass declares, by key, in declaration order."""
     return {f.name: dataclasses.replace(f.metadata["setting"], key=f.name)
             for f in dataclasses.fields(model) if "setting" in f.metadata}
