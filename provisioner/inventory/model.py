@@ -109,6 +109,19 @@ class Discovery:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Retention:
+    """How much node-state history `serve` keeps, so that strangers (a flood of requests for
+    missing files, of random MACs) cannot grow it without bound: rows older than `days`, and
+    the oldest beyond a table's count, are deleted every `interval` seconds."""
+
+    days: int = setting(Count(1, 36500), default=30, help="events, transfers and discovered MACs kept this long")
+    events: int = setting(Count(10), default=200000, help="boot-stage events kept at most")
+    transfers: int = setting(Count(10), default=200000, help="TFTP and HTTP transfer records kept at most")
+    discovered: int = setting(Count(10), default=4096, help="discovered (unknown) MACs kept at most")
+    interval: int = setting(Count(1, 86400), default=300, help="seconds between two trims by serve")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Cluster:
     name: str = setting(Label(), required=True, default="cluster")
     domain: str = setting(Text(), default="cluster")
@@ -119,6 +132,7 @@ class Cluster:
     ports: Ports = setting(Section(Ports))
     dhcp: Dhcp = setting(Section(Dhcp))
     discovery: Discovery = setting(Section(Discovery))
+    retention: Retention = setting(Section(Retention))
     secure: bool = setting(Flag(), default=True)
 
 

@@ -9,6 +9,16 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..inventory.model import Retention
+
+# Rows of a retained table are trimmed oldest first by this column (each has an index on it).
+RETAINED = {"events": "at", "transfers": "at", "discovered": "last_seen"}
+# Rows one trimming transaction deletes: the servers' writer threads wait at most that long.
+PRUNE_BATCH = 2000
+UPSERT_SEEN = ("INSERT INTO discovered(mac, first_seen, last_seen, arch, uuid, ip) VALUES (?1,?5,?5,?2,?3,?4) "
+               "ON CONFLICT(mac) DO UPDATE SET last_seen=MAX(last_seen, excluded.last_seen), "
+               "arch=COALESCE(excluded.arch, arch), uuid=COALESCE(excluded.uuid, uuid), ip=COALESCE(excluded.ip, ip)")
+
 # Boot stages in the order a node passes them.
 STAGES = ("dhcp", "bootloader", "ipxe", "kernel", "initramfs", "overlay", "registered", "idle")
 
@@ -26,6 +36,8 @@ CREATE TABLE IF NOT EXISTS events (
     at REAL NOT NULL, detail TEXT
 );
 CREATE INDEX IF NOT EXISTS events_node ON events(node, at);
+CREATE INDEX IF NOT EXISTS events_at ON events(at);
+CREATE INDEX IF NOT EXISTS discovered_seen ON discovered(last_seen);
 CREATE TABLE IF NOT EXISTS facts (
     node TEXT PRIMARY KEY, facts TEXT NOT NULL, updated REAL NOT NULL
 );
@@ -34,6 +46,7 @@ CREATE TABLE IF NOT EXISTS transfers (
     node TEXT, path TEXT NOT NULL, bytes INTEGER NOT NULL, duration REAL NOT NULL,
     retransmits INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL, at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS transfers_at ON transfers(at);
 CREATE TABLE IF NOT EXISTS builds (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, name TEXT NOT NULL,
     duration REAL NOT NULL, at REAL NOT NULL
@@ -146,20 +159,25 @@ class NodeStateDB:
             c.execute("DELETE FROM leases WHERE mac=?", (mac,))
 
     def saw_unknown(self, mac: str, arch: int | None, uuid: str | None, ip: str | None) -> None:
-        now = time.time()
+        self.record_discoveries([(mac, arch, uuid, ip, time.time())], [])
+
+    def record_discoveries(self, seen: list[tuple[str, int | None, str | None, str | None, float]],
+                           adopted: list[tuple[str, str]], keep: int | None = None) -> None:
+        """(mac, arch, uuid, ip, at) sightings of unknown MACs, then (mac, name) adoptions, in
+        one transaction; with `keep`, the least recently seen beyond that many are deleted
+        there too, so a random-MAC flood never grows the table past it between trims."""
         with self._tx() as c:
-            c.execute("INSERT INTO discovered(mac, first_seen, last_seen, arch, uuid, ip) VALUES (?,?,?,?,?,?) "
-                      "ON CONFLICT(mac) DO UPDATE SET last_seen=excluded.last_seen, "
-                      "arch=COALESCE(excluded.arch, arch), uuid=COALESCE(excluded.uuid, uuid), "
-                      "ip=COALESCE(excluded.ip, ip)",
-                      (mac, now, now, arch, uuid, ip))
+            c.executemany(UPSERT_SEEN, seen)
+            c.executemany("UPDATE discovered SET adopted_as=?2 WHERE mac=?1", adopted)
+            if keep is not None:
+                c.execute("DELETE FROM discovered WHERE mac IN (SELECT mac FROM discovered ORDER BY last_seen "
+                          "LIMIT MAX(0, (SELECT COUNT(*) FROM discovered) - ?))", (keep,))
 
     def discovered(self) -> list[sqlite3.Row]:
         return list(self._conn().execute("SELECT * FROM discovered ORDER BY first_seen"))
 
     def mark_adopted(self, mac: str, name: str) -> None:
-        with self._tx() as c:
-            c.execute("UPDATE discovered SET adopted_as=? WHERE mac=?", (name, mac))
+        self.record_discoveries([], [(mac, name)])
 
     # -- transfers -----------------------------------------------------------------------------------
     def record_transfer(self, protocol: str, client: str, path: str, nbytes: int, duration: float,
@@ -196,3 +214,34 @@ class NodeStateDB:
     def build_totals(self) -> list[sqlite3.Row]:
         return list(self._conn().execute(
             "SELECT kind, COUNT(*) AS n, COALESCE(SUM(duration), 0) AS seconds FROM builds GROUP BY kind"))
+
+    # -- retention ---------------------------------------------------------------------------------
+    def prune(self, limits: Retention, now: float | None = None) -> dict[str, int]:
+        """Delete rows older than `limits.days` and the oldest beyond each table's count, in
+        transactions of PRUNE_BATCH rows (indexed, oldest first) so that writers interleave.
+        Each node's latest event survives: `status` shows a long-idle node's stage from it.
+        Returns the rows deleted by table."""
+        cutoff = (now if now is not None else time.time()) - limits.days * 86400
+        c = self._conn()
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS spared(id INTEGER PRIMARY KEY)")
+        deleted = {}
+        for table, col in RETAINED.items():
+            spared = "1"
+            if table == "events":
+                with self._tx():
+                    c.execute("DELETE FROM temp.spared")
+                    c.execute("INSERT INTO temp.spared SELECT MAX(id) FROM events GROUP BY node")
+                spared = "id NOT IN temp.spared"
+            old, total = c.execute(f"SELECT (SELECT COUNT(*) FROM {table} WHERE {col} < ? AND {spared}), "
+                                   f"(SELECT COUNT(*) FROM {table})", (cutoff,)).fetchone()
+            todo = max(old, total - getattr(limits, table))
+            done = 0
+            while done < todo:
+                with self._tx():
+                    n = c.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {spared} "
+                                  f"ORDER BY {col} LIMIT ?)", (min(PRUNE_BATCH, todo - done),)).rowcount
+                if n == 0:
+                    break
+                done += n
+            deleted[table] = done
+        return deleted

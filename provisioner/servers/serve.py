@@ -6,7 +6,7 @@ The main thread owns the signals: SIGHUP (or an inventory change, or POST /api/v
 reloads the inventory into every service in place, so transfers in flight carry on; SIGTERM
 or SIGINT stops the services cleanly. Artifacts need no reload: the servers open them per
 request, and builders replace them atomically. A Slurm poller records each node's `idle`
-stage. Log lines are logfmt (key=value), one event per line.
+stage; a trimmer keeps the node-state history within cluster.retention. Log lines are logfmt (key=value), one event per line.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ class Daemon:
         threads = [threading.Thread(target=self._serve, args=(n, s), name=f"serve-{n}", daemon=True)
                    for n, s in self.services.items()]
         threads.append(threading.Thread(target=self._poll_slurm, name="slurm-poll", daemon=True))
+        threads.append(threading.Thread(target=self._trim, name="retention", daemon=True))
         for t in threads:
             t.start()
         for service in self.services.values():
@@ -178,6 +179,20 @@ class Daemon:
                 self._record_idle(states)
             except Exception:  # a locked or full database must not end the poller
                 log.exception("could not record Slurm idle stages")
+
+    def _trim(self) -> None:
+        """Apply cluster.retention at start and every `interval` seconds after, off every
+        packet and event loop (they only queue rows)."""
+        while True:
+            limits = self.inventory.cluster.retention
+            try:
+                deleted = self.db.prune(limits)
+                if any(deleted.values()):
+                    log.info("trimmed node-state history", extra=kv(**deleted))
+            except Exception:  # a locked or full database must not end the trimmer
+                log.exception("could not trim the node-state history")
+            if self._stop.wait(limits.interval):
+                return
 
     def _record_idle(self, states: Mapping[str, str]) -> None:
         last = self.db.last_stages()
