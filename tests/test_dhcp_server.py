@@ -402,16 +402,19 @@ def test_inform_release_decline(lab, dhcp, tmp_path):
     ns = lab.host(mac=UNKNOWN)
     efi = ("--arch", "7", "--vendor", "PXEClient:Arch:00007:UNDI:003016")
     assert pxe_client(ns, tmp_path, UNKNOWN, *efi)["reply"]["yiaddr"] == "10.99.0.200"
+    # DECLINE by the holder: someone else uses the address, so the next offer is another one
     ns.run(["ip", "addr", "add", "10.99.0.200/24", "dev", "eth0"])
-    assert udp_client(ns, tmp_path, UNKNOWN, "10.99.0.200", "release") is None  # no answer to a RELEASE
+    assert udp_client(ns, tmp_path, UNKNOWN, "10.99.0.200", "decline", "10.99.0.200") is None
+    ns.run(["ip", "addr", "del", "10.99.0.200/24", "dev", "eth0"])
+    assert _db_rows(dhcp.state, "SELECT mac FROM leases") == []
+    assert pxe_client(ns, tmp_path, UNKNOWN, *efi)["reply"]["yiaddr"] == "10.99.0.201"
+    # RELEASE by the holder frees its lease
+    ns.run(["ip", "addr", "add", "10.99.0.201/24", "dev", "eth0"])
+    assert udp_client(ns, tmp_path, UNKNOWN, "10.99.0.201", "release") is None  # no answer to a RELEASE
     deadline = time.time() + 5
     while _db_rows(dhcp.state, "SELECT mac FROM leases") and time.time() < deadline:
         time.sleep(0.1)
     assert _db_rows(dhcp.state, "SELECT mac FROM leases") == []
-    # DECLINE: someone else uses the address, so the next offer is another one
-    assert udp_client(ns, tmp_path, UNKNOWN, "10.99.0.200", "decline", "10.99.0.200") is None
-    ns.run(["ip", "addr", "del", "10.99.0.200/24", "dev", "eth0"])
-    assert pxe_client(ns, tmp_path, UNKNOWN, *efi)["reply"]["yiaddr"] == "10.99.0.201"
 
 
 RELAY_CLIENT = textwrap.dedent('''

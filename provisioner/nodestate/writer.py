@@ -23,17 +23,25 @@ MAX_BATCH = 5000
 
 class BatchWriter(Generic[T]):
     """`write(rows)` called on the writer thread with what was queued; `gather` seconds
-    are let pass after the first row so that a burst lands in one batch."""
+    are let pass after the first row so that a burst lands in one batch. With a `limit`,
+    rows beyond that many queued are dropped (and counted): what strangers can make us
+    record must not grow memory while the disk is slow."""
 
-    def __init__(self, write: Callable[[list[T]], None], name: str, gather: float = 0.0):
+    def __init__(self, write: Callable[[list[T]], None], name: str, gather: float = 0.0,
+                 limit: int | None = None):
         self._write = write
         self.name = name
         self.gather = gather
+        self.limit = limit
+        self.counts = {"rows": 0, "batches": 0, "dropped": 0}
         self._q: queue.SimpleQueue[T | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def put(self, row: T) -> None:
+        if self.limit is not None and self._q.qsize() >= self.limit:
+            self.counts["dropped"] += 1
+            return
         self._q.put(row)
 
     def close(self) -> None:
@@ -53,6 +61,8 @@ class BatchWriter(Generic[T]):
                     break
             rows = [r for r in batch if r is not None]
             if rows:
+                self.counts["rows"] += len(rows)
+                self.counts["batches"] += 1
                 try:
                     self._write(rows)
                 except Exception:  # a full disk must not stop the boot services

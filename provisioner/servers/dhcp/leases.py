@@ -20,6 +20,7 @@ log = logging.getLogger("provisioner.dhcp")
 
 OFFER_HOLD = 60.0  # seconds an offered address stays reserved for its client
 DECLINE_HOLD = 600.0  # seconds a declined address (in use by someone else) is skipped
+FULL_REPEAT = 60.0  # "range full" is logged once per this many seconds, with the count since
 
 
 class DynamicPool:
@@ -31,6 +32,7 @@ class DynamicPool:
             self.leases[row["mac"]] = (IPv4Address(row["ip"]), float(row["expires"]))
         self.offers: dict[str, tuple[IPv4Address, float]] = {}  # mac -> (ip, hold until)
         self.declined: dict[IPv4Address, float] = {}
+        self.full = (0, -FULL_REPEAT)  # clients turned away since it was last logged, when that was
         self.set_inventory(inventory)
 
     def set_inventory(self, inventory: Inventory) -> None:
@@ -67,7 +69,11 @@ class DynamicPool:
                     ip += 1
                 choice = ip if ip <= hi else None
             if choice is None:
-                log.warning("dynamic range full; no address", extra=kv(first=lo, last=hi, mac=mac))
+                missed, logged = self.full[0] + 1, self.full[1]
+                if time.monotonic() - logged >= FULL_REPEAT:  # a random-MAC flood must not flood the log
+                    log.warning("dynamic range full; no address", extra=kv(first=lo, last=hi, mac=mac, clients=missed))
+                    missed, logged = 0, time.monotonic()
+                self.full = (missed, logged)
                 return None
             self.offers[mac] = (choice, now + OFFER_HOLD)
             return choice
@@ -91,16 +97,24 @@ class DynamicPool:
         with self._lock:
             self.offers.pop(mac, None)
 
-    def release(self, mac: str, ip: IPv4Address) -> None:
+    def release(self, mac: str, ip: IPv4Address) -> bool:
+        """Free the lease if `mac` holds `ip`; any other RELEASE changes nothing (as Kea)."""
         with self._lock:
-            if self.lease_of(mac) == ip:
-                self.db.drop_lease(mac)
-                self.leases.pop(mac, None)
+            if self.lease_of(mac) != ip:
+                return False
+            self.db.drop_lease(mac)
+            self.leases.pop(mac, None)
+            return True
 
-    def decline(self, mac: str, ip: IPv4Address) -> None:
+    def decline(self, mac: str, ip: IPv4Address) -> bool:
+        """The holder of `ip` found another host using it: drop the lease and skip the
+        address for DECLINE_HOLD. A DECLINE from anyone else changes nothing (as Kea), or
+        a stranger could take the whole range out of service with a packet per address."""
         with self._lock:
+            if self.lease_of(mac) != ip:
+                return False
             self.declined[ip] = time.time() + DECLINE_HOLD
-            if self.lease_of(mac) == ip:
-                self.db.drop_lease(mac)
-                self.leases.pop(mac, None)
+            self.db.drop_lease(mac)
+            self.leases.pop(mac, None)
             self.offers.pop(mac, None)
+            return True

@@ -3,7 +3,10 @@ interface, answers per RFC 2131 with PXE boot information.
 
 Hot path for an inventory node: parse (wire.py), look the MAC up, copy the cached reply
 template and patch it (reply.py). Nothing is written to disk for it; its "dhcp" boot stage
-goes to the state database in batches from a writer thread.
+goes to the state database in batches from a writer thread, and so do sightings of unknown
+MACs. Strangers cannot crowd the nodes out: each round reads what is queued, answers the
+inventory's MACs first and at most STRANGER_BUDGET others (the rest are shed), so a flood of
+random MACs is read off the socket faster than it arrives instead of filling its buffer.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import selectors
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Callable
@@ -20,6 +24,7 @@ from typing import Callable
 from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
 from ...logs import kv
 from ...nodestate import NodeStateDB
+from ...nodestate.writer import BatchWriter
 from ...paths import State, image_root
 from ..service import Service
 from ..stages import StageWriter
@@ -34,10 +39,19 @@ PROXY_PORT = 4011
 # Every lease notes a "dhcp" stage; in a boot storm (or under perfdhcp) that is thousands a
 # second, so they are gathered for this long and written in one transaction.
 STAGE_GATHER = 0.2
+# Packets read per round, and of those, from MACs outside the inventory, answered at most.
+READ_BATCH = 256
+STRANGER_BUDGET = 64
+# A sighting of an unknown MAC is queued once per this many seconds per MAC; sightings
+# beyond DISCOVERY_QUEUE waiting for the disk are dropped.
+SEEN_REPEAT = 10.0
+DISCOVERY_QUEUE = 10000
 CLIENT_PORT = 68
 BROADCAST = "255.255.255.255"
 
 Answer = tuple[bytes, tuple[str, int]]
+# ("seen", (mac, arch, uuid, ip, at)) or ("adopted", (mac, node name)), in the order they happened
+Discovery = tuple[str, tuple]
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,9 @@ class DhcpServer(Service):
         self.db = db if db is not None else NodeStateDB(state.db)
         self.pool = DynamicPool(inventory, self.db)
         self.stages = StageWriter(self.db, gather=STAGE_GATHER)
+        self.seen: dict[str, float] = {}  # unknown MAC -> when its sighting was last queued
+        self.discoveries: BatchWriter[Discovery] = BatchWriter(
+            self._write_discoveries, "discovery-writer", STAGE_GATHER, DISCOVERY_QUEUE)
         self.port = port
         self.sockets = [netif.udp_socket(self.link.name, port)]
         if self.proxy:
@@ -80,7 +97,7 @@ class DhcpServer(Service):
         self._closed = False
         self._stopped = threading.Event()
         self._stopped.set()
-        self.packets = {"received": 0, "answered": 0, "dropped": 0, "errors": 0}
+        self.packets = {"received": 0, "answered": 0, "dropped": 0, "errors": 0, "shed": 0}
         self.reload(inventory)
         log.info("listening", extra=kv(mode="proxy" if self.proxy else "full", interface=self.link.name,
                                        address=self.link.address, server_id=self.server_ip))
@@ -102,6 +119,7 @@ class DhcpServer(Service):
         self.inventory = inventory
         self.static = {i.mac: Static(n, i.ip, i.ip.packed)
                        for n in inventory.nodes for i in n.interfaces if i.mac and i.ip}
+        self.known = {bytes.fromhex(mac.replace(":", "")) for mac in self.static}
         subnet = inventory.cluster.network.subnet
         self.subnet_bits = (int(subnet.network_address), int(subnet.netmask))
         self.templates: dict[tuple, bytes] = {}
@@ -110,6 +128,7 @@ class DhcpServer(Service):
         self.master = str(c.network.master)
         self.http_port = c.ports.http
         self.lease_time = c.dhcp.lease_time
+        self.discovered_keep = c.retention.discovered
 
     # -- the loop --------------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -159,33 +178,62 @@ class DhcpServer(Service):
         if self.ra is not None:
             self.ra.close()
         self.stages.close()
+        self.discoveries.close()
+        log.info("stopped", extra=kv(**self.packets, **{f"discovered_{k}": v for k, v in self.discoveries.counts.items()}))
         os.close(self._wake_r)
         os.close(self._wake_w)
 
     def _drain(self, sock: socket.socket) -> None:
-        port = sock.getsockname()[1]
-        for _ in range(256):  # bounded, so the other socket and shutdown get their turn
+        """One round: read what is queued (bounded, so the other socket and shutdown get their
+        turn), answer the inventory's MACs, then at most STRANGER_BUDGET others."""
+        got: list[tuple[bytes, tuple[str, int]]] = []
+        for _ in range(READ_BATCH):
             try:
-                data, peer = sock.recvfrom(wire.MAX_PACKET + 1)
+                got.append(sock.recvfrom(wire.MAX_PACKET + 1))
             except (BlockingIOError, InterruptedError):
-                return
-            self.packets["received"] += 1
+                break
+        self.packets["received"] += len(got)
+        known = [p for p in got if wire.peek_mac(p[0]) in self.known]
+        strangers = [p for p in got if wire.peek_mac(p[0]) not in self.known]
+        self.packets["shed"] += max(0, len(strangers) - STRANGER_BUDGET)
+        port = sock.getsockname()[1]
+        for data, peer in known + strangers[:STRANGER_BUDGET]:
+            self._answer_one(sock, data, peer, port)
+
+    def _answer_one(self, sock: socket.socket, data: bytes, peer: tuple[str, int], port: int) -> None:
+        try:
+            answer = self.handle(data, peer, port)
+        except wire.Malformed as e:
+            self.packets["dropped"] += 1
+            log.warning("dropped a malformed packet", extra=kv(peer=f"{peer[0]}:{peer[1]}", error=e))
+            return
+        except Exception:
+            self.packets["errors"] += 1
+            log.exception("error answering; packet dropped", extra=kv(peer=f"{peer[0]}:{peer[1]}"))
+            return
+        if answer is not None:
             try:
-                answer = self.handle(data, peer, port)
-            except wire.Malformed as e:
-                self.packets["dropped"] += 1
-                log.warning("dropped a malformed packet", extra=kv(peer=f"{peer[0]}:{peer[1]}", error=e))
-                continue
-            except Exception:
-                self.packets["errors"] += 1
-                log.exception("error answering; packet dropped", extra=kv(peer=f"{peer[0]}:{peer[1]}"))
-                continue
-            if answer is not None:
-                try:
-                    sock.sendto(*answer)
-                    self.packets["answered"] += 1
-                except OSError as e:
-                    log.warning("could not send", extra=kv(to=f"{answer[1][0]}:{answer[1][1]}", error=e))
+                sock.sendto(*answer)
+                self.packets["answered"] += 1
+            except OSError as e:
+                log.warning("could not send", extra=kv(to=f"{answer[1][0]}:{answer[1][1]}", error=e))
+
+    # -- discovered MACs -------------------------------------------------------------------------
+    def _saw(self, req: wire.Request, client: pxe.Client, ip: str | None) -> None:
+        """Queue a sighting of an unknown booting MAC: once per SEEN_REPEAT per MAC unless it
+        brings its address; the writer thread records a batch in one transaction."""
+        now = time.monotonic()
+        if ip is None and now - self.seen.get(req.mac, -SEEN_REPEAT) < SEEN_REPEAT:
+            return
+        if len(self.seen) >= DISCOVERY_QUEUE:  # a random-MAC flood: forget, at worst a row again
+            self.seen.clear()
+        self.seen[req.mac] = now
+        self.discoveries.put(("seen", (req.mac, client.arch, client.uuid, ip, time.time())))
+
+    def _write_discoveries(self, rows: list[Discovery]) -> None:
+        self.db.record_discoveries([r for kind, r in rows if kind == "seen"],
+                                   [r for kind, r in rows if kind == "adopted"],
+                                   keep=self.discovered_keep)
 
     # -- answering -------------------------------------------------------------------------------
     def handle(self, data: bytes, peer: tuple[str, int], port: int) -> Answer | None:
@@ -276,7 +324,7 @@ class DhcpServer(Service):
         """Record an unknown booting MAC; adopt it if the policy says so."""
         if not client.boots:
             return None
-        self.db.saw_unknown(req.mac, client.arch, client.uuid, None)
+        self._saw(req, client, None)
         if not self.inventory.cluster.discovery.adopt:
             return None
         try:
@@ -285,7 +333,7 @@ class DhcpServer(Service):
         except (AdoptError, InventoryInvalid, OSError) as e:  # it still gets a dynamic lease
             log.warning("could not adopt", extra=kv(mac=req.mac, error=e))
             return None
-        self.db.mark_adopted(req.mac, name)
+        self.discoveries.put(("adopted", (req.mac, name)))
         log.info("adopted", extra=kv(mac=req.mac, node=name))
         self.reload(inv)
         return self.static.get(req.mac)
@@ -330,7 +378,7 @@ class DhcpServer(Service):
             return self._nak(req, f"asked for {want_ip}, its lease is {expected}")
         self.pool.commit(req.mac, want_ip, None, self.lease_time)
         if client.boots:
-            self.db.saw_unknown(req.mac, client.arch, client.uuid, str(want_ip))
+            self._saw(req, client, str(want_ip))
         return self._lease(req, client, wire.ACK, want_ip, None)
 
     def _inform(self, req: wire.Request, client: pxe.Client) -> Answer | None:
@@ -341,8 +389,8 @@ class DhcpServer(Service):
             self._destination(req, wire.ACK)
 
     def _release(self, req: wire.Request, client: pxe.Client) -> None:
-        if req.mac not in self.static and req.ciaddr != wire.ZERO_IP:
-            self.pool.release(req.mac, IPv4Address(req.ciaddr))
+        if req.ciaddr != wire.ZERO_IP and not self.pool.release(req.mac, IPv4Address(req.ciaddr)):
+            log.debug("ignored RELEASE: not the lease holder", extra=kv(mac=req.mac, ip=IPv4Address(req.ciaddr)))
 
     def _decline(self, req: wire.Request, client: pxe.Client) -> None:
         requested = req.options.get(wire.OPT_REQUESTED_IP)
@@ -350,11 +398,12 @@ class DhcpServer(Service):
             raise wire.Malformed("DECLINE without a requested address")
         ip = IPv4Address(requested)
         st = self.static.get(req.mac)
-        if st is not None:
+        if st is not None and st.ip == ip:
             log.warning("declined: another host uses its address", extra=kv(node=st.node.name, mac=req.mac, ip=ip))
-        else:
+        elif self.pool.decline(req.mac, ip):
             log.warning("declined: another host uses it; skipping it for a while", extra=kv(mac=req.mac, ip=ip))
-            self.pool.decline(req.mac, ip)
+        else:
+            log.debug("ignored DECLINE: not the lease holder", extra=kv(mac=req.mac, ip=ip))
 
     # -- ProxyDHCP -------------------------------------------------------------------------------
     def _proxy(self, req: wire.Request, client: pxe.Client, peer: tuple[str, int], port: int) -> Answer | None:
@@ -364,7 +413,7 @@ class DhcpServer(Service):
             return None
         st = self.static.get(req.mac)
         if st is None:
-            self.db.saw_unknown(req.mac, client.arch, client.uuid, None)
+            self._saw(req, client, None)
         if req.msgtype == wire.DISCOVER and port != PROXY_PORT:
             msgtype = wire.OFFER
         elif req.msgtype in (wire.REQUEST, wire.INFORM) and (
