@@ -17,7 +17,7 @@ from ..inventory import Inventory, InventoryInvalid, Node, Problem, load_invento
 from ..inventory.edit import edit_inventory, isolate, next_free_ip, node_entries, set_fields
 from ..inventory.hostlist import HostlistError, compress, expand, is_range
 from ..inventory.model import SETTINGS
-from ..inventory.starter import detect, starter_yaml
+from ..inventory.starter import detect, gateway, starter_yaml
 from .context import Context, echo_json, echo_table, pass_ctx
 
 
@@ -54,6 +54,7 @@ def init(ctx: Context, interface: str | None, name: str | None, force: bool) -> 
         atomic_write(path, text)
     (ctx.site.root / "nodes").mkdir(exist_ok=True)
     click.echo(f"wrote {path} (interface {net.interface}, subnet {net.address.network}, master {net.address.ip})")
+    click.echo(gateway(net).summary)
 
 
 @click.command()
