@@ -122,7 +122,7 @@ profiles:
   default:
     description: every node unless it names its own profiles
     image: debian12
-    kernel_args: [console=ttyS0, console=tty0]
+    kernel_args: [console=tty0, console=ttyS0]   # the last is /dev/console: serial (IPMI SOL)
     overlays: [base, ssh, munge, slurm, mpi]
     partitions: [batch]
 
