@@ -53,12 +53,12 @@ def detect(interface: str | None = None) -> HostNet:
     """The provisioning interface, its address and this host's default router on it;
     LookupError if none fits."""
     with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        names: dict[int, str] = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         addrs: dict[str, list[IPv4Interface]] = {}
         for a in ipr.get_addr(family=2):
-            name = names.get(a["index"])
-            addrs.setdefault(name, []).append(IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
-        defaults = [(names.get(r.get_attr("RTA_OIF")), r.get_attr("RTA_GATEWAY"))
+            if name := names.get(a["index"]):  # a link made since get_links() is not a candidate
+                addrs.setdefault(name, []).append(IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
+        defaults: list[tuple[str | None, str | None]] = [(names.get(r.get_attr("RTA_OIF")), r.get_attr("RTA_GATEWAY"))
                     for r in ipr.get_default_routes(family=2)]
     if interface:
         if interface not in names.values():
