@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,11 @@ from provisioner.inventory import load_inventory
 from provisioner.paths import State
 from provisioner.render.nfs import exports_for
 
-pytestmark = [pytest.mark.netns, pytest.mark.qemu]
-
 CHECKOUT = Path(__file__).resolve().parents[1]
+STOCK_TREES = ("overlays", "pxe", "initcpio")
 MAC = "52:54:00:7d:00:01"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
 
 # Prints what each stock tree put on the node: base's hostname and a symlink (a `.symlink`
 # file in the wheel), munge's key with its _meta.yaml owner and mode; then powers off.
@@ -41,24 +42,41 @@ poweroff -f
 """
 
 
-def install_wheel(work: Path) -> Path:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
     """The wheel, built offline (this venv's setuptools, no build isolation) from a copy of the
-    checkout so the build leaves nothing in it, installed into a new venv; returns the venv.
-    The venv sees this venv's packages through a .pth line (the dependencies, without the
-    network); provisioner comes from the wheel alone (the caller checks)."""
-    src, dist, venv = work / "src", work / "dist", work / "venv"
+    checkout, so the build leaves nothing in it."""
+    work = tmp_path_factory.mktemp("wheel")
+    src, dist = work / "src", work / "dist"
     shutil.copytree(CHECKOUT, src, symlinks=True, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", "tests", "bench"))
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, src], check=True)
-    (wheel,) = dist.glob("provisioner-*.whl")
+    subprocess.run([*PIP, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, src], check=True)
+    (built,) = dist.glob("provisioner-*.whl")
+    return built
+
+
+def install(wheel: Path, venv: Path) -> Path:
+    """A new venv with the wheel in it. It sees this venv's packages through a .pth line (the
+    dependencies, without the network); provisioner comes from the wheel alone (the caller
+    checks)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     python = venv / "bin" / "python"
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                              capture_output=True, text=True, check=True).stdout.strip()
     Path(purelib, "test-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    subprocess.run([*pip, "--python", python, "install", "--no-deps", "--no-index", wheel], check=True)
+    subprocess.run([*PIP, "--python", python, "install", "--no-deps", "--no-index", wheel], check=True)
     return venv
+
+
+def test_wheel_carries_every_stock_file_and_unit(wheel):
+    """Every file of the stock trees, executable ones still executable (the overlay builder
+    keeps a source's x bit), and both systemd units."""
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = {i.filename: bool(i.external_attr >> 16 & 0o111) for i in zf.infolist()}
+    stock = {f"provisioner/stock/{p.relative_to(CHECKOUT)}": bool(p.stat().st_mode & 0o111)
+             for tree in STOCK_TREES for p in (CHECKOUT / tree).rglob("*") if not p.is_dir()}
+    assert {n: x for n, x in shipped.items() if n.startswith("provisioner/stock/")} == stock
+    assert {"provisioner/systemd/provisioner.service", "provisioner/systemd/provisioner-slurm.service"} <= set(shipped)
 
 
 class Wheel:
@@ -88,9 +106,11 @@ class WheelGuest(PxeLab):
         self.serve: Serve | None = None
 
 
-def test_wheel_installed_outside_the_checkout_boots_a_node(lab, tmp_path, monkeypatch):
+@pytest.mark.netns
+@pytest.mark.qemu
+def test_wheel_installed_outside_the_checkout_boots_a_node(wheel, lab, tmp_path, monkeypatch):
     assert CHECKOUT not in tmp_path.parents
-    venv = install_wheel(tmp_path / "build")
+    venv = install(wheel, tmp_path / "venv")
     outside = tmp_path / "admin"
     outside.mkdir()
     monkeypatch.chdir(outside)  # every command, serve included, runs from here
