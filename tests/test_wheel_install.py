@@ -73,8 +73,10 @@ def test_wheel_carries_every_stock_file_and_unit(wheel):
     keeps a source's x bit), and both systemd units."""
     with zipfile.ZipFile(wheel) as zf:
         shipped = {i.filename: bool(i.external_attr >> 16 & 0o111) for i in zf.infolist()}
-    stock = {f"provisioner/stock/{p.relative_to(CHECKOUT)}": bool(p.stat().st_mode & 0o111)
-             for tree in STOCK_TREES for p in (CHECKOUT / tree).rglob("*") if not p.is_dir()}
+    files = [p for tree in STOCK_TREES for p in (CHECKOUT / tree).rglob("*") if not p.is_dir()]
+    links = [str(p.relative_to(CHECKOUT)) for p in files if p.is_symlink()]
+    assert not links, f"a wheel has no symlinks: make each a NAME.symlink file holding its target: {links}"
+    stock = {f"provisioner/stock/{p.relative_to(CHECKOUT)}": bool(p.stat().st_mode & 0o111) for p in files}
     assert {n: x for n, x in shipped.items() if n.startswith("provisioner/stock/")} == stock
     assert {"provisioner/systemd/provisioner.service", "provisioner/systemd/provisioner-slurm.service"} <= set(shipped)
 
