@@ -28,6 +28,7 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 STOCK_TREES = ("overlays", "pxe", "initcpio")
 MAC = "52:54:00:7d:00:01"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NOT_BUILT = {".git", ".venv", "build", "tests", "bench", ".pytest_cache", ".hypothesis"}
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
 
 # Prints what each stock tree put on the node: base's hostname and a symlink (a `.symlink`
@@ -42,14 +43,21 @@ poweroff -f
 """
 
 
+def _not_built(folder: str, names: list[str]) -> set[str]:
+    """What the wheel build must not see: the checkout's own venv, git, tests, earlier builds."""
+    skip = {n for n in names if n == "__pycache__"}
+    if Path(folder) == CHECKOUT:
+        skip |= {n for n in names if n in NOT_BUILT or n.endswith(".egg-info")}
+    return skip
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The wheel, built offline (this venv's setuptools, no build isolation) from a copy of the
     checkout, so the build leaves nothing in it."""
     work = tmp_path_factory.mktemp("wheel")
     src, dist = work / "src", work / "dist"
-    shutil.copytree(CHECKOUT, src, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", "tests", "bench"))
+    shutil.copytree(CHECKOUT, src, symlinks=True, ignore=_not_built)
     subprocess.run([*PIP, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist, src], check=True)
     (built,) = dist.glob("provisioner-*.whl")
     return built
