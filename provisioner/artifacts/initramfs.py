@@ -16,9 +16,10 @@ from pathlib import Path, PurePosixPath
 
 from ..atomic import atomic_write
 from ..errors import UserError
+from ..inroot import Root
 from ..paths import State
 from . import cpio, layout
-from .kmod import load_index, modules_dir, plain_module
+from .kmod import load_index, read_module
 
 INITCPIO = Path(__file__).resolve().parent.parent.parent / "initcpio"
 BUSYBOX = Path("/bin/busybox")
@@ -44,9 +45,9 @@ class InitramfsSpec:
 
 def kernel_versions(rootfs: Path) -> list[str]:
     """Kernel versions with a /boot/vmlinuz-VERSION in the image, oldest first."""
-    boot = rootfs / "boot"
-    found = [p.name[len("vmlinuz-"):] for p in boot.glob("vmlinuz-*")] if boot.is_dir() else []
-    return sorted(found, key=_version_key)
+    image = Root(rootfs)
+    names = image.listdir("boot") if image.is_dir("boot") else []
+    return sorted((n[len("vmlinuz-"):] for n in names if n.startswith("vmlinuz-")), key=_version_key)
 
 
 def _version_key(v: str) -> list:
@@ -81,7 +82,6 @@ def _with_parents(entries: list[cpio.Entry]) -> list[cpio.Entry]:
 def entries(spec: InitramfsSpec) -> list[cpio.Entry]:
     index = load_index(spec.rootfs, spec.kver)
     mods = index.resolve(REQUIRED_MODULES + list(spec.extra_modules), list(spec.nic_modules))
-    mdir = modules_dir(spec.rootfs, spec.kver)
     files = [cpio.Entry.dir(d) for d in ("dev", "proc", "sys", "run", "new_root", "etc", "tmp")]
     files.append(cpio.Entry.chardev("dev/console", 5, 1))
     files.append(cpio.Entry.chardev("dev/null", 1, 3, 0o666))
@@ -92,7 +92,7 @@ def entries(spec: InitramfsSpec) -> list[cpio.Entry]:
     dest = f"lib/modules/{spec.kver}"
     packed = []
     for m in mods:
-        name, data = plain_module(mdir / m)
+        name, data = read_module(spec.rootfs, spec.kver, m)
         packed.append(str(PurePosixPath(dest, m).with_name(name)))
         files.append(cpio.Entry.file(packed[-1], data))
     listing = "".join(f"/{p}\n" for p in packed)
