@@ -22,6 +22,7 @@ from pathlib import Path
 from .errors import UserError
 
 MAX_LINKS = 40  # as the kernel's path walk (ELOOP)
+MAX_READ = 256 * 2 ** 20  # no kernel, module or table in an image comes near; a larger file is refused
 _PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -131,11 +132,15 @@ class Root:
         return sorted(os.listdir(self.resolve(rel)))
 
     def read_bytes(self, rel: str) -> bytes:
-        """A regular file's bytes; a device, FIFO or directory is refused (never opened)."""
+        """A regular file's bytes; a device, FIFO or directory is refused (never opened), and
+        so is a file larger than MAX_READ."""
         fd = self._fd(rel)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise RootPathError(f"{rel} in the image at {self.path} is not a regular file")
+            if st.st_size > MAX_READ:
+                raise RootPathError(f"{rel} in the image at {self.path} is larger than {MAX_READ >> 20} MiB")
             with open(f"/proc/self/fd/{fd}", "rb") as f:
                 return f.read()
         finally:

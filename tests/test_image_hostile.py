@@ -6,18 +6,21 @@ module that is not in the image is refused with an error that says so."""
 
 from __future__ import annotations
 
+import lzma
 import os
 import re
 import shutil
 import subprocess
 import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
 from busyroot import host_kernel, make_root
 
 from provisioner.artifacts import layout
-from provisioner.artifacts.kmod import modules_dir
+from provisioner.artifacts.kmod import MAX_MODULE, modules_dir, plain_module
+from provisioner.errors import UserError
 from provisioner.inroot import Root, RootPathError
 from provisioner.paths import State
 from provisioner.render.overlays import IdMap
@@ -189,6 +192,34 @@ def test_modules_dep_naming_a_path_out_of_the_module_tree_is_refused(cli, clean,
     assert res.returncode == 1
     assert "modules.dep of " + kver + " names '../../../etc/overlay.ko', not a module inside its module tree" \
         in res.stderr
+
+
+def bomb(suffix: str, path: Path) -> None:
+    """A compressed module that unpacks to more than MAX_MODULE bytes of zeros (made in chunks)."""
+    chunk, n = b"\0" * 2 ** 20, (MAX_MODULE >> 20) + 1
+    if suffix == ".zst":
+        subprocess.run(f"head -c {n}M /dev/zero | zstd -q -1 -o {path}", shell=True, check=True)
+        return
+    c = lzma.LZMACompressor(preset=0) if suffix == ".xz" else zlib.compressobj(1, wbits=31)
+    path.write_bytes(b"".join(c.compress(chunk) for _ in range(n)) + c.flush())
+
+
+def test_a_module_that_unpacks_to_gigabytes_is_refused(cli, clean, tmp_path):
+    kver = host_kernel()
+    root = image(clean, tmp_path)
+    mdir = modules_dir(root, kver)
+    overlay = next(mdir.rglob("overlay.ko"))
+    bomb(".xz", overlay.with_name("overlay.ko.xz"))
+    overlay.unlink()
+    subprocess.run(["depmod", "-b", str(root), kver], check=True)
+    res = cli("image", "import", "tiny", root, check=False)
+    assert res.returncode == 1 and "overlay.ko.xz unpacks to more than 256 MiB: not a kernel module" in res.stderr
+    for suffix in (".gz", ".zst"):
+        bomb(suffix, tmp_path / f"m.ko{suffix}")
+        with pytest.raises(UserError, match=f"m.ko{suffix} unpacks to more than 256 MiB"):
+            plain_module(f"m.ko{suffix}", (tmp_path / f"m.ko{suffix}").read_bytes())
+    with pytest.raises(UserError, match="cannot decompress m.ko.xz"):
+        plain_module("m.ko.xz", lzma.compress(b"module")[:-8])
 
 
 def test_a_module_tree_that_links_to_the_hosts_is_looked_up_inside_the_image(cli, clean, tmp_path):

@@ -3,18 +3,22 @@ exactly the drivers it asks for and everything they need, in a loadable order.""
 
 from __future__ import annotations
 
-import gzip
 import lzma
 import os
 import re
+import signal
 import subprocess
+import tempfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import UserError
-from ..inroot import Root
+from ..inroot import MAX_READ, Root
 
+MAX_MODULE = MAX_READ  # unpacked; the largest real modules are tens of MB
 _SUFFIX = re.compile(r"\.ko(\.(xz|gz|zst))?$")
 
 
@@ -26,18 +30,52 @@ def module_name(path: str) -> str:
 def plain_module(name: str, data: bytes) -> tuple[str, bytes]:
     """A module file's name and bytes as busybox insmod loads them: uncompressed. Images ship
     .ko.xz, .ko.gz or .ko.zst (trixie, Void...) and busybox has no zstd; the initramfs is
-    compressed as a whole anyway."""
-    if name.endswith(".ko.xz"):
-        return name[:-3], lzma.decompress(data)
-    if name.endswith(".ko.gz"):
-        return name[:-3], gzip.decompress(data)
+    compressed as a whole anyway. An image is untrusted: what a module unpacks to is capped."""
+    try:
+        if name.endswith(".ko.xz"):
+            return name[:-3], _inflate(name, lzma.LZMADecompressor(), data)
+        if name.endswith(".ko.gz"):
+            return name[:-3], _inflate(name, zlib.decompressobj(wbits=31), data)
+    except (lzma.LZMAError, zlib.error) as e:
+        raise UserError(f"cannot decompress {name}: {e}") from None
     if name.endswith(".ko.zst"):
-        try:
-            out = subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise UserError(f"cannot decompress {name} (zstd-compressed modules need the zstd command): {e}") from None
-        return name[:-4], out
+        return name[:-4], _unzstd(name, data)
     return name, data
+
+
+class _Decompressor(Protocol):
+    @property
+    def eof(self) -> bool: ...
+
+    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
+
+
+def _inflate(name: str, d: _Decompressor, data: bytes) -> bytes:
+    out = d.decompress(data, MAX_MODULE + 1)
+    if len(out) > MAX_MODULE:
+        raise UserError(f"{name} unpacks to more than {MAX_MODULE >> 20} MiB: not a kernel module, refused")
+    if not d.eof:
+        raise UserError(f"cannot decompress {name}: it is cut short")
+    return out
+
+
+def _unzstd(name: str, data: bytes) -> bytes:
+    with tempfile.TemporaryFile() as src:
+        src.write(data)
+        src.seek(0)
+        try:
+            proc = subprocess.Popen(["zstd", "-dcq"], stdin=src, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError as e:
+            raise UserError(f"cannot decompress {name} (zstd-compressed modules need the zstd command): {e}") from None
+        assert proc.stdout is not None
+        with proc:
+            out = proc.stdout.read(MAX_MODULE + 1)
+            proc.kill()
+    if len(out) > MAX_MODULE:
+        raise UserError(f"{name} unpacks to more than {MAX_MODULE >> 20} MiB: not a kernel module, refused")
+    if proc.returncode not in (0, -signal.SIGKILL) or not out:
+        raise UserError(f"cannot decompress {name}: zstd exited {proc.returncode}")
+    return out
 
 
 def modules_dir(root: Path, kver: str) -> Path | None:
