@@ -115,6 +115,14 @@ def test_a_real_slurmctld_keeps_running_and_the_other_nodes_their_facts():
             res = sl.nodes["node02"].run(["curl", "-sS", "--local-port", "600-1023", "-w", "\n%{http_code}", "-H",
                                           "Content-Type: application/json", "--data", body, url])
             assert res.stdout.endswith("\n400") and "facts refused: node02" in res.stdout, res.stdout
+        # The node's own facts script, on a node whose slurmd -C says 99999 CPUs: it stops at the
+        # 400 and logs the master's reason instead of retrying for a minute.
+        fake = "mkdir -p /tmp/fake && printf '#!/bin/sh\\necho NodeName=node02 CPUs=99999 RealMemory=900\\n' " \
+               "> /tmp/fake/slurmd && chmod +x /tmp/fake/slurmd && PATH=/tmp/fake:$PATH provisioner-facts"
+        res = sl.nodes["node02"].run(["sh", "-c", fake], check=False, timeout=20)
+        assert res.returncode == 1, res.stderr
+        assert "provisioner-facts: the master refused the facts: facts refused: node02: facts cpus=99999" \
+            in res.stderr
         assert sl.db.facts("node02") == real
         # A database from before the checks: node03's stored facts break the rules.
         sl.db.set_facts("node03", {**sl.db.facts("node03"), "cpus": "\u00b2"})
