@@ -19,6 +19,7 @@ import pytest
 from busyroot import host_kernel, make_root
 
 from provisioner.artifacts import layout
+from provisioner.artifacts.initramfs import kernel_versions
 from provisioner.artifacts.kmod import MAX_MODULE, modules_dir, plain_module
 from provisioner.errors import UserError
 from provisioner.inroot import Root, RootPathError
@@ -134,6 +135,13 @@ def test_a_kernel_that_is_a_link_out_of_the_image_is_refused(cli, clean, tmp_pat
     assert not layout.image_dir(State(cli.state), "tiny").exists()
     nothing_leaked(cli.state)
     assert (canary / "secret").read_bytes() == SECRET
+
+
+def test_kernel_versions_are_plain_names(tmp_path):
+    for name in ("vmlinuz-6.1.0-9-amd64", "vmlinuz-..", "vmlinuz-.hidden", "vmlinuz-", "vmlinuz-6.1+x~rc1"):
+        (tmp_path / "boot").mkdir(exist_ok=True)
+        (tmp_path / "boot" / name).write_bytes(b"k")
+    assert kernel_versions(tmp_path) == ["6.1.0-9-amd64", "6.1+x~rc1"]
 
 
 def test_a_kernel_that_is_a_device_is_never_opened(cli, clean, tmp_path):

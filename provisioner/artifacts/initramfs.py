@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ NIC_MODULES = ["e1000", "e1000e", "igb", "ixgbe", "i40e", "ice", "bnxt_en", "tg3
                "virtio_net", "virtio_pci", "vmxnet3"]
 
 COMPRESSIONS = ("gzip", "zstd")
+_KVER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,12 @@ class InitramfsSpec:
 
 
 def kernel_versions(rootfs: Path) -> list[str]:
-    """Kernel versions with a /boot/vmlinuz-VERSION in the image, oldest first."""
+    """Kernel versions with a /boot/vmlinuz-VERSION in the image, oldest first. A VERSION is a
+    path component in the image and in the initramfs, so only plain ones count (not `..`)."""
     image = Root(rootfs)
     names = image.listdir("boot") if image.is_dir("boot") else []
-    return sorted((n[len("vmlinuz-"):] for n in names if n.startswith("vmlinuz-")), key=_version_key)
+    found = (n[len("vmlinuz-"):] for n in names if n.startswith("vmlinuz-"))
+    return sorted((v for v in found if _KVER.fullmatch(v)), key=_version_key)
 
 
 def _version_key(v: str) -> list:
