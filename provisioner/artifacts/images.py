@@ -20,9 +20,9 @@ import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..atomic import atomic_write, locked
 from ..errors import UserError
@@ -59,7 +59,8 @@ def _scrub_node_identity(image: Root) -> None:
         for name in image.listdir("etc/ssh"):
             if name.startswith("ssh_host_") and not image.is_dir(f"etc/ssh/{name}"):
                 image.unlink(f"etc/ssh/{name}")
-    if image.lexists("etc/machine-id"):
+    machine_id = image.lstat("etc/machine-id", follow=False)
+    if machine_id is not None and (stat.S_ISREG(machine_id.st_mode) or stat.S_ISLNK(machine_id.st_mode)):
         image.write_bytes("etc/machine-id", b"", 0o444)  # each node makes its own at first boot
     dbus_id = image.lstat("var/lib/dbus/machine-id", follow=False)
     if dbus_id is not None and stat.S_ISREG(dbus_id.st_mode):
