@@ -121,7 +121,7 @@ def test_cli_render_diff_apply(site, tmp_path):
     d = tmp_path / "etc-slurm"
     res = site("slurm", "render")
     assert "NodeName=c01 CPUs=8 " in res.stdout and "NodeName=c02 State=FUTURE" in res.stdout
-    assert "warning: c02: facts cpus='lots' is not a positive integer (the node stays FUTURE)" in res.stderr
+    assert "warning: c02: facts cpus='lots' is not a whole number from 1 to 65533 (the node stays FUTURE)" in res.stderr
     assert "Name=gpu" not in site("slurm", "render", "--file", "gres.conf").stdout
     assert "+NodeName=c01 CPUs=8" in site("slurm", "diff", "--conf-dir", d).stdout
     res = site("slurm", "apply", "--conf-dir", d, "--no-reload")
