@@ -69,3 +69,6 @@ def boot_install(ctx: Context) -> None:
     except bootloaders.MissingLoader as e:
         raise UserError(str(e)) from None
     echo_table(["file", "status"], [[name, "installed" if changed else "unchanged"] for name, changed in done])
+    for entry in bootloaders.unavailable():
+        click.echo(f"not installed: {entry.name} for {', '.join(entry.default_for)} clients, which DHCP will refuse; "
+                   f"it comes from {entry.where}", err=True)

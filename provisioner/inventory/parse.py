@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ..bootfiles import override_problems
 from . import yamlpos
 from .hostlist import HostlistError, expand, is_range
 from .merge import merge_settings
@@ -248,6 +249,9 @@ class _Parser:
                     self.err((*path, key), "must be a mapping")
                 else:
                     out[key] = {str(k): v for k, v in m[key].items()}
+                    if key == "boot_files":
+                        for name, problem in override_problems(m[key]):
+                            self.err((*path, key, name), problem)
             elif key == "mpi_slots":
                 v = self.integer(m, path, key, None, 1, 100000)
                 if v is not None:
