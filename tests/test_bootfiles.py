@@ -30,6 +30,7 @@ def test_every_architecture_has_one_default_that_runs_on_it():
         assert arch.firmware in default.runs_on, (arch, default)
     for f in BOOT_FILES:
         assert set(f.default_for) <= set(f.runs_on) <= set(FIRMWARE), f
+    assert {f.loader for f in BOOT_FILES} == {"", *TEMPLATES}  # each loader reads a config rendered for it
     names = [f.name.rsplit("/", 1)[-1] for f in bootfiles.BY_NAME.values()]
     assert len(names) == len(set(names))  # stage_of goes by the last path component
 
@@ -61,12 +62,21 @@ def test_boot_install_puts_every_file_dhcp_can_name_in_the_tree(tmp_path):
     unless it is an optional file this host's packages lack (DHCP then refuses it, below)."""
     state = State(tmp_path / "state")
     bootloaders.install(state)
-    lacking = {f.name for f in bootloaders.unavailable()}
     for arch in ARCHES.values():
         f = DEFAULTS[arch.firmware]
         there = (layout.boot_dir(state) / f.name).is_file()
-        assert there or (not f.required and f.name in lacking and not Path(f.source).exists()), arch
-    assert all(not f.required for f in bootloaders.unavailable())
+        assert there or (not f.required and not Path(f.source).exists()), arch
+
+
+
+def test_boot_install_says_which_clients_the_tree_leaves_without_a_boot_file(cli):
+    site = write_site(cli.site)
+    site.write_text(site.read_text().replace("boot_files: {uefi: ipxe.efi,", "boot_files: {uefi: mine.efi,"))
+    err = cli("boot", "install").stderr
+    assert "warning: boot_files uefi: mine.efi of node03 will get no boot file: mine.efi is not in the boot tree" in err
+    for firmware, f in DEFAULTS.items():
+        said = f"note: {firmware} clients will get no boot file: {f.name} is not in the boot tree"
+        assert (said in err) == (not Path(f.source).exists()), err
 
 
 SITE = """\
@@ -127,7 +137,7 @@ def test_dhcp_names_installed_files_and_refuses_the_rest(lab, tmp_path):
                 line = f"no boot file for node01 ({MACS[0]}, {kind} client, arch {arch})"
                 assert line in server.text() and f"{entry.name} is not in the boot tree" in server.text()
                 assert f"Debian package {entry.package}" in server.text()
-        assert refused == sum(a.firmware in f.default_for for f in bootloaders.unavailable() for a in ARCHES.values())
+        assert refused == sum(not Path(DEFAULTS[a.firmware].source).exists() for a in ARCHES.values())
         # an architecture the registry does not know gets no BIOS file by mistake
         got = pxe_client(ns, tmp_path, MACS[0], "--arch", "10", "--vendor", "PXEClient:Arch:00010:UNDI:003016")
         assert got["reply"]["file"] == ""

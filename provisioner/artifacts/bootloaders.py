@@ -29,12 +29,6 @@ def _expand(entry: BootFile) -> list[tuple[Path, str]]:
     return [(Path(entry.source), entry.name)] if Path(entry.source).is_file() else []
 
 
-def unavailable() -> list[BootFile]:
-    """The optional boot files this host's packages do not provide (their clients are refused
-    by DHCP, with a log line naming the package)."""
-    return [e for e in BOOT_FILES if not e.required and not _expand(e)]
-
-
 def install(state: State) -> list[tuple[str, bool]]:
     """Copy every boot file the host has into the boot tree; returns (name, changed) per file.
     MissingLoader, before anything is copied, if a required one is not installed."""

@@ -10,7 +10,8 @@ import click
 
 from ..artifacts import bootloaders
 from ..errors import UserError
-from ..servers.boottree import StaticTree
+from ..servers.boottree import BootTree, StaticTree
+from ..servers.dhcp import bootanswer
 from ..servers.tftp import TftpServer, check_port_free, listen_address
 from ..servers.tftp.workers import serve_workers
 from .context import Context, echo_table, pass_ctx
@@ -69,6 +70,11 @@ def boot_install(ctx: Context) -> None:
     except bootloaders.MissingLoader as e:
         raise UserError(str(e)) from None
     echo_table(["file", "status"], [[name, "installed" if changed else "unchanged"] for name, changed in done])
-    for entry in bootloaders.unavailable():
-        click.echo(f"not installed: {entry.name} for {', '.join(entry.default_for)} clients, which DHCP will refuse; "
-                   f"it comes from {entry.where}", err=True)
+    inventory = None
+    if ctx.site.cluster_yaml.exists():
+        try:
+            inventory = ctx.inventory()
+        except UserError as e:
+            click.echo(f"boot_files not checked: {e}", err=True)
+    for serious, message in bootanswer.problems(BootTree(ctx.state, inventory), inventory):
+        click.echo(f"{'warning' if serious else 'note'}: {message}", err=True)

@@ -4,7 +4,8 @@ pxe.choose picks the name (pure); this refuses it when the TFTP and HTTP servers
 serve it, so firmware is never sent after a file that is not there: the client gets no boot
 file and the log says which file is missing and which Debian package `boot install` copies
 it from. The same check runs over the defaults and every `boot_files` override when the
-inventory is taken, so an admin reads at start which clients will be refused.
+inventory is taken and after `boot install`, so an admin reads before any node boots which
+clients will be refused.
 """
 
 from __future__ import annotations
@@ -35,35 +36,11 @@ class BootAnswers:
         self.master, self.http_port = str(inventory.cluster.network.master), inventory.cluster.ports.http
 
     def reload(self, inventory: Inventory) -> None:
-        """Take a new inventory and say which clients it leaves without a boot file: the
-        defaults the boot tree lacks, and each `boot_files` override it lacks (with its nodes)."""
+        """Take a new inventory and log which clients it leaves without a boot file."""
         self.tree.reload(inventory)
         self.master, self.http_port = str(inventory.cluster.network.master), inventory.cluster.ports.http
-        for firmware in FIRMWARE:
-            default = DEFAULTS[firmware]
-            why = self.absent(default.name, None)
-            if why:
-                (log.warning if default.required else log.info)("%s clients will get no boot file: %s", firmware, why)
-        overrides: dict[tuple[str, str, str], list[str]] = {}
-        for node in inventory.nodes:
-            for key, value in node.boot_files.items():
-                local = pxe.local_path(value, self.master, self.http_port)
-                why = self.absent(local, node) if local else None
-                if why:
-                    overrides.setdefault((key, value, why), []).append(node.name)
-        for (key, value, why), names in overrides.items():
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            log.warning("boot_files %s: %s of %s will get no boot file: %s", key, value, shown, why)
-
-    def absent(self, local: str, node: Node | None) -> str | None:
-        """Why the boot tree cannot serve `local` to this node (None: any client), or None if
-        it can: the TFTP and HTTP servers resolve it the same way."""
-        try:
-            if self.tree(str(node.ip) if node is not None and node.ip else "", local) is not None:
-                return None
-        except PathRefused as e:
-            return f"{local}: {e}"
-        return missing(local, layout.boot_dir(self.tree.state))
+        for serious, message in problems(self.tree, inventory):
+            (log.warning if serious else log.info)("%s", message)
 
     def __call__(self, client: pxe.Client, mac: str, node: Node | None) -> pxe.Boot | None:
         """The boot answer; None for a plain client, and for one whose boot file cannot be
@@ -72,7 +49,7 @@ class BootAnswers:
         if answer is None:
             return None
         if isinstance(answer, pxe.Boot):
-            why = self.absent(answer.local, node) if answer.local is not None else None
+            why = absent(self.tree, answer.local, node) if answer.local is not None else None
             if why is None:
                 return answer
         else:
@@ -86,3 +63,39 @@ class BootAnswers:
             log.warning("no boot file for %s (%s, %s client, arch %s): %s", node.name if node else "unknown client",
                         mac, client.kind, client.arch, why)
         return None
+
+
+def absent(tree: BootTree, local: str, node: Node | None) -> str | None:
+    """Why the boot tree cannot serve `local` to this node (None: any client), or None if it
+    can: the TFTP and HTTP servers resolve it the same way."""
+    try:
+        if tree(str(node.ip) if node is not None and node.ip else "", local) is not None:
+            return None
+    except PathRefused as e:
+        return f"{local}: {e}"
+    return missing(local, layout.boot_dir(tree.state))
+
+
+def problems(tree: BootTree, inventory: Inventory | None) -> list[tuple[bool, str]]:
+    """(serious, message) for each boot file DHCP would name that the tree lacks: the defaults
+    (serious unless optional), and each `boot_files` override of the inventory with its nodes."""
+    out = []
+    for firmware in FIRMWARE:
+        default = DEFAULTS[firmware]
+        why = absent(tree, default.name, None)
+        if why:
+            out.append((default.required, f"{firmware} clients will get no boot file: {why}"))
+    if inventory is None:
+        return out
+    master, http_port = str(inventory.cluster.network.master), inventory.cluster.ports.http
+    overrides: dict[tuple[str, str, str], list[str]] = {}
+    for node in inventory.nodes:
+        for key, value in node.boot_files.items():
+            local = pxe.local_path(value, master, http_port)
+            why = absent(tree, local, node) if local else None
+            if why:
+                overrides.setdefault((key, value, why), []).append(node.name)
+    for (key, value, why), names in overrides.items():
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        out.append((True, f"boot_files {key}: {value} of {shown} will get no boot file: {why}"))
+    return out
