@@ -11,8 +11,8 @@ paths.py: every layer imports it and none imports upward to reach it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from fnmatch import fnmatchcase
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 
@@ -45,7 +45,7 @@ OVERRIDE_KEYS = (*FIRMWARE, IPXE)
 @dataclass(frozen=True)
 class BootFile:
     """A file of the static boot tree and the Debian package file it is copied from. A name
-    ending in "/" is a folder filled from a glob `source` (loader modules)."""
+    ending in "/" (or "", the top) is a folder filled from a glob `source` (loader modules)."""
 
     name: str
     package: str
@@ -56,6 +56,10 @@ class BootFile:
     stage: str | None = "bootloader"  # the boot stage its fetch marks
     required: bool = True  # False: not every Debian release or install has it; see `note`
     note: str = ""
+
+    @property
+    def folder(self) -> bool:
+        return not self.name or self.name.endswith("/")
 
     @property
     def where(self) -> str:
@@ -85,7 +89,7 @@ BOOT_FILES: tuple[BootFile, ...] = (
     BootFile("grubia32.efi", "grub-efi-ia32-bin", "/usr/lib/grub/i386-efi/monolithic/grubnetia32.efi", "grub",
              ("uefi32",), ("uefi32",), required=False, note="install it for 32-bit UEFI clients"),
 )
-BY_NAME: Mapping[str, BootFile] = {f.name: f for f in BOOT_FILES if not f.name.endswith("/") and f.name}
+BY_NAME: Mapping[str, BootFile] = {f.name: f for f in BOOT_FILES if not f.folder}
 DEFAULTS: Mapping[str, BootFile] = {fw: f for f in BOOT_FILES for fw in f.default_for}
 
 
@@ -124,9 +128,8 @@ def entry_of(name: str) -> BootFile | None:
     if name in BY_NAME:
         return BY_NAME[name]
     for f in BOOT_FILES:
-        folder = f.name if not f.name or f.name.endswith("/") else None
-        if folder is not None and name.startswith(folder) and "/" not in name[len(folder):] \
-                and fnmatchcase(name[len(folder):], f.source.rsplit("/", 1)[-1]):
+        rest = name[len(f.name):]
+        if f.folder and name.startswith(f.name) and "/" not in rest and fnmatchcase(rest, f.source.rsplit("/", 1)[-1]):
             return f
     return None
 

@@ -23,7 +23,7 @@ class MissingLoader(Exception):
 
 def _expand(entry: BootFile) -> list[tuple[Path, str]]:
     """(source, name in the boot tree) for an entry: one file, or a folder from a glob."""
-    if "*" in entry.source:
+    if entry.folder:
         parent = Path(entry.source).parent
         return [(p, entry.name + p.name) for p in sorted(parent.glob(Path(entry.source).name)) if p.is_file()]
     return [(Path(entry.source), entry.name)] if Path(entry.source).is_file() else []
