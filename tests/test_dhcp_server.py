@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.artifacts import bootloaders
+from provisioner.paths import State
+
 pytestmark = pytest.mark.netns
 
 SERVER_IP = "10.99.0.1"
@@ -69,13 +72,15 @@ def write_site(site: Path, subnet: str = "10.99.0.0/24", master: str = SERVER_IP
 class Server:
     """`python -m provisioner.servers.dhcp` inside the lab's server namespace."""
 
-    def __init__(self, lab, site: Path, state: Path, extra: tuple[str, ...] = ()):
-        self.lab, self.site, self.state, self.extra = lab, site, state, extra
+    def __init__(self, lab, site: Path, state: Path, extra: tuple[str, ...] = (), install: bool = True):
+        self.lab, self.site, self.state, self.extra, self.install = lab, site, state, extra, install
         self.log = state / f"dhcp-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Server":
         self.state.mkdir(parents=True, exist_ok=True)
+        if self.install:  # DHCP names only boot files the tree has
+            bootloaders.install(State(self.state))
         self.log = self.state / f"dhcp-{time.monotonic_ns()}.log"
         out = open(self.log, "w")
         self.proc = self.lab.server.popen(
@@ -236,7 +241,7 @@ def test_dhcpcd_gets_static_lease(lab, dhcp, tmp_path):
     (0, "PXEClient:Arch:00000:UNDI:002001", "undionly.kpxe", "PXEClient"),
     (7, "PXEClient:Arch:00007:UNDI:003016", "snponly.efi", "PXEClient"),
     (9, "PXEClient:Arch:00009:UNDI:003016", "snponly.efi", "PXEClient"),
-    (11, "PXEClient:Arch:00011:UNDI:003016", "snponly-arm64.efi", "PXEClient"),
+    (6, "PXEClient:Arch:00006:UNDI:003016", "grubia32.efi", "PXEClient"),
     (16, "HTTPClient:Arch:00016:UNDI:003001", "http://10.99.0.1:8080/boot/ipxe.efi", "HTTPClient"),
 ])
 def test_pxe_firmware_each_arch(lab, dhcp, tmp_path, arch, vendor, file, vclass):

@@ -25,6 +25,7 @@ from ..service import Service
 from ..stages import StageWriter
 from . import netif, pxe, reply, wire
 from .adopt import AdoptError, adopt
+from .bootanswer import BootAnswers
 from .leases import DynamicPool
 from .ra import RouterAdvertiser
 
@@ -69,6 +70,7 @@ class DhcpServer(Service):
         self.db = db if db is not None else NodeStateDB(state.db)
         self.pool = DynamicPool(inventory, self.db)
         self.stages = StageWriter(self.db, gather=STAGE_GATHER)
+        self.boot = BootAnswers(state, inventory)
         self.port = port
         self.sockets = [netif.udp_socket(self.link.name, port)]
         if self.proxy:
@@ -108,8 +110,8 @@ class DhcpServer(Service):
         self.pool.set_inventory(inventory)
         c = inventory.cluster
         self.master = str(c.network.master)
-        self.http_port = c.ports.http
         self.lease_time = c.dhcp.lease_time
+        self.boot.reload(inventory)
 
     # -- the loop --------------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -232,19 +234,18 @@ class DhcpServer(Service):
                      (59, (lt * 7 // 8).to_bytes(4, "big"))]
         return opts
 
-    def _boot(self, client: pxe.Client, mac: str, node: Node | None) -> pxe.Boot | None:
-        return pxe.choose(client, mac, node.boot_files if node else {}, self.master, self.http_port)
-
     def _answer(self, req: wire.Request, client: pxe.Client, msgtype: int, kind: str,
-                ip: IPv4Address | None = None, node: Node | None = None) -> bytes:
+                ip: IPv4Address | None = None, node: Node | None = None, boot: pxe.Boot | None = None) -> bytes:
         """A reply of `kind` "lease" (OFFER/ACK with an address), "inform" (no address, no
-        lease times) or "proxy" (boot information only) from a shared template."""
-        boot = self._boot(client, req.mac, node)
+        lease times) or "proxy" (boot information only, `boot` given) from a shared template.
+        A booting client refused its boot file gets a lease without boot information."""
+        if kind != "proxy":
+            boot = self.boot(client, req.mac, node)
         vendor = boot.vendor_class if boot else None
         if kind == "proxy" and boot is not None:
             vendor = b"HTTPClient" if vendor == b"HTTPClient" else b"PXEClient"  # a proxy always says which
         # the NFS root path is for the booted system's DHCP client; iPXE would try to SAN-boot it
-        image = node.image if node is not None and kind != "proxy" and boot is None else None
+        image = node.image if node is not None and kind != "proxy" and not client.boots else None
         key = (msgtype, kind, boot is not None, vendor, image)
         tmpl = self.templates.get(key)
         if tmpl is None:
@@ -373,9 +374,12 @@ class DhcpServer(Service):
         else:
             return None
         node = st.node if st else None
+        boot = self.boot(client, req.mac, node)
+        if boot is None:  # refused (and logged): nothing else to say
+            return None
         if node is not None and msgtype == wire.ACK:
             self.stages.note(node.name, "dhcp", f"proxy {client.kind}")
-        out = self._answer(req, client, msgtype, "proxy", node=node)
+        out = self._answer(req, client, msgtype, "proxy", node=node, boot=boot)
         if port == PROXY_PORT:
             return out, peer
         return out, self._destination(req, msgtype)
