@@ -15,8 +15,8 @@ from provisioner.artifacts import bootloaders, layout
 from provisioner.bootfiles import ARCHES, BOOT_FILES, CONFIGS, DEFAULTS, FIRMWARE
 from provisioner.inventory import InventoryInvalid, parse_text
 from provisioner.paths import State
-from provisioner.render.context import STOCK_PXE
 from provisioner.render.pxe import TEMPLATES
+from provisioner.resources import STOCK_PXE
 from provisioner.servers.boottree import BootTree
 from provisioner.servers.stages import stage_of
 
