@@ -13,9 +13,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from ipaddress import IPv4Network
 from pathlib import Path
 
+import labs.site
 import pytest
+from labs.site import node, site_yaml
 
 from provisioner.artifacts import bootloaders
 from provisioner.paths import State
@@ -27,46 +30,23 @@ MACS = ["52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:aa:00:03"]
 NODE_IPS = ["10.99.0.11", "10.99.0.12", "10.99.0.13"]
 UNKNOWN = "52:54:00:bb:00:01"
 
-CLUSTER = """\
-# the test cluster (this comment must survive CLI edits)
-cluster:
-  name: t
-  domain: t.cluster
-  network:
-    interface: br0
-    subnet: {subnet}
-    master: {master}
-    gateway: {master}
-    dns: [{master}]
-    dynamic_range: {dynamic}
-  time_servers: [{master}]
-  ports: {{http: 8080}}
-  dhcp: {{mode: {mode}, lease_time: 600}}
-{discovery}profiles:
-  default:
-    image: debian12
-  efi:
-    boot_files: {{uefi: ipxe.efi, ipxe: "http://{master}:8080/custom.ipxe"}}
-nodes:
-  - name: node[01-02]
-    ip: {first}
-    mac: [{mac0}, {mac1}]
-  - name: node03
-    ip: {third}
-    mac: {mac2}
-    profiles: [default, efi]
-"""
 
 
 def write_site(site: Path, subnet: str = "10.99.0.0/24", master: str = SERVER_IP, mode: str = "full",
                dynamic: str = "10.99.0.200-10.99.0.210", adopt: str | None = None) -> Path:
-    site.mkdir(parents=True, exist_ok=True)
-    prefix = subnet.rsplit(".", 1)[0]
-    discovery = f"  discovery: {{adopt: '{adopt}'}}\n" if adopt else ""
-    text = CLUSTER.format(subnet=subnet, master=master, mode=mode, dynamic=dynamic, discovery=discovery,
-                          first=f"{prefix}.11", third=f"{prefix}.13", mac0=MACS[0], mac1=MACS[1], mac2=MACS[2])
-    (site / "cluster.yaml").write_text(text)
-    return site / "cluster.yaml"
+    """node01-02 in the default profile and node03 also in `efi` (its own boot files), at .11
+    to .13 of `subnet`; the master is router, DNS and time server. The leading comment must
+    survive CLI edits (test_dhcp_discovery)."""
+    net = IPv4Network(subnet)
+    nodes = [node("node[01-02]", str(net[11]), MACS[:2]),
+             node("node03", str(net[13]), MACS[2], profiles=["default", "efi"])]
+    profiles = {"default": {"image": "debian12"},
+                "efi": {"boot_files": {"uefi": "ipxe.efi", "ipxe": f"http://{master}:8080/custom.ipxe"}}}
+    text = site_yaml(nodes, profiles, name="t", domain="t.cluster", subnet=subnet,
+                     network={"master": master, "gateway": master, "dns": [master], "dynamic_range": dynamic},
+                     time_servers=[master], ports={"http": 8080}, dhcp={"mode": mode, "lease_time": 600},
+                     **({"discovery": {"adopt": adopt}} if adopt else {}))
+    return labs.site.write_site(site, "# the test cluster (this comment must survive CLI edits)\n" + text)
 
 
 class Server:

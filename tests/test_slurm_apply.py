@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from labs.site import write_site
 
 from provisioner.artifacts.slurm_config import ReconfigureFailed, apply, diff
 from provisioner.nodestate import NodeStateDB
@@ -108,8 +109,7 @@ def test_diff_shows_what_apply_would_change(tmp_path):
 
 @pytest.fixture
 def site(cli):
-    cli.site.mkdir()
-    (cli.site / "cluster.yaml").write_text(INVENTORY)
+    write_site(cli.site, INVENTORY)
     db = NodeStateDB(cli.state / "nodes.sqlite")
     db.set_facts("c01", facts_for("c01"))
     db.set_facts("c02", {"cpus": "lots"})
