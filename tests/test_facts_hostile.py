@@ -11,8 +11,8 @@ import json
 import re
 
 import pytest
-from servelab import NODES, Serve, curl, write_site, write_state
-from slurmlab import slurm_cluster
+from labs.serve import NODES, Serve, curl, write_site, write_state
+from labs.slurm import slurm_cluster
 from test_slurm_cluster import INVENTORY as CLUSTER
 from test_slurm_render import INVENTORY, facts_for
 

@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from busyroot import host_kernel, make_root
+from labs.busyroot import host_kernel, make_root
 
 from provisioner.artifacts import layout
 from provisioner.artifacts.initramfs import kernel_versions
