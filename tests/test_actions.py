@@ -1,6 +1,6 @@
 """The core actions called directly, as the demo and `serve` call them (no click): overlay
 builds with facts and build metrics, image switches that rebuild their nodes, Slurm apply and
-its watch loop, status; and the CLI's one mapping of a core error to exit status 1."""
+its watch loop, adoption, status; and the CLI's one mapping of a core error to exit status 1."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from provisioner.actions import images, overlays, slurm, status
+from provisioner.actions import discovery, images, overlays, slurm, status
 from provisioner.actions.context import Context
 from provisioner.artifacts import layout
 from provisioner.artifacts import images as image_store
@@ -167,6 +167,24 @@ def test_hostfile_uses_facts_and_names_unknown_partitions(ctx):
     assert slurm.hostfile(ctx, "batch").splitlines()[0] == "node01 slots=8"
     with pytest.raises(UserError, match="no node is in partition 'gpu'"):
         slurm.hostfile(ctx, "gpu")
+
+
+def test_adopt_names_from_the_policy_and_notes_it(ctx):
+    db = NodeStateDB(ctx.state.db)
+    db.saw_unknown("52:54:00:bb:00:01", 7, None, "10.77.0.200")
+    got = discovery.adopt_node(ctx, "52:54:00:BB:00:01")
+    assert (got.mac, got.name, str(got.ip)) == ("52:54:00:bb:00:01", "new1", "10.77.0.2")
+    assert ctx.fresh().node("new1").interfaces[0].mac == "52:54:00:bb:00:01"
+    assert [dict(r)["adopted_as"] for r in db.discovered()] == ["new1"]
+    assert discovery.adopt_node(ctx, "52:54:00:bb:00:02", "chosen").name == "chosen"
+    assert discovery.adopt_node(ctx, "52:54:00:bb:00:03").name == "new2"
+    for mac, name, msg in (("52:54:00:bb:00:01", None, "already node new1"),
+                           ("52:54:00:bb:00:04", None, r"every name of new\[1-2\] is taken"),
+                           ("52:54:00:bb:00:04", "node01", "node node01 exists already"),
+                           ("nonsense", None, "not a MAC address")):
+        with pytest.raises(UserError, match=msg):
+            discovery.adopt_node(ctx, mac, name)
+    assert ctx.site.cluster_yaml.read_text().startswith("# the admin's comment")
 
 
 def test_status_timeline_takes_one_node(ctx):

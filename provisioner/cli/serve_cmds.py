@@ -9,6 +9,7 @@ from importlib import resources
 
 import click
 
+from ..actions.discovery import adopt_node
 from ..errors import UserError
 from ..servers.serve import SERVICES, Daemon, ServeError, ServeOptions, read_token, setup_logging
 from .context import Context, pass_ctx
@@ -71,7 +72,7 @@ def serve(ctx: Context, services: str, listen: str, interface: str | None, http_
                         token_file, slurm_interval=slurm_interval,
                         tftp_workers=tftp_workers or min(os.cpu_count() or 1, DEFAULT_TFTP_WORKERS_MAX))
     try:
-        daemon = Daemon(ctx.site, ctx.state, inventory, opts)
+        daemon = Daemon(ctx.site, ctx.state, inventory, opts, adopt=lambda mac: adopt_node(ctx, mac).name)
     except ServeError as e:
         raise UserError(str(e)) from None
     sys.exit(daemon.run())

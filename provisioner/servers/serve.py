@@ -19,13 +19,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from ..artifacts import layout
 from ..inventory import Inventory, InventoryInvalid, load_inventory
 from ..nodestate import NodeStateDB
 from ..nodestate.slurm import is_ready, slurm_states
 from ..paths import Site, State
+
+if TYPE_CHECKING:
+    from .dhcp.server import Adopter
 
 log = logging.getLogger("provisioner.serve")
 
@@ -100,8 +103,12 @@ def _fingerprint(site: Site) -> tuple[int, int, int] | None:
 
 
 class Daemon:
-    def __init__(self, site: Site, state: State, inventory: Inventory, opts: ServeOptions):
+    def __init__(self, site: Site, state: State, inventory: Inventory, opts: ServeOptions,
+                 adopt: Adopter | None = None):
+        """`adopt`: how DHCP adopts a discovered node under cluster.discovery.adopt (the caller
+        hands in actions.discovery.adopt_node: servers do not import the actions above them)."""
         self.site, self.state, self.inventory, self.opts = site, state, inventory, opts
+        self.adopt = adopt
         self.db = NodeStateDB(state.db)
         self.slurm: Mapping[str, str] | None = None
         self.failed = False
@@ -128,7 +135,7 @@ class Daemon:
                                     opts.tftp_port or cluster.ports.tftp, opts.tftp_workers)
             from .dhcp import DhcpServer
             return DhcpServer(self.inventory, self.state, opts.interface, opts.listen,
-                              opts.dhcp_port or cluster.ports.dhcp, self.db)
+                              opts.dhcp_port or cluster.ports.dhcp, self.db, adopt=self.adopt)
         except ImportError as e:
             raise ServeError(f"the {name} service is not available in this installation ({e})") from None
         except (OSError, ValueError) as e:

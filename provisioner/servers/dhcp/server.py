@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Callable
 
+from ...errors import UserError
 from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
 from ...nodestate import NodeStateDB
 from ...paths import State, image_root
 from ..stages import StageWriter
 from . import netif, pxe, reply, wire
-from .adopt import AdoptError, adopt
 from .leases import DynamicPool
 from .ra import RouterAdvertiser
 
@@ -36,6 +36,10 @@ CLIENT_PORT = 68
 BROADCAST = "255.255.255.255"
 
 Answer = tuple[bytes, tuple[str, int]]
+# Adds a PXE-booting unknown MAC to the inventory under cluster.discovery.adopt and returns
+# the node's name (raising UserError when it cannot): actions.discovery.adopt_node, handed
+# in by whoever starts the server, since servers never import the actions above them.
+Adopter = Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -55,12 +59,14 @@ class DhcpServer:
     """
 
     def __init__(self, inventory: Inventory, state: State, interface: str | None, listen: str,
-                 port: int = 67, db: NodeStateDB | None = None, proxy: bool | None = None):
+                 port: int = 67, db: NodeStateDB | None = None, proxy: bool | None = None,
+                 adopt: Adopter | None = None):
         net = inventory.cluster.network
         self.link = netif.find(interface or net.interface, listen, net.subnet)
         self.server_ip = IPv4Address(listen) if listen not in ("", "0.0.0.0") else self.link.address.ip
         self.server_id = self.server_ip.packed
         self.proxy = inventory.cluster.dhcp.mode == "proxy" if proxy is None else proxy
+        self.adopt = adopt
         self.db = db if db is not None else NodeStateDB(state.db)
         self.pool = DynamicPool(inventory, self.db)
         self.stages = StageWriter(self.db, gather=STAGE_GATHER)
@@ -263,19 +269,19 @@ class DhcpServer:
             self._destination(req, wire.NAK)
 
     def _unknown(self, req: wire.Request, client: pxe.Client) -> Static | None:
-        """Record an unknown booting MAC; adopt it if the policy says so."""
+        """Record an unknown booting MAC; adopt it if the policy says so (and the server was
+        given an adopter)."""
         if not client.boots:
             return None
         self.db.saw_unknown(req.mac, client.arch, client.uuid, None)
-        if not self.inventory.cluster.discovery.adopt:
+        if not self.inventory.cluster.discovery.adopt or self.adopt is None:
             return None
         try:
-            name, _ = adopt(self.inventory.path, req.mac)
+            name = self.adopt(req.mac)
             inv = load_inventory(self.inventory.path)
-        except (AdoptError, InventoryInvalid, OSError) as e:  # it still gets a dynamic lease
+        except (UserError, InventoryInvalid, OSError) as e:  # it still gets a dynamic lease
             log.warning("could not adopt %s: %s", req.mac, e)
             return None
-        self.db.mark_adopted(req.mac, name)
         log.info("adopted %s as %s", req.mac, name)
         self.reload(inv)
         return self.static.get(req.mac)
