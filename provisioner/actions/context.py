@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,14 @@ from ..errors import UserError
 from ..inventory import Inventory, InventoryInvalid, Node, load_inventory
 from ..nodestate import NodeStateDB
 from ..paths import Site, State
+
+# How an action tells its caller something (a progress line, a warning): the CLI echoes it,
+# the demo prefixes its stage, a test collects it.
+Say = Callable[[str], None]
+
+
+def quiet(_: str) -> None:
+    """The Say of a caller who wants to hear nothing."""
 
 
 @dataclass

@@ -8,14 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import images
-from ..artifacts.images import ImageVersion, Progress
+from ..artifacts.images import ImageVersion
 from ..errors import UserError
-from .context import Context
+from .context import Context, Say, quiet
 from .overlays import ProgressBar, build_overlays
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -84,7 +80,7 @@ def build_inputs(ctx: Context, suite: str | None = None, packages: tuple[str, ..
 def build_image(ctx: Context, name: str, suite: str = images.DEFAULT_SUITE,
                 packages: tuple[str, ...] = images.DEFAULT_PACKAGES, *, mirror: str | None = None,
                 variant: str = "minbase", kernel: str | None = None, cache_dir: Path | None = None,
-                compression: str = "gzip", keep: int = 3, progress: Progress = _quiet,
+                compression: str = "gzip", keep: int = 3, progress: Say = quiet,
                 bar: ProgressBar | None = None) -> Switch:
     """A new version of image `name` from debootstrap; its nodes then boot it."""
     then = _Follow(ctx, bar)
@@ -94,14 +90,14 @@ def build_image(ctx: Context, name: str, suite: str = images.DEFAULT_SUITE,
 
 
 def import_image(ctx: Context, name: str, source: Path, *, kernel: str | None = None, compression: str = "gzip",
-                 keep: int = 3, progress: Progress = _quiet, bar: ProgressBar | None = None) -> Switch:
+                 keep: int = 3, progress: Say = quiet, bar: ProgressBar | None = None) -> Switch:
     """A new version of image `name` from a root directory or tarball; its nodes then boot it."""
     then = _Follow(ctx, bar)
     images.import_image(ctx.state, name, source, kernel, compression, keep, progress, then)
     return then.done()
 
 
-def exec_in_image(ctx: Context, name: str, argv: list[str], *, in_place: bool = False, progress: Progress = _quiet,
+def exec_in_image(ctx: Context, name: str, argv: list[str], *, in_place: bool = False, progress: Say = quiet,
                   bar: ProgressBar | None = None) -> tuple[int, Switch | None]:
     """Run `argv` inside image `name` (see images.exec_in_image): its exit status, and the
     switch to the new version it made, if it made one (not in place, and only on success)."""

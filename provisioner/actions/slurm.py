@@ -12,16 +12,10 @@ from ..artifacts.slurm_config import ApplyResult
 from ..errors import UserError
 from ..render import mpi
 from ..render.slurm import SlurmConfig, render
-from .context import Context
-
-Say = Callable[[str], None]
+from .context import Context, Say, quiet
 
 
-def _ignore(_: str) -> None:
-    pass
-
-
-def slurm_files(ctx: Context, warn: Say = _ignore) -> SlurmConfig:
+def slurm_files(ctx: Context, warn: Say = quiet) -> SlurmConfig:
     """slurm.conf, cgroup.conf and gres.conf; each problem found on the way goes to `warn`."""
     config = render(ctx.inventory(), ctx.facts())
     for problem in config.problems:
@@ -38,7 +32,7 @@ def _apply(ctx: Context, conf_dir: Path | str, reconfigure: Sequence[str] | None
 
 
 def apply_slurm(ctx: Context, conf_dir: Path | str, reconfigure: Sequence[str] | None = slurm_config.RECONFIGURE,
-                restart: Sequence[str] | None = slurm_config.RESTART, warn: Say = _ignore) -> ApplyResult:
+                restart: Sequence[str] | None = slurm_config.RESTART, warn: Say = quiet) -> ApplyResult:
     """Write the files that changed (atomically) and have slurmctld take them; `reconfigure`
     None: write only."""
     try:
@@ -50,7 +44,7 @@ def apply_slurm(ctx: Context, conf_dir: Path | str, reconfigure: Sequence[str] |
 def watch_slurm(ctx: Context, conf_dir: Path | str, interval: float, *,
                 reconfigure: Sequence[str] | None = slurm_config.RECONFIGURE,
                 restart: Sequence[str] | None = slurm_config.RESTART,
-                applied: Callable[[ApplyResult], None], warn: Say = _ignore, error: Say = _ignore,
+                applied: Callable[[ApplyResult], None], warn: Say = quiet, error: Say = quiet,
                 stop: threading.Event | None = None) -> None:
     """Apply every `interval` seconds until `stop` is set, so reported facts and inventory
     edits (read again each round) reach Slurm by themselves. `applied` hears of each round
