@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Callable
 
+from ...errors import UserError
 from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
 from ...logs import kv
 from ...nodestate import NodeStateDB
@@ -24,7 +25,6 @@ from ...paths import State, image_root
 from ..service import Service
 from ..stages import StageWriter
 from . import netif, pxe, reply, wire
-from .adopt import AdoptError, adopt
 from .bootanswer import BootAnswers
 from .leases import DynamicPool
 from .ra import RouterAdvertiser
@@ -39,6 +39,10 @@ CLIENT_PORT = 68
 BROADCAST = "255.255.255.255"
 
 Answer = tuple[bytes, tuple[str, int]]
+# Adds a PXE-booting unknown MAC to the inventory under cluster.discovery.adopt and returns
+# the node's name (raising UserError when it cannot): actions.discovery.adopt_node, handed
+# in by whoever starts the server, since servers never import the actions above them.
+Adopter = Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -60,13 +64,15 @@ class DhcpServer(Service):
     name = "dhcp"
 
     def __init__(self, inventory: Inventory, state: State, interface: str | None, listen: str,
-                 port: int = 67, db: NodeStateDB | None = None, proxy: bool | None = None):
+                 port: int = 67, db: NodeStateDB | None = None, proxy: bool | None = None,
+                 adopt: Adopter | None = None):
         super().__init__()
         net = inventory.cluster.network
         self.link = netif.find(interface or net.interface, listen, net.subnet)
         self.server_ip = IPv4Address(listen) if listen not in ("", "0.0.0.0") else self.link.address.ip
         self.server_id = self.server_ip.packed
         self.proxy = inventory.cluster.dhcp.mode == "proxy" if proxy is None else proxy
+        self.adopt = adopt
         self.db = db if db is not None else NodeStateDB(state.db)
         self.pool = DynamicPool(inventory, self.db)
         self.stages = StageWriter(self.db, gather=STAGE_GATHER)
@@ -274,19 +280,19 @@ class DhcpServer(Service):
             self._destination(req, wire.NAK)
 
     def _unknown(self, req: wire.Request, client: pxe.Client) -> Static | None:
-        """Record an unknown booting MAC; adopt it if the policy says so."""
+        """Record an unknown booting MAC; adopt it if the policy says so (and the server was
+        given an adopter)."""
         if not client.boots:
             return None
         self.db.saw_unknown(req.mac, client.arch, client.uuid, None)
-        if not self.inventory.cluster.discovery.adopt:
+        if not self.inventory.cluster.discovery.adopt or self.adopt is None:
             return None
         try:
-            name, _ = adopt(self.inventory.path, req.mac)
+            name = self.adopt(req.mac)
             inv = load_inventory(self.inventory.path)
-        except (AdoptError, InventoryInvalid, OSError) as e:  # it still gets a dynamic lease
+        except (UserError, InventoryInvalid, OSError) as e:  # it still gets a dynamic lease
             log.warning("could not adopt", extra=kv(mac=req.mac, error=e))
             return None
-        self.db.mark_adopted(req.mac, name)
         log.info("adopted", extra=kv(mac=req.mac, node=name))
         self.reload(inv)
         return self.static.get(req.mac)
