@@ -16,8 +16,8 @@ from labs.slurm import slurm_cluster
 from test_slurm_cluster import INVENTORY as CLUSTER
 from test_slurm_render import INVENTORY, facts_for
 
+from provisioner.facts import FactsInvalid, hardware
 from provisioner.nodestate import NodeStateDB
-from provisioner.render.facts import FactsInvalid, hardware
 
 PRIV = ("--local-port", "700-900")
 GOOD = {"slurmd_C": "NodeName=node01 CPUs=8 Boards=1 SocketsPerBoard=2 CoresPerSocket=2 ThreadsPerCore=2 "

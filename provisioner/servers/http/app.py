@@ -15,15 +15,20 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
 
 from ...artifacts import layout
+from ...facts import FactsInvalid, hardware
 from ...inventory import Inventory, Node, normalize_mac
 from ...logs import kv
 from ...nodestate import NodeStateDB
 from ...nodestate.summary import latest_boot, node_statuses, timeline
 from ...paths import State
-from ...render.facts import FactsInvalid, hardware
 from ..boottree import BootTree, PathRefused
 from ..stages import STAGE_REPEAT, stage_of
 from .access import Peer, is_admin, node_at, secret_refusal
