@@ -1,11 +1,13 @@
 """Discovery and adoption: `provisioner node discovered|adopt`, and the automatic adoption
-policy (cluster.discovery.adopt) with a real PXE client."""
+policy (cluster.discovery.adopt) of `provisioner serve` with a real PXE client: both go
+through the core's adopt action (the daemon hands it to its DHCP server)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from labs.serve import Serve
 from test_dhcp_server import UNKNOWN, Server, pxe_client, write_site
 
 pytestmark = pytest.mark.netns
@@ -48,8 +50,7 @@ def test_discovered_then_adopted_by_the_admin_keeping_comments(lab, tmp_path, cl
 
 def test_auto_adoption_policy_names_new_nodes(lab, tmp_path, cli):
     write_site(cli.site, adopt="auto[1-2]")
-    server = Server(lab, cli.site, cli.state).start()
-    try:
+    with Serve(lab, cli, services="dhcp", extra=("--interface", "br0")) as server:
         macs = ["52:54:00:dd:00:01", "52:54:00:dd:00:02", "52:54:00:dd:00:03"]
         got = [pxe_client(lab.host(mac=m), tmp_path, m, *EFI)["reply"] for m in macs]
         assert [bytes.fromhex(r["options"]["hostname"]).decode() if "hostname" in r["options"] else None
@@ -61,6 +62,6 @@ def test_auto_adoption_policy_names_new_nodes(lab, tmp_path, cli):
         rows = {r["mac"]: r["adopted_as"] for r in json.loads(cli("node", "discovered", "--all", "--json").stdout)}
         assert rows == {macs[0]: "auto1", macs[1]: "auto2", macs[2]: None}
         assert (cli.site / "cluster.yaml").read_text().startswith("# the test cluster")
-    finally:
-        server.stop()
-    assert "every name of auto[1-2] is taken" in server.text()
+        server.wait_log('msg="could not adopt" mac=52:54:00:dd:00:03 error="every name of auto[1-2] is taken"')
+    assert server.stop() == 0
+    assert "Traceback" not in "\n".join(server.lines)

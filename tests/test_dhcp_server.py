@@ -13,9 +13,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Any
 
+import labs.site
 import pytest
+from labs.site import node, site_yaml
+
+from provisioner.artifacts import bootloaders
+from provisioner.paths import State
 
 pytestmark = pytest.mark.netns
 
@@ -24,58 +31,37 @@ MACS = ["52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:aa:00:03"]
 NODE_IPS = ["10.99.0.11", "10.99.0.12", "10.99.0.13"]
 UNKNOWN = "52:54:00:bb:00:01"
 
-CLUSTER = """\
-# the test cluster (this comment must survive CLI edits)
-cluster:
-  name: t
-  domain: t.cluster
-  network:
-    interface: br0
-    subnet: {subnet}
-    master: {master}
-    gateway: {master}
-    dns: [{master}]
-    dynamic_range: {dynamic}
-  time_servers: [{master}]
-  ports: {{http: 8080}}
-  dhcp: {{mode: {mode}, lease_time: 600}}
-{discovery}profiles:
-  default:
-    image: debian12
-  efi:
-    boot_files: {{uefi: ipxe.efi, ipxe: "http://{master}:8080/custom.ipxe"}}
-nodes:
-  - name: node[01-02]
-    ip: {first}
-    mac: [{mac0}, {mac1}]
-  - name: node03
-    ip: {third}
-    mac: {mac2}
-    profiles: [default, efi]
-"""
 
 
 def write_site(site: Path, subnet: str = "10.99.0.0/24", master: str = SERVER_IP, mode: str = "full",
-               dynamic: str = "10.99.0.200-10.99.0.210", adopt: str | None = None) -> Path:
-    site.mkdir(parents=True, exist_ok=True)
-    prefix = subnet.rsplit(".", 1)[0]
-    discovery = f"  discovery: {{adopt: '{adopt}'}}\n" if adopt else ""
-    text = CLUSTER.format(subnet=subnet, master=master, mode=mode, dynamic=dynamic, discovery=discovery,
-                          first=f"{prefix}.11", third=f"{prefix}.13", mac0=MACS[0], mac1=MACS[1], mac2=MACS[2])
-    (site / "cluster.yaml").write_text(text)
-    return site / "cluster.yaml"
+               dynamic: str = "10.99.0.200-10.99.0.210", adopt: str | None = None, **cluster: Any) -> Path:
+    """node01-02 in the default profile and node03 also in `efi` (its own boot files), at .11
+    to .13 of `subnet`; the master is router, DNS and time server. The leading comment must
+    survive CLI edits (test_dhcp_discovery). `cluster` adds other cluster settings."""
+    net = IPv4Network(subnet)
+    nodes = [node("node[01-02]", str(net[11]), MACS[:2]),
+             node("node03", str(net[13]), MACS[2], profiles=["default", "efi"])]
+    profiles = {"default": {"image": "debian12"},
+                "efi": {"boot_files": {"uefi": "ipxe.efi", "ipxe": f"http://{master}:8080/custom.ipxe"}}}
+    text = site_yaml(nodes, profiles, name="t", domain="t.cluster", subnet=subnet,
+                     network={"master": master, "gateway": master, "dns": [master], "dynamic_range": dynamic},
+                     time_servers=[master], ports={"http": 8080}, dhcp={"mode": mode, "lease_time": 600},
+                     **({"discovery": {"adopt": adopt}} if adopt else {}), **cluster)
+    return labs.site.write_site(site, "# the test cluster (this comment must survive CLI edits)\n" + text)
 
 
 class Server:
     """`python -m provisioner.servers.dhcp` inside the lab's server namespace."""
 
-    def __init__(self, lab, site: Path, state: Path, extra: tuple[str, ...] = ()):
-        self.lab, self.site, self.state, self.extra = lab, site, state, extra
+    def __init__(self, lab, site: Path, state: Path, extra: tuple[str, ...] = (), install: bool = True):
+        self.lab, self.site, self.state, self.extra, self.install = lab, site, state, extra, install
         self.log = state / f"dhcp-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Server":
         self.state.mkdir(parents=True, exist_ok=True)
+        if self.install:  # DHCP names only boot files the tree has
+            bootloaders.install(State(self.state))
         self.log = self.state / f"dhcp-{time.monotonic_ns()}.log"
         out = open(self.log, "w")
         self.proc = self.lab.server.popen(
@@ -236,7 +222,7 @@ def test_dhcpcd_gets_static_lease(lab, dhcp, tmp_path):
     (0, "PXEClient:Arch:00000:UNDI:002001", "undionly.kpxe", "PXEClient"),
     (7, "PXEClient:Arch:00007:UNDI:003016", "snponly.efi", "PXEClient"),
     (9, "PXEClient:Arch:00009:UNDI:003016", "snponly.efi", "PXEClient"),
-    (11, "PXEClient:Arch:00011:UNDI:003016", "snponly-arm64.efi", "PXEClient"),
+    (6, "PXEClient:Arch:00006:UNDI:003016", "grubia32.efi", "PXEClient"),
     (16, "HTTPClient:Arch:00016:UNDI:003001", "http://10.99.0.1:8080/boot/ipxe.efi", "HTTPClient"),
 ])
 def test_pxe_firmware_each_arch(lab, dhcp, tmp_path, arch, vendor, file, vclass):

@@ -162,9 +162,7 @@ DISCOVERED_KEEP = 50
 
 def test_random_mac_flood_does_not_crowd_out_a_known_node(lab, tmp_path):
     site = tmp_path / "site"
-    cluster = write_site(site)
-    cluster.write_text(cluster.read_text().replace(
-        "  time_servers:", f"  retention: {{discovered: {DISCOVERED_KEEP}}}\n  time_servers:"))
+    write_site(site, retention={"discovered": DISCOVERED_KEEP})
     server = Server(lab, site, tmp_path / "state").start()
     try:
         node = lab.host(ip=NODE_IPS[0], mac=MACS[0])

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 from labs.busyroot import console_values
-from labs.pxe import PxeLab, site_yaml
+from labs.pxe import PxeLab, pxe_site
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 
@@ -37,7 +37,7 @@ def test_legacy_pxelinux_loads_everything_over_tftp(pxe):
     """Firmware that cannot run iPXE: the profile sends it PXELINUX, which takes its per-node
     config, the kernel and the initramfs over TFTP; the node then mounts its NFS root. (The
     guest's ROM is iPXE, so the profile names PXELINUX for iPXE clients too, by TFTP URL.)"""
-    pxe.start(site_yaml({"node01": MAC1}, '    boot_files: {bios: pxelinux.0, ipxe: "tftp://10.99.0.1/pxelinux.0"}\n'))
+    pxe.start(pxe_site({"node01": MAC1}, boot_files={"bios": "pxelinux.0", "ipxe": "tftp://10.99.0.1/pxelinux.0"}))
     console = pxe.boot(MAC1, "PVTEST done")
     values = console_values(console)
     assert values.get("hostname") == "node01", console[-3000:]
@@ -54,7 +54,7 @@ def test_legacy_pxelinux_loads_everything_over_tftp(pxe):
 def test_uefi_firmware_boots_through_snponly_efi(pxe):
     """OVMF's own PXE asks for a boot file for x86-64 UEFI (arch 7), gets snponly.efi over
     TFTP; that iPXE chains to the node's script over HTTP and boots the kernel."""
-    pxe.start(site_yaml({"node01": MAC1}))
+    pxe.start(pxe_site({"node01": MAC1}))
     console = pxe.boot(MAC1, "PVTEST done", firmware="uefi", timeout=360)
     assert console_values(console).get("hostname") == "node01", console[-3000:]
     got = pxe.transfers("node01")
@@ -64,7 +64,7 @@ def test_uefi_firmware_boots_through_snponly_efi(pxe):
 
 
 def test_overlay_edit_reaches_the_node_at_next_boot(pxe, cli, tmp_path):
-    pxe.start(site_yaml({"node01": MAC1}))
+    pxe.start(pxe_site({"node01": MAC1}))
     first = console_values(pxe.boot(MAC1, "PVTEST done"))
     assert first.get("hostname") == "node01" and first.get("motd") == ""
     editor = tmp_path / "editor.sh"

@@ -17,6 +17,7 @@ import time
 
 import pytest
 from labs.busyroot import host_kernel, make_root
+from labs.site import node, site_yaml, write_site
 
 from provisioner.artifacts import images, layout
 from provisioner.inventory import load_inventory
@@ -33,22 +34,10 @@ def src(tmp_path_factory):
 
 # --- build inputs: flags, then the profile, then the defaults ----------------------------
 
-CLUSTER = """\
-cluster:
-  name: t
-  domain: t.cluster
-  network: {subnet: 10.77.0.0/24, master: 10.77.0.1}
-  slurm: {controller: master}
-"""
+CLUSTER = {"name": "t", "domain": "t.cluster", "subnet": "10.77.0.0/24", "interface": None}
 
-PROFILES_YAML = CLUSTER + """\
-profiles:
-  default: {image: deb}
-  small:
-    image: deb
-    vars: {image_suite: trixie, image_packages: [hello, busybox]}
-nodes: []
-"""
+PROFILES_YAML = site_yaml(profiles={"default": {"image": "deb"}, "small": {
+    "image": "deb", "vars": {"image_suite": "trixie", "image_packages": ["hello", "busybox"]}}}, **CLUSTER)
 
 
 def in_process(cli, *args):
@@ -71,8 +60,7 @@ def plan(cli, *args):
 
 
 def test_cli_build_dry_run_takes_flags_over_the_profile_over_the_defaults(cli, tmp_path):
-    cli.site.mkdir(parents=True)
-    (cli.site / "cluster.yaml").write_text(PROFILES_YAML)
+    write_site(cli.site, PROFILES_YAML)
     cache = tmp_path / "cache"
     mirror = images.host_mirror()
     # No flags, no profile: the default suite and the Slurm node's package set.
@@ -193,12 +181,8 @@ def test_every_step_of_a_rebuild_serves_the_old_version_whole(tmp_path, src):
     assert served(tree, "images/tiny/versions/v1/vmlinuz") == old["vmlinuz"]  # kept (--keep 3)
 
 
-CLUSTER_YAML = CLUSTER + """\
-profiles:
-  default: {image: tiny, overlays: [base]}
-nodes:
-  - {name: node01, ip: 10.77.0.11, mac: "52:54:00:00:00:01"}
-"""
+CLUSTER_YAML = site_yaml([node("node01", "10.77.0.11", "52:54:00:00:00:01")],
+                         {"default": {"image": "tiny", "overlays": ["base"]}}, **CLUSTER)
 
 
 def boot_files(state, tree):
@@ -230,8 +214,7 @@ def open_fifo_writer(fifo, proc, deadline):
 def test_node_booting_while_an_import_is_half_unpacked_gets_the_old_version(cli, src, tmp_path):
     """`image import tiny FIFO` with the tarball fed by the test: held with half the new kernel
     unpacked, node01 (whose boot config pins v1) and the unpinned paths get v1 whole."""
-    cli.site.mkdir(parents=True)
-    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML)
+    write_site(cli.site, CLUSTER_YAML)
     cli("image", "import", "tiny", src)
     state = State(cli.state)
     tree = BootTree(state, load_inventory(cli.site / "cluster.yaml"))

@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from labs.site import site_yaml, write_site
+
 from provisioner.artifacts import images, layout
 from provisioner.paths import State
 
@@ -38,18 +40,9 @@ def test_debootstrap_build_then_cached_rebuild(tmp_path):
 
 # A suite other than the default, so the root shows whether the profile's suite reached
 # debootstrap; `hello` is in no minbase, so its dpkg record shows whether the package list did.
-TRIXIE_SITE = """\
-cluster:
-  name: deb
-  domain: deb.test
-  network: {subnet: 10.77.0.0/24, master: 10.77.0.1}
-  slurm: {controller: master}
-profiles:
-  small:
-    image: deb
-    vars: {image_packages: [hello], image_suite: trixie}
-nodes: []
-"""
+TRIXIE_SITE = site_yaml(profiles={"small": {"image": "deb", "vars": {"image_packages": ["hello"],
+                                                                    "image_suite": "trixie"}}},
+                        name="deb", domain="deb.test", subnet="10.77.0.0/24", interface=None)
 
 
 def installed(root: Path) -> set[str]:
@@ -71,8 +64,7 @@ def test_cli_suite_and_packages_from_the_profile_and_from_flags_reach_debootstra
     """One trixie minbase debootstrap (cached like the test above): the profile's suite and
     packages plus --add reach it; the same inputs as flags reuse that very root; --kernel
     reaches the build too."""
-    cli.site.mkdir(parents=True)
-    (cli.site / "cluster.yaml").write_text(TRIXIE_SITE)
+    write_site(cli.site, TRIXIE_SITE)
     state = State(cli.state)
     cached = images.cache_file(CACHE, "trixie", "minbase", ("hello", "busybox"))
     res = cli("image", "build", "deb", "--profile", "small", "--add", "busybox", "--cache", CACHE)

@@ -13,6 +13,7 @@ import time
 
 import pytest
 from labs.busyroot import host_kernel, make_root
+from labs.site import node, numbered, site_yaml, write_site
 
 from provisioner.artifacts import images, layout
 from provisioner.errors import UserError
@@ -212,19 +213,10 @@ def test_boot_tree_serves_each_version_and_current(state, src, tmp_path):
         tree("10.0.0.1", "images/tiny/versions/v7/vmlinuz")
 
 
-CLUSTER_YAML = """\
-cluster:
-  name: t
-  domain: t.cluster
-  network: {subnet: 10.77.0.0/24, master: 10.77.0.1}
-  slurm: {controller: master}
-profiles:
-  default: {image: tiny, overlays: [base]}
-nodes:
-  - {name: node01, ip: 10.77.0.11, mac: "52:54:00:00:00:01"}
-  - {name: node02, ip: 10.77.0.12, mac: "52:54:00:00:00:02"}
-  - {name: other01, ip: 10.77.0.21, mac: "52:54:00:00:00:03", image: other}
-"""
+CLUSTER_YAML = site_yaml([*numbered(2, "10.77.0.0/24"),
+                          node("other01", "10.77.0.21", "52:54:00:00:00:03", image="other")],
+                         {"default": {"image": "tiny", "overlays": ["base"]}},
+                         name="t", domain="t.cluster", subnet="10.77.0.0/24", interface=None)
 
 
 def pinned(cli, node):
@@ -240,8 +232,7 @@ def pinned(cli, node):
 
 
 def test_cli_switches_rebuild_the_boot_configs_of_the_images_nodes(cli, src):
-    cli.site.mkdir(parents=True)
-    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML)
+    write_site(cli.site, CLUSTER_YAML)
     out = cli("image", "import", "tiny", src).stdout
     assert "2 node(s) now boot tiny v1" in out
     assert pinned(cli, "node01") == pinned(cli, "node02") == "v1"
@@ -264,8 +255,7 @@ def test_cli_switches_rebuild_the_boot_configs_of_the_images_nodes(cli, src):
 
 
 def test_cli_switch_whose_rebuild_fails_keeps_the_old_versions(cli, src):
-    cli.site.mkdir(parents=True)
-    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML)
+    write_site(cli.site, CLUSTER_YAML)
     cli("image", "import", "tiny", src, "--keep", "1")
     broken = cli.site / "overlays" / "base" / "etc" / "broken.j2"
     broken.parent.mkdir(parents=True)
@@ -286,8 +276,7 @@ def test_cli_switch_whose_rebuild_fails_keeps_the_old_versions(cli, src):
 
 
 def test_cli_rm_of_a_used_image_warns_which_nodes_name_it(cli, src):
-    cli.site.mkdir(parents=True)
-    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML)
+    write_site(cli.site, CLUSTER_YAML)
     cli("image", "import", "tiny", src)
     before = layout.ipxe_script(State(cli.state), "node01").read_text()
     res = cli("image", "rm", "tiny", check=False)

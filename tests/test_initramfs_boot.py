@@ -3,9 +3,12 @@ NFS root read-only below, tmpfs above, the node's overlay (built by `provisioner
 served by `provisioner serve`) fetched from a privileged port, stage reports,
 switch_root into the image's own init."""
 
+from pathlib import Path
+
 import pytest
 from labs.boot import HTTP_PORT, BootLab
 from labs.busyroot import REPORT_INIT, console_values, make_root
+from labs.site import node, site_yaml, write_site
 
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image, nfs_roots
@@ -18,27 +21,13 @@ pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 
 MAC = "52:54:00:7a:00:01"
 
-CLUSTER_YAML = """\
-cluster:
-  name: boot
-  domain: boot.test
-  network:
-    subnet: 10.99.0.0/24
-    master: 10.99.0.1
-  nfs:
-    exports:
-      - {{path: {home}, access: rw}}
-  ports: {{http: {port}}}
-  slurm: {{controller: master}}
-profiles:
-  default:
-    image: tiny
-    overlays: [base, pvtest]
-nodes:
-  - name: node01
-    ip: 10.99.0.11
-    mac: {mac}
-"""
+
+def site(home: Path) -> str:
+    """node01 on the lab network with the pvtest overlay and `home` exported read-write."""
+    return site_yaml([node("node01", "10.99.0.11", MAC)],
+                     {"default": {"image": "tiny", "overlays": ["base", "pvtest"]}},
+                     name="boot", domain="boot.test", interface=None, ports={"http": HTTP_PORT},
+                     nfs={"exports": [{"path": str(home), "access": "rw"}]})
 
 
 @pytest.fixture
@@ -58,9 +47,7 @@ def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
     home = tmp_path / "home"
     home.mkdir(mode=0o1777)
     home.chmod(0o1777)
-    cli.site.mkdir(parents=True)
-    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML.format(home=home, port=HTTP_PORT, mac=MAC))
-    cluster = load_inventory(cli.site / "cluster.yaml").cluster
+    cluster = load_inventory(write_site(cli.site, site(home))).cluster
     exports = exports_for(cluster, nfs_roots(state))
     # The overlay as the admin makes it: a site template, overridden by the node's own file.
     template = cli.site / "overlays" / "pvtest" / "etc" / "pvtest" / "override.j2"

@@ -100,4 +100,4 @@ def test_compressed_modules_are_packed_plain(tmp_path):
         assert by_path[path].data == data and f"/{path}" in listing
     gz = tmp_path / "m.ko.gz"
     gz.write_bytes(gzip.compress(b"\x7fELF module"))
-    assert plain_module(gz) == ("m.ko", b"\x7fELF module")
+    assert plain_module(gz.name, gz.read_bytes()) == ("m.ko", b"\x7fELF module")

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from provisioner.inventory import InventoryInvalid, parse_text
-from provisioner.inventory.model import SETTINGS, Cluster
+from provisioner.inventory.model import SETTINGS, BootFiles, Cluster
 from provisioner.inventory.schema import Count, Names, Section, Sections, Table, Text, Words, settings_of
 
 HEAD = """\
@@ -45,6 +45,9 @@ def samples(kind):
     if type(kind) is Table:  # merged key by key, nested mappings too; the CLI takes KEY=VALUE
         return (({"k": "1", "d": {"x": 1}}, {"d": {"y": 2}}, {"k": "n"}), {"k": "n", "d": {"x": 1, "y": 2}},
                 {".k": "node", ".d.x": "profile:p1", ".d.y": "profile:p2"}, ["k=v", "j=w=x"], {"k": "v", "j": "w=x"})
+    if type(kind) is BootFiles:  # a table of boot files by firmware: keys the registry knows
+        return (({"bios": "a.kpxe"}, {"uefi": "b.efi"}, {"bios": "n.kpxe"}), {"bios": "n.kpxe", "uefi": "b.efi"},
+                {".bios": "node", ".uefi": "profile:p2"}, ["bios=c.kpxe"], {"bios": "c.kpxe"})
     raise AssertionError(f"no samples for {type(kind).__name__}: add them here")
 
 

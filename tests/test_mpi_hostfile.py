@@ -14,10 +14,11 @@ from provisioner.nodestate import NodeStateDB
 from provisioner.paths import Site, State
 from provisioner.render.mpi import hostfile, mca_params
 
+from labs.site import write_site
 from labs.slurm import install_overlay
-from test_slurm_render import INVENTORY, facts_for
+from test_slurm_render import facts_for, inventory
 
-SLOTS = INVENTORY.replace("  - name: g01\n", "  - name: g01\n    mpi_slots: 3\n")
+SLOTS = inventory(g01={"mpi_slots": 3})
 
 
 @pytest.fixture
@@ -40,8 +41,7 @@ def test_mca_params_keep_openmpi_on_the_cluster_network(inv):
 
 
 def test_cli_hostfile(cli, tmp_path):
-    cli.site.mkdir()
-    (cli.site / "cluster.yaml").write_text(SLOTS)
+    write_site(cli.site, SLOTS)
     db = NodeStateDB(cli.state / "nodes.sqlite")
     db.set_facts("c02", {**facts_for("c02"), "cpus": 16})
     db.close()

@@ -7,31 +7,15 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from labs.busyroot import make_root
+from labs.site import node, site_yaml, write_site
 
 from provisioner.render.nfs import Export, render_exports, render_ganesha
 
 SUBNET = IPv4Network("10.77.0.0/24")
 
-CLUSTER_YAML = """\
-cluster:
-  name: demo
-  domain: demo.cluster
-  network:
-    interface: br0
-    subnet: 10.77.0.0/24
-    master: 10.77.0.1
-  nfs:
-    exports:
-      - {path: /home, access: rw}
-  slurm: {controller: master}
-profiles:
-  default:
-    image: tiny
-nodes:
-  - name: node01
-    ip: 10.77.0.11
-    mac: 52:54:00:00:00:01
-"""
+CLUSTER_YAML = site_yaml([node("node01", "10.77.0.11", "52:54:00:00:00:01")], {"default": {"image": "tiny"}},
+                         name="demo", domain="demo.cluster", subnet="10.77.0.0/24",
+                         nfs={"exports": [{"path": "/home", "access": "rw"}]})
 
 
 def image(name: str) -> Export:
@@ -74,8 +58,7 @@ def test_kernel_exports_file():
 
 
 def test_cli_renders_from_inventory_and_images(cli, tmp_path):
-    cli.site.mkdir(parents=True)
-    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML)
+    write_site(cli.site, CLUSTER_YAML)
     root = make_root(tmp_path / "root", "#!/bin/sh\n")
     cli("image", "import", "tiny", root)
     real = (cli.state / "images" / "tiny").resolve()

@@ -10,7 +10,8 @@ import textwrap
 import time
 
 import pytest
-from labs.serve import Serve, write_site, write_state
+from labs.serve import IMAGE, NODES, Serve, write_state
+from labs.site import node, write_site
 
 from provisioner.inventory.model import Retention
 from provisioner.nodestate import NodeStateDB
@@ -79,10 +80,8 @@ LIMITS = {"events": 100, "transfers": 100, "discovered": 20}
 
 @pytest.mark.netns
 def test_serve_trims_a_history_flooded_with_missing_files(lab, cli, tmp_path):
-    write_site(cli.site)
-    yaml = cli.site / "cluster.yaml"
-    limits = ", ".join(f"{k}: {v}" for k, v in LIMITS.items())
-    yaml.write_text(yaml.read_text().replace("  slurm:", f"  retention: {{days: 30, {limits}, interval: 1}}\n  slurm:"))
+    write_site(cli.site, nodes=[node(n, ip, mac) for n, (ip, mac) in NODES.items()],
+               profiles={"default": {"image": IMAGE}}, retention={"days": 30, **LIMITS, "interval": 1})
     write_state(cli.state)
     db = NodeStateDB(cli.state / "nodes.sqlite")
     now = time.time()

@@ -14,12 +14,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from labs.site import node
 
 from provisioner.artifacts import cpio, layout
 from provisioner.artifacts.overlay_build import Build, BuildFailed, build, read_archive
 from provisioner.inventory import load_inventory
 
-from test_render_overlays import INVENTORY, fake_image, make_site, plant_secrets
+from test_render_overlays import fake_image, inventory, make_site, plant_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,7 +92,7 @@ def test_builds_are_deterministic_and_incremental(tmp_path):
     assert sorted(build(state, site, inv).built) == sorted(n.name for n in inv.nodes)
 
     # a node's new address changes /etc/hosts everywhere, so everyone rebuilds
-    site.cluster_yaml.write_text(INVENTORY.replace("ip: 10.77.0.21", "ip: 10.77.0.31"))
+    site.cluster_yaml.write_text(inventory(gpu01={"ip": "10.77.0.31"}))
     moved = load_inventory(site.cluster_yaml)
     plant_secrets(state, moved)
     assert len(build(state, site, moved).built) == len(moved.nodes)
@@ -137,9 +138,8 @@ KILLER = textwrap.dedent("""
 
 
 def _many_nodes(n: int) -> str:
-    macs = ", ".join(f"52:54:00:10:{i // 256:02x}:{i % 256:02x}" for i in range(n))
-    return INVENTORY.replace("10.77.0.0/24", "10.77.0.0/16").replace(
-        "  - name: gpu01", f"  - name: big[001-{n:03d}]\n    ip: 10.77.1.1\n    mac: [{macs}]\n  - name: gpu01")
+    macs = [f"52:54:00:10:{i // 256:02x}:{i % 256:02x}" for i in range(n)]
+    return inventory(more=[node(f"big[001-{n:03d}]", "10.77.1.1", macs)], subnet="10.77.0.0/16")
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -199,7 +199,7 @@ def test_boot_configs_follow_the_inventory_and_are_left_alone_when_unchanged(tmp
     build(state, site, inv)
     untouched = layout.ipxe_script(state, "node01")
     inode = untouched.stat().st_ino
-    site.cluster_yaml.write_text(INVENTORY.replace("kernel_args: [quiet]", "kernel_args: [quiet, mitigations=off]"))
+    site.cluster_yaml.write_text(inventory(gpu01={"kernel_args": ["quiet", "mitigations=off"]}))
     changed = load_inventory(site.cluster_yaml)
     # no shared file shows kernel_args, so only gpu01 rebuilds
     assert build(state, site, changed).built == ["gpu01"]
@@ -214,8 +214,7 @@ def test_boot_configs_follow_the_inventory_and_are_left_alone_when_unchanged(tmp
 
 
 def test_an_image_switch_rebuilds_only_that_images_nodes_pinned_to_the_new_version(tmp_path):
-    site, state, inv = make_site(tmp_path, INVENTORY.replace("    kernel_args: [quiet]\n",
-                                                             "    kernel_args: [quiet]\n    image: rocky9\n"))
+    site, state, inv = make_site(tmp_path, inventory(gpu01={"image": "rocky9"}))
     fake_image(state)  # debian12 v1: node01-03
     fake_image(state, "rocky9")  # rocky9 v1: gpu01
     assert len(build(state, site, inv).built) == len(inv.nodes)
@@ -238,14 +237,13 @@ def test_an_image_switch_rebuilds_only_that_images_nodes_pinned_to_the_new_versi
 def test_a_per_node_template_reading_all_nodes_ties_every_node_to_any_change(tmp_path):
     site, state, inv = make_site(tmp_path)
     build(state, site, inv)
-    vars_changed = INVENTORY.replace("vars: {debug: true}", "vars: {debug: true, rack: r7}")
-    site.cluster_yaml.write_text(vars_changed)
+    site.cluster_yaml.write_text(inventory(gpu01={"vars": {"debug": True, "rack": "r7"}}))
     assert build(state, site, load_inventory(site.cluster_yaml)).built == ["gpu01"]
     (site.overlays / "base" / "etc").mkdir(parents=True)
     (site.overlays / "base" / "etc" / "racks.j2").write_text(
         "{{ node.name }}: {% for n in nodes %}{{ n.name }}={{ n.vars.rack | default('-') }} {% endfor %}\n")
     build(state, site, load_inventory(site.cluster_yaml))
-    site.cluster_yaml.write_text(vars_changed.replace("rack: r7", "rack: r8"))
+    site.cluster_yaml.write_text(inventory(gpu01={"vars": {"debug": True, "rack": "r8"}}))
     now = load_inventory(site.cluster_yaml)
     assert len(build(state, site, now).built) == len(now.nodes)
     racks = {e.path: e.data for e in read_archive(layout.overlay_archive(state, "node01"))}["etc/racks"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 
+from labs.site import write_site
+
 from provisioner.artifacts import cpio, layout
 from provisioner.paths import State
 
@@ -11,8 +13,7 @@ from test_render_overlays import INVENTORY, fake_image
 
 
 def setup_site(cli):
-    cli.site.mkdir(parents=True, exist_ok=True)
-    (cli.site / "cluster.yaml").write_text(INVENTORY)
+    write_site(cli.site, INVENTORY)
     fake_image(State(cli.state))
 
 

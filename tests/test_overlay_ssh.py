@@ -11,23 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+from labs.site import node, site_yaml
 
 from provisioner.artifacts import layout, overlay_build, secrets
 from provisioner.inventory import load_inventory
 from provisioner.paths import Site, State
 
-INVENTORY = """\
-cluster:
-  name: sshlab
-  domain: sshlab.cluster
-  network: {subnet: 10.99.0.0/24, master: 10.99.0.1}
-profiles:
-  default: {image: debian12, overlays: [base, ssh]}
-nodes:
-  - name: node[01-02]
-    ip: 10.99.0.11
-    mac: [52:54:00:99:00:11, 52:54:00:99:00:12]
-"""
+INVENTORY = site_yaml([node("node[01-02]", "10.99.0.11", ["52:54:00:99:00:11", "52:54:00:99:00:12"])],
+                      {"default": {"image": "debian12", "overlays": ["base", "ssh"]}},
+                      name="sshlab", domain="sshlab.cluster", interface=None)
 
 
 def extract(archive: Path, dest: Path) -> Path:

@@ -4,28 +4,16 @@ name template, line and node, and the kernel command line contract."""
 from __future__ import annotations
 
 import pytest
+from labs.site import node, site_yaml
 
 from provisioner.inventory import parse_text
 from provisioner.render.context import PER_NODE, RenderError, compile_template, environment, reads, render
 from provisioner.render.pxe import kernel_cmdline
 
-INV = """\
-cluster:
-  name: ctx
-  domain: ctx.cluster
-  network: {subnet: 10.55.0.0/24, master: 10.55.0.1}
-  ports: {http: 8080}
-profiles:
-  default: {image: rocky9, kernel_args: [console=ttyS0, "rd.debug=0"]}
-nodes:
-  - name: c01
-    ip: 10.55.0.21
-    mac: 52:54:00:AB:cd:01
-    vars: {debug: 1}
-  - name: c02
-    ip: 10.55.0.22
-    mac: 52:54:00:ab:cd:02
-"""
+INV = site_yaml([node("c01", "10.55.0.21", "52:54:00:AB:cd:01", vars={"debug": 1}),  # MAC case: normalized
+                 node("c02", "10.55.0.22", "52:54:00:ab:cd:02")],
+                {"default": {"image": "rocky9", "kernel_args": ["console=ttyS0", "rd.debug=0"]}},
+                name="ctx", domain="ctx.cluster", subnet="10.55.0.0/24", interface=None, ports={"http": 8080})
 
 
 def rendered(text: str, **ctx) -> str:

@@ -8,9 +8,12 @@ UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_render_overlays.py
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+from labs.site import Entry, node, site_yaml
 
 from provisioner.artifacts import layout, secrets
 from provisioner.artifacts.overlay_build import Build
@@ -20,36 +23,27 @@ from provisioner.render.context import RenderError
 
 GOLDEN = Path(__file__).parent / "golden"
 
-INVENTORY = """\
-cluster:
-  name: gold
-  domain: gold.cluster
-  network:
-    subnet: 10.77.0.0/24
-    master: 10.77.0.1
-    gateway: 10.77.0.1
-    dns: [10.77.0.1, 10.77.0.2]
-  nfs:
-    exports:
-      - {path: /home, access: rw}
-      - {path: /opt/apps, access: ro, options: noatime}
-  time_servers: [10.77.0.1]
-  slurm: {controller: master}
-profiles:
-  default:
-    image: debian12
-    kernel_args: [console=ttyS0]
-    overlays: [base, ssh, munge]
-nodes:
-  - name: node[01-03]
-    ip: 10.77.0.11
-    mac: [52:54:00:00:00:01, 52:54:00:00:00:02, 52:54:00:00:00:03]
-  - name: gpu01
-    ip: 10.77.0.21
-    mac: 52:54:00:00:01:01
-    kernel_args: [quiet]
-    vars: {debug: true}
-"""
+
+
+def inventory(gpu01: Mapping[str, Any] | None = None, default: Mapping[str, Any] | None = None,
+              more: Sequence[Entry] = (), subnet: str = "10.77.0.0/24") -> str:
+    """The golden cluster: node01-03 and gpu01 (its own kernel_args and vars); `gpu01` and
+    `default` change that node's and the default profile's settings (None unsets one), `more`
+    adds nodes before gpu01."""
+    gpu = {"kernel_args": ["quiet"], "vars": {"debug": True}} | dict(gpu01 or {})
+    profile = {"image": "debian12", "kernel_args": ["console=ttyS0"], "overlays": ["base", "ssh", "munge"]}
+    return site_yaml(
+        [node("node[01-03]", "10.77.0.11", [f"52:54:00:00:00:0{i}" for i in (1, 2, 3)]), *more,
+         node("gpu01", gpu.pop("ip", "10.77.0.21"), "52:54:00:00:01:01", **gpu)],
+        {"default": profile | dict(default or {})},
+        name="gold", domain="gold.cluster", subnet=subnet, interface=None,
+        network={"master": "10.77.0.1", "gateway": "10.77.0.1", "dns": ["10.77.0.1", "10.77.0.2"]},
+        nfs={"exports": [{"path": "/home", "access": "rw"},
+                         {"path": "/opt/apps", "access": "ro", "options": "noatime"}]},
+        time_servers=["10.77.0.1"])
+
+
+INVENTORY = inventory()
 
 
 def plant_secrets(state: State, inv) -> None:
@@ -59,15 +53,15 @@ def plant_secrets(state: State, inv) -> None:
     (root / secrets.MUNGE_KEY).write_bytes(bytes(range(256)) * 4)
     (root / secrets.SSH_CA).write_text("CA PRIVATE\n")
     (root / f"{secrets.SSH_CA}.pub").write_text("ssh-ed25519 AAAAgoldenCA gold host CA\n")
-    for node in inv.nodes:
-        d = root / secrets.node_ssh_dir(node.name)
+    for n in inv.nodes:
+        d = root / secrets.node_ssh_dir(n.name)
         d.mkdir(parents=True, exist_ok=True)
         for t in secrets.SSH_KEY_TYPES:
             base = f"ssh_host_{t}_key"
-            (d / base).write_text(f"PRIVATE {t} {node.name}\n")
-            (d / f"{base}.pub").write_text(f"ssh-{t} AAAA{t}{node.name} root@{node.name}\n")
-            (d / f"{base}-cert.pub").write_text(f"ssh-{t}-cert AAAA{t}{node.name}\n")
-        (d / secrets.signed_for(inv.cluster, node)).write_text(secrets.principals(inv.cluster, node))
+            (d / base).write_text(f"PRIVATE {t} {n.name}\n")
+            (d / f"{base}.pub").write_text(f"ssh-{t} AAAA{t}{n.name} root@{n.name}\n")
+            (d / f"{base}-cert.pub").write_text(f"ssh-{t}-cert AAAA{t}{n.name}\n")
+        (d / secrets.signed_for(inv.cluster, n)).write_text(secrets.principals(inv.cluster, n))
 
 
 def make_site(tmp_path: Path, text: str = INVENTORY) -> tuple[Site, State, object]:
@@ -194,7 +188,7 @@ def test_syntax_error_and_unknown_owner_and_missing_overlay(tmp_path):
     (site.overlays / "base" / "_meta.yaml").write_text("etc/hostname: {owner: nobody-here}\n")
     with pytest.raises(RenderError, match="no user 'nobody-here'"):
         Build(state, site, inv).render(inv.node("node01"))
-    text = INVENTORY.replace("overlays: [base, ssh, munge]", "overlays: [base, nosuch]")
+    text = inventory(default={"overlays": ["base", "nosuch"]})
     site.cluster_yaml.write_text(text)
     with pytest.raises(RenderError, match="no overlay 'nosuch'"):
         Build(state, site, load_inventory(site.cluster_yaml))

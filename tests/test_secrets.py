@@ -8,28 +8,24 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from labs.site import node, site_yaml
 
 from provisioner.artifacts import layout, secrets
 from provisioner.inventory import parse_text
 from provisioner.paths import State
 
-INV = """\
-cluster:
-  name: sec
-  domain: sec.cluster
-  network: {subnet: 10.88.0.0/24, master: 10.88.0.1}
-profiles:
-  default: {image: debian12, overlays: [base, ssh, munge]}
-nodes:
-  - name: n[1-2]
-    ip: 10.88.0.11
-    mac: [52:54:00:88:00:01, 52:54:00:88:00:02]
-"""
+
+
+def inventory(ip: str = "10.88.0.11") -> str:
+    """n1 and n2 from `ip` on, with the overlays that need secrets."""
+    return site_yaml([node("n[1-2]", ip, ["52:54:00:88:00:01", "52:54:00:88:00:02"])],
+                     {"default": {"image": "debian12", "overlays": ["base", "ssh", "munge"]}},
+                     name="sec", domain="sec.cluster", subnet="10.88.0.0/24", interface=None)
 
 
 @pytest.fixture
 def inv():
-    return parse_text(INV, "cluster.yaml")
+    return parse_text(inventory(), "cluster.yaml")
 
 
 def mode(path) -> int:
@@ -80,7 +76,7 @@ def test_changed_address_resigns_certificates_but_keeps_keys(tmp_path, inv):
     secrets.ensure_secrets(state, inv)
     d = layout.secrets_dir(state) / "ssh" / "n1"
     key = (d / "ssh_host_ed25519_key").read_bytes()
-    moved = parse_text(INV.replace("10.88.0.11", "10.88.0.51"), "cluster.yaml")
+    moved = parse_text(inventory("10.88.0.51"), "cluster.yaml")
     assert "ssh/n1" in secrets.ensure_secrets(state, moved)
     assert (d / "ssh_host_ed25519_key").read_bytes() == key
     cert = subprocess.run(["ssh-keygen", "-L", "-f", str(d / "ssh_host_ed25519_key-cert.pub")],

@@ -11,7 +11,9 @@ import pytest
 from labs import guest
 from labs.busyroot import REPORT_INIT, console_values, make_root
 from labs.ganesha import Ganesha
+from labs.pxe import pxe_site
 from labs.serve import Serve
+from labs.site import write_site
 
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import nfs_roots
@@ -24,22 +26,6 @@ from provisioner.render.nfs import exports_for
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 
 MAC = "52:54:00:7b:00:01"
-CLUSTER_YAML = f"""\
-cluster:
-  name: pxe
-  domain: pxe.test
-  network: {{interface: br0, subnet: 10.99.0.0/24, master: 10.99.0.1}}
-  nfs: {{exports: []}}
-  ports: {{http: 8080}}
-  slurm: {{controller: master}}
-profiles:
-  default:
-    image: tiny
-    kernel_args: [console=ttyS0, panic=-1]
-    overlays: [base]
-nodes:
-  - {{name: node01, ip: 10.99.0.11, mac: "{MAC}"}}
-"""
 
 
 def boot(lab, console, srv) -> str:
@@ -52,11 +38,10 @@ def boot(lab, console, srv) -> str:
 def test_pxe_boot_through_serve_shows_every_stage_and_a_rebuild_needs_no_nfs_reload(lab, tmp_path, cli):
     state = State(cli.state)
     src = make_root(tmp_path / "src", REPORT_INIT)
-    cli.site.mkdir(parents=True)
-    (cli.site / "cluster.yaml").write_text(CLUSTER_YAML)
+    cluster_yaml = write_site(cli.site, pxe_site({"node01": MAC}))
     assert "1 node(s) now boot tiny v1" in cli("image", "import", "tiny", src).stdout
     assert layout.ipxe_script(state, "node01").is_file()
-    cluster = load_inventory(cli.site / "cluster.yaml").cluster
+    cluster = load_inventory(cluster_yaml).cluster
     exports = exports_for(cluster, nfs_roots(state))
     with Ganesha(lab.server, tmp_path / "ganesha", exports, lab.net, lab.server_ip) as nfs, \
             Serve(lab, cli, services="dhcp,tftp,http", port=8080, extra=("--interface", "br0")) as srv:

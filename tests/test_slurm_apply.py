@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from labs.site import write_site
 
 from provisioner.artifacts.slurm_config import ReconfigureFailed, apply, diff
 from provisioner.nodestate import NodeStateDB
@@ -108,8 +109,7 @@ def test_diff_shows_what_apply_would_change(tmp_path):
 
 @pytest.fixture
 def site(cli):
-    cli.site.mkdir()
-    (cli.site / "cluster.yaml").write_text(INVENTORY)
+    write_site(cli.site, INVENTORY)
     db = NodeStateDB(cli.state / "nodes.sqlite")
     db.set_facts("c01", facts_for("c01"))
     db.set_facts("c02", {"cpus": "lots"})
@@ -121,7 +121,7 @@ def test_cli_render_diff_apply(site, tmp_path):
     d = tmp_path / "etc-slurm"
     res = site("slurm", "render")
     assert "NodeName=c01 CPUs=8 " in res.stdout and "NodeName=c02 State=FUTURE" in res.stdout
-    assert "warning: c02: facts cpus='lots' is not a positive integer (the node stays FUTURE)" in res.stderr
+    assert "warning: c02: facts cpus='lots' is not a whole number from 1 to 65533 (the node stays FUTURE)" in res.stderr
     assert "Name=gpu" not in site("slurm", "render", "--file", "gres.conf").stdout
     assert "+NodeName=c01 CPUs=8" in site("slurm", "diff", "--conf-dir", d).stdout
     res = site("slurm", "apply", "--conf-dir", d, "--no-reload")

@@ -13,27 +13,13 @@ import subprocess
 
 import pytest
 
-from labs.slurm import LAB_CLUSTER, PROVISIONER, slurm_cluster
+from labs.site import numbered
+from labs.slurm import PROVISIONER, lab_site, slurm_cluster
 
 pytestmark = [pytest.mark.netns, pytest.mark.daemons]
 
-INVENTORY = LAB_CLUSTER + """\
-  late:
-    overlays: [munge, slurm, mpi]
-    partitions: [late]
-nodes:
-  - name: node[01-03]
-    ip: 10.99.0.11
-    mac: [52:54:00:00:00:01, 52:54:00:00:00:02, 52:54:00:00:00:03]
-  - name: node04
-    ip: 10.99.0.14
-    mac: 52:54:00:00:00:04
-    profiles: [late]
-  - name: node05
-    ip: 10.99.0.15
-    mac: 52:54:00:00:00:05
-    profiles: [late]
-"""
+INVENTORY = lab_site([*numbered(3), *(n | {"profiles": ["late"]} for n in numbered(5)[3:])],
+                     {"late": {"overlays": ["munge", "slurm", "mpi"], "partitions": ["late"]}})
 NODES = ["node01", "node02", "node03"]
 
 HELLO = r"""

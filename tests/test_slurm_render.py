@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
+from labs.site import node, site_yaml
 
+from provisioner.facts import FactsInvalid, hardware, parse_slurmd_c
 from provisioner.inventory import parse_text
-from provisioner.render.slurm import FactsInvalid, hardware, parse_slurmd_c, render
+from provisioner.render.slurm import render
 
-INVENTORY = """\
-cluster:
-  name: hpc
-  domain: hpc.cluster
-  network: {subnet: 10.5.0.0/24, master: 10.5.0.1}
-  nfs: {exports: []}
-  slurm:
-    controller: head
-    options: {SelectTypeParameters: CR_Core, SchedulerType: sched/backfill}
-profiles:
-  default:
-    overlays: [munge, slurm, mpi]
-    partitions: [batch]
-  gpu:
-    features: [gpu, a100]
-    partitions: [gpu]
-  storage:
-    overlays: [base]
-nodes:
-  - name: c[01-03]
-    ip: 10.5.0.11
-  - name: g01
-    ip: 10.5.0.21
-    profiles: [default, gpu]
-  - name: nfs01
-    ip: 10.5.0.31
-    profiles: [storage]
-"""
+
+def inventory(g01: Mapping[str, Any] | None = None, default: Mapping[str, Any] | None = None) -> str:
+    """Three plain nodes, a GPU node, a storage node out of Slurm; `g01` and `default` add to
+    that node's and the default profile's settings."""
+    return site_yaml(
+        [node("c[01-03]", "10.5.0.11"), node("g01", "10.5.0.21", profiles=["default", "gpu"], **(g01 or {})),
+         node("nfs01", "10.5.0.31", profiles=["storage"])],
+        {"default": {"overlays": ["munge", "slurm", "mpi"], "partitions": ["batch"]} | dict(default or {}),
+         "gpu": {"features": ["gpu", "a100"], "partitions": ["gpu"]}, "storage": {"overlays": ["base"]}},
+        name="hpc", domain="hpc.cluster", subnet="10.5.0.0/24", interface=None,
+        slurm={"controller": "head", "options": {"SelectTypeParameters": "CR_Core", "SchedulerType": "sched/backfill"}})
+
+
+INVENTORY = inventory()
 
 C01 = "NodeName=c01 CPUs=8 Boards=1 SocketsPerBoard=2 CoresPerSocket=2 ThreadsPerCore=2 RealMemory=15890"
 
@@ -143,5 +134,5 @@ def test_parse_slurmd_c_and_hardware():
 
 
 def test_an_inventory_without_slurm_nodes_is_reported():
-    inv = parse_text(INVENTORY.replace("overlays: [munge, slurm, mpi]", "overlays: [munge]"), "cluster.yaml")
+    inv = parse_text(inventory(default={"overlays": ["munge"]}), "cluster.yaml")
     assert any("no node carries the `slurm` overlay" in p for p in render(inv, {}).problems)

@@ -14,15 +14,12 @@ from pathlib import Path
 import pytest
 
 from labs.net import Lab
-from labs.slurm import LAB_CLUSTER, PROVISIONER, SlurmLab
+from labs.site import numbered, write_site
+from labs.slurm import PROVISIONER, SlurmLab, lab_site
 
 pytestmark = [pytest.mark.netns, pytest.mark.daemons]
 
-INVENTORY = LAB_CLUSTER + """\
-nodes:
-  - {name: node01, ip: 10.99.0.11, mac: "52:54:00:00:00:01"}
-  - {name: node02, ip: 10.99.0.12, mac: "52:54:00:00:00:02"}
-"""
+INVENTORY = lab_site(numbered(2))
 
 
 def test_idle_stage_polled_from_slurmctld():
@@ -30,11 +27,9 @@ def test_idle_stage_polled_from_slurmctld():
         pytest.fail("Slurm lab tests need root")
     work = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="statuslab-"))
     site = work / "site"
-    site.mkdir()
-    (site / "cluster.yaml").write_text(INVENTORY)
     lab = Lab()
     try:
-        sl = SlurmLab(lab, site / "cluster.yaml", work / "state", work / "lab")
+        sl = SlurmLab(lab, write_site(site, INVENTORY), work / "state", work / "lab")
         sl.node("node01")
         sl.start_slurmd("node01")
         sl.report_facts("node01")

@@ -8,6 +8,7 @@ import os
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from labs.site import numbered, site_yaml
 
 from provisioner.artifacts import layout
 from provisioner.inventory import parse_text
@@ -15,23 +16,17 @@ from provisioner.paths import State
 from provisioner.servers.boottree import BootTree, PathRefused, StaticTree, clean_path
 from provisioner.servers.tftp import packets as P
 
-INVENTORY = """
-cluster:
-  name: t
-  domain: t.cluster
-  network: {interface: br0, subnet: 10.77.0.0/24, master: 10.77.0.1}
-  nfs: {exports: []}
-  slurm: {controller: master}
-profiles:
-  default: {image: debian12}
-nodes:
-  - name: node01
-    ip: 10.77.0.11
-    mac: 52:54:00:00:00:01
-  - name: node02
-    ip: 10.77.0.12
-    mac: 52:54:00:00:00:02
-"""
+
+
+def inventory(subnet: str = "10.77.0.0/24", node01: str | None = None) -> str:
+    """node01 and node02 at .11 and .12 of `subnet` (node01 at `node01` if given)."""
+    nodes = numbered(2, subnet)
+    if node01:
+        nodes[0]["ip"] = node01
+    return site_yaml(nodes, {"default": {"image": "debian12"}}, name="t", domain="t.cluster", subnet=subnet)
+
+
+INVENTORY = inventory()
 
 
 def make_state(tmp_path) -> State:
@@ -72,7 +67,7 @@ def test_per_node_files_follow_the_client_address(tree):
 
 
 def test_reload_follows_a_new_inventory(tree):
-    moved = parse_text(INVENTORY.replace("10.77.0.11", "10.77.0.31"), "cluster.yaml")
+    moved = parse_text(inventory(node01="10.77.0.31"), "cluster.yaml")
     tree.reload(moved)
     assert text(tree("10.77.0.31", "boot.ipxe")) == "ipxe node01"
     assert text(tree("10.77.0.11", "boot.ipxe")) == "default script"

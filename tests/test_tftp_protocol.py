@@ -301,9 +301,9 @@ def test_shutdown_from_another_thread_ends_running_transfers(lab, tmp_path):
 
 def test_boot_tree_serves_each_node_its_own_files(lab, tmp_path):
     """The server as `provisioner serve` runs it: BootTree over a state dir and inventory."""
-    from test_tftp_boottree import INVENTORY, make_state
+    from test_tftp_boottree import inventory, make_state
 
-    inv = parse_text(INVENTORY.replace("10.77.0.", "10.99.0."), "cluster.yaml")
+    inv = parse_text(inventory("10.99.0.0/24"), "cluster.yaml")
     tree = BootTree(make_state(tmp_path), inv)
     db = NodeStateDB(tmp_path / "state.sqlite")
     node01 = lab.host(ip="10.99.0.11")

@@ -17,14 +17,16 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..atomic import atomic_write, locked
 from ..errors import UserError
+from ..inroot import Root, RootPathError
 from ..paths import State
 from . import layout
 from .initramfs import kernel_versions, write_initramfs
@@ -46,22 +48,23 @@ DEFAULT_PACKAGES = ("linux-image-amd64", "systemd-sysv", "udev", "kmod", "iprout
                     "libpmix2", "openmpi-bin", "mpich", "openssh-server", "curl", "nfs-common")
 
 
-def _scrub_node_identity(rootfs: Path) -> None:
+def _scrub_node_identity(image: Root) -> None:
     """Clear what must differ between nodes that share one root, at every commit of a version:
     sshd's host keys (openssh-server's postinst makes a set; each node gets its own from the
     ssh overlay) and the machine ID, which systemd makes at boot when /etc/machine-id is empty
     but takes from a D-Bus machine-id file if there is one (dbus's postinst writes one), so
-    that becomes a link to /etc/machine-id, as machine-id(5) describes."""
-    for key in rootfs.glob("etc/ssh/ssh_host_*"):
-        if key.is_file() or key.is_symlink():
-            key.unlink()
-    machine_id = rootfs / "etc" / "machine-id"
-    if machine_id.is_file():
-        machine_id.write_text("")  # each node makes its own at first boot
-    dbus_id = rootfs / "var/lib/dbus/machine-id"
-    if dbus_id.is_file() and not dbus_id.is_symlink():
-        dbus_id.unlink()
-        dbus_id.symlink_to("/etc/machine-id")
+    that becomes a link to /etc/machine-id, as machine-id(5) describes. Each entry is replaced
+    or removed itself, never written through: the image's links lead nowhere on this host."""
+    if image.is_dir("etc/ssh"):
+        for name in image.listdir("etc/ssh"):
+            if name.startswith("ssh_host_") and not image.is_dir(f"etc/ssh/{name}"):
+                image.unlink(f"etc/ssh/{name}")
+    machine_id = image.lstat("etc/machine-id", follow=False)
+    if machine_id is not None and (stat.S_ISREG(machine_id.st_mode) or stat.S_ISLNK(machine_id.st_mode)):
+        image.write_bytes("etc/machine-id", b"", 0o444)  # each node makes its own at first boot
+    dbus_id = image.lstat("var/lib/dbus/machine-id", follow=False)
+    if dbus_id is not None and stat.S_ISREG(dbus_id.st_mode):
+        image.symlink("var/lib/dbus/machine-id", "/etc/machine-id")
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -212,9 +215,11 @@ def _take_kernel(staging: Path, kernel: str | None, compression: str, progress: 
         progress("no /boot/vmlinuz-* in the image: no kernel or initramfs for this version")
         return None
     kver = kernel or (prefer if prefer in found else found[-1])
-    with open(rootfs / "boot" / f"vmlinuz-{kver}", "rb") as src:
-        atomic_write(staging / "vmlinuz", src.read())
-    if modules_dir(rootfs, kver).is_dir():
+    try:
+        atomic_write(staging / "vmlinuz", Root(rootfs).read_bytes(f"boot/vmlinuz-{kver}"))
+    except RootPathError as e:
+        raise UserError(f"kernel {kver} refused: {e}") from None
+    if modules_dir(rootfs, kver) is not None:
         progress(f"initramfs for {kver} ({compression})")
         write_initramfs(staging, kver, compression)
     else:
@@ -226,9 +231,10 @@ def _commit(state: State, name: str, version: str, staging: Path, meta: dict, ke
             compression: str, keep: int, progress: Progress, on_switch: OnSwitch | None) -> ImageVersion:
     prefer = meta.pop("kernel", None)
     rootfs = staging / "rootfs"
-    if not (rootfs / "etc").is_dir() or not any(os.path.lexists(rootfs / p) for p in ("bin/sh", "usr/bin/sh")):
+    image = Root(rootfs)
+    if not image.is_dir("etc") or not any(image.lexists(p) for p in ("bin/sh", "usr/bin/sh")):
         raise UserError(f"{meta.get('source', 'the source')} does not look like a root filesystem (no etc/ or bin/sh)")
-    _scrub_node_identity(rootfs)
+    _scrub_node_identity(image)
     kver = _take_kernel(staging, kernel, compression, progress, prefer)
     meta = {**meta, "kernel": kver, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write(staging / layout.IMAGE_META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -378,16 +384,19 @@ def remove(state: State, name: str, version: str | None = None) -> None:
         _discard(target.path)
 
 
-_CHROOT = ('set -e; r=$1; shift; mkdir -p "$r/proc" "$r/sys" "$r/dev"; '
-           'mount -t proc proc "$r/proc"; mount -t sysfs sysfs "$r/sys"; mount --rbind /dev "$r/dev"; '
+_CHROOT = ('set -e; r=$1 proc=$2 sys=$3 dev=$4; shift 4; '
+           'mount -t proc proc "$proc"; mount -t sysfs sysfs "$sys"; mount --rbind /dev "$dev"; '
            'exec chroot "$r" "$@"')
 
 
 def chroot_run(rootfs: Path, argv: list[str]) -> int:
-    """Run `argv` chrooted in `rootfs` with /proc, /sys and /dev mounted. The mounts live in a
-    private mount and PID namespace, so they and every process started go away on exit."""
+    """Run `argv` chrooted in `rootfs` with /proc, /sys and /dev mounted on the directories
+    those names have inside the image (made there if missing). The mounts live in a private
+    mount and PID namespace, so they and every process started go away on exit."""
+    image = Root(rootfs)
+    points = [str(image.mkdir(d)) for d in ("proc", "sys", "dev")]
     res = subprocess.run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-                          "--", "sh", "-c", _CHROOT, "chroot", str(rootfs), *argv])
+                          "--", "sh", "-c", _CHROOT, "chroot", str(rootfs), *points, *argv], check=False)
     return res.returncode
 
 

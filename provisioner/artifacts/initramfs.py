@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 from dataclasses import dataclass, field
@@ -16,10 +17,11 @@ from pathlib import Path, PurePosixPath
 
 from ..atomic import atomic_write
 from ..errors import UserError
+from ..inroot import Root
 from ..paths import State
 from ..resources import INITCPIO
 from . import cpio, layout
-from .kmod import load_index, modules_dir, plain_module
+from .kmod import load_index, read_module
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -30,6 +32,7 @@ NIC_MODULES = ["e1000", "e1000e", "igb", "ixgbe", "i40e", "ice", "bnxt_en", "tg3
                "virtio_net", "virtio_pci", "vmxnet3"]
 
 COMPRESSIONS = ("gzip", "zstd")
+_KVER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,12 @@ class InitramfsSpec:
 
 
 def kernel_versions(rootfs: Path) -> list[str]:
-    """Kernel versions with a /boot/vmlinuz-VERSION in the image, oldest first."""
-    boot = rootfs / "boot"
-    found = [p.name[len("vmlinuz-"):] for p in boot.glob("vmlinuz-*")] if boot.is_dir() else []
-    return sorted(found, key=_version_key)
+    """Kernel versions with a /boot/vmlinuz-VERSION in the image, oldest first. A VERSION is a
+    path component in the image and in the initramfs, so only plain ones count (not `..`)."""
+    image = Root(rootfs)
+    names = image.listdir("boot") if image.is_dir("boot") else []
+    found = (n[len("vmlinuz-"):] for n in names if n.startswith("vmlinuz-"))
+    return sorted((v for v in found if _KVER.fullmatch(v)), key=_version_key)
 
 
 def _version_key(v: str) -> list:
@@ -81,7 +86,6 @@ def _with_parents(entries: list[cpio.Entry]) -> list[cpio.Entry]:
 def entries(spec: InitramfsSpec) -> list[cpio.Entry]:
     index = load_index(spec.rootfs, spec.kver)
     mods = index.resolve(REQUIRED_MODULES + list(spec.extra_modules), list(spec.nic_modules))
-    mdir = modules_dir(spec.rootfs, spec.kver)
     files = [cpio.Entry.dir(d) for d in ("dev", "proc", "sys", "run", "new_root", "etc", "tmp")]
     files.append(cpio.Entry.chardev("dev/console", 5, 1))
     files.append(cpio.Entry.chardev("dev/null", 1, 3, 0o666))
@@ -92,7 +96,7 @@ def entries(spec: InitramfsSpec) -> list[cpio.Entry]:
     dest = f"lib/modules/{spec.kver}"
     packed = []
     for m in mods:
-        name, data = plain_module(mdir / m)
+        name, data = read_module(spec.rootfs, spec.kver, m)
         packed.append(str(PurePosixPath(dest, m).with_name(name)))
         files.append(cpio.Entry.file(packed[-1], data))
     listing = "".join(f"/{p}\n" for p in packed)

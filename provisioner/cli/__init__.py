@@ -7,7 +7,7 @@ import importlib
 import click
 
 from ..paths import DEFAULT_SITE, DEFAULT_STATE, site_from, state_from
-from .context import Context
+from .context import Context, Group
 
 # (module, attribute) of each subcommand; a module holds one concept's commands.
 COMMANDS = [
@@ -32,7 +32,7 @@ COMMANDS = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--site", metavar="DIR", envvar="PROVISIONER_SITE", show_envvar=True,
               help=f"Site directory: cluster.yaml and the admin's overrides [default: {DEFAULT_SITE}]")
 @click.option("--state", metavar="DIR", envvar="PROVISIONER_STATE", show_envvar=True,

@@ -19,7 +19,7 @@ from ..inventory.edit import edit_inventory, isolate, next_free_ip, node_entries
 from ..inventory.hostlist import HostlistError, compress, expand, is_range
 from ..inventory.model import SETTINGS
 from ..inventory.schema import Invalid
-from ..inventory.starter import detect, starter_yaml
+from ..inventory.starter import detect, gateway, starter_yaml
 from .context import Context, echo_json, echo_table, pass_ctx
 
 
@@ -56,6 +56,7 @@ def init(ctx: Context, interface: str | None, name: str | None, force: bool) -> 
         atomic_write(path, text)
     (ctx.site.root / "nodes").mkdir(exist_ok=True)
     click.echo(f"wrote {path} (interface {net.interface}, subnet {net.address.network}, master {net.address.ip})")
+    click.echo(gateway(net).summary)
 
 
 @click.command()

@@ -14,6 +14,8 @@ import click
 from ..artifacts import bootloaders
 from ..errors import UserError
 from ..logs import kv, setup_logging
+from ..servers.boottree import BootTree
+from ..servers.dhcp import bootanswer
 from ..servers.tftp import listen_address
 from ..servers.tftp_service import directory_service
 from .context import Context, echo_table, pass_ctx
@@ -78,3 +80,11 @@ def boot_install(ctx: Context) -> None:
     except bootloaders.MissingLoader as e:
         raise UserError(str(e)) from None
     echo_table(["file", "status"], [[name, "installed" if changed else "unchanged"] for name, changed in done])
+    inventory = None
+    if ctx.site.cluster_yaml.exists():
+        try:
+            inventory = ctx.inventory()
+        except UserError as e:
+            click.echo(f"boot_files not checked: {e}", err=True)
+    for serious, message in bootanswer.problems(BootTree(ctx.state, inventory), inventory):
+        click.echo(f"{'warning' if serious else 'note'}: {message}", err=True)

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from ..bootfiles import override_problems
 from .hostlist import expand, split_top
 from .schema import (
     Address,
@@ -23,6 +24,7 @@ from .schema import (
     Count,
     Flag,
     Hostlist,
+    Invalid,
     Label,
     Names,
     Options,
@@ -50,6 +52,18 @@ def _range_in_subnet(r: tuple[IPv4Address, IPv4Address], s: Scope) -> str | None
 
 
 # -- the cluster section ----------------------------------------------------------------------
+
+
+
+class BootFiles(Table):
+    """The `boot_files` table, refused when an entry cannot work whatever the boot tree holds
+    (the boot registry says which keys and loaders fit)."""
+
+    def convert(self, raw: Any) -> dict[str, Any]:
+        value = super().convert(raw)
+        for key, problem in override_problems(value):
+            raise Invalid(problem, (key,))
+        return value
 
 @dataclass(frozen=True, kw_only=True)
 class Network:
@@ -168,7 +182,7 @@ class Node:
     partitions: tuple[str, ...] = setting(Names(), "--partition", "Slurm partition (repeatable or comma list).")
     features: tuple[str, ...] = setting(Names(), "--feature", "Slurm feature (repeatable or comma list).")
     mpi_slots: int | None = setting(Count(1, 100000), "--mpi-slots", "MPI slots (default: its reported CPUs).")
-    boot_files: Mapping[str, str] = setting(Table())  # per client architecture; no flag yet
+    boot_files: Mapping[str, str] = setting(BootFiles())  # per client architecture; no flag yet
     vars: Mapping[str, Any] = setting(Table(), "--var", "KEY=VALUE for templates (repeatable).")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     line: int = field(default=0, compare=False)

@@ -2,12 +2,15 @@
 
 The provisioning interface and its subnet are read from the kernel with pyroute2: the named
 interface, or else the one holding the default route, or else the first with an IPv4 address.
+The nodes' gateway is never a silent guess: the starter names the one it chose and why, in
+the file and on the terminal (see `gateway`).
 """
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from pyroute2 import IPRoute
 
@@ -16,27 +19,61 @@ from pyroute2 import IPRoute
 class HostNet:
     interface: str
     address: IPv4Interface
+    router: IPv4Address | None = None  # this host's default router, when it sits on this network
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The nodes' gateway the starter chose (None: no default route for nodes), and why."""
+
+    address: IPv4Address | None
+    why: str
+
+    @property
+    def summary(self) -> str:
+        return f"Nodes' gateway: {self.address or 'none'}. {self.why}"
+
+
+def gateway(net: HostNet) -> Gateway:
+    """This host's own default router when it sits on the provisioning network: it is known to
+    route that network, and naming it keeps `node add` from giving a node its address. Else
+    none: the master forwards nothing unless the admin makes it, so naming it would hand nodes
+    a default route that goes nowhere."""
+    subnet = net.address.network
+    if net.router is not None:
+        return Gateway(net.router, f"This host's own default router, on {net.interface}: nodes reach beyond "
+                                   f"{subnet} through it as this host does, and no node is given its address. "
+                                   f"Without it nodes stay on {subnet} (keep node addresses off {net.router}).")
+    return Gateway(None, f"This host's default route does not leave by {net.interface}, so no router on {subnet} "
+                         f"is known: nodes reach only {subnet}. To route them further, set gateway: to a router "
+                         f"there (this host, {net.address.ip}, once it forwards for them).")
 
 
 def detect(interface: str | None = None) -> HostNet:
-    """The provisioning interface and its address; LookupError if none fits."""
+    """The provisioning interface, its address and this host's default router on it;
+    LookupError if none fits."""
     with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        names: dict[int, str] = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         addrs: dict[str, list[IPv4Interface]] = {}
         for a in ipr.get_addr(family=2):
-            name = names.get(a["index"])
-            addrs.setdefault(name, []).append(IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
-        default_ifs = [names.get(r.get_attr("RTA_OIF")) for r in ipr.get_default_routes(family=2)]
+            if name := names.get(a["index"]):  # a link made since get_links() is not a candidate
+                addrs.setdefault(name, []).append(IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
+        defaults: list[tuple[str | None, str | None]] = [(names.get(r.get_attr("RTA_OIF")), r.get_attr("RTA_GATEWAY"))
+                    for r in ipr.get_default_routes(family=2)]
     if interface:
         if interface not in names.values():
             raise LookupError(f"no interface named {interface!r} (have: {', '.join(sorted(names.values()))})")
         if not addrs.get(interface):
             raise LookupError(f"interface {interface!r} has no IPv4 address")
-        return HostNet(interface, addrs[interface][0])
-    for name in [*default_ifs, *sorted(addrs)]:
-        if name and name != "lo" and addrs.get(name):
-            return HostNet(name, addrs[name][0])
-    raise LookupError("no interface with an IPv4 address besides loopback (use --interface)")
+        chosen = interface
+    else:
+        candidates = [name for name in [*(n for n, _ in defaults), *sorted(addrs)] if name and name != "lo"]
+        chosen = next((name for name in candidates if addrs.get(name)), "")
+        if not chosen:
+            raise LookupError("no interface with an IPv4 address besides loopback (use --interface)")
+    address = addrs[chosen][0]
+    routers = [IPv4Address(gw) for name, gw in defaults if name == chosen and gw]
+    return HostNet(chosen, address, next((r for r in routers if r in address.network), None))
 
 
 def dynamic_range(subnet: IPv4Network) -> tuple[str, str] | None:
@@ -54,6 +91,9 @@ def starter_yaml(name: str, net: HostNet) -> str:
     dyn = dynamic_range(subnet)
     dyn_line = f"    dynamic_range: {dyn[0]}-{dyn[1]}   # unknown nodes that PXE boot get these\n" if dyn else ""
     master = net.address.ip
+    gw = gateway(net)
+    why = textwrap.fill(gw.summary, 92, initial_indent="    # ", subsequent_indent="    # ")
+    gw_line = f"    gateway: {gw.address}\n" if gw.address else f"    # gateway: {master}\n"
     return f"""\
 # provisioner site inventory. `provisioner check` validates it; `provisioner node add` and
 # friends edit it and keep these comments.
@@ -64,8 +104,8 @@ cluster:
     interface: {net.interface}        # the provisioning network, found on this host
     subnet: {subnet}
     master: {master}          # this host: DHCP, TFTP, HTTP, NFS and slurmctld
-    gateway: {master}
-    dns: [{master}]
+{why}
+{gw_line}    dns: [{master}]
 {dyn_line}  nfs:
     version: "4.2"
     exports:
@@ -82,7 +122,7 @@ profiles:
   default:
     description: every node unless it names its own profiles
     image: debian12
-    kernel_args: [console=ttyS0, console=tty0]
+    kernel_args: [console=tty0, console=ttyS0]   # the last is /dev/console: serial (IPMI SOL)
     overlays: [base, ssh, munge, slurm, mpi]
     partitions: [batch]
 

@@ -158,6 +158,10 @@ class NodeStateDB:
         with self._tx() as c:
             c.execute("DELETE FROM leases WHERE mac=?", (mac,))
 
+    def saw_unknown(self, mac: str, arch: int | None, uuid: str | None, ip: str | None) -> None:
+        """One sighting, now (servers batch theirs through record_discoveries)."""
+        self.record_discoveries([(mac, arch, uuid, ip, time.time())], [])
+
     def record_discoveries(self, seen: list[tuple[str, int | None, str | None, str | None, float]],
                            adopted: list[tuple[str, str]], keep: int | None = None) -> None:
         """(mac, arch, uuid, ip, at) sightings of unknown MACs, then (mac, name) adoptions, in

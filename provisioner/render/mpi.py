@@ -5,8 +5,10 @@ Slots per node: the node's `mpi_slots` setting, else the CPUs it reported, else 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+from ..facts import FactsInvalid, hardware
 from ..inventory.model import Cluster, Inventory, Node
 
 FORMATS = ("openmpi", "mpich")
@@ -15,8 +17,12 @@ FORMATS = ("openmpi", "mpich")
 def slots(node: Node, facts: Mapping[str, Any] | None) -> int:
     if node.mpi_slots:
         return int(node.mpi_slots)
+    try:
+        hardware(node.name, facts)  # facts that break the rules count as none
+    except FactsInvalid:
+        return 1
     cpus = (facts or {}).get("cpus")
-    return cpus if isinstance(cpus, int) and not isinstance(cpus, bool) and cpus > 0 else 1
+    return int(cpus) if cpus is not None else 1
 
 
 def partition_nodes(inv: Inventory, partition: str | None) -> list[Node]:

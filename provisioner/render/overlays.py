@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 import jinja2
 import yaml
 
+from ..inroot import Root
 from ..inventory.model import Node
 from ..paths import Site
 from ..resources import STOCK_OVERLAYS
@@ -180,9 +181,11 @@ class IdMap:
 
     @classmethod
     def load(cls, rootfs: Path | None) -> "IdMap":
-        """The image's tables; the master's own when the image is not built yet."""
-        etc = rootfs / "etc" if rootfs is not None and (rootfs / "etc" / "passwd").is_file() else Path("/etc")
-        return cls((etc / "passwd").read_text(), _read_or_empty(etc / "group"), str(etc))
+        """The image's tables (read inside the image: its links lead nowhere on this host);
+        the master's own when the image is not built yet."""
+        image = Root(rootfs if rootfs is not None and Root(rootfs).is_file("etc/passwd") else Path("/"))
+        group = image.read_text("etc/group") if image.is_file("etc/group") else ""
+        return cls(image.read_text("etc/passwd"), group, str(image.path / "etc"))
 
     def uid(self, name: str) -> int:
         return self._resolve(name, self.users, "user")
@@ -196,10 +199,6 @@ class IdMap:
         if name not in table:
             raise KeyError(f"no {what} {name!r} in {self.origin}/{'passwd' if what == 'user' else 'group'}")
         return table[name]
-
-
-def _read_or_empty(path: Path) -> str:
-    return path.read_text() if path.is_file() else ""
 
 
 def _id_table(text: str) -> dict[str, int]:

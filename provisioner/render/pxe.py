@@ -11,18 +11,20 @@ version yet gets the unpinned `current` paths."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jinja2
 
+from ..bootfiles import CONFIGS
 from ..inventory.model import Cluster, Node
 from ..paths import Site, image_pseudo, image_root
 from ..resources import STOCK_PXE
 from .context import SharedContext, compile_template, environment, node_context, reads, render
 
-TEMPLATES = {"ipxe": "boot.ipxe.j2", "pxelinux": "pxelinux.cfg.j2", "grub": "grub.cfg.j2"}
+TEMPLATES = {c.loader: c.template for c in CONFIGS}
 
 
 def image_base(image: str, version: str | None) -> str:

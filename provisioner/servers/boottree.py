@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from ..artifacts import layout
 from ..artifacts.images import NAME_RE, VERSION_RE
+from ..bootfiles import CONFIGS, IMAGE_FILES, BootConfig
 from ..inventory import Inventory, Node
 from ..paths import State
 
 MAX_PATH = 255
-_PXELINUX_MAC = re.compile(r"pxelinux\.cfg/01-((?:[0-9a-f]{2}-){5}[0-9a-f]{2})")
-_IMAGE_FILE = re.compile(r"images/([^/]+)/(?:versions/([^/]+)/)?(vmlinuz|initramfs\.img)")
+_BY_MAC = [(re.compile(re.escape(p).replace(re.escape("{mac}"), r"((?:[0-9a-f]{2}-){5}[0-9a-f]{2})")), c)
+           for c in CONFIGS if c.by_mac for p in c.paths]
+_BY_ADDRESS = {p: c for c in CONFIGS if not c.by_mac for p in c.paths}
+_IMAGE_FILE = re.compile(r"images/([^/]+)/(?:versions/([^/]+)/)?(" + "|".join(map(re.escape, IMAGE_FILES)) + ")")
+# Where the artifacts layout keeps what a config or image path names.
+_CONFIG_FILE = {"ipxe": layout.ipxe_script, "pxelinux": layout.pxelinux_config, "grub": layout.grub_config}
+_IMAGE_STATE_FILE = {"vmlinuz": layout.image_kernel, "initramfs.img": layout.image_initramfs}
 
 Resolver = Callable[[str, str], "Path | bytes | None"]
 
@@ -114,20 +121,20 @@ class BootTree:
     def virtual(self, client_ip: str, rel: str) -> Path | None:
         """The per-node file a cleaned path names for this client, or None if the path is
         not a per-node one (the static tree then answers)."""
-        m = _PXELINUX_MAC.fullmatch(rel.lower())
-        if m and self.inventory is not None:
-            node = self.inventory.by_mac(m.group(1).replace("-", ":"))
-            return layout.pxelinux_config(self.state, node.name) if node else None
+        for pattern, by_mac in _BY_MAC:
+            m = pattern.fullmatch(rel.lower())
+            if m and self.inventory is not None:
+                node = self.inventory.by_mac(m.group(1).replace("-", ":"))
+                return self._config(by_mac, node.name) if node else None
         m = _IMAGE_FILE.fullmatch(rel)
         if m:
             return self._image_file(*m.groups())
-        node = self._by_ip(client_ip)
-        if node is not None:
-            if rel == "boot.ipxe":
-                return layout.ipxe_script(self.state, node.name)
-            if rel == "grub.cfg" or rel == "grub/grub.cfg":
-                return layout.grub_config(self.state, node.name)
-        return None
+        config = _BY_ADDRESS.get(rel)
+        node = self._by_ip(client_ip) if config is not None else None
+        return self._config(config, node.name) if config is not None and node is not None else None
+
+    def _config(self, config: BootConfig, node: str) -> Path:
+        return _CONFIG_FILE[config.loader](self.state, node)
 
     def _image_file(self, image: str, version: str | None, kind: str) -> Path:
         """An image version's kernel or initramfs (no version: the current one's); PathRefused
@@ -136,8 +143,7 @@ class BootTree:
             raise PathRefused(f"bad image name {image!r}")
         if version is not None and not VERSION_RE.match(version):
             raise PathRefused(f"bad image version {version!r}")
-        fn = layout.image_kernel if kind == "vmlinuz" else layout.image_initramfs
-        path = fn(self.state, image, version)
+        path = _IMAGE_STATE_FILE[kind](self.state, image, version)
         real, top = os.path.realpath(path), os.path.realpath(layout.image_top(self.state, image))
         if not real.startswith(top + os.sep):
             raise PathRefused("image file leads outside its image")

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import time
 
+from ..bootfiles import FILE_STAGES
 from ..nodestate import NodeStateDB
 from ..nodestate.writer import BatchWriter
 
-# Boot stages a request for a boot file marks, by the path's last component.
-FILE_STAGES = {"undionly.kpxe": "bootloader", "ipxe.efi": "bootloader", "snponly.efi": "bootloader",
-               "pxelinux.0": "bootloader", "lpxelinux.0": "bootloader", "grubx64.efi": "bootloader",
-               "boot.ipxe": "ipxe", "vmlinuz": "kernel", "initramfs.img": "initramfs"}
 STAGE_REPEAT = 2.0  # seconds within which the same stage is not noted again (tsize probes, retries)
 
 
@@ -23,7 +20,7 @@ class StageWriter:
 
     def __init__(self, db: NodeStateDB, gather: float = 0.0):
         self.last: dict[tuple[str, str], float] = {}
-        self.writer: BatchWriter[tuple[str, str, float, str]] = BatchWriter(
+        self.writer: BatchWriter[tuple[str, str, float, str | None]] = BatchWriter(
             lambda rows: db.record_stages(rows, within=STAGE_REPEAT), "stage-writer", gather)
 
     def note(self, node: str, stage: str, detail: str) -> None:
@@ -37,5 +34,6 @@ class StageWriter:
 
 
 def stage_of(path: str) -> str | None:
-    """The stage a request for `path` marks (TFTP or HTTP), or None."""
+    """The stage a request for `path` marks (TFTP or HTTP), or None (the boot registry's
+    stage of the file the path's last component names)."""
     return FILE_STAGES.get(path.replace("\\", "/").rsplit("/", 1)[-1])

@@ -47,7 +47,7 @@ def console_values(console: str) -> dict[str, str]:
 def host_kernel() -> str:
     """The newest kernel installed on the host with both /boot/vmlinuz and its modules."""
     found = sorted(p.name[len("vmlinuz-"):] for p in Path("/boot").glob("vmlinuz-*")
-                   if modules_dir(Path("/"), p.name[len("vmlinuz-"):]).is_dir())
+                   if modules_dir(Path("/"), p.name[len("vmlinuz-"):]) is not None)
     assert found, "no /boot/vmlinuz-* with modules on this host (install linux-image-amd64)"
     return found[-1]
 
@@ -75,6 +75,7 @@ def make_root(dest: Path, init: str, kver: str | None = None, hostname: str = "i
     (dest / "etc" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     shutil.copy2(f"/boot/vmlinuz-{kver}", dest / "boot" / f"vmlinuz-{kver}")
     host_mods = modules_dir(Path("/"), kver)
+    assert host_mods is not None, f"no modules for {kver} on this host"
     index = load_index(Path("/"), kver)
     for rel in index.resolve(REQUIRED_MODULES + list(modules), NIC_MODULES):
         target = dest / "lib" / "modules" / kver / rel

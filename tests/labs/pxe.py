@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 from provisioner.artifacts.images import import_image, nfs_roots
 from provisioner.demo.qemu import Firmware, Guest, Nic
@@ -21,31 +22,18 @@ from .busyroot import make_root
 from .ganesha import Ganesha
 from .guest import boot
 from .serve import Serve
+from .site import node, site_yaml, write_site
 
 HTTP_PORT = 8080
 
 
-def site_yaml(nodes: dict[str, str], profile_extra: str = "", overlays: str = "[base]") -> str:
-    """An inventory for the lab's network; `nodes` maps name -> MAC, addresses from .11."""
-    entries = "".join(f"  - {{name: {n}, ip: 10.99.0.{11 + i}, mac: \"{m}\"}}\n" for i, (n, m) in enumerate(nodes.items()))
-    return f"""\
-cluster:
-  name: pxe
-  domain: pxe.test
-  network:
-    interface: br0
-    subnet: 10.99.0.0/24
-    master: 10.99.0.1
-    gateway: 10.99.0.1
-  ports: {{http: {HTTP_PORT}}}
-  slurm: {{controller: master}}
-profiles:
-  default:
-    image: tiny
-    kernel_args: [console=ttyS0, panic=-1]
-    overlays: {overlays}
-{profile_extra}nodes:
-{entries}"""
+def pxe_site(nodes: dict[str, str], **profile: Any) -> str:
+    """A site on the lab's network: `nodes` maps name -> MAC, addresses from .11, all booting
+    the tiny image with a serial console; `profile` adds to the default profile."""
+    entries = [node(n, f"10.99.0.{11 + i}", mac) for i, (n, mac) in enumerate(nodes.items())]
+    default = {"image": "tiny", "kernel_args": ["console=ttyS0", "panic=-1"], "overlays": ["base"]}
+    return site_yaml(entries, {"default": default | profile}, name="pxe", domain="pxe.test",
+                     network={"gateway": "10.99.0.1"}, ports={"http": HTTP_PORT})
 
 
 class PxeLab:
@@ -58,11 +46,10 @@ class PxeLab:
         import_image(self.state, "tiny", make_root(work / "root", init))
 
     def start(self, site_text: str) -> "PxeLab":
-        self.cli.site.mkdir(parents=True, exist_ok=True)
-        (self.cli.site / "cluster.yaml").write_text(site_text)
+        cluster_yaml = write_site(self.cli.site, site_text)
         self.cli("boot", "install")
         self.cli("overlay", "build")
-        inv = load_inventory(self.cli.site / "cluster.yaml")
+        inv = load_inventory(cluster_yaml)
         self.ganesha = Ganesha(self.lab.server, self.work / "ganesha", exports_for(inv.cluster, nfs_roots(self.state)),
                                self.lab.net, self.lab.server_ip).start()
         self.serve = Serve(self.lab, self.cli, services="dhcp,tftp,http", port=HTTP_PORT, extra=("--interface", "br0"))

@@ -15,6 +15,9 @@ import threading
 import time
 from pathlib import Path
 
+from .site import node, site_yaml
+from .site import write_site as write_yaml
+
 SERVER_IP = "10.99.0.1"
 NODES = {  # name: (ip, mac)
     "node01": ("10.99.0.11", "52:54:00:aa:00:01"),
@@ -24,31 +27,13 @@ IMAGE = "img1"
 
 
 def cluster_yaml(nodes: dict[str, tuple[str, str]] = NODES, secure: bool = True) -> str:
-    entries = "\n".join(f"  - {{name: {n}, ip: {ip}, mac: '{mac}'}}" for n, (ip, mac) in nodes.items())
-    return f"""cluster:
-  name: lab
-  domain: lab.cluster
-  secure: {str(secure).lower()}
-  network:
-    interface: br0
-    subnet: 10.99.0.0/24
-    master: {SERVER_IP}
-  nfs:
-    exports: []
-  slurm: {{controller: master}}
-profiles:
-  default:
-    image: {IMAGE}
-nodes:
-{entries}
-"""
+    """The serve lab's site: `nodes` (name: (ip, mac)) booting IMAGE."""
+    return site_yaml([node(n, ip, mac) for n, (ip, mac) in nodes.items()], {"default": {"image": IMAGE}},
+                     domain="lab.cluster", secure=secure)
 
 
-def write_site(site: Path, **kw) -> None:
-    site.mkdir(parents=True, exist_ok=True)
-    tmp = site / ".cluster.yaml.tmp"
-    tmp.write_text(cluster_yaml(**kw))
-    os.replace(tmp, site / "cluster.yaml")
+def write_site(site: Path, nodes: dict[str, tuple[str, str]] = NODES, secure: bool = True) -> Path:
+    return write_yaml(site, cluster_yaml(nodes, secure))
 
 
 def write_state(state: Path, big: int = 3 * 1024 * 1024) -> dict[str, bytes]:

@@ -29,7 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from provisioner.artifacts import layout, overlay_build, secrets
 from provisioner.artifacts.slurm_config import apply
@@ -40,6 +41,7 @@ from provisioner.paths import Site, State
 from provisioner.render.slurm import render
 
 from .net import Lab
+from .site import Entry, site_yaml, write_site
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,20 +51,6 @@ PRIVATE = {  # dir -> (owner, mode)
     "var/lib/slurm": ("slurm", 0o755), "var/lib/slurm/slurmctld": ("slurm", 0o755),
     "var/lib/slurm/slurmd": ("root", 0o755), "var/log/slurm": ("slurm", 0o755),
 }
-# The lab cluster's settings and default profile; tests add their profiles and nodes.
-LAB_CLUSTER = """\
-cluster:
-  name: lab
-  domain: lab.cluster
-  network: {interface: br0, subnet: 10.99.0.0/24, master: 10.99.0.1}
-  nfs: {exports: []}
-  slurm: {controller: master}
-  ports: {http: 8080}
-profiles:
-  default:
-    overlays: [munge, slurm, mpi]
-    partitions: [batch]
-"""
 # Daemonized, as slurmctld.service runs it (its parent is then init, which reaps it).
 START_SLURMCTLD = "slurmctld </dev/null >/dev/null 2>&1"
 RESTART_SLURMCTLD = ("pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
@@ -70,6 +58,13 @@ RESTART_SLURMCTLD = ("pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $p
 PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
 SINFO = ("sinfo", "-N", "-h", "-o", "%N %T")  # a line per node: name, state
 BINDS = ("run", "tmp", "dev/shm", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm")
+
+
+def lab_site(nodes: Sequence[Entry], profiles: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The Slurm lab's site: `nodes` on the lab network, every one in the default profile's
+    munge, slurm and mpi overlays and partition batch unless `profiles` say otherwise."""
+    return site_yaml(nodes, {"default": {"overlays": ["munge", "slurm", "mpi"], "partitions": ["batch"]},
+                             **(profiles or {})}, domain="lab.cluster", ports={"http": 8080})
 
 
 def install_overlay(state: State, site: Site, inv: Inventory, node: str, dest: Path) -> None:
@@ -271,16 +266,15 @@ class SlurmLab:
 
 
 @contextlib.contextmanager
-def slurm_cluster(inventory_text: str) -> Iterator[SlurmLab]:
-    """A controller for `inventory_text` in a fresh lab (add nodes with `boot()`); every
+def slurm_cluster(site_text: str) -> Iterator[SlurmLab]:
+    """A controller for the site `site_text` (see lab_site) in a fresh lab (add nodes with `boot()`); every
     namespace, process and file is gone afterwards. The work dir is under /var/tmp, not /tmp:
     each node mounts its own /tmp."""
     work = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="slurmlab-"))
-    (work / "site").mkdir()
-    (work / "site" / "cluster.yaml").write_text(inventory_text)
+    cluster_yaml = write_site(work / "site", site_text)
     lab = Lab()
     try:
-        yield SlurmLab(lab, work / "site" / "cluster.yaml", work / "state", work / "lab")
+        yield SlurmLab(lab, cluster_yaml, work / "state", work / "lab")
     finally:
         lab.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -1,32 +1,26 @@
 """What kind of boot client is asking, and what it should load next.
 
-Firmware PXE (options 60/93/94/97) gets an iPXE binary by architecture over TFTP (or, for
-UEFI HTTP boot, by URL); a client that already runs iPXE (user class "iPXE" or option 175)
-gets the HTTP URL of its node's iPXE script, which ends the chain-load loop. The defaults
-can be overridden per profile or node through `boot_files` (keys bios, uefi32, uefi, arm64,
-http, ipxe): a value is a path in the TFTP boot tree or a full URL.
+Firmware PXE (options 60/93/94/97) gets a boot file by architecture over TFTP (or, for UEFI
+HTTP boot, by URL); a client that already runs iPXE (user class "iPXE" or option 175) gets the
+HTTP URL of its node's iPXE script, which ends the chain-load loop. The architectures, their
+default files and the `boot_files` keys (bios, uefi32, uefi, http, arm64, ipxe) that override
+them per profile or node are the boot registry's (provisioner.bootfiles); an override is a
+path in the boot tree or a full URL. Each answer says which boot-tree path it names, so the
+server can refuse it when the tree lacks the file instead of sending firmware after nothing.
 """
 
 from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
+from urllib.parse import urlsplit
 
+from ...bootfiles import ARCHES, BIOS, IPXE, default_file, is_url
 from . import wire
 
-DEFAULT_BOOT_FILES: Mapping[str, str] = {
-    "bios": "undionly.kpxe",
-    "uefi32": "ipxe-i386.efi",
-    "uefi": "snponly.efi",
-    "arm64": "snponly-arm64.efi",
-    "http": "ipxe.efi",
-}
-
-# RFC 4578 / IANA processor architecture types -> boot_files key
-ARCH_KEYS = {0: "bios", 6: "uefi32", 7: "uefi", 9: "uefi", 11: "arm64", 16: "http", 19: "arm64"}
-HTTP_ARCHES = {15, 16, 19}
+HTTP_ARCHES = frozenset(a.code for a in ARCHES.values() if a.http)
 
 # Option 43, PXE sub-option 6 (discovery control) = 0x08: take the boot file from this
 # packet, do not wait for or ask a ProxyDHCP/boot server (saves iPXE and ROMs ~2 s).
@@ -99,29 +93,57 @@ def ipxe_script_url(master: str, port: int, mac: str) -> str:
     return f"{base_url(master, port)}/boot/{mac}.ipxe"
 
 
+def local_path(value: str, master: str, http_port: int) -> str | None:
+    """The boot-tree path a boot file name or URL names on this master's TFTP or HTTP server
+    (/boot/...), or None for a URL elsewhere (nothing here can check it)."""
+    if not is_url(value):
+        return value.lstrip("/") or None
+    url = urlsplit(value)
+    if url.hostname != master:
+        return None
+    if url.scheme == "tftp":
+        return url.path.lstrip("/") or None
+    if url.scheme == "http" and (url.port or 80) == http_port and url.path.startswith("/boot/"):
+        return url.path[len("/boot/"):] or None
+    return None
+
+
 @dataclass(frozen=True)
 class Boot:
     """What goes into the reply: boot file (or URL), and the vendor class to answer with."""
 
     file: str
     vendor_class: bytes | None  # b"PXEClient" / b"HTTPClient" echoed, None for plain iPXE
+    local: str | None = None  # the boot-tree path `file` names, to check before it goes out
 
 
-def choose(client: Client, mac: str, boot_files: Mapping[str, str], master: str, http_port: int) -> Boot | None:
+@dataclass(frozen=True)
+class Refused:
+    """No boot file can be named for this client."""
+
+    why: str
+
+
+def _url(name: str, master: str, http_port: int) -> str:
+    return name if is_url(name) else f"{base_url(master, http_port)}/boot/{name.lstrip('/')}"
+
+
+def choose(client: Client, mac: str, boot_files: Mapping[str, str], master: str,
+           http_port: int) -> Boot | Refused | None:
     """The boot answer for a booting client, None for a plain DHCP client."""
     if client.kind == "plain":
         return None
     if client.kind == "ipxe":
-        override = boot_files.get("ipxe")
-        if override:
-            url = override if "://" in override else f"{base_url(master, http_port)}/boot/{override.lstrip('/')}"
-        else:
-            url = ipxe_script_url(master, http_port, mac)
-        return Boot(url, client.vendor)
-    key = ARCH_KEYS.get(client.arch if client.arch is not None else 0, "bios")
+        override = boot_files.get(IPXE)
+        if not override:
+            return Boot(ipxe_script_url(master, http_port, mac), client.vendor)
+        url = _url(override, master, http_port)
+        return Boot(url, client.vendor, local_path(url, master, http_port))
+    arch = ARCHES.get(client.arch if client.arch is not None else BIOS)
+    if arch is None:
+        return Refused(f"no boot file is registered for client architecture {client.arch}")
+    name = boot_files.get(arch.firmware) or default_file(arch.firmware)
     if client.kind == "http":
-        name = boot_files.get(key) or DEFAULT_BOOT_FILES[key]
-        url = name if "://" in name else f"{base_url(master, http_port)}/boot/{name.lstrip('/')}"
-        return Boot(url, b"HTTPClient")
-    name = boot_files.get(key) or DEFAULT_BOOT_FILES[key]
-    return Boot(name, b"PXEClient")
+        url = _url(name, master, http_port)
+        return Boot(url, b"HTTPClient", local_path(url, master, http_port))
+    return Boot(name, b"PXEClient", local_path(name, master, http_port))

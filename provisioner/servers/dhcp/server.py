@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Callable
 
+from ...errors import UserError
 from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
 from ...logs import kv
 from ...nodestate import NodeStateDB
@@ -29,7 +30,7 @@ from ...paths import State, image_root
 from ..service import Service
 from ..stages import StageWriter
 from . import netif, pxe, reply, wire
-from .adopt import AdoptError, adopt
+from .bootanswer import BootAnswers
 from .leases import DynamicPool
 from .ra import RouterAdvertiser
 
@@ -52,6 +53,10 @@ BROADCAST = "255.255.255.255"
 Answer = tuple[bytes, tuple[str, int]]
 # ("seen", (mac, arch, uuid, ip, at)) or ("adopted", (mac, node name)), in the order they happened
 Discovery = tuple[str, tuple]
+# Adds a PXE-booting unknown MAC to the inventory under cluster.discovery.adopt and returns
+# the node's name (raising UserError when it cannot): actions.discovery.adopt_node, handed
+# in by whoever starts the server, since servers never import the actions above them.
+Adopter = Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -73,19 +78,22 @@ class DhcpServer(Service):
     name = "dhcp"
 
     def __init__(self, inventory: Inventory, state: State, interface: str | None, listen: str,
-                 port: int = 67, db: NodeStateDB | None = None, proxy: bool | None = None):
+                 port: int = 67, db: NodeStateDB | None = None, proxy: bool | None = None,
+                 adopt: Adopter | None = None):
         super().__init__()
         net = inventory.cluster.network
         self.link = netif.find(interface or net.interface, listen, net.subnet)
         self.server_ip = IPv4Address(listen) if listen not in ("", "0.0.0.0") else self.link.address.ip
         self.server_id = self.server_ip.packed
         self.proxy = inventory.cluster.dhcp.mode == "proxy" if proxy is None else proxy
+        self.adopt = adopt
         self.db = db if db is not None else NodeStateDB(state.db)
         self.pool = DynamicPool(inventory, self.db)
         self.stages = StageWriter(self.db, gather=STAGE_GATHER)
         self.seen: dict[str, float] = {}  # unknown MAC -> when its sighting was last queued
         self.discoveries: BatchWriter[Discovery] = BatchWriter(
             self._write_discoveries, "discovery-writer", STAGE_GATHER, DISCOVERY_QUEUE)
+        self.boot = BootAnswers(state, inventory)
         self.port = port
         self.sockets = [netif.udp_socket(self.link.name, port)]
         if self.proxy:
@@ -126,9 +134,9 @@ class DhcpServer(Service):
         self.pool.set_inventory(inventory)
         c = inventory.cluster
         self.master = str(c.network.master)
-        self.http_port = c.ports.http
         self.lease_time = c.dhcp.lease_time
         self.discovered_keep = c.retention.discovered
+        self.boot.reload(inventory)
 
     # -- the loop --------------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -280,19 +288,18 @@ class DhcpServer(Service):
                      (59, (lt * 7 // 8).to_bytes(4, "big"))]
         return opts
 
-    def _boot(self, client: pxe.Client, mac: str, node: Node | None) -> pxe.Boot | None:
-        return pxe.choose(client, mac, node.boot_files if node else {}, self.master, self.http_port)
-
     def _answer(self, req: wire.Request, client: pxe.Client, msgtype: int, kind: str,
-                ip: IPv4Address | None = None, node: Node | None = None) -> bytes:
+                ip: IPv4Address | None = None, node: Node | None = None, boot: pxe.Boot | None = None) -> bytes:
         """A reply of `kind` "lease" (OFFER/ACK with an address), "inform" (no address, no
-        lease times) or "proxy" (boot information only) from a shared template."""
-        boot = self._boot(client, req.mac, node)
+        lease times) or "proxy" (boot information only, `boot` given) from a shared template.
+        A booting client refused its boot file gets a lease without boot information."""
+        if kind != "proxy":
+            boot = self.boot(client, req.mac, node)
         vendor = boot.vendor_class if boot else None
         if kind == "proxy" and boot is not None:
             vendor = b"HTTPClient" if vendor == b"HTTPClient" else b"PXEClient"  # a proxy always says which
         # the NFS root path is for the booted system's DHCP client; iPXE would try to SAN-boot it
-        image = node.image if node is not None and kind != "proxy" and boot is None else None
+        image = node.image if node is not None and kind != "proxy" and not client.boots else None
         key = (msgtype, kind, boot is not None, vendor, image)
         tmpl = self.templates.get(key)
         if tmpl is None:
@@ -321,19 +328,20 @@ class DhcpServer(Service):
             self._destination(req, wire.NAK)
 
     def _unknown(self, req: wire.Request, client: pxe.Client) -> Static | None:
-        """Record an unknown booting MAC; adopt it if the policy says so."""
+        """Record an unknown booting MAC; adopt it if the policy says so (and the server was
+        given an adopter)."""
         if not client.boots:
             return None
         self._saw(req, client, None)
-        if not self.inventory.cluster.discovery.adopt:
+        if not self.inventory.cluster.discovery.adopt or self.adopt is None:
             return None
         try:
-            name, _ = adopt(self.inventory.path, req.mac)
+            name = self.adopt(req.mac)
             inv = load_inventory(self.inventory.path)
-        except (AdoptError, InventoryInvalid, OSError) as e:  # it still gets a dynamic lease
+        except (UserError, InventoryInvalid, OSError) as e:  # it still gets a dynamic lease
             log.warning("could not adopt", extra=kv(mac=req.mac, error=e))
             return None
-        self.discoveries.put(("adopted", (req.mac, name)))
+        self.discoveries.put(("adopted", (req.mac, name)))  # after its sighting, still queued maybe
         log.info("adopted", extra=kv(mac=req.mac, node=name))
         self.reload(inv)
         return self.static.get(req.mac)
@@ -422,9 +430,12 @@ class DhcpServer(Service):
         else:
             return None
         node = st.node if st else None
+        boot = self.boot(client, req.mac, node)
+        if boot is None:  # refused (and logged): nothing else to say
+            return None
         if node is not None and msgtype == wire.ACK:
             self.stages.note(node.name, "dhcp", f"proxy {client.kind}")
-        out = self._answer(req, client, msgtype, "proxy", node=node)
+        out = self._answer(req, client, msgtype, "proxy", node=node, boot=boot)
         if port == PROXY_PORT:
             return out, peer
         return out, self._destination(req, msgtype)

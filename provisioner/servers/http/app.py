@@ -15,9 +15,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
 
 from ...artifacts import layout
+from ...facts import FactsInvalid, hardware
 from ...inventory import Inventory, Node, normalize_mac
 from ...logs import kv
 from ...nodestate import NodeStateDB
@@ -33,6 +39,7 @@ log = logging.getLogger("provisioner.http")
 
 T = TypeVar("T")
 _STAGE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+FACTS_REJECTED = "facts-rejected"  # the stage a refused facts report leaves, its reason as detail
 LEASE_CACHE_SECONDS = 2.0
 MAX_BODY = 256 * 1024
 OCTETS = "application/octet-stream"
@@ -259,8 +266,15 @@ class BootApp:
         return await self._record_posted_stage(request, node.name)
 
     async def node_facts(self, request: web.Request) -> web.Response:
+        """A node's facts, stored only when they pass the rules slurm.conf needs; a bad report is
+        refused to that node with the reason, which its timeline keeps (`facts-rejected`)."""
         node = await self._calling_node(request)
         facts = await self._json_object(request)
+        try:
+            hardware(node.name, facts)
+        except FactsInvalid as e:
+            await self._stage(node.name, FACTS_REJECTED, str(e)[:1000])
+            raise self._refuse(web.HTTPBadRequest, f"facts refused: {e}", request, node=node.name) from None
         if self.db is not None:
             await self._db(self.db.set_facts, node.name, facts)
         await self._stage(node.name, "registered", None)

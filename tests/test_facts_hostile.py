@@ -1,0 +1,144 @@
+"""One node's facts never break Slurm for the others. Hostile reports (digits Python's int()
+takes but Slurm does not, counts past Slurm's limits, a topology that does not add up) get a
+400 with the reason from the real `provisioner serve`, are kept out of the database and shown
+in that node's status; stored facts that break the rules (a database from before the checks)
+leave that node out of slurm.conf without stopping `slurm render` or the `slurm apply --watch`
+unit; and a real slurmctld keeps running with every other node idle."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from labs.serve import NODES, Serve, curl, write_site, write_state
+from labs.slurm import slurm_cluster
+from test_slurm_cluster import INVENTORY as CLUSTER
+from test_slurm_render import INVENTORY, facts_for
+
+from provisioner.facts import FactsInvalid, hardware
+from provisioner.nodestate import NodeStateDB
+
+PRIV = ("--local-port", "700-900")
+GOOD = {"slurmd_C": "NodeName=node01 CPUs=8 Boards=1 SocketsPerBoard=2 CoresPerSocket=2 ThreadsPerCore=2 "
+                    "RealMemory=15890", "cpus": 8, "memory_mb": 15890, "gpus": []}
+HOSTILE = [  # (report, what the refusal names)
+    ({"cpus": "\u0663"}, "cpus='\u0663' is not a whole number from 1 to 65533"),           # Arabic-Indic 3
+    ({"cpus": "\u00b2"}, "cpus='\u00b2' is not a whole number"),                          # superscript 2
+    ({**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("CPUs=8", "CPUs=\uff18")}, "CPUs='\uff18'"),  # fullwidth 8
+    ({**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("CPUs=8", "CPUs=99999")}, "CPUs='99999'"),
+    ({**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("CPUs=8", "CPUs=64")}, "CPUs=64 is neither the cores nor"),
+    ({**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("CoresPerSocket=2", "CoresPerSocket=65533")}, "at most 65533"),
+    ({"cpus": 4, "memory_mb": 2 ** 41}, f"memory_mb={2 ** 41}"),
+    ({"cpus": 0}, "cpus=0"),
+    ({"cpus": True}, "cpus=True"),
+    ({"cpus": 2.5}, "cpus=2.5"),
+    ({"slurmd_C": ["NodeName=x"]}, "slurmd_C must be the text"),
+    ({**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("SocketsPerBoard=2", "SocketsPerBoard=2 Sockets=2")},
+     "both Sockets= and SocketsPerBoard="),
+]
+
+
+@pytest.mark.parametrize("report,reason", HOSTILE)
+def test_the_rules(report, reason):
+    with pytest.raises(FactsInvalid, match=f"^n1: .*{re.escape(reason)}"):
+        hardware("n1", report)
+
+
+def test_what_slurmd_C_prints_passes():
+    hw = hardware("n1", GOOD)
+    assert hw is not None and dict(hw.fields)["CPUs"] == "8"
+    assert hardware("n1", {"cpus": "010", "memory_mb": 7}).fields == (("CPUs", "10"), ("RealMemory", "7"))
+    one = "NodeName=n1 CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=2 RealMemory=900"
+    assert hardware("n1", {"slurmd_C": one}) is not None  # CPUs counts cores, as Slurm allows
+
+
+@pytest.mark.netns
+def test_hostile_reports_get_400_the_reason_and_a_status(lab, cli):
+    write_site(cli.site)
+    write_state(cli.state)
+    db = NodeStateDB(cli.state / "nodes.sqlite")
+    with Serve(lab, cli) as srv:
+        n1 = lab.host(ip=NODES["node01"][0], mac=NODES["node01"][1])
+        n2 = lab.host(ip=NODES["node02"][0], mac=NODES["node02"][1])
+
+        def post(ns, body):
+            out = curl(ns, *PRIV, "-w", "\n%{http_code}", "-H", "Content-Type: application/json", "--data-binary",
+                       json.dumps(body), f"{srv.url}/api/v1/facts").stdout
+            text, _, code = out.rpartition("\n")
+            return code, text
+
+        assert post(n1, GOOD) == ("200", json.dumps({"node": "node01", "facts": 4}))
+        for report, reason in HOSTILE:
+            code, text = post(n1, report)
+            assert code == "400" and text.startswith("facts refused: node01: ") and reason in text, (report, text)
+        srv.wait_log("facts refused")
+        assert post(n2, {**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("node01", "node02")})[0] == "200"
+    assert db.facts("node01") == GOOD  # the last good report stands
+    assert db.facts("node02")["cpus"] == 8
+    status = {r["node"]: r for r in json.loads(cli("status", "--json").stdout)}
+    assert status["node01"]["stage"] == "facts-rejected" and status["node02"]["stage"] == "registered"
+    steps = json.loads(cli("status", "node01", "--timeline", "--json").stdout)
+    assert steps[-1]["stage"] == "facts-rejected" and "is not a whole number" in steps[-1]["detail"]
+
+
+def test_render_skips_bad_stored_facts_and_keeps_the_rest(cli):
+    cli.site.mkdir()
+    (cli.site / "cluster.yaml").write_text(INVENTORY)
+    db = NodeStateDB(cli.state / "nodes.sqlite")
+    db.set_facts("c01", facts_for("c01"))
+    db.set_facts("c02", {"cpus": "\u00b2"})  # int() raises on it: the old render crashed
+    db.set_facts("c03", {"slurmd_C": facts_for("c03")["slurmd_C"].replace("CPUs=8", "CPUs=99999")})
+    db.close()
+    res = cli("slurm", "render")
+    assert "NodeName=c01 CPUs=8 " in res.stdout and "PartitionName=batch Nodes=c01 " in res.stdout
+    assert "NodeName=c02 State=FUTURE" in res.stdout and "NodeName=c03 State=FUTURE" in res.stdout
+    assert "99999" not in res.stdout
+    assert "warning: c02: facts cpus='\u00b2'" in res.stderr and "warning: c03: facts CPUs='99999'" in res.stderr
+    assert cli("mpi", "hostfile", "--partition", "batch").stdout.startswith("c01 slots=8\nc02 slots=1\nc03 slots=1\n")
+
+
+@pytest.mark.netns
+@pytest.mark.daemons
+def test_a_real_slurmctld_keeps_running_and_the_other_nodes_their_facts():
+    nodes = ["node01", "node02", "node03"]
+    with slurm_cluster(CLUSTER) as sl:
+        for name in nodes:
+            sl.boot(name)
+        sl.wait_idle(nodes)
+        conf = sl.conf_dir / "slurm.conf"
+        before = conf.read_text()
+        url = f"http://{sl.inv.cluster.network.master}:{sl.inv.cluster.ports.http}/api/v1/facts"
+        real = sl.db.facts("node02")
+        for bad in ("CPUs=99999", "CPUs=\uff18", "CPUs=\u00b2"):
+            body = json.dumps({**real, "slurmd_C": real["slurmd_C"].replace(f"CPUs={real['cpus']}", bad)})
+            res = sl.nodes["node02"].run(["curl", "-sS", "--local-port", "600-1023", "-w", "\n%{http_code}", "-H",
+                                          "Content-Type: application/json", "--data", body, url])
+            assert res.stdout.endswith("\n400") and "facts refused: node02" in res.stdout, res.stdout
+        # The node's own facts script, on a node whose slurmd -C says 99999 CPUs: it stops at the
+        # 400 and logs the master's reason instead of retrying for a minute.
+        fake = "mkdir -p /tmp/fake && printf '#!/bin/sh\\necho NodeName=node02 CPUs=99999 RealMemory=900\\n' " \
+               "> /tmp/fake/slurmd && chmod +x /tmp/fake/slurmd && PATH=/tmp/fake:$PATH provisioner-facts"
+        res = sl.nodes["node02"].run(["sh", "-c", fake], check=False, timeout=20)
+        assert res.returncode == 1, res.stderr
+        assert "provisioner-facts: the master refused the facts: facts refused: node02: facts cpus=99999" \
+            in res.stderr
+        assert sl.db.facts("node02") == real
+        # A database from before the checks: node03's stored facts break the rules.
+        sl.db.set_facts("node03", {**sl.db.facts("node03"), "cpus": "\u00b2"})
+        sl.wait(lambda: "NodeName=node03 State=FUTURE" in conf.read_text(), "node03 left out of slurm.conf")
+        assert sl.watcher.poll() is None and sl.serve.poll() is None
+        watcher = (sl.work / "master" / "watcher.out").read_text()
+        assert "warning: node03: facts cpus='\u00b2'" in watcher and "Traceback" not in watcher
+        text = conf.read_text()
+        assert "99999" not in text
+        for name in ("node01", "node02"):
+            line = next(ln for ln in before.splitlines() if ln.startswith(f"NodeName={name} "))
+            assert line in text.splitlines()
+        # The watcher restarts slurmctld for the changed node03 line: it comes back up on the new file.
+        sl.wait(lambda: all(sl.states().get(n) == "idle" for n in ("node01", "node02")), "node01, node02 idle")
+        sl.wait(lambda: "UP" in sl.ctl.run(["scontrol", "ping"], check=False).stdout, "slurmctld up")
+        assert sorted(sl.ctl.run(["srun", "-N2", "-w", "node01,node02", "hostname"]).stdout.split()) == \
+            ["node01", "node02"]
+        sl.report_facts("node03")  # its real facts again: it joins as before
+        sl.wait_idle(nodes)
