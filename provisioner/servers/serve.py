@@ -6,7 +6,8 @@ The main thread owns the signals: SIGHUP (or an inventory change, or POST /api/v
 reloads the inventory into every service in place, so transfers in flight carry on; SIGTERM
 or SIGINT stops the services cleanly. Artifacts need no reload: the servers open them per
 request, and builders replace them atomically. A Slurm poller records each node's `idle`
-stage; a trimmer keeps the node-state history within cluster.retention. Log lines are logfmt (key=value), one event per line.
+stage; a trimmer keeps the node-state history within cluster.retention. Log lines are
+logfmt (key=value), one event per line.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ class DynamicPool:
     def set_inventory(self, inventory: Inventory) -> None:
         net = inventory.cluster.network
         self.range = net.dynamic_range
-        self.reserved = {net.master, net.gateway, *(i.ip for n in inventory.nodes for i in n.interfaces if i.ip)}
+        self.reserved = {ip for ip in (net.master, net.gateway, *(i.ip for n in inventory.nodes for i in n.interfaces))
+                         if ip is not None}
 
     def lease_of(self, mac: str) -> IPv4Address | None:
         """The client's persisted address (expired or not: a returning client keeps it while
