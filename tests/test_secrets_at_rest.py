@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from busyroot import make_root
+from labs.busyroot import make_root
 
 from provisioner.artifacts import layout, secrets
 from provisioner.paths import State
