@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import click
@@ -27,7 +28,7 @@ cluster:
   domain: t.cluster
   network: {subnet: 10.77.0.0/24, master: 10.77.0.1, dynamic_range: 10.77.0.200-10.77.0.210}
   slurm: {controller: master}
-  discovery: {adopt: "new[1-2]"}
+  discovery: {names: "new[1-3]", addresses: 10.77.0.50-10.77.0.51}
 profiles:
   default: {image: tiny, overlays: [base], partitions: [batch]}
 nodes:
@@ -169,22 +170,40 @@ def test_hostfile_uses_facts_and_names_unknown_partitions(ctx):
         slurm.hostfile(ctx, "gpu")
 
 
-def test_adopt_names_from_the_policy_and_notes_it(ctx):
+def test_adopt_names_from_the_policy_builds_the_node_and_notes_it(ctx):
     db = NodeStateDB(ctx.state.db)
     db.saw_unknown("52:54:00:bb:00:01", 7, None, "10.77.0.200")
     got = discovery.adopt_node(ctx, "52:54:00:BB:00:01")
-    assert (got.mac, got.name, str(got.ip)) == ("52:54:00:bb:00:01", "new1", "10.77.0.2")
+    assert (got.mac, got.name, str(got.ip)) == ("52:54:00:bb:00:01", "new1", "10.77.0.50")
     assert ctx.fresh().node("new1").interfaces[0].mac == "52:54:00:bb:00:01"
+    assert layout.overlay_archive(ctx.state, "new1").exists()  # built before the inventory named it
     assert [dict(r)["adopted_as"] for r in db.discovered()] == ["new1"]
-    assert discovery.adopt_node(ctx, "52:54:00:bb:00:02", "chosen").name == "chosen"
-    assert discovery.adopt_node(ctx, "52:54:00:bb:00:03").name == "new2"
+    assert discovery.adopt_node(ctx, "52:54:00:bb:00:02", "chosen").ip == IPv4Address("10.77.0.51")
     for mac, name, msg in (("52:54:00:bb:00:01", None, "already node new1"),
-                           ("52:54:00:bb:00:04", None, r"every name of new\[1-2\] is taken"),
+                           ("52:54:00:bb:00:04", None, "no free address left in 10.77.0.50-10.77.0.51"),
                            ("52:54:00:bb:00:04", "node01", "node node01 exists already"),
                            ("nonsense", None, "not a MAC address")):
         with pytest.raises(UserError, match=msg):
             discovery.adopt_node(ctx, mac, name)
     assert ctx.site.cluster_yaml.read_text().startswith("# the admin's comment")
+    assert not layout.overlay_archive(ctx.state, "new2").exists()
+    ctx.site.cluster_yaml.write_text(ctx.site.cluster_yaml.read_text().replace("10.77.0.51}", "10.77.0.60}"))
+    assert [discovery.adopt_node(ctx, f"52:54:00:bb:00:0{i}").name for i in (4, 5)] == ["new2", "new3"]
+    with pytest.raises(UserError, match=r"every name of new\[1-3\] is taken"):
+        discovery.adopt_node(ctx, "52:54:00:bb:00:06", None)
+
+
+def test_discovery_policy_defaults_and_the_old_adopt_key(ctx):
+    policy = ctx.inventory().cluster.discovery
+    assert (policy.mode, policy.rate) == ("approve", 10)
+    for old, new, msg in (('{names: "new[1-3]", addresses: 10.77.0.50-10.77.0.51}', '{adopt: "new[1-2]"}',
+                           "is now two settings: write `mode: auto` and `names: new[1-2]`"),
+                          ('{names: "new[1-3]", addresses: 10.77.0.50-10.77.0.51}', "{mode: auto}",
+                           "mode auto needs `names`"),
+                          ("10.77.0.50-10.77.0.51", "10.78.0.50-10.78.0.51", "inside 10.77.0.0/24")):
+        ctx.site.cluster_yaml.write_text(CLUSTER_YAML.replace(old, new))
+        with pytest.raises(UserError, match=re.escape(msg)):
+            ctx.fresh().inventory()
 
 
 def test_status_timeline_takes_one_node(ctx):
