@@ -4,8 +4,10 @@ its watch loop, adoption, status; and the CLI's one mapping of a core error to e
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from provisioner.actions.context import Context
 from provisioner.artifacts import layout
 from provisioner.artifacts import images as image_store
 from provisioner.errors import UserError
+from provisioner.logs import FIELDS
 from provisioner.nodestate import NodeStateDB
 from provisioner.paths import Site, State
 
@@ -191,6 +194,26 @@ def test_adopt_names_from_the_policy_builds_the_node_and_notes_it(ctx):
     assert [discovery.adopt_node(ctx, f"52:54:00:bb:00:0{i}").name for i in (4, 5)] == ["new2", "new3"]
     with pytest.raises(UserError, match=r"every name of new\[1-3\] is taken"):
         discovery.adopt_node(ctx, "52:54:00:bb:00:06", None)
+
+
+def test_auto_adopter_takes_at_most_the_rate_and_answers_for_pending_macs(ctx, caplog):
+    caplog.set_level(logging.WARNING, "provisioner.discovery")
+    adopter = discovery.AutoAdopter(ctx)
+    macs = [f"52:54:00:bb:01:0{i}" for i in range(4)]
+    assert [adopter(m, 2) for m in macs] == [True, True, False, False]
+    assert adopter(macs[0], 2)  # taken on already: no second token, no second adoption
+    deadline = time.time() + 30
+    while len(ctx.fresh().inventory().nodes) < 5 and time.time() < deadline:
+        time.sleep(0.1)
+    fresh = ctx.fresh()
+    assert [fresh.inventory().by_mac(m).name for m in macs[:2]] == ["new1", "new2"]
+    assert fresh.inventory().by_mac(macs[2]) is None
+    assert not adopter(macs[2], 2) and adopter(macs[2], 3)  # the rate read at each call
+    failed = lambda: [getattr(r, FIELDS) for r in caplog.records if r.getMessage() == "could not adopt"]
+    while not failed() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "no free address left in 10.77.0.50-10.77.0.51" in str(failed()[0]["error"])  # a log line, no crash
+    assert [r.getMessage() for r in caplog.records].count("adoption rate limit reached; the node stays discovered") == 1
 
 
 def test_discovery_policy_defaults_and_the_old_adopt_key(ctx):
