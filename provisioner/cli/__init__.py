@@ -18,7 +18,7 @@ COMMANDS = [
     ("inventory_cmds", "profile"),
     ("serve_cmds", "serve"),
     ("status_cmds", "status"),
-    ("discovery_cmds", "node"),  # adds `node discovered` and `node adopt` to the node group
+    ("discovery_cmds", "node"),  # adds `node discovered` and `node approve` to the node group
     ("tftp_cmds", "tftp"),
     ("tftp_cmds", "boot"),
     ("slurm_cmds", "slurm"),
