@@ -4,8 +4,11 @@ its watch loop, adoption, status; and the CLI's one mapping of a core error to e
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import time
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import click
@@ -17,6 +20,7 @@ from provisioner.actions.context import Context
 from provisioner.artifacts import layout
 from provisioner.artifacts import images as image_store
 from provisioner.errors import UserError
+from provisioner.logs import FIELDS
 from provisioner.nodestate import NodeStateDB
 from provisioner.paths import Site, State
 
@@ -27,7 +31,7 @@ cluster:
   domain: t.cluster
   network: {subnet: 10.77.0.0/24, master: 10.77.0.1, dynamic_range: 10.77.0.200-10.77.0.210}
   slurm: {controller: master}
-  discovery: {adopt: "new[1-2]"}
+  discovery: {names: "new[1-3]", addresses: 10.77.0.50-10.77.0.51}
 profiles:
   default: {image: tiny, overlays: [base], partitions: [batch]}
 nodes:
@@ -169,22 +173,60 @@ def test_hostfile_uses_facts_and_names_unknown_partitions(ctx):
         slurm.hostfile(ctx, "gpu")
 
 
-def test_adopt_names_from_the_policy_and_notes_it(ctx):
+def test_adopt_names_from_the_policy_builds_the_node_and_notes_it(ctx):
     db = NodeStateDB(ctx.state.db)
     db.saw_unknown("52:54:00:bb:00:01", 7, None, "10.77.0.200")
     got = discovery.adopt_node(ctx, "52:54:00:BB:00:01")
-    assert (got.mac, got.name, str(got.ip)) == ("52:54:00:bb:00:01", "new1", "10.77.0.2")
+    assert (got.mac, got.name, str(got.ip)) == ("52:54:00:bb:00:01", "new1", "10.77.0.50")
     assert ctx.fresh().node("new1").interfaces[0].mac == "52:54:00:bb:00:01"
+    assert layout.overlay_archive(ctx.state, "new1").exists()  # built before the inventory named it
     assert [dict(r)["adopted_as"] for r in db.discovered()] == ["new1"]
-    assert discovery.adopt_node(ctx, "52:54:00:bb:00:02", "chosen").name == "chosen"
-    assert discovery.adopt_node(ctx, "52:54:00:bb:00:03").name == "new2"
+    assert discovery.adopt_node(ctx, "52:54:00:bb:00:02", "chosen").ip == IPv4Address("10.77.0.51")
     for mac, name, msg in (("52:54:00:bb:00:01", None, "already node new1"),
-                           ("52:54:00:bb:00:04", None, r"every name of new\[1-2\] is taken"),
+                           ("52:54:00:bb:00:04", None, "no free address left in 10.77.0.50-10.77.0.51"),
                            ("52:54:00:bb:00:04", "node01", "node node01 exists already"),
                            ("nonsense", None, "not a MAC address")):
         with pytest.raises(UserError, match=msg):
             discovery.adopt_node(ctx, mac, name)
     assert ctx.site.cluster_yaml.read_text().startswith("# the admin's comment")
+    assert not layout.overlay_archive(ctx.state, "new2").exists()
+    ctx.site.cluster_yaml.write_text(ctx.site.cluster_yaml.read_text().replace("10.77.0.51}", "10.77.0.60}"))
+    assert [discovery.adopt_node(ctx, f"52:54:00:bb:00:0{i}").name for i in (4, 5)] == ["new2", "new3"]
+    with pytest.raises(UserError, match=r"every name of new\[1-3\] is taken"):
+        discovery.adopt_node(ctx, "52:54:00:bb:00:06", None)
+
+
+def test_auto_adopter_takes_at_most_the_rate_and_answers_for_pending_macs(ctx, caplog):
+    caplog.set_level(logging.WARNING, "provisioner.discovery")
+    adopter = discovery.AutoAdopter(ctx)
+    macs = [f"52:54:00:bb:01:0{i}" for i in range(4)]
+    assert [adopter(m, 2) for m in macs] == [True, True, False, False]
+    assert adopter(macs[0], 2)  # taken on already: no second token, no second adoption
+    deadline = time.time() + 30
+    while len(ctx.fresh().inventory().nodes) < 5 and time.time() < deadline:
+        time.sleep(0.1)
+    fresh = ctx.fresh()
+    assert [fresh.inventory().by_mac(m).name for m in macs[:2]] == ["new1", "new2"]
+    assert fresh.inventory().by_mac(macs[2]) is None
+    assert not adopter(macs[2], 2) and adopter(macs[2], 3)  # the rate read at each call
+    failed = lambda: [getattr(r, FIELDS) for r in caplog.records if r.getMessage() == "could not adopt"]
+    while not failed() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "no free address left in 10.77.0.50-10.77.0.51" in str(failed()[0]["error"])  # a log line, no crash
+    assert [r.getMessage() for r in caplog.records].count("adoption rate limit reached; the node stays discovered") == 1
+
+
+def test_discovery_policy_defaults_and_the_old_adopt_key(ctx):
+    policy = ctx.inventory().cluster.discovery
+    assert (policy.mode, policy.rate) == ("approve", 10)
+    for old, new, msg in (('{names: "new[1-3]", addresses: 10.77.0.50-10.77.0.51}', '{adopt: "new[1-2]"}',
+                           "is now two settings: write `mode: auto` and `names: new[1-2]`"),
+                          ('{names: "new[1-3]", addresses: 10.77.0.50-10.77.0.51}', "{mode: auto}",
+                           "mode auto needs `names`"),
+                          ("10.77.0.50-10.77.0.51", "10.78.0.50-10.78.0.51", "inside 10.77.0.0/24")):
+        ctx.site.cluster_yaml.write_text(CLUSTER_YAML.replace(old, new))
+        with pytest.raises(UserError, match=re.escape(msg)):
+            ctx.fresh().inventory()
 
 
 def test_status_timeline_takes_one_node(ctx):

@@ -34,7 +34,7 @@ UNKNOWN = "52:54:00:bb:00:01"
 
 
 def write_site(site: Path, subnet: str = "10.99.0.0/24", master: str = SERVER_IP, mode: str = "full",
-               dynamic: str = "10.99.0.200-10.99.0.210", adopt: str | None = None, **cluster: Any) -> Path:
+               dynamic: str = "10.99.0.200-10.99.0.210", **cluster: Any) -> Path:
     """node01-02 in the default profile and node03 also in `efi` (its own boot files), at .11
     to .13 of `subnet`; the master is router, DNS and time server. The leading comment must
     survive CLI edits (test_dhcp_discovery). `cluster` adds other cluster settings."""
@@ -46,7 +46,7 @@ def write_site(site: Path, subnet: str = "10.99.0.0/24", master: str = SERVER_IP
     text = site_yaml(nodes, profiles, name="t", domain="t.cluster", subnet=subnet,
                      network={"master": master, "gateway": master, "dns": [master], "dynamic_range": dynamic},
                      time_servers=[master], ports={"http": 8080}, dhcp={"mode": mode, "lease_time": 600},
-                     **({"discovery": {"adopt": adopt}} if adopt else {}), **cluster)
+                     **cluster)
     return labs.site.write_site(site, "# the test cluster (this comment must survive CLI edits)\n" + text)
 
 

@@ -5,8 +5,10 @@ and overlay secrets refused to the wrong address or an unprivileged source port.
 import json
 
 import pytest
+from labs.serve import IMAGE, NODES, Serve, curl, plant, sha256, write_site, write_state
 
-from labs.serve import IMAGE, NODES, Serve, curl, sha256, write_site, write_state
+from provisioner.artifacts import layout
+from provisioner.paths import State
 
 pytestmark = pytest.mark.netns
 
@@ -159,8 +161,7 @@ def test_boot_tree_over_http(lab, served, cli):
     srv, files = served
     (cli.state / "boot").mkdir(exist_ok=True)
     (cli.state / "boot" / "ipxe.efi").write_bytes(b"MZ" + b"\0" * 5000)
-    grub = cli.state / "nodes" / "node01" / "grub.cfg"
-    grub.write_text("menuentry node01 {}\n")
+    plant(layout.grub_config(State(cli.state), "node01"), b"menuentry node01 {}\n")
     n1, n2 = node_ns(lab, "node01"), node_ns(lab, "node02")
     code = lambda ns, *a: curl(ns, "-o", "/dev/null", "-w", "%{http_code} %{size_download}", *a[:-1],
                                srv.url + a[-1]).stdout

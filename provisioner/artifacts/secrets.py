@@ -19,12 +19,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, private_dir
 from ..errors import UserError
 from ..inventory.model import Cluster, Inventory, Node
 from ..paths import State
@@ -41,10 +41,7 @@ class SecretMissing(UserError):
 
 
 def _root(state: State) -> Path:
-    root = secrets_dir(state)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
-    return root
+    return private_dir(secrets_dir(state))
 
 
 def read_secret(state: State, relpath: str) -> bytes:
@@ -101,7 +98,8 @@ def _create_munge_key(path: Path) -> bool:
 # -- SSH -----------------------------------------------------------------------------------------
 
 def _keygen(args: list[str]) -> None:
-    res = subprocess.run(["ssh-keygen", "-q", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    res = subprocess.run(["ssh-keygen", "-q", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         check=False)
     if res.returncode != 0:
         raise UserError(f"ssh-keygen {' '.join(args)} failed: {res.stderr.strip()}")
 
@@ -286,7 +284,7 @@ def list_secrets(state: State, node: str | None = None) -> list[SecretInfo]:
 
 def _fingerprint(path: Path) -> str:
     if path.name.endswith(".pub") and not path.name.endswith("-cert.pub"):
-        res = subprocess.run(["ssh-keygen", "-l", "-f", str(path)], capture_output=True, text=True)
+        res = subprocess.run(["ssh-keygen", "-l", "-f", str(path)], capture_output=True, text=True, check=False)
         if res.returncode == 0:
             return res.stdout.split()[1]
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
@@ -17,7 +18,7 @@ COMMANDS = [
     ("inventory_cmds", "profile"),
     ("serve_cmds", "serve"),
     ("status_cmds", "status"),
-    ("discovery_cmds", "node"),  # adds `node discovered` and `node adopt` to the node group
+    ("discovery_cmds", "node"),  # adds `node discovered` and `node approve` to the node group
     ("tftp_cmds", "tftp"),
     ("tftp_cmds", "boot"),
     ("slurm_cmds", "slurm"),
@@ -45,6 +46,9 @@ def main(ctx: click.Context, site: str | None, state: str | None) -> None:
     Shell completion: eval "$(_PROVISIONER_COMPLETE=bash_source provisioner)"
     (zsh_source, fish_source for other shells).
     """
+    # Every file is made with the mode it needs (secrets 0600 in 0700 folders), so an admin's
+    # umask of 0 cannot open them, nor one of 077 close what nodes read over NFS.
+    os.umask(0o022)
     ctx.obj = Context(site_from(site), state_from(state))
 
 

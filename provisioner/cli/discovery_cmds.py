@@ -1,5 +1,5 @@
 """Discovery commands: `node discovered` lists MACs that PXE-booted without being in the
-inventory; `node adopt MAC NAME` makes one a node (added to the existing `node` group)."""
+inventory; `node approve MAC [NAME]` makes one a node (added to the existing `node` group)."""
 
 from __future__ import annotations
 
@@ -33,13 +33,15 @@ def node_discovered(ctx: Context, show_all: bool, as_json: bool) -> None:
                  r["adopted_as"]] for r in rows])
 
 
-@node.command("adopt")
+@node.command("approve")
 @click.argument("mac")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--profile", "profiles", multiple=True, help="Repeatable or comma list "
               "(default: cluster.discovery.profiles, else the default profile).")
 @pass_ctx
-def node_adopt(ctx: Context, mac: str, name: str, profiles: tuple[str, ...]) -> None:
-    """Add a discovered MAC to the inventory as node NAME (next free address)."""
+def node_approve(ctx: Context, mac: str, name: str | None, profiles: tuple[str, ...]) -> None:
+    """Make a discovered MAC node NAME (default: the next of cluster.discovery.names) at the next
+    free address of cluster.discovery.addresses, and build its overlay and boot config; serve
+    answers it on its next boot."""
     got = adopt_node(ctx, mac, name, [p for item in profiles for p in item.split(",") if p])
     click.echo(f"adopted {got.mac} as {got.name} ({got.ip})")

@@ -315,6 +315,8 @@ def parse_text(text: str, filename: str) -> Inventory:
         for ap in cluster.discovery.profiles:
             if ap not in profiles:
                 p.err(("cluster", "discovery", "profiles"), f"unknown profile {ap!r}")
+        if cluster.discovery.mode == "auto" and not cluster.discovery.names:
+            p.err(("cluster", "discovery", "mode"), "mode auto needs `names` (a hostlist to name new nodes from)")
     if p.problems or cluster is None:
         raise InventoryInvalid(sorted(p.problems, key=lambda x: x.line))
     return Inventory(FsPath(filename), cluster, profiles, tuple(nodes))

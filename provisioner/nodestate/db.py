@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -54,10 +56,23 @@ CREATE TABLE IF NOT EXISTS builds (
 """
 
 
+def _private(db: Path) -> None:
+    """Root alone reads what nodes reported (the admin API is root's too): the database is
+    made 0600 before SQLite opens it, and its WAL and shared-memory files take its mode.
+    Files an older version left open are tightened."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+
+
 class NodeStateDB:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private(self.path)
         self._local = threading.local()
         # executescript commits on its own, so it cannot run inside _tx; every statement in
         # SCHEMA is idempotent.
@@ -166,10 +181,15 @@ class NodeStateDB:
                            adopted: list[tuple[str, str]], keep: int | None = None) -> None:
         """(mac, arch, uuid, ip, at) sightings of unknown MACs, then (mac, name) adoptions, in
         one transaction; with `keep`, the least recently seen beyond that many are deleted
-        there too, so a random-MAC flood never grows the table past it between trims."""
+        there too, so a random-MAC flood never grows the table past it between trims. An
+        adoption may land before the DHCP server's batched sighting of the MAC: it makes the
+        row, and the sighting leaves its adopted_as alone."""
+        now = time.time()
         with self._tx() as c:
             c.executemany(UPSERT_SEEN, seen)
-            c.executemany("UPDATE discovered SET adopted_as=?2 WHERE mac=?1", adopted)
+            c.executemany("INSERT INTO discovered(mac, first_seen, last_seen, adopted_as) VALUES (?1, ?3, ?3, ?2) "
+                          "ON CONFLICT(mac) DO UPDATE SET adopted_as=excluded.adopted_as",
+                          [(mac, name, now) for mac, name in adopted])
             if keep is not None:
                 c.execute("DELETE FROM discovered WHERE mac IN (SELECT mac FROM discovered ORDER BY last_seen "
                           "LIMIT MAX(0, (SELECT COUNT(*) FROM discovered) - ?))", (keep,))

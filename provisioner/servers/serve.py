@@ -65,8 +65,9 @@ def _fingerprint(site: Site) -> tuple[int, int, int] | None:
 class Daemon:
     def __init__(self, site: Site, state: State, inventory: Inventory, opts: ServeOptions,
                  adopt: Adopter | None = None):
-        """`adopt`: how DHCP adopts a discovered node under cluster.discovery.adopt (the caller
-        hands in actions.discovery.adopt_node: servers do not import the actions above them)."""
+        """`adopt`: how DHCP adopts a discovered node under cluster.discovery `mode: auto` (the
+        caller hands in actions.discovery.AutoAdopter: servers do not import the actions above
+        them)."""
         self.site, self.state, self.inventory, self.opts = site, state, inventory, opts
         self.adopt = adopt
         self.db = NodeStateDB(state.db)

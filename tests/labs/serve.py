@@ -15,6 +15,9 @@ import threading
 import time
 from pathlib import Path
 
+from provisioner.artifacts import layout
+from provisioner.paths import State
+
 from .site import node, site_yaml
 from .site import write_site as write_yaml
 
@@ -36,6 +39,12 @@ def write_site(site: Path, nodes: dict[str, tuple[str, str]] = NODES, secure: bo
     return write_yaml(site, cluster_yaml(nodes, secure))
 
 
+def plant(path: Path, data: bytes) -> None:
+    """A node's artifact written where layout puts it in a state no build has published."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 def write_state(state: Path, big: int = 3 * 1024 * 1024) -> dict[str, bytes]:
     """Fake artifacts in the layout the servers read; returns their contents by URL path."""
     files: dict[str, bytes] = {}
@@ -47,14 +56,12 @@ def write_state(state: Path, big: int = 3 * 1024 * 1024) -> dict[str, bytes]:
     (state / "images" / IMAGE / "current").symlink_to("versions/v1")
     files[f"/images/{IMAGE}/vmlinuz"] = kernel
     files[f"/images/{IMAGE}/initramfs.img"] = initramfs
-    (state / "overlays").mkdir(parents=True, exist_ok=True)
     for name, (_ip, mac) in NODES.items():
-        (state / "nodes" / name).mkdir(parents=True, exist_ok=True)
         script = f"#!ipxe\nkernel http://{SERVER_IP}/images/{IMAGE}/vmlinuz provisioner.node={name}\nboot\n".encode()
-        (state / "nodes" / name / "boot.ipxe").write_bytes(script)
+        plant(layout.ipxe_script(State(state), name), script)
         files[f"/boot/{mac}.ipxe"] = script
         secret = f"secret of {name}".encode() + os.urandom(64)
-        (state / "overlays" / f"{name}.cpio.gz").write_bytes(secret)
+        plant(layout.overlay_archive(State(state), name), secret)
         files[f"/overlays/{name}.cpio.gz"] = secret
     return files
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Callable
 
-from ...errors import UserError
-from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
+from ...inventory import Inventory, Node
 from ...logs import kv
 from ...nodestate import NodeStateDB
 from ...nodestate.writer import BatchWriter
@@ -51,12 +50,14 @@ CLIENT_PORT = 68
 BROADCAST = "255.255.255.255"
 
 Answer = tuple[bytes, tuple[str, int]]
-# ("seen", (mac, arch, uuid, ip, at)) or ("adopted", (mac, node name)), in the order they happened
-Discovery = tuple[str, tuple]
-# Adds a PXE-booting unknown MAC to the inventory under cluster.discovery.adopt and returns
-# the node's name (raising UserError when it cannot): actions.discovery.adopt_node, handed
-# in by whoever starts the server, since servers never import the actions above them.
-Adopter = Callable[[str], str]
+# A sighting of an unknown MAC: (mac, arch, uuid, ip, at)
+Sighting = tuple[str, int | None, str | None, str | None, float]
+# Takes a PXE-booting unknown MAC on for adoption under `cluster.discovery.mode: auto`, given
+# the policy's rate (adoptions a minute): True when it will be a node (its next DISCOVER is
+# answered after serve reloads the edited inventory), False when it waits as discovered.
+# actions.discovery.AutoAdopter, handed in by whoever starts the server, since servers never
+# import the actions above them; it returns at once, the adoption runs off the packet loop.
+Adopter = Callable[[str, int], bool]
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,9 @@ class DhcpServer(Service):
         self.pool = DynamicPool(inventory, self.db)
         self.stages = StageWriter(self.db, gather=STAGE_GATHER)
         self.seen: dict[str, float] = {}  # unknown MAC -> when its sighting was last queued
-        self.discoveries: BatchWriter[Discovery] = BatchWriter(
-            self._write_discoveries, "discovery-writer", STAGE_GATHER, DISCOVERY_QUEUE)
+        self.discoveries: BatchWriter[Sighting] = BatchWriter(
+            lambda rows: self.db.record_discoveries(rows, [], keep=self.discovered_keep), "discovery-writer",
+            STAGE_GATHER, DISCOVERY_QUEUE)
         self.boot = BootAnswers(state, inventory)
         self.port = port
         self.sockets = [netif.udp_socket(self.link.name, port)]
@@ -236,12 +238,7 @@ class DhcpServer(Service):
         if len(self.seen) >= DISCOVERY_QUEUE:  # a random-MAC flood: forget, at worst a row again
             self.seen.clear()
         self.seen[req.mac] = now
-        self.discoveries.put(("seen", (req.mac, client.arch, client.uuid, ip, time.time())))
-
-    def _write_discoveries(self, rows: list[Discovery]) -> None:
-        self.db.record_discoveries([r for kind, r in rows if kind == "seen"],
-                                   [r for kind, r in rows if kind == "adopted"],
-                                   keep=self.discovered_keep)
+        self.discoveries.put((req.mac, client.arch, client.uuid, ip, time.time()))
 
     # -- answering -------------------------------------------------------------------------------
     def handle(self, data: bytes, peer: tuple[str, int], port: int) -> Answer | None:
@@ -327,29 +324,21 @@ class DhcpServer(Service):
         return reply.finish(tmpl, req, extra=reply.echoes(req, False), ciaddr=wire.ZERO_IP, flags=flags), \
             self._destination(req, wire.NAK)
 
-    def _unknown(self, req: wire.Request, client: pxe.Client) -> Static | None:
-        """Record an unknown booting MAC; adopt it if the policy says so (and the server was
-        given an adopter)."""
+    def _unknown(self, req: wire.Request, client: pxe.Client) -> bool:
+        """Record an unknown booting MAC; True when it is being adopted (the policy says auto
+        and the server was given an adopter), so this DISCOVER goes unanswered."""
         if not client.boots:
-            return None
+            return False
         self._saw(req, client, None)
-        if not self.inventory.cluster.discovery.adopt or self.adopt is None:
-            return None
-        try:
-            name = self.adopt(req.mac)
-            inv = load_inventory(self.inventory.path)
-        except (UserError, InventoryInvalid, OSError) as e:  # it still gets a dynamic lease
-            log.warning("could not adopt", extra=kv(mac=req.mac, error=e))
-            return None
-        self.discoveries.put(("adopted", (req.mac, name)))  # after its sighting, still queued maybe
-        log.info("adopted", extra=kv(mac=req.mac, node=name))
-        self.reload(inv)
-        return self.static.get(req.mac)
+        policy = self.inventory.cluster.discovery
+        return policy.mode == "auto" and self.adopt is not None and self.adopt(req.mac, policy.rate)
 
     def _discover(self, req: wire.Request, client: pxe.Client) -> Answer | None:
-        st = self.static.get(req.mac) or self._unknown(req, client)
+        st = self.static.get(req.mac)
         if st is not None:
             return self._lease(req, client, wire.OFFER, st.ip, st.node)
+        if self._unknown(req, client):
+            return None
         if not client.boots and self.pool.lease_of(req.mac) is None:
             log.debug("ignored DISCOVER: not in the inventory and not PXE booting", extra=kv(mac=req.mac))
             return None
