@@ -33,15 +33,15 @@ UNKNOWN = "52:54:00:bb:00:01"
 
 
 def write_site(site: Path, subnet: str = "10.99.0.0/24", master: str = SERVER_IP, mode: str = "full",
-               dynamic: str = "10.99.0.200-10.99.0.210") -> Path:
+               dynamic: str = "10.99.0.200-10.99.0.210", efi_file: str = "ipxe.efi") -> Path:
     """node01-02 in the default profile and node03 also in `efi` (its own boot files), at .11
     to .13 of `subnet`; the master is router, DNS and time server. The leading comment must
-    survive CLI edits (test_dhcp_discovery)."""
+    survive CLI edits (test_dhcp_discovery). `efi_file`: node03's UEFI boot file."""
     net = IPv4Network(subnet)
     nodes = [node("node[01-02]", str(net[11]), MACS[:2]),
              node("node03", str(net[13]), MACS[2], profiles=["default", "efi"])]
     profiles = {"default": {"image": "debian12"},
-                "efi": {"boot_files": {"uefi": "ipxe.efi", "ipxe": f"http://{master}:8080/custom.ipxe"}}}
+                "efi": {"boot_files": {"uefi": efi_file, "ipxe": f"http://{master}:8080/custom.ipxe"}}}
     text = site_yaml(nodes, profiles, name="t", domain="t.cluster", subnet=subnet,
                      network={"master": master, "gateway": master, "dns": [master], "dynamic_range": dynamic},
                      time_servers=[master], ports={"http": 8080}, dhcp={"mode": mode, "lease_time": 600})
