@@ -68,6 +68,9 @@ def plant_secrets(state: State, inv) -> None:
             (d / f"{base}.pub").write_text(f"ssh-{t} AAAA{t}{node.name} root@{node.name}\n")
             (d / f"{base}-cert.pub").write_text(f"ssh-{t}-cert AAAA{t}{node.name}\n")
         (d / secrets.signed_for(inv.cluster, node)).write_text(secrets.principals(inv.cluster, node))
+    (root / secrets.CREDENTIALS).mkdir(mode=0o700, exist_ok=True)
+    for node in inv.nodes:
+        (root / secrets.node_credential(node.name)).write_text(f"credential of {node.name}")
 
 
 def make_site(tmp_path: Path, text: str = INVENTORY) -> tuple[Site, State, object]:
