@@ -17,7 +17,7 @@ from test_slurm_cluster import INVENTORY as CLUSTER
 from test_slurm_render import INVENTORY, facts_for
 
 from provisioner.nodestate import NodeStateDB
-from provisioner.render.facts import FactsInvalid, hardware
+from provisioner.inventory.facts import FactsInvalid, hardware
 
 PRIV = ("--local-port", "700-900")
 # curl on a node, presenting the credential its overlay put in /etc/provisioner (as the facts script does)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from provisioner.inventory import parse_text
-from provisioner.render.facts import FactsInvalid, hardware, parse_slurmd_c
+from provisioner.inventory.facts import FactsInvalid, hardware, parse_slurmd_c
 from provisioner.render.slurm import render
 
 INVENTORY = """\

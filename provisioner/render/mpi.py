@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..inventory.model import Cluster, Inventory, Node
-from .facts import FactsInvalid, hardware
+from ..inventory.facts import FactsInvalid, hardware
 
 FORMATS = ("openmpi", "mpich")
 

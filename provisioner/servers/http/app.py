@@ -23,7 +23,7 @@ from ...logs import kv
 from ...nodestate import NodeStateDB
 from ...nodestate.summary import latest_boot, node_statuses, timeline
 from ...paths import State
-from ...render.facts import FactsInvalid, hardware
+from ...inventory.facts import FactsInvalid, hardware
 from ..boottree import BootTree, PathRefused
 from ..stages import STAGE_REPEAT, stage_of
 from .access import Peer, bearer, is_admin, matches, node_addresses, node_at, secret_refusal
