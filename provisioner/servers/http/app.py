@@ -11,6 +11,7 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -37,6 +38,7 @@ T = TypeVar("T")
 _STAGE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 FACTS_REJECTED = "facts-rejected"  # the stage a refused facts report leaves, its reason as detail
 LEASE_CACHE_SECONDS = 2.0
+LEASE_MISS_SECONDS = 0.25  # an address not in the cache: a lease this young may just be missing
 MAX_BODY = 256 * 1024
 OCTETS = "application/octet-stream"
 
@@ -105,10 +107,12 @@ class BootApp:
             log.error("node-state DB unavailable", extra=kv(error=e))
             raise web.HTTPServiceUnavailable(text="node-state database unavailable\n") from None
 
-    async def _lease_map(self) -> dict[str, str]:
-        """ip -> mac of current DHCP leases, cached briefly (nodes without a static address)."""
+    async def _lease_map(self, ip: IPv4Address | IPv6Address | None = None) -> dict[str, str]:
+        """ip -> mac of current DHCP leases, cached briefly (nodes without a static address);
+        read again sooner when `ip` is not in it (a node that has just got its lease)."""
         at, leases = self._leases
-        if self.db is None or time.monotonic() - at < LEASE_CACHE_SECONDS:
+        max_age = LEASE_CACHE_SECONDS if ip is None or str(ip) in leases else LEASE_MISS_SECONDS
+        if self.db is None or time.monotonic() - at < max_age:
             return leases
         rows = await self._db(lambda: [(r["ip"], r["mac"]) for r in self.db.leases()])  # type: ignore[union-attr]
         leases = dict(rows)
@@ -117,7 +121,7 @@ class BootApp:
 
     async def _node_of(self, peer: Peer) -> Node | None:
         node = node_at(self.inventory, {}, peer)
-        return node or node_at(self.inventory, await self._lease_map(), peer)
+        return node or node_at(self.inventory, await self._lease_map(peer.ip), peer)
 
     async def _stage(self, node: str, stage: str, detail: str | None) -> None:
         """A stage a node reports; dropped when a server noted the same stage of the node within
@@ -185,7 +189,8 @@ class BootApp:
         if node is None:
             raise self._refuse(web.HTTPNotFound, "unknown node", request, mac=mac)
         # Served to anyone (it holds no secret), but only the node's own fetch is its boot.
-        own = str(self._peer(request).ip) in node_addresses(node, await self._lease_map())
+        peer = self._peer(request)
+        own = str(peer.ip) in node_addresses(node, await self._lease_map(peer.ip))
         return await self._send(request, layout.ipxe_script(self.state, node.name), node if own else None,
                                 "ipxe", "text/plain")
 
@@ -222,7 +227,7 @@ class BootApp:
         if node is None:
             raise self._refuse(web.HTTPNotFound, "unknown node", request, node=name)
         peer = self._peer(request)
-        why = secret_refusal(node, peer, await self._lease_map(), self.inventory.cluster.secure)
+        why = secret_refusal(node, peer, await self._lease_map(peer.ip), self.inventory.cluster.secure)
         if why is not None:
             raise self._refuse(web.HTTPForbidden, f"secret refused: {why}", request, node=name)
         # No stage here: the node reports "overlay" itself once applied, with the credential
@@ -238,7 +243,7 @@ class BootApp:
         node = await self._node_of(peer)
         if node is None:
             raise self._refuse(web.HTTPNotFound, "unknown node", request, address=str(peer.ip))
-        why = secret_refusal(node, peer, await self._lease_map(), self.inventory.cluster.secure)
+        why = secret_refusal(node, peer, await self._lease_map(peer.ip), self.inventory.cluster.secure)
         if why is not None:
             raise self._refuse(web.HTTPForbidden, f"node API refused: {why}", request, node=node.name)
         presented = bearer(request.headers.get("Authorization"))
