@@ -14,14 +14,13 @@ import pytest
 from labs.serve import NODES, Serve, auth, curl, write_site, write_state
 from labs.slurm import slurm_cluster
 from test_slurm_cluster import INVENTORY as CLUSTER
+from test_slurm_cluster import NODE_CURL
 from test_slurm_render import INVENTORY, facts_for
 
-from provisioner.nodestate import NodeStateDB
 from provisioner.inventory.facts import FactsInvalid, hardware
+from provisioner.nodestate import NodeStateDB
 
 PRIV = ("--local-port", "700-900")
-# curl on a node, presenting the credential its overlay put in /etc/provisioner (as the facts script does)
-NODE_CURL = ("sh", "-c", 'exec curl -H "Authorization: Bearer $(cat /etc/provisioner/credential)" "$@"', "curl")
 GOOD = {"slurmd_C": "NodeName=node01 CPUs=8 Boards=1 SocketsPerBoard=2 CoresPerSocket=2 ThreadsPerCore=2 "
                     "RealMemory=15890", "cpus": 8, "memory_mb": 15890, "gpus": []}
 HOSTILE = [  # (report, what the refusal names)

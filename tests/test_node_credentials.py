@@ -75,7 +75,8 @@ def test_nothing_without_the_credential_changes_a_record(lab, cli):
         n2 = lab.host(ip=NODES["node02"][0], mac=NODES["node02"][1])
         assert code(n2, f"{srv.url}/boot/{NODES['node02'][1]}.ipxe") == "200"
         time.sleep(0.3)
-    assert [(r["stage"], r["detail"]) for r in db.timeline("node01")] == [("switch_root", "forged"), ("registered", None)]
+    assert [(r["stage"], r["detail"]) for r in db.timeline("node01")] == [("switch_root", "forged"),
+                                                                          ("registered", None)]
     assert db.facts("node01") == json.loads(FACTS)
     assert [r["stage"] for r in db.timeline("node02")] == ["ipxe"]
 

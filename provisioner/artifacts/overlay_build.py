@@ -98,7 +98,8 @@ class Build:
 
     def _global_digest(self) -> bytes:
         h = hashlib.sha256(FORMAT.encode())
-        trees = [self.library.tree(name) for name in sorted({o for n in self.inventory.nodes for o in node_overlays(n)})]
+        used = {o for n in self.inventory.nodes for o in node_overlays(n)}
+        trees = [self.library.tree(name) for name in sorted(used)]
         for tree in trees:
             h.update(f"overlay\0{tree.name}\0{tree.digest}\0".encode())
         h.update(self.boot.digest.encode())
