@@ -297,6 +297,7 @@ def test_unknown_pxe_client_discovered_and_dynamic_lease_survives_restart(lab, t
 
 def test_malformed_packets_are_dropped_and_server_keeps_answering(lab, dhcp, tmp_path):
     import struct
+
     from scapy.layers.dhcp import BOOTP, DHCP
     good = bytes(BOOTP(chaddr=bytes.fromhex("525400aa0001"), xid=7) / DHCP(options=[("message-type", "discover"), "end"]))
     bad = [
