@@ -12,7 +12,7 @@ import signal
 import sys
 
 import pytest
-from servelab import NODES, SERVER_IP, Serve, curl, write_site, write_state
+from labs.serve import NODES, SERVER_IP, Serve, curl, write_site, write_state
 
 from provisioner.logs import Logfmt, kv
 

@@ -6,7 +6,7 @@ import inspect
 import socket
 import threading
 
-from servelab import cluster_yaml
+from labs.serve import cluster_yaml
 
 from provisioner.inventory import parse_text
 from provisioner.paths import State

@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..inventory import Inventory, InventoryInvalid, load_inventory
+from ..inventory.model import Limits
 from ..logs import kv, setup_logging
 from ..nodestate import NodeStateDB
 from ..paths import Site, State
 from .boottree import BootTree, StaticTree
+from .limits import fit
 from .service import Service
 from .stages import StageWriter, stage_of
 from .tftp import TftpServer, check_port_free
@@ -88,12 +90,14 @@ class TftpService(Service):
 
 
 def boot_service(site: Site, state: State, inventory: Inventory, db: NodeStateDB, listen: str, port: int,
-                 processes: int = 1, *, shared: bool = False) -> TftpService:
+                 processes: int = 1, *, shared: bool = False, limits: Limits | None = None) -> TftpService:
     """serve's TFTP service over the boot tree, in `processes` processes (this one included);
-    `shared` binds with SO_REUSEPORT also when alone (a worker)."""
+    `shared` binds with SO_REUSEPORT also when alone (a worker). `limits`: the inventory's,
+    fitted to this process's descriptors when not given."""
     staged = StagedTree(state, inventory, db)
     return _service(listen, port, processes, shared, staged, db, staged,
-                    ["--site", str(site.root), "--state", str(state.root)])
+                    ["--site", str(site.root), "--state", str(state.root)],
+                    limits=limits or fit(inventory.cluster.limits, ("tftp",)))
 
 
 def directory_service(root: Path, listen: str, port: int, processes: int = 1, state: State | None = None,
@@ -102,17 +106,20 @@ def directory_service(root: Path, listen: str, port: int, processes: int = 1, st
     the node database of `state` when one is given."""
     db = NodeStateDB(state.db) if state is not None else None
     mode = ["--root", str(root), "--timeout", str(timeout)] + (["--state", str(state.root)] if state else [])
-    return _service(listen, port, processes, shared, StaticTree(root), db, None, mode, timeout)
+    return _service(listen, port, processes, shared, StaticTree(root), db, None, mode, timeout,
+                    fit(Limits(), ("tftp",)))
 
 
 def _service(listen: str, port: int, processes: int, shared: bool, resolver: Resolver, db: NodeStateDB | None,
-             staged: StagedTree | None, mode: list[str], timeout: float = 1.0) -> TftpService:
+             staged: StagedTree | None, mode: list[str], timeout: float = 1.0,
+             limits: Limits | None = None) -> TftpService:
     """The service, with `processes - 1` workers started with `mode` (how a worker builds
     the same service). The port is checked free first: sockets with SO_REUSEPORT would
     otherwise quietly share it with another server left running."""
     if processes > 1:
         check_port_free(listen, port)
-    server = TftpServer(listen, port, resolver, db, timeout=timeout, reuse_port=shared or processes > 1)
+    server = TftpServer(listen, port, resolver, db, timeout=timeout, reuse_port=shared or processes > 1,
+                        limits=limits)
     workers = None
     if processes > 1:
         level = logging.getLevelName(log.getEffectiveLevel()).lower()

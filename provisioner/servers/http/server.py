@@ -1,20 +1,30 @@
 """The HTTP service: serve_forever() runs its own asyncio loop, shutdown() stops it from any
-thread, reload() swaps the inventory and re-reads the admin token between requests."""
+thread, reload() swaps the inventory and re-reads the admin token between requests.
+
+A flood takes no more than cluster.limits allows: connections at once are capped (beyond,
+a 503 with Retry-After, and past a few more an immediate close, so accept() never runs out
+of descriptors), a connection must send its first request's headers within the header
+timeout, and an idle one is closed after the keep-alive timeout (aiohttp's, which also
+covers a later request's half-sent headers)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.web_runner import BaseRunner, BaseSite
 
 from ...artifacts import layout
 from ...inventory import Inventory
-from ...logs import kv
+from ...inventory.model import Limits
+from ...logs import kv, repeated
 from ...nodestate import NodeStateDB
 from ...paths import State
+from ..limits import HTTP_REFUSING
 from ..service import Service
 from .app import BootApp, Hooks
 
@@ -22,6 +32,128 @@ log = logging.getLogger("provisioner.http")
 
 # On stop, transfers in progress get this long to finish before they are cut.
 SHUTDOWN_GRACE = 10.0
+RETRY_AFTER = 5  # seconds a refused client is told to wait
+_BUSY = (f"HTTP/1.1 503 Service Unavailable\r\nRetry-After: {RETRY_AFTER}\r\nContent-Type: text/plain\r\n"
+         "Content-Length: 20\r\nConnection: close\r\n\r\nserver busy, retry\r\n").encode()
+
+
+class Gate:
+    """Counts the connections and makes the protocol for each new one: aiohttp's handler
+    behind a header deadline while under the cap, else a refusal."""
+
+    def __init__(self, runner: BaseRunner, limits: Limits):
+        self.runner, self.limits = runner, limits
+        self.open = 0
+        self.refusing = 0
+        self.refused = 0
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.open < self.limits.http_connections:
+            assert self.runner.server is not None
+            return _Guarded(self, self.runner.server())
+        self.refused += 1
+        log.warning("refused", extra=repeated("http busy", cap="connections", connections=self.open))
+        return _Refusal(self, answer=self.refusing < HTTP_REFUSING)
+
+
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, closed if no request has begun within the
+    header timeout (a client that connects and sends nothing, or sends its headers a byte
+    at a time). Requests are announced by the middleware `started`."""
+
+    def __init__(self, gate: Gate, inner: asyncio.Protocol):
+        self.gate, self.inner = gate, inner
+        self.deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.gate.open += 1
+        self.deadline = asyncio.get_running_loop().call_later(self.gate.limits.http_header_timeout,
+                                                              transport.close)
+        self.inner.connection_made(transport)
+
+    def request_started(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gate.open -= 1
+        self.request_started()
+        self.inner.connection_lost(exc)
+
+
+@web.middleware
+async def started(request: web.Request,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """The first request of a connection has arrived whole: its header deadline is off."""
+    proto = request.transport.get_protocol() if request.transport is not None else None
+    if isinstance(proto, _Guarded):
+        proto.request_started()
+    return await handler(request)
+
+
+class _Refusal(asyncio.Protocol):
+    """A connection over the cap: the request's first bytes are read (closing over unread
+    data would reset the connection under the answer), then a 503 and the close; when too
+    many are already being refused, the close alone."""
+
+    def __init__(self, gate: Gate, answer: bool):
+        self.gate, self.answer = gate, answer
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.answer:
+            transport.abort()
+            return
+        self.gate.refusing += 1
+        self.timer = asyncio.get_running_loop().call_later(1.0, self._answer)
+
+    def data_received(self, data: bytes) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_BUSY)
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.answer:
+            self.gate.refusing -= 1
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+class GuardedSite(BaseSite):
+    """aiohttp's TCP site with the Gate as its protocol factory."""
+
+    def __init__(self, runner: BaseRunner, host: str, port: int, limits: Limits):
+        super().__init__(runner, backlog=1024)
+        self.host, self.port = host, port
+        self.gate = Gate(runner, limits)
+
+    @property
+    def name(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(
+            self.gate, self.host, self.port, backlog=self._backlog, reuse_address=True)
 
 
 def read_token(state: State, path: Path | None) -> str | None:
@@ -40,10 +172,13 @@ class HttpServer(Service):
     name = "http"
 
     def __init__(self, inventory: Inventory, state: State, listen: str = "0.0.0.0", port: int = 80,
-                 db: NodeStateDB | None = None, token_file: Path | None = None, hooks: Hooks | None = None):
+                 db: NodeStateDB | None = None, token_file: Path | None = None, hooks: Hooks | None = None,
+                 limits: Limits | None = None):
         super().__init__()
         self.listen = listen
         self.port = port
+        self.limits = limits or inventory.cluster.limits
+        self.site: GuardedSite | None = None
         self.state, self.token_file = state, token_file
         self.boot = BootApp(inventory, state, db, read_token(state, token_file), hooks)
         self._started = threading.Event()
@@ -83,11 +218,13 @@ class HttpServer(Service):
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         if self._halt.is_set():
             return
-        runner = web.AppRunner(self.boot.make(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE,
-                               handle_signals=False)
+        app = self.boot.make()
+        app.middlewares.insert(0, started)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False,
+                               keepalive_timeout=self.limits.http_keepalive_timeout)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.listen, self.port, backlog=1024, reuse_address=True)
+            self.site = site = GuardedSite(runner, self.listen, self.port, self.limits)
             await site.start()
             log.info("listening", extra=kv(address=self.listen, port=self.port))
             self.ready.set()
