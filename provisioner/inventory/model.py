@@ -121,6 +121,7 @@ class Limits:
                                     help="a larger RFC 2349 timeout option is not acknowledged (seconds)")
     tftp_cache_mb: int = setting(Count(0, 1 << 20), default=64, help="prebuilt TFTP DATA packets, per process")
     http_connections: int = setting(Count(1, 100_000), default=1024, help="HTTP connections at once; more get 503")
+    http_per_client: int = setting(Count(1, 100_000), default=32, help="HTTP connections at once from one address")
     http_header_timeout: int = setting(Count(1, 3600), default=60, help="seconds to send a request's headers")
     http_keepalive_timeout: int = setting(Count(1, 3600), default=75, help="seconds an idle connection is kept")
 

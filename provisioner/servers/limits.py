@@ -32,6 +32,15 @@ def raise_nofile_limit() -> int:
     return soft
 
 
+def share(limits: Limits, processes: int) -> Limits:
+    """One TFTP process's part of the TFTP caps when `processes` share the port: the kernel
+    spreads a client's ports over them, so each takes its part of the per-address cap too."""
+    if processes <= 1:
+        return limits
+    return replace(limits, tftp_transfers=-(-limits.tftp_transfers // processes),
+                   tftp_per_client=-(-limits.tftp_per_client // processes))
+
+
 def fit(limits: Limits, services: Collection[str], nofile: int | None = None) -> Limits:
     """`limits` with the TFTP and HTTP caps scaled down alike when the services of this
     process would need more descriptors than `nofile` (default: the raised limit)."""

@@ -1,9 +1,9 @@
 """The HTTP service: serve_forever() runs its own asyncio loop, shutdown() stops it from any
 thread, reload() swaps the inventory and re-reads the admin token between requests.
 
-A flood takes no more than cluster.limits allows: connections at once are capped (beyond,
-a 503 with Retry-After, and past a few more an immediate close, so accept() never runs out
-of descriptors), a connection must send its first request's headers within the header
+A flood takes no more than cluster.limits allows: connections at once are capped, in total
+and per client address (beyond, a 503 with Retry-After, and past a few more an immediate
+close, so accept() never runs out of descriptors), a connection must send its first request's headers within the header
 timeout, and an idle one is closed after the keep-alive timeout (aiohttp's, which also
 covers a later request's half-sent headers)."""
 
@@ -38,60 +38,106 @@ _BUSY = (f"HTTP/1.1 503 Service Unavailable\r\nRetry-After: {RETRY_AFTER}\r\nCon
 
 
 class Gate:
-    """Counts the connections and makes the protocol for each new one: aiohttp's handler
-    behind a header deadline while under the cap, else a refusal."""
+    """Counts the connections, in total and by client address, and makes the protocol for
+    each new one (a _Connection, which asks admit() once it knows the peer)."""
 
     def __init__(self, runner: BaseRunner, limits: Limits):
         self.runner, self.limits = runner, limits
         self.open = 0
-        self.refusing = 0
+        self.per_ip: dict[str, int] = {}
+        self.refusing = 0  # refused connections whose 503 is on its way
         self.refused = 0
 
     def __call__(self) -> asyncio.Protocol:
-        if self.open < self.limits.http_connections:
-            assert self.runner.server is not None
-            return _Guarded(self, self.runner.server())
-        self.refused += 1
-        log.warning("refused", extra=repeated("http busy", cap="connections", connections=self.open))
-        return _Refusal(self, answer=self.refusing < HTTP_REFUSING)
+        return _Connection(self)
+
+    def admit(self, ip: str) -> asyncio.Protocol | None:
+        """aiohttp's protocol for a connection from `ip`, counted; None over a cap."""
+        cap = ("connections" if self.open >= self.limits.http_connections
+               else "per client" if self.per_ip.get(ip, 0) >= self.limits.http_per_client else None)
+        if cap is not None:
+            self.refused += 1
+            log.warning("refused", extra=repeated(f"http busy {cap}", client=ip, cap=cap, connections=self.open))
+            return None
+        assert self.runner.server is not None
+        self.open += 1
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        return self.runner.server()
+
+    def release(self, ip: str) -> None:
+        self.open -= 1
+        left = self.per_ip.pop(ip, 1) - 1
+        if left > 0:
+            self.per_ip[ip] = left
 
 
-class _Guarded(asyncio.Protocol):
-    """aiohttp's protocol for one connection, closed if no request has begun within the
-    header timeout (a client that connects and sends nothing, or sends its headers a byte
-    at a time). Requests are announced by the middleware `started`."""
+class _Connection(asyncio.Protocol):
+    """One connection. Admitted: aiohttp's protocol behind a header deadline, closed if no
+    request has begun within the header timeout (a client that connects and sends nothing,
+    or its headers a byte at a time); the middleware `started` announces requests. Refused:
+    the request's first bytes are read (closing over unread data would reset the connection
+    under the answer), then a 503 and the close; or the close alone when too many refusals
+    are already under way."""
 
-    def __init__(self, gate: Gate, inner: asyncio.Protocol):
-        self.gate, self.inner = gate, inner
-        self.deadline: asyncio.TimerHandle | None = None
+    def __init__(self, gate: Gate):
+        self.gate = gate
+        self.inner: asyncio.Protocol | None = None
+        self.ip = ""
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.refusing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.gate.open += 1
-        self.deadline = asyncio.get_running_loop().call_later(self.gate.limits.http_header_timeout,
-                                                              transport.close)
-        self.inner.connection_made(transport)
+        assert isinstance(transport, asyncio.Transport)
+        self.transport, gate = transport, self.gate
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else ""
+        loop = asyncio.get_running_loop()
+        self.inner = gate.admit(self.ip)
+        if self.inner is not None:
+            self.timer = loop.call_later(gate.limits.http_header_timeout, transport.close)
+            self.inner.connection_made(transport)
+        elif gate.refusing < HTTP_REFUSING:
+            gate.refusing += 1
+            self.refusing = True
+            self.timer = loop.call_later(1.0, self._refuse)
+        else:
+            transport.abort()
 
     def request_started(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _refuse(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_BUSY)
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        self.inner.data_received(data)
+        if self.inner is not None:
+            self.inner.data_received(data)
+        else:
+            self._refuse()
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        return self.inner.eof_received() if self.inner is not None else None
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if self.inner is not None:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self.inner is not None:
+            self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.gate.open -= 1
         self.request_started()
-        self.inner.connection_lost(exc)
+        if self.inner is not None:
+            self.gate.release(self.ip)
+            self.inner.connection_lost(exc)
+        elif self.refusing:
+            self.gate.refusing -= 1
 
 
 @web.middleware
@@ -99,43 +145,9 @@ async def started(request: web.Request,
                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """The first request of a connection has arrived whole: its header deadline is off."""
     proto = request.transport.get_protocol() if request.transport is not None else None
-    if isinstance(proto, _Guarded):
+    if isinstance(proto, _Connection):
         proto.request_started()
     return await handler(request)
-
-
-class _Refusal(asyncio.Protocol):
-    """A connection over the cap: the request's first bytes are read (closing over unread
-    data would reset the connection under the answer), then a 503 and the close; when too
-    many are already being refused, the close alone."""
-
-    def __init__(self, gate: Gate, answer: bool):
-        self.gate, self.answer = gate, answer
-        self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if not self.answer:
-            transport.abort()
-            return
-        self.gate.refusing += 1
-        self.timer = asyncio.get_running_loop().call_later(1.0, self._answer)
-
-    def data_received(self, data: bytes) -> None:
-        self._answer()
-
-    def _answer(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_BUSY)
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.answer:
-            self.gate.refusing -= 1
-        if self.timer is not None:
-            self.timer.cancel()
 
 
 class GuardedSite(BaseSite):
