@@ -10,15 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import selectors
 import socket
-import struct
 import time
 
 import pytest
-from labs.flood import Sampler, fds, rrq_burst, rss_mb
+from labs.flood import Sampler, drive, fds, rrq_burst, rss_mb
 from labs.serve import NODES, SERVER_IP, Serve, cluster_yaml, curl, write_state
-from labs.tftp import ack, in_ns, rrq, sha
+from labs.tftp import in_ns, sha
 
 from provisioner.logs import Collapse, repeated
 
@@ -107,53 +105,6 @@ def test_tftp_request_flood_is_refused_beyond_the_caps_and_dead_transfers_end(la
         assert sum(counted) >= 2900, lines(srv, "msg=refused")
         assert len(lines(srv, "logger=tftp")) < 60
         assert srv.proc.poll() is None
-
-
-def drive(server: tuple[str, int], name: str, blksizes: list[int]) -> list[bytes]:
-    """One transfer per block size at once, windowsize 16, each read to the end."""
-    sel = selectors.DefaultSelector()
-    state = {}
-    for b in blksizes:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 4 << 20)
-        s.setblocking(False)
-        s.sendto(rrq(name, blksize=b, windowsize=16), server)
-        sel.register(s, selectors.EVENT_READ)
-        state[s] = [b, None, 1, [], 0]  # blksize, server TID, next block, chunks, last ACK
-    done, deadline = 0, time.time() + 120
-    while done < len(blksizes):
-        assert time.time() < deadline, f"{done} of {len(blksizes)} transfers finished"
-        for key, _ in sel.select(1):
-            s = key.fileobj
-            try:
-                pkt, tid = s.recvfrom(70000)
-            except BlockingIOError:
-                continue
-            st = state[s]
-            st[1] = tid
-            if pkt[:2] == b"\0\x06":
-                s.sendto(ack(0), tid)
-                continue
-            assert pkt[:2] == b"\0\x03", pkt[:40]
-            blk = struct.unpack("!H", pkt[2:4])[0]
-            if blk != st[2] & 0xFFFF:
-                if st[4] != st[2] - 1:  # a gap: ACK what came in order, once (RFC 7440)
-                    st[4] = st[2] - 1
-                    s.sendto(ack(st[4]), tid)
-                continue
-            st[3].append(pkt[4:])
-            st[2] += 1
-            last = len(pkt) - 4 < st[0]
-            if last or blk % 16 == 0:
-                st[4] = blk
-                s.sendto(ack(blk), tid)
-            if last:
-                sel.unregister(s)
-                done += 1
-    out = [b"".join(state[s][3]) for s in state]
-    for s in state:
-        s.close()
-    return out
 
 
 def test_odd_block_sizes_keep_memory_within_the_packet_budget(lab, cli):

@@ -5,13 +5,15 @@ floods in background threads, and a sampler of the server's memory and descripto
 from __future__ import annotations
 
 import os
+import selectors
 import socket
+import struct
 import threading
 import time
 from collections import Counter
 from typing import Any, Self
 
-from .tftp import enter_netns, rrq
+from .tftp import ack, enter_netns, rrq
 
 
 def fds(pid: int, kind: str = "") -> int:
@@ -71,6 +73,54 @@ def rrq_burst(server: tuple[str, int], n: int, name: str, wait: float = 5.0,
     for s in pending:
         s.close()
     return got, served
+
+
+def drive(server: tuple[str, int], name: str, blksizes: list[int]) -> list[bytes]:
+    """One transfer per block size at once, windowsize 16, each read to the end (block
+    sizes within the MTU): the files as received."""
+    sel = selectors.DefaultSelector()
+    state = {}
+    for b in blksizes:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 4 << 20)
+        s.setblocking(False)
+        s.sendto(rrq(name, blksize=b, windowsize=16), server)
+        sel.register(s, selectors.EVENT_READ)
+        state[s] = [b, None, 1, [], 0]  # blksize, server TID, next block, chunks, last ACK
+    done, deadline = 0, time.time() + 120
+    while done < len(blksizes):
+        assert time.time() < deadline, f"{done} of {len(blksizes)} transfers finished"
+        for key, _ in sel.select(1):
+            s = key.fileobj
+            try:
+                pkt, tid = s.recvfrom(70000)
+            except BlockingIOError:
+                continue
+            st = state[s]
+            st[1] = tid
+            if pkt[:2] == b"\0\x06":
+                s.sendto(ack(0), tid)
+                continue
+            assert pkt[:2] == b"\0\x03", pkt[:40]
+            blk = struct.unpack("!H", pkt[2:4])[0]
+            if blk != st[2] & 0xFFFF:
+                if st[4] != st[2] - 1:  # a gap: ACK what came in order, once (RFC 7440)
+                    st[4] = st[2] - 1
+                    s.sendto(ack(st[4]), tid)
+                continue
+            st[3].append(pkt[4:])
+            st[2] += 1
+            last = len(pkt) - 4 < st[0]
+            if last or blk % 16 == 0:
+                st[4] = blk
+                s.sendto(ack(blk), tid)
+            if last:
+                sel.unregister(s)
+                done += 1
+    out = [b"".join(state[s][3]) for s in state]
+    for s in state:
+        s.close()
+    return out
 
 
 class Flood:

@@ -200,7 +200,7 @@ class TftpServer:
         per interval, and no database row (a flood would write one per packet)."""
         self.refused_busy += 1
         self._reply(P.error_packet(P.ERR_DISK, "server busy, try again later"), addr, local)
-        log.warning("refused", extra=repeated(f"tftp busy {cap}", client=addr[0], path=path[:300], cap=cap,
+        log.warning("refused", extra=repeated(f"tftp busy {cap}", client=addr[0], path=path[:300] or None, cap=cap,
                                               transfers=len(self.transfers)))
 
     def _request(self, data: bytes, addr: tuple[str, int], local: str, now: float) -> None:
@@ -209,6 +209,9 @@ class TftpServer:
         existing = self.by_peer.get(addr)
         if existing is not None:
             existing.asked_again(now)
+            return
+        if data[:2] == b"\0\x01" and self.per_ip.get(addr[0], 0) >= self.limits.tftp_per_client:
+            self._busy(addr, local, "", "per client")  # before parsing: the cheapest answer to a flood
             return
         try:
             req = P.parse_request(data)
@@ -224,9 +227,6 @@ class TftpServer:
             return
         if len(self.transfers) >= self.limits.tftp_transfers:
             self._busy(addr, local, req.filename, "transfers")
-            return
-        if self.per_ip.get(addr[0], 0) >= self.limits.tftp_per_client:
-            self._busy(addr, local, req.filename, "per client")
             return
         try:
             source = self.resolver(addr[0], req.filename)
