@@ -15,7 +15,15 @@ import time
 
 import pytest
 from labs.flood import Sampler, drive, fds, rrq_burst, rss_mb
-from labs.serve import NODES, SERVER_IP, Serve, cluster_yaml, curl, write_state
+from labs.serve import (
+    NODES,
+    SERVER_IP,
+    Serve,
+    curl,
+    set_limits,
+    write_site,
+    write_state,
+)
 from labs.tftp import in_ns, sha
 
 from provisioner.logs import Collapse, repeated
@@ -30,10 +38,8 @@ KERNEL = "images/img1/vmlinuz"  # 1 MB
 
 def start(lab, cli, workers: int | None = None, **limits: int) -> Serve:
     """serve (TFTP and HTTP) with these cluster.limits (and TFTP `workers`: one per CPU)."""
-    caps = ", ".join(f"{k}: {v}" for k, v in limits.items())
-    text = cluster_yaml().replace("  slurm: {controller: master}\n", f"  slurm: {{controller: master}}\n  limits: {{{caps}}}\n")
-    cli.site.mkdir(parents=True, exist_ok=True)
-    (cli.site / "cluster.yaml").write_text(text)
+    write_site(cli.site)
+    set_limits(cli.site, **limits)
     extra = ("--tftp-port", str(TFTP[1])) + (("--tftp-workers", str(workers)) if workers else ())
     return Serve(lab, cli, services="tftp,http", port=HTTP[1], extra=extra)
 

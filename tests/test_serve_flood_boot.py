@@ -52,7 +52,7 @@ def test_a_node_boots_under_a_flood_in_less_than_twice_its_time(lab, cli, tmp_pa
         assert flooded < 2 * normal, (flooded, normal)
         assert tftp.rate() > 500 and tftp.answers["error"] > 1000, (tftp.rate(), tftp.answers)
         assert http.answers["503"] > 0 and http.answers["closed"] > 0, http.answers
-        assert sampler.peak_fds < base_fds + 2 * (32 + 64) + 2 * 8 + 32
+        assert sampler.peak_fds < base_fds + 2 * (64 + 64) + 2 * 16 + 32  # the caps: HTTP, refusals, TFTP
         assert pxe.serve.proc.poll() is None
         tftp_ok = [p for proto, p, outcome in pxe.transfers("node01") if proto == "tftp" and outcome == "ok"]
         assert "images/tiny/versions/v1/initramfs.img" in tftp_ok, tftp_ok

@@ -306,12 +306,16 @@ class TftpServer:
         ok = st.outcome in (DONE, PROBED)
         level = logging.INFO if ok else logging.WARNING
         if log.isEnabledFor(level):
-            # A failure is one line per interval for each outcome whoever causes it; a
-            # success per client and file (a client looping over one file is one line).
-            key = f"tftp {st.outcome} {st.client} {st.path[:300]}" if ok else f"tftp {st.outcome}"
-            log.log(level, "transfer", extra=repeated(
-                key, client=f"{st.client}:{st.port}", node=st.node, path=st.path, bytes=st.bytes,
-                seconds=round(st.duration, 3), retransmits=st.retransmits, outcome=st.outcome))
+            # Every transfer served is a line (each costs its client the whole file); a failure
+            # is one line per interval for each outcome whoever causes it, a size probe per
+            # client and file (a probe costs its sender one packet).
+            fields = {"client": f"{st.client}:{st.port}", "node": st.node, "path": st.path, "bytes": st.bytes,
+                      "seconds": round(st.duration, 3), "retransmits": st.retransmits, "outcome": st.outcome}
+            if st.outcome == DONE:
+                log.info("transfer", extra=kv(**fields))
+            else:
+                key = f"tftp {st.outcome}" + (f" {st.client} {st.path[:300]}" if ok else "")
+                log.log(level, "transfer", extra=repeated(key, **fields))
         if self._stats is not None:
             self._stats.put(("tftp", st.client, st.node, st.path, st.bytes, st.duration, st.retransmits,
                              st.outcome, time.time()))
