@@ -51,6 +51,15 @@ def plant(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def set_limits(site: Path, **limits: int) -> None:
+    """cluster.limits in the site's cluster.yaml (written by write_site): the caps a test
+    lowers to reach them quickly, or lifts when one namespace stands in for many nodes."""
+    caps = ", ".join(f"{k}: {v}" for k, v in limits.items())
+    path = site / "cluster.yaml"
+    path.write_text(path.read_text().replace("  slurm: {controller: master}\n",
+                                             f"  slurm: {{controller: master}}\n  limits: {{{caps}}}\n"))
+
+
 def write_state(state: Path, big: int = 3 * 1024 * 1024) -> dict[str, bytes]:
     """Fake artifacts in the layout the servers read; returns their contents by URL path."""
     files: dict[str, bytes] = {}

@@ -13,7 +13,7 @@ import time
 from ipaddress import IPv4Address
 
 from ...inventory import Inventory
-from ...logs import kv
+from ...logs import repeated
 from ...nodestate import NodeStateDB
 
 log = logging.getLogger("provisioner.dhcp")
@@ -67,7 +67,7 @@ class DynamicPool:
                     ip += 1
                 choice = ip if ip <= hi else None
             if choice is None:
-                log.warning("dynamic range full; no address", extra=kv(first=lo, last=hi, mac=mac))
+                log.warning("dynamic range full; no address", extra=repeated("dhcp range full", first=lo, last=hi, mac=mac))
                 return None
             self.offers[mac] = (choice, now + OFFER_HOLD)
             return choice
