@@ -11,15 +11,57 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
 FIELDS = "kv"  # the LogRecord attribute kv() fills
+REPEAT = "repeat_key"  # the LogRecord attribute repeated() fills
+REPEAT_INTERVAL = 10.0  # seconds: a repeated event is one line per interval at most
 
 
 def kv(**fields: Any) -> dict[str, Any]:
     """The `extra=` of a log call carrying these fields: log.info("event", extra=kv(node=...))."""
     return {FIELDS: fields}
+
+
+def repeated(key: str, **fields: Any) -> dict[str, Any]:
+    """kv() for an event a flood repeats (a refusal, a malformed packet): lines with the same
+    `key` are collapsed by Collapse, so put in the key what tells the events apart for the
+    reader (the reason, never the attacker's changing port)."""
+    return {FIELDS: fields, REPEAT: key}
+
+
+class Collapse(logging.Filter):
+    """One line per `interval` for each repeated() key: the first goes out at once, later
+    ones within the interval are dropped and counted, and the next line after it carries
+    `count=N` (itself and those dropped). Records without a key pass untouched, so ordinary
+    events are never lost; the keys kept are bounded by `max_keys` (oldest dropped)."""
+
+    def __init__(self, interval: float = REPEAT_INTERVAL, max_keys: int = 4096):
+        super().__init__()
+        self.interval, self.max_keys = interval, max_keys
+        self._seen: dict[str, list[float]] = {}  # key -> [time of the last line out, dropped]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = getattr(record, REPEAT, None)
+        if key is None:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is not None and now - entry[0] < self.interval:
+                entry[1] += 1
+                return False
+            dropped = int(entry[1]) if entry is not None else 0
+            self._seen.pop(key, None)
+            self._seen[key] = [now, 0]
+            if len(self._seen) > self.max_keys:
+                del self._seen[next(iter(self._seen))]
+        if dropped:
+            record.__dict__[FIELDS] = {**getattr(record, FIELDS, {}), "count": dropped + 1}
+        return True
 
 
 def value(v: Any) -> str:
@@ -55,9 +97,11 @@ class Logfmt(logging.Formatter):
 
 
 def setup_logging(level: str = "info", **always: Any) -> None:
-    """Every record of the process to stderr as logfmt, at `level` and above."""
+    """Every record of the process to stderr as logfmt, at `level` and above, repeated
+    events collapsed (Collapse)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(Logfmt(always))
+    handler.addFilter(Collapse())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

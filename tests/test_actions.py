@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from provisioner.actions import discovery, images, overlays, slurm, status
 from provisioner.actions.context import Context
-from provisioner.artifacts import layout
 from provisioner.artifacts import images as image_store
+from provisioner.artifacts import layout
 from provisioner.errors import UserError
 from provisioner.logs import FIELDS
 from provisioner.nodestate import NodeStateDB

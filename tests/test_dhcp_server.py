@@ -34,15 +34,16 @@ UNKNOWN = "52:54:00:bb:00:01"
 
 
 def write_site(site: Path, subnet: str = "10.99.0.0/24", master: str = SERVER_IP, mode: str = "full",
-               dynamic: str = "10.99.0.200-10.99.0.210", **cluster: Any) -> Path:
+               dynamic: str = "10.99.0.200-10.99.0.210", efi_file: str = "ipxe.efi", **cluster: Any) -> Path:
     """node01-02 in the default profile and node03 also in `efi` (its own boot files), at .11
     to .13 of `subnet`; the master is router, DNS and time server. The leading comment must
-    survive CLI edits (test_dhcp_discovery). `cluster` adds other cluster settings."""
+    survive CLI edits (test_dhcp_discovery). `efi_file`: node03's UEFI boot file; `cluster`
+    adds other cluster settings."""
     net = IPv4Network(subnet)
     nodes = [node("node[01-02]", str(net[11]), MACS[:2]),
              node("node03", str(net[13]), MACS[2], profiles=["default", "efi"])]
     profiles = {"default": {"image": "debian12"},
-                "efi": {"boot_files": {"uefi": "ipxe.efi", "ipxe": f"http://{master}:8080/custom.ipxe"}}}
+                "efi": {"boot_files": {"uefi": efi_file, "ipxe": f"http://{master}:8080/custom.ipxe"}}}
     text = site_yaml(nodes, profiles, name="t", domain="t.cluster", subnet=subnet,
                      network={"master": master, "gateway": master, "dns": [master], "dynamic_range": dynamic},
                      time_servers=[master], ports={"http": 8080}, dhcp={"mode": mode, "lease_time": 600},
@@ -299,6 +300,7 @@ def test_unknown_pxe_client_discovered_and_dynamic_lease_survives_restart(lab, t
 
 def test_malformed_packets_are_dropped_and_server_keeps_answering(lab, dhcp, tmp_path):
     import struct
+
     from scapy.layers.dhcp import BOOTP, DHCP
     good = bytes(BOOTP(chaddr=bytes.fromhex("525400aa0001"), xid=7) / DHCP(options=[("message-type", "discover"), "end"]))
     bad = [
@@ -320,7 +322,8 @@ def test_malformed_packets_are_dropped_and_server_keeps_answering(lab, dhcp, tmp
     sender.run([sys.executable, "-c", code], input=json.dumps([b.hex() for b in bad]))
     ns = lab.host(mac=MACS[1])
     assert udhcpc(ns, tmp_path)["ip"] == NODE_IPS[1]
-    assert dhcp.text().count("dropped a malformed packet") >= len(bad) - 2  # "" may not arrive as a datagram
+    # One line for the lot: a repeated error is logged once per interval (logs.Collapse).
+    assert dhcp.text().count("dropped a malformed packet") == 1
 
 
 RS_CLIENT = textwrap.dedent('''

@@ -15,7 +15,6 @@ from provisioner.inventory import parse_text
 from provisioner.paths import State
 
 
-
 def inventory(ip: str = "10.88.0.11") -> str:
     """n1 and n2 from `ip` on, with the overlays that need secrets."""
     return site_yaml([node("n[1-2]", ip, ["52:54:00:88:00:01", "52:54:00:88:00:02"])],

@@ -9,8 +9,7 @@ import signal
 import time
 
 import pytest
-
-from labs.serve import IMAGE, NODES, SERVER_IP, Serve, sha256, write_site, write_state
+from labs.serve import IMAGE, NODES, SERVER_IP, Serve, set_limits, sha256, write_site, write_state
 from test_serve_reload import NODE03, add_node03
 
 from provisioner.nodestate import NodeStateDB
@@ -55,6 +54,7 @@ def gone(pids: list[int], timeout: float = 10) -> bool:
 
 def test_workers_share_the_port_follow_reloads_and_stop_with_serve(lab, cli):
     write_site(cli.site)
+    set_limits(cli.site, tftp_per_client=CLIENTS * 3)  # one namespace stands in for 30 nodes
     files = write_state(cli.state)
     kernel = files[f"/images/{IMAGE}/vmlinuz"]
     with Serve(lab, cli, services="tftp,http", extra=("--tftp-port", str(PORT), "--tftp-workers", "3")) as srv:

@@ -10,12 +10,11 @@ import os
 
 import pytest
 from labs.site import write_site
+from test_slurm_render import INVENTORY, facts_for
 
 from provisioner.artifacts.slurm_config import ReconfigureFailed, apply, diff
 from provisioner.nodestate import NodeStateDB
 from provisioner.render.slurm import SlurmConfig
-
-from test_slurm_render import INVENTORY, facts_for
 
 
 def conf(nodes: str, mem: int = 1000) -> SlurmConfig:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from labs.net import Lab
 from labs.site import numbered, write_site
 from labs.slurm import PROVISIONER, SlurmLab, lab_site

@@ -38,7 +38,13 @@ from ..errors import UserError
 from ..inventory.model import Inventory, Node
 from ..paths import Site, State
 from ..render.context import RenderError, SecretHandles, shared_context
-from ..render.overlays import FileEntry, IdMap, NodeRenderer, OverlayLibrary
+from ..render.overlays import (
+    FileEntry,
+    IdMap,
+    NodeRenderer,
+    OverlayLibrary,
+    node_overlays,
+)
 from ..render.pxe import BootConfigs, BootTemplates
 from . import cpio, images, layout, secrets
 
@@ -103,7 +109,8 @@ class Build:
 
     def _global_digest(self) -> bytes:
         h = hashlib.sha256(FORMAT.encode())
-        trees = [self.library.tree(name) for name in sorted({o for n in self.inventory.nodes for o in n.overlays})]
+        used = {o for n in self.inventory.nodes for o in node_overlays(n)}
+        trees = [self.library.tree(name) for name in sorted(used)]
         for tree in trees:
             h.update(f"overlay\0{tree.name}\0{tree.digest}\0".encode())
         h.update(self.boot.digest.encode())
@@ -305,7 +312,8 @@ def build(state: State, site: Site | None, inventory: Inventory, nodes: list[Nod
         b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
         # Secrets are checked only for nodes about to be built (checking 10,000 nodes' keys
         # costs more than a one-node rebuild may take); making any changes the digests.
-        if secrets.ensure_secrets(state, inventory, [n for n in dirty if secrets.needs_host_keys(n)], jobs=jobs):
+        if secrets.ensure_secrets(state, inventory, [n for n in dirty if secrets.needs_host_keys(n)], jobs=jobs) \
+                + secrets.ensure_credentials(state, dirty):
             b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
         dirty_names = {n.name for n in dirty}
         report.unchanged = [n.name for n in nodes if n.name not in dirty_names]

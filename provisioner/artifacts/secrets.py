@@ -6,6 +6,8 @@ secrets/
                               `@cert-authority` line in ssh_known_hosts covers the cluster
   ssh/<node>/ssh_host_{ed25519,ecdsa,rsa}_key[.pub|-cert.pub]
   ssh/<node>/signed-for.<digest>  names the certificates were signed for (re-signed on change)
+  credentials/<node>          the node's report credential (64 hex digits): its overlay carries it,
+                              its stage and facts reports present it
 
 Keys come from ssh-keygen, so they are real OpenSSH formats. Every file lands by rename, so a
 key is either absent or complete; `stamp()` relies on that (a rename changes the directory).
@@ -34,6 +36,8 @@ MUNGE_KEY = "munge.key"
 MUNGE_KEY_BYTES = 1024
 SSH_CA = "ssh_host_ca"
 SSH_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+CREDENTIALS = "credentials"
+CREDENTIAL_BYTES = 32
 
 
 class SecretMissing(UserError):
@@ -185,6 +189,24 @@ def _sign(d: Path, ca: Path, identity: str, names: str) -> None:
             os.replace(cert, d / cert.name)
 
 
+# -- report credentials -------------------------------------------------------------------------
+
+def node_credential(node: str) -> str:
+    """The path of the node's report credential under state/secrets."""
+    return f"{CREDENTIALS}/{node}"
+
+
+def ensure_credentials(state: State, nodes: Iterable[Node]) -> list[str]:
+    """A report credential for each of these nodes that has none; returns the ones made.
+    Callers hold the overlay build lock, so no two processes make one at once."""
+    d = _root(state) / CREDENTIALS
+    d.mkdir(mode=0o700, exist_ok=True)
+    made = [n.name for n in nodes if not (d / n.name).exists()]
+    for name in made:
+        atomic_write(d / name, os.urandom(CREDENTIAL_BYTES).hex(), mode=0o600)
+    return [node_credential(name) for name in made]
+
+
 # -- the whole set -------------------------------------------------------------------------------
 
 def ensure_secrets(state: State, inventory: Inventory, nodes: Iterable[Node] | None = None,
@@ -228,11 +250,14 @@ def regenerate_ssh(state: State, inventory: Inventory, nodes: Iterable[Node]) ->
 def stamp(state: State, node: str) -> tuple:
     """Changes whenever a secret this node may receive changes: every file lands by rename, so
     the stat of the node's key directory and of the top-level files is enough (no reads)."""
-    try:
-        st = os.stat(f"{secrets_dir(state)}/{node_ssh_dir(node)}")
-        return (st.st_mtime_ns, st.st_ino)
-    except FileNotFoundError:
-        return ()
+    out: tuple = ()
+    for rel in (node_ssh_dir(node), node_credential(node)):
+        try:
+            st = os.stat(f"{secrets_dir(state)}/{rel}")
+            out += (st.st_mtime_ns, st.st_ino)
+        except FileNotFoundError:
+            out += ((),)
+    return out
 
 
 def shared_stamp(state: State) -> tuple:

@@ -151,6 +151,24 @@ class Retention:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What a flood may take of the boot services before it is refused; the references are
+    dnsmasq's tftp-max (50) and nginx's client_header_timeout (60 s) and keepalive_timeout
+    (75 s). Read when `serve` starts (a reload keeps the caps it started with)."""
+
+    tftp_transfers: int = setting(Count(1, 100_000), default=1000,
+                                  help="TFTP transfers at once (2 descriptors each), split between the TFTP processes")
+    tftp_per_client: int = setting(Count(1, 10_000), default=16, help="TFTP transfers at once from one address")
+    tftp_max_timeout: int = setting(Count(1, 255), default=5,
+                                    help="a larger RFC 2349 timeout option is not acknowledged (seconds)")
+    tftp_cache_mb: int = setting(Count(0, 1 << 20), default=64, help="prebuilt TFTP DATA packets, per process")
+    http_connections: int = setting(Count(1, 100_000), default=1024, help="HTTP connections at once; more get 503")
+    http_per_client: int = setting(Count(1, 100_000), default=64, help="HTTP connections at once from one address")
+    http_header_timeout: int = setting(Count(1, 3600), default=60, help="seconds to send a request's headers")
+    http_keepalive_timeout: int = setting(Count(1, 3600), default=75, help="seconds an idle connection is kept")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Cluster:
     name: str = setting(Label(), required=True, default="cluster")
     domain: str = setting(Text(), default="cluster")
@@ -162,6 +180,7 @@ class Cluster:
     dhcp: Dhcp = setting(Section(Dhcp))
     discovery: Discovery = setting(Section(Discovery))
     retention: Retention = setting(Section(Retention))
+    limits: Limits = setting(Section(Limits))
     secure: bool = setting(Flag(), default=True)
 
 

@@ -17,7 +17,18 @@ from . import yamlpos
 from .hostlist import HostlistError, expand, is_range
 from .merge import merge_settings
 from .model import SETTINGS, Cluster, Interface, Inventory, Node, Profile
-from .schema import Address, Invalid, Kind, Names, Scope, Section, Sections, Unresolved, settings_of, valid_hostname
+from .schema import (
+    Address,
+    Invalid,
+    Kind,
+    Names,
+    Scope,
+    Section,
+    Sections,
+    Unresolved,
+    settings_of,
+    valid_hostname,
+)
 
 Path = yamlpos.Path
 T = TypeVar("T")

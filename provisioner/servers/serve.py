@@ -26,6 +26,7 @@ from ..logs import kv
 from ..nodestate import NodeStateDB
 from ..nodestate.slurm import is_ready, slurm_states
 from ..paths import Site, State
+from .limits import fit
 from .service import Service
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ class Daemon:
         self._reload = threading.Event()
         self._wake = threading.Event()
         self._seen = _fingerprint(site)
+        # One descriptor budget for the services of this process (limits.py).
+        self.limits = fit(inventory.cluster.limits, opts.services)
         self.services: dict[str, Service] = {name: self._make(name) for name in opts.services}
 
     # -- composition ---------------------------------------------------------------------------
@@ -98,7 +101,8 @@ class Daemon:
         from .tftp import listen_address
         from .tftp_service import boot_service
         return boot_service(self.site, self.state, self.inventory, self.db, listen_address(self.opts.listen),
-                            self.opts.tftp_port or self.inventory.cluster.ports.tftp, self.opts.tftp_workers)
+                            self.opts.tftp_port or self.inventory.cluster.ports.tftp, self.opts.tftp_workers,
+                            limits=self.limits)
 
     def _http(self) -> Service:
         from .http import Hooks, HttpServer
@@ -106,7 +110,7 @@ class Daemon:
                       dhcp_packets=lambda: self._counters("dhcp"))
         return HttpServer(self.inventory, self.state, self.opts.listen,
                           self.opts.http_port or self.inventory.cluster.ports.http, self.db, self.opts.token_file,
-                          hooks)
+                          hooks, self.limits)
 
     def _counters(self, name: str) -> Mapping[str, int]:
         """A service's counters, empty when this process does not run it."""

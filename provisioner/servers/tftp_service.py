@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..inventory import Inventory, InventoryInvalid, load_inventory
+from ..inventory.model import Limits
 from ..logs import kv, setup_logging
 from ..nodestate import NodeStateDB
 from ..paths import Site, State
 from .boottree import BootTree, StaticTree
+from .limits import fit, share
 from .service import Service
 from .stages import StageWriter, stage_of
 from .tftp import TftpServer, check_port_free
@@ -88,36 +90,44 @@ class TftpService(Service):
 
 
 def boot_service(site: Site, state: State, inventory: Inventory, db: NodeStateDB, listen: str, port: int,
-                 processes: int = 1, *, shared: bool = False) -> TftpService:
+                 processes: int = 1, *, shared: bool = False, limits: Limits | None = None,
+                 share_of: int = 1) -> TftpService:
     """serve's TFTP service over the boot tree, in `processes` processes (this one included);
-    `shared` binds with SO_REUSEPORT also when alone (a worker)."""
+    `shared` binds with SO_REUSEPORT also when alone (a worker, one of `share_of`). `limits`:
+    the inventory's, fitted to this process's descriptors when not given; each process
+    takes its share of the TFTP caps (limits.share)."""
     staged = StagedTree(state, inventory, db)
     return _service(listen, port, processes, shared, staged, db, staged,
-                    ["--site", str(site.root), "--state", str(state.root)])
+                    ["--site", str(site.root), "--state", str(state.root)],
+                    limits or fit(inventory.cluster.limits, ("tftp",)), share_of=share_of)
 
 
 def directory_service(root: Path, listen: str, port: int, processes: int = 1, state: State | None = None,
-                      timeout: float = 1.0, *, shared: bool = False) -> TftpService:
+                      timeout: float = 1.0, *, shared: bool = False, share_of: int = 1) -> TftpService:
     """A plain directory served read-only (`provisioner tftp`); transfers are recorded in
     the node database of `state` when one is given."""
     db = NodeStateDB(state.db) if state is not None else None
     mode = ["--root", str(root), "--timeout", str(timeout)] + (["--state", str(state.root)] if state else [])
-    return _service(listen, port, processes, shared, StaticTree(root), db, None, mode, timeout)
+    return _service(listen, port, processes, shared, StaticTree(root), db, None, mode,
+                    fit(Limits(), ("tftp",)), timeout, share_of)
 
 
 def _service(listen: str, port: int, processes: int, shared: bool, resolver: Resolver, db: NodeStateDB | None,
-             staged: StagedTree | None, mode: list[str], timeout: float = 1.0) -> TftpService:
+             staged: StagedTree | None, mode: list[str], limits: Limits, timeout: float = 1.0,
+             share_of: int = 1) -> TftpService:
     """The service, with `processes - 1` workers started with `mode` (how a worker builds
     the same service). The port is checked free first: sockets with SO_REUSEPORT would
     otherwise quietly share it with another server left running."""
     if processes > 1:
         check_port_free(listen, port)
-    server = TftpServer(listen, port, resolver, db, timeout=timeout, reuse_port=shared or processes > 1)
+    limits = share(limits, max(processes, share_of))
+    server = TftpServer(listen, port, resolver, db, timeout=timeout, reuse_port=shared or processes > 1,
+                        limits=limits)
     workers = None
     if processes > 1:
         level = logging.getLevelName(log.getEffectiveLevel()).lower()
         workers = Workers([sys.executable, "-m", __name__, "--listen", listen, "--port", str(server.port),
-                           "--log-level", level, *mode], processes - 1)
+                           "--log-level", level, "--processes", str(processes), *mode], processes - 1)
     return TftpService(server, staged, workers)
 
 
@@ -132,17 +142,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--state", type=Path)
     ap.add_argument("--root", type=Path, help="a plain directory instead")
     ap.add_argument("--timeout", type=float, default=1.0)
+    ap.add_argument("--processes", type=int, default=1, help="TFTP processes on the port: this one takes its share")
     args = ap.parse_args(argv)
     setup_logging(args.log_level, worker=os.getpid())
     state = State(args.state) if args.state else None
     if args.root is not None:
-        service = directory_service(args.root, args.listen, args.port, state=state, timeout=args.timeout, shared=True)
+        service = directory_service(args.root, args.listen, args.port, state=state, timeout=args.timeout, shared=True,
+                                    share_of=args.processes)
         return run_worker(service, lambda: None)
     if args.site is None or state is None:
         ap.error("give --site and --state, or --root")
     site = Site(args.site)
     service = boot_service(site, state, load_inventory(site.cluster_yaml), NodeStateDB(state.db), args.listen,
-                           args.port, shared=True)
+                           args.port, shared=True, share_of=args.processes)
 
     def reload() -> None:
         try:

@@ -27,6 +27,12 @@ NODES = {  # name: (ip, mac)
     "node02": ("10.99.0.12", "52:54:00:aa:00:02"),
 }
 IMAGE = "img1"
+CREDENTIALS = {name: os.urandom(32).hex() for name in NODES}  # each node's report credential
+
+
+def auth(node: str) -> tuple[str, str]:
+    """curl arguments presenting the node's report credential, as its overlay lets it."""
+    return ("-H", f"Authorization: Bearer {CREDENTIALS[node]}")
 
 
 def cluster_yaml(nodes: dict[str, tuple[str, str]] = NODES, secure: bool = True) -> str:
@@ -45,6 +51,15 @@ def plant(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def set_limits(site: Path, **limits: int) -> None:
+    """cluster.limits in the site's cluster.yaml (written by write_site): the caps a test
+    lowers to reach them quickly, or lifts when one namespace stands in for many nodes."""
+    caps = ", ".join(f"{k}: {v}" for k, v in limits.items())
+    path = site / "cluster.yaml"
+    path.write_text(path.read_text().replace("  slurm: {controller: master}\n",
+                                             f"  slurm: {{controller: master}}\n  limits: {{{caps}}}\n"))
+
+
 def write_state(state: Path, big: int = 3 * 1024 * 1024) -> dict[str, bytes]:
     """Fake artifacts in the layout the servers read; returns their contents by URL path."""
     files: dict[str, bytes] = {}
@@ -56,7 +71,9 @@ def write_state(state: Path, big: int = 3 * 1024 * 1024) -> dict[str, bytes]:
     (state / "images" / IMAGE / "current").symlink_to("versions/v1")
     files[f"/images/{IMAGE}/vmlinuz"] = kernel
     files[f"/images/{IMAGE}/initramfs.img"] = initramfs
+    (state / "secrets" / "credentials").mkdir(mode=0o700, parents=True, exist_ok=True)
     for name, (_ip, mac) in NODES.items():
+        (state / "secrets" / "credentials" / name).write_text(CREDENTIALS[name])
         script = f"#!ipxe\nkernel http://{SERVER_IP}/images/{IMAGE}/vmlinuz provisioner.node={name}\nboot\n".encode()
         plant(layout.ipxe_script(State(state), name), script)
         files[f"/boot/{mac}.ipxe"] = script

@@ -13,14 +13,13 @@ import time
 from ipaddress import IPv4Address
 
 from ...inventory import Inventory
-from ...logs import kv
+from ...logs import repeated
 from ...nodestate import NodeStateDB
 
 log = logging.getLogger("provisioner.dhcp")
 
 OFFER_HOLD = 60.0  # seconds an offered address stays reserved for its client
 DECLINE_HOLD = 600.0  # seconds a declined address (in use by someone else) is skipped
-FULL_REPEAT = 60.0  # "range full" is logged once per this many seconds, with the count since
 
 
 class DynamicPool:
@@ -32,7 +31,6 @@ class DynamicPool:
             self.leases[row["mac"]] = (IPv4Address(row["ip"]), float(row["expires"]))
         self.offers: dict[str, tuple[IPv4Address, float]] = {}  # mac -> (ip, hold until)
         self.declined: dict[IPv4Address, float] = {}
-        self.full = (0, -FULL_REPEAT)  # clients turned away since it was last logged, when that was
         self.set_inventory(inventory)
 
     def set_inventory(self, inventory: Inventory) -> None:
@@ -70,11 +68,7 @@ class DynamicPool:
                     ip += 1
                 choice = ip if ip <= hi else None
             if choice is None:
-                missed, logged = self.full[0] + 1, self.full[1]
-                if time.monotonic() - logged >= FULL_REPEAT:  # a random-MAC flood must not flood the log
-                    log.warning("dynamic range full; no address", extra=kv(first=lo, last=hi, mac=mac, clients=missed))
-                    missed, logged = 0, time.monotonic()
-                self.full = (missed, logged)
+                log.warning("dynamic range full; no address", extra=repeated("dhcp range full", first=lo, last=hi, mac=mac))
                 return None
             self.offers[mac] = (choice, now + OFFER_HOLD)
             return choice

@@ -22,7 +22,7 @@ from ipaddress import IPv4Address
 from typing import Callable
 
 from ...inventory import Inventory, Node
-from ...logs import kv
+from ...logs import kv, repeated
 from ...nodestate import NodeStateDB
 from ...nodestate.writer import BatchWriter
 from ...paths import State, image_root
@@ -215,18 +215,18 @@ class DhcpServer(Service):
             answer = self.handle(data, peer, port)
         except wire.Malformed as e:
             self.packets["dropped"] += 1
-            log.warning("dropped a malformed packet", extra=kv(peer=f"{peer[0]}:{peer[1]}", error=e))
+            log.warning("dropped a malformed packet", extra=repeated("dhcp malformed", peer=f"{peer[0]}:{peer[1]}", error=e))
             return
         except Exception:
             self.packets["errors"] += 1
-            log.exception("error answering; packet dropped", extra=kv(peer=f"{peer[0]}:{peer[1]}"))
+            log.exception("error answering; packet dropped", extra=repeated("dhcp error", peer=f"{peer[0]}:{peer[1]}"))
             return
         if answer is not None:
             try:
                 sock.sendto(*answer)
                 self.packets["answered"] += 1
             except OSError as e:
-                log.warning("could not send", extra=kv(to=f"{answer[1][0]}:{answer[1][1]}", error=e))
+                log.warning("could not send", extra=repeated("dhcp send", to=f"{answer[1][0]}:{answer[1][1]}", error=e))
 
     # -- discovered MACs -------------------------------------------------------------------------
     def _saw(self, req: wire.Request, client: pxe.Client, ip: str | None) -> None:

@@ -12,7 +12,12 @@ import struct
 from dataclasses import dataclass, field
 
 from tftpy.TftpPacketFactory import TftpPacketFactory
-from tftpy.TftpPacketTypes import TftpPacketERR, TftpPacketOACK, TftpPacketRRQ, TftpPacketWRQ
+from tftpy.TftpPacketTypes import (
+    TftpPacketERR,
+    TftpPacketOACK,
+    TftpPacketRRQ,
+    TftpPacketWRQ,
+)
 
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 
@@ -75,10 +80,12 @@ def _int(value: str) -> int | None:
         return None
 
 
-def negotiate(options: dict[str, str], size: int) -> Negotiated:
+def negotiate(options: dict[str, str], size: int, max_timeout: int = MAX_TIMEOUT) -> Negotiated:
     """Accept what we can of the client's options; an option out of range or not a number is
     dropped from the answer, except blksize and windowsize above our limits, which are
-    lowered (both RFCs allow the server to answer a smaller value)."""
+    lowered (both RFCs allow the server to answer a smaller value). A timeout above
+    `max_timeout` is dropped too: RFC 2349 lets the server only echo it or ignore it, and
+    a dead client's transfer is held for a few of its timers."""
     accepted: dict[str, str] = {}
     blksize, window, timeout = 512, 1, None
     v = _int(options.get("blksize", ""))
@@ -90,7 +97,7 @@ def negotiate(options: dict[str, str], size: int) -> Negotiated:
         window = min(v, MAX_WINDOW)
         accepted["windowsize"] = str(window)
     v = _int(options.get("timeout", ""))
-    if v is not None and MIN_TIMEOUT <= v <= MAX_TIMEOUT:
+    if v is not None and MIN_TIMEOUT <= v <= min(max_timeout, MAX_TIMEOUT):
         timeout = float(v)
         accepted["timeout"] = str(v)
     if "tsize" in options and _int(options["tsize"]) is not None:

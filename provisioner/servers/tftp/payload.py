@@ -5,6 +5,10 @@ SIGBUS the whole server) and its packets are built lazily, once, then shared by 
 transfer of the same file version, mode and block size. Sending a block is then one
 sendto() of a prebuilt bytes object: no per-packet allocation or header packing, which is
 what lets one Python thread outrun a forking C server under load.
+
+Prebuilt packets cost the file's size again plus ~50 bytes a block (8-byte blocks make that
+7 times the file), and every block size a client picks is another copy: the cache has a byte
+budget, and a payload that does not fit builds each packet as it sends it instead.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Callable
 from .packets import data_header
 
 _HEADERS = [data_header(n) for n in range(65536)]
+_PACKET_OVERHEAD = 4 + 33 + 8  # DATA header, a bytes object's own size, its slot in the list
 
 
 class NotServable(Exception):
@@ -28,25 +33,35 @@ def netascii(data: bytes) -> bytes:
     return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
 
 
+def prebuilt_cost(size: int, blksize: int) -> int:
+    """The bytes a payload's prebuilt packets take at most."""
+    return size + (size // blksize + 2) * _PACKET_OVERHEAD
+
+
 class Payload:
-    """The DATA packets of one content at one block size; `users` counts live transfers."""
+    """The DATA packets of one content at one block size; `users` counts live transfers.
+    `packets` is None when they are built per send (not within the cache's budget)."""
 
-    __slots__ = ("key", "data", "blksize", "blocks", "packets", "users")
+    __slots__ = ("key", "data", "blksize", "blocks", "packets", "users", "cost")
 
-    def __init__(self, key: tuple | None, data: bytes, blksize: int):
+    def __init__(self, key: tuple | None, data: bytes, blksize: int, prebuild: bool = True):
         self.key = key
         self.data = data
         self.blksize = blksize
         # Always a final short block, possibly empty: that is how the client sees the end.
         self.blocks = len(data) // blksize + 1
-        self.packets: list[bytes | None] = [None] * (self.blocks + 1)
+        self.packets: list[bytes | None] | None = [None] * (self.blocks + 1) if prebuild else None
+        self.cost = prebuilt_cost(len(data), blksize) if prebuild else 0
         self.users = 0
 
     def packet(self, n: int) -> bytes:
-        p = self.packets[n]
+        packets = self.packets
+        p = packets[n] if packets is not None else None
         if p is None:
             off = (n - 1) * self.blksize
-            p = self.packets[n] = _HEADERS[n & 0xFFFF] + self.data[off:off + self.blksize]
+            p = _HEADERS[n & 0xFFFF] + self.data[off:off + self.blksize]
+            if packets is not None:
+                packets[n] = p
         return p
 
 
@@ -71,9 +86,12 @@ def _read_all(fd: int) -> bytes:
 class PayloadCache:
     """Payloads in use, shared by (file identity, mode, block size), and file contents
     shared by (identity, mode); both dropped when the last transfer using them ends, so
-    memory follows what is being served right now."""
+    memory follows what is being served right now. Prebuilt packets take at most
+    `budget` bytes (prebuilt_cost() reserved per payload)."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int = 64 << 20) -> None:
+        self.budget = budget
+        self.prebuilt = 0  # bytes reserved by the payloads that prebuild
         self._payloads: dict[tuple, Payload] = {}
         self._contents: dict[tuple, list] = {}  # (identity, mode) -> [bytes, users]
 
@@ -102,7 +120,9 @@ class PayloadCache:
         full = (key, blksize) if key is not None else None
         payload = self._payloads.get(full) if full is not None else None
         if payload is None:
-            payload = Payload(full, data, blksize)
+            prebuild = self.prebuilt + prebuilt_cost(len(data), blksize) <= self.budget
+            payload = Payload(full, data, blksize, prebuild)
+            self.prebuilt += payload.cost
             if full is not None:
                 self._payloads[full] = payload
         payload.users += 1
@@ -110,6 +130,9 @@ class PayloadCache:
 
     def release(self, payload: Payload) -> None:
         payload.users -= 1
+        if payload.users <= 0:
+            self.prebuilt -= payload.cost
+            payload.cost = 0
         if payload.key is None:
             return
         if payload.users <= 0:

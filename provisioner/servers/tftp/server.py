@@ -4,12 +4,16 @@ tftpy's own server loops on select() (capped below 1,024 descriptors) and builds
 objects per block; this loop keeps tftpy for request parsing and replaces the rest: epoll
 scales to any number of transfers, DATA goes out as prebuilt bytes, and timers are a sweep
 every 50 ms. Nothing a client sends can raise out of serve_forever().
+
+Nothing a client sends can take more than its share either (cluster.limits): transfers at
+once are capped in total and per address, refused beyond with an ERROR; a timeout option
+is acknowledged only up to a few seconds; prebuilt packets have a byte budget (payload.py);
+and repeated failures are one log line per interval.
 """
 
 from __future__ import annotations
 
 import logging
-import resource
 import select
 import socket
 import struct
@@ -19,10 +23,12 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Callable
 
-from ...logs import kv
+from ...inventory.model import Limits
+from ...logs import kv, repeated
 from ...nodestate import NodeStateDB
 from ...nodestate.writer import BatchWriter
 from ..boottree import PathRefused
+from ..limits import raise_nofile_limit
 from . import packets as P
 from .payload import NotServable, PayloadCache
 from .transfer import DONE, PROBED, Transfer, TransferStats
@@ -38,18 +44,6 @@ _RCVBUF = 4 << 20
 Resolver = Callable[[str, str], "Path | bytes | None"]
 
 
-def raise_nofile_limit() -> int:
-    """Lift the soft descriptor limit to the hard one: a transfer holds one socket."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
 class TftpServer:
     """A read-only TFTP server over a resolver `(client_ip, path) -> Path | bytes | None`.
 
@@ -57,12 +51,15 @@ class TftpServer:
     have a `node_for(client_ip)` method naming the node for the stats."""
 
     def __init__(self, listen: str, port: int, resolver: Resolver, db: NodeStateDB | None = None,
-                 *, timeout: float = 1.0, patience: float = 15.0, reuse_port: bool = False):
+                 *, timeout: float = 1.0, patience: float = 15.0, reuse_port: bool = False,
+                 limits: Limits | None = None):
         self.listen = listen
         self.resolver = resolver
         self.db = db
         self.timeout = timeout
         self.patience = patience
+        self.limits = limits = limits or Limits()
+        self.refused_busy = 0  # requests refused by the caps
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -82,10 +79,11 @@ class TftpServer:
         self._stopping = False
         self._running = threading.Event()
         self._stopped = threading.Event()
-        self.cache = PayloadCache()
+        self.cache = PayloadCache(limits.tftp_cache_mb << 20)
         self.transfers: dict[int, Transfer] = {}  # by the fd of the socket connected to the peer
         self.strays: dict[int, Transfer] = {}  # by the fd of the unconnected same-port socket
         self.by_peer: dict[tuple[str, int], Transfer] = {}
+        self.per_ip: dict[str, int] = {}  # transfers at once by client address
         self._stats: BatchWriter[tuple] | None = None
         self._node_for = getattr(resolver, "node_for", None)
 
@@ -197,6 +195,14 @@ class TftpServer:
         self._reply(P.error_packet(code, message), addr, local)
         self._record(TransferStats(addr[0], addr[1], path, self._node(addr[0]), 0, 0.0, 0, outcome))
 
+    def _busy(self, addr: tuple[str, int], local: str, path: str, cap: str) -> None:
+        """A request over a cap: an ERROR at once (the client may retry later), one log line
+        per interval, and no database row (a flood would write one per packet)."""
+        self.refused_busy += 1
+        self._reply(P.error_packet(P.ERR_DISK, "server busy, try again later"), addr, local)
+        log.warning("refused", extra=repeated(f"tftp busy {cap}", client=addr[0], path=path[:300] or None, cap=cap,
+                                              transfers=len(self.transfers)))
+
     def _request(self, data: bytes, addr: tuple[str, int], local: str, now: float) -> None:
         if addr[1] == 0 or len(data) < 2 or data[:2] == b"\0\x05":
             return  # never answer an ERROR, and never port 0: no error ping-pong
@@ -204,22 +210,29 @@ class TftpServer:
         if existing is not None:
             existing.asked_again(now)
             return
+        if data[:2] == b"\0\x01" and self.per_ip.get(addr[0], 0) >= self.limits.tftp_per_client:
+            self._busy(addr, local, "", "per client")  # before parsing: the cheapest answer to a flood
+            return
         try:
             req = P.parse_request(data)
         except P.BadPacket as e:
             if data[:2] not in (b"\0\x01", b"\0\x02"):
                 log.debug("ignored a non-request", extra=kv(client=f"{addr[0]}:{addr[1]}"))
                 return  # no answer to noise: the port must not be a reflector
-            log.warning("bad request", extra=kv(client=f"{addr[0]}:{addr[1]}", error=e))
+            log.warning("bad request", extra=repeated("tftp bad request", client=f"{addr[0]}:{addr[1]}", error=e))
             self._reply(P.error_packet(P.ERR_ILLEGAL, "illegal TFTP operation"), addr, local)
             return
         if req.write:
             self._refuse(addr, local, req.filename, P.ERR_ACCESS, "read-only server", "refused: write request")
             return
+        if len(self.transfers) >= self.limits.tftp_transfers:
+            self._busy(addr, local, req.filename, "transfers")
+            return
         try:
             source = self.resolver(addr[0], req.filename)
         except PathRefused as e:
-            log.warning("path refused", extra=kv(client=addr[0], path=req.filename[:300], error=e))
+            log.warning("path refused", extra=repeated("tftp path refused", client=addr[0], path=req.filename[:300],
+                                                        error=e))
             self._refuse(addr, local, req.filename[:255], P.ERR_ACCESS, "access violation", f"refused: {e}")
             return
         except Exception:
@@ -232,7 +245,7 @@ class TftpServer:
         neg: list[P.Negotiated] = []
 
         def blksize_for(size: int) -> int:
-            neg.append(P.negotiate(req.options, size))
+            neg.append(P.negotiate(req.options, size, self.limits.tftp_max_timeout))
             return neg[0].blksize
 
         try:
@@ -247,7 +260,7 @@ class TftpServer:
             sock, strays = transfer_sockets(local, addr)
         except OSError as e:
             self.cache.release(payload)
-            log.warning("cannot open a transfer socket", extra=kv(client=addr[0], error=e))
+            log.warning("cannot open a transfer socket", extra=repeated("tftp no socket", client=addr[0], error=e))
             self._refuse(addr, local, req.filename, P.ERR_DISK, "server busy, try again", "refused: busy")
             return
         n = neg[0]
@@ -256,6 +269,7 @@ class TftpServer:
         self.transfers[sock.fileno()] = t
         self.strays[strays.fileno()] = t
         self.by_peer[addr] = t
+        self.per_ip[addr[0]] = self.per_ip.get(addr[0], 0) + 1
         self._ep.register(sock.fileno(), select.EPOLLIN)
         self._ep.register(strays.fileno(), select.EPOLLIN)
         t.send_window(now)
@@ -266,6 +280,9 @@ class TftpServer:
         self.strays.pop(t.strays.fileno(), None)
         if self.by_peer.get(t.peer) is t:
             del self.by_peer[t.peer]
+        left = self.per_ip.pop(t.peer[0], 1) - 1
+        if left > 0:
+            self.per_ip[t.peer[0]] = left
         for s in (t.sock, t.strays):
             try:
                 self._ep.unregister(s.fileno())
@@ -286,11 +303,19 @@ class TftpServer:
             return None
 
     def _record(self, st: TransferStats) -> None:
-        level = logging.INFO if st.outcome in (DONE, PROBED) else logging.WARNING
+        ok = st.outcome in (DONE, PROBED)
+        level = logging.INFO if ok else logging.WARNING
         if log.isEnabledFor(level):
-            log.log(level, "transfer", extra=kv(
-                client=f"{st.client}:{st.port}", node=st.node, path=st.path, bytes=st.bytes,
-                seconds=round(st.duration, 3), retransmits=st.retransmits, outcome=st.outcome))
+            # Every transfer served is a line (each costs its client the whole file); a failure
+            # is one line per interval for each outcome whoever causes it, a size probe per
+            # client and file (a probe costs its sender one packet).
+            fields = {"client": f"{st.client}:{st.port}", "node": st.node, "path": st.path, "bytes": st.bytes,
+                      "seconds": round(st.duration, 3), "retransmits": st.retransmits, "outcome": st.outcome}
+            if st.outcome == DONE:
+                log.info("transfer", extra=kv(**fields))
+            else:
+                key = f"tftp {st.outcome}" + (f" {st.client} {st.path[:300]}" if ok else "")
+                log.log(level, "transfer", extra=repeated(key, **fields))
         if self._stats is not None:
             self._stats.put(("tftp", st.client, st.node, st.path, st.bytes, st.duration, st.retransmits,
                              st.outcome, time.time()))

@@ -111,10 +111,9 @@ class Transfer:
                 if last > first and _gso.ok:
                     self._send_segmented(first, last)
                 else:
-                    packets, payload, send = self.packets, self.payload, self.sock.send
+                    packet, send = self.payload.packet, self.sock.send
                     for n in range(first, last + 1):
-                        p = packets[n]
-                        send(p if p is not None else payload.packet(n))
+                        send(packet(n))
                         self.sent_to = n
         except OSError:
             pass  # a full buffer or an unreachable peer: the timeout resends
@@ -180,7 +179,8 @@ class Transfer:
                 return True
             if self.window == 1:  # the lock-step common case, without send_window's loop
                 n += 1
-                p = self.packets[n]
+                packets = self.packets  # the prebuilt packet when there is one, without a call
+                p = packets[n] if packets is not None else None
                 try:
                     self.sock.send(p if p is not None else self.payload.packet(n))
                 except OSError:
