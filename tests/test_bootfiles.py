@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_dhcp_server import MACS, Server, pxe_client, write_site
 
 from provisioner import bootfiles
 from provisioner.artifacts import bootloaders, layout
@@ -19,6 +18,7 @@ from provisioner.render.pxe import TEMPLATES
 from provisioner.resources import STOCK_PXE
 from provisioner.servers.boottree import BootTree
 from provisioner.servers.stages import stage_of
+from test_dhcp_server import MACS, Server, pxe_client, write_site
 
 HTTP = "http://10.99.0.1:8080/boot/"
 
@@ -39,7 +39,7 @@ def test_stages_templates_and_boot_tree_come_from_the_registry(tmp_path):
     assert {f.name: stage_of(f"/{f.name}") for f in bootfiles.BY_NAME.values()} == \
         {f.name: "bootloader" for f in bootfiles.BY_NAME.values()}
     assert stage_of("efi64/ldlinux.e64") is None and stage_of("images/x/versions/v1/vmlinuz") == "kernel"
-    assert TEMPLATES == {c.loader: c.template for c in CONFIGS}
+    assert {c.loader: c.template for c in CONFIGS} == TEMPLATES
     assert all((STOCK_PXE / t).is_file() for t in TEMPLATES.values())
     inv = parse_text("""
 cluster: {name: t, network: {interface: br0, subnet: 10.77.0.0/24, master: 10.77.0.1}}
@@ -69,9 +69,16 @@ def test_boot_install_puts_every_file_dhcp_can_name_in_the_tree(tmp_path):
 
 
 
+def own_uefi_loader(site: Path) -> None:
+    """node03's `efi` profile names mine.efi for UEFI, a file the boot tree lacks."""
+    text = site.read_text()
+    assert "uefi: ipxe.efi\n" in text
+    site.write_text(text.replace("uefi: ipxe.efi\n", "uefi: mine.efi\n"))
+
+
 def test_boot_install_says_which_clients_the_tree_leaves_without_a_boot_file(cli):
     site = write_site(cli.site)
-    site.write_text(site.read_text().replace("boot_files: {uefi: ipxe.efi,", "boot_files: {uefi: mine.efi,"))
+    own_uefi_loader(site)
     err = cli("boot", "install").stderr
     assert "warning: boot_files uefi: mine.efi of node03 will get no boot file: mine.efi is not in the boot tree" in err
     for firmware, f in DEFAULTS.items():
@@ -153,7 +160,7 @@ def test_a_file_missing_from_the_tree_is_refused_and_said(lab, tmp_path):
     start-up check says so, a BIOS client gets a lease but no boot file, once logged; in proxy
     mode it gets no answer at all."""
     site = write_site(tmp_path / "site")
-    site.write_text(site.read_text().replace("boot_files: {uefi: ipxe.efi,", "boot_files: {uefi: mine.efi,"))
+    own_uefi_loader(site)
     state = tmp_path / "state"
     bootloaders.install(State(state))
     (state / "boot" / "undionly.kpxe").unlink()
