@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import jinja2
 import yaml
@@ -25,7 +26,14 @@ from ..inventory.model import Node
 from ..paths import Site
 from ..resources import STOCK_OVERLAYS
 from .context import (
-    RenderError, SharedContext, compile_template, environment, node_context, render, PER_NODE, reads,
+    PER_NODE,
+    RenderError,
+    SharedContext,
+    compile_template,
+    environment,
+    node_context,
+    reads,
+    render,
 )
 
 META = "_meta.yaml"
@@ -180,7 +188,7 @@ class IdMap:
         self.digest = hashlib.sha256(f"{passwd}\0{group}".encode()).hexdigest()
 
     @classmethod
-    def load(cls, rootfs: Path | None) -> "IdMap":
+    def load(cls, rootfs: Path | None) -> IdMap:
         """The image's tables (read inside the image: its links lead nowhere on this host);
         the master's own when the image is not built yet."""
         image = Root(rootfs if rootfs is not None and Root(rootfs).is_file("etc/passwd") else Path("/"))
@@ -202,7 +210,7 @@ class IdMap:
 
 
 def _id_table(text: str) -> dict[str, int]:
-    out = {}
+    out: dict[str, int] = {}
     for line in text.splitlines():
         parts = line.split(":")
         if len(parts) >= 3 and parts[2].isdigit():
@@ -259,7 +267,7 @@ class NodeRenderer:
         self.read_secret = read_secret
         self.idmap = idmap
         self._shared_bodies: dict[int, bytes] = {}
-        self._layouts: dict[tuple, list[tuple[FileEntry, SourceFile | None]]] = {}
+        self._layouts: dict[tuple[tuple[str, ...], str | None], list[tuple[FileEntry, SourceFile | None]]] = {}
 
     def merged(self, node: Node) -> tuple[dict[str, SourceFile], dict[str, Meta], OverlayTree | None]:
         files: dict[str, SourceFile] = {}
@@ -323,7 +331,7 @@ class NodeRenderer:
             self._shared_bodies[key] = self._body(sf, self.shared.as_dict(), node)
         return self._shared_bodies[key]
 
-    def _body(self, sf: SourceFile, ctx: Mapping[str, Any], node: str) -> bytes:
+    def _body(self, sf: SourceFile, ctx: Mapping[str, Any], node: str | None) -> bytes:
         if sf.kind == "template":
             return render(sf.template, ctx, node).encode()  # type: ignore[arg-type]
         if sf.kind == "secret":
