@@ -6,12 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from labs.site import node, site_yaml
 
+from labs.site import node, site_yaml
 from provisioner.inventory import parse_text
 from provisioner.render.facts import FactsInvalid, hardware, parse_slurmd_c
 from provisioner.render.slurm import render
-
 
 
 def inventory(g01: Mapping[str, Any] | None = None, default: Mapping[str, Any] | None = None) -> str:
