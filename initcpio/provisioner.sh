@@ -9,6 +9,9 @@
 
 PV_RUN=/run/provisioner
 PV_LIB=/lib/provisioner
+# The node's report credential, in its overlay (root only): the master believes no report without it.
+PV_CREDENTIAL_FILE=etc/provisioner/credential
+PV_CRED=""
 
 pv_log() {
     echo "provisioner: $*"
@@ -72,8 +75,8 @@ pv_http() {
     echo 600 >/proc/sys/net/ipv4/ip_unprivileged_port_start
     echo "600 1023" >/proc/sys/net/ipv4/ip_local_port_range
     if [ -n "$post" ]; then
-        timeout 20 wget -q -O "$out" --header "Content-Type: application/json" --post-file "$post" "$url" \
-            2>"$PV_RUN/http.err"
+        timeout 20 wget -q -O "$out" --header "Content-Type: application/json" \
+            ${PV_CRED:+--header "Authorization: Bearer $PV_CRED"} --post-file "$post" "$url" 2>"$PV_RUN/http.err"
     else
         timeout 60 wget -q -O "$out" "$url" 2>"$PV_RUN/http.err"
     fi
@@ -89,7 +92,8 @@ pv_json_escape() {
     printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' | tr '\n\t' '  '
 }
 
-# pv_report STAGE DETAIL: best effort; a boot never waits long on the master's log.
+# pv_report STAGE DETAIL: best effort; a boot never waits long on the master's log. The
+# master believes a report only with the credential from the overlay (pv_fetch_overlay).
 pv_report() {
     [ -n "$PV_REPORT" ] && [ -n "$PV_NETUP" ] || return 0
     printf '{"stage": "%s", "detail": "%s"}' "$1" "$(pv_json_escape "$2")" >"$PV_RUN/report.json"
@@ -148,7 +152,6 @@ pv_network() {
     PV_NETUP=1
     # shellcheck disable=SC2153 # PV_IP and PV_IF come from net.env, written by udhcpc.script
     pv_log "network: $PV_IP on $PV_IF"
-    pv_report network "$PV_IP on $PV_IF"
 }
 
 # NFSv4 servers tell clients apart by an owner string built from the hostname (and an
@@ -222,23 +225,42 @@ pv_mount_upper() {
     mkdir -p "$PV_RUN/rw/upper" "$PV_RUN/rw/work"
 }
 
+# pv_fetch_overlay: the node's overlay, fetched as soon as the network is up: the report
+# credential in it lets every report (network included) be believed. A failure here only
+# leaves PV_OVERLAY_ERR; pv_apply_overlay fails with it after the root is mounted, as before.
+pv_fetch_overlay() {
+    local out
+    PV_OVERLAY_ERR=""
+    [ -n "$PV_OVERLAY" ] || return 0
+    if ! out=$(pv_http "$PV_OVERLAY" "$PV_RUN/overlay.cpio.gz"); then
+        PV_OVERLAY_ERR="cannot fetch the node overlay $PV_OVERLAY: $out"
+        return 0
+    fi
+    # Not `zcat | cpio`: the pipe's status is cpio's, and cpio unpacks nothing from an empty
+    # stream without complaint, so a page that is not an archive would count as applied.
+    # busybox zcat also exits 0 on a truncated stream; it still says so on stderr.
+    if ! out=$(zcat "$PV_RUN/overlay.cpio.gz" 2>&1 >"$PV_RUN/overlay.cpio") || [ -n "$out" ] \
+        || [ ! -s "$PV_RUN/overlay.cpio" ]; then
+        PV_OVERLAY_ERR="the node overlay from $PV_OVERLAY is not a gzip cpio archive: ${out:-nothing in it}"
+        return 0
+    fi
+    rm -f "$PV_RUN/overlay.cpio.gz"
+    mkdir -p "$PV_RUN/cred"
+    (cd "$PV_RUN/cred" && cpio -i -d "$PV_CREDENTIAL_FILE" <"$PV_RUN/overlay.cpio" >/dev/null 2>&1)
+    [ -s "$PV_RUN/cred/$PV_CREDENTIAL_FILE" ] && read -r PV_CRED <"$PV_RUN/cred/$PV_CREDENTIAL_FILE"
+    rm -rf "$PV_RUN/cred"
+    [ -n "$PV_CRED" ] || pv_log "warning: no report credential in the overlay: the master will not believe reports"
+}
+
 # The node's own files (hostname, keys, configs) go into the upper layer before the
 # overlayfs is mounted, so they shadow the shared image from the first moment.
 pv_apply_overlay() {
     local out
     if [ -n "$PV_OVERLAY" ]; then
-        out=$(pv_http "$PV_OVERLAY" "$PV_RUN/overlay.cpio.gz") \
-            || pv_fail "cannot fetch the node overlay $PV_OVERLAY: $out"
-        # Not `zcat | cpio`: the pipe's status is cpio's, and cpio unpacks nothing from an empty
-        # stream without complaint, so a page that is not an archive would count as applied.
-        # busybox zcat also exits 0 on a truncated stream; it still says so on stderr.
-        if ! out=$(zcat "$PV_RUN/overlay.cpio.gz" 2>&1 >"$PV_RUN/overlay.cpio") || [ -n "$out" ] \
-            || [ ! -s "$PV_RUN/overlay.cpio" ]; then
-            pv_fail "the node overlay from $PV_OVERLAY is not a gzip cpio archive: ${out:-nothing in it}"
-        fi
+        [ -z "$PV_OVERLAY_ERR" ] || pv_fail "$PV_OVERLAY_ERR"
         out=$(cd "$PV_RUN/rw/upper" && cpio -i -d -m -u <"$PV_RUN/overlay.cpio" 2>&1) \
             || pv_fail "cannot unpack the node overlay from $PV_OVERLAY: $out"
-        rm -f "$PV_RUN/overlay.cpio.gz" "$PV_RUN/overlay.cpio"
+        rm -f "$PV_RUN/overlay.cpio"
         pv_log "overlay: applied $PV_OVERLAY"
         pv_report overlay "$PV_OVERLAY"
     fi
@@ -259,6 +281,8 @@ pv_boot() {
     pv_log "node ${PV_NODE:-?}: loading drivers"
     pv_load_modules
     case "$PV_ROOT" in dev:*) ;; *) pv_network; pv_nfs_identity ;; esac
+    pv_fetch_overlay
+    pv_report network "$PV_IP on $PV_IF"
     pv_mount_root
     pv_mount_upper
     pv_apply_overlay

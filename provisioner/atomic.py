@@ -1,6 +1,8 @@
-"""Atomic file writes and advisory locks: a reader sees the old file or the new one, never half.
+"""Atomic file writes, private files and folders, advisory locks: a reader sees the old file or
+the new one, never half, and a secret is never readable by anyone but root, not even for a moment.
 
-Every artifact and every CLI edit of the site goes through here.
+Every artifact and every CLI edit of the site goes through here. Modes are given at creation
+(umask can only take bits away), never set by a chmod once data is in.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ import contextlib
 import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,14 +53,38 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) 
         f.write(data)
 
 
+def write_new(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
+    """A new file, made with `mode` (by default only root can read it); fails if it exists,
+    since callers write into folders no reader sees until they are complete."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def private_dir(path: str | os.PathLike) -> Path:
+    """`path` as a folder only root can enter: made 0700 (missing parents 0755), or tightened
+    to 0700 if an older version left it open. Everything a secret passes through lives below
+    one of these, so a file's own mode is never the only guard."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(p, 0o700 if p == path else 0o755)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
 @contextlib.contextmanager
 def locked(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive flock on `path`.lock for the duration (serialises CLI edits)."""
     lock = Path(f"{path}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

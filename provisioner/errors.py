@@ -1,7 +1,7 @@
-"""Errors a user can act on: the CLI prints them in one line and exits 1, no traceback."""
+"""The project's own error: a problem the user can act on (a bad name, a missing image, a
+build that failed), raised anywhere below the CLI. Only the CLI knows how to show it: one
+line on stderr and exit status 1, no traceback (cli/context.py)."""
 
-import click
 
-
-class UserError(click.ClickException):
-    exit_code = 1
+class UserError(Exception):
+    pass

@@ -69,16 +69,8 @@ def test_boot_install_puts_every_file_dhcp_can_name_in_the_tree(tmp_path):
 
 
 
-def own_uefi_loader(site: Path) -> None:
-    """node03's `efi` profile names mine.efi for UEFI, a file the boot tree lacks."""
-    text = site.read_text()
-    assert "uefi: ipxe.efi\n" in text
-    site.write_text(text.replace("uefi: ipxe.efi\n", "uefi: mine.efi\n"))
-
-
 def test_boot_install_says_which_clients_the_tree_leaves_without_a_boot_file(cli):
-    site = write_site(cli.site)
-    own_uefi_loader(site)
+    write_site(cli.site, efi_file="mine.efi")
     err = cli("boot", "install").stderr
     assert "warning: boot_files uefi: mine.efi of node03 will get no boot file: mine.efi is not in the boot tree" in err
     for firmware, f in DEFAULTS.items():
@@ -159,8 +151,7 @@ def test_a_file_missing_from_the_tree_is_refused_and_said(lab, tmp_path):
     """A boot tree without undionly.kpxe, and an override naming a file nothing provides: the
     start-up check says so, a BIOS client gets a lease but no boot file, once logged; in proxy
     mode it gets no answer at all."""
-    site = write_site(tmp_path / "site")
-    own_uefi_loader(site)
+    write_site(tmp_path / "site", efi_file="mine.efi")
     state = tmp_path / "state"
     bootloaders.install(State(state))
     (state / "boot" / "undionly.kpxe").unlink()

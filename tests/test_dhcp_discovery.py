@@ -1,5 +1,6 @@
-"""Discovery and adoption: `provisioner node discovered|adopt`, and the automatic adoption
-policy (cluster.discovery.adopt) with a real PXE client."""
+"""Discovery by the DHCP server alone and adoption by the admin: `provisioner node
+discovered|approve` with a real PXE client (the policy's `mode: auto` through `provisioner
+serve` is test_join.py's)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_discovered_then_adopted_by_the_admin_keeping_comments(lab, tmp_path, cl
         assert got["reply"]["yiaddr"] == "10.99.0.200"  # dynamic range
         assert [r["mac"] for r in json.loads(cli("node", "discovered", "--json").stdout)] == [UNKNOWN]
         assert UNKNOWN in cli("node", "discovered").stdout
-        out = cli("node", "adopt", UNKNOWN.upper(), "node09").stdout
+        out = cli("node", "approve", UNKNOWN.upper(), "node09").stdout
         assert f"adopted {UNKNOWN} as node09 (10.99.0.2)" in out
         text = (cli.site / "cluster.yaml").read_text()
         assert text.startswith("# the test cluster (this comment must survive CLI edits)")
@@ -33,7 +34,7 @@ def test_discovered_then_adopted_by_the_admin_keeping_comments(lab, tmp_path, cl
         # errors: known MAC, taken name, not a MAC
         for args, msg in (((UNKNOWN, "node10"), "already node node09"), (("52:54:00:cc:00:01", "node01"), "exists"),
                           (("nonsense", "x"), "not a MAC")):
-            res = cli("node", "adopt", *args, check=False)
+            res = cli("node", "approve", *args, check=False)
             assert res.returncode == 1 and msg in res.stderr and "Traceback" not in res.stderr
         # after a reload the server answers the adopted node with its static address
         server.stop()
@@ -44,23 +45,3 @@ def test_discovered_then_adopted_by_the_admin_keeping_comments(lab, tmp_path, cl
     finally:
         server.stop()
     assert "Traceback" not in server.text(), server.text()
-
-
-def test_auto_adoption_policy_names_new_nodes(lab, tmp_path, cli):
-    write_site(cli.site, adopt="auto[1-2]")
-    server = Server(lab, cli.site, cli.state).start()
-    try:
-        macs = ["52:54:00:dd:00:01", "52:54:00:dd:00:02", "52:54:00:dd:00:03"]
-        got = [pxe_client(lab.host(mac=m), tmp_path, m, *EFI)["reply"] for m in macs]
-        assert [bytes.fromhex(r["options"]["hostname"]).decode() if "hostname" in r["options"] else None
-                for r in got] == ["auto1", "auto2", None]
-        assert got[2]["yiaddr"] == "10.99.0.200"  # policy exhausted: a dynamic lease
-        nodes = {n["name"]: n for n in json.loads(cli("node", "list", "--json").stdout)}
-        assert [nodes[f"auto{i}"]["interfaces"][0]["mac"] for i in (1, 2)] == macs[:2]
-        assert nodes["auto1"]["interfaces"][0]["ip"] == got[0]["yiaddr"]
-        rows = {r["mac"]: r["adopted_as"] for r in json.loads(cli("node", "discovered", "--all", "--json").stdout)}
-        assert rows == {macs[0]: "auto1", macs[1]: "auto2", macs[2]: None}
-        assert (cli.site / "cluster.yaml").read_text().startswith("# the test cluster")
-    finally:
-        server.stop()
-    assert "every name of auto[1-2] is taken" in server.text()

@@ -33,19 +33,18 @@ UNKNOWN = "52:54:00:bb:00:01"
 
 
 def write_site(site: Path, subnet: str = "10.99.0.0/24", master: str = SERVER_IP, mode: str = "full",
-               dynamic: str = "10.99.0.200-10.99.0.210", adopt: str | None = None) -> Path:
+               dynamic: str = "10.99.0.200-10.99.0.210", efi_file: str = "ipxe.efi") -> Path:
     """node01-02 in the default profile and node03 also in `efi` (its own boot files), at .11
     to .13 of `subnet`; the master is router, DNS and time server. The leading comment must
-    survive CLI edits (test_dhcp_discovery)."""
+    survive CLI edits (test_dhcp_discovery). `efi_file`: node03's UEFI boot file."""
     net = IPv4Network(subnet)
     nodes = [node("node[01-02]", str(net[11]), MACS[:2]),
              node("node03", str(net[13]), MACS[2], profiles=["default", "efi"])]
     profiles = {"default": {"image": "debian12"},
-                "efi": {"boot_files": {"uefi": "ipxe.efi", "ipxe": f"http://{master}:8080/custom.ipxe"}}}
+                "efi": {"boot_files": {"uefi": efi_file, "ipxe": f"http://{master}:8080/custom.ipxe"}}}
     text = site_yaml(nodes, profiles, name="t", domain="t.cluster", subnet=subnet,
                      network={"master": master, "gateway": master, "dns": [master], "dynamic_range": dynamic},
-                     time_servers=[master], ports={"http": 8080}, dhcp={"mode": mode, "lease_time": 600},
-                     **({"discovery": {"adopt": adopt}} if adopt else {}))
+                     time_servers=[master], ports={"http": 8080}, dhcp={"mode": mode, "lease_time": 600})
     return labs.site.write_site(site, "# the test cluster (this comment must survive CLI edits)\n" + text)
 
 
@@ -298,6 +297,7 @@ def test_unknown_pxe_client_discovered_and_dynamic_lease_survives_restart(lab, t
 
 def test_malformed_packets_are_dropped_and_server_keeps_answering(lab, dhcp, tmp_path):
     import struct
+
     from scapy.layers.dhcp import BOOTP, DHCP
     good = bytes(BOOTP(chaddr=bytes.fromhex("525400aa0001"), xid=7) / DHCP(options=[("message-type", "discover"), "end"]))
     bad = [

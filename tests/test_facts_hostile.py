@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from labs.serve import NODES, Serve, curl, write_site, write_state
+from labs.serve import NODES, Serve, auth, curl, write_site, write_state
 from labs.slurm import slurm_cluster
+from provisioner.facts import FactsInvalid, hardware
 from provisioner.nodestate import NodeStateDB
-from provisioner.render.facts import FactsInvalid, hardware
 from test_slurm_cluster import INVENTORY as CLUSTER
+from test_slurm_cluster import NODE_CURL
 from test_slurm_render import INVENTORY, facts_for
 
 PRIV = ("--local-port", "700-900")
@@ -69,8 +70,9 @@ def test_hostile_reports_get_400_the_reason_and_a_status(lab, cli):
         n2 = lab.host(ip=NODES["node02"][0], mac=NODES["node02"][1])
 
         def post(ns, body):
-            out = curl(ns, *PRIV, "-w", "\n%{http_code}", "-H", "Content-Type: application/json", "--data-binary",
-                       json.dumps(body), f"{srv.url}/api/v1/facts").stdout
+            node = "node01" if ns is n1 else "node02"
+            out = curl(ns, *PRIV, *auth(node), "-w", "\n%{http_code}", "-H", "Content-Type: application/json",
+                       "--data-binary", json.dumps(body), f"{srv.url}/api/v1/facts").stdout
             text, _, code = out.rpartition("\n")
             return code, text
 
@@ -119,8 +121,8 @@ def test_a_real_slurmctld_keeps_running_and_the_other_nodes_their_facts():
         assert real is not None
         for bad in ("CPUs=99999", "CPUs=\uff18", "CPUs=\u00b2"):
             body = json.dumps({**real, "slurmd_C": real["slurmd_C"].replace(f"CPUs={real['cpus']}", bad)})
-            res = sl.nodes["node02"].run(["curl", "-sS", "--local-port", "600-1023", "-w", "\n%{http_code}", "-H",
-                                          "Content-Type: application/json", "--data", body, url])
+            res = sl.nodes["node02"].run([*NODE_CURL, "-sS", "--local-port", "600-1023", "-w", "\n%{http_code}",
+                                          "-H", "Content-Type: application/json", "--data", body, url])
             assert res.stdout.endswith("\n400") and "facts refused: node02" in res.stdout, res.stdout
         # The node's own facts script, on a node whose slurmd -C says 99999 CPUs: it stops at the
         # 400 and logs the master's reason instead of retrying for a minute.

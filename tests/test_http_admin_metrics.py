@@ -4,9 +4,9 @@ after real transfers, refusals and a recorded overlay build."""
 import json
 
 import pytest
+from labs.serve import IMAGE, NODES, Serve, curl, write_site, write_state
 
 from provisioner.nodestate import NodeStateDB
-from labs.serve import IMAGE, NODES, Serve, curl, write_site, write_state
 
 pytestmark = pytest.mark.netns
 
@@ -22,7 +22,7 @@ def test_admin_needs_localhost_or_token(lab, cli):
     write_site(cli.site)
     write_state(cli.state)
     token_file = cli.state / "secrets" / "api.token"
-    token_file.parent.mkdir(parents=True, mode=0o700)
+    token_file.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
     token_file.write_text("s3cret-token\n")
     with Serve(lab, cli) as srv:
         n2 = lab.host(ip=NODES["node02"][0])

@@ -5,8 +5,20 @@ and overlay secrets refused to the wrong address or an unprivileged source port.
 import json
 
 import pytest
+from labs.serve import (
+    IMAGE,
+    NODES,
+    Serve,
+    auth,
+    curl,
+    plant,
+    sha256,
+    write_site,
+    write_state,
+)
 
-from labs.serve import IMAGE, NODES, Serve, curl, sha256, write_site, write_state
+from provisioner.artifacts import layout
+from provisioner.paths import State
 
 pytestmark = pytest.mark.netns
 
@@ -126,15 +138,16 @@ def test_node_api_authenticated_like_secrets(lab, served, cli):
     post = lambda ns, path, body, *a: curl(ns, "-o", "/dev/null", "-w", "%{http_code}", *a, "-H",
                                            "Content-Type: application/json", "--data-binary", body,
                                            f"{srv.url}/api/v1/{path}").stdout
-    assert post(n1, "stage", '{"stage": "nfs", "detail": "mounted"}', *PRIV) == "200"
-    assert post(n1, "stage", '{"stage": "nfs"}') == "403"
-    assert post(stranger, "stage", '{"stage": "nfs"}', *PRIV) == "404"
-    assert post(n1, "stage", "not json", *PRIV) == "400"
-    assert post(n1, "stage", '{"stage": "BAD STAGE"}', *PRIV) == "400"
-    assert post(n1, "facts", "[1, 2]", *PRIV) == "400"
+    me = (*PRIV, *auth("node01"))  # the node's credential: test_node_credentials.py refuses the rest
+    assert post(n1, "stage", '{"stage": "nfs", "detail": "mounted"}', *me) == "200"
+    assert post(n1, "stage", '{"stage": "nfs"}', *auth("node01")) == "403"
+    assert post(stranger, "stage", '{"stage": "nfs"}', *me) == "404"
+    assert post(n1, "stage", "not json", *me) == "400"
+    assert post(n1, "stage", '{"stage": "BAD STAGE"}', *me) == "400"
+    assert post(n1, "facts", "[1, 2]", *me) == "400"
     facts = {"slurmd": "NodeName=node01 CPUs=2 RealMemory=1000", "cpus": 2, "memory_mb": 1000,
              "gpus": [], "disks": ["vda"], "macs": [NODES["node01"][1]]}
-    assert post(n1, "facts", json.dumps(facts), *PRIV) == "200"
+    assert post(n1, "facts", json.dumps(facts), *me) == "200"
     db_facts = json.loads(cli("status", "node01", "--json").stdout)[0]
     assert db_facts["stage"] == "registered"
     from provisioner.nodestate import NodeStateDB
@@ -159,8 +172,7 @@ def test_boot_tree_over_http(lab, served, cli):
     srv, files = served
     (cli.state / "boot").mkdir(exist_ok=True)
     (cli.state / "boot" / "ipxe.efi").write_bytes(b"MZ" + b"\0" * 5000)
-    grub = cli.state / "nodes" / "node01" / "grub.cfg"
-    grub.write_text("menuentry node01 {}\n")
+    plant(layout.grub_config(State(cli.state), "node01"), b"menuentry node01 {}\n")
     n1, n2 = node_ns(lab, "node01"), node_ns(lab, "node02")
     code = lambda ns, *a: curl(ns, "-o", "/dev/null", "-w", "%{http_code} %{size_download}", *a[:-1],
                                srv.url + a[-1]).stdout

@@ -75,9 +75,10 @@ def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
     assert any(" nfs4 ro," in m and "/run/provisioner/lower" in m for m in mounts), mounts
     # the client resolved `current` once, at mount time: the node stays on that version
     assert any(m.startswith("PVTEST mount 10.99.0.1:/images/tiny/versions/v1/rootfs ") for m in mounts), mounts
+    # Every report carried the credential from the overlay, network's (sent after the fetch) too.
     stages = [r["stage"] for r in timeline]
-    for stage in ("network", "root", "overlay", "switch_root"):
-        assert stage in stages, [dict(r) for r in timeline]
+    assert [s for s in stages if s != "dhcp"] == ["network", "root", "overlay", "switch_root"], \
+        [dict(r) for r in timeline]
 
 
 def test_failed_nfs_mount_names_server_and_export(lab, image, tmp_path):

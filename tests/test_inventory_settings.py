@@ -20,7 +20,16 @@ import yaml
 from labs.site import node_of
 from provisioner.inventory import InventoryInvalid, parse_text
 from provisioner.inventory.model import SETTINGS, BootFiles, Cluster
-from provisioner.inventory.schema import Count, Names, Section, Sections, Table, Text, Words, settings_of
+from provisioner.inventory.schema import (
+    Count,
+    Names,
+    Section,
+    Sections,
+    Table,
+    Text,
+    Words,
+    settings_of,
+)
 
 HEAD = """\
 cluster:

@@ -19,6 +19,7 @@ from labs.site import node
 from provisioner.artifacts import cpio, layout
 from provisioner.artifacts.overlay_build import Build, BuildFailed, build, read_archive
 from provisioner.inventory import load_inventory
+from provisioner.paths import State
 from test_render_overlays import fake_image, inventory, make_site, plant_secrets
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,6 +122,16 @@ def test_broken_template_changes_no_archive(tmp_path):
     assert after == before
 
 
+def leftovers(state: State) -> set[str]:
+    """Whatever in state/overlays no kept generation (current, previous) uses."""
+    top = state.overlays
+    kept = {os.readlink(top / link) for link in ("current", "previous") if (top / link).is_symlink()}
+    shards = {os.path.basename(os.readlink(e.path)) for g in kept for e in os.scandir(top / g) if e.is_symlink()}
+    return ({f"gens/{g}" for g in os.listdir(top / "gens")} - kept
+            | {f"shards/{d}" for d in os.listdir(top / "shards")} - {f"shards/{d}" for d in shards}
+            | set(os.listdir(top)) - {"current", "previous", "gens", "shards", "build.lock"})
+
+
 KILLER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
@@ -154,19 +165,19 @@ def test_kill_9_mid_build_leaves_previous_archives_intact(tmp_path, jobs):
     assert proc.stdout is not None
     try:
         assert proc.stdout.readline().strip() == "staged"
-        staged = [p for p in state.root.rglob(".*.building")]
-        assert staged, "the build had staged files when it was killed"
+        assert leftovers(state), "the build had written files when it was killed"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     for name, path in archives.items():
+        assert layout.overlay_archive(state, name) == path  # still the same generation
         assert path.read_bytes() == before[name], name
         assert cpio.read(gzip.decompress(path.read_bytes()))  # readable
     # the next build finishes the job and clears the leftovers
     report = build(state, site, inv)
     assert len(report.built) == len(inv.nodes)
-    assert not list(state.root.rglob(".*.building"))
-    assert b"changed\n" in {e.path: e.data for e in read_archive(archives["big001"])}["etc/motd"]
+    assert not leftovers(state)
+    assert b"changed\n" in {e.path: e.data for e in read_archive(layout.overlay_archive(state, "big001"))}["etc/motd"]
 
 
 def test_kill_9_at_any_moment_leaves_every_archive_whole(tmp_path):
@@ -197,8 +208,7 @@ def test_kill_9_at_any_moment_leaves_every_archive_whole(tmp_path):
 def test_boot_configs_follow_the_inventory_and_are_left_alone_when_unchanged(tmp_path):
     site, state, inv = make_site(tmp_path)
     build(state, site, inv)
-    untouched = layout.ipxe_script(state, "node01")
-    inode = untouched.stat().st_ino
+    inode = layout.ipxe_script(state, "node01").stat().st_ino
     site.cluster_yaml.write_text(inventory(gpu01={"kernel_args": ["quiet", "mitigations=off"]}))
     changed = load_inventory(site.cluster_yaml)
     # no shared file shows kernel_args, so only gpu01 rebuilds
@@ -206,11 +216,11 @@ def test_boot_configs_follow_the_inventory_and_are_left_alone_when_unchanged(tmp
     for path in (layout.ipxe_script(state, "gpu01"), layout.pxelinux_config(state, "gpu01"),
                  layout.grub_config(state, "gpu01")):
         assert "console=ttyS0 quiet mitigations=off" in path.read_text()
-    assert untouched.stat().st_ino == inode
+    assert layout.ipxe_script(state, "node01").stat().st_ino == inode  # the same file in the new generation
     (site.overlays / "base" / "etc").mkdir(parents=True)
     (site.overlays / "base" / "etc" / "motd").write_text("new motd\n")
     assert len(build(state, site, changed).built) == len(changed.nodes)
-    assert untouched.stat().st_ino == inode  # same bytes: not rewritten
+    assert layout.ipxe_script(state, "node01").stat().st_ino == inode  # same bytes: not rewritten
 
 
 def test_an_image_switch_rebuilds_only_that_images_nodes_pinned_to_the_new_version(tmp_path):

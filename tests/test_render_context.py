@@ -7,7 +7,14 @@ import pytest
 
 from labs.site import node, node_of, site_yaml
 from provisioner.inventory import parse_text
-from provisioner.render.context import PER_NODE, RenderError, compile_template, environment, reads, render
+from provisioner.render.context import (
+    PER_NODE,
+    RenderError,
+    compile_template,
+    environment,
+    reads,
+    render,
+)
 from provisioner.render.pxe import kernel_cmdline
 
 INV = site_yaml([node("c01", "10.55.0.21", "52:54:00:AB:cd:01", vars={"debug": 1}),  # MAC case: normalized

@@ -62,6 +62,9 @@ def plant_secrets(state: State, inv) -> None:
             (d / f"{base}.pub").write_text(f"ssh-{t} AAAA{t}{n.name} root@{n.name}\n")
             (d / f"{base}-cert.pub").write_text(f"ssh-{t}-cert AAAA{t}{n.name}\n")
         (d / secrets.signed_for(inv.cluster, n)).write_text(secrets.principals(inv.cluster, n))
+    (root / secrets.CREDENTIALS).mkdir(mode=0o700, exist_ok=True)
+    for n in inv.nodes:
+        (root / secrets.node_credential(n.name)).write_text(f"credential of {n.name}")
 
 
 def make_site(tmp_path: Path, text: str = INVENTORY) -> tuple[Site, State, Inventory]:

@@ -6,7 +6,6 @@ import subprocess
 from importlib import resources
 
 import pytest
-
 from labs.serve import NODES, SERVER_IP, Serve, curl, write_site, write_state
 
 

@@ -7,8 +7,20 @@ import signal
 import time
 
 import pytest
+from labs.serve import (
+    IMAGE,
+    NODES,
+    SERVER_IP,
+    Serve,
+    curl,
+    plant,
+    sha256,
+    write_site,
+    write_state,
+)
 
-from labs.serve import IMAGE, NODES, SERVER_IP, Serve, curl, sha256, write_site, write_state
+from provisioner.artifacts import layout
+from provisioner.paths import State
 
 pytestmark = pytest.mark.netns
 
@@ -33,9 +45,7 @@ def wait_in_flight(lab, srv, n, timeout=30, fetch=None):
 
 def add_node03(cli):
     write_site(cli.site, nodes={**NODES, "node03": NODE03})
-    d = cli.state / "nodes" / "node03"
-    d.mkdir(parents=True)
-    (d / "boot.ipxe").write_text("#!ipxe\necho node03\n")
+    plant(layout.ipxe_script(State(cli.state), "node03"), b"#!ipxe\necho node03\n")
 
 
 def switch_image(cli) -> bytes:

@@ -9,7 +9,6 @@ import signal
 import time
 
 import pytest
-
 from labs.serve import IMAGE, NODES, SERVER_IP, Serve, sha256, write_site, write_state
 from test_serve_reload import NODE03, add_node03
 

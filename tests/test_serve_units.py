@@ -5,13 +5,14 @@ import logging
 import time
 from ipaddress import IPv4Address
 
+from labs.serve import cluster_yaml
+
 from provisioner.inventory import parse_text
 from provisioner.logs import Logfmt
 from provisioner.nodestate import NodeStateDB
 from provisioner.nodestate.slurm import is_ready, parse_sinfo
 from provisioner.servers.http.access import Peer, is_admin, node_at, secret_refusal
 from provisioner.servers.stages import StageWriter, stage_of
-from labs.serve import cluster_yaml
 
 
 def test_logfmt_quotes_only_what_needs_it():

@@ -37,6 +37,9 @@ int main(int argc, char **argv) {
 }
 """
 
+# curl on a node, presenting the credential its overlay put in /etc/provisioner (as the facts script does)
+NODE_CURL = ("sh", "-c", 'exec curl -H "Authorization: Bearer $(cat /etc/provisioner/credential)" "$@"', "curl")
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -143,7 +146,7 @@ def test_a_change_of_facts_reaches_slurm_conf_and_slurmctld(cluster):
     url = f"http://{cluster.inv.cluster.network.master}:{cluster.inv.cluster.ports.http}/api/v1/facts"
     line = real["slurmd_C"].replace(f"RealMemory={real['memory_mb']}", "RealMemory=2000")
     body = json.dumps({**real, "slurmd_C": line, "memory_mb": 2000})
-    cluster.nodes["node01"].run(["curl", "-fsS", "--local-port", "600-1023", "-H", "Content-Type: application/json",
+    cluster.nodes["node01"].run([*NODE_CURL, "-fsS", "--local-port", "600-1023", "-H", "Content-Type: application/json",
                                  "--data", body, url])
     cluster.wait(lambda: cluster.show_node("node01").get("RealMemory") == "2000", "RealMemory=2000 in slurmctld")
     assert f"{line} NodeAddr=10.99.0.11\n" in (cluster.conf_dir / "slurm.conf").read_text()

@@ -17,7 +17,6 @@ from provisioner.servers.boottree import BootTree, PathRefused, StaticTree, clea
 from provisioner.servers.tftp import packets as P
 
 
-
 def inventory(subnet: str = "10.77.0.0/24", node01: str | None = None) -> str:
     """node01 and node02 at .11 and .12 of `subnet` (node01 at `node01` if given)."""
     nodes = numbered(2, subnet)

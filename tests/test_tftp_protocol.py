@@ -14,9 +14,9 @@ import time
 import pytest
 from labs.tftp import ServerThread, ack, fetch, in_ns, parse_oack, receive, rrq, sha
 
+from provisioner.inventory import parse_text
 from provisioner.logs import Logfmt
 from provisioner.nodestate import NodeStateDB
-from provisioner.inventory import parse_text
 from provisioner.servers.boottree import BootTree, StaticTree
 
 pytestmark = pytest.mark.netns

@@ -3,8 +3,14 @@ there through these functions only, so the two sides cannot drift apart.
 
 state/
   boot/                      bootloaders (iPXE, PXELINUX, GRUB): the static TFTP tree
-  nodes/<node>/              per-node boot configs: boot.ipxe, pxelinux.cfg, grub.cfg
-  overlays/<node>.cpio.gz    the node's current overlay archive (atomically replaced)
+  overlays/                  0700: what `overlay build` makes (the archives hold secrets)
+    current -> gens/<n>      the published generation: one rename(2) switches every node
+    previous -> gens/<n-1>   kept one more build for a reader that resolved it just before
+    gens/<n>/manifest.json   input digest of each node in that generation (incremental builds)
+    gens/<n>/<shard>         -> ../../shards/<shard>.<m>: the generation's view of one shard
+    shards/<shard>.<m>/      <node>.cpio.gz (0600) and its boot configs <node>.{ipxe,pxelinux,grub};
+                             never changed once published: a new generation gets a new folder
+                             for each shard it changes and hard-links the unchanged nodes in it
   images/<image>/            NFS-exported whole (read-only) at /images/<image>: it never switches
   images/<image>/current     -> versions/<version>/ (atomically switched symlink)
   images/<image>/versions/<version>/rootfs/          the root filesystem
@@ -12,7 +18,13 @@ state/
   images/<image>/versions/<version>/initramfs.img    native initramfs for that kernel
   images/<image>/versions/<version>/meta.json        how it was made, which kernel
   secrets/                   0700: munge.key, ssh host keys per node
-  nodes.sqlite               node-state database
+  nodes.sqlite               node-state database (0600)
+
+Nodes are spread over OVERLAY_SHARDS shards by a hash of their name, so a build that changes
+one node of 10,000 links ~80 files and one generation of symlinks, not 10,000 files. A node's
+files are resolved through `current` when asked for, and the path returned names the shard
+folder itself: a reader that opens it gets that generation's bytes even if a build switches
+meanwhile (no walk through `current` that could land half in one generation, half in the next).
 
 A node's boot config pins one version: its kernel and initramfs are served as
 images/<image>/versions/<version>/{vmlinuz,initramfs.img} (images/<image>/{vmlinuz,initramfs.img}
@@ -22,6 +34,8 @@ rebuild needs the boot configs re-rendered (the image commands do it), never the
 
 from __future__ import annotations
 
+import os
+import zlib
 from pathlib import Path
 
 from ..paths import State
@@ -31,29 +45,75 @@ def boot_dir(state: State) -> Path:
     return state.boot
 
 
-def node_dir(state: State, node: str) -> Path:
-    return state.root / "nodes" / node
+OVERLAY_SHARDS = 128
+ARCHIVE = ".cpio.gz"
+BOOT_CONFIGS = ("ipxe", "pxelinux", "grub")  # a node's boot configs: <node>.<kind>
+MANIFEST = "manifest.json"
 
 
-def ipxe_script(state: State, node: str) -> Path:
-    return node_dir(state, node) / "boot.ipxe"
+def shard_of(node: str) -> str:
+    return f"{zlib.crc32(node.encode()) % OVERLAY_SHARDS:02x}"
 
 
-def pxelinux_config(state: State, node: str) -> Path:
-    return node_dir(state, node) / "pxelinux.cfg"
+def overlay_current(state: State) -> Path:
+    return state.overlays / "current"
 
 
-def grub_config(state: State, node: str) -> Path:
-    return node_dir(state, node) / "grub.cfg"
+def overlay_previous(state: State) -> Path:
+    return state.overlays / "previous"
+
+
+def overlay_gens(state: State) -> Path:
+    return state.overlays / "gens"
+
+
+def overlay_shards(state: State) -> Path:
+    return state.overlays / "shards"
+
+
+def published(state: State) -> Path | None:
+    """The current generation's folder (gens/<n>), or None before the first build."""
+    try:
+        return state.overlays / os.readlink(overlay_current(state))
+    except OSError:
+        return None
+
+
+def _node_file(state: State, node: str, name: str) -> Path:
+    gen = published(state)
+    try:
+        shard = os.readlink(gen / shard_of(node)) if gen else None
+    except OSError:
+        shard = None
+    if shard is None:  # never built: a path that does not exist
+        return overlay_current(state) / shard_of(node) / name
+    return overlay_shards(state) / os.path.basename(shard) / name
 
 
 def overlay_archive(state: State, node: str) -> Path:
-    return state.overlays / f"{node}.cpio.gz"
+    return _node_file(state, node, node + ARCHIVE)
 
 
-def overlay_manifest(state: State) -> Path:
-    """Input digest of each node's last build: what makes builds incremental."""
-    return state.overlays / "manifest.json"
+def boot_config(state: State, node: str, kind: str) -> Path:
+    return _node_file(state, node, f"{node}.{kind}")
+
+
+def ipxe_script(state: State, node: str) -> Path:
+    return boot_config(state, node, "ipxe")
+
+
+def pxelinux_config(state: State, node: str) -> Path:
+    return boot_config(state, node, "pxelinux")
+
+
+def grub_config(state: State, node: str) -> Path:
+    return boot_config(state, node, "grub")
+
+
+def overlay_manifest(state: State) -> Path | None:
+    """Input digest of each node of the current generation: what makes builds incremental."""
+    gen = published(state)
+    return gen / MANIFEST if gen else None
 
 
 def image_top(state: State, image: str) -> Path:

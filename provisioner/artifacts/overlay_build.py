@@ -3,9 +3,11 @@
 Content-addressed: a node is rebuilt only when the digest of its inputs (overlay sources,
 cluster and node data, reported facts, its secrets' stamps, its image's current version and
 user tables) differs from the manifest, so an image switch rebuilds that image's nodes alone.
-Atomic across the whole build: workers write each file beside its final path, and only when
-every node rendered without error are the files synced and renamed into place, so a broken
-template, an exception or `kill -9` leaves every previous archive as it was.
+All or nothing across the whole build: workers write into fresh shard folders of a new
+generation (layout.py), and only when every node rendered without error is it completed, made
+durable and switched to with one rename, so a broken template, an exception or `kill -9` at any
+point leaves every node on the previous generation; the next build removes the leftovers.
+Everything lives in 0700 folders and archives are created 0600: they hold the node's secrets.
 Parallel: workers are forked after the shared inputs are loaded and compiled once. Members
 that every node shares (the cluster-wide /etc/hosts) are compressed once per worker and
 reused, since a gzip file may be a series of members.
@@ -23,18 +25,26 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import time
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from ..atomic import atomic_write, locked
+from ..atomic import locked, private_dir, write_new
 from ..errors import UserError
 from ..inventory.model import Inventory, Node
 from ..paths import Site, State
 from ..render.context import RenderError, SecretHandles, shared_context
-from ..render.overlays import FileEntry, IdMap, NodeRenderer, OverlayLibrary
+from ..render.overlays import (
+    FileEntry,
+    IdMap,
+    NodeRenderer,
+    OverlayLibrary,
+    node_overlays,
+)
 from ..render.pxe import BootConfigs, BootTemplates
 from . import cpio, images, layout, secrets
 
@@ -77,7 +87,8 @@ class Build:
         self.state, self.site, self.inventory = state, site, inventory
         self.facts = facts or {}
         used = {n.image for n in inventory.nodes}
-        self.versions = {i: images.current_version(state, i) for i in sorted(i for i in used if i)}
+        self.versions: dict[str | None, str | None] = {
+            i: images.current_version(state, i) for i in sorted(i for i in used if i)}
         self.library = OverlayLibrary(site)
         self.boot = BootTemplates(site)
         reader = secrets.reader(state)
@@ -98,7 +109,8 @@ class Build:
 
     def _global_digest(self) -> bytes:
         h = hashlib.sha256(FORMAT.encode())
-        trees = [self.library.tree(name) for name in sorted({o for n in self.inventory.nodes for o in n.overlays})]
+        used = {o for n in self.inventory.nodes for o in node_overlays(n)}
+        trees = [self.library.tree(name) for name in sorted(used)]
         for tree in trees:
             h.update(f"overlay\0{tree.name}\0{tree.digest}\0".encode())
         h.update(self.boot.digest.encode())
@@ -199,45 +211,39 @@ def read_archive(path: Path) -> list[cpio.Entry]:
 @dataclass(frozen=True)
 class _Output:
     node: str
-    moves: tuple[tuple[str, str], ...]  # (staged file, final path)
+    written: tuple[str, ...]  # files this node's render wrote (linked ones are durable already)
     has_boot: bool
 
 
-_JOB: "Build | None" = None  # set in the parent before forking; workers inherit it
+@dataclass(frozen=True)
+class _Gen:
+    """The generation a build makes: its number, the shard folders of the published one (old)
+    and the fresh folders this build fills (new: only the shards of nodes it rebuilds)."""
+
+    number: int
+    old: dict[str, Path]
+    new: dict[str, Path]
+
+
+_JOB: tuple[Build, _Gen] | None = None  # set in the parent before forking; workers inherit it
 _WRITER = ArchiveWriter()
 
 
-def _staged(final: Path) -> Path:
-    """The temp file beside `final`: a rename within one folder avoids the filesystem-wide
-    lock a cross-folder rename takes, so workers commit in parallel. The name is fixed, so a
-    killed build's leftovers are simply overwritten by the next one."""
-    return final.with_name(f".{final.name}.building")
-
-
-def _write(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _build_node(b: Build, node: Node, moves: list[tuple[str, str]]) -> _Output:
+def _build_node(b: Build, gen: _Gen, node: Node) -> _Output:
     entries, boot = b.render(node)
-    state = b.state
-    first = len(moves)
-    final = layout.overlay_archive(state, node.name)
-    _write(_staged(final), _WRITER.archive(entries))
-    moves.append((str(_staged(final)), str(final)))
-    if boot is not None:
-        layout.node_dir(state, node.name).mkdir(parents=True, exist_ok=True)
-        for kind, text in boot.items():
-            final = _boot_path(state, node.name, kind)
-            data = text.encode()
-            if _read_or_none(final) != data:  # most rebuilds leave boot configs as they were
-                _write(_staged(final), data)
-                moves.append((str(_staged(final)), str(final)))
-    return _Output(node.name, tuple(moves[first:]), boot is not None)
+    shard = layout.shard_of(node.name)
+    d, old = gen.new[shard], gen.old.get(shard)
+    path = d / (node.name + layout.ARCHIVE)
+    write_new(path, _WRITER.archive(entries))
+    written = [str(path)]
+    for kind, text in (boot.items() if boot is not None else ()):
+        name, data = f"{node.name}.{kind}", text.encode()
+        if old is not None and _read_or_none(old / name) == data:
+            os.link(old / name, d / name)  # most rebuilds leave boot configs as they were
+        else:
+            write_new(d / name, data, 0o644)  # no secret in it (the folder is private anyway)
+            written.append(str(d / name))
+    return _Output(node.name, tuple(written), boot is not None)
 
 
 def _read_or_none(path: Path) -> bytes | None:
@@ -248,30 +254,14 @@ def _read_or_none(path: Path) -> bytes | None:
         return None
 
 
-def _boot_path(state: State, node: str, kind: str) -> Path:
-    return {"ipxe": layout.ipxe_script, "pxelinux": layout.pxelinux_config, "grub": layout.grub_config}[kind](state, node)
-
-
 def _work(names: list[str]) -> list[_Output] | Exception:
-    """Render and stage a chunk; on any error remove what this chunk staged and say why."""
+    """Render and write a chunk, or say why not (the parent then drops the new folders)."""
     assert _JOB is not None
-    moves: list[tuple[str, str]] = []
+    b, gen = _JOB
     try:
-        return [_build_node(_JOB, _JOB.inventory.node(n), moves) for n in names]  # type: ignore[arg-type]
+        return [_build_node(b, gen, b.inventory.node(n)) for n in names]  # type: ignore[arg-type]
     except (RenderError, UserError, OSError) as e:
-        _discard(moves)
         return e
-
-
-def _commit(moves: list[tuple[str, str]]) -> None:
-    for src, dst in moves:
-        os.replace(src, dst)
-
-
-def _discard(moves: Iterable[tuple[str, str]]) -> None:
-    for src, _ in moves:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(src)
 
 
 def _syncfs(path: Path) -> None:
@@ -285,7 +275,7 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync(paths: Iterable[str], flags: int = os.O_RDONLY) -> None:
+def _fsync(paths: Iterable[str | Path], flags: int = os.O_RDONLY) -> None:
     for p in paths:
         fd = os.open(p, flags)
         try:
@@ -294,17 +284,14 @@ def _fsync(paths: Iterable[str], flags: int = os.O_RDONLY) -> None:
             os.close(fd)
 
 
-def _durable(moves: list[tuple[str, str]], root: Path) -> None:
-    """Staged data on disk before any rename: one syncfs for a big build, fsyncs for a small."""
-    if len(moves) > FSYNC_MAX:
-        _syncfs(root)
-    else:
-        _fsync(src for src, _ in moves)
+def _fsync_dirs(paths: Iterable[str | Path]) -> None:
+    _fsync(paths, os.O_RDONLY | os.O_DIRECTORY)
 
 
 def load_manifest(state: State) -> dict[str, str]:
+    path = layout.overlay_manifest(state)
     try:
-        return json.loads(layout.overlay_manifest(state).read_text())["nodes"]
+        return json.loads(path.read_text())["nodes"] if path else {}
     except (FileNotFoundError, ValueError, KeyError):
         return {}
 
@@ -312,34 +299,41 @@ def load_manifest(state: State) -> dict[str, str]:
 def build(state: State, site: Site | None, inventory: Inventory, nodes: list[Node] | None = None, *,
           force: bool = False, jobs: int | None = None, facts: dict[str, dict[str, Any]] | None = None,
           progress: Callable[[int], None] | None = None) -> BuildReport:
-    """Build the given nodes (default all) whose inputs changed; all or nothing."""
+    """Build the given nodes (default all) whose inputs changed into a new generation and
+    switch every node to it at once; all or nothing."""
     global _JOB
     started = time.monotonic()
     nodes = list(inventory.nodes if nodes is None else nodes)
-    state.overlays.mkdir(parents=True, exist_ok=True)
     report = BuildReport()
-    with locked(layout.overlay_manifest(state)):
+    with locked(private_dir(state.overlays) / "build"):
+        sweep(state)
         secrets.ensure_secrets(state, inventory, [])  # the cluster-wide ones shared files read
         manifest = load_manifest(state)
         b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
         # Secrets are checked only for nodes about to be built (checking 10,000 nodes' keys
         # costs more than a one-node rebuild may take); making any changes the digests.
-        if secrets.ensure_secrets(state, inventory, [n for n in dirty if secrets.needs_host_keys(n)], jobs=jobs):
+        if secrets.ensure_secrets(state, inventory, [n for n in dirty if secrets.needs_host_keys(n)], jobs=jobs) \
+                + secrets.ensure_credentials(state, dirty):
             b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
         dirty_names = {n.name for n in dirty}
         report.unchanged = [n.name for n in nodes if n.name not in dirty_names]
-        _JOB = b
-        try:
-            outputs = _run(state, [n.name for n in dirty], jobs, progress)
-        finally:
-            _JOB = None
-        for out in outputs:
-            manifest[out.node] = digests[out.node]
-            report.built.append(out.node)
-            if not out.has_boot:
-                report.no_image.append(out.node)
-        if outputs:
-            atomic_write(layout.overlay_manifest(state), json.dumps({"format": FORMAT, "nodes": manifest}))
+        if dirty:
+            gen = _start(state, dirty_names)
+            _JOB = (b, gen)
+            try:
+                outputs = _run(state, gen, [n.name for n in dirty], jobs, progress)
+            except BaseException:
+                _drop(gen)
+                raise
+            finally:
+                _JOB = None
+            for out in outputs:
+                manifest[out.node] = digests[out.node]
+                report.built.append(out.node)
+                if not out.has_boot:
+                    report.no_image.append(out.node)
+            _publish(state, gen, manifest, outputs)
+            sweep(state)
     report.seconds = time.monotonic() - started
     return report
 
@@ -352,38 +346,24 @@ def _dirty(state: State, site: Site | None, inventory: Inventory, nodes: list[No
     except RenderError as e:
         raise BuildFailed(f"nothing built: {e}") from None
     digests = {n.name: b.digest(n) for n in nodes}
-    built = set(os.listdir(state.overlays)) if state.overlays.is_dir() else set()
-    dirty = [n for n in nodes if force or manifest.get(n.name) != digests[n.name]
-             or f"{n.name}.cpio.gz" not in built]
+    dirty = [n for n in nodes if force or manifest.get(n.name) != digests[n.name]]
     return b, digests, dirty
 
 
-def _run(state: State, names: list[str], jobs: int | None, progress: Callable[[int], None] | None) -> list[_Output]:
-    """Stage every node (in parallel), then, only if all succeeded, make the staged files
-    durable and rename them into place (in parallel too)."""
+def _run(state: State, gen: _Gen, names: list[str], jobs: int | None,
+         progress: Callable[[int], None] | None) -> list[_Output]:
+    """Render every node into the new shard folders (in parallel when it pays)."""
     workers = max(1, jobs or os.cpu_count() or 1)
     if len(names) < SERIAL_MAX or workers == 1:
-        outputs = _collect(map(_work, [names[i:i + 8] for i in range(0, len(names), 8)]), progress)
-        moves = [m for o in outputs for m in o.moves]
-        _durable(moves, state.overlays)
-        _commit(moves)
-    else:
-        size = max(1, min(256, len(names) // (workers * 8)))
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            outputs = _collect(pool.imap_unordered(_work, [names[i:i + size] for i in range(0, len(names), size)]),
-                               progress)
-            _syncfs(state.overlays)
-            pool.map(_commit, [[m for o in outputs[i:i + size] for m in o.moves]
-                               for i in range(0, len(outputs), size)])
-    if len(outputs) > FSYNC_MAX:
-        _syncfs(state.overlays)
-    else:  # the renames themselves
-        _fsync({os.path.dirname(dst) for o in outputs for _, dst in o.moves}, os.O_RDONLY | os.O_DIRECTORY)
-    return outputs
+        return _collect(map(_work, [names[i:i + 8] for i in range(0, len(names), 8)]), progress)
+    size = max(1, min(256, len(names) // (workers * 8)))
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return _collect(pool.imap_unordered(_work, [names[i:i + size] for i in range(0, len(names), size)]),
+                        progress)
 
 
 def _collect(results: Iterable[Any], progress: Callable[[int], None] | None) -> list[_Output]:
-    """Gather every chunk; if any failed, discard all staged files and report the first error."""
+    """Gather every chunk; if any failed, report the first error (the caller drops the rest)."""
     outputs: list[_Output] = []
     errors: list[Exception] = []
     for r in results:
@@ -394,9 +374,117 @@ def _collect(results: Iterable[Any], progress: Callable[[int], None] | None) -> 
         if progress:
             progress(len(r))
     if errors:
-        _discard(m for o in outputs for m in o.moves)
         raise BuildFailed(f"nothing built: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
     return outputs
+
+
+# -- generations ---------------------------------------------------------------------------------
+
+def _shard_folders(gen_dir: Path) -> dict[str, Path]:
+    """shard -> folder, as a generation's symlinks name them."""
+    out = {}
+    with os.scandir(gen_dir) as it:
+        for e in it:
+            if e.is_symlink():
+                out[e.name] = gen_dir.parent.parent / "shards" / os.path.basename(os.readlink(e.path))
+    return out
+
+
+def _start(state: State, dirty: set[str]) -> _Gen:
+    """The next generation's number and a fresh private folder for each shard it changes."""
+    gens, shards = private_dir(layout.overlay_gens(state)), private_dir(layout.overlay_shards(state))
+    taken = [name.rpartition(".")[2] for name in (*os.listdir(gens), *os.listdir(shards))]
+    number = 1 + max((int(t) for t in taken if t.isdigit()), default=0)
+    current = layout.published(state)
+    old = _shard_folders(current) if current else {}
+    new = {}
+    for shard in sorted({layout.shard_of(n) for n in dirty}):
+        new[shard] = shards / f"{shard}.{number}"
+        os.mkdir(new[shard], 0o700)
+    return _Gen(number, old, new)
+
+
+def _drop(gen: _Gen) -> None:
+    for d in gen.new.values():
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _node_of(filename: str) -> str:
+    """The node a shard file belongs to (<node>.cpio.gz, <node>.<boot config kind>)."""
+    if filename.endswith(layout.ARCHIVE):
+        return filename[:-len(layout.ARCHIVE)]
+    return filename.rpartition(".")[0]
+
+
+def _publish(state: State, gen: _Gen, manifest: dict[str, str], outputs: list[_Output]) -> None:
+    """Complete the new shard folders with the nodes this build left alone, make the whole
+    generation durable, then switch `current` to it with one rename."""
+    built = {o.node for o in outputs}
+    written = [p for o in outputs for p in o.written]
+    for shard, d in gen.new.items():
+        old = gen.old.get(shard)
+        for name in os.listdir(old) if old else ():
+            if _node_of(name) not in built:
+                os.link(old / name, d / name)  # type: ignore[operator]
+    gdir = layout.overlay_gens(state) / str(gen.number)
+    os.mkdir(gdir, 0o700)
+    for shard, d in sorted({**gen.old, **gen.new}.items()):
+        os.symlink(f"../../shards/{d.name}", gdir / shard)
+    write_new(gdir / layout.MANIFEST, json.dumps({"format": FORMAT, "nodes": manifest}).encode())
+    if len(written) > FSYNC_MAX:
+        _syncfs(state.overlays)
+    else:
+        _fsync(written)
+        _fsync_dirs([*gen.new.values(), gdir, layout.overlay_gens(state), layout.overlay_shards(state)])
+    before = _swap(layout.overlay_current(state), f"gens/{gen.number}")
+    if before is not None:
+        _swap(layout.overlay_previous(state), before)
+
+
+def _swap(link: Path, target: str) -> str | None:
+    """Point `link` at `target` with one rename(2); returns what it pointed at."""
+    try:
+        before: str | None = os.readlink(link)
+    except FileNotFoundError:
+        before = None
+    tmp = link.with_name(f".{link.name}.new")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    _fsync_dirs([link.parent])
+    return before
+
+
+_KEEP = {"current", "previous", "gens", "shards", "build.lock"}
+
+
+def sweep(state: State) -> None:
+    """Remove what neither `current` nor `previous` uses: the leftovers of a build that was
+    killed or failed, the generation before `previous`, and the files of the layout before
+    generations (whose archives were readable by anyone)."""
+    top = state.overlays
+    keep_gens, keep_shards = set(), set()
+    for link in (layout.overlay_current(state), layout.overlay_previous(state)):
+        with contextlib.suppress(OSError):
+            gen = top / os.readlink(link)
+            keep_shards |= {d.name for d in _shard_folders(gen).values()}
+            keep_gens.add(gen.name)
+    for folder, keep in ((top, _KEEP), (layout.overlay_gens(state), keep_gens),
+                         (layout.overlay_shards(state), keep_shards)):
+        with contextlib.suppress(FileNotFoundError):
+            for name in set(os.listdir(folder)) - keep:
+                _remove(folder / name)
+    legacy = state.root / "nodes"  # boot configs before generations
+    if legacy.is_dir() and not legacy.is_symlink():
+        shutil.rmtree(legacy)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 # -- plan ------------------------------------------------------------------------------------------
@@ -431,9 +519,9 @@ def plan_node(b: Build, node: Node, with_diff: bool = False) -> list[Change] | N
         elif (o.uid, o.gid) != (n.uid, n.gid):
             changes.append(Change(path, "owner", f"{o.uid}:{o.gid} -> {n.uid}:{n.gid}"))
     for kind, text in (boot.items() if boot else []):
-        path = _boot_path(b.state, node.name, kind)
-        before = path.read_bytes() if path.exists() else None
-        label = f"(boot) {path.name}"
+        conf = layout.boot_config(b.state, node.name, kind)
+        before = conf.read_bytes() if conf.exists() else None
+        label = f"(boot) {conf.name}"
         if before is None:
             changes.append(Change(label, "added"))
         elif before != text.encode():

@@ -6,6 +6,8 @@ secrets/
                               `@cert-authority` line in ssh_known_hosts covers the cluster
   ssh/<node>/ssh_host_{ed25519,ecdsa,rsa}_key[.pub|-cert.pub]
   ssh/<node>/signed-for.<digest>  names the certificates were signed for (re-signed on change)
+  credentials/<node>          the node's report credential (64 hex digits): its overlay carries it,
+                              its stage and facts reports present it
 
 Keys come from ssh-keygen, so they are real OpenSSH formats. Every file lands by rename, so a
 key is either absent or complete; `stamp()` relies on that (a rename changes the directory).
@@ -19,12 +21,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, private_dir
 from ..errors import UserError
 from ..inventory.model import Cluster, Inventory, Node
 from ..paths import State
@@ -34,6 +36,8 @@ MUNGE_KEY = "munge.key"
 MUNGE_KEY_BYTES = 1024
 SSH_CA = "ssh_host_ca"
 SSH_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+CREDENTIALS = "credentials"
+CREDENTIAL_BYTES = 32
 
 
 class SecretMissing(UserError):
@@ -41,10 +45,7 @@ class SecretMissing(UserError):
 
 
 def _root(state: State) -> Path:
-    root = secrets_dir(state)
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
-    return root
+    return private_dir(secrets_dir(state))
 
 
 def read_secret(state: State, relpath: str) -> bytes:
@@ -101,7 +102,8 @@ def _create_munge_key(path: Path) -> bool:
 # -- SSH -----------------------------------------------------------------------------------------
 
 def _keygen(args: list[str]) -> None:
-    res = subprocess.run(["ssh-keygen", "-q", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    res = subprocess.run(["ssh-keygen", "-q", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         check=False)
     if res.returncode != 0:
         raise UserError(f"ssh-keygen {' '.join(args)} failed: {res.stderr.strip()}")
 
@@ -187,6 +189,24 @@ def _sign(d: Path, ca: Path, identity: str, names: str) -> None:
             os.replace(cert, d / cert.name)
 
 
+# -- report credentials -------------------------------------------------------------------------
+
+def node_credential(node: str) -> str:
+    """The path of the node's report credential under state/secrets."""
+    return f"{CREDENTIALS}/{node}"
+
+
+def ensure_credentials(state: State, nodes: Iterable[Node]) -> list[str]:
+    """A report credential for each of these nodes that has none; returns the ones made.
+    Callers hold the overlay build lock, so no two processes make one at once."""
+    d = _root(state) / CREDENTIALS
+    d.mkdir(mode=0o700, exist_ok=True)
+    made = [n.name for n in nodes if not (d / n.name).exists()]
+    for name in made:
+        atomic_write(d / name, os.urandom(CREDENTIAL_BYTES).hex(), mode=0o600)
+    return [node_credential(name) for name in made]
+
+
 # -- the whole set -------------------------------------------------------------------------------
 
 def ensure_secrets(state: State, inventory: Inventory, nodes: Iterable[Node] | None = None,
@@ -230,11 +250,14 @@ def regenerate_ssh(state: State, inventory: Inventory, nodes: Iterable[Node]) ->
 def stamp(state: State, node: str) -> tuple:
     """Changes whenever a secret this node may receive changes: every file lands by rename, so
     the stat of the node's key directory and of the top-level files is enough (no reads)."""
-    try:
-        st = os.stat(f"{secrets_dir(state)}/{node_ssh_dir(node)}")
-        return (st.st_mtime_ns, st.st_ino)
-    except FileNotFoundError:
-        return ()
+    out: tuple = ()
+    for rel in (node_ssh_dir(node), node_credential(node)):
+        try:
+            st = os.stat(f"{secrets_dir(state)}/{rel}")
+            out += (st.st_mtime_ns, st.st_ino)
+        except FileNotFoundError:
+            out += ((),)
+    return out
 
 
 def shared_stamp(state: State) -> tuple:
@@ -286,7 +309,7 @@ def list_secrets(state: State, node: str | None = None) -> list[SecretInfo]:
 
 def _fingerprint(path: Path) -> str:
     if path.name.endswith(".pub") and not path.name.endswith("-cert.pub"):
-        res = subprocess.run(["ssh-keygen", "-l", "-f", str(path)], capture_output=True, text=True)
+        res = subprocess.run(["ssh-keygen", "-l", "-f", str(path)], capture_output=True, text=True, check=False)
         if res.returncode == 0:
             return res.stdout.split()[1]
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]

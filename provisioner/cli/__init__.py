@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
 from ..paths import DEFAULT_SITE, DEFAULT_STATE, site_from, state_from
-from .context import Context
+from .context import Context, Group
 
 # (module, attribute) of each subcommand; a module holds one concept's commands.
 COMMANDS = [
@@ -17,7 +18,7 @@ COMMANDS = [
     ("inventory_cmds", "profile"),
     ("serve_cmds", "serve"),
     ("status_cmds", "status"),
-    ("discovery_cmds", "node"),  # adds `node discovered` and `node adopt` to the node group
+    ("discovery_cmds", "node"),  # adds `node discovered` and `node approve` to the node group
     ("tftp_cmds", "tftp"),
     ("tftp_cmds", "boot"),
     ("slurm_cmds", "slurm"),
@@ -32,7 +33,7 @@ COMMANDS = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--site", metavar="DIR", envvar="PROVISIONER_SITE", show_envvar=True,
               help=f"Site directory: cluster.yaml and the admin's overrides [default: {DEFAULT_SITE}]")
 @click.option("--state", metavar="DIR", envvar="PROVISIONER_STATE", show_envvar=True,
@@ -45,6 +46,9 @@ def main(ctx: click.Context, site: str | None, state: str | None) -> None:
     Shell completion: eval "$(_PROVISIONER_COMPLETE=bash_source provisioner)"
     (zsh_source, fish_source for other shells).
     """
+    # Every file is made with the mode it needs (secrets 0600 in 0700 folders), so an admin's
+    # umask of 0 cannot open them, nor one of 077 close what nodes read over NFS.
+    os.umask(0o022)
     ctx.obj = Context(site_from(site), state_from(state))
 
 

@@ -1,44 +1,32 @@
-"""What every command needs: the site and state directories, the inventory, the state DB."""
+"""What the commands share: the actions' Context (passed as click's obj), the one place core
+errors become click errors, and output helpers."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 
+from ..actions.context import Context
+from ..actions.overlays import ProgressBar
 from ..errors import UserError
-from ..inventory import Inventory, InventoryInvalid, Node, load_inventory
-from ..nodestate import NodeStateDB
-from ..paths import Site, State
+
+__all__ = ["Context", "Group", "echo_json", "echo_table", "pass_ctx", "progress_bar"]
 
 
-@dataclass
-class Context:
-    site: Site
-    state: State
-    _inventory: Inventory | None = field(default=None, repr=False)
+class Group(click.Group):
+    """The root command group: a UserError raised by any command is shown as click shows its
+    own errors (`Error: ...` on stderr, exit status 1, no traceback)."""
 
-    def inventory(self) -> Inventory:
-        if self._inventory is None:
-            if not self.site.cluster_yaml.exists():
-                raise UserError(f"no inventory at {self.site.cluster_yaml} (run `provisioner init` or pass --site)")
-            try:
-                self._inventory = load_inventory(self.site.cluster_yaml)
-            except InventoryInvalid as e:
-                raise UserError(f"{len(e.problems)} problem(s) in the inventory:\n{e}") from None
-        return self._inventory
-
-    def select(self, expr: str | None) -> list[Node]:
-        """Nodes for a selector; a name that is not in the inventory is a user error."""
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return self.inventory().select(expr)
-        except KeyError as e:
-            raise UserError(f"no such node or profile: {e.args[0]}") from None
-
-    def db(self) -> NodeStateDB:
-        return NodeStateDB(self.state.db)
+            return super().invoke(ctx)
+        except UserError as e:
+            raise click.ClickException(str(e)) from None
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -54,3 +42,16 @@ def echo_table(headers: list[str], rows: list[list[Any]]) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+@contextmanager
+def _bar(total: int) -> Iterator[Callable[[int], None]]:
+    with click.progressbar(length=total, label="building overlays") as bar:
+        yield bar.update
+
+
+def progress_bar(quiet: bool = False) -> ProgressBar | None:
+    """A progress bar for overlay builds on a terminal; none when output is piped or `quiet`."""
+    return _bar if sys.stdout.isatty() and not quiet else None
+
+

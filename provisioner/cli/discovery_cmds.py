@@ -1,5 +1,5 @@
 """Discovery commands: `node discovered` lists MACs that PXE-booted without being in the
-inventory; `node adopt MAC NAME` makes one a node (added to the existing `node` group)."""
+inventory; `node approve MAC [NAME]` makes one a node (added to the existing `node` group)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import datetime
 
 import click
 
-from ..errors import UserError
-from ..inventory import InventoryInvalid, normalize_mac
-from ..servers.dhcp.adopt import AdoptError, adopt
+from ..actions.discovery import adopt_node
 from .context import Context, echo_json, echo_table, pass_ctx
 from .inventory_cmds import node
 
@@ -35,27 +33,15 @@ def node_discovered(ctx: Context, show_all: bool, as_json: bool) -> None:
                  r["adopted_as"]] for r in rows])
 
 
-@node.command("adopt")
+@node.command("approve")
 @click.argument("mac")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--profile", "profiles", multiple=True, help="Repeatable or comma list "
               "(default: cluster.discovery.profiles, else the default profile).")
 @pass_ctx
-def node_adopt(ctx: Context, mac: str, name: str, profiles: tuple[str, ...]) -> None:
-    """Add a discovered MAC to the inventory as node NAME (next free address)."""
-    norm = normalize_mac(mac)
-    if norm is None:
-        raise UserError(f"{mac!r} is not a MAC address (like 52:54:00:12:34:56)")
-    if not ctx.site.cluster_yaml.exists():
-        raise UserError(f"no inventory at {ctx.site.cluster_yaml} (run `provisioner init` first)")
-    chosen = [p for item in profiles for p in item.split(",") if p]
-    try:
-        name, ip = adopt(ctx.site.cluster_yaml, norm, name, chosen or None)
-    except AdoptError as e:
-        raise UserError(str(e)) from None
-    except InventoryInvalid as e:
-        raise UserError(f"not changed: {e}") from None
-    db = ctx.db()
-    db.mark_adopted(norm, name)
-    db.drop_lease(norm)  # its dynamic address is free again: the node has a static one now
-    click.echo(f"adopted {norm} as {name} ({ip})")
+def node_approve(ctx: Context, mac: str, name: str | None, profiles: tuple[str, ...]) -> None:
+    """Make a discovered MAC node NAME (default: the next of cluster.discovery.names) at the next
+    free address of cluster.discovery.addresses, and build its overlay and boot config; serve
+    answers it on its next boot."""
+    got = adopt_node(ctx, mac, name, [p for item in profiles for p in item.split(",") if p])
+    click.echo(f"adopted {got.mac} as {got.name} ({got.ip})")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import shlex
 import time
 from pathlib import Path
+from typing import Literal
 
 import click
 
+from ..actions import images as image_actions
+from ..actions.nfs import GANESHA_RECOVERY, nfs_exports
 from ..artifacts import images
 from ..artifacts.initramfs import COMPRESSIONS, build_initramfs
 from ..atomic import atomic_write
-from ..errors import UserError
-from ..render.nfs import exports_for, render_exports, render_ganesha
-from .context import Context, echo_json, echo_table, pass_ctx
-from .overlay_cmds import run_build
+from .context import Context, echo_json, echo_table, pass_ctx, progress_bar
 
 _compression = click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True,
                             help="Initramfs compression.")
@@ -24,7 +24,7 @@ _keep = click.option("--keep", type=click.IntRange(1), default=3, show_default=T
                           "configs name the new version; a node still running a removed version loses its root.")
 
 
-def _progress():
+def _progress() -> images.Progress:
     start = time.monotonic()
 
     def show(line: str) -> None:
@@ -32,41 +32,17 @@ def _progress():
     return show
 
 
-def _done(v: images.ImageVersion) -> None:
-    click.echo(f"{v.image} {v.version}: kernel {v.meta.get('kernel') or 'none'}, {v.path}")
+def _made(v: images.ImageVersion) -> str:
+    return f"{v.image} {v.version}: kernel {v.meta.get('kernel') or 'none'}, {v.path}"
 
 
-class _BootConfigs:
-    """After an image switched version: rebuild the overlays and boot configs of the nodes that
-    boot it, as `provisioner overlay build` does, so they pin the new version (an images.OnSwitch;
-    older versions are pruned only if it returns True). finish() says what became of it."""
-
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
-        self.message: str | None = None
-        self.error: str | None = None
-
-    def __call__(self, v: images.ImageVersion) -> bool:
-        ctx = self.ctx
-        if not ctx.site.cluster_yaml.exists():
-            self.message = f"no inventory at {ctx.site.cluster_yaml} yet: no boot configs to update"
-            return True
-        try:
-            nodes = [n for n in ctx.inventory().nodes if n.image == v.image]
-            if nodes:
-                run_build(ctx, nodes)
-        except (UserError, OSError) as e:
-            self.error = (f"{v.image} is now at {v.version}, but its nodes' boot configs were not rebuilt: {e}\n"
-                          f"They still boot the version they named before; fix this and run `provisioner overlay build`.")
-            return False
-        self.message = f"{len(nodes)} node(s) now boot {v.image} {v.version}"
-        return True
-
-    def finish(self) -> None:
-        if self.message:
-            click.echo(self.message)
-        if self.error:
-            raise UserError(self.error)
+def _done(switch: image_actions.Switch, *said: str) -> None:
+    """Say what changed and where the image's nodes stand; a failed rebuild of their boot
+    configs is the command's error."""
+    for line in (*said, switch.message):
+        if line:
+            click.echo(line)
+    switch.check()
 
 
 @click.group()
@@ -98,29 +74,14 @@ def build(ctx: Context, name: str, suite: str | None, packages: tuple[str, ...],
 
     The nodes that boot NAME then get boot configs for the new version."""
     images.check_name(name)
-    suite, pkgs = _build_inputs(ctx, suite, packages, added, profile)
+    suite, pkgs = image_actions.build_inputs(ctx, suite, packages, added, profile)
     if dry_run:
         _show_plan(name, suite, pkgs, mirror or images.host_mirror(), variant, cache_dir)
         return
-    boot = _BootConfigs(ctx)
-    v = images.build_image(ctx.state, name, suite, pkgs, mirror, variant,
-                           kernel, cache_dir, compression, keep, _progress(), boot)
-    _done(v)
-    boot.finish()
-
-
-def _build_inputs(ctx: Context, suite: str | None, packages: tuple[str, ...], added: tuple[str, ...],
-                  profile: str | None) -> tuple[str, tuple[str, ...]]:
-    """The suite and packages of a build: each from its flag, else the profile's vars.image_suite /
-    image_packages, else the default; --add packages join whichever set that gave."""
-    pvars: dict = {}
-    if profile:
-        prof = ctx.inventory().profiles.get(profile)
-        if prof is None:
-            raise UserError(f"no such profile: {profile}")
-        pvars = prof.settings.get("vars") or {}
-    pkgs = tuple(packages) or tuple(pvars.get("image_packages") or images.DEFAULT_PACKAGES)
-    return (suite or pvars.get("image_suite") or images.DEFAULT_SUITE), tuple(dict.fromkeys(pkgs + tuple(added)))
+    switch = image_actions.build_image(ctx, name, suite, pkgs, mirror=mirror, variant=variant, kernel=kernel,
+                                       cache_dir=cache_dir, compression=compression, keep=keep,
+                                       progress=_progress(), bar=progress_bar())
+    _done(switch, _made(switch.version))
 
 
 def _show_plan(name: str, suite: str, pkgs: tuple[str, ...], mirror: str, variant: str,
@@ -149,9 +110,9 @@ def import_(ctx: Context, name: str, source: Path, kernel: str | None, compressi
     """Adopt SOURCE (a root directory or a tarball) as a new version of image NAME.
 
     The nodes that boot NAME then get boot configs for the new version."""
-    boot = _BootConfigs(ctx)
-    _done(images.import_image(ctx.state, name, source, kernel, compression, keep, _progress(), boot))
-    boot.finish()
+    switch = image_actions.import_image(ctx, name, source, kernel=kernel, compression=compression, keep=keep,
+                                        progress=_progress(), bar=progress_bar())
+    _done(switch, _made(switch.version))
 
 
 @image.command(name="list")
@@ -179,11 +140,8 @@ def list_(ctx: Context, show_all: bool, as_json: bool) -> None:
 @pass_ctx
 def rollback(ctx: Context, name: str, version: str | None) -> None:
     """Switch image NAME back to an older version; its nodes get boot configs for it."""
-    v = images.rollback(ctx.state, name, version)
-    click.echo(f"{name}: now at {v.version}")
-    boot = _BootConfigs(ctx)
-    boot(v)
-    boot.finish()
+    switch = image_actions.rollback_image(ctx, name, version, bar=progress_bar())
+    _done(switch, f"{name}: now at {switch.version.version}")
 
 
 @image.command(name="rm")
@@ -193,16 +151,7 @@ def rollback(ctx: Context, name: str, version: str | None) -> None:
 @pass_ctx
 def rm(ctx: Context, name: str, version: str | None, force: bool) -> None:
     """Remove image NAME (or one of its old versions: a node still running it loses its root)."""
-    users: list[str] = []
-    if version is None and ctx.site.cluster_yaml.exists():
-        try:
-            users = [n.name for n in ctx.inventory().nodes if n.image == name]
-        except UserError:
-            if not force:
-                raise
-    if users and not force:
-        raise UserError(f"{len(users)} node(s) boot {name} (e.g. {', '.join(users[:3])}); use --force")
-    images.remove(ctx.state, name, version)
+    users = image_actions.remove_image(ctx, name, version, force)
     click.echo(f"removed {name}{' ' + version if version else ''}")
     if users:
         more = f" and {len(users) - 5} more" if len(users) > 5 else ""
@@ -212,12 +161,12 @@ def rm(ctx: Context, name: str, version: str | None, force: bool) -> None:
 
 
 def _in_image(ctx: Context, name: str, argv: list[str], in_place: bool) -> None:
-    boot = _BootConfigs(ctx)
-    rc = images.exec_in_image(ctx.state, name, argv, in_place=in_place, progress=_progress(),
-                              on_switch=None if in_place else boot)
-    if rc != 0:
-        raise click.exceptions.Exit(rc)
-    boot.finish()
+    status, switch = image_actions.exec_in_image(ctx, name, argv, in_place=in_place, progress=_progress(),
+                                                 bar=progress_bar())
+    if status != 0:
+        raise click.exceptions.Exit(status)
+    if switch is not None:
+        _done(switch)
 
 
 @image.command(name="exec", context_settings={"ignore_unknown_options": True})
@@ -269,22 +218,16 @@ def nfs() -> None:
 @click.option("--format", "fmt", type=click.Choice(["exports", "ganesha"]), default="exports", show_default=True,
               help="/etc/exports for kernel nfsd, or an nfs-ganesha configuration.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write here (atomically).")
-@click.option("--recovery-root", type=click.Path(path_type=Path), default=Path("/var/lib/nfs/ganesha"),
+@click.option("--recovery-root", type=click.Path(path_type=Path), default=GANESHA_RECOVERY,
               show_default=True, help="nfs-ganesha's state directory.")
 @pass_ctx
-def exports(ctx: Context, fmt: str, output: Path | None, recovery_root: Path) -> None:
+def exports(ctx: Context, fmt: Literal["exports", "ganesha"], output: Path | None, recovery_root: Path) -> None:
     """Render the NFS exports: every image (read-only) and cluster.nfs.exports.
 
     An image is exported whole, every version in it, and a node mounts the version its boot
     config names; so re-run this and reload the NFS server when an image is added or removed,
     not after a rebuild or rollback."""
-    cluster = ctx.inventory().cluster
-    items = exports_for(cluster, images.nfs_roots(ctx.state))
-    if fmt == "exports":
-        text = render_exports(items, cluster.network.subnet)
-    else:
-        versions = (4,) if cluster.nfs.version.startswith("4") else (3, 4)
-        text = render_ganesha(items, cluster.network.subnet, cluster.nfs.server, recovery_root, versions)
+    text = nfs_exports(ctx, fmt, recovery_root)
     if output:
         atomic_write(output, text)
         click.echo(f"wrote {output}")

@@ -14,8 +14,22 @@ from ruamel.yaml.comments import CommentedMap
 
 from ..atomic import atomic_write, locked
 from ..errors import UserError
-from ..inventory import Inventory, InventoryInvalid, Node, Problem, load_inventory, normalize_mac, parse_text
-from ..inventory.edit import edit_inventory, isolate, next_free_ip, node_entries, set_fields
+from ..inventory import (
+    Inventory,
+    InventoryInvalid,
+    Node,
+    Problem,
+    load_inventory,
+    normalize_mac,
+    parse_text,
+)
+from ..inventory.edit import (
+    edit_inventory,
+    isolate,
+    next_free_ip,
+    node_entries,
+    set_fields,
+)
 from ..inventory.hostlist import HostlistError, compress, expand, is_range
 from ..inventory.model import SETTINGS
 from ..inventory.schema import Invalid

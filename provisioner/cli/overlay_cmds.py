@@ -9,70 +9,15 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import click
 
-from ..artifacts import layout, overlay_build, secrets
-from ..artifacts.overlay_build import Build, BuildFailed
-from ..atomic import atomic_write
+from ..actions import overlays
+from ..artifacts import secrets
 from ..errors import UserError
-from ..inventory.model import Node
-from ..render.context import RenderError
 from ..render.overlays import FileEntry
-from .context import Context, echo_json, echo_table, pass_ctx
-
-
-def _facts(ctx: Context) -> dict[str, dict]:
-    """What nodes reported (templates see it as `facts`); none before the first boot."""
-    if not ctx.state.db.exists():
-        return {}
-    db = ctx.db()
-    try:
-        return db.all_facts()
-    finally:
-        db.close()
-
-
-def _build(ctx: Context) -> Build:
-    try:
-        return Build(ctx.state, ctx.site, ctx.inventory(), _facts(ctx))
-    except RenderError as e:
-        raise UserError(str(e)) from None
-
-
-def _render(ctx: Context, node: Node) -> list[FileEntry]:
-    """A node's entries, rendered now (its secrets made first, as a build would)."""
-    inv = ctx.inventory()
-    secrets.ensure_secrets(ctx.state, inv, [node] if secrets.needs_host_keys(node) else [])
-    try:
-        return _build(ctx).render(node)[0]
-    except RenderError as e:
-        raise UserError(str(e)) from None
-
-
-def _one(ctx: Context, name: str) -> Node:
-    node = ctx.inventory().node(name)
-    if node is None:
-        raise UserError(f"no such node: {name}")
-    return node
-
-
-def run_build(ctx: Context, nodes: list[Node] | None, force: bool = False, jobs: int | None = None,
-              quiet: bool = False) -> overlay_build.BuildReport:
-    inv = ctx.inventory()
-    total = len(inv.nodes if nodes is None else nodes)
-    facts = _facts(ctx)
-    if sys.stdout.isatty() and not quiet:
-        with click.progressbar(length=total, label="building overlays") as bar:
-            report = overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs, facts=facts,
-                                         progress=bar.update)
-    else:
-        report = overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs, facts=facts)
-    if report.built:
-        # /metrics (in the serve process) learns build durations from the node-state DB.
-        ctx.db().record_build("overlay", ",".join(report.built) if len(report.built) <= 3 else f"{len(report.built)} nodes",
-                              report.seconds)
-    return report
+from .context import Context, echo_json, echo_table, pass_ctx, progress_bar
 
 
 @click.group()
@@ -88,7 +33,8 @@ def overlay() -> None:
 @pass_ctx
 def overlay_build_cmd(ctx: Context, nodes: str | None, force: bool, jobs: int | None, as_json: bool) -> None:
     """Build overlay archives and boot configs of NODES (default all) whose inputs changed."""
-    report = run_build(ctx, ctx.select(nodes) if nodes else None, force, jobs, quiet=as_json)
+    report = overlays.build_overlays(ctx, ctx.select(nodes) if nodes else None, force=force, jobs=jobs,
+                                     bar=progress_bar(quiet=as_json))
     if as_json:
         echo_json(report.__dict__)
         return
@@ -102,7 +48,7 @@ def overlay_build_cmd(ctx: Context, nodes: str | None, force: bool, jobs: int | 
 @pass_ctx
 def overlay_list(ctx: Context, as_json: bool) -> None:
     """Overlays available (stock and site) and how many nodes use each."""
-    b = _build(ctx)
+    b = overlays.builder(ctx)
     used = Counter(o for n in ctx.inventory().nodes for o in n.overlays)
     rows = []
     for name in b.library.names():
@@ -126,7 +72,7 @@ def overlay_list(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def overlay_show(ctx: Context, node: str, path: str | None, reveal: bool, as_json: bool) -> None:
     """NODE's overlay as it would be built now: every file, or one file's content."""
-    entries = _render(ctx, _one(ctx, node))
+    entries = overlays.render_node(ctx, ctx.node(node))
     if path is None:
         if as_json:
             echo_json([{"path": e.path, "kind": e.kind, "mode": f"{e.perm:04o}", "owner": e.owner,
@@ -163,33 +109,14 @@ def _mode_str(e: FileEntry) -> str:
 def overlay_edit(ctx: Context, node: str, path: str) -> None:
     """Edit NODE's own copy of PATH in $EDITOR (seeded from the rendered default), then
     re-render and rebuild the node. Nothing is saved if the editor fails or nothing changed."""
-    n = _one(ctx, node)
-    rel = path.strip("/")
-    if not rel or ".." in rel.split("/"):
-        raise UserError(f"{path!r} is not a path inside the node's root")
-    entries = {e.path: e for e in _render(ctx, n)}
-    current = entries.get(rel)
-    if current is not None and current.secret:
-        raise UserError(f"{rel} is a secret; use `provisioner secrets regenerate`")
-    if current is not None and current.kind != "file":
-        raise UserError(f"{rel} is a {current.kind}, not a file")
-    override = ctx.site.node_overrides(node) / rel
-    before = override.read_bytes() if override.exists() else None
-    seed = before if before is not None else (current.data if current else b"")
+    n = ctx.node(node)
+    rel, seed = overlays.editable(ctx, n, path)
     edited = _run_editor(seed, Path(rel).name)
     if edited == seed:
         click.echo(f"{node}: {rel} unchanged, nothing saved")
         return
-    atomic_write(override, edited, mode=0o644)
-    try:
-        report = run_build(ctx, [n], quiet=True)
-    except (BuildFailed, UserError) as e:
-        if before is None:
-            override.unlink()
-        else:
-            atomic_write(override, before, mode=0o644)
-        raise UserError(f"not saved: {e.message}") from None
-    click.echo(f"{node}: saved {override}; {'rebuilt' if report.built else 'up to date'}")
+    report = overlays.save_override(ctx, n, rel, edited)
+    click.echo(f"{node}: saved {ctx.site.node_overrides(node) / rel}; {'rebuilt' if report.built else 'up to date'}")
 
 
 def _run_editor(seed: bytes, name: str) -> bytes:
@@ -197,7 +124,7 @@ def _run_editor(seed: bytes, name: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="provisioner-edit.") as tmp:
         f = Path(tmp) / name
         f.write_bytes(seed)
-        res = subprocess.run([*shlex.split(editor), str(f)])
+        res = subprocess.run([*shlex.split(editor), str(f)], check=False)
         if res.returncode != 0:
             raise UserError(f"editor {editor!r} exited {res.returncode}; nothing saved")
         return f.read_bytes()
@@ -209,16 +136,9 @@ def _run_editor(seed: bytes, name: str) -> bytes:
 @pass_ctx
 def plan(ctx: Context, nodes: str | None, with_diff: bool) -> None:
     """Which files of NODES (default all) a build would change. Writes nothing."""
-    chosen = ctx.select(nodes)
-    # Before the first build there is nothing to compare with, nor secrets to render with.
-    b = _build(ctx) if any(layout.overlay_archive(ctx.state, n.name).exists() for n in chosen) else None
     marks = {"added": "+", "removed": "-", "changed": "~", "mode": "m", "owner": "o"}
     pending = 0
-    for n in chosen:
-        try:
-            changes = overlay_build.plan_node(b, n, with_diff) if b else None
-        except RenderError as e:
-            raise UserError(str(e)) from None
+    for n, changes in overlays.plan(ctx, ctx.select(nodes), with_diff):
         if changes is None:
             click.echo(f"{n.name}: not built yet")
             pending += 1
@@ -263,15 +183,11 @@ def secrets_show(ctx: Context, node: str | None, reveal: bool, as_json: bool) ->
 @click.argument("nodes", required=False)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
-def secrets_regenerate(ctx: Context, what: str, nodes: str | None, yes: bool) -> None:
+def secrets_regenerate(ctx: Context, what: Literal["munge", "ssh"], nodes: str | None, yes: bool) -> None:
     """Replace the MUNGE key, or the SSH host keys of NODES (default all); then rebuild."""
     chosen = ctx.select(nodes) if what == "ssh" else []
     target = "the cluster MUNGE key" if what == "munge" else f"SSH host keys of {len(chosen)} node(s)"
     if not yes and not click.confirm(f"Replace {target}? Running nodes keep the old ones until they reboot"):
         raise UserError("nothing changed")
-    if what == "munge":
-        secrets.regenerate_munge(ctx.state)
-    else:
-        secrets.regenerate_ssh(ctx.state, ctx.inventory(), chosen)
-    report = run_build(ctx, None, quiet=True)
+    report = overlays.regenerate_secrets(ctx, what, chosen)
     click.echo(f"replaced {target}; rebuilt {len(report.built)} node(s)")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..actions.discovery import AutoAdopter
 from ..errors import UserError
 from ..logs import setup_logging
 from ..resources import systemd_unit
@@ -68,7 +69,7 @@ def serve(ctx: Context, services: str, listen: str, interface: str | None, http_
                         token_file, slurm_interval=slurm_interval,
                         tftp_workers=tftp_workers or min(os.cpu_count() or 1, DEFAULT_TFTP_WORKERS_MAX))
     try:
-        daemon = Daemon(ctx.site, ctx.state, inventory, opts)
+        daemon = Daemon(ctx.site, ctx.state, inventory, opts, adopt=AutoAdopter(ctx))
     except ServeError as e:
         raise UserError(str(e)) from None
     sys.exit(daemon.run())

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import shlex
-import time
+from pathlib import Path
 
 import click
 
+from ..actions import slurm as slurm_actions
 from ..artifacts import slurm_config
-from ..errors import UserError
+from ..artifacts.slurm_config import ApplyResult
 from ..render import mpi
-from ..render.slurm import SlurmConfig, render
 from ..resources import systemd_unit
 from .context import Context, pass_ctx
 
@@ -19,11 +19,12 @@ conf_dir_option = click.option(
     default=str(slurm_config.DEFAULT_CONF_DIR), show_default=True, help="The controller's Slurm config dir.")
 
 
-def _config(ctx: Context) -> SlurmConfig:
-    config = render(ctx.inventory(), ctx.db().all_facts())
-    for problem in config.problems:
-        click.echo(f"warning: {problem}", err=True)
-    return config
+def _warn(problem: str) -> None:
+    click.echo(f"warning: {problem}", err=True)
+
+
+def _applied(result: ApplyResult) -> None:
+    click.echo(f"{', '.join(result.changed) or 'nothing'} changed; slurmctld: {result.action}")
 
 
 @click.group()
@@ -37,7 +38,7 @@ def slurm() -> None:
 @pass_ctx
 def render_cmd(ctx: Context, name: str) -> None:
     """Print one rendered file."""
-    click.echo(_config(ctx).files[name], nl=False)
+    click.echo(slurm_actions.slurm_files(ctx, _warn).files[name], nl=False)
 
 
 @slurm.command("diff")
@@ -45,7 +46,7 @@ def render_cmd(ctx: Context, name: str) -> None:
 @pass_ctx
 def diff_cmd(ctx: Context, conf_dir: str) -> None:
     """Show what `apply` would change in the config dir (nothing printed: up to date)."""
-    click.echo(slurm_config.diff(_config(ctx), conf_dir), nl=False)
+    click.echo(slurm_config.diff(slurm_actions.slurm_files(ctx, _warn), Path(conf_dir)), nl=False)
 
 
 @slurm.command("apply")
@@ -68,22 +69,11 @@ def apply_cmd(ctx: Context, conf_dir: str, no_reload: bool, reconfigure_command:
         return
     reconfigure = None if no_reload else shlex.split(reconfigure_command)
     restart = shlex.split(restart_command)
-    while True:
-        try:
-            result = slurm_config.apply(_config(ctx), conf_dir, reconfigure, restart)
-        except slurm_config.ReconfigureFailed as e:
-            if watch is None:
-                raise UserError(f"files written, but slurmctld did not take them: {e}") from None
-            click.echo(f"error: {e}", err=True)
-        except OSError as e:
-            raise UserError(f"cannot write {conf_dir}: {e.strerror}") from None
-        else:
-            if result.changed or watch is None:
-                click.echo(f"{', '.join(result.changed) or 'nothing'} changed; slurmctld: {result.action}")
-        if watch is None:
-            return
-        time.sleep(watch)
-        ctx = Context(ctx.site, ctx.state)  # a fresh inventory each round: edits are picked up
+    if watch is None:
+        _applied(slurm_actions.apply_slurm(ctx, conf_dir, reconfigure, restart, _warn))
+        return
+    slurm_actions.watch_slurm(ctx, conf_dir, watch, reconfigure=reconfigure, restart=restart, applied=_applied,
+                        warn=_warn, error=lambda e: click.echo(f"error: {e}", err=True))
 
 
 @click.group("mpi")
@@ -98,8 +88,4 @@ def mpi_group() -> None:
 @pass_ctx
 def hostfile_cmd(ctx: Context, partition: str | None, fmt: str) -> None:
     """Print a hostfile (slots: the node's mpi_slots, else its reported CPUs, else 1)."""
-    inv = ctx.inventory()
-    if partition is not None and not mpi.partition_nodes(inv, partition):
-        known = sorted({p for n in inv.nodes for p in n.partitions})
-        raise UserError(f"no node is in partition {partition!r} (partitions: {', '.join(known) or 'none'})")
-    click.echo(mpi.hostfile(inv, ctx.db().all_facts(), partition, fmt), nl=False)
+    click.echo(slurm_actions.hostfile(ctx, partition, fmt), nl=False)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 
-from ..errors import UserError
-from ..nodestate.slurm import slurm_states
-from ..nodestate.summary import latest_boot, node_statuses, timeline
+from ..actions.status import boot_timeline, statuses
 from .context import Context, echo_json, echo_table, pass_ctx
 
 
 def _clock(at: float | None) -> str | None:
-    return None if at is None else datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return None if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _age(at: float | None, now: float) -> str | None:
@@ -33,8 +31,7 @@ def _took(seconds: float | None) -> str | None:
 
 
 def show_table(ctx: Context, selector: str | None, as_json: bool) -> None:
-    nodes = ctx.select(selector)
-    rows = node_statuses(nodes, ctx.db(), slurm_states())
+    rows = statuses(ctx, selector)
     if as_json:
         echo_json([r.as_dict() for r in rows])
         return
@@ -44,16 +41,12 @@ def show_table(ctx: Context, selector: str | None, as_json: bool) -> None:
 
 
 def show_timeline(ctx: Context, selector: str | None, as_json: bool) -> None:
-    nodes = ctx.select(selector)
-    if len(nodes) != 1:
-        raise UserError("--timeline takes exactly one node")
-    events = [dict(e) for e in ctx.db().timeline(nodes[0].name)]
-    steps = timeline(latest_boot(events))
+    name, steps = boot_timeline(ctx, selector)
     if as_json:
         echo_json([s.__dict__ for s in steps])
         return
     if not steps:
-        click.echo(f"{nodes[0].name}: no boot recorded")
+        click.echo(f"{name}: no boot recorded")
         return
     echo_table(["stage", "at", "took", "detail"], [[s.stage, _clock(s.at), _took(s.took), s.detail] for s in steps])
     click.echo(f"total {_took(steps[-1].at - steps[0].at)} from {steps[0].stage} to {steps[-1].stage}")

@@ -7,6 +7,7 @@ end, success or not; the work directory (site, state, logs, image cache) stays f
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import re
@@ -19,17 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import click
-
-from ..artifacts import bootloaders, overlay_build, secrets
-from ..artifacts.images import build_image, nfs_roots, versions
+from ..actions.context import Context
+from ..actions.images import build_image
+from ..actions.nfs import nfs_exports
+from ..actions.overlays import build_overlays
+from ..actions.slurm import apply_slurm
+from ..artifacts import bootloaders, secrets
+from ..artifacts.images import versions
 from ..artifacts.initramfs import build_initramfs
-from ..artifacts.slurm_config import apply
-from ..inventory import Inventory, load_inventory
+from ..inventory import Inventory
 from ..nodestate import NodeStateDB
 from ..paths import Site, State
-from ..render.nfs import exports_for, render_ganesha
-from ..render.slurm import render as render_slurm
 from . import site as demo_site
 from .host import MasterHost
 from .netns import DemoNet
@@ -60,7 +61,7 @@ class Demo:
     timeout: float = 600
     mirror: str | None = None
     kernel_args: tuple[str, ...] = ()
-    echo: Callable[[str], None] = click.echo
+    echo: Callable[[str], None] = functools.partial(print, flush=True)
     t0: float = field(default_factory=time.monotonic)
     sup: Supervisor = field(init=False)
     net: DemoNet | None = None
@@ -72,6 +73,8 @@ class Demo:
     def __post_init__(self) -> None:
         self.site = Site(self.work / "site")
         self.state = State(self.work / "state")
+        # The demo does what the CLI does, through the same actions (facts, build metrics).
+        self.ctx = Context(self.site, self.state)
         self.logs = self.work / "logs"
         self.sup = Supervisor(self.logs)
 
@@ -95,7 +98,7 @@ class Demo:
         home.mkdir(parents=True, exist_ok=True)
         self.site.root.mkdir(parents=True, exist_ok=True)
         self.site.cluster_yaml.write_text(demo_site.cluster_yaml(self.nodes, str(home), self.kernel_args))
-        return load_inventory(self.site.cluster_yaml)
+        return self.ctx.inventory()
 
     def build_image(self) -> None:
         wanted = sorted(demo_site.IMAGE_PACKAGES)
@@ -105,12 +108,15 @@ class Demo:
             # Cheap and deterministic: picks up changes to the initramfs runtime (initcpio/).
             build_initramfs(self.state, demo_site.IMAGE)
             return
-        build_image(self.state, demo_site.IMAGE, packages=demo_site.IMAGE_PACKAGES, mirror=self.mirror,
-                    cache_dir=IMAGE_CACHE, progress=lambda m: self.say("image", m))
+        switch = build_image(self.ctx, demo_site.IMAGE, packages=demo_site.IMAGE_PACKAGES, mirror=self.mirror,
+                             cache_dir=IMAGE_CACHE, progress=lambda m: self.say("image", m))
+        switch.check()
+        if switch.message:
+            self.say("image", switch.message)
 
-    def build_artifacts(self, inv: Inventory) -> None:
+    def build_artifacts(self) -> None:
         bootloaders.install(self.state)
-        report = overlay_build.build(self.state, self.site, inv)
+        report = build_overlays(self.ctx)
         self.say("overlays", f"built {len(report.built)}, unchanged {len(report.unchanged)}")
 
     # -- master side ---------------------------------------------------------------------------------
@@ -125,7 +131,7 @@ class Demo:
         shutil.rmtree(mwork, ignore_errors=True)
         conf = mwork / "etc-slurm"
         conf.mkdir(parents=True, exist_ok=True)
-        apply(render_slurm(inv, NodeStateDB(self.state.db).all_facts()), conf, reconfigure=None)
+        apply_slurm(self.ctx, conf, reconfigure=None)
         hosts = mwork / "hosts"
         hosts.write_text("127.0.0.1 localhost\n" + f"{inv.cluster.slurm.address} {inv.cluster.slurm.controller}\n"
                          + "".join(f"{n.ip} {n.name}\n" for n in inv.nodes))
@@ -140,7 +146,7 @@ class Demo:
         self.sup.start("munged", m.enter(["setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
                                           "/usr/sbin/munged", "--foreground"]),
                        ready=lambda: (m.priv / "run/munge/munge.socket.2").exists(), timeout=20)
-        self.start_nfs(inv)
+        self.start_nfs()
         env = {"PROVISIONER_SITE": str(self.site.root), "PROVISIONER_STATE": str(self.state.root)}
         started = m.run(["sh", "-c", START_SLURMCTLD])
         if started.returncode != 0:
@@ -153,13 +159,12 @@ class Demo:
                                                "/etc/slurm", "--restart-command",
                                                f"sh -c '{RESTART_SLURMCTLD}'"]), env=env)
 
-    def start_nfs(self, inv: Inventory) -> None:
+    def start_nfs(self) -> None:
         assert self.net is not None
         gw = self.work / "ganesha"
         (gw / "recovery").mkdir(parents=True, exist_ok=True)
         conf = gw / "ganesha.conf"
-        conf.write_text(render_ganesha(exports_for(inv.cluster, nfs_roots(self.state)), inv.cluster.network.subnet,
-                                       inv.cluster.network.master, recovery_root=gw / "recovery"))
+        conf.write_text(nfs_exports(self.ctx, "ganesha", gw / "recovery"))
         log = gw / "ganesha.log"
         script = ("mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/ganesha && "
                   f"exec ganesha.nfsd -F -f {conf} -L {log} -p /run/ganesha/pid -N NIV_EVENT")
@@ -295,7 +300,7 @@ class Demo:
             subprocess.run([PROVISIONER, "--site", str(self.site.root), "--state", str(self.state.root), "plan"])
             return
         self.stage("image", f"image {demo_site.IMAGE} (debootstrap, cached in {IMAGE_CACHE})", self.build_image)
-        self.stage("overlays", "bootloaders, secrets, overlays and boot configs", lambda: self.build_artifacts(inv))
+        self.stage("overlays", "bootloaders, secrets, overlays and boot configs", self.build_artifacts)
         try:
             self.stage("network", "namespace with bridge br0 and a tap per node", self.start_network)
             self.stage("master", "munged, nfs-ganesha, slurmctld, provisioner serve", lambda: self.start_master(inv))

@@ -45,11 +45,21 @@ def edit_inventory(path: str | Path) -> Iterator[tuple[CommentedMap, Inventory]]
         current = parse_text(before, str(path))
         doc = y.load(before) or CommentedMap()
         yield doc, current
-        buf = io.StringIO()
-        y.dump(doc, buf)
-        text = buf.getvalue()
+        text = _dump(y, doc)
         parse_text(text, str(path))
         atomic_write(path, text)
+
+
+def _dump(y: YAML, doc: CommentedMap) -> str:
+    buf = io.StringIO()
+    y.dump(doc, buf)
+    return buf.getvalue()
+
+
+def edited(doc: CommentedMap, path: str | Path) -> Inventory:
+    """The inventory the edited document makes (InventoryInvalid if none): what edit_inventory
+    will write, for work that must be done before the file says so."""
+    return parse_text(_dump(_yaml(), doc), str(path))
 
 
 def node_entries(doc: CommentedMap) -> CommentedSeq:
@@ -142,12 +152,14 @@ def used_ips(inv: Inventory) -> set[IPv4Address]:
     return ips
 
 
-def next_free_ip(inv: Inventory) -> IPv4Address | None:
-    """The lowest host address of the subnet that no node, master or gateway uses and that
-    lies outside the dynamic range."""
+def next_free_ip(inv: Inventory, within: tuple[IPv4Address, IPv4Address] | None = None) -> IPv4Address | None:
+    """The lowest host address of the subnet (and of the range `within`, FIRST-LAST) that no
+    node, master or gateway uses and that lies outside the dynamic range."""
     taken = used_ips(inv)
     net = inv.cluster.network
     for ip in net.subnet.hosts():
+        if within is not None and not within[0] <= ip <= within[1]:
+            continue
         if ip not in taken and not net.in_dynamic_range(ip):
             return ip
     return None

@@ -44,10 +44,10 @@ def _in_subnet(addr: IPv4Address, s: Scope) -> str | None:
     return None if addr in s.subnet else f"{addr} is outside the subnet {s.subnet}"
 
 
-def _range_in_subnet(r: tuple[IPv4Address, IPv4Address], s: Scope) -> str | None:
-    if r[0] <= r[1] and r[0] in s.subnet and r[1] in s.subnet:
+def _range_in(r: tuple[IPv4Address, IPv4Address], subnet: IPv4Network) -> str | None:
+    if r[0] <= r[1] and r[0] in subnet and r[1] in subnet:
         return None
-    return f"'{r[0]}-{r[1]}' must be 'FIRST-LAST' inside {s.subnet}, FIRST <= LAST"
+    return f"'{r[0]}-{r[1]}' must be 'FIRST-LAST' inside {subnet}, FIRST <= LAST"
 
 
 # -- the cluster section ----------------------------------------------------------------------
@@ -73,7 +73,7 @@ class Network:
     gateway: IPv4Address | None = setting(Address(), check=_in_subnet)
     dns: tuple[IPv4Address, ...] = setting(Addresses())
     dynamic_range: tuple[IPv4Address, IPv4Address] | None = setting(
-        AddressRange(), check=_range_in_subnet, help="addresses for nodes that are not in the inventory")
+        AddressRange(), check=lambda r, s: _range_in(r, s.subnet), help="addresses for nodes that are not in the inventory")
 
     def in_dynamic_range(self, ip: IPv4Address) -> bool:
         return self.dynamic_range is not None and self.dynamic_range[0] <= ip <= self.dynamic_range[1]
@@ -115,10 +115,25 @@ class Dhcp:
     lease_time: int = setting(Count(60), default=3600)
 
 
+def _renamed_adopt(value: str, _: Scope) -> str:
+    return f"is now two settings: write `mode: auto` and `names: {value}`"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Discovery:
-    adopt: str | None = setting(Hostlist(), help="hostlist the server may name discovered nodes from")
+    """What happens to a PXE client no node entry names: it waits in `node discovered` for the
+    admin's `node approve` (mode approve), or the server adopts it at once (mode auto), at most
+    `rate` a minute, so a flood of made-up MACs cannot use up the names and addresses or
+    collect the MUNGE key faster than the written policy allows."""
+
+    mode: str = setting(Choice(("approve", "auto")), default="approve")
+    names: str | None = setting(Hostlist(), help="hostlist new nodes are named from, like auto[001-100]")
+    addresses: tuple[IPv4Address, IPv4Address] | None = setting(
+        AddressRange(), check=lambda r, s: _range_in(r, s.network.subnet), help="FIRST-LAST static addresses for new nodes; "
+        "default: any free one outside the dynamic range")
     profiles: tuple[str, ...] = setting(Names(), help="profiles an adopted node gets")
+    rate: int = setting(Count(1, 10000), default=10, help="adoptions per minute at most (mode auto)")
+    adopt: str | None = setting(Hostlist(), check=_renamed_adopt, help="old spelling of mode auto + names")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,18 @@ from . import yamlpos
 from .hostlist import HostlistError, expand, is_range
 from .merge import merge_settings
 from .model import SETTINGS, Cluster, Interface, Inventory, Node, Profile
-from .schema import Address, Invalid, Kind, Names, Scope, Section, Sections, Unresolved, settings_of, valid_hostname
+from .schema import (
+    Address,
+    Invalid,
+    Kind,
+    Names,
+    Scope,
+    Section,
+    Sections,
+    Unresolved,
+    settings_of,
+    valid_hostname,
+)
 
 Path = yamlpos.Path
 T = TypeVar("T")
@@ -316,6 +327,8 @@ def parse_text(text: str, filename: str) -> Inventory:
         for ap in cluster.discovery.profiles:
             if ap not in profiles:
                 p.err(("cluster", "discovery", "profiles"), f"unknown profile {ap!r}")
+        if cluster.discovery.mode == "auto" and not cluster.discovery.names:
+            p.err(("cluster", "discovery", "mode"), "mode auto needs `names` (a hostlist to name new nodes from)")
     if p.problems or cluster is None:
         raise InventoryInvalid(sorted(p.problems, key=lambda x: x.line))
     return Inventory(FsPath(filename), cluster, profiles, tuple(nodes))

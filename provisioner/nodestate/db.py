@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -41,10 +43,23 @@ CREATE TABLE IF NOT EXISTS builds (
 """
 
 
+def _private(db: Path) -> None:
+    """Root alone reads what nodes reported (the admin API is root's too): the database is
+    made 0600 before SQLite opens it, and its WAL and shared-memory files take its mode.
+    Files an older version left open are tightened."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+
+
 class NodeStateDB:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private(self.path)
         self._local = threading.local()
         # executescript commits on its own, so it cannot run inside _tx; every statement in
         # SCHEMA is idempotent.

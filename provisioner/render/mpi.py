@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..facts import FactsInvalid, hardware
 from ..inventory.model import Cluster, Inventory, Node
-from .facts import FactsInvalid, hardware
 
 FORMATS = ("openmpi", "mpich")
 

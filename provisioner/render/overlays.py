@@ -1,11 +1,11 @@
 """Overlay trees rendered per node into a list of file entries (path, bytes, mode, owner).
 
 Sources, later winning file by file: the stock overlay (overlays/<name>/), the site's overlay
-of the same name (site/overlays/<name>/), the overlays in the node's order, and finally the
-node's own override tree (site/nodes/<node>/). In every tree `*.j2` is a template, `*.secret`
-names a secret whose bytes become the file, symlinks stay symlinks, `*.symlink` is a symlink to
-the target it holds (how the stock trees, shipped in a wheel, carry theirs), and `_meta.yaml`
-sets mode/owner/group per node path. Rendering is pure given the secret reader: no writes.
+of the same name (site/overlays/<name>/), the overlays in the node's order after the one every
+node gets (ALWAYS), and finally the node's own override tree (site/nodes/<node>/). In every
+tree `*.j2` is a template, `*.secret` names a secret whose bytes become the file, symlinks stay
+symlinks, `*.symlink` is a symlink to the target it holds (how the stock trees, shipped in a
+wheel, carry theirs), and `_meta.yaml` sets mode/owner/group per node path. Rendering is pure given the secret reader: no writes.
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ from .context import (
 META = "_meta.yaml"
 LINK = ".symlink"
 DIR_MODE, FILE_MODE, EXEC_MODE, SECRET_MODE = 0o755, 0o644, 0o755, 0o600
+# Every node's overlay starts with this one: it carries the node's report credential, without
+# which nothing the node reports is believed.
+ALWAYS = ("provisioner",)
+
+
+def node_overlays(node: Node) -> tuple[str, ...]:
+    return (*ALWAYS, *(o for o in node.overlays if o not in ALWAYS))
 
 
 @dataclass(frozen=True)
@@ -272,7 +279,7 @@ class NodeRenderer:
     def merged(self, node: Node) -> tuple[dict[str, SourceFile], dict[str, Meta], OverlayTree | None]:
         files: dict[str, SourceFile] = {}
         meta: dict[str, Meta] = {}
-        for name in node.overlays:
+        for name in node_overlays(node):
             tree = self.library.tree(name)
             files.update(tree.files)
             meta.update(tree.meta)

@@ -22,7 +22,14 @@ from ..bootfiles import CONFIGS
 from ..inventory.model import Cluster, Node
 from ..paths import Site, image_pseudo, image_root
 from ..resources import STOCK_PXE
-from .context import SharedContext, compile_template, environment, node_context, reads, render
+from .context import (
+    SharedContext,
+    compile_template,
+    environment,
+    node_context,
+    reads,
+    render,
+)
 
 TEMPLATES = {c.loader: c.template for c in CONFIGS}
 

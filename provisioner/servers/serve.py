@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..inventory import Inventory, InventoryInvalid, load_inventory
 from ..logs import kv
@@ -25,6 +26,9 @@ from ..nodestate import NodeStateDB
 from ..nodestate.slurm import is_ready, slurm_states
 from ..paths import Site, State
 from .service import Service
+
+if TYPE_CHECKING:
+    from .dhcp.server import Adopter
 
 log = logging.getLogger("provisioner.serve")
 
@@ -58,8 +62,13 @@ def _fingerprint(site: Site) -> tuple[int, int, int] | None:
 
 
 class Daemon:
-    def __init__(self, site: Site, state: State, inventory: Inventory, opts: ServeOptions):
+    def __init__(self, site: Site, state: State, inventory: Inventory, opts: ServeOptions,
+                 adopt: Adopter | None = None):
+        """`adopt`: how DHCP adopts a discovered node under cluster.discovery `mode: auto` (the
+        caller hands in actions.discovery.AutoAdopter: servers do not import the actions above
+        them)."""
         self.site, self.state, self.inventory, self.opts = site, state, inventory, opts
+        self.adopt = adopt
         self.db = NodeStateDB(state.db)
         self.slurm: Mapping[str, str] | None = None
         self.failed = False
@@ -82,7 +91,7 @@ class Daemon:
     def _dhcp(self) -> Service:
         from .dhcp import DhcpServer
         return DhcpServer(self.inventory, self.state, self.opts.interface, self.opts.listen,
-                          self.opts.dhcp_port or self.inventory.cluster.ports.dhcp, self.db)
+                          self.opts.dhcp_port or self.inventory.cluster.ports.dhcp, self.db, adopt=self.adopt)
 
     def _tftp(self) -> Service:
         from .tftp import listen_address

@@ -15,6 +15,9 @@ import threading
 import time
 from pathlib import Path
 
+from provisioner.artifacts import layout
+from provisioner.paths import State
+
 from .site import node, site_yaml
 from .site import write_site as write_yaml
 
@@ -24,6 +27,12 @@ NODES = {  # name: (ip, mac)
     "node02": ("10.99.0.12", "52:54:00:aa:00:02"),
 }
 IMAGE = "img1"
+CREDENTIALS = {name: os.urandom(32).hex() for name in NODES}  # each node's report credential
+
+
+def auth(node: str) -> tuple[str, str]:
+    """curl arguments presenting the node's report credential, as its overlay lets it."""
+    return ("-H", f"Authorization: Bearer {CREDENTIALS[node]}")
 
 
 def cluster_yaml(nodes: dict[str, tuple[str, str]] = NODES, secure: bool = True) -> str:
@@ -34,6 +43,12 @@ def cluster_yaml(nodes: dict[str, tuple[str, str]] = NODES, secure: bool = True)
 
 def write_site(site: Path, nodes: dict[str, tuple[str, str]] = NODES, secure: bool = True) -> Path:
     return write_yaml(site, cluster_yaml(nodes, secure))
+
+
+def plant(path: Path, data: bytes) -> None:
+    """A node's artifact written where layout puts it in a state no build has published."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def write_state(state: Path, big: int = 3 * 1024 * 1024) -> dict[str, bytes]:
@@ -47,14 +62,14 @@ def write_state(state: Path, big: int = 3 * 1024 * 1024) -> dict[str, bytes]:
     (state / "images" / IMAGE / "current").symlink_to("versions/v1")
     files[f"/images/{IMAGE}/vmlinuz"] = kernel
     files[f"/images/{IMAGE}/initramfs.img"] = initramfs
-    (state / "overlays").mkdir(parents=True, exist_ok=True)
+    (state / "secrets" / "credentials").mkdir(mode=0o700, parents=True, exist_ok=True)
     for name, (_ip, mac) in NODES.items():
-        (state / "nodes" / name).mkdir(parents=True, exist_ok=True)
+        (state / "secrets" / "credentials" / name).write_text(CREDENTIALS[name])
         script = f"#!ipxe\nkernel http://{SERVER_IP}/images/{IMAGE}/vmlinuz provisioner.node={name}\nboot\n".encode()
-        (state / "nodes" / name / "boot.ipxe").write_bytes(script)
+        plant(layout.ipxe_script(State(state), name), script)
         files[f"/boot/{mac}.ipxe"] = script
         secret = f"secret of {name}".encode() + os.urandom(64)
-        (state / "overlays" / f"{name}.cpio.gz").write_bytes(secret)
+        plant(layout.overlay_archive(State(state), name), secret)
         files[f"/overlays/{name}.cpio.gz"] = secret
     return files
 

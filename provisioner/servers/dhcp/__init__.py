@@ -5,7 +5,8 @@
 - A MAC not in the inventory gets a dynamic address only when it PXE-boots (or already holds
   a lease): the server hands no addresses to other devices on the link. Such MACs are
   recorded for `provisioner node discovered`, and adopted into the inventory automatically
-  when cluster.discovery.adopt names a hostlist to draw names from.
+  when cluster.discovery says `mode: auto` (through the adopter `provisioner serve` hands
+  the server: actions.discovery.AutoAdopter, which keeps the policy's rate limit).
 - Replies go to the relay (giaddr, port 67), to ciaddr when the client has an address, and
   are broadcast otherwise (no ARP entries are forged for unconfigured clients).
 - In full mode the server also answers IPv6 router solicitations (ra.py) so iPXE does not

@@ -1,6 +1,7 @@
 """Run the DHCP server alone (tests, benchmarks, debugging):
 python -m provisioner.servers.dhcp --site DIR --state DIR [--interface IF] [--listen ADDR]
-[--proxy]. SIGTERM or SIGINT stops it cleanly; SIGHUP reloads the inventory."""
+[--proxy]. SIGTERM or SIGINT stops it cleanly; SIGHUP reloads the inventory. It records
+discovered MACs but adopts none: the cluster.discovery `mode: auto` is `provisioner serve`'s."""
 
 from __future__ import annotations
 

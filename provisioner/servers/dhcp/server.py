@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Callable
 
-from ...inventory import Inventory, InventoryInvalid, Node, load_inventory
+from ...inventory import Inventory, Node
 from ...logs import kv
 from ...nodestate import NodeStateDB
 from ...paths import State, image_root
 from ..service import Service
 from ..stages import StageWriter
 from . import netif, pxe, reply, wire
-from .adopt import AdoptError, adopt
 from .bootanswer import BootAnswers
 from .leases import DynamicPool
 from .ra import RouterAdvertiser
@@ -39,6 +38,12 @@ CLIENT_PORT = 68
 BROADCAST = "255.255.255.255"
 
 Answer = tuple[bytes, tuple[str, int]]
+# Takes a PXE-booting unknown MAC on for adoption under `cluster.discovery.mode: auto`, given
+# the policy's rate (adoptions a minute): True when it will be a node (its next DISCOVER is
+# answered after serve reloads the edited inventory), False when it waits as discovered.
+# actions.discovery.AutoAdopter, handed in by whoever starts the server, since servers never
+# import the actions above them; it returns at once, the adoption runs off the packet loop.
+Adopter = Callable[[str, int], bool]
 
 
 @dataclass(frozen=True)
@@ -60,13 +65,15 @@ class DhcpServer(Service):
     name = "dhcp"
 
     def __init__(self, inventory: Inventory, state: State, interface: str | None, listen: str,
-                 port: int = 67, db: NodeStateDB | None = None, proxy: bool | None = None):
+                 port: int = 67, db: NodeStateDB | None = None, proxy: bool | None = None,
+                 adopt: Adopter | None = None):
         super().__init__()
         net = inventory.cluster.network
         self.link = netif.find(interface or net.interface, listen, net.subnet)
         self.server_ip = IPv4Address(listen) if listen not in ("", "0.0.0.0") else self.link.address.ip
         self.server_id = self.server_ip.packed
         self.proxy = inventory.cluster.dhcp.mode == "proxy" if proxy is None else proxy
+        self.adopt = adopt
         self.db = db if db is not None else NodeStateDB(state.db)
         self.pool = DynamicPool(inventory, self.db)
         self.stages = StageWriter(self.db, gather=STAGE_GATHER)
@@ -273,28 +280,21 @@ class DhcpServer(Service):
         return reply.finish(tmpl, req, extra=reply.echoes(req, False), ciaddr=wire.ZERO_IP, flags=flags), \
             self._destination(req, wire.NAK)
 
-    def _unknown(self, req: wire.Request, client: pxe.Client) -> Static | None:
-        """Record an unknown booting MAC; adopt it if the policy says so."""
+    def _unknown(self, req: wire.Request, client: pxe.Client) -> bool:
+        """Record an unknown booting MAC; True when it is being adopted (the policy says auto
+        and the server was given an adopter), so this DISCOVER goes unanswered."""
         if not client.boots:
-            return None
+            return False
         self.db.saw_unknown(req.mac, client.arch, client.uuid, None)
-        if not self.inventory.cluster.discovery.adopt:
-            return None
-        try:
-            name, _ = adopt(self.inventory.path, req.mac)
-            inv = load_inventory(self.inventory.path)
-        except (AdoptError, InventoryInvalid, OSError) as e:  # it still gets a dynamic lease
-            log.warning("could not adopt", extra=kv(mac=req.mac, error=e))
-            return None
-        self.db.mark_adopted(req.mac, name)
-        log.info("adopted", extra=kv(mac=req.mac, node=name))
-        self.reload(inv)
-        return self.static.get(req.mac)
+        policy = self.inventory.cluster.discovery
+        return policy.mode == "auto" and self.adopt is not None and self.adopt(req.mac, policy.rate)
 
     def _discover(self, req: wire.Request, client: pxe.Client) -> Answer | None:
-        st = self.static.get(req.mac) or self._unknown(req, client)
+        st = self.static.get(req.mac)
         if st is not None:
             return self._lease(req, client, wire.OFFER, st.ip, st.node)
+        if self._unknown(req, client):
+            return None
         if not client.boots and self.pool.lease_of(req.mac) is None:
             log.debug("ignored DISCOVER: not in the inventory and not PXE booting", extra=kv(mac=req.mac))
             return None

@@ -1,5 +1,6 @@
-"""Who is asking: the peer's address and source port, the node it belongs to, and whether
-it may have secret-bearing content or the admin endpoints. Pure functions, no I/O."""
+"""Who is asking: the peer's address and source port, the node it belongs to, whether it
+proves to be that node (its report credential), and whether it may have secret-bearing
+content or the admin endpoints. Pure functions, no I/O."""
 
 from __future__ import annotations
 
@@ -62,11 +63,21 @@ def secret_refusal(node: Node, peer: Peer, leases: Mapping[str, str], secure: bo
     return None
 
 
-def is_admin(peer: Peer, local: Peer, authorization: str | None, token: str | None) -> bool:
-    """A process on this host (loopback, or the very address it connected to), or a matching
-    `Authorization: Bearer TOKEN`."""
-    if peer.ip is not None and (peer.ip.is_loopback or peer.ip == local.ip):
-        return True
-    if not token or not authorization or not authorization.startswith("Bearer "):
+def bearer(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header, or None."""
+    if not authorization or not authorization.startswith("Bearer "):
+        return None
+    return authorization[len("Bearer "):].strip() or None
+
+
+def matches(presented: str | None, expected: str | None) -> bool:
+    """A constant-time comparison; nothing matches a missing secret."""
+    if not presented or not expected:
         return False
-    return hmac.compare_digest(authorization[len("Bearer "):].strip().encode(), token.encode())
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def is_admin(local_uid: int | None, authorization: str | None, token: str | None) -> bool:
+    """Root on this host (the uid the kernel names for the caller's socket: any other local
+    user is no admin, loopback or not), or a matching `Authorization: Bearer TOKEN`."""
+    return local_uid == 0 or matches(bearer(authorization), token)

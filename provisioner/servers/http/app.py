@@ -11,24 +11,39 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+)
 
-from ...artifacts import layout
+from ...artifacts import layout, secrets
+from ...facts import FactsInvalid, hardware
 from ...inventory import Inventory, Node, normalize_mac
 from ...logs import kv
 from ...nodestate import NodeStateDB
 from ...nodestate.summary import latest_boot, node_statuses, timeline
 from ...paths import State
-from ...render.facts import FactsInvalid, hardware
 from ..boottree import BootTree, PathRefused
 from ..stages import STAGE_REPEAT, stage_of
-from .access import Peer, is_admin, node_at, secret_refusal
+from .access import (
+    Peer,
+    bearer,
+    is_admin,
+    matches,
+    node_addresses,
+    node_at,
+    secret_refusal,
+)
 from .files import TrackedFile
 from .metrics import StateCollector
+from .peeruid import local_uid
 
 log = logging.getLogger("provisioner.http")
 
@@ -36,6 +51,7 @@ T = TypeVar("T")
 _STAGE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 FACTS_REJECTED = "facts-rejected"  # the stage a refused facts report leaves, its reason as detail
 LEASE_CACHE_SECONDS = 2.0
+LEASE_MISS_SECONDS = 0.25  # an address not in the cache: a lease this young may just be missing
 MAX_BODY = 256 * 1024
 OCTETS = "application/octet-stream"
 
@@ -104,10 +120,12 @@ class BootApp:
             log.error("node-state DB unavailable", extra=kv(error=e))
             raise web.HTTPServiceUnavailable(text="node-state database unavailable\n") from None
 
-    async def _lease_map(self) -> dict[str, str]:
-        """ip -> mac of current DHCP leases, cached briefly (nodes without a static address)."""
+    async def _lease_map(self, ip: IPv4Address | IPv6Address | None = None) -> dict[str, str]:
+        """ip -> mac of current DHCP leases, cached briefly (nodes without a static address);
+        read again sooner when `ip` is not in it (a node that has just got its lease)."""
         at, leases = self._leases
-        if self.db is None or time.monotonic() - at < LEASE_CACHE_SECONDS:
+        max_age = LEASE_CACHE_SECONDS if ip is None or str(ip) in leases else LEASE_MISS_SECONDS
+        if self.db is None or time.monotonic() - at < max_age:
             return leases
         rows = await self._db(lambda: [(r["ip"], r["mac"]) for r in self.db.leases()])  # type: ignore[union-attr]
         leases = dict(rows)
@@ -116,11 +134,11 @@ class BootApp:
 
     async def _node_of(self, peer: Peer) -> Node | None:
         node = node_at(self.inventory, {}, peer)
-        return node or node_at(self.inventory, await self._lease_map(), peer)
+        return node or node_at(self.inventory, await self._lease_map(peer.ip), peer)
 
     async def _stage(self, node: str, stage: str, detail: str | None) -> None:
         """A stage a node reports; dropped when a server noted the same stage of the node within
-        STAGE_REPEAT (the initramfs reports "overlay" just after the fetch this server noted)."""
+        STAGE_REPEAT (a retried report, a stage both a server and the node saw)."""
         if self.db is not None:
             await self._db(self.db.record_stages, [(node, stage, time.time(), detail)], STAGE_REPEAT)
 
@@ -133,11 +151,11 @@ class BootApp:
         fut.add_done_callback(_log_db_failure)
 
     def _refuse(self, status: type[web.HTTPException], reason: str, request: web.Request,
-                **fields: Any) -> web.HTTPException:
+                headers: Mapping[str, str] | None = None, **fields: Any) -> web.HTTPException:
         self.refused.labels(str(status.status_code)).inc()
         log.warning(reason, extra=kv(client=self._peer(request), path=request.path, status=status.status_code,
                                      **fields))
-        return status(text=f"{reason}\n")
+        return status(text=f"{reason}\n", headers=headers)
 
     async def _send(self, request: web.Request, path: Path, node: Node | None, stage: str | None,
                     content_type: str = OCTETS) -> web.StreamResponse:
@@ -183,7 +201,11 @@ class BootApp:
         node = self.inventory.by_mac(mac)
         if node is None:
             raise self._refuse(web.HTTPNotFound, "unknown node", request, mac=mac)
-        return await self._send(request, layout.ipxe_script(self.state, node.name), node, "ipxe", "text/plain")
+        # Served to anyone (it holds no secret), but only the node's own fetch is its boot.
+        peer = self._peer(request)
+        own = str(peer.ip) in node_addresses(node, await self._lease_map(peer.ip))
+        return await self._send(request, layout.ipxe_script(self.state, node.name), node if own else None,
+                                "ipxe", "text/plain")
 
     async def ipxe_by_address(self, request: web.Request) -> web.StreamResponse:
         peer = self._peer(request)
@@ -218,22 +240,39 @@ class BootApp:
         if node is None:
             raise self._refuse(web.HTTPNotFound, "unknown node", request, node=name)
         peer = self._peer(request)
-        why = secret_refusal(node, peer, await self._lease_map(), self.inventory.cluster.secure)
+        why = secret_refusal(node, peer, await self._lease_map(peer.ip), self.inventory.cluster.secure)
         if why is not None:
             raise self._refuse(web.HTTPForbidden, f"secret refused: {why}", request, node=name)
-        return await self._send(request, layout.overlay_archive(self.state, name), node, "overlay")
+        # No stage here: the node reports "overlay" itself once applied, with the credential
+        # this very archive carries (its first reports come right after this fetch).
+        return await self._send(request, layout.overlay_archive(self.state, name), node, None)
 
     # -- node API ------------------------------------------------------------------------------------
     async def _calling_node(self, request: web.Request) -> Node:
-        """The node behind a node-API call, authenticated like secrets."""
+        """The node behind a node-API call: at the node's address (from a privileged port in
+        secure mode, as for secrets) and presenting the node's report credential, which only
+        its secret overlay carries. Anything less changes no record."""
         peer = self._peer(request)
         node = await self._node_of(peer)
         if node is None:
             raise self._refuse(web.HTTPNotFound, "unknown node", request, address=str(peer.ip))
-        why = secret_refusal(node, peer, await self._lease_map(), self.inventory.cluster.secure)
+        why = secret_refusal(node, peer, await self._lease_map(peer.ip), self.inventory.cluster.secure)
         if why is not None:
             raise self._refuse(web.HTTPForbidden, f"node API refused: {why}", request, node=node.name)
+        presented = bearer(request.headers.get("Authorization"))
+        if presented is None:
+            raise self._refuse(web.HTTPUnauthorized, "node API refused: no credential", request,
+                               {"WWW-Authenticate": 'Bearer realm="provisioner node"'}, node=node.name)
+        if not matches(presented, self._credential(node.name)):
+            raise self._refuse(web.HTTPForbidden, "node API refused: wrong credential", request, node=node.name)
         return node
+
+    def _credential(self, node: str) -> str | None:
+        """The node's report credential (a small local file), or None if it has none yet."""
+        try:
+            return secrets.read_secret(self.state, secrets.node_credential(node)).decode().strip()
+        except (secrets.SecretMissing, UnicodeDecodeError):
+            return None
 
     @staticmethod
     async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -279,8 +318,9 @@ class BootApp:
     # -- admin -----------------------------------------------------------------------------------------
     def _admin(self, request: web.Request) -> None:
         local = Peer.of(request.transport.get_extra_info("sockname") if request.transport else None)
-        if not is_admin(self._peer(request), local, request.headers.get("Authorization"), self.token):
-            raise self._refuse(web.HTTPForbidden, "admin endpoint refused", request)
+        uid = local_uid(self._peer(request), local)
+        if not is_admin(uid, request.headers.get("Authorization"), self.token):
+            raise self._refuse(web.HTTPForbidden, "admin endpoint refused", request, uid=uid)
 
     def _admin_node(self, request: web.Request) -> str:
         self._admin(request)

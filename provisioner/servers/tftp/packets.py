@@ -12,7 +12,12 @@ import struct
 from dataclasses import dataclass, field
 
 from tftpy.TftpPacketFactory import TftpPacketFactory
-from tftpy.TftpPacketTypes import TftpPacketERR, TftpPacketOACK, TftpPacketRRQ, TftpPacketWRQ
+from tftpy.TftpPacketTypes import (
+    TftpPacketERR,
+    TftpPacketOACK,
+    TftpPacketRRQ,
+    TftpPacketWRQ,
+)
 
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 

@@ -1,0 +1,129 @@
+"""Image actions: every way an image's current version changes (build, import, exec, rollback)
+rebuilds the boot configs of the nodes that boot it, so they pin the new version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import images
+from ..artifacts.images import ImageVersion
+from ..errors import UserError
+from .context import Context, Say, quiet
+from .overlays import ProgressBar, build_overlays
+
+
+@dataclass(frozen=True)
+class Switch:
+    """An image's new current version, and what became of the nodes that boot it."""
+
+    version: ImageVersion
+    nodes: tuple[str, ...] = ()  # whose boot configs now name `version`
+    message: str | None = None  # what the user is told
+    error: str | None = None  # the nodes' boot configs were not rebuilt: they name the old version
+
+    def check(self) -> None:
+        """Raise the rebuild's failure, if there was one (after the caller has said the rest)."""
+        if self.error:
+            raise UserError(self.error)
+
+
+@dataclass
+class _Follow:
+    """Rebuild the boot configs of the image's nodes once its version switched: an
+    images.OnSwitch (older versions are pruned only if it returns True, i.e. no boot config
+    names them any more)."""
+
+    ctx: Context
+    bar: ProgressBar | None
+    switch: Switch | None = None
+
+    def __call__(self, v: ImageVersion) -> bool:
+        self.switch = follow(self.ctx, v, self.bar)
+        return self.switch.error is None
+
+    def done(self) -> Switch:
+        assert self.switch is not None, "the image's version did not switch"
+        return self.switch
+
+
+def follow(ctx: Context, v: ImageVersion, bar: ProgressBar | None = None) -> Switch:
+    """Rebuild the overlays and boot configs of the nodes that boot `v`'s image, so they pin `v`."""
+    if not ctx.has_inventory():
+        return Switch(v, message=f"no inventory at {ctx.site.cluster_yaml} yet: no boot configs to update")
+    try:
+        nodes = [n for n in ctx.inventory().nodes if n.image == v.image]
+        if nodes:
+            build_overlays(ctx, nodes, bar=bar)
+    except (UserError, OSError) as e:
+        return Switch(v, error=f"{v.image} is now at {v.version}, but its nodes' boot configs were not rebuilt: "
+                               f"{e}\nThey still boot the version they named before; fix this and run "
+                               f"`provisioner overlay build`.")
+    return Switch(v, tuple(n.name for n in nodes), f"{len(nodes)} node(s) now boot {v.image} {v.version}")
+
+
+def build_inputs(ctx: Context, suite: str | None = None, packages: tuple[str, ...] = (), added: tuple[str, ...] = (),
+                 profile: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """The suite and packages of a build: each given, else the profile's vars.image_suite /
+    image_packages, else the default; `added` packages join whichever set that gave."""
+    pvars: dict[str, Any] = {}
+    if profile:
+        prof = ctx.inventory().profiles.get(profile)
+        if prof is None:
+            raise UserError(f"no such profile: {profile}")
+        pvars = prof.settings.get("vars") or {}
+    pkgs = tuple(packages) or tuple(pvars.get("image_packages") or images.DEFAULT_PACKAGES)
+    return (suite or pvars.get("image_suite") or images.DEFAULT_SUITE), tuple(dict.fromkeys(pkgs + tuple(added)))
+
+
+def build_image(ctx: Context, name: str, suite: str = images.DEFAULT_SUITE,
+                packages: tuple[str, ...] = images.DEFAULT_PACKAGES, *, mirror: str | None = None,
+                variant: str = "minbase", kernel: str | None = None, cache_dir: Path | None = None,
+                compression: str = "gzip", keep: int = 3, progress: Say = quiet,
+                bar: ProgressBar | None = None) -> Switch:
+    """A new version of image `name` from debootstrap; its nodes then boot it."""
+    then = _Follow(ctx, bar)
+    images.build_image(ctx.state, name, suite, packages, mirror, variant, kernel, cache_dir, compression, keep,
+                       progress, then)
+    return then.done()
+
+
+def import_image(ctx: Context, name: str, source: Path, *, kernel: str | None = None, compression: str = "gzip",
+                 keep: int = 3, progress: Say = quiet, bar: ProgressBar | None = None) -> Switch:
+    """A new version of image `name` from a root directory or tarball; its nodes then boot it."""
+    then = _Follow(ctx, bar)
+    images.import_image(ctx.state, name, source, kernel, compression, keep, progress, then)
+    return then.done()
+
+
+def exec_in_image(ctx: Context, name: str, argv: list[str], *, in_place: bool = False, progress: Say = quiet,
+                  bar: ProgressBar | None = None) -> tuple[int, Switch | None]:
+    """Run `argv` inside image `name` (see images.exec_in_image): its exit status, and the
+    switch to the new version it made, if it made one (not in place, and only on success)."""
+    then = _Follow(ctx, bar)
+    status = images.exec_in_image(ctx.state, name, argv, in_place=in_place, progress=progress,
+                                  on_switch=None if in_place else then)
+    return status, then.switch
+
+
+def rollback_image(ctx: Context, name: str, to: str | None = None, bar: ProgressBar | None = None) -> Switch:
+    """Switch image `name` back to an older version (default: the previous one); its nodes
+    then boot that one."""
+    return follow(ctx, images.rollback(ctx.state, name, to), bar)
+
+
+def remove_image(ctx: Context, name: str, version: str | None = None, force: bool = False) -> list[str]:
+    """Remove image `name` (or one old version) and return the nodes that still name it; with
+    nodes booting it, only if `force` (an unreadable inventory then does not stop it either)."""
+    users: list[str] = []
+    if version is None and ctx.has_inventory():
+        try:
+            users = [n.name for n in ctx.inventory().nodes if n.image == name]
+        except UserError:
+            if not force:
+                raise
+    if users and not force:
+        raise UserError(f"{len(users)} node(s) boot {name} (e.g. {', '.join(users[:3])}); use --force")
+    images.remove(ctx.state, name, version)
+    return users
