@@ -5,7 +5,8 @@ of the same name (site/overlays/<name>/), the overlays in the node's order after
 node gets (ALWAYS), and finally the node's own override tree (site/nodes/<node>/). In every
 tree `*.j2` is a template, `*.secret` names a secret whose bytes become the file, symlinks stay
 symlinks, `*.symlink` is a symlink to the target it holds (how the stock trees, shipped in a
-wheel, carry theirs), and `_meta.yaml` sets mode/owner/group per node path. Rendering is pure given the secret reader: no writes.
+wheel, carry theirs), and `_meta.yaml` sets mode/owner/group per node path. Rendering is pure
+given the secret reader: no writes.
 """
 
 from __future__ import annotations
