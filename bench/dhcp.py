@@ -66,7 +66,6 @@ def kea_config(tmp: Path, table: list[tuple[str, str, str]]) -> Path:
 
 
 def start(lab: Lab, name: str, tmp: Path, table: list[tuple[str, str, str]]) -> subprocess.Popen:
-    log = open(tmp / f"{name}.log", "w")
     env = {**os.environ, "KEA_PIDFILE_DIR": str(tmp), "KEA_LOCKFILE_DIR": str(tmp)}
     if name == "ours":
         cmd = [sys.executable, "-m", "provisioner.servers.dhcp", "--site", str(tmp / "site"),
@@ -80,7 +79,8 @@ def start(lab: Lab, name: str, tmp: Path, table: list[tuple[str, str, str]]) -> 
                "--bind-interfaces", f"--dhcp-range={SERVER},static,255.255.0.0,1h", f"--dhcp-hostsfile={hosts}",
                f"--dhcp-leasefile={tmp / 'dnsmasq.leases'}", f"--pid-file={tmp / 'dnsmasq.pid'}", "--quiet-dhcp",
                f"--dhcp-option=option:router,{SERVER}"]
-    proc = lab.server.popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(tmp / f"{name}.log", "w") as log:
+        proc = lab.server.popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 60
     while ":67 " not in lab.server.run(["ss", "-uln"]).stdout:
         if proc.poll() is not None or time.time() > deadline:
@@ -95,10 +95,11 @@ def perfdhcp(client, macs: Path, rate: int, period: int) -> tuple[float, int]:
     out = client.run(["perfdhcp", "-4", "-r", str(rate), "-p", str(period), "-M", str(macs), "-l", CLIENT,
                       "-d", "2", "-W", "2000000", SERVER], check=False, timeout=120 + period).stdout
     blocks = dict(re.findall(r"\*\*\*Statistics for: ([A-Z-]+)\*\*\*\n(.*?)(?=\*\*\*|\Z)", out, re.S))
-    if "REQUEST-ACK" not in blocks:
+    received = re.search(r"^received packets: (\d+)", blocks.get("REQUEST-ACK", ""), re.M)
+    if received is None:
         raise SystemExit(f"unexpected perfdhcp output:\n{out}")
     drops = sum(int(m) for b in blocks.values() for m in re.findall(r"^drops: (\d+)", b, re.M))
-    acks = int(re.search(r"^received packets: (\d+)", blocks["REQUEST-ACK"], re.M).group(1))
+    acks = int(received.group(1))
     return acks / period, drops
 
 

@@ -146,8 +146,9 @@ def main() -> None:
         try:
             env = {**os.environ, "PROVISIONER_SITE": str(t / "site"), "PROVISIONER_STATE": str(t / "state")}
             port = free_port()
-            ours = subprocess.Popen([exe, "serve", "--services", "http", "--listen", HOST, "--http-port", str(port),
-                                     "--log-level", "warning"], env=env, stderr=open(t / "serve.log", "w"))
+            with open(t / "serve.log", "w") as log:
+                ours = subprocess.Popen([exe, "serve", "--services", "http", "--listen", HOST, "--http-port",
+                                         str(port), "--log-level", "warning"], env=env, stderr=log)
             procs.append(ours)
             targets = {"provisioner": f"http://{HOST}:{port}/images/bench/initramfs.img"}
             for workers in ("1", "auto"):
@@ -158,10 +159,10 @@ def main() -> None:
                 procs.append(subprocess.Popen(["nginx", "-c", str(conf), "-p", str(t)], stderr=subprocess.DEVNULL))
                 targets[f"nginx ({workers} worker{'s' if workers == 'auto' else ''})"] = \
                     f"http://{HOST}:{ng_port}/initramfs.img"
-            for (name, url), proc in zip(targets.items(), procs):
+            for url, proc in zip(targets.values(), procs, strict=True):
                 wait_http(url, proc)
             best: dict[str, float] = {}
-            pids = dict(zip(targets, (p.pid for p in procs)))
+            pids = dict(zip(targets, (p.pid for p in procs), strict=True))
             for r in range(a.rounds):
                 for name, url in targets.items():
                     cpu = cpu_seconds(pids[name])

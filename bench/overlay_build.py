@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provisioner.artifacts import layout, overlay_build, secrets  # noqa: E402
-from provisioner.inventory import load_inventory  # noqa: E402
-from provisioner.paths import Site, State  # noqa: E402
+from provisioner.artifacts import layout, overlay_build, secrets
+from provisioner.inventory import load_inventory
+from provisioner.paths import Site, State
 
 OVERLAYS = ["base", "ssh", "munge", "slurm", "mpi"]
 

@@ -135,7 +135,7 @@ def measure(args: argparse.Namespace, exe: str, meters: dict) -> None:
             meters.update({"tftpd-hpa": CpuMeter("hpa", [hpa.pid]), "provisioner": CpuMeter("ours", ours_pids),
                            "clients": CpuMeter("clients", [])})
             if args.floor:
-                meters["floor"] = CpuMeter("floor", [p for p in lab.server.pids() if p not in ours_pids + [hpa.pid]])
+                meters["floor"] = CpuMeter("floor", [p for p in lab.server.pids() if p not in [*ours_pids, hpa.pid]])
         for name, port in servers.items():
             check = client.run(["sh", "-c", f"curl -s tftp://{srv}:{port}/big.bin | sha256sum"]).stdout.split()[0]
             if check != digest:
@@ -182,7 +182,7 @@ def measure(args: argparse.Namespace, exe: str, meters: dict) -> None:
         if args.floor:
             print("floor (bench/tftp_floor.c, lock-step only: its windowsize run is a single stream too)")
             print(f"{'run':20} {'hpa':>6} {'floor':>6} {'ratio':>6} {'cpu':>6} {'clients':>8}   ours / floor")
-            for label, t, total in rows:
+            for label, t, _ in rows:
                 (h, hcpu, _), (f, fcpu, fcl), o = t["tftpd-hpa"], t["floor"], t["provisioner"][0]
                 cpu_ratio = hcpu / fcpu if fcpu else float("nan")
                 print(f"{label:20} {h:6.2f} {f:6.2f} {h / f:5.2f}x {cpu_ratio:5.2f}x {fcl:8.2f}   {f / o:5.2f}x")

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def missing(name: str, root: Path) -> str:
     return f"{name} is not in the boot tree {root}: `provisioner boot install` copies it from {known.where}"
 
 
-def override_problems(boot_files: Mapping[object, object]) -> list[tuple[str, str]]:
+def override_problems(boot_files: Mapping[Any, object]) -> list[tuple[str, str]]:
     """(key, problem) for each `boot_files` entry that cannot work whatever the boot tree holds:
     an unknown key, a value that is no string, or a registered loader the firmware cannot run.
     A name the registry does not know is left to the boot-tree checks (a site's own file)."""

@@ -33,7 +33,7 @@ LIMITS: dict[str, int] = {"CPUs": _UINT16, "Boards": _UINT16, "SocketsPerBoard":
                           "CoresPerSocket": _UINT16, "ThreadsPerCore": _UINT16, "RealMemory": 2 ** 40}
 HARDWARE_KEYS = tuple(LIMITS)  # in the order `slurmd -C` prints them
 _SIMPLE = {"cpus": "CPUs", "memory_mb": "RealMemory"}  # report key -> the Slurm option it fills
-_DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: int() also takes '٣' or '３', Slurm does not
+_DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: int() also takes '٣' or '３', Slurm does not  # noqa: RUF003
 _DEVICE = re.compile(r"^/dev/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _WORD = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_dhcp_server import MACS, Server, pxe_client, write_site
 
 from provisioner import bootfiles
 from provisioner.artifacts import bootloaders, layout
@@ -19,6 +18,7 @@ from provisioner.render.pxe import TEMPLATES
 from provisioner.resources import STOCK_PXE
 from provisioner.servers.boottree import BootTree
 from provisioner.servers.stages import stage_of
+from test_dhcp_server import MACS, Server, pxe_client, write_site
 
 HTTP = "http://10.99.0.1:8080/boot/"
 
@@ -39,7 +39,7 @@ def test_stages_templates_and_boot_tree_come_from_the_registry(tmp_path):
     assert {f.name: stage_of(f"/{f.name}") for f in bootfiles.BY_NAME.values()} == \
         {f.name: "bootloader" for f in bootfiles.BY_NAME.values()}
     assert stage_of("efi64/ldlinux.e64") is None and stage_of("images/x/versions/v1/vmlinuz") == "kernel"
-    assert TEMPLATES == {c.loader: c.template for c in CONFIGS}
+    assert {c.loader: c.template for c in CONFIGS} == TEMPLATES
     assert all((STOCK_PXE / t).is_file() for t in TEMPLATES.values())
     inv = parse_text("""
 cluster: {name: t, network: {interface: br0, subnet: 10.77.0.0/24, master: 10.77.0.1}}

@@ -6,6 +6,7 @@ import os
 import textwrap
 
 import pytest
+
 from labs.busyroot import console_values
 from labs.pxe import PxeLab, pxe_site
 

@@ -14,11 +14,12 @@ import shutil
 import subprocess
 import tarfile
 import time
+from typing import Any
 
 import pytest
+
 from labs.busyroot import host_kernel, make_root
 from labs.site import node, site_yaml, write_site
-
 from provisioner.artifacts import images, layout
 from provisioner.inventory import load_inventory
 from provisioner.paths import State
@@ -34,7 +35,7 @@ def src(tmp_path_factory):
 
 # --- build inputs: flags, then the profile, then the defaults ----------------------------
 
-CLUSTER = {"name": "t", "domain": "t.cluster", "subnet": "10.77.0.0/24", "interface": None}
+CLUSTER: dict[str, Any] = {"name": "t", "domain": "t.cluster", "subnet": "10.77.0.0/24", "interface": None}
 
 PROFILES_YAML = site_yaml(profiles={"default": {"image": "deb"}, "small": {
     "image": "deb", "vars": {"image_suite": "trixie", "image_packages": ["hello", "busybox"]}}}, **CLUSTER)
@@ -56,7 +57,9 @@ def plan(cli, *args):
     """`image build deb ARGS --dry-run` as a dict of its `key: value` lines."""
     code, out, err = in_process(cli, "image", "build", "deb", *args, "--dry-run")
     assert code == 0, out + err
-    return dict(re.match(r"(\w+):\s+(.*)$", ln).groups() for ln in out.splitlines())
+    lines = [re.fullmatch(r"(\w+):\s+(.*)", ln) for ln in out.splitlines()]
+    assert all(lines), out
+    return {m[1]: m[2] for m in lines if m}
 
 
 def test_cli_build_dry_run_takes_flags_over_the_profile_over_the_defaults(cli, tmp_path):

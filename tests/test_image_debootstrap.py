@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 from labs.site import site_yaml, write_site
-
 from provisioner.artifacts import images, layout
 from provisioner.paths import State
 

@@ -10,11 +10,12 @@ import subprocess
 import tarfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
+
 from labs.busyroot import host_kernel, make_root
 from labs.site import node, numbered, site_yaml, write_site
-
 from provisioner.artifacts import images, layout
 from provisioner.errors import UserError
 from provisioner.paths import State
@@ -98,7 +99,7 @@ def test_kernel_version_is_selectable(state, src, tmp_path):
     (root / "boot" / "vmlinuz-99.0.0-1-amd64").write_bytes(b"newer kernel, no modules")
     v = images.import_image(state, "tiny", root, kernel=kver)
     assert v.meta["kernel"] == kver
-    with pytest.raises(UserError, match="no kernel 1.2.3 in the image"):
+    with pytest.raises(UserError, match=r"no kernel 1\.2\.3 in the image"):
         images.import_image(state, "tiny", root, kernel="1.2.3")
     v = images.import_image(state, "tiny", root, kernel="5.10.0-99-amd64", keep=1)
     assert layout.image_kernel(state, "tiny").read_bytes() == b"older kernel"
@@ -194,11 +195,17 @@ def test_boot_tree_serves_each_version_and_current(state, src, tmp_path):
     (root / "boot" / f"vmlinuz-{host_kernel()}").write_bytes(b"kernel v2")
     images.import_image(state, "tiny", root)
     tree = BootTree(state, None)
-    v1 = tree("10.0.0.1", "images/tiny/versions/v1/vmlinuz")
+
+    def served(path: str) -> Path:
+        found = tree("10.0.0.1", path)
+        assert found is not None, f"{path} is not served"
+        return found
+
+    v1 = served("images/tiny/versions/v1/vmlinuz")
     assert v1.read_bytes() == (src / "boot" / f"vmlinuz-{host_kernel()}").read_bytes()
-    assert tree("10.0.0.1", "/images/tiny/versions/v2/vmlinuz").read_bytes() == b"kernel v2"
-    assert tree("10.0.0.1", "images/tiny/vmlinuz").read_bytes() == b"kernel v2"  # unpinned: current
-    assert tree("10.0.0.1", "images/tiny/versions/v1/initramfs.img").stat().st_size > 1_000_000
+    assert served("/images/tiny/versions/v2/vmlinuz").read_bytes() == b"kernel v2"
+    assert served("images/tiny/vmlinuz").read_bytes() == b"kernel v2"  # unpinned: current
+    assert served("images/tiny/versions/v1/initramfs.img").stat().st_size > 1_000_000
     assert tree("10.0.0.1", "images/tiny/versions/v9/vmlinuz") is None
     assert tree("10.0.0.1", "images/tiny/versions/v1/rootfs") is None
     for bad in ("images/tiny/versions/../../tiny/vmlinuz", "images/tiny/versions/x/vmlinuz",

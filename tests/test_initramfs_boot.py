@@ -6,10 +6,10 @@ switch_root into the image's own init."""
 from pathlib import Path
 
 import pytest
+
 from labs.boot import HTTP_PORT, BootLab
 from labs.busyroot import REPORT_INIT, console_values, make_root
 from labs.site import node, site_yaml, write_site
-
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image, nfs_roots
 from provisioner.inventory import load_inventory

@@ -6,8 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from labs.busyroot import host_kernel, make_root
 
+from labs.busyroot import host_kernel, make_root
 from provisioner.artifacts.initramfs import InitramfsSpec, entries, render
 from provisioner.artifacts.kmod import ModuleIndex, load_index, plain_module
 from provisioner.errors import UserError
@@ -68,9 +68,9 @@ def test_zstd_compression_and_extra_modules(root):
 
 
 def test_missing_required_module_is_a_clear_error(root):
-    with pytest.raises(UserError, match="not in this kernel's modules.dep: no_such_driver"):
+    with pytest.raises(UserError, match=r"not in this kernel's modules\.dep: no_such_driver"):
         render(InitramfsSpec(root, host_kernel(), extra_modules=("no-such-driver",)))
-    with pytest.raises(UserError, match="no modules for kernel 0.0.0"):
+    with pytest.raises(UserError, match=r"no modules for kernel 0\.0\.0"):
         load_index(root, "0.0.0")
 
 

@@ -6,9 +6,9 @@ serial console here). The failed NFS mount without debug is in test_initramfs_bo
 import re
 
 import pytest
+
 from labs.boot import HTTP_PORT, BootLab
 from labs.busyroot import REPORT_INIT, make_root
-
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image, nfs_roots
 from provisioner.paths import State

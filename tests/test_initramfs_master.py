@@ -4,9 +4,9 @@
 import subprocess
 
 import pytest
+
 from labs.busyroot import REPORT_INIT, console_values, make_root
 from labs.guest import boot
-
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image
 from provisioner.artifacts.initramfs import build_initramfs

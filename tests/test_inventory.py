@@ -5,6 +5,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from labs.site import node_of
 from provisioner.inventory import InventoryInvalid, parse_text
 
 HEAD = """\
@@ -54,16 +55,16 @@ def test_valid_inventory_loads_with_ranges_and_profiles():
     """), "c.yaml")
     assert [n.name for n in inv.nodes] == ["node01", "node02", "node03", "gpu01"]
     assert [str(n.ip) for n in inv.nodes[:3]] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
-    assert inv.node("node02").mac == "52:54:00:00:00:02"
-    assert inv.node("node03").mac == "52:54:00:00:00:03"
-    gpu = inv.node("gpu01")
+    assert node_of(inv, "node02").mac == "52:54:00:00:00:02"
+    assert node_of(inv, "node03").mac == "52:54:00:00:00:03"
+    gpu = node_of(inv, "gpu01")
     assert gpu.image == "cuda"  # the later profile wins for scalars
     assert gpu.overlays == ("base", "ssh", "gpu", "extra")  # lists append, node last
     assert gpu.sources["image"] == "profile:gpu"
     assert gpu.sources["overlays"] == "profile:default + profile:gpu + node"
     assert gpu.sources["vars.rack"] == "node"
     assert inv.by_mac("52:54:00:00:01:01") is gpu
-    assert inv.by_ip(IPv4Address("10.77.0.12")).name == "node02"
+    assert inv.by_ip(IPv4Address("10.77.0.12")) is node_of(inv, "node02")
 
 
 def test_node_scalar_beats_every_profile():

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from labs.site import node_of
 from provisioner.inventory import InventoryInvalid, parse_text
 from provisioner.inventory.model import SETTINGS, BootFiles, Cluster
 from provisioner.inventory.schema import (
@@ -73,7 +75,7 @@ def site_yaml() -> str:
 @pytest.mark.parametrize("key", list(SETTINGS))
 def test_every_setting_parses_and_merges_by_its_kind(key):
     _, merged, sources, _, _ = samples(SETTINGS[key].kind)
-    node = parse_text(site_yaml(), "c.yaml").node("n1")
+    node = node_of(parse_text(site_yaml(), "c.yaml"), "n1")
     assert getattr(node, key) == merged
     assert {k[len(key):]: v for k, v in node.sources.items() if k == key or k.startswith(key + ".")} == sources
 
@@ -176,7 +178,7 @@ MINIMAL = {"cluster": {"name": "demo", "network": {"subnet": "10.77.0.0/24"}, "n
 @pytest.mark.parametrize("path", [p for p, _ in cluster_leaves(Cluster)], ids=lambda p: ".".join(map(str, p[1:])))
 def test_every_cluster_setting_reports_a_wrong_value_at_its_field(path):
     doc = copy.deepcopy(MINIMAL)
-    where = doc
+    where: Any = doc
     for part in path[:-1]:
         where = where.setdefault(part, {}) if isinstance(part, str) else where[part]
     settings = dict(cluster_leaves(Cluster))
@@ -190,7 +192,7 @@ def test_every_cluster_setting_reports_a_wrong_value_at_its_field(path):
 def test_cluster_defaults_come_from_the_declarations():
     cluster = parse_text(yaml.safe_dump(MINIMAL), "c.yaml").cluster
     for path, s in cluster_leaves(Cluster):
-        value = cluster
+        value: Any = cluster
         for part in path[1:]:
             value = value[part] if isinstance(part, int) else getattr(value, part)
         if s.derive is None and not s.required:

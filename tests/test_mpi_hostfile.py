@@ -7,15 +7,15 @@ import stat
 import subprocess
 
 import pytest
+
 from labs.site import write_site
 from labs.slurm import install_overlay
-from test_slurm_render import facts_for, inventory
-
 from provisioner.artifacts import secrets
 from provisioner.inventory import parse_text
 from provisioner.nodestate import NodeStateDB
 from provisioner.paths import Site, State
 from provisioner.render.mpi import hostfile, mca_params
+from test_slurm_render import facts_for, inventory
 
 SLOTS = inventory(g01={"mpi_slots": 3})
 

@@ -14,13 +14,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from labs.site import node
-from test_render_overlays import fake_image, inventory, make_site, plant_secrets
 
+from labs.site import node
 from provisioner.artifacts import cpio, layout
 from provisioner.artifacts.overlay_build import Build, BuildFailed, build, read_archive
 from provisioner.inventory import load_inventory
 from provisioner.paths import State
+from test_render_overlays import fake_image, inventory, make_site, plant_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def test_gnu_and_busybox_cpio_extract_the_same_tree(tmp_path):
     # and both match what the archive says
     members = {e.path: e for e in read_archive(archive)}
     assert set(gnu) == set(members)
-    for path, (mode, uid, gid, body) in gnu.items():
+    for path, (mode, uid, gid, _) in gnu.items():
         m = members[path]
         assert (mode, uid, gid) == (m.mode, m.uid, m.gid), path
     key = gnu["etc/munge/munge.key"]
@@ -162,6 +162,7 @@ def test_kill_9_mid_build_leaves_previous_archives_intact(tmp_path, jobs):
     (site.overlays / "base" / "etc" / "motd").write_text("changed\n")
     proc = subprocess.Popen([sys.executable, "-c", KILLER, str(site.root), str(state.root), str(jobs)],
                             stdout=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
+    assert proc.stdout is not None
     try:
         assert proc.stdout.readline().strip() == "staged"
         assert leftovers(state), "the build had written files when it was killed"

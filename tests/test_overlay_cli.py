@@ -5,10 +5,9 @@ from __future__ import annotations
 import gzip
 
 from labs.site import write_site
-from test_render_overlays import INVENTORY, fake_image
-
 from provisioner.artifacts import cpio, layout
 from provisioner.paths import State
+from test_render_overlays import INVENTORY, fake_image
 
 
 def setup_site(cli):

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from labs.site import node, site_yaml
 
+from labs.site import node, site_yaml
 from provisioner.artifacts import layout, overlay_build, secrets
 from provisioner.inventory import load_inventory
 from provisioner.paths import Site, State
@@ -49,7 +49,7 @@ def built(tmp_path):
 
 
 def test_client_trusts_node_host_certificates_through_known_hosts(built, lab, tmp_path):
-    state, inv = built
+    state, _ = built
     node_root = extract(layout.overlay_archive(state, "node01"), tmp_path / "node01")
     peer_root = extract(layout.overlay_archive(state, "node02"), tmp_path / "node02")
     ssh_dir = node_root / "etc" / "ssh"
@@ -75,13 +75,13 @@ def test_client_trusts_node_host_certificates_through_known_hosts(built, lab, tm
         base = ["ssh", "-p", "2222", "-i", str(userkey), "-F", "/dev/null", "-o", "BatchMode=yes",
                 "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", f"GlobalKnownHostsFile={known}"]
-        by_ip = client.run(base + ["root@10.99.0.11", "echo", "ok"], check=False)
+        by_ip = client.run([*base, "root@10.99.0.11", "echo", "ok"], check=False)
         assert by_ip.returncode == 0 and by_ip.stdout.strip() == "ok", by_ip.stderr
-        by_name = client.run(base + ["-o", "HostKeyAlias=node01.sshlab.cluster", "root@10.99.0.11", "true"],
+        by_name = client.run([*base, "-o", "HostKeyAlias=node01.sshlab.cluster", "root@10.99.0.11", "true"],
                              check=False)
         assert by_name.returncode == 0, by_name.stderr
         # a certificate for node01 does not vouch for another name
-        wrong = client.run(base + ["-o", "HostKeyAlias=node02", "root@10.99.0.11", "true"], check=False)
+        wrong = client.run([*base, "-o", "HostKeyAlias=node02", "root@10.99.0.11", "true"], check=False)
         assert wrong.returncode == 255 and "Host key verification failed" in wrong.stderr
         # and without the cluster CA nothing is trusted
         stranger = tmp_path / "other_known_hosts"

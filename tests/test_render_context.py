@@ -4,8 +4,8 @@ name template, line and node, and the kernel command line contract."""
 from __future__ import annotations
 
 import pytest
-from labs.site import node, site_yaml
 
+from labs.site import node, node_of, site_yaml
 from provisioner.inventory import parse_text
 from provisioner.render.context import (
     PER_NODE,
@@ -80,7 +80,7 @@ def test_per_node_detection():
 
 def test_kernel_cmdline_follows_the_contract():
     inv = parse_text(INV, "cluster.yaml")
-    c01, c02 = inv.node("c01"), inv.node("c02")
+    c01, c02 = node_of(inv, "c01"), node_of(inv, "c02")
     assert kernel_cmdline(inv.cluster, c02, "v7") == (
         "provisioner.node=c02 provisioner.root=nfs:10.55.0.1:/images/rocky9/versions/v7/rootfs provisioner.nfsvers=4.2 "
         "provisioner.overlay=http://10.55.0.1:8080/overlays/c02.cpio.gz "

@@ -8,8 +8,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from labs.site import node, site_yaml
 
+from labs.site import node, site_yaml
 from provisioner.artifacts import layout, secrets
 from provisioner.inventory import parse_text
 from provisioner.paths import State

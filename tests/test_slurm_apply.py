@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 
 import pytest
-from labs.site import write_site
-from test_slurm_render import INVENTORY, facts_for
 
+from labs.site import write_site
 from provisioner.artifacts.slurm_config import ReconfigureFailed, apply, diff
 from provisioner.nodestate import NodeStateDB
 from provisioner.render.slurm import SlurmConfig
+from test_slurm_render import INVENTORY, facts_for
 
 
 def conf(nodes: str, mem: int = 1000) -> SlurmConfig:
@@ -29,21 +29,22 @@ def ctl(tmp_path):
     reconfigure answers like slurmctld refusing a topology change when refuse.flag exists."""
     log = tmp_path / "calls.log"
     flag = tmp_path / "refuse.flag"
-    reconfigure = ["sh", "-c", f'echo reconfigure >>{log}; if [ -e {flag} ]; then rm {flag}; '
-                               'echo "slurm_reconfigure error: The node configuration changes that were made '
-                               'require restart of the slurmctld daemon to take effect" >&2; exit 1; fi']
-    restart = ["sh", "-c", f"echo restart >>{log}"]
+    reconfigure_cmd = ["sh", "-c", f'echo reconfigure >>{log}; if [ -e {flag} ]; then rm {flag}; '
+                                   'echo "slurm_reconfigure error: The node configuration changes that were made '
+                                   'require restart of the slurmctld daemon to take effect" >&2; exit 1; fi']
+    restart_cmd = ["sh", "-c", f"echo restart >>{log}"]
 
     class Ctl:
+        reconfigure = reconfigure_cmd
+        restart = restart_cmd
+
         def calls(self) -> list[str]:
             return log.read_text().split() if log.exists() else []
 
         def refuse_next(self) -> None:
             flag.touch()
 
-    c = Ctl()
-    c.reconfigure, c.restart = reconfigure, restart
-    return c
+    return Ctl()
 
 
 def test_first_write_then_nothing_when_unchanged(tmp_path, ctl):

@@ -12,6 +12,7 @@ import re
 import subprocess
 
 import pytest
+
 from labs.site import numbered
 from labs.slurm import PROVISIONER, lab_site, slurm_cluster
 

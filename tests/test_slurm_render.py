@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from labs.site import node, site_yaml
 
+from labs.site import node, site_yaml
 from provisioner.facts import FactsInvalid, hardware, parse_slurmd_c
 from provisioner.inventory import parse_text
 from provisioner.render.slurm import render

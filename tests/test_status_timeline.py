@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 import time
+from typing import Any
 
 import pytest
-from labs.serve import IMAGE, NODES, Serve, auth, curl, write_site, write_state
 
+from labs.serve import IMAGE, NODES, Serve, auth, curl, write_site, write_state
 from provisioner.nodestate import NodeStateDB
 from provisioner.nodestate.summary import latest_boot, timeline
 
@@ -59,12 +60,14 @@ def test_status_and_timeline_after_a_scripted_boot(lab, cli):
     text = cli("status", "node01", "--timeline").stdout
     lines = text.splitlines()
     assert lines[0].split() == ["STAGE", "AT", "TOOK", "DETAIL"]
-    assert [l.split()[0] for l in lines[1:7]] == ["ipxe", "kernel", "initramfs", "overlay", "switch-root", "registered"]
+    assert [line.split()[0] for line in lines[1:7]] == ["ipxe", "kernel", "initramfs", "overlay", "switch-root", "registered"]
     assert lines[1].split()[3].endswith("s") and lines[-1].startswith("total ")
 
 
 def test_timeline_keeps_one_boot_together():
-    ev = lambda *stages: [{"stage": s, "at": float(i), "detail": None} for i, s in enumerate(stages)]
+    def ev(*stages: str) -> list[dict[str, Any]]:
+        return [{"stage": s, "at": float(i), "detail": None} for i, s in enumerate(stages)]
+
     boot = ["dhcp", "bootloader", "dhcp", "ipxe", "kernel", "initramfs", "dhcp", "overlay", "registered", "idle"]
     assert [e["stage"] for e in latest_boot(ev(*boot))] == boot
     two = ev("dhcp", "ipxe", "kernel", "dhcp", "bootloader", "bootloader", "dhcp", "ipxe", "kernel")
@@ -85,11 +88,12 @@ def test_status_errors_and_watch(cli):
     env = {**os.environ, "PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)}
     watch = subprocess.Popen([cli.exe, "status", "--watch", "--interval", "0.2"], env=env,
                              stdout=subprocess.PIPE, text=True)
+    assert watch.stdout is not None
     try:
-        seen = []
-        while sum("node01" in l for l in seen) < 2:
+        seen: list[str] = []
+        while sum("node01" in line for line in seen) < 2:
             seen.append(watch.stdout.readline())
-        assert any("every 0.2s" in l for l in seen)
+        assert any("every 0.2s" in line for line in seen)
     finally:
         watch.terminate()
         watch.wait(timeout=10)

@@ -14,11 +14,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from labs.busyroot import console_values, make_root
 from labs.ganesha import Ganesha
 from labs.pxe import PxeLab
 from labs.serve import Serve
-
 from provisioner.artifacts.images import nfs_roots
 from provisioner.inventory import load_inventory
 from provisioner.paths import State

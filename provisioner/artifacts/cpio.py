@@ -7,8 +7,9 @@ timestamps are fixed, inode numbers count up in entry order.
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 TRAILER = "TRAILER!!!"
 
@@ -26,19 +27,19 @@ class Entry:
     mtime: int = 0
 
     @staticmethod
-    def dir(path: str, perm: int = 0o755, uid: int = 0, gid: int = 0) -> "Entry":
+    def dir(path: str, perm: int = 0o755, uid: int = 0, gid: int = 0) -> Entry:
         return Entry(path, stat.S_IFDIR | perm, b"", uid, gid)
 
     @staticmethod
-    def file(path: str, data: bytes, perm: int = 0o644, uid: int = 0, gid: int = 0) -> "Entry":
+    def file(path: str, data: bytes, perm: int = 0o644, uid: int = 0, gid: int = 0) -> Entry:
         return Entry(path, stat.S_IFREG | perm, data, uid, gid)
 
     @staticmethod
-    def symlink(path: str, target: str, uid: int = 0, gid: int = 0) -> "Entry":
+    def symlink(path: str, target: str, uid: int = 0, gid: int = 0) -> Entry:
         return Entry(path, stat.S_IFLNK | 0o777, target.encode(), uid, gid)
 
     @staticmethod
-    def chardev(path: str, major: int, minor: int, perm: int = 0o600) -> "Entry":
+    def chardev(path: str, major: int, minor: int, perm: int = 0o600) -> Entry:
         return Entry(path, stat.S_IFCHR | perm, f"{major}:{minor}".encode())
 
 

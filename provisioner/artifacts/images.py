@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..atomic import atomic_write, locked
 from ..errors import UserError
@@ -76,7 +77,7 @@ class ImageVersion:
     image: str
     version: str
     path: Path
-    meta: dict
+    meta: dict[str, Any]
     current: bool
 
 
@@ -227,7 +228,7 @@ def _take_kernel(staging: Path, kernel: str | None, compression: str, progress: 
     return kver
 
 
-def _commit(state: State, name: str, version: str, staging: Path, meta: dict, kernel: str | None,
+def _commit(state: State, name: str, version: str, staging: Path, meta: dict[str, Any], kernel: str | None,
             compression: str, keep: int, progress: Progress, on_switch: OnSwitch | None) -> ImageVersion:
     prefer = meta.pop("kernel", None)
     rootfs = staging / "rootfs"
@@ -250,7 +251,7 @@ def _commit(state: State, name: str, version: str, staging: Path, meta: dict, ke
     return made
 
 
-def _make_version(state: State, name: str, fill: Callable[[Path], dict], kernel: str | None,
+def _make_version(state: State, name: str, fill: Callable[[Path], dict[str, Any]], kernel: str | None,
                   compression: str, keep: int, progress: Progress, on_switch: OnSwitch | None) -> ImageVersion:
     with locked(_image_root(state, name)):
         version, staging = _new_staging(state, name)
@@ -270,7 +271,7 @@ def _run(argv: list[str], progress: Progress, what: str) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip()
-        tail = (tail + [line])[-5:]
+        tail = [*tail, line][-5:]
         progress(line)
     if proc.wait() != 0:
         raise UserError(f"{what} failed (exit {proc.returncode}): {' / '.join(tail)}")
@@ -305,7 +306,7 @@ def build_image(state: State, name: str, suite: str = DEFAULT_SUITE, packages: t
     packages = tuple(packages)
     cached = cache_file(cache_dir, suite, variant, packages) if cache_dir else None
 
-    def fill(rootfs: Path) -> dict:
+    def fill(rootfs: Path) -> dict[str, Any]:
         if cached and cached.exists():
             progress(f"using cached root {cached}")
             _run(["tar", "-xpf", str(cached), "-C", str(rootfs), "--numeric-owner"], progress, "unpacking the cache")
@@ -333,7 +334,7 @@ def import_image(state: State, name: str, source: Path, kernel: str | None = Non
     if not source.exists():
         raise UserError(f"no such directory or tarball: {source}")
 
-    def fill(rootfs: Path) -> dict:
+    def fill(rootfs: Path) -> dict[str, Any]:
         progress(f"copying {source}")
         if source.is_dir():
             _run(["cp", "-a", "--reflink=auto", f"{source}/.", str(rootfs)], progress, f"copying {source}")
@@ -413,7 +414,7 @@ def exec_in_image(state: State, name: str, argv: list[str], in_place: bool = Fal
             return chroot_run(_current(state, name).path / "rootfs", argv)
     parent: list[ImageVersion] = []
 
-    def fill(rootfs: Path) -> dict:
+    def fill(rootfs: Path) -> dict[str, Any]:
         cur = _current(state, name)
         parent.append(cur)
         progress(f"copying {name} {cur.version}")

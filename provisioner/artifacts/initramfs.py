@@ -54,7 +54,7 @@ def kernel_versions(rootfs: Path) -> list[str]:
     return sorted((v for v in found if _KVER.fullmatch(v)), key=_version_key)
 
 
-def _version_key(v: str) -> list:
+def _version_key(v: str) -> list[tuple[int, int, str]]:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in v.replace("-", ".").split(".")]
 
 
@@ -141,8 +141,9 @@ def build_initramfs(state: State, image: str, kernel: str | None = None, compres
 
 def _current_kernel(version_dir: Path) -> str:
     meta = version_dir / layout.IMAGE_META
-    if meta.exists() and json.loads(meta.read_text()).get("kernel"):
-        return json.loads(meta.read_text())["kernel"]
+    kernel = json.loads(meta.read_text()).get("kernel") if meta.exists() else None
+    if kernel:
+        return str(kernel)
     found = kernel_versions(version_dir / "rootfs")
     if not found:
         raise UserError(f"no /boot/vmlinuz-* in {version_dir / 'rootfs'}")

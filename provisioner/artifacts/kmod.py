@@ -137,9 +137,9 @@ class ModuleIndex:
             if name in seen or name in self.builtin:
                 return
             if name in chain:
-                raise UserError(f"module dependency cycle: {' -> '.join(chain + (name,))}")
+                raise UserError(f"module dependency cycle: {' -> '.join((*chain, name))}")
             for dep in self.deps[name]:
-                visit(dep, chain + (name,))
+                visit(dep, (*chain, name))
             seen.add(name)
             order.append(self.paths[name])
 

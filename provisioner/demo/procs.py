@@ -8,9 +8,9 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 
 class DemoFailure(Exception):
@@ -41,10 +41,9 @@ class Supervisor:
         """Start `cmd`; with `ready` (a regex on the log, or a predicate) wait until it holds."""
         self.logdir.mkdir(parents=True, exist_ok=True)
         log = self.logdir / f"{name}.log"
-        out = open(log, "wb")
-        popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, **(env or {})}, start_new_session=True)
-        out.close()
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         if ready is not None:

@@ -209,7 +209,8 @@ class _Parser:
             return []
         for name in names:
             if not valid_hostname(name):
-                self.err((*path, "name"), f"{name!r} is not a valid hostname (RFC 1123: letters, digits, '-', 1-63 characters, no leading or trailing '-')")
+                self.err((*path, "name"), f"{name!r} is not a valid hostname (RFC 1123: letters, digits, '-', "
+                                          "1-63 characters, no leading or trailing '-')")
         if "interfaces" in e and ("mac" in e or "ip" in e):
             self.err(path, "give either 'interfaces' or the shorthand 'mac'/'ip', not both")
         if e.get("interfaces") is not None:

@@ -7,10 +7,11 @@ and node named, never ship an empty value to a node.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, ip_address, ip_interface
 from types import TracebackType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jinja2
 import jinja2.meta
@@ -174,7 +175,7 @@ def render(template: jinja2.Template, context: Mapping[str, Any], node: str | No
     try:
         ctx = template.new_context(dict(context) if not isinstance(context, dict) else context, shared=True)
         try:
-            return template.environment.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
+            return template.environment.concat(template.root_render_func(ctx))
         except Exception:
             template.environment.handle_exception()  # re-raises with template lines in the traceback
     except jinja2.TemplateError as e:

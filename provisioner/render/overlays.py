@@ -5,7 +5,8 @@ of the same name (site/overlays/<name>/), the overlays in the node's order after
 node gets (ALWAYS), and finally the node's own override tree (site/nodes/<node>/). In every
 tree `*.j2` is a template, `*.secret` names a secret whose bytes become the file, symlinks stay
 symlinks, `*.symlink` is a symlink to the target it holds (how the stock trees, shipped in a
-wheel, carry theirs), and `_meta.yaml` sets mode/owner/group per node path. Rendering is pure given the secret reader: no writes.
+wheel, carry theirs), and `_meta.yaml` sets mode/owner/group per node path. Rendering is pure
+given the secret reader: no writes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import jinja2
 import yaml
@@ -194,7 +196,7 @@ class IdMap:
         self.digest = hashlib.sha256(f"{passwd}\0{group}".encode()).hexdigest()
 
     @classmethod
-    def load(cls, rootfs: Path | None) -> "IdMap":
+    def load(cls, rootfs: Path | None) -> IdMap:
         """The image's tables (read inside the image: its links lead nowhere on this host);
         the master's own when the image is not built yet."""
         image = Root(rootfs if rootfs is not None and Root(rootfs).is_file("etc/passwd") else Path("/"))
@@ -216,7 +218,7 @@ class IdMap:
 
 
 def _id_table(text: str) -> dict[str, int]:
-    out = {}
+    out: dict[str, int] = {}
     for line in text.splitlines():
         parts = line.split(":")
         if len(parts) >= 3 and parts[2].isdigit():
@@ -273,7 +275,7 @@ class NodeRenderer:
         self.read_secret = read_secret
         self.idmap = idmap
         self._shared_bodies: dict[int, bytes] = {}
-        self._layouts: dict[tuple, list[tuple[FileEntry, SourceFile | None]]] = {}
+        self._layouts: dict[tuple[tuple[str, ...], str | None], list[tuple[FileEntry, SourceFile | None]]] = {}
 
     def merged(self, node: Node) -> tuple[dict[str, SourceFile], dict[str, Meta], OverlayTree | None]:
         files: dict[str, SourceFile] = {}
@@ -337,7 +339,7 @@ class NodeRenderer:
             self._shared_bodies[key] = self._body(sf, self.shared.as_dict(), node)
         return self._shared_bodies[key]
 
-    def _body(self, sf: SourceFile, ctx: Mapping[str, Any], node: str) -> bytes:
+    def _body(self, sf: SourceFile, ctx: Mapping[str, Any], node: str | None) -> bytes:
         if sf.kind == "template":
             return render(sf.template, ctx, node).encode()  # type: ignore[arg-type]
         if sf.kind == "secret":

@@ -86,7 +86,7 @@ class BootLab:
         self.ganesha: Ganesha | None = None
 
     def start(self, images: dict[str, Path], hosts: dict[str, str], serve: tuple[str, Path, Path] | None = None,
-              exports: list[Export] | None = None) -> "BootLab":
+              exports: list[Export] | None = None) -> BootLab:
         """Serve `images` (name -> image dir, the one holding versions/), or `exports`, over NFS and DHCP
         leases `hosts` (mac -> ip); HTTP from `provisioner serve` when `serve` = (executable, site, state)
         is given, else the stub."""
@@ -106,11 +106,11 @@ class BootLab:
     def _wait_listening(self, what: str) -> None:
         deadline = time.time() + 20
         while self.lab.server.run(["ss", "-ltnH", f"sport = :{HTTP_PORT}"]).stdout.strip() == "":
-            assert self.procs[-1].poll() is None, f"{what} exited: {self.procs[-1].stdout.read().decode()}"
+            assert self.procs[-1].poll() is None, f"{what} exited: {self.procs[-1].communicate()[0].decode()}"
             assert time.time() < deadline, f"{what} did not start"
             time.sleep(0.1)
 
-    def start_serve(self, exe: str, site: Path, state: Path) -> "BootLab":
+    def start_serve(self, exe: str, site: Path, state: Path) -> BootLab:
         """The real HTTP service: `provisioner serve --services http` (secure mode: overlays and
         reports only from the node's own address and a privileged source port)."""
         env = {**os.environ, "PROVISIONER_SITE": str(site), "PROVISIONER_STATE": str(state)}
@@ -120,7 +120,7 @@ class BootLab:
         self._wait_listening("provisioner serve")
         return self
 
-    def start_http(self) -> "BootLab":
+    def start_http(self) -> BootLab:
         script = self.work / "overlay_http_stub.py"
         script.write_text(_HTTP)
         self.procs.append(self.lab.server.popen([sys.executable, str(script), str(self.web), str(self.requests),
@@ -163,7 +163,7 @@ class BootLab:
         if self.ganesha:
             self.ganesha.stop()
 
-    def __enter__(self) -> "BootLab":
+    def __enter__(self) -> BootLab:
         return self
 
     def __exit__(self, *exc: object) -> None:

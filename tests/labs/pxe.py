@@ -45,7 +45,7 @@ class PxeLab:
         self.serve: Serve | None = None
         import_image(self.state, "tiny", make_root(work / "root", init))
 
-    def start(self, site_text: str) -> "PxeLab":
+    def start(self, site_text: str) -> PxeLab:
         cluster_yaml = write_site(self.cli.site, site_text)
         self.cli("boot", "install")
         self.cli("overlay", "build")

@@ -133,7 +133,7 @@ class Serve:
         self._reader.join(timeout=5)
         return rc
 
-    def __enter__(self) -> "Serve":
+    def __enter__(self) -> Serve:
         return self
 
     def __exit__(self, *exc: object) -> None:

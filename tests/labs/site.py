@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from provisioner.inventory.model import Inventory, Node
+
 LAB_SUBNET = "10.99.0.0/24"  # the lab fixture's network (labs.net.Lab)
 
 Entry = dict[str, Any]
@@ -60,3 +62,10 @@ def write_site(site: Path, text: str | None = None, **kw: Any) -> Path:
     path = site / "cluster.yaml"
     os.replace(tmp, path)
     return path
+
+
+def node_of(inv: Inventory, name: str) -> Node:
+    """Node `name`, which the test's site declares (Inventory.node also answers unknown names)."""
+    found = inv.node(name)
+    assert found is not None, f"{name} is not in {inv.path}"
+    return found

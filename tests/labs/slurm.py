@@ -41,7 +41,7 @@ from provisioner.paths import Site, State
 from provisioner.render.slurm import render
 
 from .net import Lab
-from .site import Entry, site_yaml, write_site
+from .site import Entry, node_of, site_yaml, write_site
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,7 @@ def lab_site(nodes: Sequence[Entry], profiles: Mapping[str, Mapping[str, Any]] |
 def install_overlay(state: State, site: Site, inv: Inventory, node: str, dest: Path) -> None:
     """Build the node's overlay archive with provisioner's builder and unpack it into `dest`
     (modes, owners, symlinks as the node's initramfs lays them down)."""
-    overlay_build.build(state, site, inv, [inv.node(node)])
+    overlay_build.build(state, site, inv, [node_of(inv, node)])
     for e in overlay_build.read_archive(layout.overlay_archive(state, node)):
         out = dest / e.path
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,8 +125,8 @@ class Host:
     def popen(self, cmd: Sequence[str] | str, log: str) -> subprocess.Popen:
         if isinstance(cmd, str):
             cmd = ["sh", "-c", cmd]
-        out = open(self.work / log, "ab")
-        return subprocess.Popen(self.prefix(cmd), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.work / log, "ab") as out:
+            return subprocess.Popen(self.prefix(cmd), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_munge(self) -> None:
         """As munge.service does: munged as user munge, forking, socket in /run/munge."""
@@ -195,7 +195,7 @@ class SlurmLab:
     def node(self, name: str, munge_key: bytes | None = None) -> Host:
         """A node namespace with the node's rendered overlays (munge, slurm, mpi); a different
         `munge_key` replaces the rendered one (an intruder or a stale key)."""
-        n = self.inv.node(name)
+        n = node_of(self.inv, name)
         ns = self.lab.host(ip=str(n.ip), mac=n.mac)
         root = self._root(name, name)
         if munge_key is not None:

@@ -9,8 +9,9 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from provisioner.servers.tftp import TftpServer
 
@@ -77,7 +78,7 @@ class ServerThread:
         self.server.shutdown()
         self.thread.join(10)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self
 
     def __exit__(self, *exc: object) -> None:
