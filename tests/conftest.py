@@ -28,14 +28,20 @@ class Cli:
     site: Path
     state: Path
 
-    def __call__(self, *args: object, input: str | None = None, check: bool = True,
-                 env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        full_env = {**os.environ, "PROVISIONER_SITE": str(self.site), "PROVISIONER_STATE": str(self.state),
-                    **(env or {})}
+    def __call__(
+        self, *args: object, input: str | None = None, check: bool = True, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {
+            **os.environ,
+            "PROVISIONER_SITE": str(self.site),
+            "PROVISIONER_STATE": str(self.state),
+            **(env or {}),
+        }
         res = subprocess.run([self.exe, *map(str, args)], capture_output=True, text=True, input=input, env=full_env)
         if check and res.returncode != 0:
-            raise AssertionError(f"provisioner {' '.join(map(str, args))} exited {res.returncode}:\n"
-                                 f"{res.stdout}\n{res.stderr}")
+            raise AssertionError(
+                f"provisioner {' '.join(map(str, args))} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
+            )
         return res
 
 

@@ -29,19 +29,21 @@ GOOD: dict[str, Any] = {
     "gpus": [],
 }
 HOSTILE = [  # (report, what the refusal names)
-    ({"cpus": "\u0663"}, "cpus='\u0663' is not a whole number from 1 to 65533"),           # Arabic-Indic 3
-    ({"cpus": "\u00b2"}, "cpus='\u00b2' is not a whole number"),                          # superscript 2
+    ({"cpus": "\u0663"}, "cpus='\u0663' is not a whole number from 1 to 65533"),  # Arabic-Indic 3
+    ({"cpus": "\u00b2"}, "cpus='\u00b2' is not a whole number"),  # superscript 2
     ({**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("CPUs=8", "CPUs=\uff18")}, "CPUs='\uff18'"),  # fullwidth 8
     ({**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("CPUs=8", "CPUs=99999")}, "CPUs='99999'"),
     ({**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("CPUs=8", "CPUs=64")}, "CPUs=64 is neither the cores nor"),
     ({**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("CoresPerSocket=2", "CoresPerSocket=65533")}, "at most 65533"),
-    ({"cpus": 4, "memory_mb": 2 ** 41}, f"memory_mb={2 ** 41}"),
+    ({"cpus": 4, "memory_mb": 2**41}, f"memory_mb={2**41}"),
     ({"cpus": 0}, "cpus=0"),
     ({"cpus": True}, "cpus=True"),
     ({"cpus": 2.5}, "cpus=2.5"),
     ({"slurmd_C": ["NodeName=x"]}, "slurmd_C must be the text"),
-    ({**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("SocketsPerBoard=2", "SocketsPerBoard=2 Sockets=2")},
-     "both Sockets= and SocketsPerBoard="),
+    (
+        {**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("SocketsPerBoard=2", "SocketsPerBoard=2 Sockets=2")},
+        "both Sockets= and SocketsPerBoard=",
+    ),
 ]
 
 
@@ -71,8 +73,18 @@ def test_hostile_reports_get_400_the_reason_and_a_status(lab, cli):
 
         def post(ns, body):
             node = "node01" if ns is n1 else "node02"
-            out = curl(ns, *PRIV, *auth(node), "-w", "\n%{http_code}", "-H", "Content-Type: application/json",
-                       "--data-binary", json.dumps(body), f"{srv.url}/api/v1/facts").stdout
+            out = curl(
+                ns,
+                *PRIV,
+                *auth(node),
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                json.dumps(body),
+                f"{srv.url}/api/v1/facts",
+            ).stdout
             text, _, code = out.rpartition("\n")
             return code, text
 
@@ -121,17 +133,31 @@ def test_a_real_slurmctld_keeps_running_and_the_other_nodes_their_facts():
         assert real is not None
         for bad in ("CPUs=99999", "CPUs=\uff18", "CPUs=\u00b2"):
             body = json.dumps({**real, "slurmd_C": real["slurmd_C"].replace(f"CPUs={real['cpus']}", bad)})
-            res = sl.nodes["node02"].run([*NODE_CURL, "-sS", "--local-port", "600-1023", "-w", "\n%{http_code}",
-                                          "-H", "Content-Type: application/json", "--data", body, url])
+            res = sl.nodes["node02"].run(
+                [
+                    *NODE_CURL,
+                    "-sS",
+                    "--local-port",
+                    "600-1023",
+                    "-w",
+                    "\n%{http_code}",
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data",
+                    body,
+                    url,
+                ]
+            )
             assert res.stdout.endswith("\n400") and "facts refused: node02" in res.stdout, res.stdout
         # The node's own facts script, on a node whose slurmd -C says 99999 CPUs: it stops at the
         # 400 and logs the master's reason instead of retrying for a minute.
-        fake = "mkdir -p /tmp/fake && printf '#!/bin/sh\\necho NodeName=node02 CPUs=99999 RealMemory=900\\n' " \
-               "> /tmp/fake/slurmd && chmod +x /tmp/fake/slurmd && PATH=/tmp/fake:$PATH provisioner-facts"
+        fake = (
+            "mkdir -p /tmp/fake && printf '#!/bin/sh\\necho NodeName=node02 CPUs=99999 RealMemory=900\\n' "
+            "> /tmp/fake/slurmd && chmod +x /tmp/fake/slurmd && PATH=/tmp/fake:$PATH provisioner-facts"
+        )
         res = sl.nodes["node02"].run(["sh", "-c", fake], check=False, timeout=20)
         assert res.returncode == 1, res.stderr
-        assert "provisioner-facts: the master refused the facts: facts refused: node02: facts cpus=99999" \
-            in res.stderr
+        assert "provisioner-facts: the master refused the facts: facts refused: node02: facts cpus=99999" in res.stderr
         assert sl.db.facts("node02") == real
         # A database from before the checks: node03's stored facts break the rules.
         stored = sl.db.facts("node03")
@@ -149,7 +175,9 @@ def test_a_real_slurmctld_keeps_running_and_the_other_nodes_their_facts():
         # The watcher restarts slurmctld for the changed node03 line: it comes back up on the new file.
         sl.wait(lambda: all(sl.states().get(n) == "idle" for n in ("node01", "node02")), "node01, node02 idle")
         sl.wait(lambda: "UP" in sl.ctl.run(["scontrol", "ping"], check=False).stdout, "slurmctld up")
-        assert sorted(sl.ctl.run(["srun", "-N2", "-w", "node01,node02", "hostname"]).stdout.split()) == \
-            ["node01", "node02"]
+        assert sorted(sl.ctl.run(["srun", "-N2", "-w", "node01,node02", "hostname"]).stdout.split()) == [
+            "node01",
+            "node02",
+        ]
         sl.report_facts("node03")  # its real facts again: it joins as before
         sl.wait_idle(nodes)

@@ -79,8 +79,7 @@ def up_to_slash(root: Path, inside: str) -> str:
 
 def nothing_leaked(state: Path) -> None:
     """No file in the state directory carries the secret."""
-    found = subprocess.run(["grep", "-rlF", SECRET.decode(), str(state)], capture_output=True, text=True,
-                           check=False)
+    found = subprocess.run(["grep", "-rlF", SECRET.decode(), str(state)], capture_output=True, text=True, check=False)
     assert found.stdout == "", found.stdout
 
 
@@ -204,13 +203,14 @@ def test_modules_dep_naming_a_path_out_of_the_module_tree_is_refused(cli, clean,
     dep.write_text(dep.read_text().replace("kernel/fs/overlayfs/overlay.ko:", "../../../etc/overlay.ko:"))
     res = cli("image", "import", "tiny", root, check=False)
     assert res.returncode == 1
-    assert "modules.dep of " + kver + " names '../../../etc/overlay.ko', not a module inside its module tree" \
-        in res.stderr
+    assert (
+        "modules.dep of " + kver + " names '../../../etc/overlay.ko', not a module inside its module tree" in res.stderr
+    )
 
 
 def bomb(suffix: str, path: Path) -> None:
     """A compressed module that unpacks to more than MAX_MODULE bytes of zeros (made in chunks)."""
-    chunk, n = b"\0" * 2 ** 20, (MAX_MODULE >> 20) + 1
+    chunk, n = b"\0" * 2**20, (MAX_MODULE >> 20) + 1
     if suffix == ".zst":
         subprocess.run(f"head -c {n}M /dev/zero | zstd -q -1 -o {path}", shell=True, check=True)
         return

@@ -53,6 +53,7 @@ def test_cli_hostfile(cli, tmp_path):
 
 # -- node-side overlays ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def rendered(inv, tmp_path):
     """c02's overlay archive from provisioner's builder, unpacked as on the node."""
@@ -70,8 +71,10 @@ def test_munge_overlay_carries_the_cluster_key_for_munge_only(rendered):
     st = path.stat()
     assert stat.S_IMODE(st.st_mode) == 0o400
     assert st.st_uid == int(subprocess.run(["id", "-u", "munge"], capture_output=True, text=True).stdout)
-    assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/munge.service") == \
-        "/lib/systemd/system/munge.service"
+    assert (
+        os.readlink(root / "etc/systemd/system/multi-user.target.wants/munge.service")
+        == "/lib/systemd/system/munge.service"
+    )
 
 
 def test_slurm_overlay_runs_slurmd_configless_and_reports_facts_first(rendered):

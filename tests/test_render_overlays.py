@@ -24,23 +24,34 @@ from provisioner.render.context import RenderError
 GOLDEN = Path(__file__).parent / "golden"
 
 
-
-def inventory(gpu01: Mapping[str, Any] | None = None, default: Mapping[str, Any] | None = None,
-              more: Sequence[Entry] = (), subnet: str = "10.77.0.0/24") -> str:
+def inventory(
+    gpu01: Mapping[str, Any] | None = None,
+    default: Mapping[str, Any] | None = None,
+    more: Sequence[Entry] = (),
+    subnet: str = "10.77.0.0/24",
+) -> str:
     """The golden cluster: node01-03 and gpu01 (its own kernel_args and vars); `gpu01` and
     `default` change that node's and the default profile's settings (None unsets one), `more`
     adds nodes before gpu01."""
     gpu = {"kernel_args": ["quiet"], "vars": {"debug": True}} | dict(gpu01 or {})
     profile = {"image": "debian12", "kernel_args": ["console=ttyS0"], "overlays": ["base", "ssh", "munge"]}
     return site_yaml(
-        [node("node[01-03]", "10.77.0.11", [f"52:54:00:00:00:0{i}" for i in (1, 2, 3)]), *more,
-         node("gpu01", gpu.pop("ip", "10.77.0.21"), "52:54:00:00:01:01", **gpu)],
+        [
+            node("node[01-03]", "10.77.0.11", [f"52:54:00:00:00:0{i}" for i in (1, 2, 3)]),
+            *more,
+            node("gpu01", gpu.pop("ip", "10.77.0.21"), "52:54:00:00:01:01", **gpu),
+        ],
         {"default": profile | dict(default or {})},
-        name="gold", domain="gold.cluster", subnet=subnet, interface=None,
+        name="gold",
+        domain="gold.cluster",
+        subnet=subnet,
+        interface=None,
         network={"master": "10.77.0.1", "gateway": "10.77.0.1", "dns": ["10.77.0.1", "10.77.0.2"]},
-        nfs={"exports": [{"path": "/home", "access": "rw"},
-                         {"path": "/opt/apps", "access": "ro", "options": "noatime"}]},
-        time_servers=["10.77.0.1"])
+        nfs={
+            "exports": [{"path": "/home", "access": "rw"}, {"path": "/opt/apps", "access": "ro", "options": "noatime"}]
+        },
+        time_servers=["10.77.0.1"],
+    )
 
 
 INVENTORY = inventory()
@@ -76,8 +87,9 @@ def make_site(tmp_path: Path, text: str = INVENTORY) -> tuple[Site, State, Inven
     return site, state, inv
 
 
-def fake_image(state: State, image: str = "debian12", munge_ids: tuple[int, int] = (777, 778),
-               version: str = "v1") -> None:
+def fake_image(
+    state: State, image: str = "debian12", munge_ids: tuple[int, int] = (777, 778), version: str = "v1"
+) -> None:
     """A version of `image` with just its user tables, made current as the image builder does."""
     etc = layout.image_rootfs(state, image, version) / "etc"
     etc.mkdir(parents=True)
@@ -101,9 +113,16 @@ def check_golden(name: str, data: bytes) -> None:
     assert data.decode() == path.read_text(), f"{name} differs from its golden file"
 
 
-GOLDEN_FILES = ["etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/fstab",
-                "etc/systemd/network/10-provisioner.network", "etc/systemd/timesyncd.conf.d/provisioner.conf",
-                "etc/ssh/ssh_known_hosts", "etc/ssh/sshd_config.d/provisioner.conf"]
+GOLDEN_FILES = [
+    "etc/hostname",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "etc/fstab",
+    "etc/systemd/network/10-provisioner.network",
+    "etc/systemd/timesyncd.conf.d/provisioner.conf",
+    "etc/ssh/ssh_known_hosts",
+    "etc/ssh/sshd_config.d/provisioner.conf",
+]
 
 
 @pytest.mark.parametrize("node", ["node02", "gpu01"])
@@ -208,8 +227,9 @@ def test_missing_secret_is_a_clear_error(tmp_path):
 def test_site_pxe_template_replaces_the_stock_one(tmp_path):
     site, state, inv = make_site(tmp_path)
     (site.root / "pxe").mkdir()
-    (site.root / "pxe" / "boot.ipxe.j2").write_text("#!ipxe\necho {{ node.name }} {{ node.mac | mac_bare }}\n"
-                                                    "kernel http://x/vmlinuz {{ cmdline }}\nboot\n")
+    (site.root / "pxe" / "boot.ipxe.j2").write_text(
+        "#!ipxe\necho {{ node.name }} {{ node.mac | mac_bare }}\nkernel http://x/vmlinuz {{ cmdline }}\nboot\n"
+    )
     boot = Build(state, site, inv).render(node_of(inv, "node03"))[1]
     assert boot is not None
     assert boot.ipxe.startswith("#!ipxe\necho node03 525400000003\nkernel http://x/vmlinuz provisioner.node=node03 ")
@@ -230,12 +250,15 @@ def test_template_that_is_not_text_is_a_clear_error(tmp_path):
         Build(state, site, inv)
 
 
-@pytest.mark.parametrize("meta, message", [
-    ('etc/hostname: {mode: "rw-"}', "not octal"),
-    ("etc/hostname: {mode: 0644, colour: red}", "expected {mode, owner, group}"),
-    ("- just a list", "must map node paths"),
-    ("etc/hostname: {mode: [", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ('etc/hostname: {mode: "rw-"}', "not octal"),
+        ("etc/hostname: {mode: 0644, colour: red}", "expected {mode, owner, group}"),
+        ("- just a list", "must map node paths"),
+        ("etc/hostname: {mode: [", "invalid YAML"),
+    ],
+)
 def test_bad_meta_is_a_clear_error(tmp_path, meta, message):
     site, state, inv = make_site(tmp_path)
     (site.overlays / "base").mkdir(parents=True)

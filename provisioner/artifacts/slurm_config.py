@@ -61,9 +61,12 @@ def _failed(cmd: Sequence[str], res: subprocess.CompletedProcess[str]) -> Reconf
     return ReconfigureFailed(f"{' '.join(cmd)} exited {res.returncode}" + (f": {said}" if said else ""))
 
 
-def apply(config: SlurmConfig, conf_dir: Path = DEFAULT_CONF_DIR,
-          reconfigure: Sequence[str] | None = RECONFIGURE,
-          restart: Sequence[str] | None = RESTART) -> ApplyResult:
+def apply(
+    config: SlurmConfig,
+    conf_dir: Path = DEFAULT_CONF_DIR,
+    reconfigure: Sequence[str] | None = RECONFIGURE,
+    restart: Sequence[str] | None = RESTART,
+) -> ApplyResult:
     """Write the files that changed; if any did, have slurmctld take them (reconfigure, or
     restart when Slurm demands it). `reconfigure=None`: write only."""
     conf_dir = Path(conf_dir)

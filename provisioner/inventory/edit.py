@@ -97,6 +97,7 @@ def _slice_entry(entry: CommentedMap, names: list[str], start: int, stop: int) -
         if isinstance(m.get("mac"), list):
             macs = list(m["mac"][start:stop])
             m["mac"] = macs[0] if len(piece) == 1 else CommentedSeq(macs)
+
     shift(out)
     if out.get("bmc") is not None:
         out["bmc"] = str(IPv4Address(str(out["bmc"])) + start)

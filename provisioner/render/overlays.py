@@ -112,8 +112,9 @@ def _parse_meta(path: Path) -> dict[str, Meta]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise RenderError(str(path), getattr(getattr(e, "problem_mark", None), "line", -1) + 1, None,
-                          f"invalid YAML: {e}") from None
+        raise RenderError(
+            str(path), getattr(getattr(e, "problem_mark", None), "line", -1) + 1, None, f"invalid YAML: {e}"
+        ) from None
     if not isinstance(raw, dict):
         raise RenderError(str(path), 1, None, "must map node paths to {mode, owner, group}")
     out = {}
@@ -124,7 +125,7 @@ def _parse_meta(path: Path) -> dict[str, Meta]:
         try:
             perm = int(str(mode), 8) if mode is not None else None
         except ValueError:
-            raise RenderError(str(path), None, None, f"{key}: mode {mode!r} is not octal like \"0640\"") from None
+            raise RenderError(str(path), None, None, f'{key}: mode {mode!r} is not octal like "0640"') from None
         if perm is not None and not 0 <= perm <= 0o7777:
             raise RenderError(str(path), None, None, f"{key}: mode {mode!r} out of range")
         out[str(key).strip("/")] = Meta(perm, _opt_str(spec.get("owner")), _opt_str(spec.get("group")))
@@ -181,8 +182,17 @@ def _source(src: Path, rel: str, label: str, env: jinja2.Environment) -> SourceF
             except UnicodeDecodeError as e:
                 raise RenderError(label, None, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
             names = reads(env, text, label)
-            return SourceFile(rel[: -len(suffix)], src, kind, label, data, compile_template(env, text, label),
-                              bool(names & PER_NODE), executable, names)
+            return SourceFile(
+                rel[: -len(suffix)],
+                src,
+                kind,
+                label,
+                data,
+                compile_template(env, text, label),
+                bool(names & PER_NODE),
+                executable,
+                names,
+            )
     return SourceFile(rel, src, "static", label, data, executable=executable)
 
 
@@ -268,8 +278,13 @@ class OverlayLibrary:
 class NodeRenderer:
     """Renders nodes of one build: shared templates once, per-node templates per node."""
 
-    def __init__(self, library: OverlayLibrary, shared: SharedContext, read_secret: Callable[[str], bytes],
-                 idmap: Callable[[str | None], IdMap]):
+    def __init__(
+        self,
+        library: OverlayLibrary,
+        shared: SharedContext,
+        read_secret: Callable[[str], bytes],
+        idmap: Callable[[str | None], IdMap],
+    ):
         self.library = library
         self.shared = shared
         self.read_secret = read_secret
@@ -309,13 +324,24 @@ class NodeRenderer:
             if sf is not None:
                 if ctx is None:
                     ctx = node_context(self.shared, node, facts)
-                entries[i] = FileEntry(proto.path, proto.kind, self._body(sf, ctx, node.name), proto.perm,
-                                       proto.owner, proto.group, proto.uid, proto.gid, proto.source,
-                                       False, proto.secret)
+                entries[i] = FileEntry(
+                    proto.path,
+                    proto.kind,
+                    self._body(sf, ctx, node.name),
+                    proto.perm,
+                    proto.owner,
+                    proto.group,
+                    proto.uid,
+                    proto.gid,
+                    proto.source,
+                    False,
+                    proto.secret,
+                )
         return entries
 
-    def _layout(self, files: dict[str, SourceFile], meta: dict[str, Meta], own: OverlayTree | None,
-                node: Node) -> list[tuple[FileEntry, SourceFile | None]]:
+    def _layout(
+        self, files: dict[str, SourceFile], meta: dict[str, Meta], own: OverlayTree | None, node: Node
+    ) -> list[tuple[FileEntry, SourceFile | None]]:
         """Sorted entries with shared bodies filled in; per-node ones paired with their source."""
         ids = self.idmap(node.image)
         entries: dict[str, tuple[FileEntry, SourceFile | None]] = {}
@@ -350,8 +376,9 @@ class NodeRenderer:
                 raise RenderError(sf.label, None, node, str(getattr(e, "message", e))) from None
         return sf.data
 
-    def _entry(self, out: str, sf: SourceFile, body: bytes, m: Meta | None, ids: IdMap, node: str,
-               shared: bool) -> FileEntry:
+    def _entry(
+        self, out: str, sf: SourceFile, body: bytes, m: Meta | None, ids: IdMap, node: str, shared: bool
+    ) -> FileEntry:
         if sf.kind == "dir":
             return self._dir(out, m, ids, node)
         if sf.kind == "symlink":
@@ -363,8 +390,18 @@ class NodeRenderer:
     def _dir(self, out: str, m: Meta | None, ids: IdMap, node: str) -> FileEntry:
         return self._owned(out, "dir", b"", DIR_MODE, m, ids, node, "(directory)", True)
 
-    def _owned(self, out: str, kind: str, body: bytes, default: int, m: Meta | None, ids: IdMap, node: str,
-               label: str, shared: bool) -> FileEntry:
+    def _owned(
+        self,
+        out: str,
+        kind: str,
+        body: bytes,
+        default: int,
+        m: Meta | None,
+        ids: IdMap,
+        node: str,
+        label: str,
+        shared: bool,
+    ) -> FileEntry:
         m = m or Meta()
         owner, group = m.owner or "root", m.group or m.owner or "root"
         try:

@@ -28,8 +28,10 @@ class Ganesha:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> Ganesha:
-        script = ("mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/ganesha && "
-                  f"exec ganesha.nfsd -F -f {self.conf} -L {self.log} -p /run/ganesha/pid -N NIV_EVENT")
+        script = (
+            "mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/ganesha && "
+            f"exec ganesha.nfsd -F -f {self.conf} -L {self.log} -p /run/ganesha/pid -N NIV_EVENT"
+        )
         self.proc = self.ns.popen(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script])
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -110,8 +110,9 @@ def parse_oack(data: bytes) -> dict[str, str]:
     return {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts), 2)}
 
 
-def fetch(server: tuple[str, int], name: str, *, wait: float = 3.0,
-          sock: socket.socket | None = None, **options: Any) -> tuple[bytes, dict[str, str], tuple[str, int]]:
+def fetch(
+    server: tuple[str, int], name: str, *, wait: float = 3.0, sock: socket.socket | None = None, **options: Any
+) -> tuple[bytes, dict[str, str], tuple[str, int]]:
     """Download with a plain RFC 1350/7440 client; (data, oack options, server TID)."""
     s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(wait)
