@@ -49,7 +49,9 @@ def main() -> int:
     dhcp = sum(1 for e in events if e["stage"] == "dhcp") * DHCP_EXCHANGE_S
     server = sum(by_proto.values()) + dhcp
     for proto, secs in sorted(by_proto.items()):
-        print(f"server time {proto:<5} {secs:8.3f} s ({len([t for t in transfers if t['protocol'] == proto])} transfers)")
+        print(
+            f"server time {proto:<5} {secs:8.3f} s ({len([t for t in transfers if t['protocol'] == proto])} transfers)"
+        )
     print(f"server time dhcp  {dhcp:8.3f} s (upper bound)")
     print(f"server share: {100 * server / total:.2f}% of the boot (goal < 5%)")
     return 0

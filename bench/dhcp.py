@@ -36,7 +36,7 @@ FIRST_NODE_IP = IPv4Address("10.96.1.1")
 
 def nodes(n: int) -> list[tuple[str, str, str]]:
     """(name, mac, ip) of the benchmark's static nodes."""
-    return [(f"n{k:05d}", f"02:00:00:00:{k >> 8 & 0xff:02x}:{k & 0xff:02x}", str(FIRST_NODE_IP + k)) for k in range(n)]
+    return [(f"n{k:05d}", f"02:00:00:00:{k >> 8 & 0xFF:02x}:{k & 0xFF:02x}", str(FIRST_NODE_IP + k)) for k in range(n)]
 
 
 def write_inventory(site: Path, table: list[tuple[str, str, str]]) -> None:
@@ -45,42 +45,80 @@ def write_inventory(site: Path, table: list[tuple[str, str, str]]) -> None:
     (site / "cluster.yaml").write_text(
         f"cluster:\n  name: bench\n  domain: bench.cluster\n  network:\n    interface: br0\n"
         f"    subnet: {SUBNET}\n    master: {SERVER}\n    gateway: {SERVER}\n    dns: [{SERVER}]\n"
-        f"nodes:\n  - name: n[00000-{len(table) - 1:05d}]\n    ip: {table[0][2]}\n    mac: [{macs}]\n")
+        f"nodes:\n  - name: n[00000-{len(table) - 1:05d}]\n    ip: {table[0][2]}\n    mac: [{macs}]\n"
+    )
 
 
 def kea_config(tmp: Path, table: list[tuple[str, str, str]]) -> Path:
-    conf = {"Dhcp4": {
-        "interfaces-config": {"interfaces": ["br0"], "dhcp-socket-type": "udp"},
-        "lease-database": {"type": "memfile", "persist": True, "name": str(tmp / "kea-leases4.csv"),
-                           "lfc-interval": 0},
-        "valid-lifetime": 3600,
-        "option-data": [{"name": "routers", "data": SERVER}, {"name": "domain-name-servers", "data": SERVER},
-                        {"name": "domain-name", "data": "bench.cluster"}],
-        "subnet4": [{"id": 1, "subnet": SUBNET,
-                     "reservations": [{"hw-address": m, "ip-address": ip, "hostname": name} for name, m, ip in table]}],
-        "loggers": [{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{"output": str(tmp / "kea.log")}]}],
-    }}
+    conf = {
+        "Dhcp4": {
+            "interfaces-config": {"interfaces": ["br0"], "dhcp-socket-type": "udp"},
+            "lease-database": {
+                "type": "memfile",
+                "persist": True,
+                "name": str(tmp / "kea-leases4.csv"),
+                "lfc-interval": 0,
+            },
+            "valid-lifetime": 3600,
+            "option-data": [
+                {"name": "routers", "data": SERVER},
+                {"name": "domain-name-servers", "data": SERVER},
+                {"name": "domain-name", "data": "bench.cluster"},
+            ],
+            "subnet4": [
+                {
+                    "id": 1,
+                    "subnet": SUBNET,
+                    "reservations": [{"hw-address": m, "ip-address": ip, "hostname": name} for name, m, ip in table],
+                }
+            ],
+            "loggers": [
+                {"name": "kea-dhcp4", "severity": "WARN", "output_options": [{"output": str(tmp / "kea.log")}]}
+            ],
+        }
+    }
     path = tmp / "kea.json"
     path.write_text(json.dumps(conf))
     return path
 
 
 def start(lab: Lab, name: str, tmp: Path, table: list[tuple[str, str, str]]) -> subprocess.Popen:
-    log = open(tmp / f"{name}.log", "w")
     env = {**os.environ, "KEA_PIDFILE_DIR": str(tmp), "KEA_LOCKFILE_DIR": str(tmp)}
     if name == "ours":
-        cmd = [sys.executable, "-m", "provisioner.servers.dhcp", "--site", str(tmp / "site"),
-               "--state", str(tmp / "state"), "--interface", "br0", "--listen", SERVER]
+        cmd = [
+            sys.executable,
+            "-m",
+            "provisioner.servers.dhcp",
+            "--site",
+            str(tmp / "site"),
+            "--state",
+            str(tmp / "state"),
+            "--interface",
+            "br0",
+            "--listen",
+            SERVER,
+        ]
     elif name == "kea":
         cmd = ["kea-dhcp4", "-c", str(kea_config(tmp, table))]
     else:
         hosts = tmp / "dnsmasq.hosts"
         hosts.write_text("".join(f"{m},{ip},{n}\n" for n, m, ip in table))
-        cmd = ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=br0",
-               "--bind-interfaces", f"--dhcp-range={SERVER},static,255.255.0.0,1h", f"--dhcp-hostsfile={hosts}",
-               f"--dhcp-leasefile={tmp / 'dnsmasq.leases'}", f"--pid-file={tmp / 'dnsmasq.pid'}", "--quiet-dhcp",
-               f"--dhcp-option=option:router,{SERVER}"]
-    proc = lab.server.popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        cmd = [
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=br0",
+            "--bind-interfaces",
+            f"--dhcp-range={SERVER},static,255.255.0.0,1h",
+            f"--dhcp-hostsfile={hosts}",
+            f"--dhcp-leasefile={tmp / 'dnsmasq.leases'}",
+            f"--pid-file={tmp / 'dnsmasq.pid'}",
+            "--quiet-dhcp",
+            f"--dhcp-option=option:router,{SERVER}",
+        ]
+    with open(tmp / f"{name}.log", "w") as log:
+        proc = lab.server.popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 60
     while ":67 " not in lab.server.run(["ss", "-uln"]).stdout:
         if proc.poll() is not None or time.time() > deadline:
@@ -92,13 +130,33 @@ def start(lab: Lab, name: str, tmp: Path, table: list[tuple[str, str, str]]) -> 
 
 def perfdhcp(client, macs: Path, rate: int, period: int) -> tuple[float, int]:
     """(completed DORA exchanges per second, packets dropped) at one offered rate."""
-    out = client.run(["perfdhcp", "-4", "-r", str(rate), "-p", str(period), "-M", str(macs), "-l", CLIENT,
-                      "-d", "2", "-W", "2000000", SERVER], check=False, timeout=120 + period).stdout
+    out = client.run(
+        [
+            "perfdhcp",
+            "-4",
+            "-r",
+            str(rate),
+            "-p",
+            str(period),
+            "-M",
+            str(macs),
+            "-l",
+            CLIENT,
+            "-d",
+            "2",
+            "-W",
+            "2000000",
+            SERVER,
+        ],
+        check=False,
+        timeout=120 + period,
+    ).stdout
     blocks = dict(re.findall(r"\*\*\*Statistics for: ([A-Z-]+)\*\*\*\n(.*?)(?=\*\*\*|\Z)", out, re.S))
-    if "REQUEST-ACK" not in blocks:
+    received = re.search(r"^received packets: (\d+)", blocks.get("REQUEST-ACK", ""), re.M)
+    if received is None:
         raise SystemExit(f"unexpected perfdhcp output:\n{out}")
     drops = sum(int(m) for b in blocks.values() for m in re.findall(r"^drops: (\d+)", b, re.M))
-    acks = int(re.search(r"^received packets: (\d+)", blocks["REQUEST-ACK"], re.M).group(1))
+    acks = int(received.group(1))
     return acks / period, drops
 
 

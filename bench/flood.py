@@ -31,7 +31,6 @@ from labs.flood import HttpFlood, Sampler, TftpFlood, drive, fds, rss_mb
 from labs.net import Lab
 from labs.serve import NODES, SERVER_IP, Serve, curl, write_site, write_state
 from labs.tftp import in_ns
-
 from provisioner.inventory.model import Limits
 
 HTTP_PORT, TFTP_PORT = 8080, 6969
@@ -68,8 +67,9 @@ def main() -> None:
         cli = Cli(Path(tmp))
         write_site(cli.site)
         write_state(cli.state)
-        with Serve(lab, cli, services="tftp,http", port=HTTP_PORT,
-                   extra=("--tftp-port", str(TFTP_PORT), "--tftp-workers", "1")) as srv:
+        with Serve(
+            lab, cli, services="tftp,http", port=HTTP_PORT, extra=("--tftp-port", str(TFTP_PORT), "--tftp-workers", "1")
+        ) as srv:
             pid = srv.proc.pid
             ip, mac = NODES["node01"]
             node, attacker = lab.host(ip=ip, mac=mac), lab.host(ip="10.99.0.66")
@@ -79,11 +79,14 @@ def main() -> None:
             print(f"{'run':<22} {'flood held':>18} {'client fetch':>14} {'peak MB':>8} {'peak fds':>9}  attacker got")
             print(f"{'quiet':<22} {'-':>18} {quiet:>12.3f} s {rss_mb(pid):>8.0f} {fds(pid):>9}")
             floods = {
-                "tftp": lambda: [TftpFlood(attacker, (SERVER_IP, TFTP_PORT), "images/img1/initramfs.img", rate=args.rate)],
+                "tftp": lambda: [
+                    TftpFlood(attacker, (SERVER_IP, TFTP_PORT), "images/img1/initramfs.img", rate=args.rate)
+                ],
                 "http": lambda: [HttpFlood(attacker, (SERVER_IP, HTTP_PORT), conns=args.conns)],
-                "tftp+http": lambda: [TftpFlood(attacker, (SERVER_IP, TFTP_PORT), "images/img1/initramfs.img",
-                                                rate=args.rate),
-                                      HttpFlood(attacker, (SERVER_IP, HTTP_PORT), conns=args.conns)],
+                "tftp+http": lambda: [
+                    TftpFlood(attacker, (SERVER_IP, TFTP_PORT), "images/img1/initramfs.img", rate=args.rate),
+                    HttpFlood(attacker, (SERVER_IP, HTTP_PORT), conns=args.conns),
+                ],
             }
             for name, make in floods.items():
                 attacks = make()
@@ -97,23 +100,34 @@ def main() -> None:
                             a.stop()
                 held = " + ".join(f"{a.rate():.0f}/s" for a in attacks)
                 got = "; ".join(str(dict(a.answers)) for a in attacks)
-                print(f"{name:<22} {held:>18} {took:>8.3f} s {took / quiet:>4.1f}x {sampler.peak_rss:>6.0f} "
-                      f"{sampler.peak_fds:>9.0f}  {got}")
+                print(
+                    f"{name:<22} {held:>18} {took:>8.3f} s {took / quiet:>4.1f}x {sampler.peak_rss:>6.0f} "
+                    f"{sampler.peak_fds:>9.0f}  {got}"
+                )
                 time.sleep(limits.http_keepalive_timeout / 25)  # let the last refusals close
             base = rss_mb(pid)
             per, fresh = limits.tftp_per_client, lab.host(ip="10.99.0.67")  # the flood's transfers still hold .66
             with Sampler(pid) as sampler:
                 for first in range(0, 48, per):  # as many at once as the per-address cap lets in
-                    in_ns(fresh, drive, (SERVER_IP, TFTP_PORT), "images/img1/vmlinuz",
-                          [509 + 19 * i for i in range(first, min(48, first + per))])
-            print(f"{'48 odd block sizes':<22} {'48 transfers':>18} {'-':>14} {sampler.peak_rss:>8.0f} "
-                  f"{sampler.peak_fds:>9.0f}  +{sampler.peak_rss - base:.0f} MB at peak, "
-                  f"+{rss_mb(pid) - base:.0f} MB after")
-            print(f"caps: TFTP {limits.tftp_transfers} transfers, {limits.tftp_per_client} per address "
-                  f"(dnsmasq tftp-max: 50); timeout option <= {limits.tftp_max_timeout} s; packet budget "
-                  f"{limits.tftp_cache_mb} MB; HTTP {limits.http_connections} connections, {limits.http_per_client} "
-                  f"per address; header timeout {limits.http_header_timeout} s (nginx client_header_timeout: 60 s); "
-                  f"keep-alive {limits.http_keepalive_timeout} s (nginx keepalive_timeout: 75 s)")
+                    in_ns(
+                        fresh,
+                        drive,
+                        (SERVER_IP, TFTP_PORT),
+                        "images/img1/vmlinuz",
+                        [509 + 19 * i for i in range(first, min(48, first + per))],
+                    )
+            print(
+                f"{'48 odd block sizes':<22} {'48 transfers':>18} {'-':>14} {sampler.peak_rss:>8.0f} "
+                f"{sampler.peak_fds:>9.0f}  +{sampler.peak_rss - base:.0f} MB at peak, "
+                f"+{rss_mb(pid) - base:.0f} MB after"
+            )
+            print(
+                f"caps: TFTP {limits.tftp_transfers} transfers, {limits.tftp_per_client} per address "
+                f"(dnsmasq tftp-max: 50); timeout option <= {limits.tftp_max_timeout} s; packet budget "
+                f"{limits.tftp_cache_mb} MB; HTTP {limits.http_connections} connections, {limits.http_per_client} "
+                f"per address; header timeout {limits.http_header_timeout} s (nginx client_header_timeout: 60 s); "
+                f"keep-alive {limits.http_keepalive_timeout} s (nginx keepalive_timeout: 75 s)"
+            )
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ http {{
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
@@ -73,8 +74,11 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
         if proc.poll() is not None:
             raise SystemExit(f"server exited {proc.returncode} before answering {url}")
         # curl, not urllib: this script's name shadows the stdlib `http` package.
-        probe = subprocess.run(["curl", "-s", "--noproxy", "*", "-o", "/dev/null", "-r", "0-0", "-w", "%{http_code}", url],
-                               capture_output=True, text=True)
+        probe = subprocess.run(
+            ["curl", "-s", "--noproxy", "*", "-o", "/dev/null", "-r", "0-0", "-w", "%{http_code}", url],
+            capture_output=True,
+            text=True,
+        )
         if probe.stdout == "206":
             return
         time.sleep(0.1)
@@ -83,8 +87,18 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
 
 def fetch_all(url: str, clients: int, size: int) -> float:
     """Seconds for `clients` concurrent full downloads; every one must be a 200 of `size` bytes."""
-    args = ["curl", "-sS", "--noproxy", "*", "--parallel", "--parallel-immediate", "--parallel-max", str(clients),
-            "-w", "%{http_code} %{size_download}\n"]
+    args = [
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        str(clients),
+        "-w",
+        "%{http_code} %{size_download}\n",
+    ]
     for _ in range(clients):
         args += ["-o", "/dev/null", url]
     started = time.perf_counter()
@@ -93,7 +107,9 @@ def fetch_all(url: str, clients: int, size: int) -> float:
     results = res.stdout.split("\n")[:-1]
     bad = [r for r in results if r != f"200 {size}"]
     if res.returncode != 0 or len(results) != clients or bad:
-        raise SystemExit(f"{url}: curl exit {res.returncode}, {len(results)} results, bad: {bad[:3]} {res.stderr[:300]}")
+        raise SystemExit(
+            f"{url}: curl exit {res.returncode}, {len(results)} results, bad: {bad[:3]} {res.stderr[:300]}"
+        )
     return took
 
 
@@ -146,30 +162,56 @@ def main() -> None:
         try:
             env = {**os.environ, "PROVISIONER_SITE": str(t / "site"), "PROVISIONER_STATE": str(t / "state")}
             port = free_port()
-            ours = subprocess.Popen([exe, "serve", "--services", "http", "--listen", HOST, "--http-port", str(port),
-                                     "--log-level", "warning"], env=env, stderr=open(t / "serve.log", "w"))
+            with open(t / "serve.log", "w") as log:
+                ours = subprocess.Popen(
+                    [
+                        exe,
+                        "serve",
+                        "--services",
+                        "http",
+                        "--listen",
+                        HOST,
+                        "--http-port",
+                        str(port),
+                        "--log-level",
+                        "warning",
+                    ],
+                    env=env,
+                    stderr=log,
+                )
             procs.append(ours)
             targets = {"provisioner": f"http://{HOST}:{port}/images/bench/initramfs.img"}
             for workers in ("1", "auto"):
                 ng_port = free_port()
                 conf = t / f"nginx-{workers}.conf"
-                conf.write_text(NGINX.format(workers=workers, tmp=t, host=HOST, port=ng_port,
-                                             root=t / "state" / "images" / "bench" / "current"))
+                conf.write_text(
+                    NGINX.format(
+                        workers=workers,
+                        tmp=t,
+                        host=HOST,
+                        port=ng_port,
+                        root=t / "state" / "images" / "bench" / "current",
+                    )
+                )
                 procs.append(subprocess.Popen(["nginx", "-c", str(conf), "-p", str(t)], stderr=subprocess.DEVNULL))
-                targets[f"nginx ({workers} worker{'s' if workers == 'auto' else ''})"] = \
+                targets[f"nginx ({workers} worker{'s' if workers == 'auto' else ''})"] = (
                     f"http://{HOST}:{ng_port}/initramfs.img"
-            for (name, url), proc in zip(targets.items(), procs):
+                )
+            for url, proc in zip(targets.values(), procs, strict=True):
                 wait_http(url, proc)
             best: dict[str, float] = {}
-            pids = dict(zip(targets, (p.pid for p in procs)))
+            pids = dict(zip(targets, (p.pid for p in procs), strict=True))
             for r in range(a.rounds):
                 for name, url in targets.items():
                     cpu = cpu_seconds(pids[name])
                     took = fetch_all(url, a.clients, size)
                     cpu = cpu_seconds(pids[name]) - cpu
                     best[name] = min(best.get(name, took), took)
-                    print(f"round {r + 1}  {name:22s} {took:6.2f} s  {total_mb / took:8.0f} MB/s  "
-                          f"server CPU {cpu:5.2f} s", flush=True)
+                    print(
+                        f"round {r + 1}  {name:22s} {took:6.2f} s  {total_mb / took:8.0f} MB/s  "
+                        f"server CPU {cpu:5.2f} s",
+                        flush=True,
+                    )
         finally:
             for p in procs:
                 stop(p)

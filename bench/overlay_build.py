@@ -28,17 +28,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provisioner.artifacts import layout, overlay_build, secrets  # noqa: E402
-from provisioner.inventory import load_inventory  # noqa: E402
-from provisioner.paths import Site, State  # noqa: E402
+from provisioner.artifacts import layout, overlay_build, secrets
+from provisioner.inventory import load_inventory
+from provisioner.paths import Site, State
 
 OVERLAYS = ["base", "ssh", "munge", "slurm", "mpi"]
 
 
 def inventory_yaml(n: int) -> str:
     net = ipaddress.IPv4Network("10.64.0.0/16") if n < 60000 else ipaddress.IPv4Network("10.0.0.0/8")
-    macs = ", ".join(f"52:54:{(i >> 24) & 255:02x}:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}"
-                     for i in range(1, n + 1))
+    macs = ", ".join(
+        f"52:54:{(i >> 24) & 255:02x}:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}" for i in range(1, n + 1)
+    )
     return f"""cluster:
   name: bench
   domain: bench.cluster
@@ -86,11 +87,16 @@ def standard_tools(state: State, nodes: list[str], total: int) -> float:
         for name in nodes:
             tree = work / name
             tree.mkdir()
-            subprocess.run(f"zcat {layout.overlay_archive(state, name)} | cpio -idm --quiet", shell=True,
-                           cwd=tree, check=True)
+            subprocess.run(
+                f"zcat {layout.overlay_archive(state, name)} | cpio -idm --quiet", shell=True, cwd=tree, check=True
+            )
             t = time.perf_counter()
-            subprocess.run("find . -mindepth 1 | sort | cpio -o -H newc --quiet | gzip -6 > ../out.cpio.gz",
-                           shell=True, cwd=tree, check=True)
+            subprocess.run(
+                "find . -mindepth 1 | sort | cpio -o -H newc --quiet | gzip -6 > ../out.cpio.gz",
+                shell=True,
+                cwd=tree,
+                check=True,
+            )
             elapsed += time.perf_counter() - t
         return elapsed / len(nodes) * total
     finally:
@@ -123,8 +129,9 @@ def main() -> None:
         assert one.built == [victim], one.built[:5]
 
         other = inv.nodes[args.nodes // 3].name  # as if its entry in cluster.yaml got vars
-        edited = dataclasses.replace(inv, nodes=tuple(
-            dataclasses.replace(n, vars={"rack": "r42"}) if n.name == other else n for n in inv.nodes))
+        edited = dataclasses.replace(
+            inv, nodes=tuple(dataclasses.replace(n, vars={"rack": "r42"}) if n.name == other else n for n in inv.nodes)
+        )
         inv_one = overlay_build.build(state, site, edited, jobs=args.jobs)
         assert inv_one.built == [other], inv_one.built[:5]
 
@@ -135,16 +142,24 @@ def main() -> None:
         std = standard_tools(state, sample, args.nodes)
         size = sum(layout.overlay_archive(state, n).stat().st_size for n in sample) / len(sample)
 
-        print(f"nodes: {args.nodes}, jobs: {args.jobs}, overlays: {', '.join(inv.nodes[0].overlays)}, "
-              f"archive ~{size / 1024:.0f} KiB (inventory load {load:.2f} s, not counted)")
+        print(
+            f"nodes: {args.nodes}, jobs: {args.jobs}, overlays: {', '.join(inv.nodes[0].overlays)}, "
+            f"archive ~{size / 1024:.0f} KiB (inventory load {load:.2f} s, not counted)"
+        )
         print(f"full build:            {full.seconds:7.2f} s   goal 10 s    -> {full.seconds / 10:.2f} of the goal")
-        print(f"one node changed:      {one.seconds:7.3f} s   goal 0.5 s   -> {one.seconds / 0.5:.2f} of the goal"
-              "   (a per-node override file)")
-        print(f"one node changed:      {inv_one.seconds:7.3f} s   goal 0.5 s   -> {inv_one.seconds / 0.5:.2f} of the goal"
-              "   (the node's vars in the inventory)")
+        print(
+            f"one node changed:      {one.seconds:7.3f} s   goal 0.5 s   -> {one.seconds / 0.5:.2f} of the goal"
+            "   (a per-node override file)"
+        )
+        print(
+            f"one node changed:      {inv_one.seconds:7.3f} s   goal 0.5 s   -> {inv_one.seconds / 0.5:.2f} of the goal"
+            "   (the node's vars in the inventory)"
+        )
         print(f"nothing changed:       {again.seconds:7.3f} s")
-        print(f"GNU cpio + gzip -6 (packing only, no rendering, scaled from {len(sample)} nodes): {std:.2f} s "
-              f"-> provisioner full build takes {full.seconds / std:.2f}x that")
+        print(
+            f"GNU cpio + gzip -6 (packing only, no rendering, scaled from {len(sample)} nodes): {std:.2f} s "
+            f"-> provisioner full build takes {full.seconds / std:.2f}x that"
+        )
     finally:
         shutil.rmtree(tmp)
 

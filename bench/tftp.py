@@ -78,7 +78,7 @@ class CpuMeter:
 
 def run_clients(client, cmd: str, n: int, meter: CpuMeter | None) -> float:
     """Wall time for n concurrent copies of a shell command (each must exit 0)."""
-    script = f'for i in $(seq {n}); do ( {cmd} ) || echo FAIL & done; wait'
+    script = f"for i in $(seq {n}); do ( {cmd} ) || echo FAIL & done; wait"
     if meter is not None:
         script = f"{meter.join()}; {script}"
     t0 = time.monotonic()
@@ -117,11 +117,13 @@ def measure(args: argparse.Namespace, exe: str, meters: dict) -> None:
         os.chmod(tmp, 0o755)
         client = lab.host(ip="10.98.0.2")
         srv = lab.server_ip
-        hpa = lab.server.popen(["in.tftpd", "-L", "-u", "root", "-s", str(root), "-a", f"{srv}:{HPA}"],
-                               stdout=subprocess.DEVNULL)
+        hpa = lab.server.popen(
+            ["in.tftpd", "-L", "-u", "root", "-s", str(root), "-a", f"{srv}:{HPA}"], stdout=subprocess.DEVNULL
+        )
         wait_port(lab.server, HPA)
-        lab.server.popen([exe, "tftp", "--root", str(root), "--listen", srv, "--port", str(OURS)],
-                                stdout=subprocess.DEVNULL)
+        lab.server.popen(
+            [exe, "tftp", "--root", str(root), "--listen", srv, "--port", str(OURS)], stdout=subprocess.DEVNULL
+        )
         wait_port(lab.server, OURS)
         ours_pids = [p for p in lab.server.pids() if p != hpa.pid]
         servers = {"tftpd-hpa": HPA, "provisioner": OURS}
@@ -132,10 +134,15 @@ def measure(args: argparse.Namespace, exe: str, meters: dict) -> None:
             wait_port(lab.server, FLOOR)
             servers["floor"] = FLOOR
         if CpuMeter.ROOT.is_dir():
-            meters.update({"tftpd-hpa": CpuMeter("hpa", [hpa.pid]), "provisioner": CpuMeter("ours", ours_pids),
-                           "clients": CpuMeter("clients", [])})
+            meters.update(
+                {
+                    "tftpd-hpa": CpuMeter("hpa", [hpa.pid]),
+                    "provisioner": CpuMeter("ours", ours_pids),
+                    "clients": CpuMeter("clients", []),
+                }
+            )
             if args.floor:
-                meters["floor"] = CpuMeter("floor", [p for p in lab.server.pids() if p not in ours_pids + [hpa.pid]])
+                meters["floor"] = CpuMeter("floor", [p for p in lab.server.pids() if p not in [*ours_pids, hpa.pid]])
         for name, port in servers.items():
             check = client.run(["sh", "-c", f"curl -s tftp://{srv}:{port}/big.bin | sha256sum"]).stdout.split()[0]
             if check != digest:
@@ -163,26 +170,32 @@ def measure(args: argparse.Namespace, exe: str, meters: dict) -> None:
             return f"curl -sf --tftp-blksize 1468 -o /dev/null tftp://{srv}:{port}/big.bin"
 
         def atftp(port: int) -> str:
-            return (f"atftp --option 'windowsize 16' --option 'blksize 1468' -g -r big.bin "
-                    f"-l /dev/null {srv} {port} >/dev/null 2>&1")
+            return (
+                f"atftp --option 'windowsize 16' --option 'blksize 1468' -g -r big.bin "
+                f"-l /dev/null {srv} {port} >/dev/null 2>&1"
+            )
 
         for n in [int(x) for x in args.clients.split(",")]:
             rows.append((f"curl x{n}", best(curl, n), n * mb))
         rows.append(("atftp windowsize 16", best(atftp, 1), mb))
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; best of {args.repeat}")
         print("seconds: wall, then CPU of the server and of the clients (hpa = tftpd-hpa)")
-        print(f"{'run':20} {'hpa':>6} {'ours':>6} {'hpa MB/s':>9} {'ours MB/s':>9} {'ratio':>6} {'hpa cpu':>8}"
-              f" {'ours cpu':>8} {'cpu':>6} {'clients hpa':>11} {'clients ours':>12} {'ceiling':>7}")
+        print(
+            f"{'run':20} {'hpa':>6} {'ours':>6} {'hpa MB/s':>9} {'ours MB/s':>9} {'ratio':>6} {'hpa cpu':>8}"
+            f" {'ours cpu':>8} {'cpu':>6} {'clients hpa':>11} {'clients ours':>12} {'ceiling':>7}"
+        )
         for label, t, total in rows:
             (h, hcpu, hcl), (o, ocpu, ocl) = t["tftpd-hpa"], t["provisioner"]
             cpu_ratio = hcpu / ocpu if ocpu else float("nan")
             ceiling = (hcl + hcpu) / hcl if hcl else float("nan")
-            print(f"{label:20} {h:6.2f} {o:6.2f} {total / h:9.1f} {total / o:9.1f} {h / o:5.2f}x {hcpu:8.2f}"
-                  f" {ocpu:8.2f} {cpu_ratio:5.2f}x {hcl:11.2f} {ocl:12.2f} {ceiling:6.2f}x")
+            print(
+                f"{label:20} {h:6.2f} {o:6.2f} {total / h:9.1f} {total / o:9.1f} {h / o:5.2f}x {hcpu:8.2f}"
+                f" {ocpu:8.2f} {cpu_ratio:5.2f}x {hcl:11.2f} {ocl:12.2f} {ceiling:6.2f}x"
+            )
         if args.floor:
             print("floor (bench/tftp_floor.c, lock-step only: its windowsize run is a single stream too)")
             print(f"{'run':20} {'hpa':>6} {'floor':>6} {'ratio':>6} {'cpu':>6} {'clients':>8}   ours / floor")
-            for label, t, total in rows:
+            for label, t, _ in rows:
                 (h, hcpu, _), (f, fcpu, fcl), o = t["tftpd-hpa"], t["floor"], t["provisioner"][0]
                 cpu_ratio = hcpu / fcpu if fcpu else float("nan")
                 print(f"{label:20} {h:6.2f} {f:6.2f} {h / f:5.2f}x {cpu_ratio:5.2f}x {fcl:8.2f}   {f / o:5.2f}x")

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,16 +27,19 @@ class Arch:
     title: str
 
 
-ARCHES: Mapping[int, Arch] = {a.code: a for a in (
-    Arch(0, "bios", False, "x86 BIOS"),
-    Arch(6, "uefi32", False, "x86 32-bit UEFI"),
-    Arch(7, "uefi", False, "x86-64 UEFI"),
-    Arch(9, "uefi", False, "x86-64 UEFI"),
-    Arch(11, "arm64", False, "ARM64 UEFI"),
-    Arch(15, "uefi32", True, "x86 32-bit UEFI HTTP boot"),
-    Arch(16, "http", True, "x86-64 UEFI HTTP boot"),
-    Arch(19, "arm64", True, "ARM64 UEFI HTTP boot"),
-)}
+ARCHES: Mapping[int, Arch] = {
+    a.code: a
+    for a in (
+        Arch(0, "bios", False, "x86 BIOS"),
+        Arch(6, "uefi32", False, "x86 32-bit UEFI"),
+        Arch(7, "uefi", False, "x86-64 UEFI"),
+        Arch(9, "uefi", False, "x86-64 UEFI"),
+        Arch(11, "arm64", False, "ARM64 UEFI"),
+        Arch(15, "uefi32", True, "x86 32-bit UEFI HTTP boot"),
+        Arch(16, "http", True, "x86-64 UEFI HTTP boot"),
+        Arch(19, "arm64", True, "ARM64 UEFI HTTP boot"),
+    )
+}
 BIOS = 0  # a PXE client that names no architecture is a BIOS ROM
 FIRMWARE = tuple(dict.fromkeys(a.firmware for a in ARCHES.values()))
 IPXE = "ipxe"  # the `boot_files` key for a client already running iPXE (default: its script)
@@ -74,20 +78,42 @@ BOOT_FILES: tuple[BootFile, ...] = (
     BootFile("undionly.kpxe", "ipxe", "/usr/lib/ipxe/undionly.kpxe", "ipxe", ("bios",), ("bios",)),
     BootFile("snponly.efi", "ipxe", "/usr/lib/ipxe/snponly.efi", "ipxe", ("uefi", "http"), ("uefi",)),
     BootFile("ipxe.efi", "ipxe", "/usr/lib/ipxe/ipxe.efi", "ipxe", ("uefi", "http"), ("http",)),
-    BootFile("ipxe-arm64.efi", "ipxe", "/usr/lib/ipxe/ipxe-arm64.efi", "ipxe", ("arm64",), ("arm64",),
-             required=False, note="Debian 13 and later"),
+    BootFile(
+        "ipxe-arm64.efi",
+        "ipxe",
+        "/usr/lib/ipxe/ipxe-arm64.efi",
+        "ipxe",
+        ("arm64",),
+        ("arm64",),
+        required=False,
+        note="Debian 13 and later",
+    ),
     BootFile("pxelinux.0", "pxelinux", "/usr/lib/PXELINUX/pxelinux.0", "pxelinux", ("bios",)),
     BootFile("lpxelinux.0", "pxelinux", "/usr/lib/PXELINUX/lpxelinux.0", "pxelinux", ("bios",)),
     BootFile("", "syslinux-common", f"{SYSLINUX_BIOS}/*.c32", "", stage=None),
-    BootFile("efi64/syslinux.efi", "syslinux-efi", "/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi", "pxelinux",
-             ("uefi", "http")),
+    BootFile(
+        "efi64/syslinux.efi", "syslinux-efi", "/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi", "pxelinux", ("uefi", "http")
+    ),
     BootFile("efi64/", "syslinux-common", f"{SYSLINUX_EFI64}/*", "", stage=None),
     # The monolithic network GRUBs: tftp and http built in, prefix /grub (the boot tree maps
     # grub/grub.cfg to the node's config).
-    BootFile("grubx64.efi", "grub-efi-amd64-bin", "/usr/lib/grub/x86_64-efi/monolithic/grubnetx64.efi", "grub",
-             ("uefi", "http")),
-    BootFile("grubia32.efi", "grub-efi-ia32-bin", "/usr/lib/grub/i386-efi/monolithic/grubnetia32.efi", "grub",
-             ("uefi32",), ("uefi32",), required=False, note="install it for 32-bit UEFI clients"),
+    BootFile(
+        "grubx64.efi",
+        "grub-efi-amd64-bin",
+        "/usr/lib/grub/x86_64-efi/monolithic/grubnetx64.efi",
+        "grub",
+        ("uefi", "http"),
+    ),
+    BootFile(
+        "grubia32.efi",
+        "grub-efi-ia32-bin",
+        "/usr/lib/grub/i386-efi/monolithic/grubnetia32.efi",
+        "grub",
+        ("uefi32",),
+        ("uefi32",),
+        required=False,
+        note="install it for 32-bit UEFI clients",
+    ),
 )
 BY_NAME: Mapping[str, BootFile] = {f.name: f for f in BOOT_FILES if not f.folder}
 DEFAULTS: Mapping[str, BootFile] = {fw: f for f in BOOT_FILES for fw in f.default_for}
@@ -128,7 +154,7 @@ def entry_of(name: str) -> BootFile | None:
     if name in BY_NAME:
         return BY_NAME[name]
     for f in BOOT_FILES:
-        rest = name[len(f.name):]
+        rest = name[len(f.name) :]
         if f.folder and name.startswith(f.name) and "/" not in rest and fnmatchcase(rest, f.source.rsplit("/", 1)[-1]):
             return f
     return None
@@ -148,12 +174,14 @@ def missing(name: str, root: Path) -> str:
     Debian package file `boot install` copies it from, or that nothing here provides it."""
     known = entry_of(name)
     if known is None:
-        return (f"{name} is not in the boot tree {root}, and no Debian package provides it: "
-                "put it there or change boot_files")
+        return (
+            f"{name} is not in the boot tree {root}, and no Debian package provides it: "
+            "put it there or change boot_files"
+        )
     return f"{name} is not in the boot tree {root}: `provisioner boot install` copies it from {known.where}"
 
 
-def override_problems(boot_files: Mapping[object, object]) -> list[tuple[str, str]]:
+def override_problems(boot_files: Mapping[Any, object]) -> list[tuple[str, str]]:
     """(key, problem) for each `boot_files` entry that cannot work whatever the boot tree holds:
     an unknown key, a value that is no string, or a registered loader the firmware cannot run.
     A name the registry does not know is left to the boot-tree checks (a site's own file)."""
@@ -168,7 +196,10 @@ def override_problems(boot_files: Mapping[object, object]) -> list[tuple[str, st
             known = entry_of(value)
             if known is not None and k not in known.runs_on:
                 fits = ", ".join(f.name for f in BY_NAME.values() if k in f.runs_on)
-                what = f"runs on {', '.join(known.runs_on)} firmware, not {k}" if known.runs_on \
+                what = (
+                    f"runs on {', '.join(known.runs_on)} firmware, not {k}"
+                    if known.runs_on
                     else "is a loader module, not a boot loader"
+                )
                 out.append((k, f"{value} {what} (loaders for {k}: {fits})"))
     return out

@@ -29,11 +29,18 @@ from typing import Any
 # error for slurmctld. RealMemory (MB) is a uint64 there; 2^40 MB (an exabyte, a million times
 # today's largest nodes) keeps a sum over the most nodes Slurm can hold far from overflowing.
 _UINT16 = 65533
-LIMITS: dict[str, int] = {"CPUs": _UINT16, "Boards": _UINT16, "SocketsPerBoard": _UINT16, "Sockets": _UINT16,
-                          "CoresPerSocket": _UINT16, "ThreadsPerCore": _UINT16, "RealMemory": 2 ** 40}
+LIMITS: dict[str, int] = {
+    "CPUs": _UINT16,
+    "Boards": _UINT16,
+    "SocketsPerBoard": _UINT16,
+    "Sockets": _UINT16,
+    "CoresPerSocket": _UINT16,
+    "ThreadsPerCore": _UINT16,
+    "RealMemory": 2**40,
+}
 HARDWARE_KEYS = tuple(LIMITS)  # in the order `slurmd -C` prints them
 _SIMPLE = {"cpus": "CPUs", "memory_mb": "RealMemory"}  # report key -> the Slurm option it fills
-_DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: int() also takes '٣' or '３', Slurm does not
+_DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: int() also takes '٣' or '３', Slurm does not  # noqa: RUF003
 _DEVICE = re.compile(r"^/dev/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _WORD = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -91,8 +98,10 @@ def _topology(node: str, values: Mapping[str, int]) -> None:
     threads = cores * values.get("ThreadsPerCore", 1)
     if threads > _UINT16 or values.get("CPUs", threads) not in (cores, threads):
         shown = " x ".join(f"{k}={values[k]}" for k in HARDWARE_KEYS[1:6] if k in values)
-        raise FactsInvalid(f"{node}: slurmd_C CPUs={values.get('CPUs')} is neither the cores nor the threads of "
-                           f"{shown} ({cores}, {threads}; at most {_UINT16})")
+        raise FactsInvalid(
+            f"{node}: slurmd_C CPUs={values.get('CPUs')} is neither the cores nor the threads of "
+            f"{shown} ({cores}, {threads}; at most {_UINT16})"
+        )
 
 
 def _gpus(node: str, raw: Any) -> tuple[Gpu, ...]:
@@ -138,4 +147,3 @@ def hardware(node: str, facts: Any) -> Hardware | None:
     if "CPUs" not in simple:
         return None
     return Hardware(tuple(simple.items()), gpus)
-

@@ -22,7 +22,7 @@ from pathlib import Path
 from .errors import UserError
 
 MAX_LINKS = 40  # as the kernel's path walk (ELOOP)
-MAX_READ = 256 * 2 ** 20  # no kernel, module or table in an image comes near; a larger file is refused
+MAX_READ = 256 * 2**20  # no kernel, module or table in an image comes near; a larger file is refused
 _PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -84,8 +84,10 @@ class Root:
             return self._walk(rel, follow, via)
         except OSError as e:
             shown = f"{rel} (through a link to {via[-1]})" if via else rel
-            raise RootPathError(f"{shown}: {e.strerror} in the image at {self.path} (an image's links are "
-                                f"followed inside the image, never on this host)") from None
+            raise RootPathError(
+                f"{shown}: {e.strerror} in the image at {self.path} (an image's links are "
+                f"followed inside the image, never on this host)"
+            ) from None
 
     def resolve(self, rel: str, follow: bool = True) -> Path:
         """The real path `rel` names inside the root (no symlink left in it)."""

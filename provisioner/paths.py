@@ -56,11 +56,11 @@ class State:
         return self.root / "nodes.sqlite"
 
 
-def site_from(value: str | os.PathLike | None) -> Site:
+def site_from(value: str | os.PathLike[str] | None) -> Site:
     return Site(Path(value or os.environ.get("PROVISIONER_SITE") or DEFAULT_SITE))
 
 
-def state_from(value: str | os.PathLike | None) -> State:
+def state_from(value: str | os.PathLike[str] | None) -> State:
     return State(Path(value or os.environ.get("PROVISIONER_STATE") or DEFAULT_STATE))
 
 

@@ -46,7 +46,10 @@ def systemd_unit(name: str, site: Site, state: State) -> str:
     """A shipped unit for this installation: its script and the site and state directories the
     command was given (flags, environment or defaults), as absolute paths."""
     text = (SYSTEMD / name).read_text()
-    for placeholder, value in (("@PROVISIONER@", installed_script()), ("@SITE@", os.path.abspath(site.root)),
-                               ("@STATE@", os.path.abspath(state.root))):
+    for placeholder, value in (
+        ("@PROVISIONER@", installed_script()),
+        ("@SITE@", os.path.abspath(site.root)),
+        ("@STATE@", os.path.abspath(state.root)),
+    ):
         text = text.replace(placeholder, value)
     return text

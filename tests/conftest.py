@@ -2,9 +2,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from labs.net import Lab
 
 
@@ -17,20 +20,33 @@ def lab():
         yield lab
 
 
+@dataclass(frozen=True)
+class Cli:
+    """The installed `provisioner` script with a private site and state directory."""
+
+    exe: str
+    site: Path
+    state: Path
+
+    def __call__(
+        self, *args: object, input: str | None = None, check: bool = True, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {
+            **os.environ,
+            "PROVISIONER_SITE": str(self.site),
+            "PROVISIONER_STATE": str(self.state),
+            **(env or {}),
+        }
+        res = subprocess.run([self.exe, *map(str, args)], capture_output=True, text=True, input=input, env=full_env)
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"provisioner {' '.join(map(str, args))} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
+            )
+        return res
+
+
 @pytest.fixture
 def cli(tmp_path):
     """Run the installed `provisioner` script with a private site and state directory."""
     exe = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
-    site, state = tmp_path / "site", tmp_path / "state"
-
-    def run(*args, input=None, check=True, env=None):
-        full_env = {**os.environ, "PROVISIONER_SITE": str(site), "PROVISIONER_STATE": str(state), **(env or {})}
-        res = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, input=input, env=full_env)
-        if check and res.returncode != 0:
-            raise AssertionError(f"provisioner {' '.join(map(str, args))} exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
-        return res
-
-    run.site = site
-    run.state = state
-    run.exe = exe
-    return run
+    return Cli(exe, tmp_path / "site", tmp_path / "state")

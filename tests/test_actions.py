@@ -152,8 +152,18 @@ def test_apply_slurm_takes_facts_and_the_watch_keeps_trying(ctx, tmp_path):
         errors.append(msg)
         rounds.release()
 
-    watcher = threading.Thread(target=slurm.watch_slurm, args=(ctx, conf, 0.2), daemon=True, kwargs={
-        "reconfigure": ["false"], "restart": ["false"], "applied": applied.append, "error": error, "stop": stop})
+    watcher = threading.Thread(
+        target=slurm.watch_slurm,
+        args=(ctx, conf, 0.2),
+        daemon=True,
+        kwargs={
+            "reconfigure": ["false"],
+            "restart": ["false"],
+            "applied": applied.append,
+            "error": error,
+            "stop": stop,
+        },
+    )
     NodeStateDB(ctx.state.db).set_facts("node02", FACTS)
     watcher.start()
     assert rounds.acquire(timeout=20)
@@ -182,10 +192,12 @@ def test_adopt_names_from_the_policy_builds_the_node_and_notes_it(ctx):
     assert layout.overlay_archive(ctx.state, "new1").exists()  # built before the inventory named it
     assert [dict(r)["adopted_as"] for r in db.discovered()] == ["new1"]
     assert discovery.adopt_node(ctx, "52:54:00:bb:00:02", "chosen").ip == IPv4Address("10.77.0.51")
-    for mac, name, msg in (("52:54:00:bb:00:01", None, "already node new1"),
-                           ("52:54:00:bb:00:04", None, "no free address left in 10.77.0.50-10.77.0.51"),
-                           ("52:54:00:bb:00:04", "node01", "node node01 exists already"),
-                           ("nonsense", None, "not a MAC address")):
+    for mac, name, msg in (
+        ("52:54:00:bb:00:01", None, "already node new1"),
+        ("52:54:00:bb:00:04", None, "no free address left in 10.77.0.50-10.77.0.51"),
+        ("52:54:00:bb:00:04", "node01", "node node01 exists already"),
+        ("nonsense", None, "not a MAC address"),
+    ):
         with pytest.raises(UserError, match=msg):
             discovery.adopt_node(ctx, mac, name)
     assert ctx.site.cluster_yaml.read_text().startswith("# the admin's comment")
@@ -219,11 +231,15 @@ def test_auto_adopter_takes_at_most_the_rate_and_answers_for_pending_macs(ctx, c
 def test_discovery_policy_defaults_and_the_old_adopt_key(ctx):
     policy = ctx.inventory().cluster.discovery
     assert (policy.mode, policy.rate) == ("approve", 10)
-    for old, new, msg in (('{names: "new[1-3]", addresses: 10.77.0.50-10.77.0.51}', '{adopt: "new[1-2]"}',
-                           "is now two settings: write `mode: auto` and `names: new[1-2]`"),
-                          ('{names: "new[1-3]", addresses: 10.77.0.50-10.77.0.51}', "{mode: auto}",
-                           "mode auto needs `names`"),
-                          ("10.77.0.50-10.77.0.51", "10.78.0.50-10.78.0.51", "inside 10.77.0.0/24")):
+    for old, new, msg in (
+        (
+            '{names: "new[1-3]", addresses: 10.77.0.50-10.77.0.51}',
+            '{adopt: "new[1-2]"}',
+            "is now two settings: write `mode: auto` and `names: new[1-2]`",
+        ),
+        ('{names: "new[1-3]", addresses: 10.77.0.50-10.77.0.51}', "{mode: auto}", "mode auto needs `names`"),
+        ("10.77.0.50-10.77.0.51", "10.78.0.50-10.78.0.51", "inside 10.77.0.0/24"),
+    ):
         ctx.site.cluster_yaml.write_text(CLUSTER_YAML.replace(old, new))
         with pytest.raises(UserError, match=re.escape(msg)):
             ctx.fresh().inventory()
@@ -244,7 +260,8 @@ def test_the_cli_shows_a_core_error_in_one_line_with_status_1(ctx):
     from provisioner.cli import main
 
     assert not issubclass(UserError, click.ClickException)  # the core knows nothing of click
-    res = CliRunner().invoke(main, ["--site", str(ctx.site.root), "--state", str(ctx.state.root),
-                                    "status", "node[01-02]", "--timeline"])
+    res = CliRunner().invoke(
+        main, ["--site", str(ctx.site.root), "--state", str(ctx.state.root), "status", "node[01-02]", "--timeline"]
+    )
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
     assert res.stderr == "Error: --timeline takes exactly one node\n" and res.stdout == ""

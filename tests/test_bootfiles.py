@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_dhcp_server import MACS, Server, pxe_client, write_site
 
 from provisioner import bootfiles
 from provisioner.artifacts import bootloaders, layout
@@ -19,6 +18,7 @@ from provisioner.render.pxe import TEMPLATES
 from provisioner.resources import STOCK_PXE
 from provisioner.servers.boottree import BootTree
 from provisioner.servers.stages import stage_of
+from test_dhcp_server import MACS, Server, pxe_client, write_site
 
 HTTP = "http://10.99.0.1:8080/boot/"
 
@@ -36,20 +36,27 @@ def test_every_architecture_has_one_default_that_runs_on_it():
 
 
 def test_stages_templates_and_boot_tree_come_from_the_registry(tmp_path):
-    assert {f.name: stage_of(f"/{f.name}") for f in bootfiles.BY_NAME.values()} == \
-        {f.name: "bootloader" for f in bootfiles.BY_NAME.values()}
+    assert {f.name: stage_of(f"/{f.name}") for f in bootfiles.BY_NAME.values()} == {
+        f.name: "bootloader" for f in bootfiles.BY_NAME.values()
+    }
     assert stage_of("efi64/ldlinux.e64") is None and stage_of("images/x/versions/v1/vmlinuz") == "kernel"
-    assert TEMPLATES == {c.loader: c.template for c in CONFIGS}
+    assert {c.loader: c.template for c in CONFIGS} == TEMPLATES
     assert all((STOCK_PXE / t).is_file() for t in TEMPLATES.values())
-    inv = parse_text("""
+    inv = parse_text(
+        """
 cluster: {name: t, network: {interface: br0, subnet: 10.77.0.0/24, master: 10.77.0.1}}
 profiles: {default: {image: debian12}}
 nodes: [{name: node01, ip: 10.77.0.11, mac: "52:54:00:00:00:01"}]
-""", "cluster.yaml")
+""",
+        "cluster.yaml",
+    )
     state = State(tmp_path)
     tree = BootTree(state, inv)
-    wanted = {"ipxe": layout.ipxe_script(state, "node01"), "pxelinux": layout.pxelinux_config(state, "node01"),
-              "grub": layout.grub_config(state, "node01")}
+    wanted = {
+        "ipxe": layout.ipxe_script(state, "node01"),
+        "pxelinux": layout.pxelinux_config(state, "node01"),
+        "grub": layout.grub_config(state, "node01"),
+    }
     for config in CONFIGS:
         for path in config.paths:
             wanted[config.loader].parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +73,6 @@ def test_boot_install_puts_every_file_dhcp_can_name_in_the_tree(tmp_path):
         f = DEFAULTS[arch.firmware]
         there = (layout.boot_dir(state) / f.name).is_file()
         assert there or (not f.required and not Path(f.source).exists()), arch
-
 
 
 def test_boot_install_says_which_clients_the_tree_leaves_without_a_boot_file(cli):
@@ -88,12 +94,15 @@ nodes: [{name: node01, ip: 10.77.0.11}]
 """
 
 
-@pytest.mark.parametrize("files,problem", [
-    ("{uefi64: snponly.efi}", "unknown boot_files key 'uefi64' (one of bios, uefi32, uefi, arm64, http, ipxe)"),
-    ("{uefi: pxelinux.0}", "pxelinux.0 runs on bios firmware, not uefi (loaders for uefi: snponly.efi"),
-    ("{bios: ldlinux.c32}", "ldlinux.c32 is a loader module, not a boot loader"),
-    ("{bios: [undionly.kpxe]}", "must be a path in the boot tree or a URL"),
-])
+@pytest.mark.parametrize(
+    "files,problem",
+    [
+        ("{uefi64: snponly.efi}", "unknown boot_files key 'uefi64' (one of bios, uefi32, uefi, arm64, http, ipxe)"),
+        ("{uefi: pxelinux.0}", "pxelinux.0 runs on bios firmware, not uefi (loaders for uefi: snponly.efi"),
+        ("{bios: ldlinux.c32}", "ldlinux.c32 is a loader module, not a boot loader"),
+        ("{bios: [undionly.kpxe]}", "must be a path in the boot tree or a URL"),
+    ],
+)
 def test_inventory_refuses_an_override_no_boot_tree_can_serve(files, problem):
     with pytest.raises(InventoryInvalid) as e:
         parse_text(SITE % files, "cluster.yaml")
@@ -101,12 +110,14 @@ def test_inventory_refuses_an_override_no_boot_tree_can_serve(files, problem):
 
 
 def test_inventory_takes_site_files_and_urls():
-    inv = parse_text(SITE % '{uefi: site/mine.efi, ipxe: "tftp://10.77.0.1/pxelinux.0", http: "http://x/y.efi"}',
-                     "cluster.yaml")
+    inv = parse_text(
+        SITE % '{uefi: site/mine.efi, ipxe: "tftp://10.77.0.1/pxelinux.0", http: "http://x/y.efi"}', "cluster.yaml"
+    )
     assert inv.nodes[0].boot_files["uefi"] == "site/mine.efi"
 
 
 # -- the real DHCP server ------------------------------------------------------------------------
+
 
 def _vendor(arch: int) -> str:
     return f"{'HTTPClient' if ARCHES[arch].http else 'PXEClient'}:Arch:{arch:05d}:UNDI:003016"

@@ -53,7 +53,9 @@ def test_init_with_a_named_interface_that_has_no_address(lab, cli, tmp_path):
 
 
 def test_check_reports_problems_with_exit_1_and_no_traceback(cli):
-    path = write_site(cli, SITE.replace("ip: 10.77.0.2", "ip: 10.77.0.201").replace("name: storage01", "name: storage_01"))
+    path = write_site(
+        cli, SITE.replace("ip: 10.77.0.2", "ip: 10.77.0.201").replace("name: storage01", "name: storage_01")
+    )
     res = cli("check", check=False)
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
@@ -84,12 +86,16 @@ def test_node_add_takes_the_next_free_address_outside_the_dynamic_range(cli):
 def test_edits_keep_comments_and_key_order(cli):
     path = write_site(cli)
     cli("node", "add", "extra1", "--ip", "10.77.0.99")
-    cli("node", "set", "node03", "--image", "other")   # splits the range entry
+    cli("node", "set", "node03", "--image", "other")  # splits the range entry
     cli("node", "rm", "node01")
     cli("profile", "set", "gpu", "--image", "cuda")
     text = path.read_text()
-    for comment in ("# Admin's note: do not touch the storage nodes.", "# the name slurm uses too",
-                    "# compute rack 1", "# keep"):
+    for comment in (
+        "# Admin's note: do not touch the storage nodes.",
+        "# the name slurm uses too",
+        "# compute rack 1",
+        "# keep",
+    ):
         assert comment in text
     assert text.index("cluster:") < text.index("profiles:") < text.index("nodes:")
     names = [n["name"] for n in json.loads(cli("node", "list", "--json").stdout)]
@@ -103,11 +109,13 @@ def test_edits_keep_comments_and_key_order(cli):
 def test_invalid_edit_writes_nothing(cli):
     path = write_site(cli)
     before = path.read_bytes()
-    for args in (["node", "add", "n9", "--ip", "10.99.0.5"],       # outside the subnet
-                 ["node", "add", "n9", "--ip", "10.77.0.11"],      # taken by node01
-                 ["node", "add", "bad_name"],
-                 ["node", "set", "node02", "--mac", "52:54:00:00:00:01"],  # node01's MAC
-                 ["profile", "rm", "default"]):                    # still in use
+    for args in (
+        ["node", "add", "n9", "--ip", "10.99.0.5"],  # outside the subnet
+        ["node", "add", "n9", "--ip", "10.77.0.11"],  # taken by node01
+        ["node", "add", "bad_name"],
+        ["node", "set", "node02", "--mac", "52:54:00:00:00:01"],  # node01's MAC
+        ["profile", "rm", "default"],
+    ):  # still in use
         res = cli(*args, check=False)
         assert res.returncode == 1, (args, res.stdout, res.stderr)
         assert "Traceback" not in res.stderr
@@ -120,8 +128,12 @@ def test_twenty_concurrent_adds_leave_twenty_nodes(cli):
     env = {"PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)}
 
     def add(i):
-        return subprocess.run([cli.exe, "node", "add", f"c{i:02d}", "--mac", f"52:54:00:01:00:{i:02x}"],
-                              capture_output=True, text=True, env={**__import__("os").environ, **env})
+        return subprocess.run(
+            [cli.exe, "node", "add", f"c{i:02d}", "--mac", f"52:54:00:01:00:{i:02x}"],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, **env},
+        )
 
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(add, range(20)))

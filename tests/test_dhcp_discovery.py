@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from test_dhcp_server import UNKNOWN, Server, pxe_client, write_site
 
 pytestmark = pytest.mark.netns
@@ -32,8 +33,11 @@ def test_discovered_then_adopted_by_the_admin_keeping_comments(lab, tmp_path, cl
         assert json.loads(cli("node", "discovered", "--json").stdout) == []
         assert json.loads(cli("node", "discovered", "--all", "--json").stdout)[0]["adopted_as"] == "node09"
         # errors: known MAC, taken name, not a MAC
-        for args, msg in (((UNKNOWN, "node10"), "already node node09"), (("52:54:00:cc:00:01", "node01"), "exists"),
-                          (("nonsense", "x"), "not a MAC")):
+        for args, msg in (
+            ((UNKNOWN, "node10"), "already node node09"),
+            (("52:54:00:cc:00:01", "node01"), "exists"),
+            (("nonsense", "x"), "not a MAC"),
+        ):
             res = cli("node", "approve", *args, check=False)
             assert res.returncode == 1 and msg in res.stderr and "Traceback" not in res.stderr
         # after a reload the server answers the adopted node with its static address

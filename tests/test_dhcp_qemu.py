@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
-from labs import guest
-from test_dhcp_server import MACS, SERVER_IP, Server, _db_rows, write_site
 
+from labs import guest
 from provisioner.demo.qemu import Guest, Nic
+from test_dhcp_server import MACS, SERVER_IP, Server, _db_rows, write_site
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 
@@ -30,19 +30,31 @@ def boot(lab, tmp_path, firmware: str, mac: str) -> str:
     www = tmp_path / "www"
     (www / "boot").mkdir(parents=True)
     (www / "boot" / f"{MACS[0]}.ipxe").write_text("#!ipxe\necho provisioner-script-reached\nshell\n")
-    lab.server.popen([sys.executable, "-m", "http.server", "8080", "--bind", SERVER_IP, "--directory", str(www)],
-                     stdout=open(tmp_path / "http.log", "w"), stderr=subprocess.STDOUT)
+    lab.server.popen(
+        [sys.executable, "-m", "http.server", "8080", "--bind", SERVER_IP, "--directory", str(www)],
+        stdout=open(tmp_path / "http.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     if firmware == "uefi-pxe":  # OVMF's own PXE (arch 7), then snponly.efi over TFTP
         tftp = tmp_path / "tftp"
         tftp.mkdir()
         shutil.copy("/usr/lib/ipxe/snponly.efi", tftp)
-        lab.server.popen(["in.tftpd", "-L", "-s", str(tftp), "-a", f"{SERVER_IP}:69"],
-                         stdout=open(tmp_path / "tftp.log", "w"), stderr=subprocess.STDOUT)
+        lab.server.popen(
+            ["in.tftpd", "-L", "-s", str(tftp), "-a", f"{SERVER_IP}:69"],
+            stdout=open(tmp_path / "tftp.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
     # "bios-ipxe-rom": qemu's e1000 option ROM is iPXE itself, user class iPXE at once
-    node = Guest(Nic(lab.tap(), mac), "uefi" if firmware == "uefi-pxe" else "bios", memory_mb=256, uuid=UUID,
-                 efi_vars=tmp_path / "vars.fd")
-    return guest.boot(node, tmp_path / "serial.log", ("provisioner-script-reached", ".ipxe... No such"), 300,
-                      ns=lab.server)
+    node = Guest(
+        Nic(lab.tap(), mac),
+        "uefi" if firmware == "uefi-pxe" else "bios",
+        memory_mb=256,
+        uuid=UUID,
+        efi_vars=tmp_path / "vars.fd",
+    )
+    return guest.boot(
+        node, tmp_path / "serial.log", ("provisioner-script-reached", ".ipxe... No such"), 300, ns=lab.server
+    )
 
 
 @pytest.mark.parametrize("firmware", ["bios-ipxe-rom", "uefi-pxe"])
@@ -59,8 +71,11 @@ def test_firmware_boots_to_its_ipxe_script(lab, tmp_path, firmware):
             assert "NBP filename is snponly.efi" in console, console
     finally:
         server.stop()
-    details = {d for n, s, d in _db_rows(tmp_path / "state", "SELECT node, stage, detail FROM events")
-               if (n, s) == ("node01", "dhcp")}
+    details = {
+        d
+        for n, s, d in _db_rows(tmp_path / "state", "SELECT node, stage, detail FROM events")
+        if (n, s) == ("node01", "dhcp")
+    }
     if firmware == "bios-ipxe-rom":
         assert details == {"10.99.0.11 ipxe arch 0"}, details
     else:  # iPXE's own request is noted too unless it came within the stage writer's repeat window
@@ -78,5 +93,6 @@ def test_unknown_uefi_node_is_discovered_with_its_smbios_uuid(lab, tmp_path):
         assert f"Filename: http://{SERVER_IP}:8080/boot/{unknown}.ipxe" in console, console
     finally:
         server.stop()
-    assert _db_rows(tmp_path / "state", "SELECT mac, arch, uuid, ip FROM discovered") == \
-        [(unknown, 7, UUID, "10.99.0.200")]
+    assert _db_rows(tmp_path / "state", "SELECT mac, arch, uuid, ip FROM discovered") == [
+        (unknown, 7, UUID, "10.99.0.200")
+    ]

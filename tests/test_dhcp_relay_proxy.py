@@ -9,6 +9,7 @@ import textwrap
 import time
 
 import pytest
+
 from labs.net import Netns, uid
 from test_dhcp_server import MACS, SERVER_IP, Server, pxe_client, udhcpc, write_site
 
@@ -30,8 +31,10 @@ def test_relayed_request_via_dhcrelay_with_option_82(lab, tmp_path):
     server = Server(lab, tmp_path / "site", tmp_path / "state").start()
     try:
         # -a adds option 82 and -D drops replies whose option 82 is not the one it sent
-        relay.popen(["dhcrelay", "-4", "-d", "-a", "-D", "-id", "down0", "-iu", "eth0", SERVER_IP],
-                    stdout=open(tmp_path / "relay.log", "w"))
+        relay.popen(
+            ["dhcrelay", "-4", "-d", "-a", "-D", "-id", "down0", "-iu", "eth0", SERVER_IP],
+            stdout=open(tmp_path / "relay.log", "w"),
+        )
         time.sleep(0.5)
         got = udhcpc(client, tmp_path, "-V", "PXEClient:Arch:00000:UNDI:002001", "-O", "rootpath")
         assert got["ip"] == "10.98.0.11" and got["router"] == "10.98.0.1" and got["hostname"] == "node01"
@@ -41,7 +44,7 @@ def test_relayed_request_via_dhcrelay_with_option_82(lab, tmp_path):
     assert "Traceback" not in server.text(), server.text()
 
 
-PROXY_4011 = textwrap.dedent('''
+PROXY_4011 = textwrap.dedent("""
     import json, socket, sys
     from scapy.all import BOOTP, DHCP, mac2str
     mac, ciaddr, user_class = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -60,21 +63,42 @@ PROXY_4011 = textwrap.dedent('''
          [x for x in r[DHCP].options if isinstance(x, tuple)]}
     print(json.dumps({"yiaddr": r.yiaddr, "ciaddr": r.ciaddr, "siaddr": r.siaddr, "xid": r.xid,
                       "file": r.file.rstrip(b"\\0").decode(), "options": o, "from": peer}))
-''')
+""")
 
 
 def test_proxydhcp_beside_dnsmasq(lab, tmp_path):
     site_dhcp = lab.host(ip="10.99.0.2")
-    site_dhcp.popen(["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=eth0",
-                     "--bind-interfaces", "--no-ping", "--dhcp-range=10.99.0.100,10.99.0.150,1h",
-                     f"--dhcp-leasefile={tmp_path / 'dnsmasq.leases'}", f"--pid-file={tmp_path / 'dnsmasq.pid'}"],
-                    stdout=open(tmp_path / "dnsmasq.log", "w"))
+    site_dhcp.popen(
+        [
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--no-ping",
+            "--dhcp-range=10.99.0.100,10.99.0.150,1h",
+            f"--dhcp-leasefile={tmp_path / 'dnsmasq.leases'}",
+            f"--pid-file={tmp_path / 'dnsmasq.pid'}",
+        ],
+        stdout=open(tmp_path / "dnsmasq.log", "w"),
+    )
     write_site(tmp_path / "site", mode="proxy")
     server = Server(lab, tmp_path / "site", tmp_path / "state").start()
     try:
         ns = lab.host(mac=MACS[0])
-        got = pxe_client(ns, tmp_path, MACS[0], "--only", "discover", "--multi", "--arch", "0",
-                         "--vendor", "PXEClient:Arch:00000:UNDI:002001")
+        got = pxe_client(
+            ns,
+            tmp_path,
+            MACS[0],
+            "--only",
+            "discover",
+            "--multi",
+            "--arch",
+            "0",
+            "--vendor",
+            "PXEClient:Arch:00000:UNDI:002001",
+        )
         by_server = {o["options"]["server_id"]: o for o in got["offers"]}
         assert set(by_server) == {"10.99.0.2", SERVER_IP}, got
         assert by_server["10.99.0.2"]["yiaddr"].startswith("10.99.0.1")  # the address: dnsmasq's

@@ -27,8 +27,13 @@ def test_the_demo_image_is_the_default_set():
 @boots
 def test_demo_boots_two_nodes_that_join_slurm(cli, tmp_path):
     work = tmp_path / "demo"
-    res = subprocess.run([cli.exe, "demo", "--work", str(work), "--nodes", "2", "--timeout", "900"],
-                         capture_output=True, text=True, timeout=1800, stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [cli.exe, "demo", "--work", str(work), "--nodes", "2", "--timeout", "900"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        stdin=subprocess.DEVNULL,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
     for node in ("node01", "node02"):
@@ -37,8 +42,11 @@ def test_demo_boots_two_nodes_that_join_slurm(cli, tmp_path):
             assert f"{node}: {stage}" in out, (stage, out[-4000:])
         # The booted nodes have what the default set promises: OpenMPI as mpirun, MPICH, and an
         # sshd serving the node's own host key (from the ssh overlay); machine IDs differ.
-        assert re.search(rf"check +{node}: Open MPI 4\.\S+, MPICH 4\.\S+, sshd with its own host key, "
-                         r"machine-id [0-9a-f]{8}", out), out[-4000:]
+        assert re.search(
+            rf"check +{node}: Open MPI 4\.\S+, MPICH 4\.\S+, sshd with its own host key, "
+            r"machine-id [0-9a-f]{8}",
+            out,
+        ), out[-4000:]
     assert "total " in out  # the boot timeline from `provisioner status NODE --timeline`
     assert "cleanup    stopped every process" in out
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -54,8 +62,13 @@ def test_demo_boots_two_nodes_that_join_slurm(cli, tmp_path):
 
 @boots
 def test_a_failing_demo_names_the_stage_shows_logs_and_cleans_up(cli, tmp_path):
-    res = subprocess.run([cli.exe, "demo", "--work", str(tmp_path / "demo"), "--timeout", "3"],
-                         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [cli.exe, "demo", "--work", str(tmp_path / "demo"), "--timeout", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     assert res.returncode == 1
     assert "Error: stage join failed: nodes not idle after 3 s" in res.stderr, res.stderr[-3000:]
     assert "node01 console:" in res.stderr and "serve log:" in res.stderr

@@ -6,6 +6,7 @@ import os
 import textwrap
 
 import pytest
+
 from labs.busyroot import console_values
 from labs.pxe import PxeLab, pxe_site
 
@@ -68,10 +69,12 @@ def test_overlay_edit_reaches_the_node_at_next_boot(pxe, cli, tmp_path):
     first = console_values(pxe.boot(MAC1, "PVTEST done"))
     assert first.get("hostname") == "node01" and first.get("motd") == ""
     editor = tmp_path / "editor.sh"
-    editor.write_text(textwrap.dedent("""\
+    editor.write_text(
+        textwrap.dedent("""\
         #!/bin/sh
         echo "edited for node01 only" > "$1"
-    """))
+    """)
+    )
     editor.chmod(0o755)
     cli("overlay", "edit", "node01", "etc/motd", env={"EDITOR": str(editor), "VISUAL": str(editor)})
     assert (cli.site / "nodes" / "node01" / "etc" / "motd").read_text() == "edited for node01 only\n"

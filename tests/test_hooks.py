@@ -5,8 +5,8 @@ import json
 import subprocess
 
 import pytest
-from labs.boot import HTTP_PORT, BootLab
 
+from labs.boot import HTTP_PORT, BootLab
 from provisioner.resources import INITCPIO
 
 SH_SCRIPTS = ["provisioner.sh", "init", "udhcpc.script", "hooks/provisioner"]
@@ -23,7 +23,7 @@ def test_install_hook_bash_syntax():
 
 
 def test_shellcheck_clean():
-    files = SH_SCRIPTS + ["install/provisioner"]
+    files = [*SH_SCRIPTS, "install/provisioner"]
     res = subprocess.run(["shellcheck", "-x", *files], cwd=INITCPIO, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout
 

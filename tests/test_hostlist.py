@@ -7,15 +7,18 @@ from hypothesis import strategies as st
 from provisioner.inventory.hostlist import HostlistError, compress, expand
 
 
-@pytest.mark.parametrize("expr,names", [
-    ("node01", ["node01"]),
-    ("node[01-04,07]", ["node01", "node02", "node03", "node04", "node07"]),
-    ("node[8-10]", ["node8", "node9", "node10"]),
-    ("node[08-10]", ["node08", "node09", "node10"]),
-    ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
-    ("a,b[1-2],a", ["a", "b1", "b2"]),
-    ("gpu[1-2]-ib", ["gpu1-ib", "gpu2-ib"]),
-])
+@pytest.mark.parametrize(
+    "expr,names",
+    [
+        ("node01", ["node01"]),
+        ("node[01-04,07]", ["node01", "node02", "node03", "node04", "node07"]),
+        ("node[8-10]", ["node8", "node9", "node10"]),
+        ("node[08-10]", ["node08", "node09", "node10"]),
+        ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
+        ("a,b[1-2],a", ["a", "b1", "b2"]),
+        ("gpu[1-2]-ib", ["gpu1-ib", "gpu2-ib"]),
+    ],
+)
 def test_expand(expr, names):
     assert expand(expr) == names
 
@@ -26,21 +29,30 @@ def test_expand_rejects(expr):
         expand(expr)
 
 
-@pytest.mark.parametrize("names,expr", [
-    (["node01", "node02", "node03", "node04", "node07"], "node[01-04,07]"),
-    (["node9", "node10", "node11"], "node[9-11]"),
-    (["login", "node1"], "node1,login"),
-    (["n01", "n1"], "n[01,1]"),
-])
+@pytest.mark.parametrize(
+    "names,expr",
+    [
+        (["node01", "node02", "node03", "node04", "node07"], "node[01-04,07]"),
+        (["node9", "node10", "node11"], "node[9-11]"),
+        (["login", "node1"], "node1,login"),
+        (["n01", "n1"], "n[01,1]"),
+    ],
+)
 def test_compress(names, expr):
     assert compress(names) == expr
 
 
 names_st = st.lists(
-    st.builds(lambda p, n, w, s: f"{p}{str(n).zfill(w)}{s}",
-              st.sampled_from(["node", "gpu", "r1n", "x"]), st.integers(0, 300), st.integers(1, 4),
-              st.sampled_from(["", "-ib"])),
-    min_size=1, max_size=60)
+    st.builds(
+        lambda p, n, w, s: f"{p}{str(n).zfill(w)}{s}",
+        st.sampled_from(["node", "gpu", "r1n", "x"]),
+        st.integers(0, 300),
+        st.integers(1, 4),
+        st.sampled_from(["", "-ib"]),
+    ),
+    min_size=1,
+    max_size=60,
+)
 
 
 @settings(max_examples=300, deadline=None)

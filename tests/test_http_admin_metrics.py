@@ -4,8 +4,8 @@ after real transfers, refusals and a recorded overlay build."""
 import json
 
 import pytest
-from labs.serve import IMAGE, NODES, Serve, curl, write_site, write_state
 
+from labs.serve import IMAGE, NODES, Serve, curl, write_site, write_state
 from provisioner.nodestate import NodeStateDB
 
 pytestmark = pytest.mark.netns
@@ -33,9 +33,23 @@ def test_admin_needs_localhost_or_token(lab, cli):
         nodes = json.loads(curl(n2, "-H", "Authorization: Bearer s3cret-token", f"{srv.url}/api/v1/nodes").stdout)
         assert [n["node"] for n in nodes] == ["node01", "node02"]
         # On the server itself no token is needed.
-        assert code(lab.server, "-X", "POST", "-H", "Content-Type: application/json", "--data-binary",
-                    '{"stage": "maintenance", "detail": "disk swap"}', f"{srv.url}/api/v1/nodes/node02/stage") == "200"
-        assert code(lab.server, "-X", "POST", "--data-binary", '{"stage": "x"}', f"{srv.url}/api/v1/nodes/node09/stage") == "404"
+        assert (
+            code(
+                lab.server,
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                '{"stage": "maintenance", "detail": "disk swap"}',
+                f"{srv.url}/api/v1/nodes/node02/stage",
+            )
+            == "200"
+        )
+        assert (
+            code(lab.server, "-X", "POST", "--data-binary", '{"stage": "x"}', f"{srv.url}/api/v1/nodes/node09/stage")
+            == "404"
+        )
         steps = json.loads(curl(lab.server, f"{srv.url}/api/v1/nodes/node02/timeline").stdout)
         assert [(s["stage"], s["detail"]) for s in steps] == [("maintenance", "disk swap")]
         token_file.write_text("rotated\n")  # a reload picks up a new token
@@ -53,8 +67,9 @@ def test_metrics_count_transfers_errors_stages_and_builds(lab, cli):
     write_site(cli.site)
     files = write_state(cli.state)
     NodeStateDB(cli.state / "nodes.sqlite").record_build("overlay", "node01", 0.25)
-    NodeStateDB(cli.state / "nodes.sqlite").record_transfer("tftp", "10.99.0.11:2000", "undionly.kpxe", 70000, 0.1,
-                                                            "ok", node="node01")
+    NodeStateDB(cli.state / "nodes.sqlite").record_transfer(
+        "tftp", "10.99.0.11:2000", "undionly.kpxe", 70000, 0.1, "ok", node="node01"
+    )
     with Serve(lab, cli) as srv:
         n1 = lab.host(ip=NODES["node01"][0], mac=NODES["node01"][1])
         mac = NODES["node01"][1]

@@ -5,6 +5,7 @@ and overlay secrets refused to the wrong address or an unprivileged source port.
 import json
 
 import pytest
+
 from labs.serve import (
     IMAGE,
     NODES,
@@ -16,7 +17,6 @@ from labs.serve import (
     write_site,
     write_state,
 )
-
 from provisioner.artifacts import layout
 from provisioner.paths import State
 
@@ -84,7 +84,9 @@ def test_kernel_and_initramfs_range_head_etag(lab, served):
     kernel = curl(n1, f"{srv.url}/images/{IMAGE}/vmlinuz", "-o", "/dev/null", "-w", "%{size_download}").stdout
     assert int(kernel) == len(files[f"/images/{IMAGE}/vmlinuz"])
     # what boot configs name: the version they pin
-    pinned = n1.run(["sh", "-c", f"curl -sS --noproxy '*' --fail {srv.url}/images/{IMAGE}/versions/v1/initramfs.img | sha256sum"])
+    pinned = n1.run(
+        ["sh", "-c", f"curl -sS --noproxy '*' --fail {srv.url}/images/{IMAGE}/versions/v1/initramfs.img | sha256sum"]
+    )
     assert pinned.stdout.split()[0] == sha256(body)
 
 
@@ -114,9 +116,9 @@ def test_overlay_secrets_only_to_the_node_from_a_privileged_port(lab, served):
 
     got = n1.run(["sh", "-c", f"curl -sS --noproxy '*' --local-port 700-900 {url1} | sha256sum"])
     assert got.stdout.split()[0] == sha256(files["/overlays/node01.cpio.gz"])
-    assert code(n1, url1) == "403"                      # right node, unprivileged port
+    assert code(n1, url1) == "403"  # right node, unprivileged port
     srv.wait_log("secret refused: unprivileged source port")
-    assert code(n2, *PRIV, url1) == "403"               # another node, privileged port
+    assert code(n2, *PRIV, url1) == "403"  # another node, privileged port
     srv.wait_log("not the node's address")
     assert code(n2, *PRIV, f"{srv.url}/overlays/node02.cpio.gz") == "200"
 
@@ -135,9 +137,21 @@ def test_node_api_authenticated_like_secrets(lab, served, cli):
     srv, _ = served
     n1 = node_ns(lab, "node01")
     stranger = lab.host(ip="10.99.0.78")
-    post = lambda ns, path, body, *a: curl(ns, "-o", "/dev/null", "-w", "%{http_code}", *a, "-H",
-                                           "Content-Type: application/json", "--data-binary", body,
-                                           f"{srv.url}/api/v1/{path}").stdout
+    post = lambda ns, path, body, *a: (
+        curl(
+            ns,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            *a,
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+            f"{srv.url}/api/v1/{path}",
+        ).stdout
+    )
     me = (*PRIV, *auth("node01"))  # the node's credential: test_node_credentials.py refuses the rest
     assert post(n1, "stage", '{"stage": "nfs", "detail": "mounted"}', *me) == "200"
     assert post(n1, "stage", '{"stage": "nfs"}', *auth("node01")) == "403"
@@ -145,22 +159,34 @@ def test_node_api_authenticated_like_secrets(lab, served, cli):
     assert post(n1, "stage", "not json", *me) == "400"
     assert post(n1, "stage", '{"stage": "BAD STAGE"}', *me) == "400"
     assert post(n1, "facts", "[1, 2]", *me) == "400"
-    facts = {"slurmd": "NodeName=node01 CPUs=2 RealMemory=1000", "cpus": 2, "memory_mb": 1000,
-             "gpus": [], "disks": ["vda"], "macs": [NODES["node01"][1]]}
+    facts = {
+        "slurmd": "NodeName=node01 CPUs=2 RealMemory=1000",
+        "cpus": 2,
+        "memory_mb": 1000,
+        "gpus": [],
+        "disks": ["vda"],
+        "macs": [NODES["node01"][1]],
+    }
     assert post(n1, "facts", json.dumps(facts), *me) == "200"
     db_facts = json.loads(cli("status", "node01", "--json").stdout)[0]
     assert db_facts["stage"] == "registered"
     from provisioner.nodestate import NodeStateDB
+
     assert NodeStateDB(cli.state / "nodes.sqlite").facts("node01") == facts
 
 
 def test_garbage_requests_get_400_and_the_server_carries_on(lab, served):
     srv, files = served
     n1 = node_ns(lab, "node01")
-    for junk in (r"\x00\xff\xfe junk\r\n\r\n", r"GET /boot/ipxe HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
-                 "GET /" + "a" * 70000 + r" HTTP/1.1\r\n\r\n"):
-        out = n1.run(["bash", "-c", f"exec 3<>/dev/tcp/10.99.0.1/{srv.port}; printf '{junk}' >&3; "
-                                    "timeout 5 head -c 12 <&3"], check=False).stdout
+    for junk in (
+        r"\x00\xff\xfe junk\r\n\r\n",
+        r"GET /boot/ipxe HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        "GET /" + "a" * 70000 + r" HTTP/1.1\r\n\r\n",
+    ):
+        out = n1.run(
+            ["bash", "-c", f"exec 3<>/dev/tcp/10.99.0.1/{srv.port}; printf '{junk}' >&3; timeout 5 head -c 12 <&3"],
+            check=False,
+        ).stdout
         # A 4xx status line; for the oversized line the server may reset the connection
         # before the client reads the answer (unread request bytes make the close a RST).
         assert (out.startswith("HTTP/1.") and out[9] == "4") or (len(junk) > 65536 and out == ""), (junk[:20], out)
@@ -174,16 +200,22 @@ def test_boot_tree_over_http(lab, served, cli):
     (cli.state / "boot" / "ipxe.efi").write_bytes(b"MZ" + b"\0" * 5000)
     plant(layout.grub_config(State(cli.state), "node01"), b"menuentry node01 {}\n")
     n1, n2 = node_ns(lab, "node01"), node_ns(lab, "node02")
-    code = lambda ns, *a: curl(ns, "-o", "/dev/null", "-w", "%{http_code} %{size_download}", *a[:-1],
-                               srv.url + a[-1]).stdout
+    code = lambda ns, *a: (
+        curl(ns, "-o", "/dev/null", "-w", "%{http_code} %{size_download}", *a[:-1], srv.url + a[-1]).stdout
+    )
     assert code(n2, "/boot/ipxe.efi") == "200 5002"
     assert curl(n1, f"{srv.url}/boot/grub.cfg").stdout == "menuentry node01 {}\n"
-    assert code(n2, "/boot/grub.cfg").startswith("404")          # node02 has none rendered
+    assert code(n2, "/boot/grub.cfg").startswith("404")  # node02 has none rendered
     mac = NODES["node01"][1]
     assert curl(n1, f"{srv.url}/boot/boot.ipxe").stdout.encode() == files[f"/boot/{mac}.ipxe"]
     (cli.state / "secrets").mkdir(exist_ok=True)
     (cli.state / "secrets" / "munge.key").write_bytes(b"k" * 1024)
-    for path in ("/boot/../secrets/munge.key", "/boot/%2e%2e/secrets/munge.key", "/boot/..%2fsecrets/munge.key",
-                 "/images/..%2f..%2fsecrets/munge.key", "/boot//%2e%2e/%2e%2e/state/secrets/munge.key"):
+    for path in (
+        "/boot/../secrets/munge.key",
+        "/boot/%2e%2e/secrets/munge.key",
+        "/boot/..%2fsecrets/munge.key",
+        "/images/..%2f..%2fsecrets/munge.key",
+        "/boot//%2e%2e/%2e%2e/state/secrets/munge.key",
+    ):
         assert code(n1, "--path-as-is", path).startswith("404"), path
     assert code(n1, "/boot/nothing.bin").startswith("404")

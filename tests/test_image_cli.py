@@ -14,11 +14,12 @@ import shutil
 import subprocess
 import tarfile
 import time
+from typing import Any
 
 import pytest
+
 from labs.busyroot import host_kernel, make_root
 from labs.site import node, site_yaml, write_site
-
 from provisioner.artifacts import images, layout
 from provisioner.inventory import load_inventory
 from provisioner.paths import State
@@ -34,10 +35,15 @@ def src(tmp_path_factory):
 
 # --- build inputs: flags, then the profile, then the defaults ----------------------------
 
-CLUSTER = {"name": "t", "domain": "t.cluster", "subnet": "10.77.0.0/24", "interface": None}
+CLUSTER: dict[str, Any] = {"name": "t", "domain": "t.cluster", "subnet": "10.77.0.0/24", "interface": None}
 
-PROFILES_YAML = site_yaml(profiles={"default": {"image": "deb"}, "small": {
-    "image": "deb", "vars": {"image_suite": "trixie", "image_packages": ["hello", "busybox"]}}}, **CLUSTER)
+PROFILES_YAML = site_yaml(
+    profiles={
+        "default": {"image": "deb"},
+        "small": {"image": "deb", "vars": {"image_suite": "trixie", "image_packages": ["hello", "busybox"]}},
+    },
+    **CLUSTER,
+)
 
 
 def in_process(cli, *args):
@@ -46,6 +52,7 @@ def in_process(cli, *args):
     from click.testing import CliRunner
 
     from provisioner.cli import main
+
     res = CliRunner().invoke(main, ["--site", str(cli.site), "--state", str(cli.state), *map(str, args)])
     if res.exception and not isinstance(res.exception, SystemExit):
         raise res.exception
@@ -56,7 +63,9 @@ def plan(cli, *args):
     """`image build deb ARGS --dry-run` as a dict of its `key: value` lines."""
     code, out, err = in_process(cli, "image", "build", "deb", *args, "--dry-run")
     assert code == 0, out + err
-    return dict(re.match(r"(\w+):\s+(.*)$", ln).groups() for ln in out.splitlines())
+    lines = [re.fullmatch(r"(\w+):\s+(.*)", ln) for ln in out.splitlines()]
+    assert all(lines), out
+    return {m[1]: m[2] for m in lines if m}
 
 
 def test_cli_build_dry_run_takes_flags_over_the_profile_over_the_defaults(cli, tmp_path):
@@ -67,8 +76,10 @@ def test_cli_build_dry_run_takes_flags_over_the_profile_over_the_defaults(cli, t
     p = plan(cli)
     assert p["suite"] == images.DEFAULT_SUITE and p["packages"] == " ".join(images.DEFAULT_PACKAGES)
     assert p["mirror"] == mirror and p["variant"] == "minbase" and p["cache"] == "none (no --cache)"
-    assert p["command"] == (f"debootstrap --variant=minbase --include={','.join(images.DEFAULT_PACKAGES)} "
-                            f"{images.DEFAULT_SUITE} ROOT {mirror}")
+    assert p["command"] == (
+        f"debootstrap --variant=minbase --include={','.join(images.DEFAULT_PACKAGES)} "
+        f"{images.DEFAULT_SUITE} ROOT {mirror}"
+    )
     # The profile's suite (not the default one) and packages; --add joins them, once each.
     p = plan(cli, "--profile", "small", "--add", "htop", "--add", "hello", "--cache", cache)
     assert (p["suite"], p["packages"]) == ("trixie", "hello busybox htop")
@@ -78,15 +89,48 @@ def test_cli_build_dry_run_takes_flags_over_the_profile_over_the_defaults(cli, t
     # Flags beat the profile: --suite, and -p replaces its package set; variant and mirror too.
     key_file.parent.mkdir(parents=True)
     key_file.write_bytes(b"")
-    p = plan(cli, "--profile", "small", "--suite", "bookworm", "-p", "curl", "--package", "zstd", "--add", "htop",
-             "--variant", "buildd", "--mirror", "http://mirror.invalid/debian", "--cache", cache)
+    p = plan(
+        cli,
+        "--profile",
+        "small",
+        "--suite",
+        "bookworm",
+        "-p",
+        "curl",
+        "--package",
+        "zstd",
+        "--add",
+        "htop",
+        "--variant",
+        "buildd",
+        "--mirror",
+        "http://mirror.invalid/debian",
+        "--cache",
+        cache,
+    )
     assert (p["suite"], p["packages"], p["variant"]) == ("bookworm", "curl zstd htop", "buildd")
-    assert p["command"] == ("debootstrap --variant=buildd --include=curl,zstd,htop bookworm ROOT "
-                            "http://mirror.invalid/debian")
+    assert p["command"] == (
+        "debootstrap --variant=buildd --include=curl,zstd,htop bookworm ROOT http://mirror.invalid/debian"
+    )
     assert p["cache"].startswith(str(images.cache_file(cache, "bookworm", "buildd", ("curl", "zstd", "htop"))))
     # The same package set in another order is the same cache file, which is now there.
-    p = plan(cli, "--profile", "small", "--add", "hello", "-p", "htop", "-p", "busybox", "-p", "hello",
-             "--suite", "trixie", "--cache", cache)
+    p = plan(
+        cli,
+        "--profile",
+        "small",
+        "--add",
+        "hello",
+        "-p",
+        "htop",
+        "-p",
+        "busybox",
+        "-p",
+        "hello",
+        "--suite",
+        "trixie",
+        "--cache",
+        cache,
+    )
     assert p["cache"] == f"{key_file} (present: unpacked instead of running debootstrap)"
     # A profile without vars leaves the defaults; a profile that does not exist is an error.
     assert plan(cli, "--profile", "default")["packages"] == " ".join(images.DEFAULT_PACKAGES)
@@ -96,6 +140,7 @@ def test_cli_build_dry_run_takes_flags_over_the_profile_over_the_defaults(cli, t
 
 
 # --- import of a tarball, kernel choice ------------------------------------------------
+
 
 def test_cli_import_of_a_zstd_tarball_and_kernel_choice(cli, src, tmp_path):
     kver = host_kernel()
@@ -126,12 +171,15 @@ def test_cli_import_of_a_zstd_tarball_and_kernel_choice(cli, src, tmp_path):
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert f"no kernel 1.2.3 in the image (has: 5.10.0-99-amd64, {kver})" in res.stderr
     listing = json.loads(cli("image", "list", "--all", "--json").stdout)
-    assert [(d["version"], d["current"], d["kernel"]) for d in listing] == \
-        [("v1", False, kver), ("v2", True, "5.10.0-99-amd64")]
+    assert [(d["version"], d["current"], d["kernel"]) for d in listing] == [
+        ("v1", False, kver),
+        ("v2", True, "5.10.0-99-amd64"),
+    ]
     assert not [p for p in layout.image_versions(state, "tiny").iterdir() if p.name.startswith(".")]
 
 
 # --- a node booting mid-rebuild ----------------------------------------------------------
+
 
 def served(tree, path, ip="10.77.0.11"):
     """The bytes the boot tree (what TFTP and HTTP serve through) answers for `path`, or None."""
@@ -181,8 +229,9 @@ def test_every_step_of_a_rebuild_serves_the_old_version_whole(tmp_path, src):
     assert served(tree, "images/tiny/versions/v1/vmlinuz") == old["vmlinuz"]  # kept (--keep 3)
 
 
-CLUSTER_YAML = site_yaml([node("node01", "10.77.0.11", "52:54:00:00:00:01")],
-                         {"default": {"image": "tiny", "overlays": ["base"]}}, **CLUSTER)
+CLUSTER_YAML = site_yaml(
+    [node("node01", "10.77.0.11", "52:54:00:00:00:01")], {"default": {"image": "tiny", "overlays": ["base"]}}, **CLUSTER
+)
 
 
 def boot_files(state, tree):
@@ -237,8 +286,13 @@ def test_node_booting_while_an_import_is_half_unpacked_gets_the_old_version(cli,
     fifo = tmp_path / "root.tar"
     os.mkfifo(fifo)
     env = {**os.environ, "PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)}
-    proc = subprocess.Popen([cli.exe, "image", "import", "tiny", str(fifo)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [cli.exe, "image", "import", "tiny", str(fifo)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     partial = layout.image_versions(state, "tiny") / ".v2.partial" / "rootfs" / "boot" / f"vmlinuz-{kver}"
     try:
         deadline = time.monotonic() + 60

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 from labs.site import site_yaml, write_site
-
 from provisioner.artifacts import images, layout
 from provisioner.paths import State
 
@@ -40,9 +39,13 @@ def test_debootstrap_build_then_cached_rebuild(tmp_path):
 
 # A suite other than the default, so the root shows whether the profile's suite reached
 # debootstrap; `hello` is in no minbase, so its dpkg record shows whether the package list did.
-TRIXIE_SITE = site_yaml(profiles={"small": {"image": "deb", "vars": {"image_packages": ["hello"],
-                                                                    "image_suite": "trixie"}}},
-                        name="deb", domain="deb.test", subnet="10.77.0.0/24", interface=None)
+TRIXIE_SITE = site_yaml(
+    profiles={"small": {"image": "deb", "vars": {"image_packages": ["hello"], "image_suite": "trixie"}}},
+    name="deb",
+    domain="deb.test",
+    subnet="10.77.0.0/24",
+    interface=None,
+)
 
 
 def installed(root: Path) -> set[str]:
@@ -91,8 +94,20 @@ def test_cli_suite_and_packages_from_the_profile_and_from_flags_reach_debootstra
     assert {"hello", "busybox"} <= installed(layout.image_rootfs(state, "deb"))
 
     # --kernel reaches the build: minbase has no kernel, so asking for one fails and changes nothing.
-    res = cli("image", "build", "deb", "--profile", "small", "--add", "busybox", "--cache", CACHE,
-              "--kernel", "6.1.0-99-amd64", check=False)
+    res = cli(
+        "image",
+        "build",
+        "deb",
+        "--profile",
+        "small",
+        "--add",
+        "busybox",
+        "--cache",
+        CACHE,
+        "--kernel",
+        "6.1.0-99-amd64",
+        check=False,
+    )
     assert res.returncode == 1 and "no kernel 6.1.0-99-amd64 in the image (has: none)" in res.stderr
     assert "Traceback" not in res.stderr
     assert [v.version for v in images.versions(state, "deb")] == ["v1", "v2"]

@@ -52,8 +52,9 @@ def layer(module: str) -> str:
 
 def _type_checking(node: ast.If) -> bool:
     test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _walk(node: ast.AST, type_only: bool = False) -> Iterator[tuple[ast.AST, bool]]:
@@ -88,10 +89,8 @@ def imports(module: str) -> Iterator[Import]:
 ALL = [imp for m in MODULES for imp in imports(m)]
 
 
-
 def test_imports_go_down_the_layers_only() -> None:
-    upward = [imp for imp in ALL
-              if LAYERS.index(layer(imp.target)) > LAYERS.index(layer(imp.source))]
+    upward = [imp for imp in ALL if LAYERS.index(layer(imp.target)) > LAYERS.index(layer(imp.source))]
     assert not upward, "imports against the data path:\n" + "\n".join(map(str, upward))
 
 

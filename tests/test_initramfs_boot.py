@@ -6,10 +6,10 @@ switch_root into the image's own init."""
 from pathlib import Path
 
 import pytest
+
 from labs.boot import HTTP_PORT, BootLab
 from labs.busyroot import REPORT_INIT, console_values, make_root
 from labs.site import node, site_yaml, write_site
-
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image, nfs_roots
 from provisioner.inventory import load_inventory
@@ -24,10 +24,15 @@ MAC = "52:54:00:7a:00:01"
 
 def site(home: Path) -> str:
     """node01 on the lab network with the pvtest overlay and `home` exported read-write."""
-    return site_yaml([node("node01", "10.99.0.11", MAC)],
-                     {"default": {"image": "tiny", "overlays": ["base", "pvtest"]}},
-                     name="boot", domain="boot.test", interface=None, ports={"http": HTTP_PORT},
-                     nfs={"exports": [{"path": str(home), "access": "rw"}]})
+    return site_yaml(
+        [node("node01", "10.99.0.11", MAC)],
+        {"default": {"image": "tiny", "overlays": ["base", "pvtest"]}},
+        name="boot",
+        domain="boot.test",
+        interface=None,
+        ports={"http": HTTP_PORT},
+        nfs={"exports": [{"path": str(home), "access": "rw"}]},
+    )
 
 
 @pytest.fixture
@@ -59,8 +64,13 @@ def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
     cli("overlay", "build")
     with BootLab(lab, tmp_path / "lab") as bl:
         bl.start({}, {MAC: "10.99.0.11"}, serve=(cli.exe, cli.site, state.root), exports=exports)
-        console = bl.boot(layout.image_kernel(state, "tiny"), layout.image_initramfs(state, "tiny"),
-                          bl.cmdline("node01", "tiny") + f" pvtest.home=10.99.0.1:{home}", MAC, until="PVTEST done")
+        console = bl.boot(
+            layout.image_kernel(state, "tiny"),
+            layout.image_initramfs(state, "tiny"),
+            bl.cmdline("node01", "tiny") + f" pvtest.home=10.99.0.1:{home}",
+            MAC,
+            until="PVTEST done",
+        )
     timeline = NodeStateDB(state.db).timeline("node01")
     assert "PVTEST done" in console, console[-3000:]
     got = console_values(console)
@@ -77,19 +87,27 @@ def test_boot_reaches_switch_root_with_overlay(lab, image, tmp_path, cli):
     assert any(m.startswith("PVTEST mount 10.99.0.1:/images/tiny/versions/v1/rootfs ") for m in mounts), mounts
     # Every report carried the credential from the overlay, network's (sent after the fetch) too.
     stages = [r["stage"] for r in timeline]
-    assert [s for s in stages if s != "dhcp"] == ["network", "root", "overlay", "switch_root"], \
-        [dict(r) for r in timeline]
+    assert [s for s in stages if s != "dhcp"] == ["network", "root", "overlay", "switch_root"], [
+        dict(r) for r in timeline
+    ]
 
 
 def test_failed_nfs_mount_names_server_and_export(lab, image, tmp_path):
     state = image
     with BootLab(lab, tmp_path / "lab") as bl:
         bl.start(nfs_roots(state), {MAC: "10.99.0.11"})
-        console = bl.boot(layout.image_kernel(state, "tiny"), layout.image_initramfs(state, "tiny"),
-                          bl.cmdline("node01", "missing", "v1"), MAC, until="rebooting in")
+        console = bl.boot(
+            layout.image_kernel(state, "tiny"),
+            layout.image_initramfs(state, "tiny"),
+            bl.cmdline("node01", "missing", "v1"),
+            MAC,
+            until="rebooting in",
+        )
         reports = bl.reports()
-    assert "provisioner: ERROR: cannot mount the NFS root 10.99.0.1:/images/missing/versions/v1/rootfs (NFS 4.2)" \
-        in console, console[-3000:]
+    assert (
+        "provisioner: ERROR: cannot mount the NFS root 10.99.0.1:/images/missing/versions/v1/rootfs (NFS 4.2)"
+        in console
+    ), console[-3000:]
     assert "PVTEST" not in console
     assert "debug shell" not in console  # a shell only with provisioner.debug=1
     failed = [r["body"] for r in reports if r["method"] == "POST" and r["body"]["stage"] == "failed"]

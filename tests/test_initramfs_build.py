@@ -6,8 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from labs.busyroot import host_kernel, make_root
 
+from labs.busyroot import host_kernel, make_root
 from provisioner.artifacts.initramfs import InitramfsSpec, entries, render
 from provisioner.artifacts.kmod import ModuleIndex, load_index, plain_module
 from provisioner.errors import UserError
@@ -32,10 +32,20 @@ def test_same_inputs_same_bytes_and_gnu_cpio_lists_it(root):
     assert dep.exists()  # depmod ran on the image's own module tree
     assert render(InitramfsSpec(root, kver)) == first
     names = gnu_cpio_list(gzip.decompress(first))
-    for must in ("init", "bin/busybox", "bin/sh", "sbin/switch_root", "usr/bin/wget", "lib/provisioner/provisioner.sh",
-                 "lib/provisioner/udhcpc.script", "lib/provisioner/modules", "dev/console",
-                 f"lib/modules/{kver}/kernel/fs/nfs/nfsv4.ko", f"lib/modules/{kver}/kernel/fs/overlayfs/overlay.ko",
-                 f"lib/modules/{kver}/kernel/drivers/net/ethernet/intel/e1000/e1000.ko"):
+    for must in (
+        "init",
+        "bin/busybox",
+        "bin/sh",
+        "sbin/switch_root",
+        "usr/bin/wget",
+        "lib/provisioner/provisioner.sh",
+        "lib/provisioner/udhcpc.script",
+        "lib/provisioner/modules",
+        "dev/console",
+        f"lib/modules/{kver}/kernel/fs/nfs/nfsv4.ko",
+        f"lib/modules/{kver}/kernel/fs/overlayfs/overlay.ko",
+        f"lib/modules/{kver}/kernel/drivers/net/ethernet/intel/e1000/e1000.ko",
+    ):
         assert must in names, must
     assert names.index("lib") < names.index("lib/provisioner") < names.index("lib/provisioner/provisioner.sh")
 
@@ -51,8 +61,13 @@ def test_modules_load_after_their_dependencies(root):
     kver = host_kernel()
     by_path = {e.path: e for e in entries(InitramfsSpec(root, kver))}
     order = [Path(p).name for p in by_path["lib/provisioner/modules"].data.decode().split()]
-    for before, after in [("sunrpc.ko", "nfs.ko"), ("nfs.ko", "nfsv4.ko"), ("virtio.ko", "virtio_net.ko"),
-                          ("failover.ko", "net_failover.ko"), ("net_failover.ko", "virtio_net.ko")]:
+    for before, after in [
+        ("sunrpc.ko", "nfs.ko"),
+        ("nfs.ko", "nfsv4.ko"),
+        ("virtio.ko", "virtio_net.ko"),
+        ("failover.ko", "net_failover.ko"),
+        ("net_failover.ko", "virtio_net.ko"),
+    ]:
         assert order.index(before) < order.index(after), (before, after)
     assert len(order) == len(set(order))
     for p in by_path["lib/provisioner/modules"].data.decode().split():
@@ -68,15 +83,17 @@ def test_zstd_compression_and_extra_modules(root):
 
 
 def test_missing_required_module_is_a_clear_error(root):
-    with pytest.raises(UserError, match="not in this kernel's modules.dep: no_such_driver"):
+    with pytest.raises(UserError, match=r"not in this kernel's modules\.dep: no_such_driver"):
         render(InitramfsSpec(root, host_kernel(), extra_modules=("no-such-driver",)))
-    with pytest.raises(UserError, match="no modules for kernel 0.0.0"):
+    with pytest.raises(UserError, match=r"no modules for kernel 0\.0\.0"):
         load_index(root, "0.0.0")
 
 
 def test_module_index_resolution_rules():
-    idx = ModuleIndex.parse("kernel/a.ko: kernel/b.ko kernel/c-d.ko.xz\nkernel/b.ko: kernel/c-d.ko.xz\n"
-                            "kernel/c-d.ko.xz:\n", "kernel/builtin_one.ko\n")
+    idx = ModuleIndex.parse(
+        "kernel/a.ko: kernel/b.ko kernel/c-d.ko.xz\nkernel/b.ko: kernel/c-d.ko.xz\nkernel/c-d.ko.xz:\n",
+        "kernel/builtin_one.ko\n",
+    )
     assert idx.resolve(["a"]) == ["kernel/c-d.ko.xz", "kernel/b.ko", "kernel/a.ko"]
     assert idx.resolve(["builtin-one", "c_d"], ["absent_nic"]) == ["kernel/c-d.ko.xz"]
 

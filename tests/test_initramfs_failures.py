@@ -6,9 +6,9 @@ serial console here). The failed NFS mount without debug is in test_initramfs_bo
 import re
 
 import pytest
+
 from labs.boot import HTTP_PORT, BootLab
 from labs.busyroot import REPORT_INIT, make_root
-
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image, nfs_roots
 from provisioner.paths import State
@@ -52,15 +52,21 @@ def test_debug_gives_a_shell_on_the_console_after_the_error(lab, state, tmp_path
     that runs what is typed on the serial console; exiting it reboots the node."""
     with BootLab(lab, tmp_path / "lab") as bl:
         bl.start(nfs_roots(state), {MAC: IP})
-        console = boot(bl, state, "tiny", bl.cmdline("node02", "missing", "v1", debug="1"), until=REBOOTED,
-                       timeout=120, send=[("debug shell (provisioner.debug=1)", ""), ("# ", "echo PV$((6*7))\n"),
-                                          ("PV42", "exit\n")])
+        console = boot(
+            bl,
+            state,
+            "tiny",
+            bl.cmdline("node02", "missing", "v1", debug="1"),
+            until=REBOOTED,
+            timeout=120,
+            send=[("debug shell (provisioner.debug=1)", ""), ("# ", "echo PV$((6*7))\n"), ("PV42", "exit\n")],
+        )
     err = console.find("provisioner: ERROR: cannot mount the NFS root 10.99.0.1:/images/missing/versions/v1/rootfs")
     shell = console.find("provisioner: debug shell (provisioner.debug=1); exit it to reboot")
     answer = re.search(r"^PV42\r?$", console, re.MULTILINE)
     assert 0 <= err < shell, console[-3000:]
     assert answer and answer.start() > shell, console[-3000:]
-    assert REBOOTED in console[answer.end():], console[-3000:]
+    assert REBOOTED in console[answer.end() :], console[-3000:]
     assert "rebooting in" not in console
 
 
@@ -89,8 +95,10 @@ def test_overlay_that_is_not_an_archive_is_not_applied(lab, state, tmp_path):
         console = boot(bl, state, "tiny", bl.cmdline("node02", "tiny"), until=REBOOTED, timeout=120)
         failed = failed_reports(bl)
     url = f"http://10.99.0.1:{HTTP_PORT}/overlays/node02.cpio.gz"
-    assert f"provisioner: ERROR: the node overlay from {url} is not a gzip cpio archive: " \
-        "zcat: no gzip/bzip2/xz magic" in error_lines(console), console[-3000:]
+    assert (
+        f"provisioner: ERROR: the node overlay from {url} is not a gzip cpio archive: "
+        "zcat: no gzip/bzip2/xz magic" in error_lines(console)
+    ), console[-3000:]
     assert "overlay: applied" not in console and "PVTEST" not in console
     assert len(failed) == 1 and url in failed[0], failed
     assert REBOOTED in console and NO_SHELL not in console
@@ -115,6 +123,5 @@ def test_no_dhcp_answer_names_the_interfaces(lab, state, tmp_path):
     names the interface it tried, and the node reboots (nothing to report to), no shell."""
     with BootLab(lab, tmp_path / "lab") as bl:
         console = boot(bl, state, "tiny", bl.cmdline("node02", "tiny"), until=REBOOTED, timeout=90)
-    assert "provisioner: ERROR: no DHCP lease on any interface (tried: eth0)" in error_lines(console), \
-        console[-3000:]
+    assert "provisioner: ERROR: no DHCP lease on any interface (tried: eth0)" in error_lines(console), console[-3000:]
     assert REBOOTED in console and NO_SHELL not in console

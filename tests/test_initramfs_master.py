@@ -4,9 +4,9 @@
 import subprocess
 
 import pytest
+
 from labs.busyroot import REPORT_INIT, console_values, make_root
 from labs.guest import boot
-
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image
 from provisioner.artifacts.initramfs import build_initramfs
@@ -24,8 +24,10 @@ def test_master_boots_the_image_from_local_storage(tmp_path):
     initrd = build_initramfs(state, "tiny", extra_modules=DISK_MODULES)
     disk = tmp_path / "state.img"
     subprocess.run(["mke2fs", "-q", "-t", "ext4", "-L", "state", "-d", str(state.root), str(disk), "128M"], check=True)
-    append = ("console=ttyS0 panic=-1 provisioner.node=master provisioner.retry=0 "
-              "provisioner.root=dev:/dev/vda:/images/tiny/current/rootfs")
+    append = (
+        "console=ttyS0 panic=-1 provisioner.node=master provisioner.retry=0 "
+        "provisioner.root=dev:/dev/vda:/images/tiny/current/rootfs"
+    )
     guest = Guest(direct=DirectBoot(layout.image_kernel(state, "tiny"), initrd, append), disks=(disk,))
     console = boot(guest, tmp_path / "console.log", "PVTEST done", 240)
     assert "PVTEST done" in console, console[-3000:]

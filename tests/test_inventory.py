@@ -5,6 +5,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from labs.site import node_of
 from provisioner.inventory import InventoryInvalid, parse_text
 
 HEAD = """\
@@ -41,7 +42,9 @@ def only(nodes_yaml: str, head: str = HEAD):
 
 
 def test_valid_inventory_loads_with_ranges_and_profiles():
-    inv = parse_text(HEAD + textwrap.dedent("""\
+    inv = parse_text(
+        HEAD
+        + textwrap.dedent("""\
       - name: node[01-03]
         ip: 10.77.0.11
         mac: [52:54:00:00:00:01, 52-54-00-00-00-02, 5254.0000.0003]
@@ -51,19 +54,21 @@ def test_valid_inventory_loads_with_ranges_and_profiles():
         profiles: [default, gpu]
         overlays: [extra]
         vars: {rack: 7}
-    """), "c.yaml")
+    """),
+        "c.yaml",
+    )
     assert [n.name for n in inv.nodes] == ["node01", "node02", "node03", "gpu01"]
     assert [str(n.ip) for n in inv.nodes[:3]] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
-    assert inv.node("node02").mac == "52:54:00:00:00:02"
-    assert inv.node("node03").mac == "52:54:00:00:00:03"
-    gpu = inv.node("gpu01")
+    assert node_of(inv, "node02").mac == "52:54:00:00:00:02"
+    assert node_of(inv, "node03").mac == "52:54:00:00:00:03"
+    gpu = node_of(inv, "gpu01")
     assert gpu.image == "cuda"  # the later profile wins for scalars
     assert gpu.overlays == ("base", "ssh", "gpu", "extra")  # lists append, node last
     assert gpu.sources["image"] == "profile:gpu"
     assert gpu.sources["overlays"] == "profile:default + profile:gpu + node"
     assert gpu.sources["vars.rack"] == "node"
     assert inv.by_mac("52:54:00:00:01:01") is gpu
-    assert inv.by_ip(IPv4Address("10.77.0.12")).name == "node02"
+    assert inv.by_ip(IPv4Address("10.77.0.12")) is node_of(inv, "node02")
 
 
 def test_node_scalar_beats_every_profile():
@@ -79,10 +84,14 @@ def test_nodes_without_profiles_get_default():
 
 
 def test_select_by_range_list_and_profile():
-    inv = parse_text(HEAD + textwrap.dedent("""\
+    inv = parse_text(
+        HEAD
+        + textwrap.dedent("""\
       - {name: "n[1-4]", ip: 10.77.0.11}
       - {name: g1, ip: 10.77.0.21, profiles: [gpu]}
-    """), "c.yaml")
+    """),
+        "c.yaml",
+    )
     assert [n.name for n in inv.select("n[2-3],@gpu")] == ["n2", "n3", "g1"]
     assert len(inv.select("all")) == 5
     with pytest.raises(KeyError, match="n9"):
@@ -186,13 +195,13 @@ def test_every_problem_is_reported_at_once_in_line_order():
     """)
     found = {(p.line, p.field) for p in ps}
     assert found == {
-        (18, "nodes[1].name"),        # bad hostname
-        (19, "nodes[2].profiles"),    # unknown profile
-        (19, "nodes[2].ip"),          # outside the subnet
-        (20, "nodes[3].colour"),      # unknown key
-        (20, "nodes[3].name"),        # duplicate name
-        (20, "nodes[3].mac"),         # duplicate MAC
-        (20, "nodes[3].ip"),          # duplicate IP
+        (18, "nodes[1].name"),  # bad hostname
+        (19, "nodes[2].profiles"),  # unknown profile
+        (19, "nodes[2].ip"),  # outside the subnet
+        (20, "nodes[3].colour"),  # unknown key
+        (20, "nodes[3].name"),  # duplicate name
+        (20, "nodes[3].mac"),  # duplicate MAC
+        (20, "nodes[3].ip"),  # duplicate IP
     }, ps
     assert [p.line for p in ps] == sorted(p.line for p in ps)
 

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from labs.site import node_of
 from provisioner.inventory import InventoryInvalid, parse_text
 from provisioner.inventory.model import SETTINGS, BootFiles, Cluster
 from provisioner.inventory.schema import (
@@ -46,17 +48,37 @@ def samples(kind):
         lo = kind.lo
         return (lo, lo + 1, lo + 2), lo + 2, {"": "node"}, [str(lo + 3)], lo + 3
     if type(kind) is Words:  # a string splits on whitespace; a CLI flag is one item, commas kept
-        return ((["x=1", "y"], ["y", "z"], "w v"), ("x=1", "y", "z", "w", "v"),
-                {"": "profile:p1 + profile:p2 + node"}, ["a=1,b", "c"], ["a=1,b", "c"])
+        return (
+            (["x=1", "y"], ["y", "z"], "w v"),
+            ("x=1", "y", "z", "w", "v"),
+            {"": "profile:p1 + profile:p2 + node"},
+            ["a=1,b", "c"],
+            ["a=1,b", "c"],
+        )
     if type(kind) is Names:  # a string is one name; a CLI flag takes a comma list
-        return ((["a"], ["a", "b"], "c"), ("a", "b", "c"), {"": "profile:p1 + profile:p2 + node"},
-                ["d,e", "f"], ["d", "e", "f"])
+        return (
+            (["a"], ["a", "b"], "c"),
+            ("a", "b", "c"),
+            {"": "profile:p1 + profile:p2 + node"},
+            ["d,e", "f"],
+            ["d", "e", "f"],
+        )
     if type(kind) is Table:  # merged key by key, nested mappings too; the CLI takes KEY=VALUE
-        return (({"k": "1", "d": {"x": 1}}, {"d": {"y": 2}}, {"k": "n"}), {"k": "n", "d": {"x": 1, "y": 2}},
-                {".k": "node", ".d.x": "profile:p1", ".d.y": "profile:p2"}, ["k=v", "j=w=x"], {"k": "v", "j": "w=x"})
+        return (
+            ({"k": "1", "d": {"x": 1}}, {"d": {"y": 2}}, {"k": "n"}),
+            {"k": "n", "d": {"x": 1, "y": 2}},
+            {".k": "node", ".d.x": "profile:p1", ".d.y": "profile:p2"},
+            ["k=v", "j=w=x"],
+            {"k": "v", "j": "w=x"},
+        )
     if type(kind) is BootFiles:  # a table of boot files by firmware: keys the registry knows
-        return (({"bios": "a.kpxe"}, {"uefi": "b.efi"}, {"bios": "n.kpxe"}), {"bios": "n.kpxe", "uefi": "b.efi"},
-                {".bios": "node", ".uefi": "profile:p2"}, ["bios=c.kpxe"], {"bios": "c.kpxe"})
+        return (
+            ({"bios": "a.kpxe"}, {"uefi": "b.efi"}, {"bios": "n.kpxe"}),
+            {"bios": "n.kpxe", "uefi": "b.efi"},
+            {".bios": "node", ".uefi": "profile:p2"},
+            ["bios=c.kpxe"],
+            {"bios": "c.kpxe"},
+        )
     raise AssertionError(f"no samples for {type(kind).__name__}: add them here")
 
 
@@ -64,8 +86,10 @@ def site_yaml() -> str:
     layers = {key: samples(s.kind)[0] for key, s in SETTINGS.items()}
     doc = {
         "profiles": {p: {key: v[i] for key, v in layers.items()} for i, p in enumerate(("p1", "p2"))},
-        "nodes": [{"name": "n1", "ip": "10.77.0.11", "profiles": ["p1", "p2"], **{k: v[2] for k, v in layers.items()}},
-                  {"name": "n2", "ip": "10.77.0.12", "profiles": []}],
+        "nodes": [
+            {"name": "n1", "ip": "10.77.0.11", "profiles": ["p1", "p2"], **{k: v[2] for k, v in layers.items()}},
+            {"name": "n2", "ip": "10.77.0.12", "profiles": []},
+        ],
     }
     return HEAD + yaml.safe_dump(doc, sort_keys=False)
 
@@ -73,9 +97,9 @@ def site_yaml() -> str:
 @pytest.mark.parametrize("key", list(SETTINGS))
 def test_every_setting_parses_and_merges_by_its_kind(key):
     _, merged, sources, _, _ = samples(SETTINGS[key].kind)
-    node = parse_text(site_yaml(), "c.yaml").node("n1")
+    node = node_of(parse_text(site_yaml(), "c.yaml"), "n1")
     assert getattr(node, key) == merged
-    assert {k[len(key):]: v for k, v in node.sources.items() if k == key or k.startswith(key + ".")} == sources
+    assert {k[len(key) :]: v for k, v in node.sources.items() if k == key or k.startswith(key + ".")} == sources
 
 
 @pytest.mark.parametrize("key", list(SETTINGS))
@@ -99,7 +123,7 @@ def test_every_setting_round_trips_through_the_cli(cli):
     for key, s in SETTINGS.items():
         _, merged, sources, _, _ = samples(s.kind)
         assert shown[key] == s.kind.to_json(merged), key
-        assert {k[len(key):]: v for k, v in shown["sources"].items() if k.split(".")[0] == key} == sources, key
+        assert {k[len(key) :]: v for k, v in shown["sources"].items() if k.split(".")[0] == key} == sources, key
         line = next(line for line in text.splitlines() if line.startswith(f"  {key}: "))
         origin = sources.get("") or ", ".join(f"{k[1:]}<-{v}" for k, v in sources.items())
         assert line.endswith(f"    [{origin}]"), line
@@ -119,27 +143,42 @@ def test_a_new_setting_needs_only_its_declaration(tmp_path):
     import provisioner
 
     pkg = tmp_path / "pkg"
-    shutil.copytree(Path(provisioner.__file__).parent, pkg / "provisioner",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(provisioner.__file__).parent, pkg / "provisioner", ignore=shutil.ignore_patterns("__pycache__")
+    )
     model = pkg / "provisioner" / "inventory" / "model.py"
-    anchor = next(line for line in model.read_text().splitlines(keepends=True) if line.lstrip().startswith("mpi_slots:"))
-    model.write_text(model.read_text().replace(
-        anchor, anchor + '    gpus: int | None = setting(Count(0, 16), "--gpus", "GPUs per node.")\n'))
+    anchor = next(
+        line for line in model.read_text().splitlines(keepends=True) if line.lstrip().startswith("mpi_slots:")
+    )
+    model.write_text(
+        model.read_text().replace(
+            anchor, anchor + '    gpus: int | None = setting(Count(0, 16), "--gpus", "GPUs per node.")\n'
+        )
+    )
     site = tmp_path / "site"
     site.mkdir()
-    (site / "cluster.yaml").write_text(HEAD + textwrap.dedent("""\
+    (site / "cluster.yaml").write_text(
+        HEAD
+        + textwrap.dedent("""\
         profiles:
           gpu: {gpus: 2}
         nodes:
           - {name: g1, ip: 10.77.0.11, profiles: [gpu]}
           - {name: g2, ip: 10.77.0.12, profiles: [gpu], gpus: 4}
-    """))
-    env = {**os.environ, "PYTHONPATH": str(pkg), "PROVISIONER_SITE": str(site), "PROVISIONER_STATE": str(tmp_path / "state")}
+    """)
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(pkg),
+        "PROVISIONER_SITE": str(site),
+        "PROVISIONER_STATE": str(tmp_path / "state"),
+    }
 
     def run(*args, check=True):
         main = f"import sys, provisioner.cli as c; assert c.__file__.startswith({str(pkg)!r}); sys.exit(c.main())"
-        res = subprocess.run([sys.executable, "-c", main, *args], capture_output=True, text=True, env=env,
-                             cwd=tmp_path, check=False)
+        res = subprocess.run(
+            [sys.executable, "-c", main, *args], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
+        )
         assert res.returncode == 0 or not check, res.stderr
         return res
 
@@ -176,7 +215,7 @@ MINIMAL = {"cluster": {"name": "demo", "network": {"subnet": "10.77.0.0/24"}, "n
 @pytest.mark.parametrize("path", [p for p, _ in cluster_leaves(Cluster)], ids=lambda p: ".".join(map(str, p[1:])))
 def test_every_cluster_setting_reports_a_wrong_value_at_its_field(path):
     doc = copy.deepcopy(MINIMAL)
-    where = doc
+    where: Any = doc
     for part in path[:-1]:
         where = where.setdefault(part, {}) if isinstance(part, str) else where[part]
     settings = dict(cluster_leaves(Cluster))
@@ -190,7 +229,7 @@ def test_every_cluster_setting_reports_a_wrong_value_at_its_field(path):
 def test_cluster_defaults_come_from_the_declarations():
     cluster = parse_text(yaml.safe_dump(MINIMAL), "c.yaml").cluster
     for path, s in cluster_leaves(Cluster):
-        value = cluster
+        value: Any = cluster
         for part in path[1:]:
             value = value[part] if isinstance(part, int) else getattr(value, part)
         if s.derive is None and not s.required:

@@ -14,15 +14,15 @@ import time
 
 import pytest
 import yaml
+
 from labs.busyroot import make_root
 from labs.pxe import pxe_site
 from labs.serve import Serve, curl
 from labs.site import write_site
-from test_dhcp_server import pxe_client
-
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image
 from provisioner.paths import State
+from test_dhcp_server import pxe_client
 
 pytestmark = pytest.mark.netns
 

@@ -7,15 +7,15 @@ import stat
 import subprocess
 
 import pytest
+
 from labs.site import write_site
 from labs.slurm import install_overlay
-from test_slurm_render import facts_for, inventory
-
 from provisioner.artifacts import secrets
 from provisioner.inventory import parse_text
 from provisioner.nodestate import NodeStateDB
 from provisioner.paths import Site, State
 from provisioner.render.mpi import hostfile, mca_params
+from test_slurm_render import facts_for, inventory
 
 SLOTS = inventory(g01={"mpi_slots": 3})
 
@@ -53,6 +53,7 @@ def test_cli_hostfile(cli, tmp_path):
 
 # -- node-side overlays ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def rendered(inv, tmp_path):
     """c02's overlay archive from provisioner's builder, unpacked as on the node."""
@@ -70,8 +71,10 @@ def test_munge_overlay_carries_the_cluster_key_for_munge_only(rendered):
     st = path.stat()
     assert stat.S_IMODE(st.st_mode) == 0o400
     assert st.st_uid == int(subprocess.run(["id", "-u", "munge"], capture_output=True, text=True).stdout)
-    assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/munge.service") == \
-        "/lib/systemd/system/munge.service"
+    assert (
+        os.readlink(root / "etc/systemd/system/multi-user.target.wants/munge.service")
+        == "/lib/systemd/system/munge.service"
+    )
 
 
 def test_slurm_overlay_runs_slurmd_configless_and_reports_facts_first(rendered):

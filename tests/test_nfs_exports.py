@@ -8,14 +8,18 @@ from pathlib import Path
 
 from labs.busyroot import make_root
 from labs.site import node, site_yaml, write_site
-
 from provisioner.render.nfs import Export, render_exports, render_ganesha
 
 SUBNET = IPv4Network("10.77.0.0/24")
 
-CLUSTER_YAML = site_yaml([node("node01", "10.77.0.11", "52:54:00:00:00:01")], {"default": {"image": "tiny"}},
-                         name="demo", domain="demo.cluster", subnet="10.77.0.0/24",
-                         nfs={"exports": [{"path": "/home", "access": "rw"}]})
+CLUSTER_YAML = site_yaml(
+    [node("node01", "10.77.0.11", "52:54:00:00:00:01")],
+    {"default": {"image": "tiny"}},
+    name="demo",
+    domain="demo.cluster",
+    subnet="10.77.0.0/24",
+    nfs={"exports": [{"path": "/home", "access": "rw"}]},
+)
 
 
 def image(name: str) -> Export:
@@ -40,8 +44,13 @@ def test_ganesha_config_images_ro_homes_rw():
 
 
 def test_export_ids_stable_when_an_image_is_added():
-    ids = lambda exports: dict(re.findall(r'Export_Id = (\d+);\n    Path = "[^"]*";\n    Pseudo = "([^"]*)"',  # noqa: E731
-                                          render_ganesha(exports, SUBNET)))
+    def ids(exports: list[Export]) -> dict[str, str]:
+        return dict(
+            re.findall(
+                r'Export_Id = (\d+);\n    Path = "[^"]*";\n    Pseudo = "([^"]*)"', render_ganesha(exports, SUBNET)
+            )
+        )
+
     before = {v: k for k, v in ids([image("b"), HOME]).items()}
     after = {v: k for k, v in ids([image("a"), image("b"), HOME]).items()}
     assert before["/images/b"] == after["/images/b"] and before["/home"] == after["/home"]

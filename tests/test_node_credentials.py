@@ -13,6 +13,7 @@ import stat
 import time
 
 import pytest
+
 from labs.serve import (
     CREDENTIALS,
     IMAGE,
@@ -23,7 +24,6 @@ from labs.serve import (
     write_site,
     write_state,
 )
-
 from provisioner.artifacts import layout, overlay_build, secrets
 from provisioner.inventory import load_inventory
 from provisioner.nodestate import NodeStateDB
@@ -40,8 +40,7 @@ def code(ns, *args: str) -> str:
 
 
 def post(ns, url: str, what: str, body: str, *args: str) -> str:
-    return code(ns, *PRIV, "-H", "Content-Type: application/json", *args, "--data-binary", body,
-                f"{url}/api/v1/{what}")
+    return code(ns, *PRIV, "-H", "Content-Type: application/json", *args, "--data-binary", body, f"{url}/api/v1/{what}")
 
 
 @pytest.mark.netns
@@ -58,8 +57,19 @@ def test_nothing_without_the_credential_changes_a_record(lab, cli):
         assert post(stranger, srv.url, "stage", STAGE, *auth("node01")) == "404"  # not a node's address
 
         n1 = lab.host(ip=ip, mac=mac)
-        head = curl(n1, *PRIV, "-D", "-", "-o", "/dev/null", "-H", "Content-Type: application/json",
-                    "--data-binary", STAGE, f"{srv.url}/api/v1/stage").stdout
+        head = curl(
+            n1,
+            *PRIV,
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            STAGE,
+            f"{srv.url}/api/v1/stage",
+        ).stdout
         assert head.startswith("HTTP/1.1 401") and 'WWW-Authenticate: Bearer realm="provisioner node"' in head
         assert post(n1, srv.url, "facts", FACTS) == "401"
         assert post(n1, srv.url, "stage", STAGE, "-H", "Authorization: Bearer " + "0" * 64) == "403"
@@ -75,8 +85,10 @@ def test_nothing_without_the_credential_changes_a_record(lab, cli):
         n2 = lab.host(ip=NODES["node02"][0], mac=NODES["node02"][1])
         assert code(n2, f"{srv.url}/boot/{NODES['node02'][1]}.ipxe") == "200"
         time.sleep(0.3)
-    assert [(r["stage"], r["detail"]) for r in db.timeline("node01")] == [("switch_root", "forged"),
-                                                                          ("registered", None)]
+    assert [(r["stage"], r["detail"]) for r in db.timeline("node01")] == [
+        ("switch_root", "forged"),
+        ("registered", None),
+    ]
     assert db.facts("node01") == json.loads(FACTS)
     assert [r["stage"] for r in db.timeline("node02")] == ["ipxe"]
 
@@ -92,13 +104,43 @@ def test_admin_api_answers_root_alone_on_the_master(lab, cli):
         nodes = f"{srv.url}/api/v1/nodes"
         assert code(lab.server, nodes) == "200"
         assert lab.server.run([*NOBODY, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", nodes]).stdout == "403"
-        assert lab.server.run([*NOBODY, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
-                               f"{srv.url}/api/v1/reload"]).stdout == "403"
+        assert (
+            lab.server.run(
+                [
+                    *NOBODY,
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-X",
+                    "POST",
+                    f"{srv.url}/api/v1/reload",
+                ]
+            ).stdout
+            == "403"
+        )
         srv.wait_log("admin endpoint refused")
         # the token would let it in, but only root reads it
         assert lab.server.run([*NOBODY, "cat", str(token)], check=False).returncode != 0
-        assert lab.server.run([*NOBODY, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H",
-                               "Authorization: Bearer admin-token", nodes]).stdout == "200"
+        assert (
+            lab.server.run(
+                [
+                    *NOBODY,
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-H",
+                    "Authorization: Bearer admin-token",
+                    nodes,
+                ]
+            ).stdout
+            == "200"
+        )
 
 
 def test_overlay_build_gives_each_node_its_own_root_only_credential(tmp_path):

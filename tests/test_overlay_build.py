@@ -14,13 +14,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from labs.site import node
-from test_render_overlays import fake_image, inventory, make_site, plant_secrets
 
+from labs.site import node
 from provisioner.artifacts import cpio, layout
 from provisioner.artifacts.overlay_build import Build, BuildFailed, build, read_archive
 from provisioner.inventory import load_inventory
 from provisioner.paths import State
+from test_render_overlays import fake_image, inventory, make_site, plant_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,9 @@ def snapshot(root: Path) -> dict[str, tuple]:
         for name in dirnames + filenames:
             p = Path(dirpath) / name
             st = os.lstat(p)
-            body = os.readlink(p) if stat.S_ISLNK(st.st_mode) else (p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
+            body = (
+                os.readlink(p) if stat.S_ISLNK(st.st_mode) else (p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
+            )
             out[p.relative_to(root).as_posix()] = (st.st_mode, st.st_uid, st.st_gid, body)
     return out
 
@@ -56,13 +58,15 @@ def test_gnu_and_busybox_cpio_extract_the_same_tree(tmp_path):
     # and both match what the archive says
     members = {e.path: e for e in read_archive(archive)}
     assert set(gnu) == set(members)
-    for path, (mode, uid, gid, body) in gnu.items():
+    for path, (mode, uid, gid, _) in gnu.items():
         m = members[path]
         assert (mode, uid, gid) == (m.mode, m.uid, m.gid), path
     key = gnu["etc/munge/munge.key"]
     assert (stat.S_IMODE(key[0]), key[1], key[2]) == (0o400, 4242, 4343)
-    assert gnu["etc/systemd/system/multi-user.target.wants/systemd-networkd.service"][3] == \
-        "/lib/systemd/system/systemd-networkd.service"
+    assert (
+        gnu["etc/systemd/system/multi-user.target.wants/systemd-networkd.service"][3]
+        == "/lib/systemd/system/systemd-networkd.service"
+    )
     assert gnu["etc/hostname"][3] == b"node01\n"
     assert stat.S_IMODE(gnu["etc/ssh/ssh_host_rsa_key"][0]) == 0o600
     # boot configs land where the servers look
@@ -85,7 +89,9 @@ def test_builds_are_deterministic_and_incremental(tmp_path):
     own.parent.mkdir(parents=True)
     own.write_text("hello node02\n")
     assert build(state, site, inv).built == ["node02"]
-    assert {e.path: e.data for e in read_archive(layout.overlay_archive(state, "node02"))}["etc/motd"] == b"hello node02\n"
+    assert {e.path: e.data for e in read_archive(layout.overlay_archive(state, "node02"))}[
+        "etc/motd"
+    ] == b"hello node02\n"
 
     (site.overlays / "base" / "etc").mkdir(parents=True)
     (site.overlays / "base" / "etc" / "issue").write_text("site issue\n")
@@ -115,7 +121,8 @@ def test_broken_template_changes_no_archive(tmp_path):
     (site.overlays / "base" / "etc").mkdir(parents=True)
     # fails for one node only, after the others rendered fine
     (site.overlays / "base" / "etc" / "motd.j2").write_text(
-        "{% if node.name == 'gpu01' %}{{ vars.missing }}{% endif %}\n")
+        "{% if node.name == 'gpu01' %}{{ vars.missing }}{% endif %}\n"
+    )
     with pytest.raises(BuildFailed, match=r"base:etc/motd.j2:1: .*missing.*gpu01"):
         build(state, site, inv, jobs=1)
     after = {p: p.read_bytes() for p in state.root.rglob("*") if p.is_file() and "secrets" not in p.parts}
@@ -127,9 +134,11 @@ def leftovers(state: State) -> set[str]:
     top = state.overlays
     kept = {os.readlink(top / link) for link in ("current", "previous") if (top / link).is_symlink()}
     shards = {os.path.basename(os.readlink(e.path)) for g in kept for e in os.scandir(top / g) if e.is_symlink()}
-    return ({f"gens/{g}" for g in os.listdir(top / "gens")} - kept
-            | {f"shards/{d}" for d in os.listdir(top / "shards")} - {f"shards/{d}" for d in shards}
-            | set(os.listdir(top)) - {"current", "previous", "gens", "shards", "build.lock"})
+    return (
+        {f"gens/{g}" for g in os.listdir(top / "gens")} - kept
+        | {f"shards/{d}" for d in os.listdir(top / "shards")} - {f"shards/{d}" for d in shards}
+        | set(os.listdir(top)) - {"current", "previous", "gens", "shards", "build.lock"}
+    )
 
 
 KILLER = textwrap.dedent("""
@@ -160,8 +169,14 @@ def test_kill_9_mid_build_leaves_previous_archives_intact(tmp_path, jobs):
     before = {n: p.read_bytes() for n, p in archives.items()}
     (site.overlays / "base" / "etc").mkdir(parents=True)
     (site.overlays / "base" / "etc" / "motd").write_text("changed\n")
-    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(site.root), str(state.root), str(jobs)],
-                            stdout=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLER, str(site.root), str(state.root), str(jobs)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
     try:
         assert proc.stdout.readline().strip() == "staged"
         assert leftovers(state), "the build had written files when it was killed"
@@ -185,13 +200,16 @@ def test_kill_9_at_any_moment_leaves_every_archive_whole(tmp_path):
     build(state, site, inv)
     archives = {n.name: layout.overlay_archive(state, n.name) for n in inv.nodes}
     old = {n: p.read_bytes() for n, p in archives.items()}
-    code = ("import sys; from pathlib import Path; from provisioner.artifacts import overlay_build; "
-            "from provisioner.inventory import load_inventory; from provisioner.paths import Site, State; "
-            "s = Site(Path(sys.argv[1])); overlay_build.build(State(Path(sys.argv[2])), s, "
-            "load_inventory(s.cluster_yaml), force=True, jobs=2)")
+    code = (
+        "import sys; from pathlib import Path; from provisioner.artifacts import overlay_build; "
+        "from provisioner.inventory import load_inventory; from provisioner.paths import Site, State; "
+        "s = Site(Path(sys.argv[1])); overlay_build.build(State(Path(sys.argv[2])), s, "
+        "load_inventory(s.cluster_yaml), force=True, jobs=2)"
+    )
     for delay in (0.4, 0.7, 1.0, 1.4):
-        proc = subprocess.Popen([sys.executable, "-c", code, str(site.root), str(state.root)], cwd=REPO,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(site.root), str(state.root)], cwd=REPO, start_new_session=True
+        )
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -212,8 +230,11 @@ def test_boot_configs_follow_the_inventory_and_are_left_alone_when_unchanged(tmp
     changed = load_inventory(site.cluster_yaml)
     # no shared file shows kernel_args, so only gpu01 rebuilds
     assert build(state, site, changed).built == ["gpu01"]
-    for path in (layout.ipxe_script(state, "gpu01"), layout.pxelinux_config(state, "gpu01"),
-                 layout.grub_config(state, "gpu01")):
+    for path in (
+        layout.ipxe_script(state, "gpu01"),
+        layout.pxelinux_config(state, "gpu01"),
+        layout.grub_config(state, "gpu01"),
+    ):
         assert "console=ttyS0 quiet mitigations=off" in path.read_text()
     assert layout.ipxe_script(state, "node01").stat().st_ino == inode  # the same file in the new generation
     (site.overlays / "base" / "etc").mkdir(parents=True)
@@ -234,7 +255,10 @@ def test_an_image_switch_rebuilds_only_that_images_nodes_pinned_to_the_new_versi
     assert [n for n in before if before[n] != after[n]] == ["gpu01"]
     assert build(state, site, inv).built == ["gpu01"]
     grub = layout.grub_config(state, "gpu01").read_text()
-    assert "linux /images/rocky9/versions/v2/vmlinuz " in grub and "initrd /images/rocky9/versions/v2/initramfs.img" in grub
+    assert (
+        "linux /images/rocky9/versions/v2/vmlinuz " in grub
+        and "initrd /images/rocky9/versions/v2/initramfs.img" in grub
+    )
     assert "provisioner.root=nfs:10.77.0.1:/images/rocky9/versions/v2/rootfs " in grub
     assert "set base http://10.77.0.1:80/images/rocky9/versions/v2\n" in layout.ipxe_script(state, "gpu01").read_text()
     key = next(e for e in read_archive(layout.overlay_archive(state, "gpu01")) if e.path == "etc/munge/munge.key")
@@ -250,7 +274,8 @@ def test_a_per_node_template_reading_all_nodes_ties_every_node_to_any_change(tmp
     assert build(state, site, load_inventory(site.cluster_yaml)).built == ["gpu01"]
     (site.overlays / "base" / "etc").mkdir(parents=True)
     (site.overlays / "base" / "etc" / "racks.j2").write_text(
-        "{{ node.name }}: {% for n in nodes %}{{ n.name }}={{ n.vars.rack | default('-') }} {% endfor %}\n")
+        "{{ node.name }}: {% for n in nodes %}{{ n.name }}={{ n.vars.rack | default('-') }} {% endfor %}\n"
+    )
     build(state, site, load_inventory(site.cluster_yaml))
     site.cluster_yaml.write_text(inventory(gpu01={"vars": {"debug": True, "rack": "r8"}}))
     now = load_inventory(site.cluster_yaml)

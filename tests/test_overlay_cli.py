@@ -5,10 +5,9 @@ from __future__ import annotations
 import gzip
 
 from labs.site import write_site
-from test_render_overlays import INVENTORY, fake_image
-
 from provisioner.artifacts import cpio, layout
 from provisioner.paths import State
+from test_render_overlays import INVENTORY, fake_image
 
 
 def setup_site(cli):
@@ -37,8 +36,10 @@ def test_build_show_list_and_plan(cli):
     assert cli("overlay", "show", "node01", "/etc/hostname").stdout == "node01\n"
     masked = cli("overlay", "show", "node01", "etc/ssh/ssh_host_ed25519_key").stdout
     assert "secret" in masked and "PRIVATE" not in masked
-    assert "BEGIN OPENSSH PRIVATE KEY" in cli("overlay", "show", "node01", "etc/ssh/ssh_host_ed25519_key",
-                                              "--reveal").stdout
+    assert (
+        "BEGIN OPENSSH PRIVATE KEY"
+        in cli("overlay", "show", "node01", "etc/ssh/ssh_host_ed25519_key", "--reveal").stdout
+    )
 
     assert "nothing to build" in cli("plan").stdout
     base = cli.site / "overlays" / "base" / "etc"

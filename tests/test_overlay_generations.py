@@ -16,23 +16,40 @@ import sys
 import time
 from pathlib import Path
 
-from test_overlay_build import _many_nodes, leftovers
-from test_render_overlays import fake_image, make_site
-
 from provisioner.artifacts import layout
 from provisioner.artifacts.overlay_build import read_archive
 from provisioner.paths import State
+from test_overlay_build import _many_nodes, leftovers
+from test_render_overlays import fake_image, make_site
 
 NODES = 40
-MUTATING = ("mkdir", "mkdirat", "link", "linkat", "symlink", "symlinkat", "rename", "renameat", "renameat2",
-            "unlink", "unlinkat", "rmdir")
+MUTATING = (
+    "mkdir",
+    "mkdirat",
+    "link",
+    "linkat",
+    "symlink",
+    "symlinkat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "unlink",
+    "unlinkat",
+    "rmdir",
+)
 EXE = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
 
 
 def provisioner(site, state, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "PROVISIONER_SITE": str(site.root), "PROVISIONER_STATE": str(state.root)}
-    return subprocess.Popen([*prefix, EXE, *args], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*prefix, EXE, *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float | None = None) -> None:
@@ -53,9 +70,13 @@ def build(site, state) -> None:
 def view(state: State, names: list[str]) -> dict[str, tuple[bytes, ...]]:
     """What each node is served now, found through layout as the servers find it: its
     archive and its boot configs."""
-    return {name: (layout.overlay_archive(state, name).read_bytes(),
-                   *(layout.boot_config(state, name, kind).read_bytes() for kind in layout.BOOT_CONFIGS))
-            for name in names}
+    return {
+        name: (
+            layout.overlay_archive(state, name).read_bytes(),
+            *(layout.boot_config(state, name, kind).read_bytes() for kind in layout.BOOT_CONFIGS),
+        )
+        for name in names
+    }
 
 
 def motd(state: State, name: str) -> bytes:
@@ -111,12 +132,20 @@ def test_kill_9_at_every_step_leaves_all_nodes_on_one_generation(tmp_path):
     shutil.copytree(state.root, snap, symlinks=True)
 
     # new archives for all, new boot configs for most
-    site.cluster_yaml.write_text(site.cluster_yaml.read_text().replace("kernel_args: [console=ttyS0]",
-                                                                       "kernel_args: [console=ttyS0, gen-mark]"))
+    site.cluster_yaml.write_text(
+        site.cluster_yaml.read_text().replace("kernel_args: [console=ttyS0]", "kernel_args: [console=ttyS0, gen-mark]")
+    )
     set_motd(site, "three\n")
     trace = tmp_path / "trace.log"
-    proc = provisioner(site, state, "overlay", "build", "--jobs", "2",
-                       prefix=("strace", "-qq", "-o", str(trace), "-e", f"trace={','.join(MUTATING)}"))
+    proc = provisioner(
+        site,
+        state,
+        "overlay",
+        "build",
+        "--jobs",
+        "2",
+        prefix=("strace", "-qq", "-o", str(trace), "-e", f"trace={','.join(MUTATING)}"),
+    )
     finish(proc, 600)
     assert proc.returncode == 0
     new = view(state, names)
@@ -128,14 +157,31 @@ def test_kill_9_at_every_step_leaves_all_nodes_on_one_generation(tmp_path):
     for syscall, nth in sample(points, 10):
         shutil.rmtree(state.root)
         shutil.copytree(snap, state.root, symlinks=True)
-        proc = provisioner(site, state, "overlay", "build", "--jobs", "2",
-                           prefix=("strace", "-qq", "-o", "/dev/null", "-e", f"trace={syscall}",
-                                   "-e", f"inject={syscall}:signal=KILL:when={nth}"))
+        proc = provisioner(
+            site,
+            state,
+            "overlay",
+            "build",
+            "--jobs",
+            "2",
+            prefix=(
+                "strace",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                f"trace={syscall}",
+                "-e",
+                f"inject={syscall}:signal=KILL:when={nth}",
+            ),
+        )
         finish(proc, 600)
         assert proc.returncode != 0, f"not killed at {syscall} #{nth}"
         seen = view(state, names)
-        assert seen in (old, new), (f"killed at {syscall} #{nth}: nodes see a mix of generations: "
-                                    f"{sum(seen[n] == old[n] for n in names)} old, {sum(seen[n] == new[n] for n in names)} new")
+        assert seen in (old, new), (
+            f"killed at {syscall} #{nth}: nodes see a mix of generations: "
+            f"{sum(seen[n] == old[n] for n in names)} old, {sum(seen[n] == new[n] for n in names)} new"
+        )
         outcomes.append(seen == new)
     assert False in outcomes and True in outcomes  # the kills fell on both sides of the switch
 

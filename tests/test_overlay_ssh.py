@@ -11,15 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
-from labs.site import node, site_yaml
 
+from labs.site import node, site_yaml
 from provisioner.artifacts import layout, overlay_build, secrets
 from provisioner.inventory import load_inventory
 from provisioner.paths import Site, State
 
-INVENTORY = site_yaml([node("node[01-02]", "10.99.0.11", ["52:54:00:99:00:11", "52:54:00:99:00:12"])],
-                      {"default": {"image": "debian12", "overlays": ["base", "ssh"]}},
-                      name="sshlab", domain="sshlab.cluster", interface=None)
+INVENTORY = site_yaml(
+    [node("node[01-02]", "10.99.0.11", ["52:54:00:99:00:11", "52:54:00:99:00:12"])],
+    {"default": {"image": "debian12", "overlays": ["base", "ssh"]}},
+    name="sshlab",
+    domain="sshlab.cluster",
+    interface=None,
+)
 
 
 def extract(archive: Path, dest: Path) -> Path:
@@ -49,7 +53,7 @@ def built(tmp_path):
 
 
 def test_client_trusts_node_host_certificates_through_known_hosts(built, lab, tmp_path):
-    state, inv = built
+    state, _ = built
     node_root = extract(layout.overlay_archive(state, "node01"), tmp_path / "node01")
     peer_root = extract(layout.overlay_archive(state, "node02"), tmp_path / "node02")
     ssh_dir = node_root / "etc" / "ssh"
@@ -62,8 +66,10 @@ def test_client_trusts_node_host_certificates_through_known_hosts(built, lab, tm
     config = tmp_path / "sshd_config"
     # The node's own sshd_config.d drop-in, with paths moved under the extracted tree.
     dropin = (ssh_dir / "sshd_config.d" / "provisioner.conf").read_text().replace("/etc/ssh/", f"{ssh_dir}/")
-    config.write_text(dropin + f"ListenAddress 10.99.0.11:2222\nPidFile none\nUsePAM no\nStrictModes no\n"
-                      f"PermitRootLogin prohibit-password\nAuthorizedKeysFile {authorized}\n")
+    config.write_text(
+        dropin + f"ListenAddress 10.99.0.11:2222\nPidFile none\nUsePAM no\nStrictModes no\n"
+        f"PermitRootLogin prohibit-password\nAuthorizedKeysFile {authorized}\n"
+    )
     os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
 
     node = lab.host(ip="10.99.0.11", mac="52:54:00:99:00:11")
@@ -72,22 +78,40 @@ def test_client_trusts_node_host_certificates_through_known_hosts(built, lab, tm
     try:
         wait_port(client, "10.99.0.11", 2222, sshd)
         known = peer_root / "etc" / "ssh" / "ssh_known_hosts"  # what node02 was given
-        base = ["ssh", "-p", "2222", "-i", str(userkey), "-F", "/dev/null", "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", f"GlobalKnownHostsFile={known}"]
-        by_ip = client.run(base + ["root@10.99.0.11", "echo", "ok"], check=False)
+        base = [
+            "ssh",
+            "-p",
+            "2222",
+            "-i",
+            str(userkey),
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            f"GlobalKnownHostsFile={known}",
+        ]
+        by_ip = client.run([*base, "root@10.99.0.11", "echo", "ok"], check=False)
         assert by_ip.returncode == 0 and by_ip.stdout.strip() == "ok", by_ip.stderr
-        by_name = client.run(base + ["-o", "HostKeyAlias=node01.sshlab.cluster", "root@10.99.0.11", "true"],
-                             check=False)
+        by_name = client.run(
+            [*base, "-o", "HostKeyAlias=node01.sshlab.cluster", "root@10.99.0.11", "true"], check=False
+        )
         assert by_name.returncode == 0, by_name.stderr
         # a certificate for node01 does not vouch for another name
-        wrong = client.run(base + ["-o", "HostKeyAlias=node02", "root@10.99.0.11", "true"], check=False)
+        wrong = client.run([*base, "-o", "HostKeyAlias=node02", "root@10.99.0.11", "true"], check=False)
         assert wrong.returncode == 255 and "Host key verification failed" in wrong.stderr
         # and without the cluster CA nothing is trusted
         stranger = tmp_path / "other_known_hosts"
-        stranger.write_text("@cert-authority * ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmQ8sS0uJ0SHpWz5Zz9q4uG1w3i7kq9j8nX0zq3pQ2k x\n")
-        refused = client.run([*base[:-2], "-o", f"GlobalKnownHostsFile={stranger}", "root@10.99.0.11", "true"],
-                             check=False)
+        stranger.write_text(
+            "@cert-authority * ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOmQ8sS0uJ0SHpWz5Zz9q4uG1w3i7kq9j8nX0zq3pQ2k x\n"
+        )
+        refused = client.run(
+            [*base[:-2], "-o", f"GlobalKnownHostsFile={stranger}", "root@10.99.0.11", "true"], check=False
+        )
         assert refused.returncode == 255 and "Host key verification failed" in refused.stderr
     finally:
         sshd.kill()

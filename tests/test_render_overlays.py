@@ -13,34 +13,45 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labs.site import Entry, node, site_yaml
 
+from labs.site import Entry, node, node_of, site_yaml
 from provisioner.artifacts import layout, secrets
 from provisioner.artifacts.overlay_build import Build
-from provisioner.inventory import load_inventory
+from provisioner.inventory import Inventory, load_inventory
 from provisioner.paths import Site, State
 from provisioner.render.context import RenderError
 
 GOLDEN = Path(__file__).parent / "golden"
 
 
-
-def inventory(gpu01: Mapping[str, Any] | None = None, default: Mapping[str, Any] | None = None,
-              more: Sequence[Entry] = (), subnet: str = "10.77.0.0/24") -> str:
+def inventory(
+    gpu01: Mapping[str, Any] | None = None,
+    default: Mapping[str, Any] | None = None,
+    more: Sequence[Entry] = (),
+    subnet: str = "10.77.0.0/24",
+) -> str:
     """The golden cluster: node01-03 and gpu01 (its own kernel_args and vars); `gpu01` and
     `default` change that node's and the default profile's settings (None unsets one), `more`
     adds nodes before gpu01."""
     gpu = {"kernel_args": ["quiet"], "vars": {"debug": True}} | dict(gpu01 or {})
     profile = {"image": "debian12", "kernel_args": ["console=ttyS0"], "overlays": ["base", "ssh", "munge"]}
     return site_yaml(
-        [node("node[01-03]", "10.77.0.11", [f"52:54:00:00:00:0{i}" for i in (1, 2, 3)]), *more,
-         node("gpu01", gpu.pop("ip", "10.77.0.21"), "52:54:00:00:01:01", **gpu)],
+        [
+            node("node[01-03]", "10.77.0.11", [f"52:54:00:00:00:0{i}" for i in (1, 2, 3)]),
+            *more,
+            node("gpu01", gpu.pop("ip", "10.77.0.21"), "52:54:00:00:01:01", **gpu),
+        ],
         {"default": profile | dict(default or {})},
-        name="gold", domain="gold.cluster", subnet=subnet, interface=None,
+        name="gold",
+        domain="gold.cluster",
+        subnet=subnet,
+        interface=None,
         network={"master": "10.77.0.1", "gateway": "10.77.0.1", "dns": ["10.77.0.1", "10.77.0.2"]},
-        nfs={"exports": [{"path": "/home", "access": "rw"},
-                         {"path": "/opt/apps", "access": "ro", "options": "noatime"}]},
-        time_servers=["10.77.0.1"])
+        nfs={
+            "exports": [{"path": "/home", "access": "rw"}, {"path": "/opt/apps", "access": "ro", "options": "noatime"}]
+        },
+        time_servers=["10.77.0.1"],
+    )
 
 
 INVENTORY = inventory()
@@ -67,7 +78,7 @@ def plant_secrets(state: State, inv) -> None:
         (root / secrets.node_credential(n.name)).write_text(f"credential of {n.name}")
 
 
-def make_site(tmp_path: Path, text: str = INVENTORY) -> tuple[Site, State, object]:
+def make_site(tmp_path: Path, text: str = INVENTORY) -> tuple[Site, State, Inventory]:
     site, state = Site(tmp_path / "site"), State(tmp_path / "state")
     site.root.mkdir(parents=True, exist_ok=True)
     site.cluster_yaml.write_text(text)
@@ -76,8 +87,9 @@ def make_site(tmp_path: Path, text: str = INVENTORY) -> tuple[Site, State, objec
     return site, state, inv
 
 
-def fake_image(state: State, image: str = "debian12", munge_ids: tuple[int, int] = (777, 778),
-               version: str = "v1") -> None:
+def fake_image(
+    state: State, image: str = "debian12", munge_ids: tuple[int, int] = (777, 778), version: str = "v1"
+) -> None:
     """A version of `image` with just its user tables, made current as the image builder does."""
     etc = layout.image_rootfs(state, image, version) / "etc"
     etc.mkdir(parents=True)
@@ -101,16 +113,23 @@ def check_golden(name: str, data: bytes) -> None:
     assert data.decode() == path.read_text(), f"{name} differs from its golden file"
 
 
-GOLDEN_FILES = ["etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/fstab",
-                "etc/systemd/network/10-provisioner.network", "etc/systemd/timesyncd.conf.d/provisioner.conf",
-                "etc/ssh/ssh_known_hosts", "etc/ssh/sshd_config.d/provisioner.conf"]
+GOLDEN_FILES = [
+    "etc/hostname",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "etc/fstab",
+    "etc/systemd/network/10-provisioner.network",
+    "etc/systemd/timesyncd.conf.d/provisioner.conf",
+    "etc/ssh/ssh_known_hosts",
+    "etc/ssh/sshd_config.d/provisioner.conf",
+]
 
 
 @pytest.mark.parametrize("node", ["node02", "gpu01"])
 def test_stock_overlays_match_golden_files(tmp_path, node):
     site, state, inv = make_site(tmp_path)
     fake_image(state)
-    entries = by_path(Build(state, site, inv).render(inv.node(node))[0])
+    entries = by_path(Build(state, site, inv).render(node_of(inv, node))[0])
     for rel in GOLDEN_FILES:
         check_golden(f"{node}/{rel}", entries[rel].data)
 
@@ -119,7 +138,8 @@ def test_stock_overlays_match_golden_files(tmp_path, node):
 def test_boot_configs_match_golden_files(tmp_path, node):
     site, state, inv = make_site(tmp_path)
     fake_image(state, version="v3")  # kernel, initramfs and root all name the current version
-    boot = Build(state, site, inv).render(inv.node(node))[1]
+    boot = Build(state, site, inv).render(node_of(inv, node))[1]
+    assert boot is not None
     for kind, text in boot.items():
         check_golden(f"boot/{node}.{kind}", text.encode())
 
@@ -127,7 +147,7 @@ def test_boot_configs_match_golden_files(tmp_path, node):
 def test_modes_owners_symlinks_and_secrets(tmp_path):
     site, state, inv = make_site(tmp_path)
     fake_image(state)
-    e = by_path(Build(state, site, inv).render(inv.node("node01"))[0])
+    e = by_path(Build(state, site, inv).render(node_of(inv, "node01"))[0])
     key = e["etc/munge/munge.key"]
     assert (key.perm, key.uid, key.gid, key.owner) == (0o400, 777, 778, "munge")
     assert key.data == bytes(range(256)) * 4 and key.secret
@@ -145,7 +165,7 @@ def test_modes_owners_symlinks_and_secrets(tmp_path):
 def test_owner_ids_come_from_the_nodes_image(tmp_path):
     site, state, inv = make_site(tmp_path)
     fake_image(state, munge_ids=(4242, 4343))
-    key = by_path(Build(state, site, inv).render(inv.node("node01"))[0])["etc/munge/munge.key"]
+    key = by_path(Build(state, site, inv).render(node_of(inv, "node01"))[0])["etc/munge/munge.key"]
     assert (key.uid, key.gid) == (4242, 4343)
 
 
@@ -160,8 +180,8 @@ def test_site_overlay_overrides_stock_file_by_file_and_node_files_win(tmp_path):
     own.mkdir(parents=True)
     (own / "motd").write_text("node03 is reserved\n")
     b = Build(state, site, inv)
-    n1 = by_path(b.render(inv.node("node01"))[0])
-    n3 = by_path(b.render(inv.node("node03"))[0])
+    n1 = by_path(b.render(node_of(inv, "node01"))[0])
+    n3 = by_path(b.render(node_of(inv, "node03"))[0])
     assert n1["etc/resolv.conf"].data == b"nameserver 192.0.2.53\n"
     assert n1["etc/hosts"].data == n3["etc/hosts"].data and b"node03" in n1["etc/hosts"].data  # stock kept
     assert n1["etc/motd"].data == b"Welcome to node01 of gold\n"
@@ -175,7 +195,7 @@ def test_undefined_variable_names_template_line_and_node(tmp_path):
     (site.overlays / "base" / "etc").mkdir(parents=True)
     (site.overlays / "base" / "etc" / "issue.j2").write_text("line one\n{{ node.name }}\n{{ node.vars.rack }}\n")
     with pytest.raises(RenderError) as err:
-        Build(state, site, inv).render(inv.node("node02"))
+        Build(state, site, inv).render(node_of(inv, "node02"))
     e = err.value
     assert (e.template, e.line, e.node) == ("base:etc/issue.j2", 3, "node02")
     assert "rack" in str(e) and "base:etc/issue.j2:3" in str(e) and "node02" in str(e)
@@ -190,7 +210,7 @@ def test_syntax_error_and_unknown_owner_and_missing_overlay(tmp_path):
     (site.overlays / "base" / "etc" / "bad.j2").unlink()
     (site.overlays / "base" / "_meta.yaml").write_text("etc/hostname: {owner: nobody-here}\n")
     with pytest.raises(RenderError, match="no user 'nobody-here'"):
-        Build(state, site, inv).render(inv.node("node01"))
+        Build(state, site, inv).render(node_of(inv, "node01"))
     text = inventory(default={"overlays": ["base", "nosuch"]})
     site.cluster_yaml.write_text(text)
     with pytest.raises(RenderError, match="no overlay 'nosuch'"):
@@ -200,23 +220,25 @@ def test_syntax_error_and_unknown_owner_and_missing_overlay(tmp_path):
 def test_missing_secret_is_a_clear_error(tmp_path):
     site, state, inv = make_site(tmp_path)
     os.unlink(layout.secrets_dir(state) / "munge.key")
-    with pytest.raises(RenderError, match="munge.key.*does not exist"):
-        Build(state, site, inv).render(inv.node("node01"))
+    with pytest.raises(RenderError, match=r"munge\.key.*does not exist"):
+        Build(state, site, inv).render(node_of(inv, "node01"))
 
 
 def test_site_pxe_template_replaces_the_stock_one(tmp_path):
     site, state, inv = make_site(tmp_path)
     (site.root / "pxe").mkdir()
-    (site.root / "pxe" / "boot.ipxe.j2").write_text("#!ipxe\necho {{ node.name }} {{ node.mac | mac_bare }}\n"
-                                                    "kernel http://x/vmlinuz {{ cmdline }}\nboot\n")
-    boot = Build(state, site, inv).render(inv.node("node03"))[1]
+    (site.root / "pxe" / "boot.ipxe.j2").write_text(
+        "#!ipxe\necho {{ node.name }} {{ node.mac | mac_bare }}\nkernel http://x/vmlinuz {{ cmdline }}\nboot\n"
+    )
+    boot = Build(state, site, inv).render(node_of(inv, "node03"))[1]
+    assert boot is not None
     assert boot.ipxe.startswith("#!ipxe\necho node03 525400000003\nkernel http://x/vmlinuz provisioner.node=node03 ")
     assert "LABEL node03" in boot.pxelinux  # the others stay stock
 
 
 def test_node_without_image_gets_no_boot_configs(tmp_path):
     site, state, inv = make_site(tmp_path, INVENTORY.replace("    image: debian12\n", ""))
-    entries, boot = Build(state, site, inv).render(inv.node("node01"))
+    entries, boot = Build(state, site, inv).render(node_of(inv, "node01"))
     assert boot is None and by_path(entries)["etc/hostname"].data == b"node01\n"
 
 
@@ -228,12 +250,15 @@ def test_template_that_is_not_text_is_a_clear_error(tmp_path):
         Build(state, site, inv)
 
 
-@pytest.mark.parametrize("meta, message", [
-    ('etc/hostname: {mode: "rw-"}', "not octal"),
-    ("etc/hostname: {mode: 0644, colour: red}", "expected {mode, owner, group}"),
-    ("- just a list", "must map node paths"),
-    ("etc/hostname: {mode: [", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ('etc/hostname: {mode: "rw-"}', "not octal"),
+        ("etc/hostname: {mode: 0644, colour: red}", "expected {mode, owner, group}"),
+        ("- just a list", "must map node paths"),
+        ("etc/hostname: {mode: [", "invalid YAML"),
+    ],
+)
 def test_bad_meta_is_a_clear_error(tmp_path, meta, message):
     site, state, inv = make_site(tmp_path)
     (site.overlays / "base").mkdir(parents=True)

@@ -8,8 +8,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from labs.site import node, site_yaml
 
+from labs.site import node, site_yaml
 from provisioner.artifacts import layout, secrets
 from provisioner.inventory import parse_text
 from provisioner.paths import State
@@ -17,9 +17,14 @@ from provisioner.paths import State
 
 def inventory(ip: str = "10.88.0.11") -> str:
     """n1 and n2 from `ip` on, with the overlays that need secrets."""
-    return site_yaml([node("n[1-2]", ip, ["52:54:00:88:00:01", "52:54:00:88:00:02"])],
-                     {"default": {"image": "debian12", "overlays": ["base", "ssh", "munge"]}},
-                     name="sec", domain="sec.cluster", subnet="10.88.0.0/24", interface=None)
+    return site_yaml(
+        [node("n[1-2]", ip, ["52:54:00:88:00:01", "52:54:00:88:00:02"])],
+        {"default": {"image": "debian12", "overlays": ["base", "ssh", "munge"]}},
+        name="sec",
+        domain="sec.cluster",
+        subnet="10.88.0.0/24",
+        interface=None,
+    )
 
 
 @pytest.fixture
@@ -48,8 +53,12 @@ def test_generated_once_with_private_modes_and_real_openssh_keys(tmp_path, inv):
         assert derived.stdout.split()[:2] == (d / f"ssh_host_{ktype}_key.pub").read_text().split()[:2]
         listing = subprocess.run(["ssh-keygen", "-l", "-f", str(key)], capture_output=True, text=True, check=True)
         assert f"({name})" in listing.stdout
-        cert = subprocess.run(["ssh-keygen", "-L", "-f", str(d / f"ssh_host_{ktype}_key-cert.pub")],
-                              capture_output=True, text=True, check=True).stdout
+        cert = subprocess.run(
+            ["ssh-keygen", "-L", "-f", str(d / f"ssh_host_{ktype}_key-cert.pub")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert "host certificate" in cert
         for principal in ("n1", "n1.sec.cluster", "10.88.0.11"):
             assert principal in cert
@@ -64,8 +73,9 @@ def test_certificates_verify_against_the_cluster_ca(tmp_path, inv):
     root = layout.secrets_dir(state)
     cert = root / "ssh" / "n2" / "ssh_host_ed25519_key-cert.pub"
     # ssh-keygen -L shows the signing CA's fingerprint: it must be the cluster CA's.
-    ca_fp = subprocess.run(["ssh-keygen", "-l", "-f", str(root / "ssh_host_ca.pub")], capture_output=True,
-                           text=True, check=True).stdout.split()[1]
+    ca_fp = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(root / "ssh_host_ca.pub")], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
     shown = subprocess.run(["ssh-keygen", "-L", "-f", str(cert)], capture_output=True, text=True, check=True).stdout
     assert ca_fp in shown
 
@@ -78,8 +88,9 @@ def test_changed_address_resigns_certificates_but_keeps_keys(tmp_path, inv):
     moved = parse_text(inventory("10.88.0.51"), "cluster.yaml")
     assert "ssh/n1" in secrets.ensure_secrets(state, moved)
     assert (d / "ssh_host_ed25519_key").read_bytes() == key
-    cert = subprocess.run(["ssh-keygen", "-L", "-f", str(d / "ssh_host_ed25519_key-cert.pub")],
-                          capture_output=True, text=True, check=True).stdout
+    cert = subprocess.run(
+        ["ssh-keygen", "-L", "-f", str(d / "ssh_host_ed25519_key-cert.pub")], capture_output=True, text=True, check=True
+    ).stdout
     assert "10.88.0.51" in cert
 
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from labs.busyroot import make_root
 
+from labs.busyroot import make_root
 from provisioner.artifacts import layout, secrets
 from provisioner.paths import State
 
@@ -72,11 +72,19 @@ def world(tmp_path):
         shutil.rmtree(top)
 
 
-def run(site: Path, state: Path, *args: str, prefix: tuple[str, ...] = (), check: bool = True,
-        timeout: float = 600) -> subprocess.CompletedProcess:
+def run(
+    site: Path, state: Path, *args: str, prefix: tuple[str, ...] = (), check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PROVISIONER_SITE": str(site), "PROVISIONER_STATE": str(state)}
-    res = subprocess.run([*prefix, EXE, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                         preexec_fn=lambda: os.umask(0), check=False)
+    res = subprocess.run(
+        [*prefix, EXE, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=lambda: os.umask(0),
+        check=False,
+    )
     if check:
         assert res.returncode == 0, f"provisioner {' '.join(args)}: {res.stdout}\n{res.stderr}"
     return res
@@ -90,10 +98,23 @@ def needles(state: Path) -> list[bytes]:
 
 
 def attack(state: Path) -> dict[str, list[str]]:
-    res = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                          "/usr/bin/python3", "-c", ATTACKER, str(state)],
-                         input=json.dumps([n.hex() for n in needles(state)]), capture_output=True, text=True,
-                         check=True, timeout=300)
+    res = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            ATTACKER,
+            str(state),
+        ],
+        input=json.dumps([n.hex() for n in needles(state)]),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     return json.loads(res.stdout)
 
 
@@ -142,18 +163,40 @@ def test_nobody_reads_a_secret_after_any_command(world):
     (site / "overlays" / "base" / "etc").mkdir(parents=True)
     (site / "overlays" / "base" / "etc" / "motd").write_text("killed\n")
     shards = set(layout.overlay_shards(s).iterdir())
-    res = run(site, state, "overlay", "build", check=False,
-              prefix=("strace", "-qq", "-o", "/dev/null", "-e", "trace=symlink",
-                      "-e", "inject=symlink:signal=KILL:when=1"))
+    res = run(
+        site,
+        state,
+        "overlay",
+        "build",
+        check=False,
+        prefix=("strace", "-qq", "-o", "/dev/null", "-e", "trace=symlink", "-e", "inject=symlink:signal=KILL:when=1"),
+    )
     assert res.returncode != 0
     assert set(layout.overlay_shards(s).iterdir()) - shards, "the killed build left nothing behind"
     assert_root_only(state, "a killed overlay build")
-    res = run(site, state, "secrets", "regenerate", "ssh", "node02", "--yes", check=False,
-              prefix=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename",
-                      "-e", "inject=rename:signal=KILL:when=2"))
+    res = run(
+        site,
+        state,
+        "secrets",
+        "regenerate",
+        "ssh",
+        "node02",
+        "--yes",
+        check=False,
+        prefix=(
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=rename",
+            "-e",
+            "inject=rename:signal=KILL:when=2",
+        ),
+    )
     assert res.returncode != 0
-    assert list((layout.secrets_dir(s) / "ssh").glob("node02/.keygen.*/ssh_host_*_key")), \
-        "no new key was left half-way"
+    assert list((layout.secrets_dir(s) / "ssh").glob("node02/.keygen.*/ssh_host_*_key")), "no new key was left half-way"
     assert_root_only(state, "a killed key generation")
 
     run(site, state, "initramfs", "build", "tiny")
@@ -178,12 +221,19 @@ def serving(site: Path, state: Path):
     """`provisioner serve` (HTTP) in a private network namespace, asked once, so it has written
     its node-state database (and its WAL) the way it does when nodes boot; running meanwhile."""
     ready = state.parent / "served"
-    script = (f'ip link set lo up; umask 0; "{EXE}" serve --services http --listen 127.0.0.1 --http-port 8080 & '
-              "for i in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8080/boot/none && break; sleep 0.2; done; "
-              f"curl -s -o /dev/null http://127.0.0.1:8080/boot/undionly.kpxe; sleep 1; touch {ready}; wait")
+    script = (
+        f'ip link set lo up; umask 0; "{EXE}" serve --services http --listen 127.0.0.1 --http-port 8080 & '
+        "for i in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8080/boot/none && break; sleep 0.2; done; "
+        f"curl -s -o /dev/null http://127.0.0.1:8080/boot/undionly.kpxe; sleep 1; touch {ready}; wait"
+    )
     env = {**os.environ, "PROVISIONER_SITE": str(site), "PROVISIONER_STATE": str(state)}
-    proc = subprocess.Popen(["unshare", "--net", "sh", "-c", script], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["unshare", "--net", "sh", "-c", script],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(600):
             if ready.exists() or proc.poll() is not None:

@@ -6,6 +6,7 @@ import subprocess
 from importlib import resources
 
 import pytest
+
 from labs.serve import NODES, SERVER_IP, Serve, curl, write_site, write_state
 
 
@@ -29,7 +30,9 @@ def test_systemd_unit_ships_and_prints_with_this_install(cli):
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str
     unit.read_string(printed)
-    assert unit["Service"]["ExecStart"] == f"{cli.exe} serve" or unit["Service"]["ExecStart"].endswith("/provisioner serve")
+    assert unit["Service"]["ExecStart"] == f"{cli.exe} serve" or unit["Service"]["ExecStart"].endswith(
+        "/provisioner serve"
+    )
     assert unit["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     path = cli.site.parent / "provisioner.service"
@@ -55,9 +58,11 @@ def test_busy_port_exits_1_with_a_log_line(lab, cli):
     write_site(cli.site)
     write_state(cli.state)
     with Serve(lab, cli) as first:
-        res = lab.server.run([cli.exe, "serve", "--services", "http", "--listen", SERVER_IP, "--http-port",
-                              str(first.port)], check=False,
-                             env={"PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)})
+        res = lab.server.run(
+            [cli.exe, "serve", "--services", "http", "--listen", SERVER_IP, "--http-port", str(first.port)],
+            check=False,
+            env={"PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)},
+        )
         assert res.returncode == 1
         assert "service failed" in res.stderr and "service=http" in res.stderr
         n1 = lab.host(ip=NODES["node01"][0])
@@ -68,12 +73,21 @@ def test_busy_port_exits_1_with_a_log_line(lab, cli):
 def test_busy_tftp_port_is_a_clear_error(lab, cli):
     write_site(cli.site)
     write_state(cli.state)
-    with lab.server.popen(["python3", "-c", f"import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-                                            f"s.bind(('{SERVER_IP}', 6970)); print('bound', flush=True); time.sleep(60)"],
-                          text=True) as holder:
+    with lab.server.popen(
+        [
+            "python3",
+            "-c",
+            f"import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.bind(('{SERVER_IP}', 6970)); print('bound', flush=True); time.sleep(60)",
+        ],
+        text=True,
+    ) as holder:
         assert holder.stdout.readline().strip() == "bound"
-        res = lab.server.run([cli.exe, "serve", "--services", "tftp", "--listen", SERVER_IP, "--tftp-port", "6970"],
-                             check=False, env={"PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)})
+        res = lab.server.run(
+            [cli.exe, "serve", "--services", "tftp", "--listen", SERVER_IP, "--tftp-port", "6970"],
+            check=False,
+            env={"PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)},
+        )
         holder.kill()
     assert res.returncode == 1 and "cannot start tftp" in res.stderr and "Traceback" not in res.stderr
 

@@ -6,6 +6,7 @@ import json
 import signal
 
 import pytest
+
 from labs.serve import NODES, SERVER_IP, Serve, curl, write_site, write_state
 
 pytestmark = pytest.mark.netns

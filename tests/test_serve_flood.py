@@ -14,6 +14,7 @@ import socket
 import time
 
 import pytest
+
 from labs.flood import Sampler, drive, fds, rrq_burst, rss_mb
 from labs.serve import (
     NODES,
@@ -25,7 +26,6 @@ from labs.serve import (
     write_state,
 )
 from labs.tftp import in_ns, sha
-
 from provisioner.logs import Collapse, repeated
 
 pytestmark = pytest.mark.netns
@@ -91,7 +91,10 @@ def test_tftp_request_flood_is_refused_beyond_the_caps_and_dead_transfers_end(la
             assert fds(pid, "socket") <= base + 2 * 8
             # The node and the other service are served while the attacker holds its share.
             assert curl(n1, f"tftp://{SERVER_IP}:{TFTP[1]}/boot.ipxe").returncode == 0
-            assert curl(n1, "-o", "/dev/null", "-w", "%{http_code}", f"http://{SERVER_IP}:{HTTP[1]}/boot/ipxe").stdout == "200"
+            assert (
+                curl(n1, "-o", "/dev/null", "-w", "%{http_code}", f"http://{SERVER_IP}:{HTTP[1]}/boot/ipxe").stdout
+                == "200"
+            )
             refused = lines(srv, "logger=tftp", "msg=refused")
             assert 1 <= len(refused) <= os.cpu_count(), refused
             # The held transfers were never acknowledged: gone within a few client timers,
@@ -105,8 +108,9 @@ def test_tftp_request_flood_is_refused_beyond_the_caps_and_dead_transfers_end(la
         got, held = in_ns(attacker, rrq_burst, TFTP, 20, BIG)
         for s, _, _ in held:
             s.close()
-        counted = [int(m.group(1)) for ln in lines(srv, "logger=tftp", "msg=refused")
-                   if (m := re.search(r" count=(\d+)", ln))]
+        counted = [
+            int(m.group(1)) for ln in lines(srv, "logger=tftp", "msg=refused") if (m := re.search(r" count=(\d+)", ln))
+        ]
         # A line per TFTP process (serve runs one per CPU): their counts add up to the flood.
         assert sum(counted) >= 2900, lines(srv, "msg=refused")
         assert len(lines(srv, "logger=tftp")) < 60
@@ -167,7 +171,7 @@ def http_attack(server: tuple[str, int]) -> dict:
             if k in closed:
                 continue
             try:
-                s.send(head[i:i + 1])
+                s.send(head[i : i + 1])
             except OSError:
                 closed[k] = time.monotonic() - t0
         time.sleep(0.2)
@@ -183,20 +187,26 @@ def http_attack(server: tuple[str, int]) -> dict:
 
 def test_http_connection_flood_slowloris_and_idle_are_refused_or_closed(lab, cli):
     write_state(cli.state)
-    with start(lab, cli, http_connections=40, http_per_client=20, http_header_timeout=2,
-               http_keepalive_timeout=3) as srv:
+    with start(
+        lab, cli, http_connections=40, http_per_client=20, http_header_timeout=2, http_keepalive_timeout=3
+    ) as srv:
         pid = srv.proc.pid
         attacker, n1 = lab.host(ip="10.99.0.66"), node(lab)
         base = fds(pid)
         with Sampler(pid) as sampler:
             got = in_ns(attacker, http_attack, HTTP)
-            assert curl(n1, "-o", "/dev/null", "-w", "%{http_code}", f"http://{SERVER_IP}:{HTTP[1]}/boot/ipxe").stdout == "200"
+            assert (
+                curl(n1, "-o", "/dev/null", "-w", "%{http_code}", f"http://{SERVER_IP}:{HTTP[1]}/boot/ipxe").stdout
+                == "200"
+            )
         busy = [d for d, _ in got["silent"] if d.startswith(b"HTTP/1.1 503")]
         assert len(busy) == 40 and all(b"\r\nRetry-After: 5\r\n" in d for d in busy), got["silent"][:3]
         admitted = [t for d, t in got["silent"] if not d]
         assert len(admitted) == 20 and all(1.5 < t < 4 for t in admitted), admitted  # header timeout: 2 s
         assert len(got["slow"]) == 10 and all(t < 4.5 for t in got["slow"].values()), got["slow"]
-        assert got["idle_first"].startswith(b"HTTP/1.1 404")  # not a node: answered, kept alive and got["idle_closed"] < 5, got["idle_closed"]
+        assert got["idle_first"].startswith(
+            b"HTTP/1.1 404"
+        )  # not a node: answered, kept alive and got["idle_closed"] < 5, got["idle_closed"]
         assert sampler.peak_fds <= base + 2 * (40 + 64) + 4
         refused = lines(srv, "logger=http", "msg=refused")
         assert 1 <= len(refused) <= 2, refused

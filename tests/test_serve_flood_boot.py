@@ -9,6 +9,7 @@ serve's descriptors stay within the caps."""
 import time
 
 import pytest
+
 from labs.busyroot import console_values
 from labs.flood import HttpFlood, Sampler, TftpFlood, fds
 from labs.pxe import HTTP_PORT, PxeLab, site_yaml
@@ -35,20 +36,26 @@ def timed_boot(pxe: PxeLab) -> float:
 def test_a_node_boots_under_a_flood_in_less_than_twice_its_time(lab, cli, tmp_path):
     pxe = PxeLab(lab, cli, tmp_path / "pxe", INIT)
     try:
-        pxe.start(site_yaml({"node01": MAC}, '    boot_files: {bios: pxelinux.0, ipxe: "tftp://10.99.0.1/pxelinux.0"}\n'))
+        pxe.start(
+            site_yaml({"node01": MAC}, '    boot_files: {bios: pxelinux.0, ipxe: "tftp://10.99.0.1/pxelinux.0"}\n')
+        )
         assert pxe.serve is not None
         pid = pxe.serve.proc.pid
         attacker = lab.host(ip="10.99.0.66")
         base_fds = fds(pid)
         timed_boot(pxe)  # warm: qemu, firmware and the image in the page cache
-        with Sampler(pid) as sampler, \
-                TftpFlood(attacker, (SERVER, 69), "images/tiny/vmlinuz", rate=1000) as tftp, \
-                HttpFlood(attacker, (SERVER, HTTP_PORT), conns=200) as http:
+        with (
+            Sampler(pid) as sampler,
+            TftpFlood(attacker, (SERVER, 69), "images/tiny/vmlinuz", rate=1000) as tftp,
+            HttpFlood(attacker, (SERVER, HTTP_PORT), conns=200) as http,
+        ):
             flooded = timed_boot(pxe)
         normal = timed_boot(pxe)
-        print(f"boot {normal:.1f} s, under flood {flooded:.1f} s; TFTP {tftp.rate():.0f} requests/s "
-              f"{dict(tftp.answers)}, HTTP {http.rate():.0f} connections/s {dict(http.answers)}; "
-              f"serve peak {sampler.peak_rss:.0f} MB, {sampler.peak_fds:.0f} fds (from {base_fds})")
+        print(
+            f"boot {normal:.1f} s, under flood {flooded:.1f} s; TFTP {tftp.rate():.0f} requests/s "
+            f"{dict(tftp.answers)}, HTTP {http.rate():.0f} connections/s {dict(http.answers)}; "
+            f"serve peak {sampler.peak_rss:.0f} MB, {sampler.peak_fds:.0f} fds (from {base_fds})"
+        )
         assert flooded < 2 * normal, (flooded, normal)
         assert tftp.rate() > 500 and tftp.answers["error"] > 1000, (tftp.rate(), tftp.answers)
         assert http.answers["503"] > 0 and http.answers["closed"] > 0, http.answers

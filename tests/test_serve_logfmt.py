@@ -12,8 +12,8 @@ import signal
 import sys
 
 import pytest
-from labs.serve import NODES, SERVER_IP, Serve, curl, write_site, write_state
 
+from labs.serve import NODES, SERVER_IP, Serve, curl, write_site, write_state
 from provisioner.logs import Logfmt, kv
 
 _PAIR = re.compile(r'([A-Za-z_][A-Za-z0-9_.-]*)=("(?:[^"\\]|\\.)*"|[^\s"=\\]+)(?: |$)')
@@ -36,13 +36,28 @@ def parse(line: str) -> dict[str, str]:
 
 
 def test_awkward_values_come_back_whole():
-    values = {"space": "a b", "quote": 'say "hi"', "newline": "one\ntwo", "backslash": "C:\\boot",
-              "equals": "k=v", "empty": "", "unicode": "nœud", "tab": "a\tb", "plain": "52:54:00:aa:00:01"}
+    values = {
+        "space": "a b",
+        "quote": 'say "hi"',
+        "newline": "one\ntwo",
+        "backslash": "C:\\boot",
+        "equals": "k=v",
+        "empty": "",
+        "unicode": "nœud",
+        "tab": "a\tb",
+        "plain": "52:54:00:aa:00:01",
+    }
     rec = logging.LogRecord("provisioner.tftp", logging.WARNING, __file__, 1, "path refused", None, None)
     rec.__dict__.update(kv(**values, none=None))
     fields = parse(Logfmt({"worker": 42}).format(rec))
-    assert fields == {"ts": fields["ts"], "level": "warning", "logger": "tftp", "msg": "path refused",
-                      **values, "worker": "42"}
+    assert fields == {
+        "ts": fields["ts"],
+        "level": "warning",
+        "logger": "tftp",
+        "msg": "path refused",
+        **values,
+        "worker": "42",
+    }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fields["ts"])
 
 
@@ -50,8 +65,7 @@ def test_a_traceback_is_one_field_of_one_line():
     try:
         raise ValueError("bad\nthing")
     except ValueError:
-        rec = logging.LogRecord("provisioner.dhcp", logging.ERROR, __file__, 1, "error answering", None,
-                                sys.exc_info())
+        rec = logging.LogRecord("provisioner.dhcp", logging.ERROR, __file__, 1, "error answering", None, sys.exc_info())
     line = Logfmt().format(rec)
     assert "\n" not in line
     assert parse(line)["error"].startswith("Traceback") and "ValueError: bad\nthing" in parse(line)["error"]
@@ -61,14 +75,17 @@ def test_a_traceback_is_one_field_of_one_line():
 def test_every_line_of_a_running_serve_parses(lab, cli):
     write_site(cli.site)
     files = write_state(cli.state)
-    with Serve(lab, cli, services="dhcp,tftp,http",
-               extra=("--tftp-port", "6969", "--tftp-workers", "2", "--interface", "br0")) as srv:
+    with Serve(
+        lab, cli, services="dhcp,tftp,http", extra=("--tftp-port", "6969", "--tftp-workers", "2", "--interface", "br0")
+    ) as srv:
         ip, mac = NODES["node01"]
         n1 = lab.host(mac=mac)
         n1.run(["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", "/bin/true"])
         n1.run(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"])
-        garbage = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-                   f"s.sendto(b'\\x01 not a \"packet\"', ('{SERVER_IP}', 67))")
+        garbage = (
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.sendto(b'\\x01 not a \"packet\"', ('{SERVER_IP}', 67))"
+        )
         n1.run([sys.executable, "-c", garbage])
         for _ in range(16):  # from fresh source ports: the kernel spreads them over both processes
             assert curl(n1, f"tftp://{SERVER_IP}:6969/boot.ipxe").stdout.encode() == files[f"/boot/{mac}.ipxe"]
@@ -79,19 +96,30 @@ def test_every_line_of_a_running_serve_parses(lab, cli):
         mark = len(srv.lines)
         srv.signal(signal.SIGHUP)
         srv.wait_log("msg=reloaded", after=mark)
-        srv.wait_log("outcome=\"not found\"")
-        srv.wait_log("msg=\"dropped a malformed packet\"")
+        srv.wait_log('outcome="not found"')
+        srv.wait_log('msg="dropped a malformed packet"')
         assert srv.stop() == 0
 
     lines = [parse(line) for line in srv.lines]
     assert all(list(f)[:4] == ["ts", "level", "logger", "msg"] for f in lines)
     said = {(f["logger"], f["msg"]) for f in lines}
-    assert {("dhcp", "listening"), ("dhcp", "dropped a malformed packet"), ("tftp", "listening"),
-            ("tftp", "workers"), ("tftp", "transfer"), ("tftp", "path refused"), ("http", "listening"),
-            ("http", "transfer"), ("http", "no such boot file"), ("serve", "ready"), ("serve", "reloaded"),
-            ("serve", "stopped")} <= said, sorted(said)
+    assert {
+        ("dhcp", "listening"),
+        ("dhcp", "dropped a malformed packet"),
+        ("tftp", "listening"),
+        ("tftp", "workers"),
+        ("tftp", "transfer"),
+        ("tftp", "path refused"),
+        ("http", "listening"),
+        ("http", "transfer"),
+        ("http", "no such boot file"),
+        ("serve", "ready"),
+        ("serve", "reloaded"),
+        ("serve", "stopped"),
+    } <= said, sorted(said)
     tftp = [f for f in lines if f["logger"] == "tftp" and f["msg"] == "transfer"]
     assert any("worker" in f for f in tftp) and any("worker" not in f for f in tftp), tftp
     assert {"path": "no such file", "outcome": "not found"}.items() <= next(
-        f for f in tftp if f["outcome"] != "ok").items()
+        f for f in tftp if f["outcome"] != "ok"
+    ).items()
     assert any(f.get("file") == 'a "quoted" name' for f in lines if f["logger"] == "http")

@@ -8,13 +8,13 @@ exports, no reload): the next boot gets the new version's kernel, initramfs and 
 import json
 
 import pytest
+
 from labs import guest
 from labs.busyroot import REPORT_INIT, console_values, make_root
 from labs.ganesha import Ganesha
 from labs.pxe import pxe_site
 from labs.serve import Serve
 from labs.site import write_site
-
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import nfs_roots
 from provisioner.demo.qemu import Guest, Nic
@@ -43,8 +43,10 @@ def test_pxe_boot_through_serve_shows_every_stage_and_a_rebuild_needs_no_nfs_rel
     assert layout.ipxe_script(state, "node01").is_file()
     cluster = load_inventory(cluster_yaml).cluster
     exports = exports_for(cluster, nfs_roots(state))
-    with Ganesha(lab.server, tmp_path / "ganesha", exports, lab.net, lab.server_ip) as nfs, \
-            Serve(lab, cli, services="dhcp,tftp,http", port=8080, extra=("--interface", "br0")) as srv:
+    with (
+        Ganesha(lab.server, tmp_path / "ganesha", exports, lab.net, lab.server_ip) as nfs,
+        Serve(lab, cli, services="dhcp,tftp,http", port=8080, extra=("--interface", "br0")) as srv,
+    ):
         text = boot(lab, tmp_path / "console-v1.log", srv)
         served = "\n".join(srv.lines)
         first = console_values(text)
@@ -58,7 +60,9 @@ def test_pxe_boot_through_serve_shows_every_stage_and_a_rebuild_needs_no_nfs_rel
         table = cli("status", "node01", "--timeline").stdout
         assert table.splitlines()[-1].startswith("total "), table
         assert "outcome=ok" in served and "path=/overlays/node01.cpio.gz" in served
-        assert "path=/images/tiny/versions/v1/vmlinuz" in served and "10.99.0.1:/images/tiny/versions/v1/rootfs " in text
+        assert (
+            "path=/images/tiny/versions/v1/vmlinuz" in served and "10.99.0.1:/images/tiny/versions/v1/rootfs " in text
+        )
 
         # Rebuild: a new root (another marker) while serve and nfs-ganesha run on untouched.
         (src / "etc" / "image-file").write_text("from-v2\n")

@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+
 from labs.serve import (
     IMAGE,
     NODES,
@@ -18,7 +19,6 @@ from labs.serve import (
     write_site,
     write_state,
 )
-
 from provisioner.artifacts import layout
 from provisioner.paths import State
 
@@ -70,8 +70,11 @@ def test_reload_under_load_drops_no_transfer(lab, cli):
         out = f"/tmp/{lab.tag}-dl"
         urls = " ".join(f"-o {out}/{i} {srv.url}/images/{IMAGE}/initramfs.img" for i in range(CLIENTS))
         # Each client is held to 3 MB/s, so every download spans the reloads below.
-        fetch = n1.popen(f"mkdir -p {out} && curl -sS --noproxy '*' --fail --parallel --parallel-immediate --parallel-max {CLIENTS} "
-                         f"--limit-rate 3M {urls}; echo rc=$?", text=True)
+        fetch = n1.popen(
+            f"mkdir -p {out} && curl -sS --noproxy '*' --fail --parallel --parallel-immediate --parallel-max {CLIENTS} "
+            f"--limit-rate 3M {urls}; echo rc=$?",
+            text=True,
+        )
         wait_in_flight(lab, srv, CLIENTS)
         mark = len(srv.lines)
         srv.signal(signal.SIGHUP)
@@ -132,8 +135,10 @@ def test_sigterm_lets_a_download_in_flight_finish(lab, cli):
         n1 = lab.host(ip=NODES["node01"][0])
         # 8 s at 2 MB/s: time to see it in flight on a loaded machine, and to finish inside
         # serve's 10 s shutdown grace.
-        fetch = n1.popen(f"curl -sS --noproxy '*' --fail --limit-rate 2M {srv.url}/images/{IMAGE}/initramfs.img "
-                         "| sha256sum", text=True)
+        fetch = n1.popen(
+            f"curl -sS --noproxy '*' --fail --limit-rate 2M {srv.url}/images/{IMAGE}/initramfs.img | sha256sum",
+            text=True,
+        )
         wait_in_flight(lab, srv, 1, fetch=fetch)
         srv.signal(signal.SIGTERM)
         out, _ = fetch.communicate(timeout=60)

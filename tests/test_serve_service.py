@@ -7,7 +7,6 @@ import socket
 import threading
 
 from labs.serve import cluster_yaml
-
 from provisioner.inventory import parse_text
 from provisioner.paths import State
 from provisioner.servers.dhcp import DhcpServer
@@ -51,9 +50,10 @@ def test_the_base_class_gives_ready_and_empty_counters():
 
 def test_shut_down_before_serving_frees_the_port_and_never_serves(tmp_path):
     inventory = parse_text(cluster_yaml(), "cluster.yaml")
-    for make, kind in ((lambda: directory_service(tmp_path, "127.0.0.1", 0), socket.SOCK_DGRAM),
-                       (lambda: HttpServer(inventory, State(tmp_path), "127.0.0.1", _free_tcp_port()),
-                        socket.SOCK_STREAM)):
+    for make, kind in (
+        (lambda: directory_service(tmp_path, "127.0.0.1", 0), socket.SOCK_DGRAM),
+        (lambda: HttpServer(inventory, State(tmp_path), "127.0.0.1", _free_tcp_port()), socket.SOCK_STREAM),
+    ):
         service = make()
         port = service.server.port if isinstance(service, TftpService) else service.port
         service.shutdown()

@@ -9,11 +9,11 @@ import signal
 import time
 
 import pytest
-from labs.serve import IMAGE, NODES, SERVER_IP, Serve, set_limits, sha256, write_site, write_state
-from test_serve_reload import NODE03, add_node03
 
+from labs.serve import IMAGE, NODES, SERVER_IP, Serve, set_limits, sha256, write_site, write_state
 from provisioner.nodestate import NodeStateDB
 from provisioner.paths import State
+from test_serve_reload import NODE03, add_node03
 
 pytestmark = pytest.mark.netns
 
@@ -32,8 +32,14 @@ def worker_pids(srv) -> list[int]:
 
 def fetch_all(ns, path: str, n: int) -> list[str]:
     """n concurrent TFTP downloads of `path` (each from its own client port): their sha256s."""
-    out = ns.run(["sh", "-c", f"for i in $(seq {n}); do (curl -sS --fail tftp://{SERVER_IP}:{PORT}/{path} "
-                              f"| sha256sum) & done; wait"], timeout=120).stdout
+    out = ns.run(
+        [
+            "sh",
+            "-c",
+            f"for i in $(seq {n}); do (curl -sS --fail tftp://{SERVER_IP}:{PORT}/{path} | sha256sum) & done; wait",
+        ],
+        timeout=120,
+    ).stdout
     return [line.split()[0] for line in out.splitlines()]
 
 
@@ -117,8 +123,23 @@ def test_a_second_serve_on_the_port_is_refused(lab, cli):
     write_state(cli.state)
     with Serve(lab, cli, services="tftp", extra=("--tftp-port", str(PORT), "--tftp-workers", "2")) as srv:
         env = {**os.environ, "PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)}
-        second = lab.server.run([cli.exe, "serve", "--services", "tftp", "--listen", SERVER_IP,
-                                 "--tftp-port", str(PORT), "--tftp-workers", "2"], check=False, env=env, timeout=30)
+        second = lab.server.run(
+            [
+                cli.exe,
+                "serve",
+                "--services",
+                "tftp",
+                "--listen",
+                SERVER_IP,
+                "--tftp-port",
+                str(PORT),
+                "--tftp-workers",
+                "2",
+            ],
+            check=False,
+            env=env,
+            timeout=30,
+        )
         assert second.returncode == 1, second.stdout + second.stderr
         assert "cannot start tftp" in second.stderr and "in use" in second.stderr, second.stderr
         assert srv.stop() == 0

@@ -6,7 +6,6 @@ import time
 from ipaddress import IPv4Address
 
 from labs.serve import cluster_yaml
-
 from provisioner.inventory import parse_text
 from provisioner.logs import Logfmt
 from provisioner.nodestate import NodeStateDB
@@ -19,8 +18,9 @@ def test_logfmt_quotes_only_what_needs_it():
     rec = logging.LogRecord("provisioner.http", logging.WARNING, __file__, 1, "unknown node", None, None)
     rec.kv = {"mac": "52:54:00:aa:00:01", "path": "/a b", "empty": "", "skip": None, "q": 'say "hi"'}
     line = Logfmt().format(rec)
-    assert line.split(" ", 1)[1] == ('level=warning logger=http msg="unknown node" mac=52:54:00:aa:00:01 '
-                                     'path="/a b" empty="" q="say \\"hi\\""')
+    assert line.split(" ", 1)[1] == (
+        'level=warning logger=http msg="unknown node" mac=52:54:00:aa:00:01 path="/a b" empty="" q="say \\"hi\\""'
+    )
     assert line.startswith("ts=") and line.split()[0].endswith("Z")
 
 
@@ -65,4 +65,6 @@ def test_secret_and_admin_rules():
     assert is_admin(Peer(IPv4Address("10.99.0.1"), 5000), local, None, None)
     assert not is_admin(Peer(mine, 5000), local, None, None)
     assert not is_admin(Peer(mine, 5000), local, "Bearer x", None)
-    assert is_admin(Peer(mine, 5000), local, "Bearer tok", "tok") and not is_admin(Peer(mine, 5000), local, "tok", "tok")
+    assert is_admin(Peer(mine, 5000), local, "Bearer tok", "tok") and not is_admin(
+        Peer(mine, 5000), local, "tok", "tok"
+    )

@@ -9,18 +9,19 @@ from __future__ import annotations
 import os
 
 import pytest
-from labs.site import write_site
-from test_slurm_render import INVENTORY, facts_for
 
+from labs.site import write_site
 from provisioner.artifacts.slurm_config import ReconfigureFailed, apply, diff
 from provisioner.nodestate import NodeStateDB
 from provisioner.render.slurm import SlurmConfig
+from test_slurm_render import INVENTORY, facts_for
 
 
 def conf(nodes: str, mem: int = 1000) -> SlurmConfig:
     lines = "".join(f"NodeName={n} CPUs=2 RealMemory={mem}\n" for n in nodes.split(","))
-    return SlurmConfig({"slurm.conf": "ClusterName=x\n" + lines, "cgroup.conf": "ConstrainCores=yes\n",
-                        "gres.conf": ""})
+    return SlurmConfig(
+        {"slurm.conf": "ClusterName=x\n" + lines, "cgroup.conf": "ConstrainCores=yes\n", "gres.conf": ""}
+    )
 
 
 @pytest.fixture
@@ -29,21 +30,26 @@ def ctl(tmp_path):
     reconfigure answers like slurmctld refusing a topology change when refuse.flag exists."""
     log = tmp_path / "calls.log"
     flag = tmp_path / "refuse.flag"
-    reconfigure = ["sh", "-c", f'echo reconfigure >>{log}; if [ -e {flag} ]; then rm {flag}; '
-                               'echo "slurm_reconfigure error: The node configuration changes that were made '
-                               'require restart of the slurmctld daemon to take effect" >&2; exit 1; fi']
-    restart = ["sh", "-c", f"echo restart >>{log}"]
+    reconfigure_cmd = [
+        "sh",
+        "-c",
+        f"echo reconfigure >>{log}; if [ -e {flag} ]; then rm {flag}; "
+        'echo "slurm_reconfigure error: The node configuration changes that were made '
+        'require restart of the slurmctld daemon to take effect" >&2; exit 1; fi',
+    ]
+    restart_cmd = ["sh", "-c", f"echo restart >>{log}"]
 
     class Ctl:
+        reconfigure = reconfigure_cmd
+        restart = restart_cmd
+
         def calls(self) -> list[str]:
             return log.read_text().split() if log.exists() else []
 
         def refuse_next(self) -> None:
             flag.touch()
 
-    c = Ctl()
-    c.reconfigure, c.restart = reconfigure, restart
-    return c
+    return Ctl()
 
 
 def test_first_write_then_nothing_when_unchanged(tmp_path, ctl):
@@ -106,6 +112,7 @@ def test_diff_shows_what_apply_would_change(tmp_path):
 
 # -- CLI ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def site(cli):
     write_site(cli.site, INVENTORY)
@@ -130,8 +137,17 @@ def test_cli_render_diff_apply(site, tmp_path):
 
 
 def test_cli_apply_reports_a_controller_that_does_not_answer(site, tmp_path):
-    res = site("slurm", "apply", "--conf-dir", tmp_path / "etc-slurm", "--reconfigure-command", "false",
-               "--restart-command", "false", check=False)
+    res = site(
+        "slurm",
+        "apply",
+        "--conf-dir",
+        tmp_path / "etc-slurm",
+        "--reconfigure-command",
+        "false",
+        "--restart-command",
+        "false",
+        check=False,
+    )
     assert res.returncode == 1
     assert "Error: files written, but slurmctld did not take them: false exited 1\n" in res.stderr
     assert "Traceback" not in res.stderr

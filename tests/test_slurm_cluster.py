@@ -12,13 +12,16 @@ import re
 import subprocess
 
 import pytest
+
 from labs.site import numbered
 from labs.slurm import PROVISIONER, lab_site, slurm_cluster
 
 pytestmark = [pytest.mark.netns, pytest.mark.daemons]
 
-INVENTORY = lab_site([*numbered(3), *(n | {"profiles": ["late"]} for n in numbered(5)[3:])],
-                     {"late": {"overlays": ["munge", "slurm", "mpi"], "partitions": ["late"]}})
+INVENTORY = lab_site(
+    [*numbered(3), *(n | {"profiles": ["late"]} for n in numbered(5)[3:])],
+    {"late": {"overlays": ["munge", "slurm", "mpi"], "partitions": ["late"]}},
+)
 NODES = ["node01", "node02", "node03"]
 
 HELLO = r"""
@@ -99,13 +102,29 @@ def test_mpich_hello_over_srun_pmi2(cluster, hello):
 def test_mpirun_with_the_generated_hostfile_inside_an_allocation(cluster, hello):
     hostfile = cluster.work / "hostfile"
     env = {**os.environ, "PROVISIONER_SITE": str(cluster.inv.path.parent), "PROVISIONER_STATE": str(cluster.state.root)}
-    text = subprocess.run([PROVISIONER, "mpi", "hostfile", "--partition", "batch"], env=env, check=True,
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        [PROVISIONER, "mpi", "hostfile", "--partition", "batch"], env=env, check=True, capture_output=True, text=True
+    ).stdout
     cpus = cluster.db.facts("node01")["cpus"]
     assert text.splitlines() == [f"{n} slots={cpus}" for n in NODES]
     hostfile.write_text(text)
-    res = cluster.ctl.run(["salloc", "-N3", "-w", ",".join(NODES), "mpirun", "--allow-run-as-root",
-                           "--hostfile", str(hostfile), "-np", "3", "--map-by", "node", str(hello["openmpi"])])
+    res = cluster.ctl.run(
+        [
+            "salloc",
+            "-N3",
+            "-w",
+            ",".join(NODES),
+            "mpirun",
+            "--allow-run-as-root",
+            "--hostfile",
+            str(hostfile),
+            "-np",
+            "3",
+            "--map-by",
+            "node",
+            str(hello["openmpi"]),
+        ]
+    )
     assert _hosts_of(res.stdout) == NODES, res.stdout + res.stderr
 
 
@@ -129,10 +148,14 @@ def test_node_without_facts_waits_out_of_every_partition_then_joins(cluster):
 def test_node_with_the_wrong_munge_key_is_refused(cluster):
     cluster.node("node05", munge_key=os.urandom(1024))
     cluster.report_facts("node05")  # HTTP facts are not MUNGE's business: it gets into slurm.conf
-    cluster.wait(lambda: "NodeName=node05 CPUs=" in (cluster.conf_dir / "slurm.conf").read_text(), "node05 facts applied")
+    cluster.wait(
+        lambda: "NodeName=node05 CPUs=" in (cluster.conf_dir / "slurm.conf").read_text(), "node05 facts applied"
+    )
     cluster.start_slurmd("node05")
-    cluster.wait(lambda: "Munge decode failed: Invalid credential" in cluster.ctl.log("var/log/slurm/slurmctld.log"),
-                 "slurmctld refusing node05's credential")
+    cluster.wait(
+        lambda: "Munge decode failed: Invalid credential" in cluster.ctl.log("var/log/slurm/slurmctld.log"),
+        "slurmctld refusing node05's credential",
+    )
     assert cluster.show_node("node05")["State"].startswith("UNKNOWN")
     assert cluster.states().get("node05") != "idle"
     assert "node05" not in cluster.ctl.run(["srun", "-N3", "hostname"]).stdout
@@ -145,8 +168,9 @@ def test_a_change_of_facts_reaches_slurm_conf_and_slurmctld(cluster):
     url = f"http://{cluster.inv.cluster.network.master}:{cluster.inv.cluster.ports.http}/api/v1/facts"
     line = real["slurmd_C"].replace(f"RealMemory={real['memory_mb']}", "RealMemory=2000")
     body = json.dumps({**real, "slurmd_C": line, "memory_mb": 2000})
-    cluster.nodes["node01"].run([*NODE_CURL, "-fsS", "--local-port", "600-1023", "-H", "Content-Type: application/json",
-                                 "--data", body, url])
+    cluster.nodes["node01"].run(
+        [*NODE_CURL, "-fsS", "--local-port", "600-1023", "-H", "Content-Type: application/json", "--data", body, url]
+    )
     cluster.wait(lambda: cluster.show_node("node01").get("RealMemory") == "2000", "RealMemory=2000 in slurmctld")
     assert f"{line} NodeAddr=10.99.0.11\n" in (cluster.conf_dir / "slurm.conf").read_text()
     cluster.report_facts("node01")

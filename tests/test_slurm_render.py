@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from labs.site import node, site_yaml
 
+from labs.site import node, site_yaml
 from provisioner.facts import FactsInvalid, hardware, parse_slurmd_c
 from provisioner.inventory import parse_text
 from provisioner.render.slurm import render
@@ -17,12 +17,22 @@ def inventory(g01: Mapping[str, Any] | None = None, default: Mapping[str, Any] |
     """Three plain nodes, a GPU node, a storage node out of Slurm; `g01` and `default` add to
     that node's and the default profile's settings."""
     return site_yaml(
-        [node("c[01-03]", "10.5.0.11"), node("g01", "10.5.0.21", profiles=["default", "gpu"], **(g01 or {})),
-         node("nfs01", "10.5.0.31", profiles=["storage"])],
-        {"default": {"overlays": ["munge", "slurm", "mpi"], "partitions": ["batch"]} | dict(default or {}),
-         "gpu": {"features": ["gpu", "a100"], "partitions": ["gpu"]}, "storage": {"overlays": ["base"]}},
-        name="hpc", domain="hpc.cluster", subnet="10.5.0.0/24", interface=None,
-        slurm={"controller": "head", "options": {"SelectTypeParameters": "CR_Core", "SchedulerType": "sched/backfill"}})
+        [
+            node("c[01-03]", "10.5.0.11"),
+            node("g01", "10.5.0.21", profiles=["default", "gpu"], **(g01 or {})),
+            node("nfs01", "10.5.0.31", profiles=["storage"]),
+        ],
+        {
+            "default": {"overlays": ["munge", "slurm", "mpi"], "partitions": ["batch"]} | dict(default or {}),
+            "gpu": {"features": ["gpu", "a100"], "partitions": ["gpu"]},
+            "storage": {"overlays": ["base"]},
+        },
+        name="hpc",
+        domain="hpc.cluster",
+        subnet="10.5.0.0/24",
+        interface=None,
+        slurm={"controller": "head", "options": {"SelectTypeParameters": "CR_Core", "SchedulerType": "sched/backfill"}},
+    )
 
 
 INVENTORY = inventory()
@@ -46,22 +56,35 @@ def conf_lines(text: str, prefix: str) -> list[str]:
 
 def test_global_section_names_the_controller_and_the_plugins(inv):
     conf = render(inv, {}).files["slurm.conf"]
-    for line in ("ClusterName=hpc", "SlurmctldHost=head(10.5.0.1)", "SlurmctldParameters=enable_configless",
-                 "AuthType=auth/munge", "ProctrackType=proctrack/cgroup", "TaskPlugin=task/cgroup,task/affinity",
-                 "MpiDefault=pmix", "SchedulerType=sched/backfill", "SlurmdParameters=config_overrides"):
+    for line in (
+        "ClusterName=hpc",
+        "SlurmctldHost=head(10.5.0.1)",
+        "SlurmctldParameters=enable_configless",
+        "AuthType=auth/munge",
+        "ProctrackType=proctrack/cgroup",
+        "TaskPlugin=task/cgroup,task/affinity",
+        "MpiDefault=pmix",
+        "SchedulerType=sched/backfill",
+        "SlurmdParameters=config_overrides",
+    ):
         assert line in conf.splitlines()
     assert "SelectTypeParameters=CR_Core" in conf.splitlines()  # the inventory's options win
     assert "SelectTypeParameters=CR_Core_Memory" not in conf
 
 
 def test_node_lines_carry_slurmd_C_word_for_word_then_address_gres_and_features(inv):
-    facts = {"c01": facts_for("c01"),
-             "g01": {**facts_for("g01"), "gpus": [{"file": "/dev/nvidia0", "type": "a100"},
-                                                  {"file": "/dev/nvidia1", "type": "a100"}]}}
+    facts = {
+        "c01": facts_for("c01"),
+        "g01": {
+            **facts_for("g01"),
+            "gpus": [{"file": "/dev/nvidia0", "type": "a100"}, {"file": "/dev/nvidia1", "type": "a100"}],
+        },
+    }
     conf = render(inv, facts).files["slurm.conf"]
     assert conf_lines(conf, "NodeName=c01 ") == [f"{C01} NodeAddr=10.5.0.11"]
     assert conf_lines(conf, "NodeName=g01 ") == [
-        f"{C01.replace('c01', 'g01')} NodeAddr=10.5.0.21 Gres=gpu:a100:2 Features=gpu,a100"]
+        f"{C01.replace('c01', 'g01')} NodeAddr=10.5.0.21 Gres=gpu:a100:2 Features=gpu,a100"
+    ]
     assert "GresTypes=gpu" in conf.splitlines()
 
 
@@ -77,7 +100,11 @@ def test_nodes_without_facts_are_future_and_in_no_partition(inv):
 def test_only_nodes_with_the_slurm_overlay_are_listed(inv):
     conf = render(inv, {n: facts_for(n) for n in ("c01", "c02", "c03", "g01", "nfs01")}).files["slurm.conf"]
     assert [ln.split()[0] for ln in conf_lines(conf, "NodeName=")] == [
-        "NodeName=c01", "NodeName=c02", "NodeName=c03", "NodeName=g01"]
+        "NodeName=c01",
+        "NodeName=c02",
+        "NodeName=c03",
+        "NodeName=g01",
+    ]
     assert "PartitionName=batch Nodes=c[01-03],g01 Default=YES" in conf
 
 
@@ -87,8 +114,15 @@ def test_cpus_and_memory_alone_make_a_line(inv):
 
 
 def test_broken_facts_leave_that_node_waiting_and_say_why(inv):
-    cfg = render(inv, {"c01": {"slurmd_C": "garbage"}, "c02": {"cpus": -3}, "c03": facts_for("c03"),
-                       "g01": {**facts_for("g01"), "gpus": ["/dev/nvidia0\nNodeName=evil"]}})
+    cfg = render(
+        inv,
+        {
+            "c01": {"slurmd_C": "garbage"},
+            "c02": {"cpus": -3},
+            "c03": facts_for("c03"),
+            "g01": {**facts_for("g01"), "gpus": ["/dev/nvidia0\nNodeName=evil"]},
+        },
+    )
     assert len(cfg.problems) == 3
     assert any("c01" in p and "slurmd_C" in p for p in cfg.problems)
     assert any("c02" in p and "cpus" in p for p in cfg.problems)
@@ -101,7 +135,9 @@ def test_gres_conf_lists_each_gpu_device(inv):
     facts = {"g01": {**facts_for("g01"), "gpus": ["/dev/nvidia0", {"file": "/dev/nvidia1", "type": "h100"}]}}
     cfg = render(inv, facts)
     assert conf_lines(cfg.files["gres.conf"], "NodeName=") == [
-        "NodeName=g01 Name=gpu File=/dev/nvidia0", "NodeName=g01 Name=gpu Type=h100 File=/dev/nvidia1"]
+        "NodeName=g01 Name=gpu File=/dev/nvidia0",
+        "NodeName=g01 Name=gpu Type=h100 File=/dev/nvidia1",
+    ]
     assert "Gres=gpu:1,gpu:h100:1" in cfg.files["slurm.conf"]
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from labs.net import Lab
 from labs.site import numbered, write_site
 from labs.slurm import PROVISIONER, SlurmLab, lab_site

@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 import time
+from typing import Any
 
 import pytest
-from labs.serve import IMAGE, NODES, Serve, auth, curl, write_site, write_state
 
+from labs.serve import IMAGE, NODES, Serve, auth, curl, write_site, write_state
 from provisioner.nodestate import NodeStateDB
 from provisioner.nodestate.summary import latest_boot, timeline
 
@@ -22,12 +23,39 @@ def scripted_boot(ns, url, mac):
         time.sleep(0.05)
     curl(ns, "-o", "/dev/null", "--fail", *PRIV, f"{url}/overlays/node01.cpio.gz")
     # The reports carry the credential the overlay holds, as the initramfs and facts script send it.
-    curl(ns, "--fail", *PRIV, *auth("node01"), "-H", "Content-Type: application/json", "--data-binary",
-         '{"stage": "overlay", "detail": "applied"}', f"{url}/api/v1/stage")
-    curl(ns, "--fail", *PRIV, *auth("node01"), "-H", "Content-Type: application/json", "--data-binary",
-         '{"stage": "switch-root", "detail": "nfs 10.99.0.1:/images/img1"}', f"{url}/api/v1/stage")
-    curl(ns, "--fail", *PRIV, *auth("node01"), "-H", "Content-Type: application/json", "--data-binary",
-         '{"slurmd": "NodeName=node01 CPUs=2", "cpus": 2}', f"{url}/api/v1/facts")
+    curl(
+        ns,
+        "--fail",
+        *PRIV,
+        *auth("node01"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        '{"stage": "overlay", "detail": "applied"}',
+        f"{url}/api/v1/stage",
+    )
+    curl(
+        ns,
+        "--fail",
+        *PRIV,
+        *auth("node01"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        '{"stage": "switch-root", "detail": "nfs 10.99.0.1:/images/img1"}',
+        f"{url}/api/v1/stage",
+    )
+    curl(
+        ns,
+        "--fail",
+        *PRIV,
+        *auth("node01"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        '{"slurmd": "NodeName=node01 CPUs=2", "cpus": 2}',
+        f"{url}/api/v1/facts",
+    )
 
 
 @pytest.mark.netns
@@ -59,12 +87,21 @@ def test_status_and_timeline_after_a_scripted_boot(lab, cli):
     text = cli("status", "node01", "--timeline").stdout
     lines = text.splitlines()
     assert lines[0].split() == ["STAGE", "AT", "TOOK", "DETAIL"]
-    assert [l.split()[0] for l in lines[1:7]] == ["ipxe", "kernel", "initramfs", "overlay", "switch-root", "registered"]
+    assert [line.split()[0] for line in lines[1:7]] == [
+        "ipxe",
+        "kernel",
+        "initramfs",
+        "overlay",
+        "switch-root",
+        "registered",
+    ]
     assert lines[1].split()[3].endswith("s") and lines[-1].startswith("total ")
 
 
 def test_timeline_keeps_one_boot_together():
-    ev = lambda *stages: [{"stage": s, "at": float(i), "detail": None} for i, s in enumerate(stages)]
+    def ev(*stages: str) -> list[dict[str, Any]]:
+        return [{"stage": s, "at": float(i), "detail": None} for i, s in enumerate(stages)]
+
     boot = ["dhcp", "bootloader", "dhcp", "ipxe", "kernel", "initramfs", "dhcp", "overlay", "registered", "idle"]
     assert [e["stage"] for e in latest_boot(ev(*boot))] == boot
     two = ev("dhcp", "ipxe", "kernel", "dhcp", "bootloader", "bootloader", "dhcp", "ipxe", "kernel")
@@ -83,13 +120,15 @@ def test_status_errors_and_watch(cli):
     assert cli("status", "node02", "--timeline").stdout.strip() == "node02: no boot recorded"
 
     env = {**os.environ, "PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)}
-    watch = subprocess.Popen([cli.exe, "status", "--watch", "--interval", "0.2"], env=env,
-                             stdout=subprocess.PIPE, text=True)
+    watch = subprocess.Popen(
+        [cli.exe, "status", "--watch", "--interval", "0.2"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert watch.stdout is not None
     try:
-        seen = []
-        while sum("node01" in l for l in seen) < 2:
+        seen: list[str] = []
+        while sum("node01" in line for line in seen) < 2:
             seen.append(watch.stdout.readline())
-        assert any("every 0.2s" in l for l in seen)
+        assert any("every 0.2s" in line for line in seen)
     finally:
         watch.terminate()
         watch.wait(timeout=10)
@@ -115,4 +154,7 @@ def test_tftp_requests_mark_bootloader_and_ipxe_stages(lab, cli):
         curl(stranger, "-o", "/dev/null", "--fail", f"{tftp}/undionly.kpxe")
     steps = json.loads(cli("status", "node01", "--timeline", "--json").stdout)
     assert [(s["stage"], s["detail"]) for s in steps] == [
-        ("bootloader", "tftp undionly.kpxe"), ("ipxe", "tftp boot.ipxe"), ("kernel", f"/images/{IMAGE}/vmlinuz")]
+        ("bootloader", "tftp undionly.kpxe"),
+        ("ipxe", "tftp boot.ipxe"),
+        ("kernel", f"/images/{IMAGE}/vmlinuz"),
+    ]

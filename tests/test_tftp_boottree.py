@@ -8,8 +8,8 @@ import os
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from labs.site import numbered, site_yaml
 
+from labs.site import numbered, site_yaml
 from provisioner.artifacts import layout
 from provisioner.inventory import parse_text
 from provisioner.paths import State
@@ -125,8 +125,16 @@ def test_parse_request_raises_only_bad_packet(data):
 def test_boot_install_copies_the_debian_bootloaders(cli):
     res = cli("boot", "install")
     boot = cli.state / "boot"
-    for name in ("undionly.kpxe", "ipxe.efi", "snponly.efi", "pxelinux.0", "ldlinux.c32",
-                 "grubx64.efi", "efi64/syslinux.efi", "efi64/ldlinux.e64"):
+    for name in (
+        "undionly.kpxe",
+        "ipxe.efi",
+        "snponly.efi",
+        "pxelinux.0",
+        "ldlinux.c32",
+        "grubx64.efi",
+        "efi64/syslinux.efi",
+        "efi64/ldlinux.e64",
+    ):
         assert (boot / name).is_file(), name
     assert (boot / "undionly.kpxe").read_bytes() == open("/usr/lib/ipxe/undionly.kpxe", "rb").read()
     assert "installed" in res.stdout

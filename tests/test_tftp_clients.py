@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from labs.tftp import file_sha
 
 pytestmark = pytest.mark.netns
@@ -28,8 +29,10 @@ def served(lab, cli, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     os.chmod(tmp_path, 0o755)
-    proc = lab.server.popen([cli.exe, "tftp", "--root", str(root), "--listen", lab.server_ip, "-v"],
-                            stdout=open(tmp_path / "server.log", "w"))
+    proc = lab.server.popen(
+        [cli.exe, "tftp", "--root", str(root), "--listen", lab.server_ip, "-v"],
+        stdout=open(tmp_path / "server.log", "w"),
+    )
     deadline = time.time() + 10
     while ":69 " not in lab.server.run(["ss", "-uln"]).stdout:
         assert proc.poll() is None, (tmp_path / "server.log").read_text()
@@ -48,7 +51,7 @@ def clients(server: str, name: str, dest: Path) -> dict[str, str]:
         "curl-blksize": f"curl -sSf --tftp-blksize 1468 -o {dest}/curl-blksize tftp://{server}/{name}",
         "tftp-hpa": f"cd {dest} && tftp -m binary {server} -c get {name} tftp-hpa",
         "atftp-window": f"atftp --option 'windowsize 16' --option 'blksize 1468' -g -r {name} "
-                        f"-l {dest}/atftp-window {server}",
+        f"-l {dest}/atftp-window {server}",
         "atftp": f"atftp --option 'blksize 8192' -g -r {name} -l {dest}/atftp {server}",
         "busybox": f"busybox tftp -b 1468 -g -r {name} -l {dest}/busybox {server}",
     }
@@ -112,8 +115,10 @@ def test_standalone_command_refuses_a_bad_listen_address(cli, tmp_path):
 def test_standalone_command_stops_cleanly_on_sigterm(lab, cli, tmp_path):
     """With three worker processes: all of them serve, and all of them stop."""
     (tmp_path / "f").write_bytes(b"payload" * 1000)
-    proc = lab.server.popen([cli.exe, "tftp", "--root", str(tmp_path), "--listen", lab.server_ip,
-                             "--port", "6969", "--workers", "3"], stdout=subprocess.PIPE)
+    proc = lab.server.popen(
+        [cli.exe, "tftp", "--root", str(tmp_path), "--listen", lab.server_ip, "--port", "6969", "--workers", "3"],
+        stdout=subprocess.PIPE,
+    )
     deadline = time.time() + 10
     while ":6969 " not in lab.server.run(["ss", "-uln"]).stdout:
         assert time.time() < deadline
@@ -125,8 +130,11 @@ def test_standalone_command_stops_cleanly_on_sigterm(lab, cli, tmp_path):
         assert (tmp_path / f"out{i}").read_bytes() == b"payload" * 1000
     assert len(lab.server.pids()) == 3
     # A second server on the port is refused: SO_REUSEPORT alone would let it share the port.
-    again = lab.server.run([cli.exe, "tftp", "--root", str(tmp_path), "--listen", lab.server_ip,
-                            "--port", "6969", "--workers", "2"], check=False, timeout=30)
+    again = lab.server.run(
+        [cli.exe, "tftp", "--root", str(tmp_path), "--listen", lab.server_ip, "--port", "6969", "--workers", "2"],
+        check=False,
+        timeout=30,
+    )
     assert again.returncode == 1 and "Address already in use" in again.stderr, again.stderr
     assert len(lab.server.pids()) == 3
     proc.terminate()

@@ -10,8 +10,8 @@ import socket
 import struct
 
 import pytest
-from labs.tftp import ServerThread, ack, fetch, in_ns, receive, rrq, sha
 
+from labs.tftp import ServerThread, ack, fetch, in_ns, receive, rrq, sha
 from provisioner.servers.boottree import StaticTree
 
 pytestmark = pytest.mark.netns
@@ -31,9 +31,20 @@ def garbage(rng: random.Random) -> bytes:
         full = rrq("f", blksize=1468, tsize=0)
         return full[: rng.randrange(0, len(full))]
     if kind == 3:  # bad option values and shapes
-        opts = rng.choice([b"blksize\0abc\0", b"blksize\0-1\0", b"blksize\x0099999999999999999999\0",
-                           b"windowsize\0\0", b"timeout\x000\0", b"tsize\0-5\0", b"blksize\0",
-                           b"\0\0", b"tsize\x00" + b"9" * 500 + b"\0", b"windowsize\x0065536\0"])
+        opts = rng.choice(
+            [
+                b"blksize\0abc\0",
+                b"blksize\0-1\0",
+                b"blksize\x0099999999999999999999\0",
+                b"windowsize\0\0",
+                b"timeout\x000\0",
+                b"tsize\0-5\0",
+                b"blksize\0",
+                b"\0\0",
+                b"tsize\x00" + b"9" * 500 + b"\0",
+                b"windowsize\x0065536\0",
+            ]
+        )
         return b"\0\x01" + name + b"\0octet\0" + opts
     if kind == 4:
         return b"\0\x01" + name + b"\0" + rng.choice([b"mail", b"OCTET", b"", b"\xff", b"netascii"]) + b"\0"
@@ -73,8 +84,16 @@ def test_garbage_never_stops_the_server(lab, tmp_path, caplog):
         s2.sendto(rrq("f", blksize=1000), SRV)
         oack, tid = s2.recvfrom(2000)
         hostile = [p for p in packets[:500] if p[:2] != b"\0\x05"]  # an ERROR ends it, rightly
-        for p in hostile + [b"", b"\0", b"\0\x04", ack(60000), ack(0xFFFF), b"\0\x03\0\x01xx",
-                                  b"\0\x06blksize\0" + b"9" * 20 + b"\0", rrq("f")]:
+        for p in hostile + [
+            b"",
+            b"\0",
+            b"\0\x04",
+            ack(60000),
+            ack(0xFFFF),
+            b"\0\x03\0\x01xx",
+            b"\0\x06blksize\0" + b"9" * 20 + b"\0",
+            rrq("f"),
+        ]:
             s2.sendto(p[:60000], tid)
         # The burst (up to 60 KB a datagram) can overflow the transfer socket's receive buffer
         # and take ACK 0 with it: resend it on timeout, as every client does.

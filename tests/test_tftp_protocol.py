@@ -12,8 +12,8 @@ import struct
 import time
 
 import pytest
-from labs.tftp import ServerThread, ack, fetch, in_ns, parse_oack, receive, rrq, sha
 
+from labs.tftp import ServerThread, ack, fetch, in_ns, parse_oack, receive, rrq, sha
 from provisioner.inventory import parse_text
 from provisioner.logs import Logfmt
 from provisioner.nodestate import NodeStateDB
@@ -112,7 +112,7 @@ def test_duplicate_ack_does_not_duplicate_data(env):
         s.settimeout(0.15)
         try:
             got.append(s.recvfrom(2000)[0][:4])
-        except socket.timeout:
+        except TimeoutError:
             pass
         return got
 
@@ -228,11 +228,16 @@ def test_stats_reach_the_node_state_store(env):
     while st.server.transfers and time.time() < deadline:
         time.sleep(0.01)
     st.stop()
-    rows = sqlite3.connect(dbpath).execute(
-        "SELECT protocol, client, path, bytes, outcome FROM transfers ORDER BY id").fetchall()
-    assert rows == [("tftp", "10.99.0.2", "a.bin", 200_000, "ok"),
-                    ("tftp", "10.99.0.2", "missing.bin", 0, "not found"),
-                    ("tftp", "10.99.0.2", "one.bin", 0, "size probe")]
+    rows = (
+        sqlite3.connect(dbpath)
+        .execute("SELECT protocol, client, path, bytes, outcome FROM transfers ORDER BY id")
+        .fetchall()
+    )
+    assert rows == [
+        ("tftp", "10.99.0.2", "a.bin", 200_000, "ok"),
+        ("tftp", "10.99.0.2", "missing.bin", 0, "not found"),
+        ("tftp", "10.99.0.2", "one.bin", 0, "size probe"),
+    ]
 
 
 def test_write_requests_and_escaping_paths_are_refused_and_logged(env, caplog):

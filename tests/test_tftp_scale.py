@@ -12,8 +12,8 @@ import struct
 import time
 
 import pytest
-from labs.tftp import ServerThread, ack, in_ns, rrq, sha
 
+from labs.tftp import ServerThread, ack, in_ns, rrq, sha
 from provisioner.inventory.model import Limits
 from provisioner.servers.boottree import StaticTree
 

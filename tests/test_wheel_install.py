@@ -14,11 +14,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from labs.busyroot import console_values, make_root
 from labs.ganesha import Ganesha
 from labs.pxe import PxeLab
 from labs.serve import Serve
-
 from provisioner.artifacts.images import nfs_roots
 from provisioner.inventory import load_inventory
 from provisioner.paths import State
@@ -69,8 +69,12 @@ def install(wheel: Path, venv: Path) -> Path:
     checks)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     python = venv / "bin" / "python"
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(purelib, "test-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     subprocess.run([*PIP, "--python", python, "install", "--no-deps", "--no-index", wheel], check=True)
     return venv
@@ -127,8 +131,12 @@ def test_wheel_installed_outside_the_checkout_boots_a_node(wheel, lab, tmp_path,
     monkeypatch.setenv("PATH", f"{venv / 'bin'}:{SYSTEM_PATH}")
     for var in ("PYTHONPATH", "VIRTUAL_ENV", "PROVISIONER_SITE", "PROVISIONER_STATE"):
         monkeypatch.delenv(var, raising=False)
-    where = subprocess.run([venv / "bin" / "python", "-c", "import provisioner; print(provisioner.__file__)"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [venv / "bin" / "python", "-c", "import provisioner; print(provisioner.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(where).is_relative_to(venv) and not Path(where).is_relative_to(CHECKOUT), where
 
     cli = Wheel(lab, venv, outside)
@@ -162,6 +170,7 @@ def test_wheel_installed_outside_the_checkout_boots_a_node(wheel, lab, tmp_path,
     assert got["munge_key"] == "101 400"
     mounts = [ln for ln in console.splitlines() if ln.startswith("PVTEST mount ")]
     assert any(" / overlay " in m for m in mounts), mounts
-    assert any(m.startswith("PVTEST mount 10.99.0.1:/images/tiny/versions/v1/rootfs ") and " nfs4 ro," in m
-               for m in mounts), mounts
+    assert any(
+        m.startswith("PVTEST mount 10.99.0.1:/images/tiny/versions/v1/rootfs ") and " nfs4 ro," in m for m in mounts
+    ), mounts
     assert {"dhcp", "kernel", "initramfs", "root", "overlay", "switch_root"} <= set(stages), stages

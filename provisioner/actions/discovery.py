@@ -121,8 +121,10 @@ class AutoAdopter:
             if len(self._taken) >= rate:
                 self._refused += 1
                 if self._refused == 1 or self._refused % 100 == 0:  # a flood is one line per 100
-                    log.warning("adoption rate limit reached; the node stays discovered",
-                                extra=kv(mac=mac, rate_per_minute=rate, refused=self._refused))
+                    log.warning(
+                        "adoption rate limit reached; the node stays discovered",
+                        extra=kv(mac=mac, rate_per_minute=rate, refused=self._refused),
+                    )
                 return False
             self._taken.append(now)
             self._pending[mac] = now
@@ -138,8 +140,10 @@ class AutoAdopter:
             started = time.monotonic()
             try:
                 got = adopt_node(self.ctx.fresh(), mac)
-                log.info("adopted", extra=kv(mac=got.mac, node=got.name, ip=got.ip,
-                                             seconds=round(time.monotonic() - started, 2)))
+                log.info(
+                    "adopted",
+                    extra=kv(mac=got.mac, node=got.name, ip=got.ip, seconds=round(time.monotonic() - started, 2)),
+                )
             except UserError as e:
                 log.warning("could not adopt", extra=kv(mac=mac, error=e))
                 self._forget(mac)

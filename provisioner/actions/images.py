@@ -57,14 +57,22 @@ def follow(ctx: Context, v: ImageVersion, bar: ProgressBar | None = None) -> Swi
         if nodes:
             build_overlays(ctx, nodes, bar=bar)
     except (UserError, OSError) as e:
-        return Switch(v, error=f"{v.image} is now at {v.version}, but its nodes' boot configs were not rebuilt: "
-                               f"{e}\nThey still boot the version they named before; fix this and run "
-                               f"`provisioner overlay build`.")
+        return Switch(
+            v,
+            error=f"{v.image} is now at {v.version}, but its nodes' boot configs were not rebuilt: "
+            f"{e}\nThey still boot the version they named before; fix this and run "
+            f"`provisioner overlay build`.",
+        )
     return Switch(v, tuple(n.name for n in nodes), f"{len(nodes)} node(s) now boot {v.image} {v.version}")
 
 
-def build_inputs(ctx: Context, suite: str | None = None, packages: tuple[str, ...] = (), added: tuple[str, ...] = (),
-                 profile: str | None = None) -> tuple[str, tuple[str, ...]]:
+def build_inputs(
+    ctx: Context,
+    suite: str | None = None,
+    packages: tuple[str, ...] = (),
+    added: tuple[str, ...] = (),
+    profile: str | None = None,
+) -> tuple[str, tuple[str, ...]]:
     """The suite and packages of a build: each given, else the profile's vars.image_suite /
     image_packages, else the default; `added` packages join whichever set that gave."""
     pvars: dict[str, Any] = {}
@@ -77,33 +85,61 @@ def build_inputs(ctx: Context, suite: str | None = None, packages: tuple[str, ..
     return (suite or pvars.get("image_suite") or images.DEFAULT_SUITE), tuple(dict.fromkeys(pkgs + tuple(added)))
 
 
-def build_image(ctx: Context, name: str, suite: str = images.DEFAULT_SUITE,
-                packages: tuple[str, ...] = images.DEFAULT_PACKAGES, *, mirror: str | None = None,
-                variant: str = "minbase", kernel: str | None = None, cache_dir: Path | None = None,
-                compression: str = "gzip", keep: int = 3, progress: Say = quiet,
-                bar: ProgressBar | None = None) -> Switch:
+def build_image(
+    ctx: Context,
+    name: str,
+    suite: str = images.DEFAULT_SUITE,
+    packages: tuple[str, ...] = images.DEFAULT_PACKAGES,
+    *,
+    mirror: str | None = None,
+    variant: str = "minbase",
+    kernel: str | None = None,
+    cache_dir: Path | None = None,
+    compression: str = "gzip",
+    keep: int = 3,
+    progress: Say = quiet,
+    bar: ProgressBar | None = None,
+) -> Switch:
     """A new version of image `name` from debootstrap; its nodes then boot it."""
     then = _Follow(ctx, bar)
-    images.build_image(ctx.state, name, suite, packages, mirror, variant, kernel, cache_dir, compression, keep,
-                       progress, then)
+    images.build_image(
+        ctx.state, name, suite, packages, mirror, variant, kernel, cache_dir, compression, keep, progress, then
+    )
     return then.done()
 
 
-def import_image(ctx: Context, name: str, source: Path, *, kernel: str | None = None, compression: str = "gzip",
-                 keep: int = 3, progress: Say = quiet, bar: ProgressBar | None = None) -> Switch:
+def import_image(
+    ctx: Context,
+    name: str,
+    source: Path,
+    *,
+    kernel: str | None = None,
+    compression: str = "gzip",
+    keep: int = 3,
+    progress: Say = quiet,
+    bar: ProgressBar | None = None,
+) -> Switch:
     """A new version of image `name` from a root directory or tarball; its nodes then boot it."""
     then = _Follow(ctx, bar)
     images.import_image(ctx.state, name, source, kernel, compression, keep, progress, then)
     return then.done()
 
 
-def exec_in_image(ctx: Context, name: str, argv: list[str], *, in_place: bool = False, progress: Say = quiet,
-                  bar: ProgressBar | None = None) -> tuple[int, Switch | None]:
+def exec_in_image(
+    ctx: Context,
+    name: str,
+    argv: list[str],
+    *,
+    in_place: bool = False,
+    progress: Say = quiet,
+    bar: ProgressBar | None = None,
+) -> tuple[int, Switch | None]:
     """Run `argv` inside image `name` (see images.exec_in_image): its exit status, and the
     switch to the new version it made, if it made one (not in place, and only on success)."""
     then = _Follow(ctx, bar)
-    status = images.exec_in_image(ctx.state, name, argv, in_place=in_place, progress=progress,
-                                  on_switch=None if in_place else then)
+    status = images.exec_in_image(
+        ctx.state, name, argv, in_place=in_place, progress=progress, on_switch=None if in_place else then
+    )
     return status, then.switch
 
 

@@ -13,8 +13,9 @@ from .context import Context
 GANESHA_RECOVERY = Path("/var/lib/nfs/ganesha")
 
 
-def nfs_exports(ctx: Context, fmt: Literal["exports", "ganesha"] = "exports",
-                recovery_root: Path = GANESHA_RECOVERY) -> str:
+def nfs_exports(
+    ctx: Context, fmt: Literal["exports", "ganesha"] = "exports", recovery_root: Path = GANESHA_RECOVERY
+) -> str:
     """/etc/exports, or an nfs-ganesha configuration with its state in `recovery_root`."""
     cluster = ctx.inventory().cluster
     items = exports_for(cluster, images.nfs_roots(ctx.state))

@@ -38,8 +38,14 @@ def render_node(ctx: Context, node: Node) -> list[FileEntry]:
         raise UserError(str(e)) from None
 
 
-def build_overlays(ctx: Context, nodes: list[Node] | None = None, *, force: bool = False, jobs: int | None = None,
-                   bar: ProgressBar | None = None) -> BuildReport:
+def build_overlays(
+    ctx: Context,
+    nodes: list[Node] | None = None,
+    *,
+    force: bool = False,
+    jobs: int | None = None,
+    bar: ProgressBar | None = None,
+) -> BuildReport:
     """Build the overlay archives and boot configs of `nodes` (default all) whose inputs changed,
     the nodes' reported facts among those inputs."""
     inv = ctx.inventory()
@@ -48,8 +54,9 @@ def build_overlays(ctx: Context, nodes: list[Node] | None = None, *, force: bool
         report = overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs, facts=facts)
     else:
         with bar(len(inv.nodes if nodes is None else nodes)) as step:
-            report = overlay_build.build(ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs, facts=facts,
-                                         progress=step)
+            report = overlay_build.build(
+                ctx.state, ctx.site, inv, nodes, force=force, jobs=jobs, facts=facts, progress=step
+            )
     if report.built:
         # /metrics (in the serve process) learns build durations from the node-state DB.
         what = ",".join(report.built) if len(report.built) <= 3 else f"{len(report.built)} nodes"

@@ -23,16 +23,22 @@ def slurm_files(ctx: Context, warn: Say = quiet) -> SlurmConfig:
     return config
 
 
-def _apply(ctx: Context, conf_dir: Path | str, reconfigure: Sequence[str] | None, restart: Sequence[str] | None,
-           warn: Say) -> ApplyResult:
+def _apply(
+    ctx: Context, conf_dir: Path | str, reconfigure: Sequence[str] | None, restart: Sequence[str] | None, warn: Say
+) -> ApplyResult:
     try:
         return slurm_config.apply(slurm_files(ctx, warn), Path(conf_dir), reconfigure, restart)
     except OSError as e:
         raise UserError(f"cannot write {conf_dir}: {e.strerror}") from None
 
 
-def apply_slurm(ctx: Context, conf_dir: Path | str, reconfigure: Sequence[str] | None = slurm_config.RECONFIGURE,
-                restart: Sequence[str] | None = slurm_config.RESTART, warn: Say = quiet) -> ApplyResult:
+def apply_slurm(
+    ctx: Context,
+    conf_dir: Path | str,
+    reconfigure: Sequence[str] | None = slurm_config.RECONFIGURE,
+    restart: Sequence[str] | None = slurm_config.RESTART,
+    warn: Say = quiet,
+) -> ApplyResult:
     """Write the files that changed (atomically) and have slurmctld take them; `reconfigure`
     None: write only."""
     try:
@@ -41,11 +47,18 @@ def apply_slurm(ctx: Context, conf_dir: Path | str, reconfigure: Sequence[str] |
         raise UserError(f"files written, but slurmctld did not take them: {e}") from None
 
 
-def watch_slurm(ctx: Context, conf_dir: Path | str, interval: float, *,
-                reconfigure: Sequence[str] | None = slurm_config.RECONFIGURE,
-                restart: Sequence[str] | None = slurm_config.RESTART,
-                applied: Callable[[ApplyResult], None], warn: Say = quiet, error: Say = quiet,
-                stop: threading.Event | None = None) -> None:
+def watch_slurm(
+    ctx: Context,
+    conf_dir: Path | str,
+    interval: float,
+    *,
+    reconfigure: Sequence[str] | None = slurm_config.RECONFIGURE,
+    restart: Sequence[str] | None = slurm_config.RESTART,
+    applied: Callable[[ApplyResult], None],
+    warn: Say = quiet,
+    error: Say = quiet,
+    stop: threading.Event | None = None,
+) -> None:
     """Apply every `interval` seconds until `stop` is set, so reported facts and inventory
     edits (read again each round) reach Slurm by themselves. `applied` hears of each round
     that changed files; a slurmctld that refuses them goes to `error` and the next round tries

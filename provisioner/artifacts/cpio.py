@@ -7,8 +7,9 @@ timestamps are fixed, inode numbers count up in entry order.
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 TRAILER = "TRAILER!!!"
 
@@ -26,19 +27,19 @@ class Entry:
     mtime: int = 0
 
     @staticmethod
-    def dir(path: str, perm: int = 0o755, uid: int = 0, gid: int = 0) -> "Entry":
+    def dir(path: str, perm: int = 0o755, uid: int = 0, gid: int = 0) -> Entry:
         return Entry(path, stat.S_IFDIR | perm, b"", uid, gid)
 
     @staticmethod
-    def file(path: str, data: bytes, perm: int = 0o644, uid: int = 0, gid: int = 0) -> "Entry":
+    def file(path: str, data: bytes, perm: int = 0o644, uid: int = 0, gid: int = 0) -> Entry:
         return Entry(path, stat.S_IFREG | perm, data, uid, gid)
 
     @staticmethod
-    def symlink(path: str, target: str, uid: int = 0, gid: int = 0) -> "Entry":
+    def symlink(path: str, target: str, uid: int = 0, gid: int = 0) -> Entry:
         return Entry(path, stat.S_IFLNK | 0o777, target.encode(), uid, gid)
 
     @staticmethod
-    def chardev(path: str, major: int, minor: int, perm: int = 0o600) -> "Entry":
+    def chardev(path: str, major: int, minor: int, perm: int = 0o600) -> Entry:
         return Entry(path, stat.S_IFCHR | perm, f"{major}:{minor}".encode())
 
 
@@ -47,8 +48,21 @@ def _pad(n: int) -> bytes:
 
 
 def _header(ino: int, e: Entry, size: int, name: bytes, rdev: tuple[int, int] = (0, 0)) -> bytes:
-    fields = [ino, e.mode, e.uid, e.gid, 1 if not stat.S_ISDIR(e.mode) else 2, e.mtime, size,
-              0, 0, rdev[0], rdev[1], len(name) + 1, 0]
+    fields = [
+        ino,
+        e.mode,
+        e.uid,
+        e.gid,
+        1 if not stat.S_ISDIR(e.mode) else 2,
+        e.mtime,
+        size,
+        0,
+        0,
+        rdev[0],
+        rdev[1],
+        len(name) + 1,
+        0,
+    ]
     return b"070701" + b"".join(b"%08X" % f for f in fields)
 
 
@@ -82,17 +96,17 @@ def read(data: bytes) -> list[Entry]:
     out: list[Entry] = []
     pos = 0
     while True:
-        if data[pos:pos + 6] != b"070701" or len(data) < pos + 110:
+        if data[pos : pos + 6] != b"070701" or len(data) < pos + 110:
             raise ValueError(f"not a newc cpio member at offset {pos}")
-        f = [int(data[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        f = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         mode, uid, gid, mtime, size, namesize = f[1], f[2], f[3], f[5], f[6], f[11]
         start = pos + 110
-        name = data[start:start + namesize - 1].decode()
+        name = data[start : start + namesize - 1].decode()
         pos = start + namesize
         pos += (4 - pos % 4) % 4
         if name == TRAILER:
             return out
-        body = data[pos:pos + size]
+        body = data[pos : pos + size]
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             body = f"{f[9]}:{f[10]}".encode()
         out.append(Entry(name, mode, body, uid, gid, mtime))

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..atomic import atomic_write, locked
 from ..errors import UserError
@@ -44,8 +45,22 @@ DEFAULT_SUITE = "bookworm"
 # libpmix.so it loads; libpmix-dev, which ships that link, breaks debootstrap); OpenMPI and
 # MPICH; sshd (host keys come from the ssh overlay, see _scrub_node_identity); curl reports the
 # node's facts, nfs-common mounts the NFS homes.
-DEFAULT_PACKAGES = ("linux-image-amd64", "systemd-sysv", "udev", "kmod", "iproute2", "dbus", "munge", "slurmd",
-                    "libpmix2", "openmpi-bin", "mpich", "openssh-server", "curl", "nfs-common")
+DEFAULT_PACKAGES = (
+    "linux-image-amd64",
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "iproute2",
+    "dbus",
+    "munge",
+    "slurmd",
+    "libpmix2",
+    "openmpi-bin",
+    "mpich",
+    "openssh-server",
+    "curl",
+    "nfs-common",
+)
 
 
 def _scrub_node_identity(image: Root) -> None:
@@ -76,7 +91,7 @@ class ImageVersion:
     image: str
     version: str
     path: Path
-    meta: dict
+    meta: dict[str, Any]
     current: bool
 
 
@@ -113,8 +128,11 @@ def versions(state: State, name: str) -> list[ImageVersion]:
     """The image's complete versions, oldest first."""
     vdir = layout.image_versions(state, name)
     cur = current_version(state, name)
-    found = sorted((p for p in vdir.glob("v*") if VERSION_RE.match(p.name)), key=lambda p: _version_number(p.name)) \
-        if vdir.is_dir() else []
+    found = (
+        sorted((p for p in vdir.glob("v*") if VERSION_RE.match(p.name)), key=lambda p: _version_number(p.name))
+        if vdir.is_dir()
+        else []
+    )
     out = []
     for p in found:
         meta_file = p / layout.IMAGE_META
@@ -127,8 +145,13 @@ def list_images(state: State) -> list[ImageVersion]:
     """The current version of every image."""
     if not state.images.is_dir():
         return []
-    return [v for d in sorted(state.images.iterdir()) if d.is_dir() and NAME_RE.match(d.name)
-            for v in versions(state, d.name) if v.current]
+    return [
+        v
+        for d in sorted(state.images.iterdir())
+        if d.is_dir() and NAME_RE.match(d.name)
+        for v in versions(state, d.name)
+        if v.current
+    ]
 
 
 def nfs_roots(state: State) -> dict[str, Path]:
@@ -157,6 +180,7 @@ def host_mirror() -> str:
 
 
 # --- versions: stage, commit, switch ------------------------------------------------------
+
 
 def _new_staging(state: State, name: str) -> tuple[str, Path]:
     vdir = layout.image_versions(state, name)
@@ -203,8 +227,9 @@ def _prune(state: State, name: str, keep: int) -> None:
         _discard(v.path)
 
 
-def _take_kernel(staging: Path, kernel: str | None, compression: str, progress: Progress,
-                 prefer: str | None = None) -> str | None:
+def _take_kernel(
+    staging: Path, kernel: str | None, compression: str, progress: Progress, prefer: str | None = None
+) -> str | None:
     """Copy /boot/vmlinuz-KVER out of the root and build the initramfs from its modules:
     `kernel` if given, else `prefer` (the parent version's) while it is still there, else the newest."""
     rootfs = staging / "rootfs"
@@ -227,8 +252,18 @@ def _take_kernel(staging: Path, kernel: str | None, compression: str, progress: 
     return kver
 
 
-def _commit(state: State, name: str, version: str, staging: Path, meta: dict, kernel: str | None,
-            compression: str, keep: int, progress: Progress, on_switch: OnSwitch | None) -> ImageVersion:
+def _commit(
+    state: State,
+    name: str,
+    version: str,
+    staging: Path,
+    meta: dict[str, Any],
+    kernel: str | None,
+    compression: str,
+    keep: int,
+    progress: Progress,
+    on_switch: OnSwitch | None,
+) -> ImageVersion:
     prefer = meta.pop("kernel", None)
     rootfs = staging / "rootfs"
     image = Root(rootfs)
@@ -250,8 +285,16 @@ def _commit(state: State, name: str, version: str, staging: Path, meta: dict, ke
     return made
 
 
-def _make_version(state: State, name: str, fill: Callable[[Path], dict], kernel: str | None,
-                  compression: str, keep: int, progress: Progress, on_switch: OnSwitch | None) -> ImageVersion:
+def _make_version(
+    state: State,
+    name: str,
+    fill: Callable[[Path], dict[str, Any]],
+    kernel: str | None,
+    compression: str,
+    keep: int,
+    progress: Progress,
+    on_switch: OnSwitch | None,
+) -> ImageVersion:
     with locked(_image_root(state, name)):
         version, staging = _new_staging(state, name)
         try:
@@ -264,13 +307,14 @@ def _make_version(state: State, name: str, fill: Callable[[Path], dict], kernel:
 
 # --- sources: debootstrap, a directory, a tarball -----------------------------------------
 
+
 def _run(argv: list[str], progress: Progress, what: str) -> None:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip()
-        tail = (tail + [line])[-5:]
+        tail = [*tail, line][-5:]
         progress(line)
     if proc.wait() != 0:
         raise UserError(f"{what} failed (exit {proc.returncode}): {' / '.join(tail)}")
@@ -286,8 +330,7 @@ def cache_file(cache_dir: Path, suite: str, variant: str, packages: tuple[str, .
     return Path(cache_dir) / f"{cache_key(suite, variant, tuple(packages))}.tar"
 
 
-def debootstrap_argv(suite: str, packages: tuple[str, ...], variant: str, target: Path | str,
-                     mirror: str) -> list[str]:
+def debootstrap_argv(suite: str, packages: tuple[str, ...], variant: str, target: Path | str, mirror: str) -> list[str]:
     """The debootstrap command build_image runs (in a private mount namespace) to make a root."""
     argv = ["debootstrap", f"--variant={variant}"]
     if packages:
@@ -295,45 +338,78 @@ def debootstrap_argv(suite: str, packages: tuple[str, ...], variant: str, target
     return [*argv, suite, str(target), mirror]
 
 
-def build_image(state: State, name: str, suite: str = DEFAULT_SUITE, packages: tuple[str, ...] = DEFAULT_PACKAGES,
-                mirror: str | None = None, variant: str = "minbase", kernel: str | None = None,
-                cache_dir: Path | None = None, compression: str = "gzip", keep: int = 3,
-                progress: Progress = _quiet, on_switch: OnSwitch | None = None) -> ImageVersion:
+def build_image(
+    state: State,
+    name: str,
+    suite: str = DEFAULT_SUITE,
+    packages: tuple[str, ...] = DEFAULT_PACKAGES,
+    mirror: str | None = None,
+    variant: str = "minbase",
+    kernel: str | None = None,
+    cache_dir: Path | None = None,
+    compression: str = "gzip",
+    keep: int = 3,
+    progress: Progress = _quiet,
+    on_switch: OnSwitch | None = None,
+) -> ImageVersion:
     """debootstrap a new version of `name`. With `cache_dir`, a finished root is kept there as a
     tarball keyed by suite, variant and package list, and reused instead of debootstrapping."""
     mirror = mirror or host_mirror()
     packages = tuple(packages)
     cached = cache_file(cache_dir, suite, variant, packages) if cache_dir else None
 
-    def fill(rootfs: Path) -> dict:
+    def fill(rootfs: Path) -> dict[str, Any]:
         if cached and cached.exists():
             progress(f"using cached root {cached}")
             _run(["tar", "-xpf", str(cached), "-C", str(rootfs), "--numeric-owner"], progress, "unpacking the cache")
         else:
             # A private mount namespace: debootstrap's /proc and /sys mounts in the target die
             # with it even if it is killed.
-            _run(["unshare", "--mount", "--propagation", "private", "--",
-                  *debootstrap_argv(suite, packages, variant, rootfs, mirror)], progress, "debootstrap")
+            _run(
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    *debootstrap_argv(suite, packages, variant, rootfs, mirror),
+                ],
+                progress,
+                "debootstrap",
+            )
             subprocess.run(["chroot", str(rootfs), "apt-get", "clean"], check=False, capture_output=True)
             if cached:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
                 _run(["tar", "-cpf", str(tmp), "-C", str(rootfs), "--numeric-owner", "."], progress, "caching the root")
                 os.replace(tmp, cached)
-        return {"source": "debootstrap", "suite": suite, "variant": variant, "packages": sorted(packages),
-                "mirror": mirror}
+        return {
+            "source": "debootstrap",
+            "suite": suite,
+            "variant": variant,
+            "packages": sorted(packages),
+            "mirror": mirror,
+        }
 
     return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch)
 
 
-def import_image(state: State, name: str, source: Path, kernel: str | None = None, compression: str = "gzip",
-                 keep: int = 3, progress: Progress = _quiet, on_switch: OnSwitch | None = None) -> ImageVersion:
+def import_image(
+    state: State,
+    name: str,
+    source: Path,
+    kernel: str | None = None,
+    compression: str = "gzip",
+    keep: int = 3,
+    progress: Progress = _quiet,
+    on_switch: OnSwitch | None = None,
+) -> ImageVersion:
     """Adopt an existing root (a directory or a tarball, any compression tar reads) as a new version."""
     source = Path(source)
     if not source.exists():
         raise UserError(f"no such directory or tarball: {source}")
 
-    def fill(rootfs: Path) -> dict:
+    def fill(rootfs: Path) -> dict[str, Any]:
         progress(f"copying {source}")
         if source.is_dir():
             _run(["cp", "-a", "--reflink=auto", f"{source}/.", str(rootfs)], progress, f"copying {source}")
@@ -345,6 +421,7 @@ def import_image(state: State, name: str, source: Path, kernel: str | None = Non
 
 
 # --- administration -----------------------------------------------------------------------
+
 
 def rollback(state: State, name: str, to: str | None = None) -> ImageVersion:
     """Point `current` back at the previous version (or at `to`)."""
@@ -384,9 +461,11 @@ def remove(state: State, name: str, version: str | None = None) -> None:
         _discard(target.path)
 
 
-_CHROOT = ('set -e; r=$1 proc=$2 sys=$3 dev=$4; shift 4; '
-           'mount -t proc proc "$proc"; mount -t sysfs sysfs "$sys"; mount --rbind /dev "$dev"; '
-           'exec chroot "$r" "$@"')
+_CHROOT = (
+    "set -e; r=$1 proc=$2 sys=$3 dev=$4; shift 4; "
+    'mount -t proc proc "$proc"; mount -t sysfs sysfs "$sys"; mount --rbind /dev "$dev"; '
+    'exec chroot "$r" "$@"'
+)
 
 
 def chroot_run(rootfs: Path, argv: list[str]) -> int:
@@ -395,14 +474,40 @@ def chroot_run(rootfs: Path, argv: list[str]) -> int:
     mount and PID namespace, so they and every process started go away on exit."""
     image = Root(rootfs)
     points = [str(image.mkdir(d)) for d in ("proc", "sys", "dev")]
-    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-                          "--", "sh", "-c", _CHROOT, "chroot", str(rootfs), *points, *argv], check=False)
+    res = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--",
+            "sh",
+            "-c",
+            _CHROOT,
+            "chroot",
+            str(rootfs),
+            *points,
+            *argv,
+        ],
+        check=False,
+    )
     return res.returncode
 
 
-def exec_in_image(state: State, name: str, argv: list[str], in_place: bool = False, kernel: str | None = None,
-                  compression: str = "gzip", keep: int = 3, progress: Progress = _quiet,
-                  on_switch: OnSwitch | None = None) -> int:
+def exec_in_image(
+    state: State,
+    name: str,
+    argv: list[str],
+    in_place: bool = False,
+    kernel: str | None = None,
+    compression: str = "gzip",
+    keep: int = 3,
+    progress: Progress = _quiet,
+    on_switch: OnSwitch | None = None,
+) -> int:
     """Run a command inside the image. By default on a copy that becomes the new version only
     if the command succeeds (nodes never see a half-installed package); `in_place` edits the
     current version directly. The version copied is the one current once the image's lock is
@@ -413,7 +518,7 @@ def exec_in_image(state: State, name: str, argv: list[str], in_place: bool = Fal
             return chroot_run(_current(state, name).path / "rootfs", argv)
     parent: list[ImageVersion] = []
 
-    def fill(rootfs: Path) -> dict:
+    def fill(rootfs: Path) -> dict[str, Any]:
         cur = _current(state, name)
         parent.append(cur)
         progress(f"copying {name} {cur.version}")

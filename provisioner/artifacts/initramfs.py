@@ -28,8 +28,20 @@ BUSYBOX = Path("/bin/busybox")
 # What a diskless boot cannot do without: the NFS client and overlayfs.
 REQUIRED_MODULES = ["nfsv4", "nfsv3", "overlay"]
 # Common server and virtual NICs; those this kernel lacks are left out.
-NIC_MODULES = ["e1000", "e1000e", "igb", "ixgbe", "i40e", "ice", "bnxt_en", "tg3", "r8169",
-               "virtio_net", "virtio_pci", "vmxnet3"]
+NIC_MODULES = [
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "ice",
+    "bnxt_en",
+    "tg3",
+    "r8169",
+    "virtio_net",
+    "virtio_pci",
+    "vmxnet3",
+]
 
 COMPRESSIONS = ("gzip", "zstd")
 _KVER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}")
@@ -50,11 +62,11 @@ def kernel_versions(rootfs: Path) -> list[str]:
     path component in the image and in the initramfs, so only plain ones count (not `..`)."""
     image = Root(rootfs)
     names = image.listdir("boot") if image.is_dir("boot") else []
-    found = (n[len("vmlinuz-"):] for n in names if n.startswith("vmlinuz-"))
+    found = (n[len("vmlinuz-") :] for n in names if n.startswith("vmlinuz-"))
     return sorted((v for v in found if _KVER.fullmatch(v)), key=_version_key)
 
 
-def _version_key(v: str) -> list:
+def _version_key(v: str) -> list[tuple[int, int, str]]:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in v.replace("-", ".").split(".")]
 
 
@@ -119,8 +131,9 @@ def render(spec: InitramfsSpec) -> bytes:
     return compress(buf.getvalue(), spec.compression)
 
 
-def write_initramfs(version_dir: Path, kver: str, compression: str = "gzip",
-                    extra_modules: tuple[str, ...] = ()) -> Path:
+def write_initramfs(
+    version_dir: Path, kver: str, compression: str = "gzip", extra_modules: tuple[str, ...] = ()
+) -> Path:
     """Build the initramfs of one image version (its rootfs and kernel) into that version."""
     spec = InitramfsSpec(version_dir / "rootfs", kver, compression, tuple(extra_modules))
     out = version_dir / "initramfs.img"
@@ -128,8 +141,9 @@ def write_initramfs(version_dir: Path, kver: str, compression: str = "gzip",
     return out
 
 
-def build_initramfs(state: State, image: str, kernel: str | None = None, compression: str = "gzip",
-                    extra_modules: tuple[str, ...] = ()) -> Path:
+def build_initramfs(
+    state: State, image: str, kernel: str | None = None, compression: str = "gzip", extra_modules: tuple[str, ...] = ()
+) -> Path:
     """(Re)build the initramfs of the image's current version for its kernel (or `kernel`)."""
     link = layout.image_dir(state, image)
     if not link.exists():
@@ -141,8 +155,9 @@ def build_initramfs(state: State, image: str, kernel: str | None = None, compres
 
 def _current_kernel(version_dir: Path) -> str:
     meta = version_dir / layout.IMAGE_META
-    if meta.exists() and json.loads(meta.read_text()).get("kernel"):
-        return json.loads(meta.read_text())["kernel"]
+    kernel = json.loads(meta.read_text()).get("kernel") if meta.exists() else None
+    if kernel:
+        return str(kernel)
     found = kernel_versions(version_dir / "rootfs")
     if not found:
         raise UserError(f"no /boot/vmlinuz-* in {version_dir / 'rootfs'}")

@@ -137,9 +137,9 @@ class ModuleIndex:
             if name in seen or name in self.builtin:
                 return
             if name in chain:
-                raise UserError(f"module dependency cycle: {' -> '.join(chain + (name,))}")
+                raise UserError(f"module dependency cycle: {' -> '.join((*chain, name))}")
             for dep in self.deps[name]:
-                visit(dep, chain + (name,))
+                visit(dep, (*chain, name))
             seen.add(name)
             order.append(self.paths[name])
 
@@ -157,16 +157,19 @@ def _depmod(mdir: Path, kver: str) -> None:
     it runs only on a tree without any (Debian's build/source links it skips): one whose links
     could reach host files is refused instead."""
     if mdir.parts[-3:-1] != ("lib", "modules"):
-        raise UserError(f"the module tree of {kver} is at {mdir}, outside a lib/modules directory: "
-                        "run depmod inside the image")
+        raise UserError(
+            f"the module tree of {kver} is at {mdir}, outside a lib/modules directory: run depmod inside the image"
+        )
     for top, dirs, files in os.walk(mdir):
         for name in dirs + files:
             path = Path(top) / name
             if path.is_symlink():
                 if Path(top) == mdir and name in ("build", "source"):
                     continue
-                raise UserError(f"{path} is a link ({os.readlink(path)}) and the module tree of {kver} has no "
-                                "modules.dep: depmod would follow it on this host; run depmod inside the image")
+                raise UserError(
+                    f"{path} is a link ({os.readlink(path)}) and the module tree of {kver} has no "
+                    "modules.dep: depmod would follow it on this host; run depmod inside the image"
+                )
             if not (path.is_dir() or path.is_file()):
                 raise UserError(f"{path} is neither a file nor a directory: not running depmod on it")
     res = subprocess.run(["depmod", "-b", str(mdir.parents[2]), kver], capture_output=True, text=True, check=False)
@@ -180,5 +183,6 @@ def load_index(root: Path, kver: str) -> ModuleIndex:
     if not image.lexists(f"{tree}/modules.dep"):
         _depmod(image.resolve(tree), kver)
     builtin = f"{tree}/modules.builtin"
-    return ModuleIndex.parse(image.read_text(f"{tree}/modules.dep"),
-                             image.read_text(builtin) if image.lexists(builtin) else "")
+    return ModuleIndex.parse(
+        image.read_text(f"{tree}/modules.dep"), image.read_text(builtin) if image.lexists(builtin) else ""
+    )

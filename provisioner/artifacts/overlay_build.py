@@ -82,29 +82,32 @@ class Build:
     database, so artifacts never reach into it. Each image's current version is read once
     here: boot configs pin it, and the image's user tables come from it."""
 
-    def __init__(self, state: State, site: Site | None, inventory: Inventory,
-                 facts: dict[str, dict[str, Any]] | None = None):
+    def __init__(
+        self, state: State, site: Site | None, inventory: Inventory, facts: dict[str, dict[str, Any]] | None = None
+    ):
         self.state, self.site, self.inventory = state, site, inventory
         self.facts = facts or {}
         used = {n.image for n in inventory.nodes}
         self.versions: dict[str | None, str | None] = {
-            i: images.current_version(state, i) for i in sorted(i for i in used if i)}
+            i: images.current_version(state, i) for i in sorted(i for i in used if i)
+        }
         self.library = OverlayLibrary(site)
         self.boot = BootTemplates(site)
         reader = secrets.reader(state)
-        self.renderer = NodeRenderer(self.library, shared_context(inventory, SecretHandles(reader)),
-                                     reader, self.idmap)
+        self.renderer = NodeRenderer(self.library, shared_context(inventory, SecretHandles(reader)), reader, self.idmap)
         self._idmaps: dict[str | None, IdMap] = {}
         self._node_keys = {n.name: _node_key(n) for n in inventory.nodes}
-        self._image_keys = {i: f"image\0{i or ''}\0{self.versions.get(i) or ''}\0{self.idmap(i).digest}".encode()
-                            for i in used}
+        self._image_keys = {
+            i: f"image\0{i or ''}\0{self.versions.get(i) or ''}\0{self.idmap(i).digest}".encode() for i in used
+        }
         self._all: bytes | None = None
         self._global = self._global_digest()
 
     def idmap(self, image: str | None) -> IdMap:
         if image not in self._idmaps:
-            self._idmaps[image] = IdMap.load(layout.image_rootfs(self.state, image, self.versions.get(image))
-                                             if image else None)
+            self._idmaps[image] = IdMap.load(
+                layout.image_rootfs(self.state, image, self.versions.get(image)) if image else None
+            )
         return self._idmaps[image]
 
     def _global_digest(self) -> bytes:
@@ -150,11 +153,14 @@ class Build:
 
     def render(self, node: Node) -> tuple[list[FileEntry], BootConfigs | None]:
         facts = self.facts.get(node.name)
-        return (self.renderer.render(node, facts),
-                self.boot.render(self.renderer.shared, node, facts, self.versions.get(node.image)))
+        return (
+            self.renderer.render(node, facts),
+            self.boot.render(self.renderer.shared, node, facts, self.versions.get(node.image)),
+        )
 
 
 # -- archives ----------------------------------------------------------------------------------------
+
 
 def _gzip(data: bytes) -> bytes:
     c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
@@ -208,6 +214,7 @@ def read_archive(path: Path) -> list[cpio.Entry]:
 
 # -- the build -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Output:
     node: str
@@ -236,7 +243,7 @@ def _build_node(b: Build, gen: _Gen, node: Node) -> _Output:
     path = d / (node.name + layout.ARCHIVE)
     write_new(path, _WRITER.archive(entries))
     written = [str(path)]
-    for kind, text in (boot.items() if boot is not None else ()):
+    for kind, text in boot.items() if boot is not None else ():
         name, data = f"{node.name}.{kind}", text.encode()
         if old is not None and _read_or_none(old / name) == data:
             os.link(old / name, d / name)  # most rebuilds leave boot configs as they were
@@ -296,9 +303,17 @@ def load_manifest(state: State) -> dict[str, str]:
         return {}
 
 
-def build(state: State, site: Site | None, inventory: Inventory, nodes: list[Node] | None = None, *,
-          force: bool = False, jobs: int | None = None, facts: dict[str, dict[str, Any]] | None = None,
-          progress: Callable[[int], None] | None = None) -> BuildReport:
+def build(
+    state: State,
+    site: Site | None,
+    inventory: Inventory,
+    nodes: list[Node] | None = None,
+    *,
+    force: bool = False,
+    jobs: int | None = None,
+    facts: dict[str, dict[str, Any]] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BuildReport:
     """Build the given nodes (default all) whose inputs changed into a new generation and
     switch every node to it at once; all or nothing."""
     global _JOB
@@ -312,8 +327,9 @@ def build(state: State, site: Site | None, inventory: Inventory, nodes: list[Nod
         b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
         # Secrets are checked only for nodes about to be built (checking 10,000 nodes' keys
         # costs more than a one-node rebuild may take); making any changes the digests.
-        if secrets.ensure_secrets(state, inventory, [n for n in dirty if secrets.needs_host_keys(n)], jobs=jobs) \
-                + secrets.ensure_credentials(state, dirty):
+        if secrets.ensure_secrets(
+            state, inventory, [n for n in dirty if secrets.needs_host_keys(n)], jobs=jobs
+        ) + secrets.ensure_credentials(state, dirty):
             b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
         dirty_names = {n.name for n in dirty}
         report.unchanged = [n.name for n in nodes if n.name not in dirty_names]
@@ -338,9 +354,15 @@ def build(state: State, site: Site | None, inventory: Inventory, nodes: list[Nod
     return report
 
 
-def _dirty(state: State, site: Site | None, inventory: Inventory, nodes: list[Node],
-           facts: dict[str, dict[str, Any]] | None, manifest: dict[str, str], force: bool,
-           ) -> tuple[Build, dict[str, str], list[Node]]:
+def _dirty(
+    state: State,
+    site: Site | None,
+    inventory: Inventory,
+    nodes: list[Node],
+    facts: dict[str, dict[str, Any]] | None,
+    manifest: dict[str, str],
+    force: bool,
+) -> tuple[Build, dict[str, str], list[Node]]:
     try:
         b = Build(state, site, inventory, facts)
     except RenderError as e:
@@ -350,16 +372,16 @@ def _dirty(state: State, site: Site | None, inventory: Inventory, nodes: list[No
     return b, digests, dirty
 
 
-def _run(state: State, gen: _Gen, names: list[str], jobs: int | None,
-         progress: Callable[[int], None] | None) -> list[_Output]:
+def _run(
+    state: State, gen: _Gen, names: list[str], jobs: int | None, progress: Callable[[int], None] | None
+) -> list[_Output]:
     """Render every node into the new shard folders (in parallel when it pays)."""
     workers = max(1, jobs or os.cpu_count() or 1)
     if len(names) < SERIAL_MAX or workers == 1:
-        return _collect(map(_work, [names[i:i + 8] for i in range(0, len(names), 8)]), progress)
+        return _collect(map(_work, [names[i : i + 8] for i in range(0, len(names), 8)]), progress)
     size = max(1, min(256, len(names) // (workers * 8)))
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return _collect(pool.imap_unordered(_work, [names[i:i + size] for i in range(0, len(names), size)]),
-                        progress)
+        return _collect(pool.imap_unordered(_work, [names[i : i + size] for i in range(0, len(names), size)]), progress)
 
 
 def _collect(results: Iterable[Any], progress: Callable[[int], None] | None) -> list[_Output]:
@@ -379,6 +401,7 @@ def _collect(results: Iterable[Any], progress: Callable[[int], None] | None) -> 
 
 
 # -- generations ---------------------------------------------------------------------------------
+
 
 def _shard_folders(gen_dir: Path) -> dict[str, Path]:
     """shard -> folder, as a generation's symlinks name them."""
@@ -412,7 +435,7 @@ def _drop(gen: _Gen) -> None:
 def _node_of(filename: str) -> str:
     """The node a shard file belongs to (<node>.cpio.gz, <node>.<boot config kind>)."""
     if filename.endswith(layout.ARCHIVE):
-        return filename[:-len(layout.ARCHIVE)]
+        return filename[: -len(layout.ARCHIVE)]
     return filename.rpartition(".")[0]
 
 
@@ -470,8 +493,11 @@ def sweep(state: State) -> None:
             gen = top / os.readlink(link)
             keep_shards |= {d.name for d in _shard_folders(gen).values()}
             keep_gens.add(gen.name)
-    for folder, keep in ((top, _KEEP), (layout.overlay_gens(state), keep_gens),
-                         (layout.overlay_shards(state), keep_shards)):
+    for folder, keep in (
+        (top, _KEEP),
+        (layout.overlay_gens(state), keep_gens),
+        (layout.overlay_shards(state), keep_shards),
+    ):
         with contextlib.suppress(FileNotFoundError):
             for name in set(os.listdir(folder)) - keep:
                 _remove(folder / name)
@@ -488,6 +514,7 @@ def _remove(path: Path) -> None:
 
 
 # -- plan ------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Change:
@@ -518,7 +545,7 @@ def plan_node(b: Build, node: Node, with_diff: bool = False) -> list[Change] | N
             changes.append(Change(path, "mode", f"{o.mode & 0o7777:04o} -> {n.perm:04o}"))
         elif (o.uid, o.gid) != (n.uid, n.gid):
             changes.append(Change(path, "owner", f"{o.uid}:{o.gid} -> {n.uid}:{n.gid}"))
-    for kind, text in (boot.items() if boot else []):
+    for kind, text in boot.items() if boot else []:
         conf = layout.boot_config(b.state, node.name, kind)
         before = conf.read_bytes() if conf.exists() else None
         label = f"(boot) {conf.name}"

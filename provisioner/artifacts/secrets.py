@@ -64,8 +64,11 @@ def reader(state: State) -> Callable[[str], bytes]:
             with open(os.path.join(root, norm), "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise SecretMissing(f"secret {relpath!r} does not exist (run `provisioner overlay build` "
-                                f"or `provisioner secrets regenerate`)") from None
+            raise SecretMissing(
+                f"secret {relpath!r} does not exist (run `provisioner overlay build` "
+                f"or `provisioner secrets regenerate`)"
+            ) from None
+
     return read
 
 
@@ -74,6 +77,7 @@ def node_ssh_dir(node: str) -> str:
 
 
 # -- MUNGE ---------------------------------------------------------------------------------------
+
 
 def munge_key(state: State) -> bytes:
     """The cluster MUNGE key, made on first use."""
@@ -101,9 +105,11 @@ def _create_munge_key(path: Path) -> bool:
 
 # -- SSH -----------------------------------------------------------------------------------------
 
+
 def _keygen(args: list[str]) -> None:
-    res = subprocess.run(["ssh-keygen", "-q", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                         check=False)
+    res = subprocess.run(
+        ["ssh-keygen", "-q", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
+    )
     if res.returncode != 0:
         raise UserError(f"ssh-keygen {' '.join(args)} failed: {res.stderr.strip()}")
 
@@ -150,7 +156,7 @@ def _node_ssh_complete(root: Path, cluster: Cluster, node: Node) -> bool:
         present = set(os.listdir(f"{root}/{node_ssh_dir(node.name)}"))
     except FileNotFoundError:
         return False
-    return _SSH_FILES <= present and signed_for(cluster, node) in present
+    return present >= _SSH_FILES and signed_for(cluster, node) in present
 
 
 _SSH_FILES = {f"ssh_host_{t}_key{s}" for t in SSH_KEY_TYPES for s in ("", ".pub", "-cert.pub")}
@@ -165,8 +171,11 @@ def _ensure_node_ssh(root: Path, ca: Path, cluster: Cluster, node: Node) -> bool
             _new_keypair(d, name, ktype, f"root@{node.name}")
             changed = True
     marker = signed_for(cluster, node)
-    if changed or not (d / marker).exists() or \
-            not all((d / f"ssh_host_{t}_key-cert.pub").exists() for t in SSH_KEY_TYPES):
+    if (
+        changed
+        or not (d / marker).exists()
+        or not all((d / f"ssh_host_{t}_key-cert.pub").exists() for t in SSH_KEY_TYPES)
+    ):
         _sign(d, ca, node.name, principals(cluster, node))
         for old in d.glob("signed-for.*"):
             old.unlink()
@@ -191,6 +200,7 @@ def _sign(d: Path, ca: Path, identity: str, names: str) -> None:
 
 # -- report credentials -------------------------------------------------------------------------
 
+
 def node_credential(node: str) -> str:
     """The path of the node's report credential under state/secrets."""
     return f"{CREDENTIALS}/{node}"
@@ -209,8 +219,10 @@ def ensure_credentials(state: State, nodes: Iterable[Node]) -> list[str]:
 
 # -- the whole set -------------------------------------------------------------------------------
 
-def ensure_secrets(state: State, inventory: Inventory, nodes: Iterable[Node] | None = None,
-                   jobs: int | None = None) -> list[str]:
+
+def ensure_secrets(
+    state: State, inventory: Inventory, nodes: Iterable[Node] | None = None, jobs: int | None = None
+) -> list[str]:
     """Create whatever is missing (MUNGE key, SSH CA, each node's host keys and certificates);
     never touch what exists. Returns the names of what was created or re-signed."""
     root = _root(state)
@@ -221,8 +233,9 @@ def ensure_secrets(state: State, inventory: Inventory, nodes: Iterable[Node] | N
     ca = _ensure_ca(root, inventory.cluster)
     if not ca_existed:
         made.append(SSH_CA)
-    todo = [n for n in (inventory.nodes if nodes is None else nodes)
-            if not _node_ssh_complete(root, inventory.cluster, n)]
+    todo = [
+        n for n in (inventory.nodes if nodes is None else nodes) if not _node_ssh_complete(root, inventory.cluster, n)
+    ]
     (root / "ssh").mkdir(mode=0o700, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
         results = pool.map(lambda n: _ensure_node_ssh(root, ca, inventory.cluster, n), todo)
@@ -275,6 +288,7 @@ def shared_stamp(state: State) -> tuple:
 
 
 # -- showing -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SecretInfo:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import difflib
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..atomic import atomic_write, locked
 from ..render.slurm import SlurmConfig
@@ -40,7 +40,7 @@ class ApplyResult:
 
 def diff(config: SlurmConfig, conf_dir: Path = DEFAULT_CONF_DIR) -> str:
     """A unified diff from what is in `conf_dir` to what would be written ('' if nothing)."""
-    out = []
+    out: list[str] = []
     for name, text in config.files.items():
         path = Path(conf_dir) / name
         old = path.read_text() if path.exists() else ""
@@ -52,18 +52,21 @@ def node_names(slurm_conf: str) -> set[str]:
     return {line.split()[0].partition("=")[2] for line in slurm_conf.splitlines() if line.startswith("NodeName=")}
 
 
-def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess:
+def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True)
 
 
-def _failed(cmd: Sequence[str], res: subprocess.CompletedProcess) -> ReconfigureFailed:
+def _failed(cmd: Sequence[str], res: subprocess.CompletedProcess[str]) -> ReconfigureFailed:
     said = (res.stderr or res.stdout).strip()
     return ReconfigureFailed(f"{' '.join(cmd)} exited {res.returncode}" + (f": {said}" if said else ""))
 
 
-def apply(config: SlurmConfig, conf_dir: Path = DEFAULT_CONF_DIR,
-          reconfigure: Sequence[str] | None = RECONFIGURE,
-          restart: Sequence[str] | None = RESTART) -> ApplyResult:
+def apply(
+    config: SlurmConfig,
+    conf_dir: Path = DEFAULT_CONF_DIR,
+    reconfigure: Sequence[str] | None = RECONFIGURE,
+    restart: Sequence[str] | None = RESTART,
+) -> ApplyResult:
     """Write the files that changed; if any did, have slurmctld take them (reconfigure, or
     restart when Slurm demands it). `reconfigure=None`: write only."""
     conf_dir = Path(conf_dir)

@@ -34,10 +34,20 @@ COMMANDS = [
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--site", metavar="DIR", envvar="PROVISIONER_SITE", show_envvar=True,
-              help=f"Site directory: cluster.yaml and the admin's overrides [default: {DEFAULT_SITE}]")
-@click.option("--state", metavar="DIR", envvar="PROVISIONER_STATE", show_envvar=True,
-              help=f"State directory: artifacts, images, secrets, node database [default: {DEFAULT_STATE}]")
+@click.option(
+    "--site",
+    metavar="DIR",
+    envvar="PROVISIONER_SITE",
+    show_envvar=True,
+    help=f"Site directory: cluster.yaml and the admin's overrides [default: {DEFAULT_SITE}]",
+)
+@click.option(
+    "--state",
+    metavar="DIR",
+    envvar="PROVISIONER_STATE",
+    show_envvar=True,
+    help=f"State directory: artifacts, images, secrets, node database [default: {DEFAULT_STATE}]",
+)
 @click.version_option(package_name="provisioner")
 @click.pass_context
 def main(ctx: click.Context, site: str | None, state: str | None) -> None:

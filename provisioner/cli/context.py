@@ -53,5 +53,3 @@ def _bar(total: int) -> Iterator[Callable[[int], None]]:
 def progress_bar(quiet: bool = False) -> ProgressBar | None:
     """A progress bar for overlay builds on a terminal; none when output is piped or `quiet`."""
     return _bar if sys.stdout.isatty() and not quiet else None
-
-

@@ -14,14 +14,21 @@ from ..errors import UserError
 
 
 @click.command()
-@click.option("--work", type=click.Path(path_type=Path), default=Path("/var/tmp/provisioner-demo"), show_default=True,
-              help="Demo site, state and logs (the image build is cached across runs).")
+@click.option(
+    "--work",
+    type=click.Path(path_type=Path),
+    default=Path("/var/tmp/provisioner-demo"),
+    show_default=True,
+    help="Demo site, state and logs (the image build is cached across runs).",
+)
 @click.option("--nodes", type=click.IntRange(1, 4), default=1, show_default=True, help="Virtual nodes to boot.")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for the nodes to be idle.")
 @click.option("--mirror", help="Debian mirror for the image (default: this host's apt sources).")
 @click.option("--kernel-arg", "kernel_args", multiple=True, help="Extra kernel argument for the nodes (repeatable).")
 @click.option("--plan-only", is_flag=True, help="Write the demo site and show its plan; boot nothing.")
-def demo(work: Path, nodes: int, timeout: float, mirror: str | None, kernel_args: tuple[str, ...], plan_only: bool) -> None:
+def demo(
+    work: Path, nodes: int, timeout: float, mirror: str | None, kernel_args: tuple[str, ...], plan_only: bool
+) -> None:
     """Build an image, start DHCP/TFTP/HTTP, NFS and slurmctld in a private network namespace,
     PXE-boot qemu guests (TCG) and wait until `sinfo` shows them idle. Needs root."""
     if os.geteuid() != 0 and not plan_only:
@@ -37,8 +44,9 @@ def demo(work: Path, nodes: int, timeout: float, mirror: str | None, kernel_args
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        Demo(work.resolve(), nodes=nodes, timeout=timeout, mirror=mirror,
-             kernel_args=kernel_args).run(boot=not plan_only)
+        Demo(work.resolve(), nodes=nodes, timeout=timeout, mirror=mirror, kernel_args=kernel_args).run(
+            boot=not plan_only
+        )
     except DemoFailure as e:
         raise UserError(str(e)) from None
     except KeyboardInterrupt:

@@ -28,16 +28,24 @@ def node_discovered(ctx: Context, show_all: bool, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    echo_table(["mac", "first seen", "last seen", "arch", "uuid", "ip", "adopted as"],
-               [[r["mac"], _when(r["first_seen"]), _when(r["last_seen"]), r["arch"], r["uuid"], r["ip"],
-                 r["adopted_as"]] for r in rows])
+    echo_table(
+        ["mac", "first seen", "last seen", "arch", "uuid", "ip", "adopted as"],
+        [
+            [r["mac"], _when(r["first_seen"]), _when(r["last_seen"]), r["arch"], r["uuid"], r["ip"], r["adopted_as"]]
+            for r in rows
+        ],
+    )
 
 
 @node.command("approve")
 @click.argument("mac")
 @click.argument("name", required=False)
-@click.option("--profile", "profiles", multiple=True, help="Repeatable or comma list "
-              "(default: cluster.discovery.profiles, else the default profile).")
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    help="Repeatable or comma list (default: cluster.discovery.profiles, else the default profile).",
+)
 @pass_ctx
 def node_approve(ctx: Context, mac: str, name: str | None, profiles: tuple[str, ...]) -> None:
     """Make a discovered MAC node NAME (default: the next of cluster.discovery.names) at the next

@@ -16,12 +16,18 @@ from ..artifacts.initramfs import COMPRESSIONS, build_initramfs
 from ..atomic import atomic_write
 from .context import Context, echo_json, echo_table, pass_ctx, progress_bar
 
-_compression = click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True,
-                            help="Initramfs compression.")
+_compression = click.option(
+    "--compression", type=click.Choice(COMPRESSIONS), default="gzip", show_default=True, help="Initramfs compression."
+)
 _kernel = click.option("--kernel", metavar="VERSION", help="Kernel version from the image's /boot (default: newest).")
-_keep = click.option("--keep", type=click.IntRange(1), default=3, show_default=True,
-                     help="Versions to keep, the current one included. Older ones are removed once the boot "
-                          "configs name the new version; a node still running a removed version loses its root.")
+_keep = click.option(
+    "--keep",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Versions to keep, the current one included. Older ones are removed once the boot "
+    "configs name the new version; a node still running a removed version loses its root.",
+)
 
 
 def _progress() -> images.Progress:
@@ -29,6 +35,7 @@ def _progress() -> images.Progress:
 
     def show(line: str) -> None:
         click.echo(f"[{time.monotonic() - start:6.1f}s] {line}", err=True)
+
     return show
 
 
@@ -52,24 +59,52 @@ def image() -> None:
 
 @image.command()
 @click.argument("name")
-@click.option("--suite", default=None, help=f"Debian suite [default: {images.DEFAULT_SUITE}, or the profile's vars.image_suite].")
-@click.option("--package", "-p", "packages", multiple=True, metavar="PKG",
-              help="A package to install (repeat); replaces the default set.")
+@click.option(
+    "--suite", default=None, help=f"Debian suite [default: {images.DEFAULT_SUITE}, or the profile's vars.image_suite]."
+)
+@click.option(
+    "--package",
+    "-p",
+    "packages",
+    multiple=True,
+    metavar="PKG",
+    help="A package to install (repeat); replaces the default set.",
+)
 @click.option("--add", "added", multiple=True, metavar="PKG", help="A package to add to the set (repeat).")
 @click.option("--profile", help="Take the package list (vars.image_packages) and suite from this profile.")
 @click.option("--mirror", help="Debian mirror URL [default: the host's apt sources].")
 @click.option("--variant", default="minbase", show_default=True, help="debootstrap variant.")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Reuse a finished root cached here (keyed by suite, variant and packages).")
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Reuse a finished root cached here (keyed by suite, variant and packages).",
+)
 @_kernel
 @_compression
 @_keep
-@click.option("--dry-run", is_flag=True, help="Print the suite, packages, mirror, cache file and debootstrap "
-                                              "command this build would use, and build nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the suite, packages, mirror, cache file and debootstrap "
+    "command this build would use, and build nothing.",
+)
 @pass_ctx
-def build(ctx: Context, name: str, suite: str | None, packages: tuple[str, ...], added: tuple[str, ...],
-          profile: str | None, mirror: str | None, variant: str, cache_dir: Path | None, kernel: str | None,
-          compression: str, keep: int, dry_run: bool) -> None:
+def build(
+    ctx: Context,
+    name: str,
+    suite: str | None,
+    packages: tuple[str, ...],
+    added: tuple[str, ...],
+    profile: str | None,
+    mirror: str | None,
+    variant: str,
+    cache_dir: Path | None,
+    kernel: str | None,
+    compression: str,
+    keep: int,
+    dry_run: bool,
+) -> None:
     """Build a new version of image NAME with debootstrap (default: a Slurm compute node).
 
     The nodes that boot NAME then get boot configs for the new version."""
@@ -78,14 +113,24 @@ def build(ctx: Context, name: str, suite: str | None, packages: tuple[str, ...],
     if dry_run:
         _show_plan(name, suite, pkgs, mirror or images.host_mirror(), variant, cache_dir)
         return
-    switch = image_actions.build_image(ctx, name, suite, pkgs, mirror=mirror, variant=variant, kernel=kernel,
-                                       cache_dir=cache_dir, compression=compression, keep=keep,
-                                       progress=_progress(), bar=progress_bar())
+    switch = image_actions.build_image(
+        ctx,
+        name,
+        suite,
+        pkgs,
+        mirror=mirror,
+        variant=variant,
+        kernel=kernel,
+        cache_dir=cache_dir,
+        compression=compression,
+        keep=keep,
+        progress=_progress(),
+        bar=progress_bar(),
+    )
     _done(switch, _made(switch.version))
 
 
-def _show_plan(name: str, suite: str, pkgs: tuple[str, ...], mirror: str, variant: str,
-               cache_dir: Path | None) -> None:
+def _show_plan(name: str, suite: str, pkgs: tuple[str, ...], mirror: str, variant: str, cache_dir: Path | None) -> None:
     cached = images.cache_file(cache_dir, suite, variant, pkgs) if cache_dir else None
     if cached is None:
         cache = "none (no --cache)"
@@ -93,9 +138,15 @@ def _show_plan(name: str, suite: str, pkgs: tuple[str, ...], mirror: str, varian
         cache = f"{cached} (present: unpacked instead of running debootstrap)"
     else:
         cache = f"{cached} (absent: written after debootstrap)"
-    for key, value in (("image", f"{name} (dry run: nothing built)"), ("suite", suite), ("variant", variant),
-                       ("packages", " ".join(pkgs)), ("mirror", mirror), ("cache", cache),
-                       ("command", shlex.join(images.debootstrap_argv(suite, pkgs, variant, "ROOT", mirror)))):
+    for key, value in (
+        ("image", f"{name} (dry run: nothing built)"),
+        ("suite", suite),
+        ("variant", variant),
+        ("packages", " ".join(pkgs)),
+        ("mirror", mirror),
+        ("cache", cache),
+        ("command", shlex.join(images.debootstrap_argv(suite, pkgs, variant, "ROOT", mirror))),
+    ):
         click.echo(f"{key + ':':10}{value}")
 
 
@@ -110,8 +161,9 @@ def import_(ctx: Context, name: str, source: Path, kernel: str | None, compressi
     """Adopt SOURCE (a root directory or a tarball) as a new version of image NAME.
 
     The nodes that boot NAME then get boot configs for the new version."""
-    switch = image_actions.import_image(ctx, name, source, kernel=kernel, compression=compression, keep=keep,
-                                        progress=_progress(), bar=progress_bar())
+    switch = image_actions.import_image(
+        ctx, name, source, kernel=kernel, compression=compression, keep=keep, progress=_progress(), bar=progress_bar()
+    )
     _done(switch, _made(switch.version))
 
 
@@ -124,14 +176,25 @@ def list_(ctx: Context, show_all: bool, as_json: bool) -> None:
     rows = images.list_images(ctx.state)
     if show_all:
         rows = [v for cur in rows for v in images.versions(ctx.state, cur.image)]
-    data = [{"image": v.image, "version": v.version, "current": v.current, "kernel": v.meta.get("kernel"),
-             "source": v.meta.get("source"), "created": v.meta.get("created"), "path": str(v.path)} for v in rows]
+    data = [
+        {
+            "image": v.image,
+            "version": v.version,
+            "current": v.current,
+            "kernel": v.meta.get("kernel"),
+            "source": v.meta.get("source"),
+            "created": v.meta.get("created"),
+            "path": str(v.path),
+        }
+        for v in rows
+    ]
     if as_json:
         echo_json(data)
         return
-    echo_table(["image", "version", "current", "kernel", "created", "source"],
-               [[d["image"], d["version"], "*" if d["current"] else "", d["kernel"], d["created"], d["source"]]
-                for d in data])
+    echo_table(
+        ["image", "version", "current", "kernel", "created", "source"],
+        [[d["image"], d["version"], "*" if d["current"] else "", d["kernel"], d["created"], d["source"]] for d in data],
+    )
 
 
 @image.command()
@@ -155,14 +218,18 @@ def rm(ctx: Context, name: str, version: str | None, force: bool) -> None:
     click.echo(f"removed {name}{' ' + version if version else ''}")
     if users:
         more = f" and {len(users) - 5} more" if len(users) > 5 else ""
-        click.echo(f"warning: {len(users)} node(s) still name {name} ({', '.join(users[:5])}{more}); their boot "
-                   f"configs are left as they were and cannot boot: give them another image and run "
-                   f"`provisioner overlay build`", err=True)
+        click.echo(
+            f"warning: {len(users)} node(s) still name {name} ({', '.join(users[:5])}{more}); their boot "
+            f"configs are left as they were and cannot boot: give them another image and run "
+            f"`provisioner overlay build`",
+            err=True,
+        )
 
 
 def _in_image(ctx: Context, name: str, argv: list[str], in_place: bool) -> None:
-    status, switch = image_actions.exec_in_image(ctx, name, argv, in_place=in_place, progress=_progress(),
-                                                 bar=progress_bar())
+    status, switch = image_actions.exec_in_image(
+        ctx, name, argv, in_place=in_place, progress=_progress(), bar=progress_bar()
+    )
     if status != 0:
         raise click.exceptions.Exit(status)
     if switch is not None:
@@ -203,7 +270,9 @@ def initramfs() -> None:
 @_compression
 @click.option("--module", "modules", multiple=True, metavar="NAME", help="An extra kernel module (repeat).")
 @pass_ctx
-def initramfs_build(ctx: Context, image_name: str, kernel: str | None, compression: str, modules: tuple[str, ...]) -> None:
+def initramfs_build(
+    ctx: Context, image_name: str, kernel: str | None, compression: str, modules: tuple[str, ...]
+) -> None:
     """(Re)build the initramfs of IMAGE's current version."""
     out = build_initramfs(ctx.state, image_name, kernel, compression, tuple(modules))
     click.echo(f"wrote {out} ({out.stat().st_size} bytes)")
@@ -215,11 +284,22 @@ def nfs() -> None:
 
 
 @nfs.command()
-@click.option("--format", "fmt", type=click.Choice(["exports", "ganesha"]), default="exports", show_default=True,
-              help="/etc/exports for kernel nfsd, or an nfs-ganesha configuration.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["exports", "ganesha"]),
+    default="exports",
+    show_default=True,
+    help="/etc/exports for kernel nfsd, or an nfs-ganesha configuration.",
+)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write here (atomically).")
-@click.option("--recovery-root", type=click.Path(path_type=Path), default=GANESHA_RECOVERY,
-              show_default=True, help="nfs-ganesha's state directory.")
+@click.option(
+    "--recovery-root",
+    type=click.Path(path_type=Path),
+    default=GANESHA_RECOVERY,
+    show_default=True,
+    help="nfs-ganesha's state directory.",
+)
 @pass_ctx
 def exports(ctx: Context, fmt: Literal["exports", "ganesha"], output: Path | None, recovery_root: Path) -> None:
     """Render the NFS exports: every image (read-only) and cluster.nfs.exports.

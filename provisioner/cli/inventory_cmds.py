@@ -112,6 +112,7 @@ def _settings_json(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 # -- node ------------------------------------------------------------------------------------
 
+
 @click.group()
 def node() -> None:
     """List, show and edit nodes (NODES accepts node[01-04,07], a,b and @profile)."""
@@ -127,8 +128,10 @@ def node_list(ctx: Context, nodes: str | None, as_json: bool) -> None:
     if as_json:
         echo_json([node_dict(n) for n in chosen])
         return
-    echo_table(["name", "ip", "mac", "profiles", "image"],
-               [[n.name, n.ip, n.mac, ",".join(n.profiles), n.image] for n in chosen])
+    echo_table(
+        ["name", "ip", "mac", "profiles", "image"],
+        [[n.name, n.ip, n.mac, ",".join(n.profiles), n.image] for n in chosen],
+    )
 
 
 @node.command("show")
@@ -157,7 +160,8 @@ def node_show(ctx: Context, nodes: str, sources: bool, as_json: bool) -> None:
             line = f"  {key}: {_fmt(value)}"
             if sources:
                 origin = n.sources.get(key) or ", ".join(
-                    f"{k[len(key) + 1:]}<-{v}" for k, v in n.sources.items() if k.startswith(key + "."))
+                    f"{k[len(key) + 1 :]}<-{v}" for k, v in n.sources.items() if k.startswith(key + ".")
+                )
                 line += f"    [{origin or 'node'}]" if key in SETTINGS else ""
             click.echo(line)
 
@@ -206,8 +210,9 @@ def settings_options(f: Any) -> Any:
     for key, s in reversed(list(SETTINGS.items())):
         if s.flag is not None:
             bounds = s.kind.bounds
-            f = click.option(s.flag, key, multiple=s.kind.multiple, type=click.IntRange(*bounds) if bounds else None,
-                             help=s.help)(f)
+            f = click.option(
+                s.flag, key, multiple=s.kind.multiple, type=click.IntRange(*bounds) if bounds else None, help=s.help
+            )(f)
     return f
 
 
@@ -219,8 +224,15 @@ def settings_options(f: Any) -> Any:
 @click.option("--bmc")
 @settings_options
 @pass_ctx
-def node_add(ctx: Context, name: str, mac: str | None, ip: str | None, profiles: tuple[str, ...], bmc: str | None,
-             **settings: Any) -> None:
+def node_add(
+    ctx: Context,
+    name: str,
+    mac: str | None,
+    ip: str | None,
+    profiles: tuple[str, ...],
+    bmc: str | None,
+    **settings: Any,
+) -> None:
     """Add a node (NAME may be a range such as node[05-08]; then --ip is the first address)."""
     mac = _parse_mac(mac)
     try:
@@ -261,8 +273,16 @@ def node_add(ctx: Context, name: str, mac: str | None, ip: str | None, profiles:
 @click.option("--unset", "unset", multiple=True, help="Remove a node-level key (repeatable).")
 @settings_options
 @pass_ctx
-def node_set(ctx: Context, nodes: str, mac: str | None, ip: str | None, profiles: tuple[str, ...],
-             bmc: str | None, unset: tuple[str, ...], **settings: Any) -> None:
+def node_set(
+    ctx: Context,
+    nodes: str,
+    mac: str | None,
+    ip: str | None,
+    profiles: tuple[str, ...],
+    bmc: str | None,
+    unset: tuple[str, ...],
+    **settings: Any,
+) -> None:
     """Change node-level values (a node inside a range entry is split out of it)."""
     mac = _parse_mac(mac)
     with editing(ctx) as (doc, inv):
@@ -301,6 +321,7 @@ def node_rm(ctx: Context, nodes: str) -> None:
 
 # -- profile ---------------------------------------------------------------------------------
 
+
 @click.group()
 def profile() -> None:
     """List, show and edit profiles."""
@@ -320,10 +341,14 @@ def profile_list(ctx: Context, as_json: bool) -> None:
     inv = ctx.inventory()
     rows = [(p, sum(1 for n in inv.nodes if p.name in n.profiles)) for p in inv.profiles.values()]
     if as_json:
-        echo_json([{"name": p.name, "nodes": c, "description": p.description, **_settings_json(p.settings)}
-                   for p, c in rows])
+        echo_json(
+            [{"name": p.name, "nodes": c, "description": p.description, **_settings_json(p.settings)} for p, c in rows]
+        )
         return
-    echo_table(["name", "nodes", "image", "description"], [[p.name, c, p.settings.get("image"), p.description] for p, c in rows])
+    echo_table(
+        ["name", "nodes", "image", "description"],
+        [[p.name, c, p.settings.get("image"), p.description] for p, c in rows],
+    )
 
 
 @profile.command("show")
@@ -371,7 +396,9 @@ def profile_set(ctx: Context, name: str, description: str | None, unset: tuple[s
         if name not in inv.profiles:
             raise UserError(f"no such profile: {name}")
         entry = _profiles_map(doc)[name]
-        set_fields(entry, {"description": description, **_settings_from(settings)} if description else _settings_from(settings))
+        set_fields(
+            entry, {"description": description, **_settings_from(settings)} if description else _settings_from(settings)
+        )
         for key in unset:
             entry.pop(key, None)
     click.echo(f"updated profile {name}")

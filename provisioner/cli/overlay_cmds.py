@@ -33,8 +33,9 @@ def overlay() -> None:
 @pass_ctx
 def overlay_build_cmd(ctx: Context, nodes: str | None, force: bool, jobs: int | None, as_json: bool) -> None:
     """Build overlay archives and boot configs of NODES (default all) whose inputs changed."""
-    report = overlays.build_overlays(ctx, ctx.select(nodes) if nodes else None, force=force, jobs=jobs,
-                                     bar=progress_bar(quiet=as_json))
+    report = overlays.build_overlays(
+        ctx, ctx.select(nodes) if nodes else None, force=force, jobs=jobs, bar=progress_bar(quiet=as_json)
+    )
     if as_json:
         echo_json(report.__dict__)
         return
@@ -75,13 +76,36 @@ def overlay_show(ctx: Context, node: str, path: str | None, reveal: bool, as_jso
     entries = overlays.render_node(ctx, ctx.node(node))
     if path is None:
         if as_json:
-            echo_json([{"path": e.path, "kind": e.kind, "mode": f"{e.perm:04o}", "owner": e.owner,
-                        "group": e.group, "size": len(e.data), "source": e.source,
-                        **({"target": e.data.decode()} if e.kind == "symlink" else {})} for e in entries])
+            echo_json(
+                [
+                    {
+                        "path": e.path,
+                        "kind": e.kind,
+                        "mode": f"{e.perm:04o}",
+                        "owner": e.owner,
+                        "group": e.group,
+                        "size": len(e.data),
+                        "source": e.source,
+                        **({"target": e.data.decode()} if e.kind == "symlink" else {}),
+                    }
+                    for e in entries
+                ]
+            )
             return
-        echo_table(["mode", "owner", "group", "size", "path", "source"],
-                   [[_mode_str(e), e.owner, e.group, len(e.data),
-                     e.path + (f" -> {e.data.decode()}" if e.kind == "symlink" else ""), e.source] for e in entries])
+        echo_table(
+            ["mode", "owner", "group", "size", "path", "source"],
+            [
+                [
+                    _mode_str(e),
+                    e.owner,
+                    e.group,
+                    len(e.data),
+                    e.path + (f" -> {e.data.decode()}" if e.kind == "symlink" else ""),
+                    e.source,
+                ]
+                for e in entries
+            ],
+        )
         return
     want = path.strip("/")
     entry = next((e for e in entries if e.path == want), None)

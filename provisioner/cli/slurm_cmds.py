@@ -15,8 +15,14 @@ from ..resources import systemd_unit
 from .context import Context, pass_ctx
 
 conf_dir_option = click.option(
-    "--conf-dir", type=click.Path(file_okay=False), envvar="PROVISIONER_SLURM_CONF_DIR", show_envvar=True,
-    default=str(slurm_config.DEFAULT_CONF_DIR), show_default=True, help="The controller's Slurm config dir.")
+    "--conf-dir",
+    type=click.Path(file_okay=False),
+    envvar="PROVISIONER_SLURM_CONF_DIR",
+    show_envvar=True,
+    default=str(slurm_config.DEFAULT_CONF_DIR),
+    show_default=True,
+    help="The controller's Slurm config dir.",
+)
 
 
 def _warn(problem: str) -> None:
@@ -33,8 +39,13 @@ def slurm() -> None:
 
 
 @slurm.command("render")
-@click.option("--file", "name", type=click.Choice(["slurm.conf", "cgroup.conf", "gres.conf"]),
-              default="slurm.conf", show_default=True)
+@click.option(
+    "--file",
+    "name",
+    type=click.Choice(["slurm.conf", "cgroup.conf", "gres.conf"]),
+    default="slurm.conf",
+    show_default=True,
+)
 @pass_ctx
 def render_cmd(ctx: Context, name: str) -> None:
     """Print one rendered file."""
@@ -52,17 +63,39 @@ def diff_cmd(ctx: Context, conf_dir: str) -> None:
 @slurm.command("apply")
 @conf_dir_option
 @click.option("--no-reload", is_flag=True, help="Write the files only; do not touch slurmctld.")
-@click.option("--reconfigure-command", default=" ".join(slurm_config.RECONFIGURE), show_default=True,
-              help="How to make slurmctld re-read its files.")
-@click.option("--restart-command", default=" ".join(slurm_config.RESTART), show_default=True,
-              help="How to restart slurmctld when Slurm refuses a reconfigure (node topology changed).")
-@click.option("--watch", type=click.FloatRange(0.2), metavar="SECONDS",
-              help="Keep running: apply again every SECONDS, so reported facts reach Slurm by themselves.")
-@click.option("--print-unit", is_flag=True,
-              help="Print a systemd unit running `apply --watch` with this --site and --state, and exit.")
+@click.option(
+    "--reconfigure-command",
+    default=" ".join(slurm_config.RECONFIGURE),
+    show_default=True,
+    help="How to make slurmctld re-read its files.",
+)
+@click.option(
+    "--restart-command",
+    default=" ".join(slurm_config.RESTART),
+    show_default=True,
+    help="How to restart slurmctld when Slurm refuses a reconfigure (node topology changed).",
+)
+@click.option(
+    "--watch",
+    type=click.FloatRange(0.2),
+    metavar="SECONDS",
+    help="Keep running: apply again every SECONDS, so reported facts reach Slurm by themselves.",
+)
+@click.option(
+    "--print-unit",
+    is_flag=True,
+    help="Print a systemd unit running `apply --watch` with this --site and --state, and exit.",
+)
 @pass_ctx
-def apply_cmd(ctx: Context, conf_dir: str, no_reload: bool, reconfigure_command: str, restart_command: str,
-              watch: float | None, print_unit: bool) -> None:
+def apply_cmd(
+    ctx: Context,
+    conf_dir: str,
+    no_reload: bool,
+    reconfigure_command: str,
+    restart_command: str,
+    watch: float | None,
+    print_unit: bool,
+) -> None:
     """Write the files that changed (atomically) and have slurmctld take them."""
     if print_unit:
         click.echo(systemd_unit("provisioner-slurm.service", ctx.site, ctx.state), nl=False)
@@ -72,8 +105,16 @@ def apply_cmd(ctx: Context, conf_dir: str, no_reload: bool, reconfigure_command:
     if watch is None:
         _applied(slurm_actions.apply_slurm(ctx, conf_dir, reconfigure, restart, _warn))
         return
-    slurm_actions.watch_slurm(ctx, conf_dir, watch, reconfigure=reconfigure, restart=restart, applied=_applied,
-                        warn=_warn, error=lambda e: click.echo(f"error: {e}", err=True))
+    slurm_actions.watch_slurm(
+        ctx,
+        conf_dir,
+        watch,
+        reconfigure=reconfigure,
+        restart=restart,
+        applied=_applied,
+        warn=_warn,
+        error=lambda e: click.echo(f"error: {e}", err=True),
+    )
 
 
 @click.group("mpi")
@@ -83,8 +124,14 @@ def mpi_group() -> None:
 
 @mpi_group.command("hostfile")
 @click.option("--partition", metavar="P", help="Only this partition's nodes [default: every node in a partition].")
-@click.option("--format", "fmt", type=click.Choice(mpi.FORMATS), default="openmpi", show_default=True,
-              help="openmpi: `name slots=N`; mpich: `name:N`.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(mpi.FORMATS),
+    default="openmpi",
+    show_default=True,
+    help="openmpi: `name slots=N`; mpich: `name:N`.",
+)
 @pass_ctx
 def hostfile_cmd(ctx: Context, partition: str | None, fmt: str) -> None:
     """Print a hostfile (slots: the node's mpi_slots, else its reported CPUs, else 1)."""

@@ -36,8 +36,10 @@ def show_table(ctx: Context, selector: str | None, as_json: bool) -> None:
         echo_json([r.as_dict() for r in rows])
         return
     now = time.time()
-    echo_table(["node", "stage", "since", "ip", "image", "slurm", "seen"],
-               [[r.node, r.stage, _age(r.since, now), r.ip, r.image, r.slurm, _age(r.last_seen, now)] for r in rows])
+    echo_table(
+        ["node", "stage", "since", "ip", "image", "slurm", "seen"],
+        [[r.node, r.stage, _age(r.since, now), r.ip, r.image, r.slurm, _age(r.last_seen, now)] for r in rows],
+    )
 
 
 def show_timeline(ctx: Context, selector: str | None, as_json: bool) -> None:

@@ -24,19 +24,33 @@ log = logging.getLogger("provisioner.cli")
 
 
 @click.command()
-@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Directory to serve (read-only).")
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Directory to serve (read-only).",
+)
 @click.option("--listen", default="0.0.0.0", show_default=True, help="IPv4 address to listen on.")
 @click.option("--port", default=69, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--timeout", default=1.0, show_default=True, type=click.FloatRange(0.1, 255),
-              help="Retransmit timeout in seconds when the client asks for none.")
-@click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Server processes sharing the port [default: one per CPU].")
+@click.option(
+    "--timeout",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 255),
+    help="Retransmit timeout in seconds when the client asks for none.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Server processes sharing the port [default: one per CPU].",
+)
 @click.option("--record", is_flag=True, help="Also record transfers in the state directory's node database.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every transfer.")
 @pass_ctx
-def tftp(ctx: Context, root: Path, listen: str, port: int, timeout: float, workers: int | None,
-         record: bool, verbose: bool) -> None:
+def tftp(
+    ctx: Context, root: Path, listen: str, port: int, timeout: float, workers: int | None, record: bool, verbose: bool
+) -> None:
     """Serve a directory over TFTP (no inventory needed); stops on SIGINT/SIGTERM."""
     setup_logging("info")
     if not verbose:

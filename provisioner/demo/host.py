@@ -7,17 +7,21 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .netns import DemoNet
 
 # Private state directories: path on the host -> (owner, mode), bind-mounted over the real ones.
 PRIVATE = {
-    "run": ("root", 0o755), "run/munge": ("munge", 0o755),
-    "var/lib/munge": ("munge", 0o711), "var/log/munge": ("munge", 0o700),
-    "var/lib/slurm": ("slurm", 0o755), "var/lib/slurm/slurmctld": ("slurm", 0o755),
-    "var/log/slurm": ("slurm", 0o755), "etc/munge": ("munge", 0o700),
+    "run": ("root", 0o755),
+    "run/munge": ("munge", 0o755),
+    "var/lib/munge": ("munge", 0o711),
+    "var/log/munge": ("munge", 0o700),
+    "var/lib/slurm": ("slurm", 0o755),
+    "var/lib/slurm/slurmctld": ("slurm", 0o755),
+    "var/log/slurm": ("slurm", 0o755),
+    "etc/munge": ("munge", 0o700),
 }
 # Not /tmp: the demo's own files may live there (a test's work dir), and must stay visible.
 BINDS = ("run", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm", "etc/munge")
@@ -39,7 +43,10 @@ class MasterHost:
         script += ["echo ready", "exec sleep infinity"]
         self.holder = subprocess.Popen(
             net.enter(["unshare", "--uts", "--mount", "--propagation", "private", "--", "sh", "-c", "\n".join(script)]),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         line = self.holder.stdout.readline().decode()  # type: ignore[union-attr]
         if line.strip() != "ready":
             rest = self.holder.stdout.read().decode(errors="replace")  # type: ignore[union-attr]

@@ -8,9 +8,9 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 
 class DemoFailure(Exception):
@@ -36,15 +36,26 @@ class Supervisor:
     logdir: Path
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
-              ready: str | Callable[[], bool] | None = None, timeout: float = 60) -> Proc:
+    def start(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str] | None = None,
+        ready: str | Callable[[], bool] | None = None,
+        timeout: float = 60,
+    ) -> Proc:
         """Start `cmd`; with `ready` (a regex on the log, or a predicate) wait until it holds."""
         self.logdir.mkdir(parents=True, exist_ok=True)
         log = self.logdir / f"{name}.log"
-        out = open(log, "wb")
-        popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, **(env or {})}, start_new_session=True)
-        out.close()
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         if ready is not None:
@@ -52,7 +63,9 @@ class Supervisor:
         return proc
 
     def wait(self, proc: Proc, ready: str | Callable[[], bool], timeout: float) -> None:
-        check = ready if callable(ready) else (lambda: re.search(ready, proc.log.read_text(errors="replace")) is not None)
+        check = (
+            ready if callable(ready) else (lambda: re.search(ready, proc.log.read_text(errors="replace")) is not None)
+        )
 
         def ready_or_dead() -> bool:
             if proc.popen.poll() is not None:

@@ -65,26 +65,52 @@ class Guest:
 
     def argv(self) -> list[str]:
         """The qemu command line; `prepare()` must have run for a UEFI guest."""
-        cmd = [QEMU, "-accel", "tcg", "-m", str(self.memory_mb), "-smp", str(self.smp), "-nographic",
-               "-monitor", "none", "-uuid", self.uuid]
+        cmd = [
+            QEMU,
+            "-accel",
+            "tcg",
+            "-m",
+            str(self.memory_mb),
+            "-smp",
+            str(self.smp),
+            "-nographic",
+            "-monitor",
+            "none",
+            "-uuid",
+            self.uuid,
+        ]
         if self.serial is not None:
             cmd += ["-serial", f"file:{self.serial}"]
         if self.no_reboot:
             cmd.append("-no-reboot")
         if self.firmware == "uefi":
-            cmd += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-                    "-drive", f"if=pflash,format=raw,file={self.efi_vars}"]
+            cmd += [
+                "-drive",
+                f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                "-drive",
+                f"if=pflash,format=raw,file={self.efi_vars}",
+            ]
         if self.direct is not None:
-            cmd += ["-kernel", str(self.direct.kernel), "-initrd", str(self.direct.initrd),
-                    "-append", self.direct.append]
+            cmd += [
+                "-kernel",
+                str(self.direct.kernel),
+                "-initrd",
+                str(self.direct.initrd),
+                "-append",
+                self.direct.append,
+            ]
         else:
             cmd += ["-boot", "order=n"]
         if self.nic is None:
             cmd += ["-nic", "none"]
         else:
             model = "virtio-net-pci,romfile=" if self.firmware == "uefi" else "e1000"
-            cmd += ["-netdev", f"tap,id=n0,ifname={self.nic.tap},script=no,downscript=no",
-                    "-device", f"{model},netdev=n0,mac={self.nic.mac}"]
+            cmd += [
+                "-netdev",
+                f"tap,id=n0,ifname={self.nic.tap},script=no,downscript=no",
+                "-device",
+                f"{model},netdev=n0,mac={self.nic.mac}",
+            ]
         for disk in self.disks:
             cmd += ["-drive", f"file={disk},if=virtio,format=raw"]
         return cmd

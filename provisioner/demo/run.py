@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..actions.context import Context
 from ..actions.images import build_image
@@ -42,8 +42,9 @@ IMAGE_CACHE = Path("/var/cache/provisioner/images")
 # slurmctld daemonizes as its unit runs it; `slurm apply` restarts it by the pid file in the
 # master's private /run (a name-based kill would hit every slurmctld on this machine).
 START_SLURMCTLD = "slurmctld </dev/null >/dev/null 2>&1"
-RESTART_SLURMCTLD = ("pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
-                     + START_SLURMCTLD)
+RESTART_SLURMCTLD = (
+    "pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; " + START_SLURMCTLD
+)
 # One job step on every node at once (srun -l labels its lines by task): what the default image
 # set promises, OpenMPI as `mpirun` and MPICH, and the machine ID, which must differ between
 # nodes sharing one root. Shell builtins but for the two MPI commands: every fork is slow
@@ -108,8 +109,14 @@ class Demo:
             # Cheap and deterministic: picks up changes to the initramfs runtime (initcpio/).
             build_initramfs(self.state, demo_site.IMAGE)
             return
-        switch = build_image(self.ctx, demo_site.IMAGE, packages=demo_site.IMAGE_PACKAGES, mirror=self.mirror,
-                             cache_dir=IMAGE_CACHE, progress=lambda m: self.say("image", m))
+        switch = build_image(
+            self.ctx,
+            demo_site.IMAGE,
+            packages=demo_site.IMAGE_PACKAGES,
+            mirror=self.mirror,
+            cache_dir=IMAGE_CACHE,
+            progress=lambda m: self.say("image", m),
+        )
         switch.check()
         if switch.message:
             self.say("image", switch.message)
@@ -133,31 +140,56 @@ class Demo:
         conf.mkdir(parents=True, exist_ok=True)
         apply_slurm(self.ctx, conf, reconfigure=None)
         hosts = mwork / "hosts"
-        hosts.write_text("127.0.0.1 localhost\n" + f"{inv.cluster.slurm.address} {inv.cluster.slurm.controller}\n"
-                         + "".join(f"{n.ip} {n.name}\n" for n in inv.nodes))
-        self.master = MasterHost(self.net, inv.cluster.slurm.controller, mwork,
-                                 {"etc/slurm": conf, "etc/hosts": hosts})
+        hosts.write_text(
+            "127.0.0.1 localhost\n"
+            + f"{inv.cluster.slurm.address} {inv.cluster.slurm.controller}\n"
+            + "".join(f"{n.ip} {n.name}\n" for n in inv.nodes)
+        )
+        self.master = MasterHost(self.net, inv.cluster.slurm.controller, mwork, {"etc/slurm": conf, "etc/hosts": hosts})
         key = self.master.priv / "etc/munge/munge.key"
         key.write_bytes(secrets.munge_key(self.state))
         munge = pwd.getpwnam("munge")
         os.chown(key, munge.pw_uid, munge.pw_gid)
         os.chmod(key, 0o400)
         m = self.master
-        self.sup.start("munged", m.enter(["setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
-                                          "/usr/sbin/munged", "--foreground"]),
-                       ready=lambda: (m.priv / "run/munge/munge.socket.2").exists(), timeout=20)
+        self.sup.start(
+            "munged",
+            m.enter(["setpriv", "--reuid=munge", "--regid=munge", "--init-groups", "/usr/sbin/munged", "--foreground"]),
+            ready=lambda: (m.priv / "run/munge/munge.socket.2").exists(),
+            timeout=20,
+        )
         self.start_nfs()
         env = {"PROVISIONER_SITE": str(self.site.root), "PROVISIONER_STATE": str(self.state.root)}
         started = m.run(["sh", "-c", START_SLURMCTLD])
         if started.returncode != 0:
             raise DemoFailure(f"slurmctld did not start:\n{self._tail(self.slurmctld_log)}")
-        self.sup.wait_for("slurmctld", lambda: "UP" in m.run(["scontrol", "ping"]).stdout, 30,
-                          lambda: self._tail(self.slurmctld_log))
-        self.sup.start("serve", m.enter([PROVISIONER, "serve", "--interface", "br0", "--slurm-interval", "1"]),
-                       env=env, ready=r"ready.*services=", timeout=30)
-        self.sup.start("slurm-apply", m.enter([PROVISIONER, "slurm", "apply", "--watch", "1", "--conf-dir",
-                                               "/etc/slurm", "--restart-command",
-                                               f"sh -c '{RESTART_SLURMCTLD}'"]), env=env)
+        self.sup.wait_for(
+            "slurmctld", lambda: "UP" in m.run(["scontrol", "ping"]).stdout, 30, lambda: self._tail(self.slurmctld_log)
+        )
+        self.sup.start(
+            "serve",
+            m.enter([PROVISIONER, "serve", "--interface", "br0", "--slurm-interval", "1"]),
+            env=env,
+            ready=r"ready.*services=",
+            timeout=30,
+        )
+        self.sup.start(
+            "slurm-apply",
+            m.enter(
+                [
+                    PROVISIONER,
+                    "slurm",
+                    "apply",
+                    "--watch",
+                    "1",
+                    "--conf-dir",
+                    "/etc/slurm",
+                    "--restart-command",
+                    f"sh -c '{RESTART_SLURMCTLD}'",
+                ]
+            ),
+            env=env,
+        )
 
     def start_nfs(self) -> None:
         assert self.net is not None
@@ -166,11 +198,16 @@ class Demo:
         conf = gw / "ganesha.conf"
         conf.write_text(nfs_exports(self.ctx, "ganesha", gw / "recovery"))
         log = gw / "ganesha.log"
-        script = ("mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/ganesha && "
-                  f"exec ganesha.nfsd -F -f {conf} -L {log} -p /run/ganesha/pid -N NIV_EVENT")
-        self.sup.start("nfs", self.net.enter(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]),
-                       ready=lambda: log.exists() and "NFS SERVER INITIALIZED" in log.read_text(errors="replace"),
-                       timeout=40)
+        script = (
+            "mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/ganesha && "
+            f"exec ganesha.nfsd -F -f {conf} -L {log} -p /run/ganesha/pid -N NIV_EVENT"
+        )
+        self.sup.start(
+            "nfs",
+            self.net.enter(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]),
+            ready=lambda: log.exists() and "NFS SERVER INITIALIZED" in log.read_text(errors="replace"),
+            timeout=40,
+        )
 
     # -- nodes -------------------------------------------------------------------------------------
     def boot_vms(self, inv: Inventory) -> None:
@@ -180,8 +217,9 @@ class Demo:
             tap = self.net.add_tap()
             console = self.logs / f"{node.name}-console.log"
             assert node.mac is not None  # the demo's site gives every node one
-            guest = Guest(Nic(tap, node.mac), memory_mb=1024, serial=console,
-                          uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, node.name)))
+            guest = Guest(
+                Nic(tap, node.mac), memory_mb=1024, serial=console, uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, node.name))
+            )
             self.sup.start(f"qemu-{node.name}", self.net.enter(guest.argv()))
 
     def wait_idle(self, inv: Inventory) -> None:
@@ -192,7 +230,7 @@ class Demo:
         while time.monotonic() < deadline:
             for name in seen:
                 events = db.timeline(name)
-                for ev in events[seen[name]:]:
+                for ev in events[seen[name] :]:
                     detail = f" ({ev['detail']})" if ev["detail"] else ""
                     self.say("boot", f"{name}: {ev['stage']}{detail}")
                 seen[name] = len(events)
@@ -206,9 +244,11 @@ class Demo:
             time.sleep(1)
         last = {n: (db.timeline(n) or [{"stage": "none"}])[-1]["stage"] for n in seen}
         consoles = "\n".join(f"{n} console:\n{self._tail(self.logs / f'{n}-console.log')}" for n in seen)
-        raise DemoFailure(f"nodes not idle after {self.timeout:.0f} s; last stages {last}; sinfo {self.sinfo()}\n"
-                          f"{consoles}\nserve log:\n{self._tail(self.logs / 'serve.log')}\n"
-                          f"slurmctld log:\n{self._tail(self.slurmctld_log)}")
+        raise DemoFailure(
+            f"nodes not idle after {self.timeout:.0f} s; last stages {last}; sinfo {self.sinfo()}\n"
+            f"{consoles}\nserve log:\n{self._tail(self.logs / 'serve.log')}\n"
+            f"slurmctld log:\n{self._tail(self.slurmctld_log)}"
+        )
 
     @property
     def slurmctld_log(self) -> Path:
@@ -226,7 +266,9 @@ class Demo:
             res = self.master.run(["srun", "-w", node.name, "hostname"], timeout=240)
             got = res.stdout.strip()
             if res.returncode != 0 or got != node.name:
-                raise DemoFailure(f"srun -w {node.name} hostname printed {got!r} (exit {res.returncode}):\n{res.stderr}")
+                raise DemoFailure(
+                    f"srun -w {node.name} hostname printed {got!r} (exit {res.returncode}):\n{res.stderr}"
+                )
             self.say("slurm", f"srun -w {node.name} hostname -> {got}")
 
     def check_nodes(self, inv: Inventory) -> None:
@@ -236,11 +278,29 @@ class Demo:
         baked into the shared image)."""
         assert self.master is not None
         names = {n.name: str(n.ip) for n in inv.nodes}
-        scan = subprocess.Popen(self.master.enter(["ssh-keyscan", "-T", "30", "-t", "ed25519", *names.values()]),
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        scan = subprocess.Popen(
+            self.master.enter(["ssh-keyscan", "-T", "30", "-t", "ed25519", *names.values()]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         try:
-            res = self.master.run(["srun", "-l", "--mpi=none", "-N", str(len(names)), "--ntasks-per-node=1",
-                                   "-w", ",".join(names), "sh", "-c", NODE_CHECK], timeout=240)
+            res = self.master.run(
+                [
+                    "srun",
+                    "-l",
+                    "--mpi=none",
+                    "-N",
+                    str(len(names)),
+                    "--ntasks-per-node=1",
+                    "-w",
+                    ",".join(names),
+                    "sh",
+                    "-c",
+                    NODE_CHECK,
+                ],
+                timeout=240,
+            )
             offered = {}
             for line in scan.communicate(timeout=60)[0].splitlines():
                 if not line.startswith("#") and len(line.split()) >= 3:
@@ -259,9 +319,11 @@ class Demo:
         for lines in tasks.values():
             text = "\n".join(lines)
             host = re.search(r"^host (\S+)", text, re.M)
-            facts = {"machine-id": re.search(r"^machine-id ?(.*)", text, re.M),
-                     "openmpi": re.search(r"^mpirun \(Open MPI\) (\S+)", text, re.M),
-                     "mpich": re.search(r"^MPICH Version:\s*(\S+)", text, re.M)}
+            facts = {
+                "machine-id": re.search(r"^machine-id ?(.*)", text, re.M),
+                "openmpi": re.search(r"^mpirun \(Open MPI\) (\S+)", text, re.M),
+                "mpich": re.search(r"^MPICH Version:\s*(\S+)", text, re.M),
+            }
             if host:
                 got[host.group(1)] = {k: v.group(1).strip() for k, v in facts.items() if v}
         problems = []
@@ -274,16 +336,22 @@ class Demo:
             if not facts.get("mpich"):
                 problems.append(f"{name}: no MPICH (mpichversion)")
             if offered.get(ip) != " ".join(own.decode().split()[:2]):
-                problems.append(f"{name}: sshd on {ip} offers {offered.get(ip, 'no ed25519 host key')!r}, "
-                                "not the node's own")
+                problems.append(
+                    f"{name}: sshd on {ip} offers {offered.get(ip, 'no ed25519 host key')!r}, not the node's own"
+                )
             if not re.fullmatch(r"[0-9a-f]{32}", mid) or any(got[n].get("machine-id") == mid for n in got if n != name):
                 problems.append(f"{name}: machine-id {mid!r} is not its own")
         if res.returncode != 0 or problems:
-            raise DemoFailure(f"node check (srun exit {res.returncode}): {'; '.join(problems) or 'see output'}\n"
-                              f"{res.stdout}{res.stderr}")
+            raise DemoFailure(
+                f"node check (srun exit {res.returncode}): {'; '.join(problems) or 'see output'}\n"
+                f"{res.stdout}{res.stderr}"
+            )
         for name, facts in got.items():
-            self.say("check", f"{name}: Open MPI {facts['openmpi']}, MPICH {facts['mpich']}, sshd with its own "
-                              f"host key, machine-id {facts['machine-id'][:8]}...")
+            self.say(
+                "check",
+                f"{name}: Open MPI {facts['openmpi']}, MPICH {facts['mpich']}, sshd with its own "
+                f"host key, machine-id {facts['machine-id'][:8]}...",
+            )
 
     @staticmethod
     def _tail(path: Path, lines: int = 30) -> str:
@@ -307,11 +375,24 @@ class Demo:
             self.stage("boot", f"qemu (TCG) x{len(inv.nodes)}, PXE with the stock iPXE ROM", lambda: self.boot_vms(inv))
             self.stage("join", "waiting for sinfo to show every node idle", lambda: self.wait_idle(inv))
             self.stage("slurm", "srun on each node", lambda: self.srun(inv))
-            self.stage("check", "one srun on every node (OpenMPI, MPICH, machine-id); ssh-keyscan each sshd",
-                       lambda: self.check_nodes(inv))
+            self.stage(
+                "check",
+                "one srun on every node (OpenMPI, MPICH, machine-id); ssh-keyscan each sshd",
+                lambda: self.check_nodes(inv),
+            )
             for node in inv.nodes:
-                subprocess.run([PROVISIONER, "--site", str(self.site.root), "--state", str(self.state.root),
-                                "status", node.name, "--timeline"])
+                subprocess.run(
+                    [
+                        PROVISIONER,
+                        "--site",
+                        str(self.site.root),
+                        "--state",
+                        str(self.state.root),
+                        "status",
+                        node.name,
+                        "--timeline",
+                    ]
+                )
         finally:
             self.cleanup()
 

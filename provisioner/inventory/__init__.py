@@ -4,6 +4,15 @@ from .model import Cluster, Interface, Inventory, Network, Node, Profile
 from .parse import InventoryInvalid, Problem, load_inventory, normalize_mac, parse_text
 
 __all__ = [
-    "Cluster", "Interface", "Inventory", "InventoryInvalid", "Network", "Node", "Problem",
-    "Profile", "load_inventory", "normalize_mac", "parse_text",
+    "Cluster",
+    "Interface",
+    "Inventory",
+    "InventoryInvalid",
+    "Network",
+    "Node",
+    "Problem",
+    "Profile",
+    "load_inventory",
+    "normalize_mac",
+    "parse_text",
 ]

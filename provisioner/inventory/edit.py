@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -64,7 +65,8 @@ def edited(doc: CommentedMap, path: str | Path) -> Inventory:
 def node_entries(doc: CommentedMap) -> CommentedSeq:
     if doc.get("nodes") is None:
         doc["nodes"] = CommentedSeq()
-    return doc["nodes"]
+    nodes: CommentedSeq = doc["nodes"]
+    return nodes
 
 
 def find_entry(doc: CommentedMap, name: str) -> tuple[int, int] | None:
@@ -95,6 +97,7 @@ def _slice_entry(entry: CommentedMap, names: list[str], start: int, stop: int) -
         if isinstance(m.get("mac"), list):
             macs = list(m["mac"][start:stop])
             m["mac"] = macs[0] if len(piece) == 1 else CommentedSeq(macs)
+
     shift(out)
     if out.get("bmc") is not None:
         out["bmc"] = str(IPv4Address(str(out["bmc"])) + start)
@@ -115,7 +118,7 @@ def isolate(doc: CommentedMap, name: str) -> CommentedMap:
         raise KeyError(name)
     i, j = found
     entries = node_entries(doc)
-    entry = entries[i]
+    entry: CommentedMap = entries[i]
     pattern = str(entry["name"])
     if not is_range(pattern) or len(expand(pattern)) == 1:
         return entry
@@ -125,7 +128,7 @@ def isolate(doc: CommentedMap, name: str) -> CommentedMap:
     entries[i] = pieces[0]
     for k, p in enumerate(pieces[1:], start=1):
         entries.insert(i + k, p)
-    return entries[i + len(before)]
+    return pieces[len(before)]
 
 
 def set_fields(entry: CommentedMap, values: dict[str, Any]) -> None:

@@ -5,7 +5,6 @@ Each setting is declared once, as a field carrying its kind, default, checks and
 (see schema.py); the parser, profile merging, the CLI and the JSON view derive from them.
 """
 
-# ruff: noqa: RUF009  (`setting` returns a dataclasses.field carrying the declaration)
 from __future__ import annotations
 
 from collections.abc import Mapping

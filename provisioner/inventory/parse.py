@@ -77,7 +77,7 @@ def normalize_mac(value: str) -> str | None:
         r"([0-9a-f]{2}[:-]){5}[0-9a-f]{2}|([0-9a-f]{4}\.){2}[0-9a-f]{4}", value.strip().lower()
     ):
         return None
-    return ":".join(hexdigits[i:i + 2] for i in range(0, 12, 2))
+    return ":".join(hexdigits[i : i + 2] for i in range(0, 12, 2))
 
 
 class _Parser:
@@ -209,7 +209,11 @@ class _Parser:
             return []
         for name in names:
             if not valid_hostname(name):
-                self.err((*path, "name"), f"{name!r} is not a valid hostname (RFC 1123: letters, digits, '-', 1-63 characters, no leading or trailing '-')")
+                self.err(
+                    (*path, "name"),
+                    f"{name!r} is not a valid hostname (RFC 1123: letters, digits, '-', "
+                    "1-63 characters, no leading or trailing '-')",
+                )
         if "interfaces" in e and ("mac" in e or "ip" in e):
             self.err(path, "give either 'interfaces' or the shorthand 'mac'/'ip', not both")
         if e.get("interfaces") is not None:
@@ -217,8 +221,10 @@ class _Parser:
                 self.err((*path, "interfaces"), "must be a non-empty list")
                 raw_ifaces: list[tuple[dict[str, Any], Path]] = []
             else:
-                raw_ifaces = [(self.mapping(x, (*path, "interfaces", k), IFACE_KEYS), (*path, "interfaces", k))
-                              for k, x in enumerate(e["interfaces"])]
+                raw_ifaces = [
+                    (self.mapping(x, (*path, "interfaces", k), IFACE_KEYS), (*path, "interfaces", k))
+                    for k, x in enumerate(e["interfaces"])
+                ]
         else:
             raw_ifaces = [({"mac": e.get("mac"), "ip": e.get("ip")}, path)]
         per_node_ifaces: list[list[Interface]] = [[] for _ in names]
@@ -230,11 +236,17 @@ class _Parser:
             for j, _ in enumerate(names):
                 ip = first_ip + j if first_ip is not None else None
                 per_node_ifaces[j].append(Interface(str(iface.get("name") or f"eth{k}"), macs[j], ip))
-        prof_names = (self.value(e, path, "profiles", _NAMES) or ()) if "profiles" in e else (("default",) if "default" in profiles else ())
+        prof_names = (
+            (self.value(e, path, "profiles", _NAMES) or ())
+            if "profiles" in e
+            else (("default",) if "default" in profiles else ())
+        )
         for pn in prof_names:
             if pn not in profiles:
                 hint = difflib.get_close_matches(pn, sorted(profiles), n=1)
-                self.err((*path, "profiles"), f"unknown profile {pn!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                self.err(
+                    (*path, "profiles"), f"unknown profile {pn!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                )
         own = self.settings(e, path)
         layers = [(f"profile:{pn}", profiles[pn].settings) for pn in prof_names if pn in profiles]
         layers.append(("node", own))
@@ -242,8 +254,15 @@ class _Parser:
         bmc = self.value(e, path, "bmc", _ADDRESS)
         line = self.loc.line(path)
         return [
-            Node(name=name, interfaces=tuple(per_node_ifaces[j]), profiles=tuple(prof_names),
-                 bmc=(bmc + j if bmc is not None else None), sources=sources, line=line, **merged)
+            Node(
+                name=name,
+                interfaces=tuple(per_node_ifaces[j]),
+                profiles=tuple(prof_names),
+                bmc=(bmc + j if bmc is not None else None),
+                sources=sources,
+                line=line,
+                **merged,
+            )
             for j, name in enumerate(names)
         ]
 
@@ -261,8 +280,10 @@ class _Parser:
         for j, v in enumerate(values[: len(names)]):
             mac = normalize_mac(str(v)) if isinstance(v, str) else None
             if mac is None:
-                self.err((*path, "mac", j) if isinstance(raw, list) else (*path, "mac"),
-                         f"{v!r} is not a MAC address (like 52:54:00:12:34:56)")
+                self.err(
+                    (*path, "mac", j) if isinstance(raw, list) else (*path, "mac"),
+                    f"{v!r} is not a MAC address (like 52:54:00:12:34:56)",
+                )
             out.append(mac)
         return out + [None] * (len(names) - len(out))
 
@@ -280,7 +301,9 @@ class _Parser:
             for iface in n.interfaces:
                 if iface.mac:
                     if iface.mac in seen_mac and seen_mac[iface.mac] is not n:
-                        self.err((*where, "mac"), f"{n.name}: MAC {iface.mac} is already used by {seen_mac[iface.mac].name}")
+                        self.err(
+                            (*where, "mac"), f"{n.name}: MAC {iface.mac} is already used by {seen_mac[iface.mac].name}"
+                        )
                     seen_mac.setdefault(iface.mac, n)
                 if iface.ip is None:
                     continue
@@ -288,8 +311,13 @@ class _Parser:
                     self.err((*where, "ip"), f"{n.name}: IP {iface.ip} is already used by {seen_ip[iface.ip].name}")
                 seen_ip.setdefault(iface.ip, n)
                 if iface is n.primary:
-                    if iface.ip not in net.subnet or iface.ip in (net.subnet.network_address, net.subnet.broadcast_address):
-                        self.err((*where, "ip"), f"{n.name}: IP {iface.ip} is not a host address of the subnet {net.subnet}")
+                    if iface.ip not in net.subnet or iface.ip in (
+                        net.subnet.network_address,
+                        net.subnet.broadcast_address,
+                    ):
+                        self.err(
+                            (*where, "ip"), f"{n.name}: IP {iface.ip} is not a host address of the subnet {net.subnet}"
+                        )
                     elif net.in_dynamic_range(iface.ip):
                         lo, hi = net.dynamic_range  # type: ignore[misc]
                         self.err((*where, "ip"), f"{n.name}: IP {iface.ip} is inside the dynamic range {lo}-{hi}")

@@ -313,9 +313,16 @@ class Setting:
         return dict(self.default) if isinstance(self.default, dict) else self.default
 
 
-def setting(kind: Kind, flag: str | None = None, help: str | None = None, *, default: Any = dataclasses.MISSING,
-            required: bool = False, derive: Callable[[Scope], Any] | None = None,
-            check: Callable[[Any, Scope], str | None] | None = None) -> Any:
+def setting(
+    kind: Kind,
+    flag: str | None = None,
+    help: str | None = None,
+    *,
+    default: Any = dataclasses.MISSING,
+    required: bool = False,
+    derive: Callable[[Scope], Any] | None = None,
+    check: Callable[[Any, Scope], str | None] | None = None,
+) -> Any:
     """A model field declaring a setting. Unless it is required, derived or a section (which
     the parser always supplies), it defaults to `default` or else to the kind's empty value."""
     if default is dataclasses.MISSING and not (required or derive or isinstance(kind, Section)):
@@ -328,8 +335,11 @@ def setting(kind: Kind, flag: str | None = None, help: str | None = None, *, def
 
 def settings_of(model: type) -> Mapping[str, Setting]:
     """The settings a model dataclass declares, by key, in declaration order."""
-    return {f.name: dataclasses.replace(f.metadata["setting"], key=f.name)
-            for f in dataclasses.fields(model) if "setting" in f.metadata}
+    return {
+        f.name: dataclasses.replace(f.metadata["setting"], key=f.name)
+        for f in dataclasses.fields(model)
+        if "setting" in f.metadata
+    }
 
 
 def valid_hostname(name: str) -> bool:

@@ -41,12 +41,18 @@ def gateway(net: HostNet) -> Gateway:
     a default route that goes nowhere."""
     subnet = net.address.network
     if net.router is not None:
-        return Gateway(net.router, f"This host's own default router, on {net.interface}: nodes reach beyond "
-                                   f"{subnet} through it as this host does, and no node is given its address. "
-                                   f"Without it nodes stay on {subnet} (keep node addresses off {net.router}).")
-    return Gateway(None, f"This host's default route does not leave by {net.interface}, so no router on {subnet} "
-                         f"is known: nodes reach only {subnet}. To route them further, set gateway: to a router "
-                         f"there (this host, {net.address.ip}, once it forwards for them).")
+        return Gateway(
+            net.router,
+            f"This host's own default router, on {net.interface}: nodes reach beyond "
+            f"{subnet} through it as this host does, and no node is given its address. "
+            f"Without it nodes stay on {subnet} (keep node addresses off {net.router}).",
+        )
+    return Gateway(
+        None,
+        f"This host's default route does not leave by {net.interface}, so no router on {subnet} "
+        f"is known: nodes reach only {subnet}. To route them further, set gateway: to a router "
+        f"there (this host, {net.address.ip}, once it forwards for them).",
+    )
 
 
 def detect(interface: str | None = None) -> HostNet:
@@ -58,8 +64,9 @@ def detect(interface: str | None = None) -> HostNet:
         for a in ipr.get_addr(family=2):
             if name := names.get(a["index"]):  # a link made since get_links() is not a candidate
                 addrs.setdefault(name, []).append(IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
-        defaults: list[tuple[str | None, str | None]] = [(names.get(r.get_attr("RTA_OIF")), r.get_attr("RTA_GATEWAY"))
-                    for r in ipr.get_default_routes(family=2)]
+        defaults: list[tuple[str | None, str | None]] = [
+            (names.get(r.get_attr("RTA_OIF")), r.get_attr("RTA_GATEWAY")) for r in ipr.get_default_routes(family=2)
+        ]
     if interface:
         if interface not in names.values():
             raise LookupError(f"no interface named {interface!r} (have: {', '.join(sorted(names.values()))})")

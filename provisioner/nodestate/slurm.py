@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import Mapping
+from collections.abc import Mapping
 
 # Slurm base states in which a node has joined and takes work. A suffix flag such as `*`
 # (not responding) or `~` (powered off) means it has not, so those never match.
@@ -28,8 +28,13 @@ def slurm_states(timeout: float = 5.0, env: Mapping[str, str] | None = None) -> 
     if shutil.which("sinfo") is None:
         return None
     try:
-        res = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True,
-                             timeout=timeout, env=None if env is None else dict(env))
+        res = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N %T"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=None if env is None else dict(env),
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return parse_sinfo(res.stdout) if res.returncode == 0 else None

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..inventory import Node
 from .db import NodeStateDB
@@ -37,8 +38,7 @@ class Step:
     detail: str | None
 
 
-def node_statuses(nodes: Iterable[Node], db: NodeStateDB,
-                  slurm: Mapping[str, str] | None = None) -> list[NodeStatus]:
+def node_statuses(nodes: Iterable[Node], db: NodeStateDB, slurm: Mapping[str, str] | None = None) -> list[NodeStatus]:
     last = db.last_stages()
     seen = db.last_seen()
     lease_ip = {r["mac"]: r["ip"] for r in db.leases()}
@@ -46,9 +46,17 @@ def node_statuses(nodes: Iterable[Node], db: NodeStateDB,
     for n in nodes:
         ev = last.get(n.name)
         ip = n.ip or next((lease_ip[i.mac] for i in n.interfaces if i.mac in lease_ip), None)
-        out.append(NodeStatus(n.name, ev["stage"] if ev else None, ev["at"] if ev else None,
-                              str(ip) if ip else None, n.image, (slurm or {}).get(n.name),
-                              seen.get(n.name)))
+        out.append(
+            NodeStatus(
+                n.name,
+                ev["stage"] if ev else None,
+                ev["at"] if ev else None,
+                str(ip) if ip else None,
+                n.image,
+                (slurm or {}).get(n.name),
+                seen.get(n.name),
+            )
+        )
     return out
 
 
@@ -67,5 +75,7 @@ def latest_boot(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def timeline(events: Sequence[Mapping[str, Any]]) -> list[Step]:
-    return [Step(e["stage"], e["at"], events[i + 1]["at"] - e["at"] if i + 1 < len(events) else None,
-                 e["detail"]) for i, e in enumerate(events)]
+    return [
+        Step(e["stage"], e["at"], events[i + 1]["at"] - e["at"] if i + 1 < len(events) else None, e["detail"])
+        for i, e in enumerate(events)
+    ]

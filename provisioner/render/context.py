@@ -7,10 +7,11 @@ and node named, never ship an empty value to a node.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, ip_address, ip_interface
 from types import TracebackType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jinja2
 import jinja2.meta
@@ -33,6 +34,7 @@ class RenderError(Exception):
 
 
 # -- filters -----------------------------------------------------------------------------------
+
 
 def ip_add(addr: Any, n: int) -> str:
     """`10.0.0.5 | ip_add(3)` -> 10.0.0.8 (also keeps a prefix: 10.0.0.5/24 -> 10.0.0.8/24)."""
@@ -74,7 +76,7 @@ def _mac_octets(mac: Any) -> list[str]:
     hexdigits = "".join(c for c in str(mac).lower() if c in "0123456789abcdef")
     if len(hexdigits) != 12:
         raise ValueError(f"{mac!r} is not a MAC address")
-    return [hexdigits[i:i + 2] for i in range(0, 12, 2)]
+    return [hexdigits[i : i + 2] for i in range(0, 12, 2)]
 
 
 def mac_colon(mac: Any) -> str:
@@ -99,20 +101,40 @@ def mac_pxelinux(mac: Any) -> str:
 
 
 FILTERS: dict[str, Callable[..., Any]] = {
-    f.__name__: f for f in (ip_add, ip_offset, ip_nth, prefixlen, netmask, with_prefix,
-                            reverse_pointer, mac_colon, mac_hyphen, mac_bare, mac_upper, mac_pxelinux)
+    f.__name__: f
+    for f in (
+        ip_add,
+        ip_offset,
+        ip_nth,
+        prefixlen,
+        netmask,
+        with_prefix,
+        reverse_pointer,
+        mac_colon,
+        mac_hyphen,
+        mac_bare,
+        mac_upper,
+        mac_pxelinux,
+    )
 }
 
 
 def environment(loader: jinja2.BaseLoader | None = None) -> jinja2.Environment:
     """Block tags on their own line leave no blank line behind (trim_blocks, lstrip_blocks)."""
-    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                             trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env = jinja2.Environment(
+        loader=loader,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
     env.filters.update(FILTERS)
     return env
 
 
 # -- context -------------------------------------------------------------------------------------
+
 
 class SecretHandles:
     """What templates see as `secrets`: read a secret's text by its path under state/secrets.
@@ -174,15 +196,17 @@ def render(template: jinja2.Template, context: Mapping[str, Any], node: str | No
     try:
         ctx = template.new_context(dict(context) if not isinstance(context, dict) else context, shared=True)
         try:
-            return template.environment.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
+            return template.environment.concat(template.root_render_func(ctx))
         except Exception:
             template.environment.handle_exception()  # re-raises with template lines in the traceback
     except jinja2.TemplateError as e:
-        raise RenderError(template.name or "?", _template_line(sys.exc_info()[2], template), node,
-                          _message(e)) from None
+        raise RenderError(
+            template.name or "?", _template_line(sys.exc_info()[2], template), node, _message(e)
+        ) from None
     except (ValueError, TypeError, ArithmeticError, LookupError, AttributeError) as e:
-        raise RenderError(template.name or "?", _template_line(sys.exc_info()[2], template), node,
-                          f"{type(e).__name__}: {e}") from None
+        raise RenderError(
+            template.name or "?", _template_line(sys.exc_info()[2], template), node, f"{type(e).__name__}: {e}"
+        ) from None
 
 
 def _message(e: jinja2.TemplateError) -> str:

@@ -32,8 +32,9 @@ def partition_nodes(inv: Inventory, partition: str | None) -> list[Node]:
     return [n for n in inv.nodes if partition in n.partitions]
 
 
-def hostfile(inv: Inventory, facts: Mapping[str, Mapping[str, Any]], partition: str | None = None,
-             fmt: str = "openmpi") -> str:
+def hostfile(
+    inv: Inventory, facts: Mapping[str, Mapping[str, Any]], partition: str | None = None, fmt: str = "openmpi"
+) -> str:
     """OpenMPI hostfile (`name slots=N`) or MPICH machinefile (`name:N`)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown hostfile format {fmt!r} (one of {', '.join(FORMATS)})")

@@ -24,8 +24,8 @@ from ..paths import image_pseudo
 
 @dataclass(frozen=True)
 class Export:
-    path: Path      # directory on the server
-    pseudo: str     # what clients mount (NFSv4 pseudo path)
+    path: Path  # directory on the server
+    pseudo: str  # what clients mount (NFSv4 pseudo path)
     writable: bool
     root_squash: bool
     image: bool = False  # an image's directory: nodes mount versions/VERSION/rootfs below it
@@ -61,16 +61,26 @@ def render_exports(exports: list[Export], subnet: IPv4Network) -> str:
     ids = _export_ids(exports)
     lines = ["# Written by `provisioner nfs exports`; edits are lost on the next render."]
     for e in exports:
-        opts = ["rw" if e.writable else "ro", "root_squash" if e.root_squash else "no_root_squash",
-                "no_subtree_check", "sync" if e.writable else "async", f"fsid={ids[e.pseudo]}"]
+        opts = [
+            "rw" if e.writable else "ro",
+            "root_squash" if e.root_squash else "no_root_squash",
+            "no_subtree_check",
+            "sync" if e.writable else "async",
+            f"fsid={ids[e.pseudo]}",
+        ]
         lines.append(f"# {e.pseudo}" + (" (nodes mount versions/VERSION/rootfs below it)" if e.image else ""))
         lines.append(f"{e.path} {subnet}({','.join(opts)})")
     return "\n".join(lines) + "\n"
 
 
-def render_ganesha(exports: list[Export], subnet: IPv4Network, bind: IPv4Address | None = None,
-                   recovery_root: Path = Path("/var/lib/nfs/ganesha"), versions: tuple[int, ...] = (4,),
-                   port: int = 2049) -> str:
+def render_ganesha(
+    exports: list[Export],
+    subnet: IPv4Network,
+    bind: IPv4Address | None = None,
+    recovery_root: Path = Path("/var/lib/nfs/ganesha"),
+    versions: tuple[int, ...] = (4,),
+    port: int = 2049,
+) -> str:
     """An nfs-ganesha configuration (VFS FSAL). No grace period: a diskless node's state lives
     in its tmpfs, so there is nothing for clients to reclaim after a restart."""
     ids = _export_ids(exports)
@@ -78,25 +88,36 @@ def render_ganesha(exports: list[Export], subnet: IPv4Network, bind: IPv4Address
     core = [f"Protocols = {protocols};", f"NFS_Port = {port};", "Enable_NLM = false;", "Enable_RQUOTA = false;"]
     if bind is not None:
         core.append(f"Bind_addr = {bind};")
-    out = ["# Written by `provisioner nfs exports`; edits are lost on the next render.",
-           "NFS_CORE_PARAM {", *[f"    {c}" for c in core], "}",
-           "NFSv4 {", "    Graceless = true;", f'    RecoveryRoot = "{recovery_root}";',
-           "    Minor_Versions = 0, 1, 2;",
-           # Owners as numbers: an initramfs has no idmapd, so names would map to nobody and
-           # setuid-root binaries (mount, su) in the image would run as nobody.
-           "    Only_Numeric_Owners = true;", "}",
-           "NFS_KRB5 {", "    Active_krb5 = false;", "}"]
+    out = [
+        "# Written by `provisioner nfs exports`; edits are lost on the next render.",
+        "NFS_CORE_PARAM {",
+        *[f"    {c}" for c in core],
+        "}",
+        "NFSv4 {",
+        "    Graceless = true;",
+        f'    RecoveryRoot = "{recovery_root}";',
+        "    Minor_Versions = 0, 1, 2;",
+        # Owners as numbers: an initramfs has no idmapd, so names would map to nobody and
+        # setuid-root binaries (mount, su) in the image would run as nobody.
+        "    Only_Numeric_Owners = true;",
+        "}",
+        "NFS_KRB5 {",
+        "    Active_krb5 = false;",
+        "}",
+    ]
     for e in exports:
-        out += ["EXPORT {",
-                f"    Export_Id = {ids[e.pseudo]};",
-                f'    Path = "{e.path}";',
-                f'    Pseudo = "{e.pseudo}";',
-                "    Access_Type = None;",
-                f"    Squash = {'Root_Squash' if e.root_squash else 'No_Root_Squash'};",
-                f"    Protocols = {protocols};",
-                "    Transports = TCP;",
-                "    SecType = sys;",
-                "    FSAL { Name = VFS; }",
-                f'    CLIENT {{ Clients = {subnet}; Access_Type = {"RW" if e.writable else "RO"}; }}',
-                "}"]
+        out += [
+            "EXPORT {",
+            f"    Export_Id = {ids[e.pseudo]};",
+            f'    Path = "{e.path}";',
+            f'    Pseudo = "{e.pseudo}";',
+            "    Access_Type = None;",
+            f"    Squash = {'Root_Squash' if e.root_squash else 'No_Root_Squash'};",
+            f"    Protocols = {protocols};",
+            "    Transports = TCP;",
+            "    SecType = sys;",
+            "    FSAL { Name = VFS; }",
+            f"    CLIENT {{ Clients = {subnet}; Access_Type = {'RW' if e.writable else 'RO'}; }}",
+            "}",
+        ]
     return "\n".join(out) + "\n"

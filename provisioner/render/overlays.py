@@ -5,7 +5,8 @@ of the same name (site/overlays/<name>/), the overlays in the node's order after
 node gets (ALWAYS), and finally the node's own override tree (site/nodes/<node>/). In every
 tree `*.j2` is a template, `*.secret` names a secret whose bytes become the file, symlinks stay
 symlinks, `*.symlink` is a symlink to the target it holds (how the stock trees, shipped in a
-wheel, carry theirs), and `_meta.yaml` sets mode/owner/group per node path. Rendering is pure given the secret reader: no writes.
+wheel, carry theirs), and `_meta.yaml` sets mode/owner/group per node path. Rendering is pure
+given the secret reader: no writes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import jinja2
 import yaml
@@ -110,8 +112,9 @@ def _parse_meta(path: Path) -> dict[str, Meta]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise RenderError(str(path), getattr(getattr(e, "problem_mark", None), "line", -1) + 1, None,
-                          f"invalid YAML: {e}") from None
+        raise RenderError(
+            str(path), getattr(getattr(e, "problem_mark", None), "line", -1) + 1, None, f"invalid YAML: {e}"
+        ) from None
     if not isinstance(raw, dict):
         raise RenderError(str(path), 1, None, "must map node paths to {mode, owner, group}")
     out = {}
@@ -122,7 +125,7 @@ def _parse_meta(path: Path) -> dict[str, Meta]:
         try:
             perm = int(str(mode), 8) if mode is not None else None
         except ValueError:
-            raise RenderError(str(path), None, None, f"{key}: mode {mode!r} is not octal like \"0640\"") from None
+            raise RenderError(str(path), None, None, f'{key}: mode {mode!r} is not octal like "0640"') from None
         if perm is not None and not 0 <= perm <= 0o7777:
             raise RenderError(str(path), None, None, f"{key}: mode {mode!r} out of range")
         out[str(key).strip("/")] = Meta(perm, _opt_str(spec.get("owner")), _opt_str(spec.get("group")))
@@ -179,8 +182,17 @@ def _source(src: Path, rel: str, label: str, env: jinja2.Environment) -> SourceF
             except UnicodeDecodeError as e:
                 raise RenderError(label, None, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
             names = reads(env, text, label)
-            return SourceFile(rel[: -len(suffix)], src, kind, label, data, compile_template(env, text, label),
-                              bool(names & PER_NODE), executable, names)
+            return SourceFile(
+                rel[: -len(suffix)],
+                src,
+                kind,
+                label,
+                data,
+                compile_template(env, text, label),
+                bool(names & PER_NODE),
+                executable,
+                names,
+            )
     return SourceFile(rel, src, "static", label, data, executable=executable)
 
 
@@ -194,7 +206,7 @@ class IdMap:
         self.digest = hashlib.sha256(f"{passwd}\0{group}".encode()).hexdigest()
 
     @classmethod
-    def load(cls, rootfs: Path | None) -> "IdMap":
+    def load(cls, rootfs: Path | None) -> IdMap:
         """The image's tables (read inside the image: its links lead nowhere on this host);
         the master's own when the image is not built yet."""
         image = Root(rootfs if rootfs is not None and Root(rootfs).is_file("etc/passwd") else Path("/"))
@@ -216,7 +228,7 @@ class IdMap:
 
 
 def _id_table(text: str) -> dict[str, int]:
-    out = {}
+    out: dict[str, int] = {}
     for line in text.splitlines():
         parts = line.split(":")
         if len(parts) >= 3 and parts[2].isdigit():
@@ -266,14 +278,19 @@ class OverlayLibrary:
 class NodeRenderer:
     """Renders nodes of one build: shared templates once, per-node templates per node."""
 
-    def __init__(self, library: OverlayLibrary, shared: SharedContext, read_secret: Callable[[str], bytes],
-                 idmap: Callable[[str | None], IdMap]):
+    def __init__(
+        self,
+        library: OverlayLibrary,
+        shared: SharedContext,
+        read_secret: Callable[[str], bytes],
+        idmap: Callable[[str | None], IdMap],
+    ):
         self.library = library
         self.shared = shared
         self.read_secret = read_secret
         self.idmap = idmap
         self._shared_bodies: dict[int, bytes] = {}
-        self._layouts: dict[tuple, list[tuple[FileEntry, SourceFile | None]]] = {}
+        self._layouts: dict[tuple[tuple[str, ...], str | None], list[tuple[FileEntry, SourceFile | None]]] = {}
 
     def merged(self, node: Node) -> tuple[dict[str, SourceFile], dict[str, Meta], OverlayTree | None]:
         files: dict[str, SourceFile] = {}
@@ -307,13 +324,24 @@ class NodeRenderer:
             if sf is not None:
                 if ctx is None:
                     ctx = node_context(self.shared, node, facts)
-                entries[i] = FileEntry(proto.path, proto.kind, self._body(sf, ctx, node.name), proto.perm,
-                                       proto.owner, proto.group, proto.uid, proto.gid, proto.source,
-                                       False, proto.secret)
+                entries[i] = FileEntry(
+                    proto.path,
+                    proto.kind,
+                    self._body(sf, ctx, node.name),
+                    proto.perm,
+                    proto.owner,
+                    proto.group,
+                    proto.uid,
+                    proto.gid,
+                    proto.source,
+                    False,
+                    proto.secret,
+                )
         return entries
 
-    def _layout(self, files: dict[str, SourceFile], meta: dict[str, Meta], own: OverlayTree | None,
-                node: Node) -> list[tuple[FileEntry, SourceFile | None]]:
+    def _layout(
+        self, files: dict[str, SourceFile], meta: dict[str, Meta], own: OverlayTree | None, node: Node
+    ) -> list[tuple[FileEntry, SourceFile | None]]:
         """Sorted entries with shared bodies filled in; per-node ones paired with their source."""
         ids = self.idmap(node.image)
         entries: dict[str, tuple[FileEntry, SourceFile | None]] = {}
@@ -337,7 +365,7 @@ class NodeRenderer:
             self._shared_bodies[key] = self._body(sf, self.shared.as_dict(), node)
         return self._shared_bodies[key]
 
-    def _body(self, sf: SourceFile, ctx: Mapping[str, Any], node: str) -> bytes:
+    def _body(self, sf: SourceFile, ctx: Mapping[str, Any], node: str | None) -> bytes:
         if sf.kind == "template":
             return render(sf.template, ctx, node).encode()  # type: ignore[arg-type]
         if sf.kind == "secret":
@@ -348,8 +376,9 @@ class NodeRenderer:
                 raise RenderError(sf.label, None, node, str(getattr(e, "message", e))) from None
         return sf.data
 
-    def _entry(self, out: str, sf: SourceFile, body: bytes, m: Meta | None, ids: IdMap, node: str,
-               shared: bool) -> FileEntry:
+    def _entry(
+        self, out: str, sf: SourceFile, body: bytes, m: Meta | None, ids: IdMap, node: str, shared: bool
+    ) -> FileEntry:
         if sf.kind == "dir":
             return self._dir(out, m, ids, node)
         if sf.kind == "symlink":
@@ -361,8 +390,18 @@ class NodeRenderer:
     def _dir(self, out: str, m: Meta | None, ids: IdMap, node: str) -> FileEntry:
         return self._owned(out, "dir", b"", DIR_MODE, m, ids, node, "(directory)", True)
 
-    def _owned(self, out: str, kind: str, body: bytes, default: int, m: Meta | None, ids: IdMap, node: str,
-               label: str, shared: bool) -> FileEntry:
+    def _owned(
+        self,
+        out: str,
+        kind: str,
+        body: bytes,
+        default: int,
+        m: Meta | None,
+        ids: IdMap,
+        node: str,
+        label: str,
+        shared: bool,
+    ) -> FileEntry:
         m = m or Meta()
         owner, group = m.owner or "root", m.group or m.owner or "root"
         try:

@@ -86,8 +86,9 @@ class BootTemplates:
             self.reads_nodes = self.reads_nodes or "nodes" in reads(env, source, str(path))
         self.digest = digest.hexdigest()
 
-    def render(self, shared: SharedContext, node: Node, facts: Mapping[str, Any] | None = None,
-               version: str | None = None) -> BootConfigs | None:
+    def render(
+        self, shared: SharedContext, node: Node, facts: Mapping[str, Any] | None = None, version: str | None = None
+    ) -> BootConfigs | None:
         """None for a node without an image: it has nothing to boot. `version`: the image's
         current version, which the configs pin (None: unpinned, the image has none yet).
         Templates see `cmdline`, `image_version` and `image_base` besides the node context."""

@@ -24,8 +24,12 @@ from ..inventory import Inventory, Node
 from ..paths import State
 
 MAX_PATH = 255
-_BY_MAC = [(re.compile(re.escape(p).replace(re.escape("{mac}"), r"((?:[0-9a-f]{2}-){5}[0-9a-f]{2})")), c)
-           for c in CONFIGS if c.by_mac for p in c.paths]
+_BY_MAC = [
+    (re.compile(re.escape(p).replace(re.escape("{mac}"), r"((?:[0-9a-f]{2}-){5}[0-9a-f]{2})")), c)
+    for c in CONFIGS
+    if c.by_mac
+    for p in c.paths
+]
 _BY_ADDRESS = {p: c for c in CONFIGS if not c.by_mac for p in c.paths}
 _IMAGE_FILE = re.compile(r"images/([^/]+)/(?:versions/([^/]+)/)?(" + "|".join(map(re.escape, IMAGE_FILES)) + ")")
 # Where the artifacts layout keeps what a config or image path names.

@@ -37,8 +37,11 @@ def share(limits: Limits, processes: int) -> Limits:
     spreads a client's ports over them, so each takes its part of the per-address cap too."""
     if processes <= 1:
         return limits
-    return replace(limits, tftp_transfers=-(-limits.tftp_transfers // processes),
-                   tftp_per_client=-(-limits.tftp_per_client // processes))
+    return replace(
+        limits,
+        tftp_transfers=-(-limits.tftp_transfers // processes),
+        tftp_per_client=-(-limits.tftp_per_client // processes),
+    )
 
 
 def fit(limits: Limits, services: Collection[str], nofile: int | None = None) -> Limits:
@@ -51,8 +54,13 @@ def fit(limits: Limits, services: Collection[str], nofile: int | None = None) ->
     if tftp + http <= room:
         return limits
     scale = room / (tftp + http)
-    fitted = replace(limits, tftp_transfers=max(1, int(limits.tftp_transfers * scale)),
-                     http_connections=max(1, int((limits.http_connections + HTTP_REFUSING) * scale) - HTTP_REFUSING))
-    log.warning("caps lowered to fit the descriptor limit", extra=kv(
-        nofile=nofile, tftp_transfers=fitted.tftp_transfers, http_connections=fitted.http_connections))
+    fitted = replace(
+        limits,
+        tftp_transfers=max(1, int(limits.tftp_transfers * scale)),
+        http_connections=max(1, int((limits.http_connections + HTTP_REFUSING) * scale) - HTTP_REFUSING),
+    )
+    log.warning(
+        "caps lowered to fit the descriptor limit",
+        extra=kv(nofile=nofile, tftp_transfers=fitted.tftp_transfers, http_connections=fitted.http_connections),
+    )
     return fitted

@@ -21,7 +21,8 @@ class StageWriter:
     def __init__(self, db: NodeStateDB, gather: float = 0.0):
         self.last: dict[tuple[str, str], float] = {}
         self.writer: BatchWriter[tuple[str, str, float, str | None]] = BatchWriter(
-            lambda rows: db.record_stages(rows, within=STAGE_REPEAT), "stage-writer", gather)
+            lambda rows: db.record_stages(rows, within=STAGE_REPEAT), "stage-writer", gather
+        )
 
     def note(self, node: str, stage: str, detail: str) -> None:
         now = time.time()

@@ -89,45 +89,98 @@ class TftpService(Service):
             self.workers.reload()
 
 
-def boot_service(site: Site, state: State, inventory: Inventory, db: NodeStateDB, listen: str, port: int,
-                 processes: int = 1, *, shared: bool = False, limits: Limits | None = None,
-                 share_of: int = 1) -> TftpService:
+def boot_service(
+    site: Site,
+    state: State,
+    inventory: Inventory,
+    db: NodeStateDB,
+    listen: str,
+    port: int,
+    processes: int = 1,
+    *,
+    shared: bool = False,
+    limits: Limits | None = None,
+    share_of: int = 1,
+) -> TftpService:
     """serve's TFTP service over the boot tree, in `processes` processes (this one included);
     `shared` binds with SO_REUSEPORT also when alone (a worker, one of `share_of`). `limits`:
     the inventory's, fitted to this process's descriptors when not given; each process
     takes its share of the TFTP caps (limits.share)."""
     staged = StagedTree(state, inventory, db)
-    return _service(listen, port, processes, shared, staged, db, staged,
-                    ["--site", str(site.root), "--state", str(state.root)],
-                    limits or fit(inventory.cluster.limits, ("tftp",)), share_of=share_of)
+    return _service(
+        listen,
+        port,
+        processes,
+        shared,
+        staged,
+        db,
+        staged,
+        ["--site", str(site.root), "--state", str(state.root)],
+        limits or fit(inventory.cluster.limits, ("tftp",)),
+        share_of=share_of,
+    )
 
 
-def directory_service(root: Path, listen: str, port: int, processes: int = 1, state: State | None = None,
-                      timeout: float = 1.0, *, shared: bool = False, share_of: int = 1) -> TftpService:
+def directory_service(
+    root: Path,
+    listen: str,
+    port: int,
+    processes: int = 1,
+    state: State | None = None,
+    timeout: float = 1.0,
+    *,
+    shared: bool = False,
+    share_of: int = 1,
+) -> TftpService:
     """A plain directory served read-only (`provisioner tftp`); transfers are recorded in
     the node database of `state` when one is given."""
     db = NodeStateDB(state.db) if state is not None else None
     mode = ["--root", str(root), "--timeout", str(timeout)] + (["--state", str(state.root)] if state else [])
-    return _service(listen, port, processes, shared, StaticTree(root), db, None, mode,
-                    fit(Limits(), ("tftp",)), timeout, share_of)
+    return _service(
+        listen, port, processes, shared, StaticTree(root), db, None, mode, fit(Limits(), ("tftp",)), timeout, share_of
+    )
 
 
-def _service(listen: str, port: int, processes: int, shared: bool, resolver: Resolver, db: NodeStateDB | None,
-             staged: StagedTree | None, mode: list[str], limits: Limits, timeout: float = 1.0,
-             share_of: int = 1) -> TftpService:
+def _service(
+    listen: str,
+    port: int,
+    processes: int,
+    shared: bool,
+    resolver: Resolver,
+    db: NodeStateDB | None,
+    staged: StagedTree | None,
+    mode: list[str],
+    limits: Limits,
+    timeout: float = 1.0,
+    share_of: int = 1,
+) -> TftpService:
     """The service, with `processes - 1` workers started with `mode` (how a worker builds
     the same service). The port is checked free first: sockets with SO_REUSEPORT would
     otherwise quietly share it with another server left running."""
     if processes > 1:
         check_port_free(listen, port)
     limits = share(limits, max(processes, share_of))
-    server = TftpServer(listen, port, resolver, db, timeout=timeout, reuse_port=shared or processes > 1,
-                        limits=limits)
+    server = TftpServer(listen, port, resolver, db, timeout=timeout, reuse_port=shared or processes > 1, limits=limits)
     workers = None
     if processes > 1:
         level = logging.getLevelName(log.getEffectiveLevel()).lower()
-        workers = Workers([sys.executable, "-m", __name__, "--listen", listen, "--port", str(server.port),
-                           "--log-level", level, "--processes", str(processes), *mode], processes - 1)
+        workers = Workers(
+            [
+                sys.executable,
+                "-m",
+                __name__,
+                "--listen",
+                listen,
+                "--port",
+                str(server.port),
+                "--log-level",
+                level,
+                "--processes",
+                str(processes),
+                *mode,
+            ],
+            processes - 1,
+        )
     return TftpService(server, staged, workers)
 
 
@@ -147,14 +200,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, worker=os.getpid())
     state = State(args.state) if args.state else None
     if args.root is not None:
-        service = directory_service(args.root, args.listen, args.port, state=state, timeout=args.timeout, shared=True,
-                                    share_of=args.processes)
+        service = directory_service(
+            args.root, args.listen, args.port, state=state, timeout=args.timeout, shared=True, share_of=args.processes
+        )
         return run_worker(service, lambda: None)
     if args.site is None or state is None:
         ap.error("give --site and --state, or --root")
     site = Site(args.site)
-    service = boot_service(site, state, load_inventory(site.cluster_yaml), NodeStateDB(state.db), args.listen,
-                           args.port, shared=True, share_of=args.processes)
+    service = boot_service(
+        site,
+        state,
+        load_inventory(site.cluster_yaml),
+        NodeStateDB(state.db),
+        args.listen,
+        args.port,
+        shared=True,
+        share_of=args.processes,
+    )
 
     def reload() -> None:
         try:

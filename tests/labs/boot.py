@@ -28,7 +28,7 @@ from .guest import boot
 
 HTTP_PORT = 8000
 
-_HTTP = r'''
+_HTTP = r"""
 import json, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 root, log = sys.argv[1], sys.argv[2]
@@ -56,7 +56,7 @@ class H(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 ThreadingHTTPServer((sys.argv[3], int(sys.argv[4])), H).serve_forever()
-'''
+"""
 
 
 def overlay_archive(files: dict[str, bytes]) -> bytes:
@@ -85,20 +85,39 @@ class BootLab:
         self.procs: list[subprocess.Popen] = []
         self.ganesha: Ganesha | None = None
 
-    def start(self, images: dict[str, Path], hosts: dict[str, str], serve: tuple[str, Path, Path] | None = None,
-              exports: list[Export] | None = None) -> "BootLab":
+    def start(
+        self,
+        images: dict[str, Path],
+        hosts: dict[str, str],
+        serve: tuple[str, Path, Path] | None = None,
+        exports: list[Export] | None = None,
+    ) -> BootLab:
         """Serve `images` (name -> image dir, the one holding versions/), or `exports`, over NFS and DHCP
         leases `hosts` (mac -> ip); HTTP from `provisioner serve` when `serve` = (executable, site, state)
         is given, else the stub."""
         srv = self.lab.server_ip
-        exports = exports or [Export(Path(os.path.realpath(p)), image_pseudo(n), False, False, image=True)
-                              for n, p in images.items()]
+        exports = exports or [
+            Export(Path(os.path.realpath(p)), image_pseudo(n), False, False, image=True) for n, p in images.items()
+        ]
         self.ganesha = Ganesha(self.lab.server, self.work / "ganesha", exports, self.lab.net, srv).start()
         leases = [f"--dhcp-host={mac},{ip}" for mac, ip in hosts.items()]
-        self.procs.append(self.lab.server.popen(
-            ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces",
-             "--user=root", f"--dhcp-range={self.lab.net[100]},{self.lab.net[200]},1h", f"--dhcp-leasefile={self.work}/leases",
-             f"--pid-file={self.work}/dnsmasq.pid", *leases]))
+        self.procs.append(
+            self.lab.server.popen(
+                [
+                    "dnsmasq",
+                    "--no-daemon",
+                    "--conf-file=/dev/null",
+                    "--port=0",
+                    "--interface=br0",
+                    "--bind-interfaces",
+                    "--user=root",
+                    f"--dhcp-range={self.lab.net[100]},{self.lab.net[200]},1h",
+                    f"--dhcp-leasefile={self.work}/leases",
+                    f"--pid-file={self.work}/dnsmasq.pid",
+                    *leases,
+                ]
+            )
+        )
         if serve:
             return self.start_serve(*serve)
         return self.start_http()
@@ -106,25 +125,31 @@ class BootLab:
     def _wait_listening(self, what: str) -> None:
         deadline = time.time() + 20
         while self.lab.server.run(["ss", "-ltnH", f"sport = :{HTTP_PORT}"]).stdout.strip() == "":
-            assert self.procs[-1].poll() is None, f"{what} exited: {self.procs[-1].stdout.read().decode()}"
+            assert self.procs[-1].poll() is None, f"{what} exited: {self.procs[-1].communicate()[0].decode()}"
             assert time.time() < deadline, f"{what} did not start"
             time.sleep(0.1)
 
-    def start_serve(self, exe: str, site: Path, state: Path) -> "BootLab":
+    def start_serve(self, exe: str, site: Path, state: Path) -> BootLab:
         """The real HTTP service: `provisioner serve --services http` (secure mode: overlays and
         reports only from the node's own address and a privileged source port)."""
         env = {**os.environ, "PROVISIONER_SITE": str(site), "PROVISIONER_STATE": str(state)}
-        self.procs.append(self.lab.server.popen(
-            [exe, "serve", "--services", "http", "--listen", self.lab.server_ip, "--http-port", str(HTTP_PORT)],
-            env=env))
+        self.procs.append(
+            self.lab.server.popen(
+                [exe, "serve", "--services", "http", "--listen", self.lab.server_ip, "--http-port", str(HTTP_PORT)],
+                env=env,
+            )
+        )
         self._wait_listening("provisioner serve")
         return self
 
-    def start_http(self) -> "BootLab":
+    def start_http(self) -> BootLab:
         script = self.work / "overlay_http_stub.py"
         script.write_text(_HTTP)
-        self.procs.append(self.lab.server.popen([sys.executable, str(script), str(self.web), str(self.requests),
-                                                 self.lab.server_ip, str(HTTP_PORT)]))
+        self.procs.append(
+            self.lab.server.popen(
+                [sys.executable, str(script), str(self.web), str(self.requests), self.lab.server_ip, str(HTTP_PORT)]
+            )
+        )
         self._wait_listening("the stub HTTP server")
         return self
 
@@ -134,17 +159,33 @@ class BootLab:
     def cmdline(self, node: str, image: str, version: str | None = None, **extra: str) -> str:
         """Without a version, the root is the image's current one (through its `current` link)."""
         base = f"http://{self.lab.server_ip}:{HTTP_PORT}"
-        args = {"node": node, "root": f"nfs:{self.lab.server_ip}:{image_root(image, version)}", "nfsvers": "4.2",
-                "overlay": f"{base}/overlays/{node}.cpio.gz", "report": f"{base}/api/v1", "retry": "0", **extra}
+        args = {
+            "node": node,
+            "root": f"nfs:{self.lab.server_ip}:{image_root(image, version)}",
+            "nfsvers": "4.2",
+            "overlay": f"{base}/overlays/{node}.cpio.gz",
+            "report": f"{base}/api/v1",
+            "retry": "0",
+            **extra,
+        }
         return "console=ttyS0 panic=-1 " + " ".join(f"provisioner.{k}={v}" for k, v in args.items())
 
-    def boot(self, kernel: Path, initrd: Path, append: str, mac: str, until: str, timeout: float = 150,
-             send: Sequence[tuple[str, str]] = ()) -> str:
+    def boot(
+        self,
+        kernel: Path,
+        initrd: Path,
+        append: str,
+        mac: str,
+        until: str,
+        timeout: float = 150,
+        send: Sequence[tuple[str, str]] = (),
+    ) -> str:
         """Boot a guest until `until` appears on its serial console or it powers off; `send`
         types on the console first (see labs.guest.boot)."""
         guest = Guest(Nic(self.lab.tap(), mac), direct=DirectBoot(kernel, initrd, append))
-        return boot(guest, self.work / f"console-{mac.replace(':', '')}.log", until, timeout, ns=self.lab.server,
-                    send=send)
+        return boot(
+            guest, self.work / f"console-{mac.replace(':', '')}.log", until, timeout, ns=self.lab.server, send=send
+        )
 
     def reports(self) -> list[dict]:
         if not self.requests.exists():
@@ -163,7 +204,7 @@ class BootLab:
         if self.ganesha:
             self.ganesha.stop()
 
-    def __enter__(self) -> "BootLab":
+    def __enter__(self) -> BootLab:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -40,20 +40,27 @@ poweroff -f
 
 def console_values(console: str) -> dict[str, str]:
     """The `PVTEST key=value` lines REPORT_INIT printed."""
-    return {ln.split("=", 1)[0][len("PVTEST "):]: ln.split("=", 1)[1].strip() for ln in console.splitlines()
-            if ln.startswith("PVTEST ") and "=" in ln}
+    return {
+        ln.split("=", 1)[0][len("PVTEST ") :]: ln.split("=", 1)[1].strip()
+        for ln in console.splitlines()
+        if ln.startswith("PVTEST ") and "=" in ln
+    }
 
 
 def host_kernel() -> str:
     """The newest kernel installed on the host with both /boot/vmlinuz and its modules."""
-    found = sorted(p.name[len("vmlinuz-"):] for p in Path("/boot").glob("vmlinuz-*")
-                   if modules_dir(Path("/"), p.name[len("vmlinuz-"):]) is not None)
+    found = sorted(
+        p.name[len("vmlinuz-") :]
+        for p in Path("/boot").glob("vmlinuz-*")
+        if modules_dir(Path("/"), p.name[len("vmlinuz-") :]) is not None
+    )
     assert found, "no /boot/vmlinuz-* with modules on this host (install linux-image-amd64)"
     return found[-1]
 
 
-def make_root(dest: Path, init: str, kver: str | None = None, hostname: str = "image",
-              modules: tuple[str, ...] = ()) -> Path:
+def make_root(
+    dest: Path, init: str, kver: str | None = None, hostname: str = "image", modules: tuple[str, ...] = ()
+) -> Path:
     """Assemble the root in `dest` with `init` as /sbin/init and the initramfs's default
     modules plus `modules`; returns `dest`."""
     kver = kver or host_kernel()

@@ -39,8 +39,9 @@ def rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def rrq_burst(server: tuple[str, int], n: int, name: str, wait: float = 5.0,
-              **options: Any) -> tuple[Counter, list[tuple[socket.socket, tuple[str, int], bytes]]]:
+def rrq_burst(
+    server: tuple[str, int], n: int, name: str, wait: float = 5.0, **options: Any
+) -> tuple[Counter, list[tuple[socket.socket, tuple[str, int], bytes]]]:
     """n read requests at once, each from a socket (a client port) of its own; what came
     back ("served", "error N", "silent") and the served ones' (socket, server TID, first
     packet), left open and unacknowledged: each holds a transfer until the server gives up."""
@@ -170,8 +171,7 @@ class TftpFlood(Flood):
     (hostile options by default: the longest timeout, an odd block size); replies are read
     from a ring of open sockets so refusals can be counted."""
 
-    def __init__(self, ns: Any, server: tuple[str, int], name: str, rate: int = 2000, ring: int = 256,
-                 **options: Any):
+    def __init__(self, ns: Any, server: tuple[str, int], name: str, rate: int = 2000, ring: int = 256, **options: Any):
         super().__init__(ns)
         self.server, self.name, self.per_second, self.ring = server, name, rate, ring
         self.options = options or {"timeout": 255, "blksize": 1001, "windowsize": 64}
@@ -248,7 +248,7 @@ class HttpFlood(Flood):
                         continue
                     if pos:  # one more byte of the headers, never the blank line
                         try:
-                            s.send(head[pos - 1:pos])
+                            s.send(head[pos - 1 : pos])
                             live[s] = pos + 1 if pos < len(head) else 1
                         except OSError:
                             pass

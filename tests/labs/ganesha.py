@@ -27,9 +27,11 @@ class Ganesha:
         self.conf.write_text(render_ganesha(exports, subnet, bind, recovery_root=self.workdir / "recovery"))
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> "Ganesha":
-        script = ("mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/ganesha && "
-                  f"exec ganesha.nfsd -F -f {self.conf} -L {self.log} -p /run/ganesha/pid -N NIV_EVENT")
+    def start(self, timeout: float = 30) -> Ganesha:
+        script = (
+            "mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/ganesha && "
+            f"exec ganesha.nfsd -F -f {self.conf} -L {self.log} -p /run/ganesha/pid -N NIV_EVENT"
+        )
         self.proc = self.ns.popen(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script])
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -38,7 +40,7 @@ class Ganesha:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.2)
-        out = self.proc.stdout.read().decode(errors="replace") if self.proc.poll() is not None else ""
+        out = self.proc.communicate()[0].decode(errors="replace") if self.proc.poll() is not None else ""
         self.stop()
         log = self.log.read_text(errors="replace") if self.log.exists() else ""
         raise RuntimeError(f"nfs-ganesha did not start:\n{out}\n{log[-3000:]}")
@@ -53,7 +55,7 @@ class Ganesha:
                 self.proc.wait()
         self.proc = None
 
-    def __enter__(self) -> "Ganesha":
+    def __enter__(self) -> Ganesha:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -15,8 +15,14 @@ from provisioner.demo.qemu import Guest
 from .net import Netns
 
 
-def boot(guest: Guest, console: Path, until: str | tuple[str, ...], timeout: float, ns: Netns | None = None,
-         send: Sequence[tuple[str, str]] = ()) -> str:
+def boot(
+    guest: Guest,
+    console: Path,
+    until: str | tuple[str, ...],
+    timeout: float,
+    ns: Netns | None = None,
+    send: Sequence[tuple[str, str]] = (),
+) -> str:
     """Run `guest` (inside `ns` when given, where its tap lives) until one of `until` shows on
     its console, it exits (it powers off, or reboots under -no-reboot) or `timeout` passes;
     it is killed then. Returns the console text.
@@ -28,8 +34,13 @@ def boot(guest: Guest, console: Path, until: str | tuple[str, ...], timeout: flo
     argv = guest.prepare()
     pending, seen = list(send), 0
     with open(console, "wb") as out:
-        proc = subprocess.Popen(ns.prefix(argv) if ns else argv, stdin=subprocess.PIPE, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ns.prefix(argv) if ns else argv,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     assert proc.stdin is not None
     try:
         deadline = time.time() + timeout

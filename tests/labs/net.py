@@ -12,8 +12,8 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+from collections.abc import Sequence
 from ipaddress import IPv4Interface, IPv4Network
-from typing import Sequence
 
 from provisioner.demo.netns import end_processes_in, netns_pids
 
@@ -113,7 +113,7 @@ class Lab:
             ns.destroy()
         self.namespaces.clear()
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -32,8 +32,14 @@ def pxe_site(nodes: dict[str, str], **profile: Any) -> str:
     the tiny image with a serial console; `profile` adds to the default profile."""
     entries = [node(n, f"10.99.0.{11 + i}", mac) for i, (n, mac) in enumerate(nodes.items())]
     default = {"image": "tiny", "kernel_args": ["console=ttyS0", "panic=-1"], "overlays": ["base"]}
-    return site_yaml(entries, {"default": default | profile}, name="pxe", domain="pxe.test",
-                     network={"gateway": "10.99.0.1"}, ports={"http": HTTP_PORT})
+    return site_yaml(
+        entries,
+        {"default": default | profile},
+        name="pxe",
+        domain="pxe.test",
+        network={"gateway": "10.99.0.1"},
+        ports={"http": HTTP_PORT},
+    )
 
 
 class PxeLab:
@@ -45,13 +51,18 @@ class PxeLab:
         self.serve: Serve | None = None
         import_image(self.state, "tiny", make_root(work / "root", init))
 
-    def start(self, site_text: str) -> "PxeLab":
+    def start(self, site_text: str) -> PxeLab:
         cluster_yaml = write_site(self.cli.site, site_text)
         self.cli("boot", "install")
         self.cli("overlay", "build")
         inv = load_inventory(cluster_yaml)
-        self.ganesha = Ganesha(self.lab.server, self.work / "ganesha", exports_for(inv.cluster, nfs_roots(self.state)),
-                               self.lab.net, self.lab.server_ip).start()
+        self.ganesha = Ganesha(
+            self.lab.server,
+            self.work / "ganesha",
+            exports_for(inv.cluster, nfs_roots(self.state)),
+            self.lab.net,
+            self.lab.server_ip,
+        ).start()
         self.serve = Serve(self.lab, self.cli, services="dhcp,tftp,http", port=HTTP_PORT, extra=("--interface", "br0"))
         return self
 

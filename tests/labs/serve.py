@@ -37,8 +37,12 @@ def auth(node: str) -> tuple[str, str]:
 
 def cluster_yaml(nodes: dict[str, tuple[str, str]] = NODES, secure: bool = True) -> str:
     """The serve lab's site: `nodes` (name: (ip, mac)) booting IMAGE."""
-    return site_yaml([node(n, ip, mac) for n, (ip, mac) in nodes.items()], {"default": {"image": IMAGE}},
-                     domain="lab.cluster", secure=secure)
+    return site_yaml(
+        [node(n, ip, mac) for n, (ip, mac) in nodes.items()],
+        {"default": {"image": IMAGE}},
+        domain="lab.cluster",
+        secure=secure,
+    )
 
 
 def write_site(site: Path, nodes: dict[str, tuple[str, str]] = NODES, secure: bool = True) -> Path:
@@ -56,8 +60,11 @@ def set_limits(site: Path, **limits: int) -> None:
     lowers to reach them quickly, or lifts when one namespace stands in for many nodes."""
     caps = ", ".join(f"{k}: {v}" for k, v in limits.items())
     path = site / "cluster.yaml"
-    path.write_text(path.read_text().replace("  slurm: {controller: master}\n",
-                                             f"  slurm: {{controller: master}}\n  limits: {{{caps}}}\n"))
+    path.write_text(
+        path.read_text().replace(
+            "  slurm: {controller: master}\n", f"  slurm: {{controller: master}}\n  limits: {{{caps}}}\n"
+        )
+    )
 
 
 def write_state(state: Path, big: int = 3 * 1024 * 1024) -> dict[str, bytes]:
@@ -96,8 +103,11 @@ class Serve:
         self.lines: list[str] = []
         self.terminated = False
         env = {**os.environ, "PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)}
-        self.proc = lab.server.popen([cli.exe, "serve", "--services", services, "--listen", SERVER_IP,
-                                      "--http-port", str(port), *extra], env=env, text=True)
+        self.proc = lab.server.popen(
+            [cli.exe, "serve", "--services", services, "--listen", SERVER_IP, "--http-port", str(port), *extra],
+            env=env,
+            text=True,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.wait_log("msg=ready")
@@ -133,7 +143,7 @@ class Serve:
         self._reader.join(timeout=5)
         return rc
 
-    def __enter__(self) -> "Serve":
+    def __enter__(self) -> Serve:
         return self
 
     def __exit__(self, *exc: object) -> None:

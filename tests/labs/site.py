@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from provisioner.inventory.model import Inventory, Node
+
 LAB_SUBNET = "10.99.0.0/24"  # the lab fixture's network (labs.net.Lab)
 
 Entry = dict[str, Any]
@@ -32,16 +34,25 @@ def node(name: str, ip: str | None = None, mac: str | Sequence[str] | None = Non
     return entry | settings
 
 
-def numbered(count: int, subnet: str = LAB_SUBNET, prefix: str = "node", first: int = 11,
-             mac: str = "52:54:00:00:00:{:02x}") -> list[Entry]:
+def numbered(
+    count: int, subnet: str = LAB_SUBNET, prefix: str = "node", first: int = 11, mac: str = "52:54:00:00:00:{:02x}"
+) -> list[Entry]:
     """node01..nodeNN at the subnet's .first, .first+1... with MACs from the `mac` pattern (1-based)."""
     hosts = IPv4Network(subnet)
     return [node(f"{prefix}{i:02d}", str(hosts[first + i - 1]), mac.format(i)) for i in range(1, count + 1)]
 
 
-def site_yaml(nodes: Sequence[Entry] = (), profiles: Mapping[str, Mapping[str, Any]] | None = None, *,
-              name: str = "lab", domain: str | None = None, subnet: str = LAB_SUBNET,
-              interface: str | None = "br0", network: Mapping[str, Any] | None = None, **cluster: Any) -> str:
+def site_yaml(
+    nodes: Sequence[Entry] = (),
+    profiles: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    name: str = "lab",
+    domain: str | None = None,
+    subnet: str = LAB_SUBNET,
+    interface: str | None = "br0",
+    network: Mapping[str, Any] | None = None,
+    **cluster: Any,
+) -> str:
     """The cluster.yaml text. `network` adds to (or overrides) interface, subnet and master;
     `cluster` adds any other cluster setting (nfs, slurm, ports, dhcp, secure...)."""
     net: dict[str, Any] = {"interface": interface, "subnet": subnet, "master": str(IPv4Network(subnet)[1])}
@@ -60,3 +71,10 @@ def write_site(site: Path, text: str | None = None, **kw: Any) -> Path:
     path = site / "cluster.yaml"
     os.replace(tmp, path)
     return path
+
+
+def node_of(inv: Inventory, name: str) -> Node:
+    """Node `name`, which the test's site declares (Inventory.node also answers unknown names)."""
+    found = inv.node(name)
+    assert found is not None, f"{name} is not in {inv.path}"
+    return found

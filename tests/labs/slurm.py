@@ -41,20 +41,27 @@ from provisioner.paths import Site, State
 from provisioner.render.slurm import render
 
 from .net import Lab
-from .site import Entry, site_yaml, write_site
+from .site import Entry, node_of, site_yaml, write_site
 
 REPO = Path(__file__).resolve().parents[2]
 
 PRIVATE = {  # dir -> (owner, mode)
-    "run": ("root", 0o755), "run/munge": ("munge", 0o755), "tmp": ("root", 0o1777), "dev/shm": ("root", 0o1777),
-    "var/lib/munge": ("munge", 0o711), "var/log/munge": ("munge", 0o700),
-    "var/lib/slurm": ("slurm", 0o755), "var/lib/slurm/slurmctld": ("slurm", 0o755),
-    "var/lib/slurm/slurmd": ("root", 0o755), "var/log/slurm": ("slurm", 0o755),
+    "run": ("root", 0o755),
+    "run/munge": ("munge", 0o755),
+    "tmp": ("root", 0o1777),
+    "dev/shm": ("root", 0o1777),
+    "var/lib/munge": ("munge", 0o711),
+    "var/log/munge": ("munge", 0o700),
+    "var/lib/slurm": ("slurm", 0o755),
+    "var/lib/slurm/slurmctld": ("slurm", 0o755),
+    "var/lib/slurm/slurmd": ("root", 0o755),
+    "var/log/slurm": ("slurm", 0o755),
 }
 # Daemonized, as slurmctld.service runs it (its parent is then init, which reaps it).
 START_SLURMCTLD = "slurmctld </dev/null >/dev/null 2>&1"
-RESTART_SLURMCTLD = ("pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; "
-                     + START_SLURMCTLD)
+RESTART_SLURMCTLD = (
+    "pid=$(cat /run/slurmctld.pid); kill $pid; while kill -0 $pid 2>/dev/null; do sleep 0.1; done; " + START_SLURMCTLD
+)
 PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
 SINFO = ("sinfo", "-N", "-h", "-o", "%N %T")  # a line per node: name, state
 BINDS = ("run", "tmp", "dev/shm", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm")
@@ -63,14 +70,18 @@ BINDS = ("run", "tmp", "dev/shm", "var/lib/munge", "var/log/munge", "var/lib/slu
 def lab_site(nodes: Sequence[Entry], profiles: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """The Slurm lab's site: `nodes` on the lab network, every one in the default profile's
     munge, slurm and mpi overlays and partition batch unless `profiles` say otherwise."""
-    return site_yaml(nodes, {"default": {"overlays": ["munge", "slurm", "mpi"], "partitions": ["batch"]},
-                             **(profiles or {})}, domain="lab.cluster", ports={"http": 8080})
+    return site_yaml(
+        nodes,
+        {"default": {"overlays": ["munge", "slurm", "mpi"], "partitions": ["batch"]}, **(profiles or {})},
+        domain="lab.cluster",
+        ports={"http": 8080},
+    )
 
 
 def install_overlay(state: State, site: Site, inv: Inventory, node: str, dest: Path) -> None:
     """Build the node's overlay archive with provisioner's builder and unpack it into `dest`
     (modes, owners, symlinks as the node's initramfs lays them down)."""
-    overlay_build.build(state, site, inv, [inv.node(node)])
+    overlay_build.build(state, site, inv, [node_of(inv, node)])
     for e in overlay_build.read_archive(layout.overlay_archive(state, node)):
         out = dest / e.path
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,8 +116,9 @@ class Host:
             script += [f"mkdir -p {keep}", f"mount --bind {REPO} {keep}"]
         script += [f"mount --rbind {priv / d} /{d}" for d in BINDS]
         script += ["echo ready", "exec sleep infinity"]
-        self.holder = netns.popen(["unshare", "--uts", "--mount", "--propagation", "private", "--",
-                                   "sh", "-c", "\n".join(script)])
+        self.holder = netns.popen(
+            ["unshare", "--uts", "--mount", "--propagation", "private", "--", "sh", "-c", "\n".join(script)]
+        )
         line = self.holder.stdout.readline().decode()
         if line.strip() != "ready":
             raise RuntimeError(f"{name}: namespace setup failed: {line}{self.holder.stdout.read().decode()}")
@@ -114,7 +126,9 @@ class Host:
     def prefix(self, cmd: Sequence[str]) -> list[str]:
         return ["nsenter", "-t", str(self.holder.pid), "--net", "--uts", "--mount", "--", *cmd]
 
-    def run(self, cmd: Sequence[str] | str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    def run(
+        self, cmd: Sequence[str] | str, check: bool = True, timeout: float = 60, **kw
+    ) -> subprocess.CompletedProcess:
         if isinstance(cmd, str):
             cmd = ["sh", "-c", cmd]
         res = subprocess.run(self.prefix(cmd), capture_output=True, text=True, timeout=timeout, **kw)
@@ -125,8 +139,8 @@ class Host:
     def popen(self, cmd: Sequence[str] | str, log: str) -> subprocess.Popen:
         if isinstance(cmd, str):
             cmd = ["sh", "-c", cmd]
-        out = open(self.work / log, "ab")
-        return subprocess.Popen(self.prefix(cmd), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.work / log, "ab") as out:
+            return subprocess.Popen(self.prefix(cmd), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_munge(self) -> None:
         """As munge.service does: munged as user munge, forking, socket in /run/munge."""
@@ -166,15 +180,40 @@ class SlurmLab:
         self.ctl.run(["sh", "-c", START_SLURMCTLD])
         self.wait(lambda: self.ctl.run(["scontrol", "ping"], check=False).stdout.count("UP") > 0, "slurmctld up")
         env = {"PROVISIONER_SITE": str(inventory.parent), "PROVISIONER_STATE": str(state)}
-        self.serve = self.ctl.popen(["env", *(f"{k}={v}" for k, v in env.items()), PROVISIONER, "serve",
-                                     "--services", "http", "--listen", str(self.inv.cluster.network.master)],
-                                    "serve.out")
-        self.watcher = self.ctl.popen(["env", *(f"{k}={v}" for k, v in env.items()), PROVISIONER, "slurm", "apply",
-                                       "--watch", "0.3", "--conf-dir", "/etc/slurm",
-                                       "--restart-command", f"sh -c '{RESTART_SLURMCTLD}'"], "watcher.out")
+        self.serve = self.ctl.popen(
+            [
+                "env",
+                *(f"{k}={v}" for k, v in env.items()),
+                PROVISIONER,
+                "serve",
+                "--services",
+                "http",
+                "--listen",
+                str(self.inv.cluster.network.master),
+            ],
+            "serve.out",
+        )
+        self.watcher = self.ctl.popen(
+            [
+                "env",
+                *(f"{k}={v}" for k, v in env.items()),
+                PROVISIONER,
+                "slurm",
+                "apply",
+                "--watch",
+                "0.3",
+                "--conf-dir",
+                "/etc/slurm",
+                "--restart-command",
+                f"sh -c '{RESTART_SLURMCTLD}'",
+            ],
+            "watcher.out",
+        )
         url = f"http://{self.inv.cluster.network.master}:{self.inv.cluster.ports.http}/metrics"
-        self.wait(lambda: self.ctl.run(["curl", "-fs", "-o", "/dev/null", url], check=False).returncode == 0,
-                   "provisioner serve")
+        self.wait(
+            lambda: self.ctl.run(["curl", "-fs", "-o", "/dev/null", url], check=False).returncode == 0,
+            "provisioner serve",
+        )
 
     def _root(self, host: str, node: str | None) -> Path:
         """The host's layer over the real root: its overlay archive unpacked (the controller:
@@ -195,7 +234,7 @@ class SlurmLab:
     def node(self, name: str, munge_key: bytes | None = None) -> Host:
         """A node namespace with the node's rendered overlays (munge, slurm, mpi); a different
         `munge_key` replaces the rendered one (an intruder or a stale key)."""
-        n = self.inv.node(name)
+        n = node_of(self.inv, name)
         ns = self.lab.host(ip=str(n.ip), mac=n.mac)
         root = self._root(name, name)
         if munge_key is not None:
@@ -219,7 +258,8 @@ class SlurmLab:
     def start_slurmd(self, name: str) -> None:
         """slurmd as the unit runs it: options from /etc/default/slurmd, restart on failure."""
         self.slurmd[name] = self.nodes[name].popen(
-            '. /etc/default/slurmd; until slurmd -D -s $SLURMD_OPTIONS; do sleep 0.5; done', "slurmd.out")
+            ". /etc/default/slurmd; until slurmd -D -s $SLURMD_OPTIONS; do sleep 0.5; done", "slurmd.out"
+        )
 
     def states(self) -> dict[str, str]:
         """Node -> state as sinfo shows it. A failing sinfo (slurmctld restarting) is asked again:
@@ -244,8 +284,9 @@ class SlurmLab:
         under a test (a restart's follow-up reconfigure can come after the nodes were idle once)."""
         with locked(self.conf_dir / ".provisioner"):
             conf = (self.conf_dir / "slurm.conf").read_text()
-            return all(f"NodeName={n} CPUs=" in conf for n in names) and \
-                all(self.states().get(n) == "idle" for n in names)
+            return all(f"NodeName={n} CPUs=" in conf for n in names) and all(
+                self.states().get(n) == "idle" for n in names
+            )
 
     def wait_idle(self, names: Sequence[str], timeout: float = 90) -> None:
         self.wait(lambda: self.settled_idle(names), f"{names} idle, the watcher done", timeout)
@@ -256,13 +297,15 @@ class SlurmLab:
             if cond():
                 return
             time.sleep(0.2)
-        tails = [f"--- slurmctld.log\n{self.ctl.log('var/log/slurm/slurmctld.log')[-2500:]}",
-                 f"--- watcher.out\n{(self.work / 'master' / 'watcher.out').read_text()[-1500:]}"]
+        tails = [
+            f"--- slurmctld.log\n{self.ctl.log('var/log/slurm/slurmctld.log')[-2500:]}",
+            f"--- watcher.out\n{(self.work / 'master' / 'watcher.out').read_text()[-1500:]}",
+        ]
         tails += [f"--- {n}: slurmd.log\n{h.log('var/log/slurm/slurmd.log')[-1000:]}" for n, h in self.nodes.items()]
         sinfo = self.ctl.run(SINFO, check=False)
-        raise AssertionError(f"timed out waiting for {what}; sinfo: {(sinfo.stdout + sinfo.stderr).strip()!r}\n"
-                             + "\n".join(tails))
-
+        raise AssertionError(
+            f"timed out waiting for {what}; sinfo: {(sinfo.stdout + sinfo.stderr).strip()!r}\n" + "\n".join(tails)
+        )
 
 
 @contextlib.contextmanager

@@ -9,8 +9,9 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from provisioner.servers.tftp import TftpServer
 
@@ -77,7 +78,7 @@ class ServerThread:
         self.server.shutdown()
         self.thread.join(10)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -109,8 +110,9 @@ def parse_oack(data: bytes) -> dict[str, str]:
     return {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts), 2)}
 
 
-def fetch(server: tuple[str, int], name: str, *, wait: float = 3.0,
-          sock: socket.socket | None = None, **options: Any) -> tuple[bytes, dict[str, str], tuple[str, int]]:
+def fetch(
+    server: tuple[str, int], name: str, *, wait: float = 3.0, sock: socket.socket | None = None, **options: Any
+) -> tuple[bytes, dict[str, str], tuple[str, int]]:
     """Download with a plain RFC 1350/7440 client; (data, oack options, server TID)."""
     s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(wait)

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.verbose:
         logging.getLogger("provisioner").setLevel(logging.DEBUG)
     site, state = site_from(args.site), state_from(args.state)
-    server = DhcpServer(load_inventory(site.cluster_yaml), state, args.interface, args.listen, args.port,
-                        proxy=args.proxy)
+    server = DhcpServer(
+        load_inventory(site.cluster_yaml), state, args.interface, args.listen, args.port, proxy=args.proxy
+    )
 
     def stop(*_: object) -> None:
         threading.Thread(target=server.shutdown).start()

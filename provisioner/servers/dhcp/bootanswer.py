@@ -60,8 +60,14 @@ class BootAnswers:
             if len(self.refused) >= MAX_REMEMBERED:
                 self.refused.clear()
             self.refused[key] = now
-            log.warning("no boot file for %s (%s, %s client, arch %s): %s", node.name if node else "unknown client",
-                        mac, client.kind, client.arch, why)
+            log.warning(
+                "no boot file for %s (%s, %s client, arch %s): %s",
+                node.name if node else "unknown client",
+                mac,
+                client.kind,
+                client.arch,
+                why,
+            )
         return None
 
 

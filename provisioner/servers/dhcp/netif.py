@@ -22,8 +22,15 @@ class Link:
 def _addresses() -> list[Link]:
     with IPRoute() as ipr:
         links = {link["index"]: link for link in ipr.get_links()}
-        return [Link(links[a["index"]].get_attr("IFLA_IFNAME"), a["index"], IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
-                for a in ipr.get_addr(family=socket.AF_INET) if a["index"] in links]
+        return [
+            Link(
+                links[a["index"]].get_attr("IFLA_IFNAME"),
+                a["index"],
+                IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"),
+            )
+            for a in ipr.get_addr(family=socket.AF_INET)
+            if a["index"] in links
+        ]
 
 
 def find(interface: str | None, listen: str, subnet: IPv4Network) -> Link:

@@ -104,7 +104,7 @@ def local_path(value: str, master: str, http_port: int) -> str | None:
     if url.scheme == "tftp":
         return url.path.lstrip("/") or None
     if url.scheme == "http" and (url.port or 80) == http_port and url.path.startswith("/boot/"):
-        return url.path[len("/boot/"):] or None
+        return url.path[len("/boot/") :] or None
     return None
 
 
@@ -128,8 +128,9 @@ def _url(name: str, master: str, http_port: int) -> str:
     return name if is_url(name) else f"{base_url(master, http_port)}/boot/{name.lstrip('/')}"
 
 
-def choose(client: Client, mac: str, boot_files: Mapping[str, str], master: str,
-           http_port: int) -> Boot | Refused | None:
+def choose(
+    client: Client, mac: str, boot_files: Mapping[str, str], master: str, http_port: int
+) -> Boot | Refused | None:
     """The boot answer for a booting client, None for a plain DHCP client."""
     if client.kind == "plain":
         return None

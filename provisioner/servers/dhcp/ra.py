@@ -46,8 +46,11 @@ class RouterAdvertiser:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # RFC 4861: hop limit 255
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, link.index)
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
-                         socket.inet_pton(socket.AF_INET6, ALL_ROUTERS) + struct.pack("@I", link.index))
+            s.setsockopt(
+                socket.IPPROTO_IPV6,
+                socket.IPV6_JOIN_GROUP,
+                socket.inet_pton(socket.AF_INET6, ALL_ROUTERS) + struct.pack("@I", link.index),
+            )
             s.setblocking(False)
         except OSError:
             s.close()

@@ -8,8 +8,8 @@ templates and no node waits for a build.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from ipaddress import IPv4Address
-from typing import Iterable
 
 from scapy.layers.dhcp import BOOTP, DHCP
 
@@ -24,11 +24,12 @@ def tlv(code: int, value: bytes) -> bytes:
     """One option, split into several instances if longer than 255 bytes (RFC 3396)."""
     if len(value) <= 255:
         return bytes((code, len(value))) + value
-    return b"".join(bytes((code, len(value[i:i + 255]))) + value[i:i + 255] for i in range(0, len(value), 255))
+    return b"".join(bytes((code, len(value[i : i + 255]))) + value[i : i + 255] for i in range(0, len(value), 255))
 
 
-def template(msgtype: int, server_id: IPv4Address, siaddr: IPv4Address | None = None,
-             options: Iterable[tuple[int, bytes]] = ()) -> bytes:
+def template(
+    msgtype: int, server_id: IPv4Address, siaddr: IPv4Address | None = None, options: Iterable[tuple[int, bytes]] = ()
+) -> bytes:
     """A reply without its per-request fields (addresses, file, per-node options, END)."""
     opts: list = [("message-type", msgtype), ("server_id", str(server_id))]
     opts.extend((code, value) for code, value in options)
@@ -39,19 +40,27 @@ def template(msgtype: int, server_id: IPv4Address, siaddr: IPv4Address | None = 
 _XID_SECS_FLAGS_CIADDR_YIADDR = struct.Struct("!IHH4s4s")
 
 
-def finish(tmpl: bytes, req: wire.Request, yiaddr: bytes = wire.ZERO_IP, file: str = "", extra: bytes = b"",
-           ciaddr: bytes | None = None, flags: int | None = None) -> bytes:
+def finish(
+    tmpl: bytes,
+    req: wire.Request,
+    yiaddr: bytes = wire.ZERO_IP,
+    file: str = "",
+    extra: bytes = b"",
+    ciaddr: bytes | None = None,
+    flags: int | None = None,
+) -> bytes:
     """The template made into the answer to `req`: its xid, flags, addresses, boot file (in
     the file field, or option 67 when 128 bytes or longer) and `extra` options."""
     out = bytearray(tmpl)
     out[3] = req.hops
-    _XID_SECS_FLAGS_CIADDR_YIADDR.pack_into(out, 4, req.xid, 0, req.flags if flags is None else flags,
-                                            req.ciaddr if ciaddr is None else ciaddr, yiaddr)
+    _XID_SECS_FLAGS_CIADDR_YIADDR.pack_into(
+        out, 4, req.xid, 0, req.flags if flags is None else flags, req.ciaddr if ciaddr is None else ciaddr, yiaddr
+    )
     out[24:44] = req.giaddr + req.chaddr
     if file:
         encoded = file.encode()
         if len(encoded) < FILE_FIELD:
-            out[FILE_OFFSET:FILE_OFFSET + len(encoded)] = encoded
+            out[FILE_OFFSET : FILE_OFFSET + len(encoded)] = encoded
         else:
             out += tlv(67, encoded)
     out += extra

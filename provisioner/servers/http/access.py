@@ -5,9 +5,9 @@ content or the admin endpoints. Pure functions, no I/O."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Mapping
 
 from ...inventory import Inventory, Node
 
@@ -20,7 +20,7 @@ class Peer:
     port: int
 
     @classmethod
-    def of(cls, peername: object) -> "Peer":
+    def of(cls, peername: object) -> Peer:
         """From a transport's peername; an IPv4-mapped IPv6 address becomes plain IPv4."""
         if not isinstance(peername, tuple) or len(peername) < 2:
             return cls(None, 0)
@@ -67,7 +67,7 @@ def bearer(authorization: str | None) -> str | None:
     """The token of an `Authorization: Bearer TOKEN` header, or None."""
     if not authorization or not authorization.startswith("Bearer "):
         return None
-    return authorization[len("Bearer "):].strip() or None
+    return authorization[len("Bearer ") :].strip() or None
 
 
 def matches(presented: str | None, expected: str | None) -> bool:

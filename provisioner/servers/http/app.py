@@ -9,11 +9,12 @@ import logging
 import re
 import sqlite3
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import (
@@ -69,8 +70,14 @@ class BootApp:
     """Request handlers over a swappable inventory: `reload` replaces it between requests,
     and a transfer in flight keeps the file it opened, so nothing in progress is dropped."""
 
-    def __init__(self, inventory: Inventory, state: State, db: NodeStateDB | None = None,
-                 token: str | None = None, hooks: Hooks | None = None):
+    def __init__(
+        self,
+        inventory: Inventory,
+        state: State,
+        db: NodeStateDB | None = None,
+        token: str | None = None,
+        hooks: Hooks | None = None,
+    ):
         self.inventory = inventory
         self.tree = BootTree(state, inventory)
         self.state = state
@@ -82,10 +89,15 @@ class BootApp:
         self._dbx = ThreadPoolExecutor(1, thread_name_prefix="http-db")
         self._leases: tuple[float, dict[str, str]] = (0.0, {})
         self.registry = CollectorRegistry()
-        self.refused = Counter("provisioner_http_refused", "HTTP requests refused (unknown node, not allowed)",
-                               ["status"], registry=self.registry)
-        self.registry.register(StateCollector(db, lambda: self.inventory, self.hooks.dhcp_packets,
-                                              lambda: self.in_flight))
+        self.refused = Counter(
+            "provisioner_http_refused",
+            "HTTP requests refused (unknown node, not allowed)",
+            ["status"],
+            registry=self.registry,
+        )
+        self.registry.register(
+            StateCollector(db, lambda: self.inventory, self.hooks.dhcp_packets, lambda: self.in_flight)
+        )
 
     def reload(self, inventory: Inventory) -> None:
         self.inventory = inventory
@@ -96,20 +108,22 @@ class BootApp:
 
     def make(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
-        app.add_routes([
-            web.get("/boot/ipxe", self.ipxe_by_address),
-            web.get("/boot/{mac}.ipxe", self.ipxe_by_mac),
-            web.get("/boot/{path:.+}", self.boot_file),
-            web.get("/images/{path:.+}", self.image_file),
-            web.get("/overlays/{node}.cpio.gz", self.overlay),
-            web.post("/api/v1/stage", self.node_stage),
-            web.post("/api/v1/facts", self.node_facts),
-            web.get("/api/v1/nodes", self.admin_nodes),
-            web.get("/api/v1/nodes/{node}/timeline", self.admin_timeline),
-            web.post("/api/v1/nodes/{node}/stage", self.admin_stage),
-            web.post("/api/v1/reload", self.admin_reload),
-            web.get("/metrics", self.metrics),
-        ])
+        app.add_routes(
+            [
+                web.get("/boot/ipxe", self.ipxe_by_address),
+                web.get("/boot/{mac}.ipxe", self.ipxe_by_mac),
+                web.get("/boot/{path:.+}", self.boot_file),
+                web.get("/images/{path:.+}", self.image_file),
+                web.get("/overlays/{node}.cpio.gz", self.overlay),
+                web.post("/api/v1/stage", self.node_stage),
+                web.post("/api/v1/facts", self.node_facts),
+                web.get("/api/v1/nodes", self.admin_nodes),
+                web.get("/api/v1/nodes/{node}/timeline", self.admin_timeline),
+                web.post("/api/v1/nodes/{node}/stage", self.admin_stage),
+                web.post("/api/v1/reload", self.admin_reload),
+                web.get("/metrics", self.metrics),
+            ]
+        )
         return app
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -150,20 +164,29 @@ class BootApp:
         fut = asyncio.get_running_loop().run_in_executor(self._dbx, fn, *args)
         fut.add_done_callback(_log_db_failure)
 
-    def _refuse(self, status: type[web.HTTPException], reason: str, request: web.Request,
-                headers: Mapping[str, str] | None = None, **fields: Any) -> web.HTTPException:
+    def _refuse(
+        self,
+        status: type[web.HTTPException],
+        reason: str,
+        request: web.Request,
+        headers: Mapping[str, str] | None = None,
+        **fields: Any,
+    ) -> web.HTTPException:
         self.refused.labels(str(status.status_code)).inc()
-        log.warning(reason, extra=kv(client=self._peer(request), path=request.path, status=status.status_code,
-                                     **fields))
+        log.warning(
+            reason, extra=kv(client=self._peer(request), path=request.path, status=status.status_code, **fields)
+        )
         return status(text=f"{reason}\n", headers=headers)
 
-    async def _send(self, request: web.Request, path: Path, node: Node | None, stage: str | None,
-                    content_type: str = OCTETS) -> web.StreamResponse:
+    async def _send(
+        self, request: web.Request, path: Path, node: Node | None, stage: str | None, content_type: str = OCTETS
+    ) -> web.StreamResponse:
         """A file, the node's boot stage recorded when a fetch starts from byte 0 and the
         transfer when it ends (sent or aborted)."""
         if not path.is_file():
-            raise self._refuse(web.HTTPNotFound, "no such artifact", request, node=node.name if node else None,
-                               file=str(path))
+            raise self._refuse(
+                web.HTTPNotFound, "no such artifact", request, node=node.name if node else None, file=str(path)
+            )
         peer = self._peer(request)
         try:
             first_byte = request.http_range.start
@@ -180,11 +203,28 @@ class BootApp:
             if request.method != "GET":
                 return
             name = node.name if node else None
-            (log.info if outcome == "ok" else log.warning)("transfer", extra=kv(
-                client=peer, node=name, path=request.path, status=resp.status, bytes=sent,
-                seconds=round(seconds, 3), outcome=outcome))
-            self._later(self.db.record_transfer, "http", str(peer), request.path, sent, seconds,  # type: ignore[union-attr]
-                        outcome, name)
+            (log.info if outcome == "ok" else log.warning)(
+                "transfer",
+                extra=kv(
+                    client=peer,
+                    node=name,
+                    path=request.path,
+                    status=resp.status,
+                    bytes=sent,
+                    seconds=round(seconds, 3),
+                    outcome=outcome,
+                ),
+            )
+            self._later(
+                self.db.record_transfer,
+                "http",
+                str(peer),
+                request.path,
+                sent,
+                seconds,  # type: ignore[union-attr]
+                outcome,
+                name,
+            )
 
         return TrackedFile(path, content_type, begin, done)
 
@@ -204,8 +244,9 @@ class BootApp:
         # Served to anyone (it holds no secret), but only the node's own fetch is its boot.
         peer = self._peer(request)
         own = str(peer.ip) in node_addresses(node, await self._lease_map(peer.ip))
-        return await self._send(request, layout.ipxe_script(self.state, node.name), node if own else None,
-                                "ipxe", "text/plain")
+        return await self._send(
+            request, layout.ipxe_script(self.state, node.name), node if own else None, "ipxe", "text/plain"
+        )
 
     async def ipxe_by_address(self, request: web.Request) -> web.StreamResponse:
         peer = self._peer(request)
@@ -261,8 +302,13 @@ class BootApp:
             raise self._refuse(web.HTTPForbidden, f"node API refused: {why}", request, node=node.name)
         presented = bearer(request.headers.get("Authorization"))
         if presented is None:
-            raise self._refuse(web.HTTPUnauthorized, "node API refused: no credential", request,
-                               {"WWW-Authenticate": 'Bearer realm="provisioner node"'}, node=node.name)
+            raise self._refuse(
+                web.HTTPUnauthorized,
+                "node API refused: no credential",
+                request,
+                {"WWW-Authenticate": 'Bearer realm="provisioner node"'},
+                node=node.name,
+            )
         if not matches(presented, self._credential(node.name)):
             raise self._refuse(web.HTTPForbidden, "node API refused: wrong credential", request, node=node.name)
         return node
@@ -360,6 +406,6 @@ class BootApp:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _log_db_failure(fut: "asyncio.Future[Any]") -> None:
+def _log_db_failure(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.error("node-state DB write failed", exc_info=fut.exception())

@@ -4,8 +4,8 @@ ETag/If-None-Match) with a callback once the body has gone out or the client wen
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -28,6 +28,9 @@ class TrackedFile(web.FileResponse):
             outcome = "ok"
             return writer
         finally:
-            sent = (self.content_length or 0) if (outcome == "ok" and request.method == "GET"
-                                                  and self.status in (200, 206)) else 0
+            sent = (
+                (self.content_length or 0)
+                if (outcome == "ok" and request.method == "GET" and self.status in (200, 206))
+                else 0
+            )
             await self._done(self, sent, time.monotonic() - started, outcome)

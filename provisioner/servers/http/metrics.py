@@ -4,7 +4,7 @@ builders from other processes); live in-process figures come from callables."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,9 +21,13 @@ OK = "ok"
 
 
 class StateCollector(Collector):
-    def __init__(self, db: NodeStateDB | None, inventory: Callable[[], Inventory],
-                 dhcp_packets: Callable[[], Mapping[str, int]] | None = None,
-                 in_flight: Callable[[], int] | None = None):
+    def __init__(
+        self,
+        db: NodeStateDB | None,
+        inventory: Callable[[], Inventory],
+        dhcp_packets: Callable[[], Mapping[str, int]] | None = None,
+        in_flight: Callable[[], int] | None = None,
+    ):
         self.db = db
         self.inventory = inventory
         self.dhcp_packets = dhcp_packets
@@ -40,15 +44,18 @@ class StateCollector(Collector):
                 packets.add_metric([kind], n)
             yield packets
         if self.in_flight is not None:
-            yield GaugeMetricFamily("provisioner_http_in_flight", "HTTP file transfers in progress",
-                                    value=self.in_flight())
+            yield GaugeMetricFamily(
+                "provisioner_http_in_flight", "HTTP file transfers in progress", value=self.in_flight()
+            )
 
     def _transfers(self) -> Iterator[Metric]:
-        count = CounterMetricFamily("provisioner_transfers", "Transfers by protocol and outcome",
-                                    labels=["protocol", "outcome"])
+        count = CounterMetricFamily(
+            "provisioner_transfers", "Transfers by protocol and outcome", labels=["protocol", "outcome"]
+        )
         sent = CounterMetricFamily("provisioner_transfer_bytes", "Bytes sent by protocol", labels=["protocol"])
-        errors = CounterMetricFamily("provisioner_transfer_errors", "Transfers that did not complete",
-                                     labels=["protocol"])
+        errors = CounterMetricFamily(
+            "provisioner_transfer_errors", "Transfers that did not complete", labels=["protocol"]
+        )
         bytes_by: dict[str, int] = {}
         errors_by: dict[str, int] = {}
         for r in self.db.transfer_totals():  # type: ignore[union-attr]
@@ -63,8 +70,7 @@ class StateCollector(Collector):
         return iter((count, sent, errors))
 
     def _stages(self) -> Metric:
-        nodes = GaugeMetricFamily("provisioner_nodes", "Inventory nodes by their latest boot stage",
-                                  labels=["stage"])
+        nodes = GaugeMetricFamily("provisioner_nodes", "Inventory nodes by their latest boot stage", labels=["stage"])
         last = self.db.last_stages()  # type: ignore[union-attr]
         by_stage: dict[str, int] = {}
         for n in self.inventory().nodes:
@@ -75,8 +81,9 @@ class StateCollector(Collector):
         return nodes
 
     def _builds(self) -> Metric:
-        builds = SummaryMetricFamily("provisioner_build_seconds", "Artifact build durations (overlays, images)",
-                                     labels=["kind"])
+        builds = SummaryMetricFamily(
+            "provisioner_build_seconds", "Artifact build durations (overlays, images)", labels=["kind"]
+        )
         for r in self.db.build_totals():  # type: ignore[union-attr]
             builds.add_metric([r["kind"]], r["n"], r["seconds"])
         return builds

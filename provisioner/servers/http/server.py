@@ -33,8 +33,10 @@ log = logging.getLogger("provisioner.http")
 # On stop, transfers in progress get this long to finish before they are cut.
 SHUTDOWN_GRACE = 10.0
 RETRY_AFTER = 5  # seconds a refused client is told to wait
-_BUSY = (f"HTTP/1.1 503 Service Unavailable\r\nRetry-After: {RETRY_AFTER}\r\nContent-Type: text/plain\r\n"
-         "Content-Length: 20\r\nConnection: close\r\n\r\nserver busy, retry\r\n").encode()
+_BUSY = (
+    f"HTTP/1.1 503 Service Unavailable\r\nRetry-After: {RETRY_AFTER}\r\nContent-Type: text/plain\r\n"
+    "Content-Length: 20\r\nConnection: close\r\n\r\nserver busy, retry\r\n"
+).encode()
 
 
 class Gate:
@@ -53,8 +55,13 @@ class Gate:
 
     def admit(self, ip: str) -> asyncio.Protocol | None:
         """aiohttp's protocol for a connection from `ip`, counted; None over a cap."""
-        cap = ("connections" if self.open >= self.limits.http_connections
-               else "per client" if self.per_ip.get(ip, 0) >= self.limits.http_per_client else None)
+        cap = (
+            "connections"
+            if self.open >= self.limits.http_connections
+            else "per client"
+            if self.per_ip.get(ip, 0) >= self.limits.http_per_client
+            else None
+        )
         if cap is not None:
             self.refused += 1
             log.warning("refused", extra=repeated(f"http busy {cap}", client=ip, cap=cap, connections=self.open))
@@ -141,8 +148,9 @@ class _Connection(asyncio.Protocol):
 
 
 @web.middleware
-async def started(request: web.Request,
-                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def started(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """The first request of a connection has arrived whole: its header deadline is off."""
     proto = request.transport.get_protocol() if request.transport is not None else None
     if isinstance(proto, _Connection):
@@ -165,7 +173,8 @@ class GuardedSite(BaseSite):
     async def start(self) -> None:
         await super().start()
         self._server = await asyncio.get_running_loop().create_server(
-            self.gate, self.host, self.port, backlog=self._backlog, reuse_address=True)
+            self.gate, self.host, self.port, backlog=self._backlog, reuse_address=True
+        )
 
 
 def read_token(state: State, path: Path | None) -> str | None:
@@ -183,9 +192,17 @@ class HttpServer(Service):
 
     name = "http"
 
-    def __init__(self, inventory: Inventory, state: State, listen: str = "0.0.0.0", port: int = 80,
-                 db: NodeStateDB | None = None, token_file: Path | None = None, hooks: Hooks | None = None,
-                 limits: Limits | None = None):
+    def __init__(
+        self,
+        inventory: Inventory,
+        state: State,
+        listen: str = "0.0.0.0",
+        port: int = 80,
+        db: NodeStateDB | None = None,
+        token_file: Path | None = None,
+        hooks: Hooks | None = None,
+        limits: Limits | None = None,
+    ):
         super().__init__()
         self.listen = listen
         self.port = port
@@ -232,8 +249,13 @@ class HttpServer(Service):
             return
         app = self.boot.make()
         app.middlewares.insert(0, started)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE, handle_signals=False,
-                               keepalive_timeout=self.limits.http_keepalive_timeout)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE,
+            handle_signals=False,
+            keepalive_timeout=self.limits.http_keepalive_timeout,
+        )
         await runner.setup()
         try:
             self.site = site = GuardedSite(runner, self.listen, self.port, self.limits)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .packets import data_header
 
@@ -59,7 +59,7 @@ class Payload:
         p = packets[n] if packets is not None else None
         if p is None:
             off = (n - 1) * self.blksize
-            p = _HEADERS[n & 0xFFFF] + self.data[off:off + self.blksize]
+            p = _HEADERS[n & 0xFFFF] + self.data[off : off + self.blksize]
             if packets is not None:
                 packets[n] = p
         return p

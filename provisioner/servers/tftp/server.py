@@ -19,9 +19,9 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Callable
 
 from ...inventory.model import Limits
 from ...logs import kv, repeated
@@ -50,9 +50,18 @@ class TftpServer:
     The resolver raises boottree.PathRefused for paths that must never be served; it may
     have a `node_for(client_ip)` method naming the node for the stats."""
 
-    def __init__(self, listen: str, port: int, resolver: Resolver, db: NodeStateDB | None = None,
-                 *, timeout: float = 1.0, patience: float = 15.0, reuse_port: bool = False,
-                 limits: Limits | None = None):
+    def __init__(
+        self,
+        listen: str,
+        port: int,
+        resolver: Resolver,
+        db: NodeStateDB | None = None,
+        *,
+        timeout: float = 1.0,
+        patience: float = 15.0,
+        reuse_port: bool = False,
+        limits: Limits | None = None,
+    ):
         self.listen = listen
         self.resolver = resolver
         self.db = db
@@ -190,8 +199,7 @@ class TftpServer:
         except OSError:
             pass
 
-    def _refuse(self, addr: tuple[str, int], local: str, path: str, code: int, message: str,
-                outcome: str) -> None:
+    def _refuse(self, addr: tuple[str, int], local: str, path: str, code: int, message: str, outcome: str) -> None:
         self._reply(P.error_packet(code, message), addr, local)
         self._record(TransferStats(addr[0], addr[1], path, self._node(addr[0]), 0, 0.0, 0, outcome))
 
@@ -200,8 +208,12 @@ class TftpServer:
         per interval, and no database row (a flood would write one per packet)."""
         self.refused_busy += 1
         self._reply(P.error_packet(P.ERR_DISK, "server busy, try again later"), addr, local)
-        log.warning("refused", extra=repeated(f"tftp busy {cap}", client=addr[0], path=path[:300] or None, cap=cap,
-                                              transfers=len(self.transfers)))
+        log.warning(
+            "refused",
+            extra=repeated(
+                f"tftp busy {cap}", client=addr[0], path=path[:300] or None, cap=cap, transfers=len(self.transfers)
+            ),
+        )
 
     def _request(self, data: bytes, addr: tuple[str, int], local: str, now: float) -> None:
         if addr[1] == 0 or len(data) < 2 or data[:2] == b"\0\x05":
@@ -231,8 +243,9 @@ class TftpServer:
         try:
             source = self.resolver(addr[0], req.filename)
         except PathRefused as e:
-            log.warning("path refused", extra=repeated("tftp path refused", client=addr[0], path=req.filename[:300],
-                                                        error=e))
+            log.warning(
+                "path refused", extra=repeated("tftp path refused", client=addr[0], path=req.filename[:300], error=e)
+            )
             self._refuse(addr, local, req.filename[:255], P.ERR_ACCESS, "access violation", f"refused: {e}")
             return
         except Exception:
@@ -264,8 +277,19 @@ class TftpServer:
             self._refuse(addr, local, req.filename, P.ERR_DISK, "server busy, try again", "refused: busy")
             return
         n = neg[0]
-        t = Transfer(sock, strays, addr, req.filename, self._node(addr[0]), payload, n.windowsize,
-                     n.timeout or self.timeout, self.patience, n.oack, n.timeout is not None)
+        t = Transfer(
+            sock,
+            strays,
+            addr,
+            req.filename,
+            self._node(addr[0]),
+            payload,
+            n.windowsize,
+            n.timeout or self.timeout,
+            self.patience,
+            n.oack,
+            n.timeout is not None,
+        )
         self.transfers[sock.fileno()] = t
         self.strays[strays.fileno()] = t
         self.by_peer[addr] = t
@@ -291,8 +315,18 @@ class TftpServer:
             s.close()
         self.cache.release(t.payload)
         nbytes = len(t.payload.data) if t.outcome == DONE else t.sent_bytes()
-        self._record(TransferStats(t.peer[0], t.peer[1], t.path, t.node, nbytes,
-                                   time.monotonic() - t.started, t.retransmits, t.outcome or "failed"))
+        self._record(
+            TransferStats(
+                t.peer[0],
+                t.peer[1],
+                t.path,
+                t.node,
+                nbytes,
+                time.monotonic() - t.started,
+                t.retransmits,
+                t.outcome or "failed",
+            )
+        )
 
     def _node(self, ip: str) -> str | None:
         if self._node_for is None:
@@ -309,16 +343,24 @@ class TftpServer:
             # Every transfer served is a line (each costs its client the whole file); a failure
             # is one line per interval for each outcome whoever causes it, a size probe per
             # client and file (a probe costs its sender one packet).
-            fields = {"client": f"{st.client}:{st.port}", "node": st.node, "path": st.path, "bytes": st.bytes,
-                      "seconds": round(st.duration, 3), "retransmits": st.retransmits, "outcome": st.outcome}
+            fields = {
+                "client": f"{st.client}:{st.port}",
+                "node": st.node,
+                "path": st.path,
+                "bytes": st.bytes,
+                "seconds": round(st.duration, 3),
+                "retransmits": st.retransmits,
+                "outcome": st.outcome,
+            }
             if st.outcome == DONE:
                 log.info("transfer", extra=kv(**fields))
             else:
                 key = f"tftp {st.outcome}" + (f" {st.client} {st.path[:300]}" if ok else "")
                 log.log(level, "transfer", extra=repeated(key, **fields))
         if self._stats is not None:
-            self._stats.put(("tftp", st.client, st.node, st.path, st.bytes, st.duration, st.retransmits,
-                             st.outcome, time.time()))
+            self._stats.put(
+                ("tftp", st.client, st.node, st.path, st.bytes, st.duration, st.retransmits, st.outcome, time.time())
+            )
 
 
 def transfer_sockets(local: str, peer: tuple[str, int]) -> tuple[socket.socket, socket.socket]:

@@ -64,14 +64,46 @@ class Transfer:
     """`sock` is connected to the peer (the kernel filters and routes once); `strays` is an
     unconnected socket on the same port that only ever sees other senders."""
 
-    __slots__ = ("sock", "strays", "peer", "path", "node", "payload", "packets", "blocks", "window",
-                 "timeout", "rto", "max_rto", "srtt", "patience", "oack", "acked", "sent_to", "last_send",
-                 "last_heard", "retries", "retransmits", "started", "outcome")
+    __slots__ = (
+        "sock",
+        "strays",
+        "peer",
+        "path",
+        "node",
+        "payload",
+        "packets",
+        "blocks",
+        "window",
+        "timeout",
+        "rto",
+        "max_rto",
+        "srtt",
+        "patience",
+        "oack",
+        "acked",
+        "sent_to",
+        "last_send",
+        "last_heard",
+        "retries",
+        "retransmits",
+        "started",
+        "outcome",
+    )
 
-    def __init__(self, sock: socket.socket, strays: socket.socket, peer: tuple[str, int], path: str,
-                 node: str | None,
-                 payload: Payload, window: int, timeout: float, patience: float,
-                 oack: bytes | None, negotiated_timeout: bool = False):
+    def __init__(
+        self,
+        sock: socket.socket,
+        strays: socket.socket,
+        peer: tuple[str, int],
+        path: str,
+        node: str | None,
+        payload: Payload,
+        window: int,
+        timeout: float,
+        patience: float,
+        oack: bytes | None,
+        negotiated_timeout: bool = False,
+    ):
         self.sock = sock
         self.strays = strays
         self.peer = peer

@@ -44,8 +44,9 @@ class Workers:
     def start(self, on_death: Callable[[str], None]) -> None:
         """Start the workers and wait until each is bound; `on_death(reason)` is called (from
         a watcher thread) if one ends before stop()."""
-        self.procs = [subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-                      for _ in range(self.count)]
+        self.procs = [
+            subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE) for _ in range(self.count)
+        ]
         self._expect("ready")
         log.info("workers", extra=kv(pids=",".join(str(p.pid) for p in self.procs)))
         threading.Thread(target=self._watch, args=(on_death,), name="tftp-workers", daemon=True).start()
@@ -59,8 +60,10 @@ class Workers:
                 line = self._line(p, deadline)
                 if line is None:
                     code = p.poll()
-                    raise RuntimeError(f"TFTP worker {p.pid} did not say {word!r} within {self.ack_timeout:g} s"
-                                       + (f" (exited with code {code})" if code is not None else ""))
+                    raise RuntimeError(
+                        f"TFTP worker {p.pid} did not say {word!r} within {self.ack_timeout:g} s"
+                        + (f" (exited with code {code})" if code is not None else "")
+                    )
                 said, _, n = line.partition(" ")
                 if said == word and (int(n) if n.isdigit() else 0) >= count:
                     break
