@@ -32,22 +32,40 @@ NODE_IPS = ["10.99.0.11", "10.99.0.12", "10.99.0.13"]
 UNKNOWN = "52:54:00:bb:00:01"
 
 
-
-def write_site(site: Path, subnet: str = "10.99.0.0/24", master: str = SERVER_IP, mode: str = "full",
-               dynamic: str = "10.99.0.200-10.99.0.210", efi_file: str = "ipxe.efi", **cluster: Any) -> Path:
+def write_site(
+    site: Path,
+    subnet: str = "10.99.0.0/24",
+    master: str = SERVER_IP,
+    mode: str = "full",
+    dynamic: str = "10.99.0.200-10.99.0.210",
+    efi_file: str = "ipxe.efi",
+    **cluster: Any,
+) -> Path:
     """node01-02 in the default profile and node03 also in `efi` (its own boot files), at .11
     to .13 of `subnet`; the master is router, DNS and time server. The leading comment must
     survive CLI edits (test_dhcp_discovery). `efi_file`: node03's UEFI boot file; `cluster`
     adds other cluster settings."""
     net = IPv4Network(subnet)
-    nodes = [node("node[01-02]", str(net[11]), MACS[:2]),
-             node("node03", str(net[13]), MACS[2], profiles=["default", "efi"])]
-    profiles = {"default": {"image": "debian12"},
-                "efi": {"boot_files": {"uefi": efi_file, "ipxe": f"http://{master}:8080/custom.ipxe"}}}
-    text = site_yaml(nodes, profiles, name="t", domain="t.cluster", subnet=subnet,
-                     network={"master": master, "gateway": master, "dns": [master], "dynamic_range": dynamic},
-                     time_servers=[master], ports={"http": 8080}, dhcp={"mode": mode, "lease_time": 600},
-                     **cluster)
+    nodes = [
+        node("node[01-02]", str(net[11]), MACS[:2]),
+        node("node03", str(net[13]), MACS[2], profiles=["default", "efi"]),
+    ]
+    profiles = {
+        "default": {"image": "debian12"},
+        "efi": {"boot_files": {"uefi": efi_file, "ipxe": f"http://{master}:8080/custom.ipxe"}},
+    }
+    text = site_yaml(
+        nodes,
+        profiles,
+        name="t",
+        domain="t.cluster",
+        subnet=subnet,
+        network={"master": master, "gateway": master, "dns": [master], "dynamic_range": dynamic},
+        time_servers=[master],
+        ports={"http": 8080},
+        dhcp={"mode": mode, "lease_time": 600},
+        **cluster,
+    )
     return labs.site.write_site(site, "# the test cluster (this comment must survive CLI edits)\n" + text)
 
 
@@ -66,8 +84,23 @@ class Server:
         self.log = self.state / f"dhcp-{time.monotonic_ns()}.log"
         out = open(self.log, "w")
         self.proc = self.lab.server.popen(
-            [sys.executable, "-m", "provisioner.servers.dhcp", "--site", str(self.site), "--state", str(self.state),
-             "--interface", "br0", "--listen", SERVER_IP, *self.extra], stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "provisioner.servers.dhcp",
+                "--site",
+                str(self.site),
+                "--state",
+                str(self.state),
+                "--interface",
+                "br0",
+                "--listen",
+                SERVER_IP,
+                *self.extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 30
         while "ready" not in self.log.read_text():
             if self.proc.poll() is not None or time.time() > deadline:
@@ -95,7 +128,7 @@ def dhcp(lab, tmp_path):
 
 
 # A PXE client made with scapy: DISCOVER (collect offers), REQUEST, print what came back.
-PXE_CLIENT = textwrap.dedent('''
+PXE_CLIENT = textwrap.dedent("""
     import json, random, sys, argparse
     from scapy.all import conf, Ether, IP, UDP, BOOTP, DHCP, srp, srp1, mac2str
     conf.checkIPaddr = False
@@ -145,7 +178,7 @@ PXE_CLIENT = textwrap.dedent('''
         r = srp1(pkt(opts), iface="eth0", timeout=4)
         out["reply"] = show(r)
     print(json.dumps(out))
-''')
+""")
 
 
 def pxe_client(ns, tmp_path: Path, mac: str, *args: str) -> dict:
@@ -168,8 +201,11 @@ def udhcpc(ns, tmp_path: Path, *args: str) -> dict[str, str]:
     script = tmp_path / "udhcpc.sh"
     script.write_text(UDHCPC_SCRIPT)
     script.chmod(0o755)
-    res = ns.run(["udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "4", "-T", "2", "-s", str(script), *args],
-                 check=False, timeout=60)
+    res = ns.run(
+        ["udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "4", "-T", "2", "-s", str(script), *args],
+        check=False,
+        timeout=60,
+    )
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("BOUND")), None)
     assert line, res.stdout + res.stderr
     return dict(kv.split("=", 1) for kv in line.split()[1:])
@@ -177,10 +213,12 @@ def udhcpc(ns, tmp_path: Path, *args: str) -> dict[str, str]:
 
 # -- tests -----------------------------------------------------------------------------------------
 
+
 def test_udhcpc_pxe_bios_gets_static_lease_and_boot_file(lab, dhcp, tmp_path):
     ns = lab.host(mac=MACS[0])
-    got = udhcpc(ns, tmp_path, "-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "93:0000", "-O", "rootpath",
-                 "-O", "ntpsrv")
+    got = udhcpc(
+        ns, tmp_path, "-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "93:0000", "-O", "rootpath", "-O", "ntpsrv"
+    )
     assert got["ip"] == NODE_IPS[0]
     assert got["mask"] == "24" or got["mask"] == "255.255.255.0"
     assert got["router"] == SERVER_IP and got["dns"] == SERVER_IP
@@ -194,11 +232,29 @@ def test_udhcpc_pxe_bios_gets_static_lease_and_boot_file(lab, dhcp, tmp_path):
 def test_dhclient_plain_client_gets_static_lease(lab, dhcp, tmp_path):
     ns = lab.host(mac=MACS[1])
     script = tmp_path / "dhclient.sh"
-    script.write_text('#!/bin/sh\n[ "$reason" = BOUND ] && echo "BOUND $new_ip_address $new_host_name '
-                      '$new_domain_name $new_routers $new_filename"\nexit 0\n')
+    script.write_text(
+        '#!/bin/sh\n[ "$reason" = BOUND ] && echo "BOUND $new_ip_address $new_host_name '
+        '$new_domain_name $new_routers $new_filename"\nexit 0\n'
+    )
     script.chmod(0o755)
-    res = ns.run(["timeout", "40", "dhclient", "-4", "-1", "-d", "-sf", str(script), "-lf", str(tmp_path / "dh.leases"),
-                  "-pf", str(tmp_path / "dh.pid"), "eth0"], check=False)
+    res = ns.run(
+        [
+            "timeout",
+            "40",
+            "dhclient",
+            "-4",
+            "-1",
+            "-d",
+            "-sf",
+            str(script),
+            "-lf",
+            str(tmp_path / "dh.leases"),
+            "-pf",
+            str(tmp_path / "dh.pid"),
+            "eth0",
+        ],
+        check=False,
+    )
     line = next((ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("BOUND")), None)
     assert line, res.stdout + res.stderr
     assert line.split() == ["BOUND", NODE_IPS[1], "node02", "t.cluster", SERVER_IP]  # no boot file: not PXE
@@ -219,13 +275,16 @@ def test_dhcpcd_gets_static_lease(lab, dhcp, tmp_path):
     assert f"new_root_path='{SERVER_IP}:/images/debian12/current/rootfs'" in out, out
 
 
-@pytest.mark.parametrize("arch,vendor,file,vclass", [
-    (0, "PXEClient:Arch:00000:UNDI:002001", "undionly.kpxe", "PXEClient"),
-    (7, "PXEClient:Arch:00007:UNDI:003016", "snponly.efi", "PXEClient"),
-    (9, "PXEClient:Arch:00009:UNDI:003016", "snponly.efi", "PXEClient"),
-    (6, "PXEClient:Arch:00006:UNDI:003016", "grubia32.efi", "PXEClient"),
-    (16, "HTTPClient:Arch:00016:UNDI:003001", "http://10.99.0.1:8080/boot/ipxe.efi", "HTTPClient"),
-])
+@pytest.mark.parametrize(
+    "arch,vendor,file,vclass",
+    [
+        (0, "PXEClient:Arch:00000:UNDI:002001", "undionly.kpxe", "PXEClient"),
+        (7, "PXEClient:Arch:00007:UNDI:003016", "snponly.efi", "PXEClient"),
+        (9, "PXEClient:Arch:00009:UNDI:003016", "snponly.efi", "PXEClient"),
+        (6, "PXEClient:Arch:00006:UNDI:003016", "grubia32.efi", "PXEClient"),
+        (16, "HTTPClient:Arch:00016:UNDI:003001", "http://10.99.0.1:8080/boot/ipxe.efi", "HTTPClient"),
+    ],
+)
 def test_pxe_firmware_each_arch(lab, dhcp, tmp_path, arch, vendor, file, vclass):
     uuid = "00112233445566778899aabbccddeeff"
     ns = lab.host(mac=MACS[0])
@@ -244,13 +303,13 @@ def test_pxe_firmware_each_arch(lab, dhcp, tmp_path, arch, vendor, file, vclass)
 
 def test_ipxe_gets_its_script_url_and_profile_override(lab, dhcp, tmp_path):
     ns = lab.host(mac=MACS[0])
-    got = pxe_client(ns, tmp_path, MACS[0], "--arch", "7", "--vendor", "PXEClient:Arch:00007:UNDI:003016",
-                     "--user-class", "iPXE")
+    got = pxe_client(
+        ns, tmp_path, MACS[0], "--arch", "7", "--vendor", "PXEClient:Arch:00007:UNDI:003016", "--user-class", "iPXE"
+    )
     assert got["reply"]["file"] == f"http://{SERVER_IP}:8080/boot/{MACS[0]}.ipxe"
     # option 175 alone marks iPXE too; node03's profile overrides both the script and UEFI file
     ns3 = lab.host(mac=MACS[2])
-    got = pxe_client(ns3, tmp_path, MACS[2], "--arch", "7", "--vendor", "PXEClient:Arch:00007:UNDI:003016",
-                     "--opt175")
+    got = pxe_client(ns3, tmp_path, MACS[2], "--arch", "7", "--vendor", "PXEClient:Arch:00007:UNDI:003016", "--opt175")
     assert got["reply"]["file"] == f"http://{SERVER_IP}:8080/custom.ipxe"
     got = pxe_client(ns3, tmp_path, MACS[2], "--arch", "7", "--vendor", "PXEClient:Arch:00007:UNDI:003016")
     assert got["reply"]["file"] == "ipxe.efi"
@@ -276,8 +335,9 @@ def test_unknown_pxe_client_discovered_and_dynamic_lease_survives_restart(lab, t
         ns = lab.host(mac=UNKNOWN)
         plain = lab.host(mac="52:54:00:bb:00:99")
         uuid = "00112233445566778899aabbccddeeff"
-        got = pxe_client(ns, tmp_path, UNKNOWN, "--arch", "7", "--vendor", "PXEClient:Arch:00007:UNDI:003016",
-                         "--uuid", uuid)
+        got = pxe_client(
+            ns, tmp_path, UNKNOWN, "--arch", "7", "--vendor", "PXEClient:Arch:00007:UNDI:003016", "--uuid", uuid
+        )
         ip = got["reply"]["yiaddr"]
         assert got["reply"]["options"]["message-type"] == 5 and ip == "10.99.0.200"
         assert got["reply"]["file"] == "snponly.efi"
@@ -291,8 +351,9 @@ def test_unknown_pxe_client_discovered_and_dynamic_lease_survives_restart(lab, t
         got = pxe_client(ns, tmp_path, UNKNOWN, "--only", "discover", "--arch", "0")
         assert got["offers"][0]["yiaddr"] == ip
         listed = json.loads(cli("node", "discovered", "--json").stdout)
-        assert [(r["mac"], r["arch"], r["uuid"], r["ip"]) for r in listed] == \
-            [(UNKNOWN, 7, "33221100-5544-7766-8899-aabbccddeeff", ip)]
+        assert [(r["mac"], r["arch"], r["uuid"], r["ip"]) for r in listed] == [
+            (UNKNOWN, 7, "33221100-5544-7766-8899-aabbccddeeff", ip)
+        ]
     finally:
         server.stop()
     assert "Traceback" not in server.text(), server.text()
@@ -302,9 +363,15 @@ def test_malformed_packets_are_dropped_and_server_keeps_answering(lab, dhcp, tmp
     import struct
 
     from scapy.layers.dhcp import BOOTP, DHCP
-    good = bytes(BOOTP(chaddr=bytes.fromhex("525400aa0001"), xid=7) / DHCP(options=[("message-type", "discover"), "end"]))
+
+    good = bytes(
+        BOOTP(chaddr=bytes.fromhex("525400aa0001"), xid=7) / DHCP(options=[("message-type", "discover"), "end"])
+    )
     bad = [
-        b"", b"\x01", good[:100], good[:240],  # truncated
+        b"",
+        b"\x01",
+        good[:100],
+        good[:240],  # truncated
         b"\x02" + good[1:],  # BOOTREPLY op code
         good[:240] + b"\x35\x01\x09\xff",  # unknown message type
         good[:240] + b"\x35\x01\x01\x0c\xff\x00",  # option length beyond the packet
@@ -317,8 +384,10 @@ def test_malformed_packets_are_dropped_and_server_keeps_answering(lab, dhcp, tmp
         struct.pack("!BBBB", 1, 6, 6, 0) + good[4:],  # token ring
     ]
     sender = lab.host(ip="10.99.0.50")
-    code = ("import socket,sys,json\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-            "for h in json.load(sys.stdin):\n    s.sendto(bytes.fromhex(h),('10.99.0.1',67))\n")
+    code = (
+        "import socket,sys,json\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        "for h in json.load(sys.stdin):\n    s.sendto(bytes.fromhex(h),('10.99.0.1',67))\n"
+    )
     sender.run([sys.executable, "-c", code], input=json.dumps([b.hex() for b in bad]))
     ns = lab.host(mac=MACS[1])
     assert udhcpc(ns, tmp_path)["ip"] == NODE_IPS[1]
@@ -326,7 +395,7 @@ def test_malformed_packets_are_dropped_and_server_keeps_answering(lab, dhcp, tmp
     assert dhcp.text().count("dropped a malformed packet") == 1
 
 
-RS_CLIENT = textwrap.dedent('''
+RS_CLIENT = textwrap.dedent("""
     import sys
     from scapy.all import conf, Ether, IPv6, ICMPv6ND_RS, ICMPv6ND_RA, srp1
     conf.verb = 0
@@ -340,7 +409,7 @@ RS_CLIENT = textwrap.dedent('''
             break
     else:
         print("no RA")
-''')
+""")
 
 
 def test_router_solicitation_is_answered_so_ipxe_does_not_wait(lab, dhcp, tmp_path):
@@ -353,7 +422,7 @@ def test_router_solicitation_is_answered_so_ipxe_does_not_wait(lab, dhcp, tmp_pa
     assert out == ["0", "0", "0", "255", "True", bridge_mac]
 
 
-UDP_CLIENT = textwrap.dedent('''
+UDP_CLIENT = textwrap.dedent("""
     import json, socket, sys
     from scapy.all import BOOTP, DHCP, mac2str
     mac, ciaddr, msgtype, requested = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
@@ -372,7 +441,7 @@ UDP_CLIENT = textwrap.dedent('''
         sys.exit(0)
     o = {str(x[0]): (x[1].hex() if isinstance(x[1], bytes) else x[1]) for x in r[DHCP].options if isinstance(x, tuple)}
     print(json.dumps({"yiaddr": r.yiaddr, "ciaddr": r.ciaddr, "options": o}))
-''')
+""")
 
 
 def udp_client(ns, tmp_path: Path, mac: str, ciaddr: str, msgtype: str, requested: str = "") -> dict | None:
@@ -406,7 +475,7 @@ def test_inform_release_decline(lab, dhcp, tmp_path):
     assert _db_rows(dhcp.state, "SELECT mac FROM leases") == []
 
 
-RELAY_CLIENT = textwrap.dedent('''
+RELAY_CLIENT = textwrap.dedent("""
     import json, socket
     from scapy.all import BOOTP, DHCP, mac2str
     agent = bytes([1, 4]) + b"port" + bytes([2, 3]) + b"sw1"
@@ -421,7 +490,7 @@ RELAY_CLIENT = textwrap.dedent('''
     o = {str(x[0]): (x[1].hex() if isinstance(x[1], bytes) else x[1]) for x in r[DHCP].options if isinstance(x, tuple)}
     print(json.dumps({"yiaddr": r.yiaddr, "giaddr": r.giaddr, "hops": r.hops, "options": o,
                       "agent": agent.hex(), "last": data.rstrip(b"\\0")[-1 - len(agent) - 2:-1].hex()}))
-''')
+""")
 
 
 def test_relayed_reply_goes_to_the_relay_with_option_82_last(lab, dhcp, tmp_path):
@@ -447,7 +516,7 @@ def test_reload_takes_a_changed_inventory(lab, dhcp, tmp_path):
     assert udhcpc(ns, tmp_path)["ip"] == "10.99.0.31"
 
 
-SHUTDOWN = textwrap.dedent('''
+SHUTDOWN = textwrap.dedent("""
     import threading
     from pathlib import Path
     from provisioner.inventory import load_inventory
@@ -463,13 +532,14 @@ SHUTDOWN = textwrap.dedent('''
     srv.shutdown()
     t.join(5)
     print("stopped" if not t.is_alive() else "still running")
-''')
+""")
 
 
 def test_shutdown_from_another_thread(lab, tmp_path):
     write_site(tmp_path / "site")
     script = tmp_path / "shutdown.py"
     script.write_text(SHUTDOWN)
-    res = lab.server.run([sys.executable, str(script), str(tmp_path / "site" / "cluster.yaml"), str(tmp_path / "state")],
-                         timeout=60)
+    res = lab.server.run(
+        [sys.executable, str(script), str(tmp_path / "site" / "cluster.yaml"), str(tmp_path / "state")], timeout=60
+    )
     assert res.stdout.strip().splitlines()[-1] == "stopped"

@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+
 from test_dhcp_server import (
     MACS,
     NODE_IPS,
@@ -30,7 +31,7 @@ ATTACKER = ("10.99.0.50", "52:54:00:ee:00:01")
 RANGE = [f"10.99.0.{i}" for i in range(200, 211)]  # write_site's dynamic range
 
 # Unicast DHCP messages with chosen client MACs, sent back to back; nothing is waited for.
-SEND = textwrap.dedent('''
+SEND = textwrap.dedent("""
     import json, socket, sys
     from scapy.all import BOOTP, DHCP, mac2str
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -41,11 +42,11 @@ SEND = textwrap.dedent('''
             opts.append(("requested_addr", ip))
         pkt = BOOTP(chaddr=mac2str(mac), xid=7, ciaddr=ip if msgtype == "release" else "0.0.0.0")
         s.sendto(bytes(pkt / DHCP(options=opts + ["end"])), ("10.99.0.1", 67))
-''')
+""")
 
 # PXE DISCOVERs from `count` random MACs at `rate` a second, as raw frames (no address needed):
 # one frame made by scapy, its MACs and xid patched (no UDP checksum, so nothing to redo).
-FLOOD = textwrap.dedent('''
+FLOOD = textwrap.dedent("""
     import os, socket, sys, time
     from scapy.all import BOOTP, DHCP, IP, UDP, Ether
     rate, seconds = int(sys.argv[1]), float(sys.argv[2])
@@ -73,11 +74,11 @@ FLOOD = textwrap.dedent('''
             time.sleep(ahead)
         s.send(frame)
     print(count, round(time.monotonic() - start, 2), flush=True)
-''')
+""")
 
 
 # A known node asking for its offer `count` times, `interval` apart: which xids were answered.
-PROBE = textwrap.dedent('''
+PROBE = textwrap.dedent("""
     import json, select, socket, sys, time
     from scapy.all import BOOTP, DHCP, mac2str
     mac, count, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
@@ -105,7 +106,7 @@ PROBE = textwrap.dedent('''
     waits = sorted(w for w, _ in answered.values())
     print(json.dumps({"sent": count, "answered": len(answered), "ips": sorted({ip for _, ip in answered.values()}),
                       "p95": waits[int(len(waits) * 0.95) - 1] if waits else None}))
-''')
+""")
 
 
 def _script(tmp_path, name: str, text: str) -> str:
@@ -132,9 +133,13 @@ def test_decline_and_release_only_from_the_lease_holder(lab, tmp_path):
         # eleven DECLINEs took the whole range out of service; RELEASEs would free others' leases;
         # from their own MAC, random ones, and a static node's (whose address is not dynamic)
         strangers = [ATTACKER[1], "52:54:00:ee:77:01", MACS[0]]
-        _send(attacker, tmp_path, ATTACKER[0],
-              [("decline", mac, ip) for mac in strangers for ip in RANGE] +
-              [("release", mac, ip) for mac in strangers for ip in (RANGE[0], NODE_IPS[0])])
+        _send(
+            attacker,
+            tmp_path,
+            ATTACKER[0],
+            [("decline", mac, ip) for mac in strangers for ip in RANGE]
+            + [("release", mac, ip) for mac in strangers for ip in (RANGE[0], NODE_IPS[0])],
+        )
         time.sleep(1)
         assert _leases(server) == [(UNKNOWN, RANGE[0])]
         assert "declined" not in server.text()
@@ -167,14 +172,19 @@ def test_random_mac_flood_does_not_crowd_out_a_known_node(lab, tmp_path):
     try:
         node = lab.host(ip=NODE_IPS[0], mac=MACS[0])
         attacker = lab.host(mac=ATTACKER[1])
-        flood = attacker.popen([sys.executable, _script(tmp_path, "flood.py", FLOOD), str(FLOOD_RATE),
-                                str(FLOOD_SECONDS)], stdin=-1, text=True)
+        flood = attacker.popen(
+            [sys.executable, _script(tmp_path, "flood.py", FLOOD), str(FLOOD_RATE), str(FLOOD_SECONDS)],
+            stdin=-1,
+            text=True,
+        )
         assert flood.stdout.readline().strip() == "ready"
         flood.stdin.write("go\n")
         flood.stdin.flush()
         time.sleep(0.2)  # the flood is under way before the node asks
-        res = node.run([sys.executable, _script(tmp_path, "probe.py", PROBE), MACS[0], str(PROBES),
-                        str(PROBE_INTERVAL)], timeout=60)
+        res = node.run(
+            [sys.executable, _script(tmp_path, "probe.py", PROBE), MACS[0], str(PROBES), str(PROBE_INTERVAL)],
+            timeout=60,
+        )
         sent, seconds = map(float, flood.communicate(timeout=60)[0].split())
         probe = json.loads(res.stdout.strip().splitlines()[-1])
     finally:

@@ -10,9 +10,9 @@ import textwrap
 import time
 
 import pytest
+
 from labs.serve import IMAGE, NODES, Serve, write_state
 from labs.site import node, write_site
-
 from provisioner.inventory.model import Retention
 from provisioner.nodestate import NodeStateDB
 from provisioner.nodestate.db import PRUNE_BATCH
@@ -23,16 +23,19 @@ DAY = 86400.0
 def _fill(db: NodeStateDB, now: float, old: int, recent: int) -> None:
     """`old` rows 40 days old and `recent` rows of the last hour in each retained table; the
     old events belong to nodes old0..old9, whose latest event is among them."""
-    db.record_stages([(f"old{i % 10}", "kernel", now - 40 * DAY + i, None) for i in range(old)] +
-                     [(f"new{i % 10}", "dhcp", now - 3600 + i * 3600 / recent, None) for i in range(recent)])
-    db.record_transfers([("tftp", "10.99.0.9:1000", None, f"old{i}", 0, 0.0, 0, "not found", now - 40 * DAY + i)
-                         for i in range(old)] +
-                        [("tftp", "10.99.0.9:1000", None, f"new{i}", 0, 0.0, 0, "not found", now - 3600 + i)
-                         for i in range(recent)])
-    db.record_discoveries([(f"02:00:00:00:{i // 256:02x}:{i % 256:02x}", 7, None, None, now - 40 * DAY + i)
-                           for i in range(old)] +
-                          [(f"02:00:00:01:{i // 256:02x}:{i % 256:02x}", 7, None, None, now - 3600 + i)
-                           for i in range(recent)], [])
+    db.record_stages(
+        [(f"old{i % 10}", "kernel", now - 40 * DAY + i, None) for i in range(old)]
+        + [(f"new{i % 10}", "dhcp", now - 3600 + i * 3600 / recent, None) for i in range(recent)]
+    )
+    db.record_transfers(
+        [("tftp", "10.99.0.9:1000", None, f"old{i}", 0, 0.0, 0, "not found", now - 40 * DAY + i) for i in range(old)]
+        + [("tftp", "10.99.0.9:1000", None, f"new{i}", 0, 0.0, 0, "not found", now - 3600 + i) for i in range(recent)]
+    )
+    db.record_discoveries(
+        [(f"02:00:00:00:{i // 256:02x}:{i % 256:02x}", 7, None, None, now - 40 * DAY + i) for i in range(old)]
+        + [(f"02:00:00:01:{i // 256:02x}:{i % 256:02x}", 7, None, None, now - 3600 + i) for i in range(recent)],
+        [],
+    )
 
 
 def _count(db: NodeStateDB, table: str, where: str = "1") -> int:
@@ -60,7 +63,7 @@ def test_trimmed_by_age_and_count_keeping_recent_rows_and_each_nodes_latest_stag
     assert db.prune(Retention(days=30), now) == {"events": 300, "transfers": 300, "discovered": 300}
 
 
-TFTP_FLOOD = textwrap.dedent('''
+TFTP_FLOOD = textwrap.dedent("""
     import socket, sys
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(2)
@@ -74,20 +77,24 @@ TFTP_FLOOD = textwrap.dedent('''
             except socket.timeout:
                 pass
     print(n)
-''')
+""")
 LIMITS = {"events": 100, "transfers": 100, "discovered": 20}
 
 
 @pytest.mark.netns
 def test_serve_trims_a_history_flooded_with_missing_files(lab, cli, tmp_path):
-    write_site(cli.site, nodes=[node(n, ip, mac) for n, (ip, mac) in NODES.items()],
-               profiles={"default": {"image": IMAGE}}, retention={"days": 30, **LIMITS, "interval": 1})
+    write_site(
+        cli.site,
+        nodes=[node(n, ip, mac) for n, (ip, mac) in NODES.items()],
+        profiles={"default": {"image": IMAGE}},
+        retention={"days": 30, **LIMITS, "interval": 1},
+    )
     write_state(cli.state)
     db = NodeStateDB(cli.state / "nodes.sqlite")
     now = time.time()
     _fill(db, now, old=3000, recent=300)
     with Serve(lab, cli, services="tftp,http") as srv:
-        srv.wait_log("msg=\"trimmed node-state history\"")
+        srv.wait_log('msg="trimmed node-state history"')
         assert [_count(db, t) for t in LIMITS] == list(LIMITS.values())
         assert _count(db, "transfers", f"at < {now - DAY}") == 0  # the old are gone, the newest kept
         assert _count(db, "transfers", "path = 'new299'") == 1

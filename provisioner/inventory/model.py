@@ -53,7 +53,6 @@ def _range_in(r: tuple[IPv4Address, IPv4Address], subnet: IPv4Network) -> str | 
 # -- the cluster section ----------------------------------------------------------------------
 
 
-
 class BootFiles(Table):
     """The `boot_files` table, refused when an entry cannot work whatever the boot tree holds
     (the boot registry says which keys and loaders fit)."""
@@ -64,16 +63,24 @@ class BootFiles(Table):
             raise Invalid(problem, (key,))
         return value
 
+
 @dataclass(frozen=True, kw_only=True)
 class Network:
     interface: str | None = setting(Text(), help="the provisioning interface on the master")
     subnet: IPv4Network = setting(Subnet(), required=True)
-    master: IPv4Address = setting(Address(), derive=lambda s: next(s.subnet.hosts(), s.subnet.network_address),
-                                  check=_in_subnet, help="default: the subnet's first host")
+    master: IPv4Address = setting(
+        Address(),
+        derive=lambda s: next(s.subnet.hosts(), s.subnet.network_address),
+        check=_in_subnet,
+        help="default: the subnet's first host",
+    )
     gateway: IPv4Address | None = setting(Address(), check=_in_subnet)
     dns: tuple[IPv4Address, ...] = setting(Addresses())
     dynamic_range: tuple[IPv4Address, IPv4Address] | None = setting(
-        AddressRange(), check=lambda r, s: _range_in(r, s.subnet), help="addresses for nodes that are not in the inventory")
+        AddressRange(),
+        check=lambda r, s: _range_in(r, s.subnet),
+        help="addresses for nodes that are not in the inventory",
+    )
 
     def in_dynamic_range(self, ip: IPv4Address) -> bool:
         return self.dynamic_range is not None and self.dynamic_range[0] <= ip <= self.dynamic_range[1]
@@ -129,8 +136,10 @@ class Discovery:
     mode: str = setting(Choice(("approve", "auto")), default="approve")
     names: str | None = setting(Hostlist(), help="hostlist new nodes are named from, like auto[001-100]")
     addresses: tuple[IPv4Address, IPv4Address] | None = setting(
-        AddressRange(), check=lambda r, s: _range_in(r, s.network.subnet), help="FIRST-LAST static addresses for new nodes; "
-        "default: any free one outside the dynamic range")
+        AddressRange(),
+        check=lambda r, s: _range_in(r, s.network.subnet),
+        help="FIRST-LAST static addresses for new nodes; default: any free one outside the dynamic range",
+    )
     profiles: tuple[str, ...] = setting(Names(), help="profiles an adopted node gets")
     rate: int = setting(Count(1, 10000), default=10, help="adoptions per minute at most (mode auto)")
     adopt: str | None = setting(Hostlist(), check=_renamed_adopt, help="old spelling of mode auto + names")
@@ -155,11 +164,15 @@ class Limits:
     dnsmasq's tftp-max (50) and nginx's client_header_timeout (60 s) and keepalive_timeout
     (75 s). Read when `serve` starts (a reload keeps the caps it started with)."""
 
-    tftp_transfers: int = setting(Count(1, 100_000), default=1000,
-                                  help="TFTP transfers at once (2 descriptors each), split between the TFTP processes")
+    tftp_transfers: int = setting(
+        Count(1, 100_000),
+        default=1000,
+        help="TFTP transfers at once (2 descriptors each), split between the TFTP processes",
+    )
     tftp_per_client: int = setting(Count(1, 10_000), default=16, help="TFTP transfers at once from one address")
-    tftp_max_timeout: int = setting(Count(1, 255), default=5,
-                                    help="a larger RFC 2349 timeout option is not acknowledged (seconds)")
+    tftp_max_timeout: int = setting(
+        Count(1, 255), default=5, help="a larger RFC 2349 timeout option is not acknowledged (seconds)"
+    )
     tftp_cache_mb: int = setting(Count(0, 1 << 20), default=64, help="prebuilt TFTP DATA packets, per process")
     http_connections: int = setting(Count(1, 100_000), default=1024, help="HTTP connections at once; more get 503")
     http_per_client: int = setting(Count(1, 100_000), default=64, help="HTTP connections at once from one address")
@@ -184,6 +197,7 @@ class Cluster:
 
 
 # -- profiles and nodes -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Profile:

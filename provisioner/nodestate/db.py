@@ -8,8 +8,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..inventory.model import Retention
 
@@ -17,9 +18,11 @@ from ..inventory.model import Retention
 RETAINED = {"events": "at", "transfers": "at", "discovered": "last_seen"}
 # Rows one trimming transaction deletes: the servers' writer threads wait at most that long.
 PRUNE_BATCH = 2000
-UPSERT_SEEN = ("INSERT INTO discovered(mac, first_seen, last_seen, arch, uuid, ip) VALUES (?1,?5,?5,?2,?3,?4) "
-               "ON CONFLICT(mac) DO UPDATE SET last_seen=MAX(last_seen, excluded.last_seen), "
-               "arch=COALESCE(excluded.arch, arch), uuid=COALESCE(excluded.uuid, uuid), ip=COALESCE(excluded.ip, ip)")
+UPSERT_SEEN = (
+    "INSERT INTO discovered(mac, first_seen, last_seen, arch, uuid, ip) VALUES (?1,?5,?5,?2,?3,?4) "
+    "ON CONFLICT(mac) DO UPDATE SET last_seen=MAX(last_seen, excluded.last_seen), "
+    "arch=COALESCE(excluded.arch, arch), uuid=COALESCE(excluded.uuid, uuid), ip=COALESCE(excluded.ip, ip)"
+)
 
 # Boot stages in the order a node passes them.
 STAGES = ("dhcp", "bootloader", "ipxe", "kernel", "initramfs", "overlay", "registered", "idle")
@@ -111,28 +114,31 @@ class NodeStateDB:
     # -- boot stages ---------------------------------------------------------------------------
     def record_stage(self, node: str, stage: str, detail: str | None = None, at: float | None = None) -> None:
         with self._tx() as c:
-            c.execute("INSERT INTO events(node, stage, at, detail) VALUES (?,?,?,?)",
-                      (node, stage, at or time.time(), detail))
+            c.execute(
+                "INSERT INTO events(node, stage, at, detail) VALUES (?,?,?,?)", (node, stage, at or time.time(), detail)
+            )
 
-    def record_stages(self, rows: list[tuple[str, str, float, str | None]], within: float = 0.0) -> None:
+    def record_stages(self, rows: Sequence[tuple[str, str, float, str | None]], within: float = 0.0) -> None:
         """Many (node, stage, at, detail) events in one transaction: a boot storm of 10,000
         nodes must not cost 10,000 commits. A row is dropped when its node already has that
         stage less than `within` seconds from it: each TFTP worker process sees only its own
         share of a node's retries."""
         with self._tx() as c:
-            c.executemany("INSERT INTO events(node, stage, at, detail) SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS "
-                          "(SELECT 1 FROM events WHERE node = ?1 AND stage = ?2 AND at > ?3 - ?5 AND at < ?3 + ?5)",
-                          [(*row, within) for row in rows])
+            c.executemany(
+                "INSERT INTO events(node, stage, at, detail) SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS "
+                "(SELECT 1 FROM events WHERE node = ?1 AND stage = ?2 AND at > ?3 - ?5 AND at < ?3 + ?5)",
+                [(*row, within) for row in rows],
+            )
 
     def timeline(self, node: str) -> list[sqlite3.Row]:
-        return list(self._conn().execute(
-            "SELECT stage, at, detail FROM events WHERE node=? ORDER BY at, id", (node,)))
+        return list(self._conn().execute("SELECT stage, at, detail FROM events WHERE node=? ORDER BY at, id", (node,)))
 
     def last_stages(self) -> dict[str, sqlite3.Row]:
         """Each node's latest event by time (not by id: servers write batched events late)."""
         rows = self._conn().execute(
             "SELECT node, stage, at, detail FROM (SELECT node, stage, at, detail, ROW_NUMBER() OVER "
-            "(PARTITION BY node ORDER BY at DESC, id DESC) AS n FROM events) WHERE n = 1")
+            "(PARTITION BY node ORDER BY at DESC, id DESC) AS n FROM events) WHERE n = 1"
+        )
         return {r["node"]: r for r in rows}
 
     def last_seen(self) -> dict[str, float]:
@@ -140,15 +146,18 @@ class NodeStateDB:
         rows = self._conn().execute(
             "SELECT node, MAX(at) AS at FROM (SELECT node, at FROM events "
             "UNION ALL SELECT node, at FROM transfers WHERE node IS NOT NULL "
-            "UNION ALL SELECT node, updated AS at FROM facts) GROUP BY node")
+            "UNION ALL SELECT node, updated AS at FROM facts) GROUP BY node"
+        )
         return {r["node"]: r["at"] for r in rows}
 
     # -- facts -----------------------------------------------------------------------------------
     def set_facts(self, node: str, facts: dict[str, Any]) -> None:
         with self._tx() as c:
-            c.execute("INSERT INTO facts(node, facts, updated) VALUES (?,?,?) "
-                      "ON CONFLICT(node) DO UPDATE SET facts=excluded.facts, updated=excluded.updated",
-                      (node, json.dumps(facts, sort_keys=True), time.time()))
+            c.execute(
+                "INSERT INTO facts(node, facts, updated) VALUES (?,?,?) "
+                "ON CONFLICT(node) DO UPDATE SET facts=excluded.facts, updated=excluded.updated",
+                (node, json.dumps(facts, sort_keys=True), time.time()),
+            )
 
     def facts(self, node: str) -> dict[str, Any] | None:
         row = self._conn().execute("SELECT facts FROM facts WHERE node=?", (node,)).fetchone()
@@ -164,10 +173,12 @@ class NodeStateDB:
     def put_lease(self, mac: str, ip: str, hostname: str | None, expires: float) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM leases WHERE ip=? AND mac<>?", (ip, mac))
-            c.execute("INSERT INTO leases(mac, ip, hostname, expires, updated) VALUES (?,?,?,?,?) "
-                      "ON CONFLICT(mac) DO UPDATE SET ip=excluded.ip, hostname=excluded.hostname, "
-                      "expires=excluded.expires, updated=excluded.updated",
-                      (mac, ip, hostname, expires, time.time()))
+            c.execute(
+                "INSERT INTO leases(mac, ip, hostname, expires, updated) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(mac) DO UPDATE SET ip=excluded.ip, hostname=excluded.hostname, "
+                "expires=excluded.expires, updated=excluded.updated",
+                (mac, ip, hostname, expires, time.time()),
+            )
 
     def drop_lease(self, mac: str) -> None:
         with self._tx() as c:
@@ -177,8 +188,12 @@ class NodeStateDB:
         """One sighting, now (servers batch theirs through record_discoveries)."""
         self.record_discoveries([(mac, arch, uuid, ip, time.time())], [])
 
-    def record_discoveries(self, seen: list[tuple[str, int | None, str | None, str | None, float]],
-                           adopted: list[tuple[str, str]], keep: int | None = None) -> None:
+    def record_discoveries(
+        self,
+        seen: Sequence[tuple[str, int | None, str | None, str | None, float]],
+        adopted: Sequence[tuple[str, str]],
+        keep: int | None = None,
+    ) -> None:
         """(mac, arch, uuid, ip, at) sightings of unknown MACs, then (mac, name) adoptions, in
         one transaction; with `keep`, the least recently seen beyond that many are deleted
         there too, so a random-MAC flood never grows the table past it between trims. An
@@ -187,12 +202,17 @@ class NodeStateDB:
         now = time.time()
         with self._tx() as c:
             c.executemany(UPSERT_SEEN, seen)
-            c.executemany("INSERT INTO discovered(mac, first_seen, last_seen, adopted_as) VALUES (?1, ?3, ?3, ?2) "
-                          "ON CONFLICT(mac) DO UPDATE SET adopted_as=excluded.adopted_as",
-                          [(mac, name, now) for mac, name in adopted])
+            c.executemany(
+                "INSERT INTO discovered(mac, first_seen, last_seen, adopted_as) VALUES (?1, ?3, ?3, ?2) "
+                "ON CONFLICT(mac) DO UPDATE SET adopted_as=excluded.adopted_as",
+                [(mac, name, now) for mac, name in adopted],
+            )
             if keep is not None:
-                c.execute("DELETE FROM discovered WHERE mac IN (SELECT mac FROM discovered ORDER BY last_seen "
-                          "LIMIT MAX(0, (SELECT COUNT(*) FROM discovered) - ?))", (keep,))
+                c.execute(
+                    "DELETE FROM discovered WHERE mac IN (SELECT mac FROM discovered ORDER BY last_seen "
+                    "LIMIT MAX(0, (SELECT COUNT(*) FROM discovered) - ?))",
+                    (keep,),
+                )
 
     def discovered(self) -> list[sqlite3.Row]:
         return list(self._conn().execute("SELECT * FROM discovered ORDER BY first_seen"))
@@ -201,16 +221,28 @@ class NodeStateDB:
         self.record_discoveries([], [(mac, name)])
 
     # -- transfers -----------------------------------------------------------------------------------
-    def record_transfer(self, protocol: str, client: str, path: str, nbytes: int, duration: float,
-                        outcome: str, node: str | None = None, retransmits: int = 0) -> None:
+    def record_transfer(
+        self,
+        protocol: str,
+        client: str,
+        path: str,
+        nbytes: int,
+        duration: float,
+        outcome: str,
+        node: str | None = None,
+        retransmits: int = 0,
+    ) -> None:
         self.record_transfers([(protocol, client, node, path, nbytes, duration, retransmits, outcome, time.time())])
 
-    def record_transfers(self, rows: list[tuple]) -> None:
+    def record_transfers(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """(protocol, client, node, path, bytes, duration, retransmits, outcome, at) rows in one
         transaction."""
         with self._tx() as c:
-            c.executemany("INSERT INTO transfers(protocol, client, node, path, bytes, duration, retransmits, outcome, at) "
-                          "VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            c.executemany(
+                "INSERT INTO transfers(protocol, client, node, path, bytes, duration, retransmits, outcome, at) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
 
     def transfers(self, node: str | None = None) -> list[sqlite3.Row]:
         """Transfers in the order they finished, all or one node's."""
@@ -220,21 +252,28 @@ class NodeStateDB:
 
     def transfer_totals(self) -> list[sqlite3.Row]:
         """Transfers, bytes and per-outcome counts by protocol, for /metrics."""
-        return list(self._conn().execute(
-            "SELECT protocol, outcome, COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS bytes "
-            "FROM transfers GROUP BY protocol, outcome"))
+        return list(
+            self._conn().execute(
+                "SELECT protocol, outcome, COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS bytes "
+                "FROM transfers GROUP BY protocol, outcome"
+            )
+        )
 
     # -- artifact builds -------------------------------------------------------------------------------
     def record_build(self, kind: str, name: str, duration: float) -> None:
         """A finished build (kind "overlay", "image", ...): builders run in other processes,
         so /metrics learns their durations from here."""
         with self._tx() as c:
-            c.execute("INSERT INTO builds(kind, name, duration, at) VALUES (?,?,?,?)",
-                      (kind, name, duration, time.time()))
+            c.execute(
+                "INSERT INTO builds(kind, name, duration, at) VALUES (?,?,?,?)", (kind, name, duration, time.time())
+            )
 
     def build_totals(self) -> list[sqlite3.Row]:
-        return list(self._conn().execute(
-            "SELECT kind, COUNT(*) AS n, COALESCE(SUM(duration), 0) AS seconds FROM builds GROUP BY kind"))
+        return list(
+            self._conn().execute(
+                "SELECT kind, COUNT(*) AS n, COALESCE(SUM(duration), 0) AS seconds FROM builds GROUP BY kind"
+            )
+        )
 
     # -- retention ---------------------------------------------------------------------------------
     def prune(self, limits: Retention, now: float | None = None) -> dict[str, int]:
@@ -253,14 +292,19 @@ class NodeStateDB:
                     c.execute("DELETE FROM temp.spared")
                     c.execute("INSERT INTO temp.spared SELECT MAX(id) FROM events GROUP BY node")
                 spared = "id NOT IN temp.spared"
-            old, total = c.execute(f"SELECT (SELECT COUNT(*) FROM {table} WHERE {col} < ? AND {spared}), "
-                                   f"(SELECT COUNT(*) FROM {table})", (cutoff,)).fetchone()
+            old, total = c.execute(
+                f"SELECT (SELECT COUNT(*) FROM {table} WHERE {col} < ? AND {spared}), (SELECT COUNT(*) FROM {table})",
+                (cutoff,),
+            ).fetchone()
             todo = max(old, total - getattr(limits, table))
             done = 0
             while done < todo:
                 with self._tx():
-                    n = c.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {spared} "
-                                  f"ORDER BY {col} LIMIT ?)", (min(PRUNE_BATCH, todo - done),)).rowcount
+                    n = c.execute(
+                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {spared} "
+                        f"ORDER BY {col} LIMIT ?)",
+                        (min(PRUNE_BATCH, todo - done),),
+                    ).rowcount
                 if n == 0:
                     break
                 done += n

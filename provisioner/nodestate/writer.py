@@ -27,8 +27,7 @@ class BatchWriter(Generic[T]):
     rows beyond that many queued are dropped (and counted): what strangers can make us
     record must not grow memory while the disk is slow."""
 
-    def __init__(self, write: Callable[[list[T]], None], name: str, gather: float = 0.0,
-                 limit: int | None = None):
+    def __init__(self, write: Callable[[list[T]], None], name: str, gather: float = 0.0, limit: int | None = None):
         self._write = write
         self.name = name
         self.gather = gather
@@ -66,6 +65,8 @@ class BatchWriter(Generic[T]):
                 try:
                     self._write(rows)
                 except Exception:  # a full disk must not stop the boot services
-                    log.exception("could not record rows in the node-state DB", extra=kv(writer=self.name, rows=len(rows)))
+                    log.exception(
+                        "could not record rows in the node-state DB", extra=kv(writer=self.name, rows=len(rows))
+                    )
             if batch[-1] is None:
                 return

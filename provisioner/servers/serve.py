@@ -64,8 +64,9 @@ def _fingerprint(site: Site) -> tuple[int, int, int] | None:
 
 
 class Daemon:
-    def __init__(self, site: Site, state: State, inventory: Inventory, opts: ServeOptions,
-                 adopt: Adopter | None = None):
+    def __init__(
+        self, site: Site, state: State, inventory: Inventory, opts: ServeOptions, adopt: Adopter | None = None
+    ):
         """`adopt`: how DHCP adopts a discovered node under cluster.discovery `mode: auto` (the
         caller hands in actions.discovery.AutoAdopter: servers do not import the actions above
         them)."""
@@ -94,23 +95,48 @@ class Daemon:
 
     def _dhcp(self) -> Service:
         from .dhcp import DhcpServer
-        return DhcpServer(self.inventory, self.state, self.opts.interface, self.opts.listen,
-                          self.opts.dhcp_port or self.inventory.cluster.ports.dhcp, self.db, adopt=self.adopt)
+
+        return DhcpServer(
+            self.inventory,
+            self.state,
+            self.opts.interface,
+            self.opts.listen,
+            self.opts.dhcp_port or self.inventory.cluster.ports.dhcp,
+            self.db,
+            adopt=self.adopt,
+        )
 
     def _tftp(self) -> Service:
         from .tftp import listen_address
         from .tftp_service import boot_service
-        return boot_service(self.site, self.state, self.inventory, self.db, listen_address(self.opts.listen),
-                            self.opts.tftp_port or self.inventory.cluster.ports.tftp, self.opts.tftp_workers,
-                            limits=self.limits)
+
+        return boot_service(
+            self.site,
+            self.state,
+            self.inventory,
+            self.db,
+            listen_address(self.opts.listen),
+            self.opts.tftp_port or self.inventory.cluster.ports.tftp,
+            self.opts.tftp_workers,
+            limits=self.limits,
+        )
 
     def _http(self) -> Service:
         from .http import Hooks, HttpServer
-        hooks = Hooks(reload=self.request_reload, slurm_states=lambda: self.slurm,
-                      dhcp_packets=lambda: self._counters("dhcp"))
-        return HttpServer(self.inventory, self.state, self.opts.listen,
-                          self.opts.http_port or self.inventory.cluster.ports.http, self.db, self.opts.token_file,
-                          hooks, self.limits)
+
+        hooks = Hooks(
+            reload=self.request_reload, slurm_states=lambda: self.slurm, dhcp_packets=lambda: self._counters("dhcp")
+        )
+        return HttpServer(
+            self.inventory,
+            self.state,
+            self.opts.listen,
+            self.opts.http_port or self.inventory.cluster.ports.http,
+            self.db,
+            self.opts.token_file,
+            hooks,
+            self.limits,
+        )
 
     def _counters(self, name: str) -> Mapping[str, int]:
         """A service's counters, empty when this process does not run it."""
@@ -131,8 +157,10 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
-        threads = [threading.Thread(target=self._serve, args=(n, s), name=f"serve-{n}", daemon=True)
-                   for n, s in self.services.items()]
+        threads = [
+            threading.Thread(target=self._serve, args=(n, s), name=f"serve-{n}", daemon=True)
+            for n, s in self.services.items()
+        ]
         threads.append(threading.Thread(target=self._poll_slurm, name="slurm-poll", daemon=True))
         threads.append(threading.Thread(target=self._trim, name="retention", daemon=True))
         for t in threads:
@@ -174,8 +202,10 @@ class Daemon:
         try:
             inventory = load_inventory(self.site.cluster_yaml)
         except InventoryInvalid as e:
-            log.error("reload refused: inventory invalid, keeping the previous one",
-                      extra=kv(problems=len(e.problems), first=e.problems[0] if e.problems else None))
+            log.error(
+                "reload refused: inventory invalid, keeping the previous one",
+                extra=kv(problems=len(e.problems), first=e.problems[0] if e.problems else None),
+            )
             return
         self.inventory = inventory
         for service in self.services.values():

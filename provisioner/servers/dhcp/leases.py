@@ -36,8 +36,11 @@ class DynamicPool:
     def set_inventory(self, inventory: Inventory) -> None:
         net = inventory.cluster.network
         self.range = net.dynamic_range
-        self.reserved = {ip for ip in (net.master, net.gateway, *(i.ip for n in inventory.nodes for i in n.interfaces))
-                         if ip is not None}
+        self.reserved = {
+            ip
+            for ip in (net.master, net.gateway, *(i.ip for n in inventory.nodes for i in n.interfaces))
+            if ip is not None
+        }
 
     def lease_of(self, mac: str) -> IPv4Address | None:
         """The client's persisted address (expired or not: a returning client keeps it while
@@ -68,7 +71,9 @@ class DynamicPool:
                     ip += 1
                 choice = ip if ip <= hi else None
             if choice is None:
-                log.warning("dynamic range full; no address", extra=repeated("dhcp range full", first=lo, last=hi, mac=mac))
+                log.warning(
+                    "dynamic range full; no address", extra=repeated("dhcp range full", first=lo, last=hi, mac=mac)
+                )
                 return None
             self.offers[mac] = (choice, now + OFFER_HOLD)
             return choice

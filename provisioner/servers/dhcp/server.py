@@ -78,9 +78,17 @@ class DhcpServer(Service):
 
     name = "dhcp"
 
-    def __init__(self, inventory: Inventory, state: State, interface: str | None, listen: str,
-                 port: int = 67, db: NodeStateDB | None = None, proxy: bool | None = None,
-                 adopt: Adopter | None = None):
+    def __init__(
+        self,
+        inventory: Inventory,
+        state: State,
+        interface: str | None,
+        listen: str,
+        port: int = 67,
+        db: NodeStateDB | None = None,
+        proxy: bool | None = None,
+        adopt: Adopter | None = None,
+    ):
         super().__init__()
         net = inventory.cluster.network
         self.link = netif.find(interface or net.interface, listen, net.subnet)
@@ -93,8 +101,11 @@ class DhcpServer(Service):
         self.stages = StageWriter(self.db, gather=STAGE_GATHER)
         self.seen: dict[str, float] = {}  # unknown MAC -> when its sighting was last queued
         self.discoveries: BatchWriter[Sighting] = BatchWriter(
-            lambda rows: self.db.record_discoveries(rows, [], keep=self.discovered_keep), "discovery-writer",
-            STAGE_GATHER, DISCOVERY_QUEUE)
+            lambda rows: self.db.record_discoveries(rows, [], keep=self.discovered_keep),
+            "discovery-writer",
+            STAGE_GATHER,
+            DISCOVERY_QUEUE,
+        )
         self.boot = BootAnswers(state, inventory)
         self.port = port
         self.sockets = [netif.udp_socket(self.link.name, port)]
@@ -109,8 +120,15 @@ class DhcpServer(Service):
         self._stopped.set()
         self.packets = {"received": 0, "answered": 0, "dropped": 0, "errors": 0, "shed": 0}
         self.reload(inventory)
-        log.info("listening", extra=kv(mode="proxy" if self.proxy else "full", interface=self.link.name,
-                                       address=self.link.address, server_id=self.server_ip))
+        log.info(
+            "listening",
+            extra=kv(
+                mode="proxy" if self.proxy else "full",
+                interface=self.link.name,
+                address=self.link.address,
+                server_id=self.server_ip,
+            ),
+        )
 
     def _advertiser(self) -> RouterAdvertiser | None:
         try:
@@ -127,8 +145,9 @@ class DhcpServer(Service):
     def reload(self, inventory: Inventory) -> None:
         """Take a new inventory; cached reply templates are dropped (rebuilt on demand)."""
         self.inventory = inventory
-        self.static = {i.mac: Static(n, i.ip, i.ip.packed)
-                       for n in inventory.nodes for i in n.interfaces if i.mac and i.ip}
+        self.static = {
+            i.mac: Static(n, i.ip, i.ip.packed) for n in inventory.nodes for i in n.interfaces if i.mac and i.ip
+        }
         self.known = {bytes.fromhex(mac.replace(":", "")) for mac in self.static}
         subnet = inventory.cluster.network.subnet
         self.subnet_bits = (int(subnet.network_address), int(subnet.netmask))
@@ -189,7 +208,9 @@ class DhcpServer(Service):
             self.ra.close()
         self.stages.close()
         self.discoveries.close()
-        log.info("stopped", extra=kv(**self.packets, **{f"discovered_{k}": v for k, v in self.discoveries.counts.items()}))
+        log.info(
+            "stopped", extra=kv(**self.packets, **{f"discovered_{k}": v for k, v in self.discoveries.counts.items()})
+        )
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -215,7 +236,9 @@ class DhcpServer(Service):
             answer = self.handle(data, peer, port)
         except wire.Malformed as e:
             self.packets["dropped"] += 1
-            log.warning("dropped a malformed packet", extra=repeated("dhcp malformed", peer=f"{peer[0]}:{peer[1]}", error=e))
+            log.warning(
+                "dropped a malformed packet", extra=repeated("dhcp malformed", peer=f"{peer[0]}:{peer[1]}", error=e)
+            )
             return
         except Exception:
             self.packets["errors"] += 1
@@ -252,8 +275,13 @@ class DhcpServer(Service):
         client = pxe.classify(req)
         if self.proxy:
             return self._proxy(req, client, peer, port)
-        handler: Callable = {wire.DISCOVER: self._discover, wire.REQUEST: self._request, wire.INFORM: self._inform,
-                             wire.RELEASE: self._release, wire.DECLINE: self._decline}[req.msgtype]
+        handler: Callable = {
+            wire.DISCOVER: self._discover,
+            wire.REQUEST: self._request,
+            wire.INFORM: self._inform,
+            wire.RELEASE: self._release,
+            wire.DECLINE: self._decline,
+        }[req.msgtype]
         return handler(req, client)
 
     def _destination(self, req: wire.Request, msgtype: int) -> tuple[str, int]:
@@ -281,12 +309,23 @@ class DhcpServer(Service):
             opts.append((17, f"{c.nfs.server}:{image_root(image, None)}".encode()))
         if kind == "lease":
             lt = self.lease_time
-            opts += [(51, lt.to_bytes(4, "big")), (58, (lt // 2).to_bytes(4, "big")),
-                     (59, (lt * 7 // 8).to_bytes(4, "big"))]
+            opts += [
+                (51, lt.to_bytes(4, "big")),
+                (58, (lt // 2).to_bytes(4, "big")),
+                (59, (lt * 7 // 8).to_bytes(4, "big")),
+            ]
         return opts
 
-    def _answer(self, req: wire.Request, client: pxe.Client, msgtype: int, kind: str,
-                ip: IPv4Address | None = None, node: Node | None = None, boot: pxe.Boot | None = None) -> bytes:
+    def _answer(
+        self,
+        req: wire.Request,
+        client: pxe.Client,
+        msgtype: int,
+        kind: str,
+        ip: IPv4Address | None = None,
+        node: Node | None = None,
+        boot: pxe.Boot | None = None,
+    ) -> bytes:
         """A reply of `kind` "lease" (OFFER/ACK with an address), "inform" (no address, no
         lease times) or "proxy" (boot information only, `boot` given) from a shared template.
         A booting client refused its boot file gets a lease without boot information."""
@@ -306,13 +345,18 @@ class DhcpServer(Service):
                 if vendor == b"PXEClient":
                     opts.append((43, pxe.PXE_VENDOR_OPTIONS))
             tmpl = self.templates[key] = reply.template(
-                msgtype, self.server_ip, siaddr=IPv4Address(self.master) if boot else None, options=opts)
+                msgtype, self.server_ip, siaddr=IPv4Address(self.master) if boot else None, options=opts
+            )
         extra = reply.tlv(12, node.name.encode()) if node is not None and kind != "proxy" else b""
-        return reply.finish(tmpl, req, yiaddr=ip.packed if ip is not None else wire.ZERO_IP,
-                            file=boot.file if boot else "", extra=extra + reply.echoes(req, client.boots))
+        return reply.finish(
+            tmpl,
+            req,
+            yiaddr=ip.packed if ip is not None else wire.ZERO_IP,
+            file=boot.file if boot else "",
+            extra=extra + reply.echoes(req, client.boots),
+        )
 
-    def _lease(self, req: wire.Request, client: pxe.Client, msgtype: int, ip: IPv4Address,
-               node: Node | None) -> Answer:
+    def _lease(self, req: wire.Request, client: pxe.Client, msgtype: int, ip: IPv4Address, node: Node | None) -> Answer:
         return self._answer(req, client, msgtype, "lease", ip, node), self._destination(req, msgtype)
 
     def _nak(self, req: wire.Request, why: str) -> Answer:
@@ -321,8 +365,9 @@ class DhcpServer(Service):
         if tmpl is None:
             tmpl = self.templates[("nak",)] = reply.template(wire.NAK, self.server_ip)
         flags = req.flags | 0x8000 if req.relayed else req.flags
-        return reply.finish(tmpl, req, extra=reply.echoes(req, False), ciaddr=wire.ZERO_IP, flags=flags), \
-            self._destination(req, wire.NAK)
+        return reply.finish(
+            tmpl, req, extra=reply.echoes(req, False), ciaddr=wire.ZERO_IP, flags=flags
+        ), self._destination(req, wire.NAK)
 
     def _unknown(self, req: wire.Request, client: pxe.Client) -> bool:
         """Record an unknown booting MAC; True when it is being adopted (the policy says auto
@@ -363,7 +408,11 @@ class DhcpServer(Service):
         if st is not None:
             if want != st.packed:
                 return self._nak(req, f"asked for {IPv4Address(want)}, its address is {st.ip}")
-            self.stages.note(st.node.name, "dhcp", f"{st.ip} {client.kind}" + (f" arch {client.arch}" if client.arch is not None else ""))
+            self.stages.note(
+                st.node.name,
+                "dhcp",
+                f"{st.ip} {client.kind}" + (f" arch {client.arch}" if client.arch is not None else ""),
+            )
             return self._lease(req, client, wire.ACK, st.ip, st.node)
         want_ip = IPv4Address(want)
         expected = self.pool.expected(req.mac)
@@ -382,8 +431,9 @@ class DhcpServer(Service):
         if req.ciaddr == wire.ZERO_IP:
             raise wire.Malformed("INFORM without ciaddr")
         st = self.static.get(req.mac)
-        return self._answer(req, client, wire.ACK, "inform", node=st.node if st else None), \
-            self._destination(req, wire.ACK)
+        return self._answer(req, client, wire.ACK, "inform", node=st.node if st else None), self._destination(
+            req, wire.ACK
+        )
 
     def _release(self, req: wire.Request, client: pxe.Client) -> None:
         if req.ciaddr != wire.ZERO_IP and not self.pool.release(req.mac, IPv4Address(req.ciaddr)):
@@ -414,7 +464,8 @@ class DhcpServer(Service):
         if req.msgtype == wire.DISCOVER and port != PROXY_PORT:
             msgtype = wire.OFFER
         elif req.msgtype in (wire.REQUEST, wire.INFORM) and (
-                port == PROXY_PORT or req.options.get(wire.OPT_SERVER_ID) == self.server_id):
+            port == PROXY_PORT or req.options.get(wire.OPT_SERVER_ID) == self.server_id
+        ):
             msgtype = wire.ACK
         else:
             return None

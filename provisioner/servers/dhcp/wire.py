@@ -17,8 +17,7 @@ MAX_PACKET = 4096  # bigger than any sane client message; larger datagrams are r
 
 BOOTREQUEST, BOOTREPLY = 1, 2
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
-MESSAGE_NAMES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK",
-                 7: "RELEASE", 8: "INFORM"}
+MESSAGE_NAMES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK", 7: "RELEASE", 8: "INFORM"}
 
 OPT_PAD, OPT_END, OPT_OVERLOAD, OPT_MSGTYPE = 0, 255, 52, 53
 OPT_REQUESTED_IP, OPT_SERVER_ID, OPT_HOSTNAME = 50, 54, 12
@@ -35,11 +34,35 @@ class Malformed(ValueError):
 class Request:
     """The fields of a client request the server looks at (raw bytes, as on the wire)."""
 
-    __slots__ = ("raw", "hops", "xid", "secs", "flags", "ciaddr", "yiaddr", "giaddr", "chaddr",
-                 "mac", "options", "msgtype")
+    __slots__ = (
+        "raw",
+        "hops",
+        "xid",
+        "secs",
+        "flags",
+        "ciaddr",
+        "yiaddr",
+        "giaddr",
+        "chaddr",
+        "mac",
+        "options",
+        "msgtype",
+    )
 
-    def __init__(self, raw: bytes, hops: int, xid: int, secs: int, flags: int, ciaddr: bytes, yiaddr: bytes,
-                 giaddr: bytes, chaddr: bytes, options: dict[int, bytes], msgtype: int):
+    def __init__(
+        self,
+        raw: bytes,
+        hops: int,
+        xid: int,
+        secs: int,
+        flags: int,
+        ciaddr: bytes,
+        yiaddr: bytes,
+        giaddr: bytes,
+        chaddr: bytes,
+        options: dict[int, bytes],
+        msgtype: int,
+    ):
         self.raw = raw
         self.hops = hops
         self.xid = xid
@@ -79,7 +102,7 @@ def _options(data: bytes, into: dict[int, bytes]) -> int:
         end = i + 2 + length
         if end > n:
             raise Malformed(f"option {code} claims {length} bytes, {n - i - 2} left")
-        value = data[i + 2:end]
+        value = data[i + 2 : end]
         into[code] = into[code] + value if code in into else value
         i = end
     else:
@@ -105,8 +128,9 @@ def parse(raw: bytes) -> Request:
         raise Malformed(f"{len(raw)} bytes is shorter than a BOOTP header ({HEADER.size})")
     if len(raw) > MAX_PACKET:
         raise Malformed(f"{len(raw)} bytes is longer than {MAX_PACKET}")
-    (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, _siaddr, giaddr, chaddr, sname, file,
-     cookie) = HEADER.unpack_from(raw)
+    (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, _siaddr, giaddr, chaddr, sname, file, cookie) = (
+        HEADER.unpack_from(raw)
+    )
     if op != BOOTREQUEST:
         raise Malformed(f"op code {op} is not BOOTREQUEST")
     if htype != 1 or hlen != 6:
@@ -116,7 +140,7 @@ def parse(raw: bytes) -> Request:
     if hops > 16:
         raise Malformed(f"{hops} relay hops")
     options: dict[int, bytes] = {}
-    overload = _options(raw[HEADER.size:], options)
+    overload = _options(raw[HEADER.size :], options)
     if overload & 1:
         _options(file, options)
     if overload & 2:
