@@ -22,16 +22,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from labs.flood import HttpFlood, Sampler, TftpFlood, drive, fds, rss_mb
-from labs.net import Lab
-from labs.serve import NODES, SERVER_IP, Serve, curl, write_site, write_state
-from labs.tftp import in_ns
-from provisioner.inventory.model import Limits
+from labs.flood import Flood, HttpFlood, Sampler, TftpFlood, drive, fds, rss_mb  # noqa: E402
+from labs.net import Lab  # noqa: E402
+from labs.serve import NODES, SERVER_IP, Serve, curl, write_site, write_state  # noqa: E402
+from labs.tftp import in_ns  # noqa: E402
+from provisioner.inventory.model import Limits  # noqa: E402
 
 HTTP_PORT, TFTP_PORT = 8080, 6969
 
@@ -78,7 +79,7 @@ def main() -> None:
             quiet = statistics.median(fetch_times(node, args.seconds))
             print(f"{'run':<22} {'flood held':>18} {'client fetch':>14} {'peak MB':>8} {'peak fds':>9}  attacker got")
             print(f"{'quiet':<22} {'-':>18} {quiet:>12.3f} s {rss_mb(pid):>8.0f} {fds(pid):>9}")
-            floods = {
+            floods: dict[str, Callable[[], list[Flood]]] = {
                 "tftp": lambda: [
                     TftpFlood(attacker, (SERVER_IP, TFTP_PORT), "images/img1/initramfs.img", rate=args.rate)
                 ],

@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def _fsync_dir(path: Path) -> None:
@@ -25,7 +25,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: int = 0o644, binary: bool = True) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike[str], mode: int = 0o644, binary: bool = True) -> Iterator[IO[Any]]:
     """Yield a temp file beside `path`; on clean exit fsync it and rename it over `path`.
 
     On an exception (or a kill) the temp file is removed or left as a dot-file, and `path`
@@ -48,12 +48,12 @@ def atomic_open(path: str | os.PathLike, mode: int = 0o644, binary: bool = True)
         raise
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644) -> None:
     with atomic_open(path, mode=mode, binary=isinstance(data, bytes)) as f:
         f.write(data)
 
 
-def write_new(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
+def write_new(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
     """A new file, made with `mode` (by default only root can read it); fails if it exists,
     since callers write into folders no reader sees until they are complete."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -63,7 +63,7 @@ def write_new(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
         os.close(fd)
 
 
-def private_dir(path: str | os.PathLike) -> Path:
+def private_dir(path: str | os.PathLike[str]) -> Path:
     """`path` as a folder only root can enter: made 0700 (missing parents 0755), or tightened
     to 0700 if an older version left it open. Everything a secret passes through lives below
     one of these, so a file's own mode is never the only guard."""
@@ -78,7 +78,7 @@ def private_dir(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike) -> Iterator[None]:
+def locked(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive flock on `path`.lock for the duration (serialises CLI edits)."""
     lock = Path(f"{path}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)

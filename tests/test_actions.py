@@ -19,6 +19,7 @@ from provisioner.actions import discovery, images, overlays, slurm, status
 from provisioner.actions.context import Context
 from provisioner.artifacts import images as image_store
 from provisioner.artifacts import layout
+from provisioner.artifacts.slurm_config import ApplyResult
 from provisioner.errors import UserError
 from provisioner.logs import FIELDS
 from provisioner.nodestate import NodeStateDB
@@ -88,7 +89,7 @@ def test_a_failed_override_build_saves_nothing(ctx):
     overlays.save_override(ctx, node, "etc/motd.j2", b"hello {{ node.name }}\n")
     assert overlays.editable(ctx, node, "etc/motd.j2")[1] == b"hello {{ node.name }}\n"  # the override, raw
     assert {e.path: e.data for e in overlays.render_node(ctx, node)}["etc/motd"] == b"hello node01\n"
-    with pytest.raises(UserError, match="not saved: .*no_such_variable"):
+    with pytest.raises(UserError, match=r"not saved: .*no_such_variable"):
         overlays.save_override(ctx, node, "etc/motd.j2", b"{{ no_such_variable }}\n")
     assert (ctx.site.node_overrides("node01") / "etc" / "motd.j2").read_bytes() == b"hello {{ node.name }}\n"
     with pytest.raises(UserError, match="not a path inside"):
@@ -144,7 +145,8 @@ def test_apply_slurm_takes_facts_and_the_watch_keeps_trying(ctx, tmp_path):
 
     # The watch: each round reads the inventory and facts again; a refusing slurmctld is
     # reported and tried again; a round that changes nothing says nothing.
-    applied, errors = [], []
+    applied: list[ApplyResult] = []
+    errors: list[str] = []
     stop = threading.Event()
     rounds = threading.Semaphore(0)
 
@@ -221,7 +223,10 @@ def test_auto_adopter_takes_at_most_the_rate_and_answers_for_pending_macs(ctx, c
     assert [fresh.inventory().by_mac(m).name for m in macs[:2]] == ["new1", "new2"]
     assert fresh.inventory().by_mac(macs[2]) is None
     assert not adopter(macs[2], 2) and adopter(macs[2], 3)  # the rate read at each call
-    failed = lambda: [getattr(r, FIELDS) for r in caplog.records if r.getMessage() == "could not adopt"]
+
+    def failed() -> list[dict[str, object]]:
+        return [getattr(r, FIELDS) for r in caplog.records if r.getMessage() == "could not adopt"]
+
     while not failed() and time.time() < deadline:
         time.sleep(0.1)
     assert "no free address left in 10.77.0.50-10.77.0.51" in str(failed()[0]["error"])  # a log line, no crash

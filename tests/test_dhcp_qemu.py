@@ -32,7 +32,7 @@ def boot(lab, tmp_path, firmware: str, mac: str) -> str:
     (www / "boot" / f"{MACS[0]}.ipxe").write_text("#!ipxe\necho provisioner-script-reached\nshell\n")
     lab.server.popen(
         [sys.executable, "-m", "http.server", "8080", "--bind", SERVER_IP, "--directory", str(www)],
-        stdout=open(tmp_path / "http.log", "w"),
+        log=tmp_path / "http.log",
         stderr=subprocess.STDOUT,
     )
     if firmware == "uefi-pxe":  # OVMF's own PXE (arch 7), then snponly.efi over TFTP
@@ -41,7 +41,7 @@ def boot(lab, tmp_path, firmware: str, mac: str) -> str:
         shutil.copy("/usr/lib/ipxe/snponly.efi", tftp)
         lab.server.popen(
             ["in.tftpd", "-L", "-s", str(tftp), "-a", f"{SERVER_IP}:69"],
-            stdout=open(tmp_path / "tftp.log", "w"),
+            log=tmp_path / "tftp.log",
             stderr=subprocess.STDOUT,
         )
     # "bios-ipxe-rom": qemu's e1000 option ROM is iPXE itself, user class iPXE at once

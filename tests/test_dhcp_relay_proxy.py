@@ -33,7 +33,7 @@ def test_relayed_request_via_dhcrelay_with_option_82(lab, tmp_path):
         # -a adds option 82 and -D drops replies whose option 82 is not the one it sent
         relay.popen(
             ["dhcrelay", "-4", "-d", "-a", "-D", "-id", "down0", "-iu", "eth0", SERVER_IP],
-            stdout=open(tmp_path / "relay.log", "w"),
+            log=tmp_path / "relay.log",
         )
         time.sleep(0.5)
         got = udhcpc(client, tmp_path, "-V", "PXEClient:Arch:00000:UNDI:002001", "-O", "rootpath")
@@ -81,7 +81,7 @@ def test_proxydhcp_beside_dnsmasq(lab, tmp_path):
             f"--dhcp-leasefile={tmp_path / 'dnsmasq.leases'}",
             f"--pid-file={tmp_path / 'dnsmasq.pid'}",
         ],
-        stdout=open(tmp_path / "dnsmasq.log", "w"),
+        log=tmp_path / "dnsmasq.log",
     )
     write_site(tmp_path / "site", mode="proxy")
     server = Server(lab, tmp_path / "site", tmp_path / "state").start()

@@ -3,6 +3,8 @@ concatenation, PXE classification, and fuzzing (nothing but Malformed ever escap
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,10 +13,11 @@ from scapy.layers.dhcp import BOOTP, DHCP
 from provisioner.servers.dhcp import pxe, reply, wire
 
 MAC = bytes.fromhex("525400aa0001")
+SERVER = IPv4Address("10.0.0.1")
 
 
 def request(options: list, **bootp) -> bytes:
-    return bytes(BOOTP(chaddr=MAC, xid=0x1234, **bootp) / DHCP(options=options + ["end"]))
+    return bytes(BOOTP(chaddr=MAC, xid=0x1234, **bootp) / DHCP(options=[*options, "end"]))
 
 
 def test_parse_reads_header_and_options():
@@ -61,11 +64,11 @@ def test_classify(options, kind, arch):
 
 def test_long_boot_url_goes_to_option_67():
     req = wire.parse(request([("message-type", "discover")]))
-    tmpl = reply.template(wire.OFFER, "10.0.0.1")
+    tmpl = reply.template(wire.OFFER, SERVER)
     url = "http://10.0.0.1/" + "x" * 200
     out = BOOTP(reply.finish(tmpl, req, file=url))
     assert out.file.rstrip(b"\0") == b""
-    assert dict(o for o in out[DHCP].options if isinstance(o, tuple))["boot-file-name"] == url.encode()
+    assert {o[0]: o[1] for o in out[DHCP].options if isinstance(o, tuple)}["boot-file-name"] == url.encode()
     assert out.xid == 0x1234 and out.chaddr[:6] == MAC and len(bytes(out)) >= reply.MIN_REPLY
 
 
@@ -87,4 +90,4 @@ def test_fuzzed_packets_only_ever_raise_malformed(noise, at, patch):
         except wire.Malformed:
             continue
         pxe.classify(req)
-        reply.finish(reply.template(wire.ACK, "10.0.0.1"), req, extra=reply.echoes(req, True))
+        reply.finish(reply.template(wire.ACK, SERVER), req, extra=reply.echoes(req, True))

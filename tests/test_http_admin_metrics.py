@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from labs.serve import IMAGE, NODES, Serve, curl, write_site, write_state
+from labs.serve import IMAGE, NODES, Serve, curl, http_code, write_site, write_state
 from provisioner.nodestate import NodeStateDB
 
 pytestmark = pytest.mark.netns
@@ -26,15 +26,14 @@ def test_admin_needs_localhost_or_token(lab, cli):
     token_file.write_text("s3cret-token\n")
     with Serve(lab, cli) as srv:
         n2 = lab.host(ip=NODES["node02"][0])
-        code = lambda ns, *a: curl(ns, "-o", "/dev/null", "-w", "%{http_code}", *a).stdout
-        assert code(n2, f"{srv.url}/api/v1/nodes") == "403"
-        assert code(n2, "-H", "Authorization: Bearer wrong", f"{srv.url}/api/v1/nodes") == "403"
+        assert http_code(n2, f"{srv.url}/api/v1/nodes") == "403"
+        assert http_code(n2, "-H", "Authorization: Bearer wrong", f"{srv.url}/api/v1/nodes") == "403"
         srv.wait_log("admin endpoint refused")
         nodes = json.loads(curl(n2, "-H", "Authorization: Bearer s3cret-token", f"{srv.url}/api/v1/nodes").stdout)
         assert [n["node"] for n in nodes] == ["node01", "node02"]
         # On the server itself no token is needed.
         assert (
-            code(
+            http_code(
                 lab.server,
                 "-X",
                 "POST",
@@ -47,19 +46,21 @@ def test_admin_needs_localhost_or_token(lab, cli):
             == "200"
         )
         assert (
-            code(lab.server, "-X", "POST", "--data-binary", '{"stage": "x"}', f"{srv.url}/api/v1/nodes/node09/stage")
+            http_code(
+                lab.server, "-X", "POST", "--data-binary", '{"stage": "x"}', f"{srv.url}/api/v1/nodes/node09/stage"
+            )
             == "404"
         )
         steps = json.loads(curl(lab.server, f"{srv.url}/api/v1/nodes/node02/timeline").stdout)
         assert [(s["stage"], s["detail"]) for s in steps] == [("maintenance", "disk swap")]
         token_file.write_text("rotated\n")  # a reload picks up a new token
         mark = len(srv.lines)
-        assert code(lab.server, "-X", "POST", f"{srv.url}/api/v1/reload") == "202"
+        assert http_code(lab.server, "-X", "POST", f"{srv.url}/api/v1/reload") == "202"
         srv.wait_log("msg=reloaded", after=mark)
-        assert code(n2, "-H", "Authorization: Bearer s3cret-token", f"{srv.url}/api/v1/nodes") == "403"
-        assert code(n2, "-H", "Authorization: Bearer rotated", f"{srv.url}/api/v1/nodes") == "200"
-        assert code(n2, "-X", "POST", f"{srv.url}/api/v1/reload") == "403"
-        assert code(lab.server, "-X", "POST", f"{srv.url}/api/v1/reload") == "202"
+        assert http_code(n2, "-H", "Authorization: Bearer s3cret-token", f"{srv.url}/api/v1/nodes") == "403"
+        assert http_code(n2, "-H", "Authorization: Bearer rotated", f"{srv.url}/api/v1/nodes") == "200"
+        assert http_code(n2, "-X", "POST", f"{srv.url}/api/v1/reload") == "403"
+        assert http_code(lab.server, "-X", "POST", f"{srv.url}/api/v1/reload") == "202"
         srv.wait_log("msg=reloaded")
 
 

@@ -12,6 +12,7 @@ from labs.serve import (
     Serve,
     auth,
     curl,
+    http_code,
     plant,
     sha256,
     write_site,
@@ -40,7 +41,7 @@ def node_ns(lab, name):
 
 def headers_of(text):
     lines = text.replace("\r", "").split("\n")
-    return lines[0], {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if ":" in l)}
+    return lines[0], {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ":" in ln)}
 
 
 def test_ipxe_script_by_mac_and_by_address(lab, served):
@@ -72,7 +73,7 @@ def test_kernel_and_initramfs_range_head_etag(lab, served):
     part = n1.run(["sh", "-c", f"curl -sS --noproxy '*' -r 1000-1999 -D /dev/stderr {url} | sha256sum"])
     assert part.stdout.split()[0] == sha256(body[1000:2000])
     assert "206" in part.stderr and f"bytes 1000-1999/{len(body)}" in part.stderr
-    tail = curl(n1, "-r", "-100", url, "-o", "/tmp/tail-%s" % lab.tag, "-w", "%{http_code}").stdout
+    tail = curl(n1, "-r", "-100", url, "-o", f"/tmp/tail-{lab.tag}", "-w", "%{http_code}").stdout
     assert tail == "206"
     assert n1.run(["sha256sum", f"/tmp/tail-{lab.tag}"]).stdout.split()[0] == sha256(body[-100:])
     n1.run(["rm", "-f", f"/tmp/tail-{lab.tag}"])
@@ -93,7 +94,10 @@ def test_kernel_and_initramfs_range_head_etag(lab, served):
 def test_unknown_nodes_get_404_and_a_log_line(lab, served):
     srv, _ = served
     stranger = lab.host(ip="10.99.0.77", mac="52:54:00:ee:ee:ee")
-    code = lambda path: curl(stranger, "-o", "/dev/null", "-w", "%{http_code}", srv.url + path).stdout
+
+    def code(path: str) -> str:
+        return http_code(stranger, srv.url + path)
+
     assert code("/boot/52:54:00:ee:ee:ee.ipxe") == "404"
     srv.wait_log("mac=52:54:00:ee:ee:ee")
     assert code("/boot/ipxe") == "404"
@@ -112,15 +116,14 @@ def test_overlay_secrets_only_to_the_node_from_a_privileged_port(lab, served):
     srv, files = served
     n1, n2 = node_ns(lab, "node01"), node_ns(lab, "node02")
     url1 = f"{srv.url}/overlays/node01.cpio.gz"
-    code = lambda ns, *a: curl(ns, "-o", "/dev/null", "-w", "%{http_code}", *a).stdout
 
     got = n1.run(["sh", "-c", f"curl -sS --noproxy '*' --local-port 700-900 {url1} | sha256sum"])
     assert got.stdout.split()[0] == sha256(files["/overlays/node01.cpio.gz"])
-    assert code(n1, url1) == "403"  # right node, unprivileged port
+    assert http_code(n1, url1) == "403"  # right node, unprivileged port
     srv.wait_log("secret refused: unprivileged source port")
-    assert code(n2, *PRIV, url1) == "403"  # another node, privileged port
+    assert http_code(n2, *PRIV, url1) == "403"  # another node, privileged port
     srv.wait_log("not the node's address")
-    assert code(n2, *PRIV, f"{srv.url}/overlays/node02.cpio.gz") == "200"
+    assert http_code(n2, *PRIV, f"{srv.url}/overlays/node02.cpio.gz") == "200"
 
 
 def test_insecure_mode_allows_unprivileged_port_but_still_checks_address(lab, cli):
@@ -137,21 +140,12 @@ def test_node_api_authenticated_like_secrets(lab, served, cli):
     srv, _ = served
     n1 = node_ns(lab, "node01")
     stranger = lab.host(ip="10.99.0.78")
-    post = lambda ns, path, body, *a: (
-        curl(
-            ns,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            *a,
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            body,
-            f"{srv.url}/api/v1/{path}",
-        ).stdout
-    )
+
+    def post(ns, path: str, body: str, *a: str) -> str:
+        return http_code(
+            ns, *a, "-H", "Content-Type: application/json", "--data-binary", body, f"{srv.url}/api/v1/{path}"
+        )
+
     me = (*PRIV, *auth("node01"))  # the node's credential: test_node_credentials.py refuses the rest
     assert post(n1, "stage", '{"stage": "nfs", "detail": "mounted"}', *me) == "200"
     assert post(n1, "stage", '{"stage": "nfs"}', *auth("node01")) == "403"
@@ -200,9 +194,10 @@ def test_boot_tree_over_http(lab, served, cli):
     (cli.state / "boot" / "ipxe.efi").write_bytes(b"MZ" + b"\0" * 5000)
     plant(layout.grub_config(State(cli.state), "node01"), b"menuentry node01 {}\n")
     n1, n2 = node_ns(lab, "node01"), node_ns(lab, "node02")
-    code = lambda ns, *a: (
-        curl(ns, "-o", "/dev/null", "-w", "%{http_code} %{size_download}", *a[:-1], srv.url + a[-1]).stdout
-    )
+
+    def code(ns, *a: str) -> str:
+        return curl(ns, "-o", "/dev/null", "-w", "%{http_code} %{size_download}", *a[:-1], srv.url + a[-1]).stdout
+
     assert code(n2, "/boot/ipxe.efi") == "200 5002"
     assert curl(n1, f"{srv.url}/boot/grub.cfg").stdout == "menuentry node01 {}\n"
     assert code(n2, "/boot/grub.cfg").startswith("404")  # node02 has none rendered

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.netns
 
 
 def metric(text, prefix):
-    return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(prefix))
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(prefix))
 
 
 def test_dhcp_tftp_http_in_one_process(lab, cli):

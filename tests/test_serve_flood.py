@@ -26,7 +26,7 @@ from labs.serve import (
     write_state,
 )
 from labs.tftp import in_ns, sha
-from provisioner.logs import Collapse, repeated
+from provisioner.logs import FIELDS, Collapse, repeated
 
 pytestmark = pytest.mark.netns
 
@@ -74,7 +74,7 @@ def test_collapse_lets_one_line_per_interval_out_with_a_count():
     assert f.filter(rec(None))  # an ordinary event is never held back
     time.sleep(0.35)
     later = rec("busy")
-    assert f.filter(later) and later.kv == {"client": "10.0.0.9", "count": 1000}
+    assert f.filter(later) and getattr(later, FIELDS) == {"client": "10.0.0.9", "count": 1000}
 
 
 def test_tftp_request_flood_is_refused_beyond_the_caps_and_dead_transfers_end(lab, cli):
@@ -96,7 +96,7 @@ def test_tftp_request_flood_is_refused_beyond_the_caps_and_dead_transfers_end(la
                 == "200"
             )
             refused = lines(srv, "logger=tftp", "msg=refused")
-            assert 1 <= len(refused) <= os.cpu_count(), refused
+            assert 1 <= len(refused) <= (os.cpu_count() or 1), refused
             # The held transfers were never acknowledged: gone within a few client timers,
             # not the 34 minutes timeout=255 used to buy.
             gone = wait_for(lambda: fds(pid, "socket") <= base, 45, "transfers still open")

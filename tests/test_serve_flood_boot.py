@@ -12,7 +12,7 @@ import pytest
 
 from labs.busyroot import console_values
 from labs.flood import HttpFlood, Sampler, TftpFlood, fds
-from labs.pxe import HTTP_PORT, PxeLab, site_yaml
+from labs.pxe import HTTP_PORT, PxeLab, pxe_site
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 
@@ -36,9 +36,7 @@ def timed_boot(pxe: PxeLab) -> float:
 def test_a_node_boots_under_a_flood_in_less_than_twice_its_time(lab, cli, tmp_path):
     pxe = PxeLab(lab, cli, tmp_path / "pxe", INIT)
     try:
-        pxe.start(
-            site_yaml({"node01": MAC}, '    boot_files: {bios: pxelinux.0, ipxe: "tftp://10.99.0.1/pxelinux.0"}\n')
-        )
+        pxe.start(pxe_site({"node01": MAC}, boot_files={"bios": "pxelinux.0", "ipxe": "tftp://10.99.0.1/pxelinux.0"}))
         assert pxe.serve is not None
         pid = pxe.serve.proc.pid
         attacker = lab.host(ip="10.99.0.66")

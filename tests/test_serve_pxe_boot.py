@@ -66,6 +66,7 @@ def test_pxe_boot_through_serve_shows_every_stage_and_a_rebuild_needs_no_nfs_rel
 
         # Rebuild: a new root (another marker) while serve and nfs-ganesha run on untouched.
         (src / "etc" / "image-file").write_text("from-v2\n")
+        assert nfs.proc is not None
         conf, pid = nfs.conf.read_bytes(), nfs.proc.pid
         seen = len(NodeStateDB(state.db).transfers("node01"))
         assert "1 node(s) now boot tiny v2" in cli("image", "import", "tiny", src).stdout

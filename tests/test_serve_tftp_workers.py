@@ -27,7 +27,9 @@ def tftp_ok(line: str) -> bool:
 
 def worker_pids(srv) -> list[int]:
     line = srv.wait_log("logger=tftp msg=workers")
-    return [int(p) for p in re.search(r"pids=([\d,]+)", line).group(1).split(",")]
+    pids = re.search(r"pids=([\d,]+)", line)
+    assert pids, line
+    return [int(p) for p in pids.group(1).split(",")]
 
 
 def fetch_all(ns, path: str, n: int) -> list[str]:
@@ -76,7 +78,7 @@ def test_workers_share_the_port_follow_reloads_and_stop_with_serve(lab, cli):
             assert time.time() < deadline, "\n".join(srv.lines)
             time.sleep(0.05)
         served = [ln for ln in srv.lines if tftp_ok(ln) and f"path=images/{IMAGE}/vmlinuz" in ln]
-        by = {re.search(r"worker=(\d+)", ln).group(1) if "worker=" in ln else "serve" for ln in served}
+        by = {m.group(1) if (m := re.search(r"worker=(\d+)", ln)) else "serve" for ln in served}
         assert by == {"serve", *map(str, workers)}, served
         deadline = time.time() + 10
         while len([t for t in NodeStateDB(State(cli.state).db).transfers() if t["outcome"] == "ok"]) < CLIENTS:

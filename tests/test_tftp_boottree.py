@@ -4,6 +4,7 @@ and `provisioner boot install` from the Debian packages."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -99,7 +100,8 @@ def test_static_tree_is_a_directory_server(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "f").write_text("f")
     static = StaticTree(tmp_path)
-    assert static("1.2.3.4", "sub/f").read_text() == "f"
+    found = static("1.2.3.4", "sub/f")
+    assert found is not None and found.read_text() == "f"
     assert static("1.2.3.4", "sub") is None
     assert clean_path("./a//b/") == "a/b"
 
@@ -136,7 +138,7 @@ def test_boot_install_copies_the_debian_bootloaders(cli):
         "efi64/ldlinux.e64",
     ):
         assert (boot / name).is_file(), name
-    assert (boot / "undionly.kpxe").read_bytes() == open("/usr/lib/ipxe/undionly.kpxe", "rb").read()
+    assert (boot / "undionly.kpxe").read_bytes() == Path("/usr/lib/ipxe/undionly.kpxe").read_bytes()
     assert "installed" in res.stdout
     again = cli("boot", "install")
     assert "installed" not in again.stdout.replace("unchanged", "")

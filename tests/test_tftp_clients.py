@@ -31,7 +31,7 @@ def served(lab, cli, tmp_path):
     os.chmod(tmp_path, 0o755)
     proc = lab.server.popen(
         [cli.exe, "tftp", "--root", str(root), "--listen", lab.server_ip, "-v"],
-        stdout=open(tmp_path / "server.log", "w"),
+        log=tmp_path / "server.log",
     )
     deadline = time.time() + 10
     while ":69 " not in lab.server.run(["ss", "-uln"]).stdout:

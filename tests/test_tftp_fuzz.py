@@ -82,9 +82,10 @@ def test_garbage_never_stops_the_server(lab, tmp_path, caplog):
         s2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s2.settimeout(3)
         s2.sendto(rrq("f", blksize=1000), SRV)
-        oack, tid = s2.recvfrom(2000)
+        _, tid = s2.recvfrom(2000)
         hostile = [p for p in packets[:500] if p[:2] != b"\0\x05"]  # an ERROR ends it, rightly
-        for p in hostile + [
+        for p in [
+            *hostile,
             b"",
             b"\0",
             b"\0\x04",

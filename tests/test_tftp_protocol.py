@@ -59,7 +59,7 @@ def test_no_options_means_no_oack(env):
 
 
 def test_oack_names_only_the_options_asked_for(env):
-    client, files, *_ = env
+    client, *_ = env
     assert parse_oack(in_ns(client, first_reply, rrq("a.bin", tsize=0))) == {"tsize": "200000"}
     reply = in_ns(client, first_reply, rrq("a.bin", BLKSIZE=1468, timeout=2, windowsize=4, foo=1))
     assert parse_oack(reply) == {"blksize": "1468", "timeout": "2", "windowsize": "4"}
@@ -88,21 +88,21 @@ def test_windowsize_transfers_are_exact(env, window):
 
 
 def test_block_numbers_roll_over_past_65535(env):
-    client, files, root, *_ = env
+    client, _, root, *_ = env
     big = os.urandom(8 * 70_000 + 3)  # 70,001 blocks of 8 bytes
     (root / "roll.bin").write_bytes(big)
-    data, oack, _ = in_ns(client, fetch, SRV, "roll.bin", blksize=8, windowsize=64)
+    data, _, _ = in_ns(client, fetch, SRV, "roll.bin", blksize=8, windowsize=64)
     assert sha(data) == sha(big)
 
 
 def test_duplicate_ack_does_not_duplicate_data(env):
     """Answering each duplicate ACK at once is the sorcerer's apprentice bug."""
-    client, files, *_ = env
+    client, *_ = env
 
     def run():
         s = udp()
         s.sendto(rrq("a.bin", timeout=5), SRV)
-        oack, tid = s.recvfrom(2000)
+        _, tid = s.recvfrom(2000)
         s.sendto(ack(0), tid)
         assert s.recvfrom(2000)[0][:4] == b"\0\x03\0\x01"
         s.sendto(ack(1), tid)
@@ -125,7 +125,7 @@ def test_unknown_tid_gets_error_5_and_the_transfer_goes_on(env):
     def run():
         s = udp()
         s.sendto(rrq("a.bin", blksize=1000), SRV)
-        oack, tid = s.recvfrom(2000)
+        _, tid = s.recvfrom(2000)
         stranger = udp()
         stranger.sendto(ack(0), tid)
         err, src = stranger.recvfrom(2000)
@@ -185,7 +185,7 @@ def test_a_client_silent_for_longer_than_its_timer_still_finishes(lab, tmp_path)
 def test_vanished_client_is_cleaned_up_and_recorded(env, last_ack):
     """A client gone after the OACK is a timeout; one gone after every block with only the
     final ACK missing most likely has the file (that ACK is never resent), and says so."""
-    client, files, root, st, dbpath = env
+    client, _, _, st, dbpath = env
 
     def run():
         s = udp()
@@ -220,7 +220,7 @@ def tsize_probe(name: str) -> dict[str, str]:
 
 
 def test_stats_reach_the_node_state_store(env):
-    client, files, root, st, dbpath = env
+    client, _, _, st, dbpath = env
     in_ns(client, fetch, SRV, "a.bin", blksize=1468)
     in_ns(client, first_reply, rrq("missing.bin"))
     assert in_ns(client, tsize_probe, "one.bin") == {"tsize": "100"}
@@ -241,7 +241,7 @@ def test_stats_reach_the_node_state_store(env):
 
 
 def test_write_requests_and_escaping_paths_are_refused_and_logged(env, caplog):
-    client, files, root, *_ = env
+    client, _, root, *_ = env
     outside = root.parent / "secret.txt"
     outside.write_text("secret")
     (root / "link").symlink_to(outside)

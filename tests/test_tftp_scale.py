@@ -10,6 +10,7 @@ import selectors
 import socket
 import struct
 import time
+from typing import Any, cast
 
 import pytest
 
@@ -56,7 +57,7 @@ def open_all(n: int, name: str, blksize: int) -> tuple[list[socket.socket], dict
 def finish_all(socks: list[socket.socket], tids: dict, blksize: int) -> list[bytes]:
     n = len(socks)
     sel = selectors.DefaultSelector()
-    state = {}
+    state: dict[socket.socket, list[Any]] = {}
     for s in socks:
         sel.register(s, selectors.EVENT_READ)
         state[s] = [1, []]
@@ -66,7 +67,7 @@ def finish_all(socks: list[socket.socket], tids: dict, blksize: int) -> list[byt
     while done < n:
         assert time.time() < deadline, f"{done} of {n} transfers finished"
         for key, _ in sel.select(1):
-            s = key.fileobj
+            s = cast(socket.socket, key.fileobj)
             try:
                 pkt = s.recv(70000)
             except BlockingIOError:

@@ -172,7 +172,7 @@ class ArchiveWriter:
     of its own, compressed once and reused (a gzip file may be a series of members)."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple, tuple[list[FileEntry], bytes]] = {}
+        self._cache: dict[tuple[int, ...], tuple[list[FileEntry], bytes]] = {}
 
     def archive(self, entries: list[FileEntry]) -> bytes:
         parts: list[bytes] = []

@@ -239,7 +239,7 @@ def ensure_secrets(
     (root / "ssh").mkdir(mode=0o700, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
         results = pool.map(lambda n: _ensure_node_ssh(root, ca, inventory.cluster, n), todo)
-        made += [node_ssh_dir(n.name) for n, changed in zip(todo, results) if changed]
+        made += [node_ssh_dir(n.name) for n, changed in zip(todo, results, strict=True) if changed]
     return made
 
 
@@ -260,10 +260,10 @@ def regenerate_ssh(state: State, inventory: Inventory, nodes: Iterable[Node]) ->
     return ensure_secrets(state, inventory, nodes)
 
 
-def stamp(state: State, node: str) -> tuple:
+def stamp(state: State, node: str) -> tuple[int | tuple[()], ...]:
     """Changes whenever a secret this node may receive changes: every file lands by rename, so
     the stat of the node's key directory and of the top-level files is enough (no reads)."""
-    out: tuple = ()
+    out: tuple[int | tuple[()], ...] = ()
     for rel in (node_ssh_dir(node), node_credential(node)):
         try:
             st = os.stat(f"{secrets_dir(state)}/{rel}")
@@ -273,7 +273,7 @@ def stamp(state: State, node: str) -> tuple:
     return out
 
 
-def shared_stamp(state: State) -> tuple:
+def shared_stamp(state: State) -> tuple[tuple[str, int, int, int], ...]:
     """The part of every node's stamp that is common: the top-level secret files."""
     root = secrets_dir(state)
     if not root.exists():

@@ -41,7 +41,7 @@ def echo_table(headers: list[str], rows: list[list[Any]]) -> None:
     cells = [[str(h).upper() for h in headers]] + [["-" if v is None or v == "" else str(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)).rstrip())
 
 
 @contextmanager

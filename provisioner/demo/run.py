@@ -55,6 +55,10 @@ printf '%s\\n' "host $n" "machine-id $mid" "$o" "$m"
 """
 
 
+# The default `Demo.echo`: progress lines appear as they happen, even through a pipe.
+PRINT: Callable[[str], None] = functools.partial(print, flush=True)
+
+
 @dataclass
 class Demo:
     work: Path
@@ -62,7 +66,7 @@ class Demo:
     timeout: float = 600
     mirror: str | None = None
     kernel_args: tuple[str, ...] = ()
-    echo: Callable[[str], None] = functools.partial(print, flush=True)
+    echo: Callable[[str], None] = PRINT
     t0: float = field(default_factory=time.monotonic)
     sup: Supervisor = field(init=False)
     net: DemoNet | None = None
@@ -213,7 +217,7 @@ class Demo:
     def boot_vms(self, inv: Inventory) -> None:
         assert self.net is not None
         self.booted_at = time.time()
-        for i, node in enumerate(inv.nodes, start=1):
+        for node in inv.nodes:
             tap = self.net.add_tap()
             console = self.logs / f"{node.name}-console.log"
             assert node.mac is not None  # the demo's site gives every node one
@@ -242,7 +246,7 @@ class Demo:
                 if proc.popen.poll() is not None and proc.name != "slurm-apply":
                     raise DemoFailure(f"{proc.name} exited with status {proc.popen.returncode}:\n{proc.tail()}")
             time.sleep(1)
-        last = {n: (db.timeline(n) or [{"stage": "none"}])[-1]["stage"] for n in seen}
+        last = {n: events[-1]["stage"] if (events := db.timeline(n)) else "none" for n in seen}
         consoles = "\n".join(f"{n} console:\n{self._tail(self.logs / f'{n}-console.log')}" for n in seen)
         raise DemoFailure(
             f"nodes not idle after {self.timeout:.0f} s; last stages {last}; sinfo {self.sinfo()}\n"
@@ -319,13 +323,13 @@ class Demo:
         for lines in tasks.values():
             text = "\n".join(lines)
             host = re.search(r"^host (\S+)", text, re.M)
-            facts = {
+            found = {
                 "machine-id": re.search(r"^machine-id ?(.*)", text, re.M),
                 "openmpi": re.search(r"^mpirun \(Open MPI\) (\S+)", text, re.M),
                 "mpich": re.search(r"^MPICH Version:\s*(\S+)", text, re.M),
             }
             if host:
-                got[host.group(1)] = {k: v.group(1).strip() for k, v in facts.items() if v}
+                got[host.group(1)] = {k: m.group(1).strip() for k, m in found.items() if m}
         problems = []
         for name, ip in names.items():
             facts = got.get(name, {})

@@ -11,7 +11,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from .tftp import ack, enter_netns, rrq
 
@@ -80,7 +80,7 @@ def drive(server: tuple[str, int], name: str, blksizes: list[int]) -> list[bytes
     """One transfer per block size at once, windowsize 16, each read to the end (block
     sizes within the MTU): the files as received."""
     sel = selectors.DefaultSelector()
-    state = {}
+    state: dict[socket.socket, list[Any]] = {}
     for b in blksizes:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 4 << 20)
@@ -92,7 +92,7 @@ def drive(server: tuple[str, int], name: str, blksizes: list[int]) -> list[bytes
     while done < len(blksizes):
         assert time.time() < deadline, f"{done} of {len(blksizes)} transfers finished"
         for key, _ in sel.select(1):
-            s = key.fileobj
+            s = cast(socket.socket, key.fileobj)
             try:
                 pkt, tid = s.recvfrom(70000)
             except BlockingIOError:

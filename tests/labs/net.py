@@ -14,6 +14,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
 
 from provisioner.demo.netns import end_processes_in, netns_pids
 
@@ -50,12 +51,17 @@ class Netns:
             cmd = ["sh", "-c", cmd]
         return sh(self.prefix(cmd), check=check, **kw)
 
-    def popen(self, cmd: Sequence[str] | str, **kw) -> subprocess.Popen:
+    def popen(self, cmd: Sequence[str] | str, log: Path | None = None, **kw) -> subprocess.Popen:
+        """Start `cmd` in the namespace; its output goes to a pipe, or with `log` to that file
+        (the child holds its own descriptor, so ours is closed at once)."""
         if isinstance(cmd, str):
             cmd = ["sh", "-c", cmd]
-        kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.STDOUT)
-        return subprocess.Popen(self.prefix(cmd), start_new_session=True, **kw)
+        if log is None:
+            kw.setdefault("stdout", subprocess.PIPE)
+            return subprocess.Popen(self.prefix(cmd), start_new_session=True, **kw)
+        with open(log, "w") as out:
+            return subprocess.Popen(self.prefix(cmd), start_new_session=True, stdout=out, **kw)
 
     def pids(self) -> list[int]:
         return netns_pids(self.name)

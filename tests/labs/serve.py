@@ -153,3 +153,8 @@ class Serve:
 def curl(ns, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """curl in a client namespace; -sS and no proxy from the environment."""
     return ns.run(["curl", "-sS", "--noproxy", "*", *args], check=check)
+
+
+def http_code(ns, *args: str) -> str:
+    """The HTTP status curl got (the body thrown away), as text."""
+    return curl(ns, "-o", "/dev/null", "-w", "%{http_code}", *args).stdout

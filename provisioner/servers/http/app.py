@@ -139,9 +139,10 @@ class BootApp:
         read again sooner when `ip` is not in it (a node that has just got its lease)."""
         at, leases = self._leases
         max_age = LEASE_CACHE_SECONDS if ip is None or str(ip) in leases else LEASE_MISS_SECONDS
-        if self.db is None or time.monotonic() - at < max_age:
+        db = self.db
+        if db is None or time.monotonic() - at < max_age:
             return leases
-        rows = await self._db(lambda: [(r["ip"], r["mac"]) for r in self.db.leases()])  # type: ignore[union-attr]
+        rows = await self._db(lambda: [(r["ip"], r["mac"]) for r in db.leases()])
         leases = dict(rows)
         self._leases = (time.monotonic(), leases)
         return leases
@@ -159,8 +160,6 @@ class BootApp:
     def _later(self, fn: Callable[..., Any], *args: Any) -> None:
         """A DB write a file transfer does not wait for (queued in order on the DB thread);
         a locked or full database is logged, never in the way of a boot."""
-        if self.db is None:
-            return
         fut = asyncio.get_running_loop().run_in_executor(self._dbx, fn, *args)
         fut.add_done_callback(_log_db_failure)
 
@@ -192,8 +191,14 @@ class BootApp:
             first_byte = request.http_range.start
         except ValueError:  # a malformed Range: FileResponse answers 416
             first_byte = -1
-        if node is not None and stage is not None and request.method == "GET" and first_byte in (None, 0):
-            self._later(self.db.record_stage, node.name, stage, request.path)  # type: ignore[union-attr]
+        if (
+            self.db is not None
+            and node is not None
+            and stage is not None
+            and request.method == "GET"
+            and first_byte in (None, 0)
+        ):
+            self._later(self.db.record_stage, node.name, stage, request.path)
 
         def begin() -> None:
             self.in_flight += 1
@@ -215,16 +220,8 @@ class BootApp:
                     outcome=outcome,
                 ),
             )
-            self._later(
-                self.db.record_transfer,
-                "http",
-                str(peer),
-                request.path,
-                sent,
-                seconds,  # type: ignore[union-attr]
-                outcome,
-                name,
-            )
+            if self.db is not None:
+                self._later(self.db.record_transfer, "http", str(peer), request.path, sent, seconds, outcome, name)
 
         return TrackedFile(path, content_type, begin, done)
 

@@ -68,7 +68,6 @@ class TftpServer:
         self.timeout = timeout
         self.patience = patience
         self.limits = limits = limits or Limits()
-        self.refused_busy = 0  # requests refused by the caps
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -206,7 +205,6 @@ class TftpServer:
     def _busy(self, addr: tuple[str, int], local: str, path: str, cap: str) -> None:
         """A request over a cap: an ERROR at once (the client may retry later), one log line
         per interval, and no database row (a flood would write one per packet)."""
-        self.refused_busy += 1
         self._reply(P.error_packet(P.ERR_DISK, "server busy, try again later"), addr, local)
         log.warning(
             "refused",
