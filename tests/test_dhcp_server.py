@@ -17,10 +17,10 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-import labs.site
 import pytest
-from labs.site import node, site_yaml
 
+import labs.site
+from labs.site import node, site_yaml
 from provisioner.artifacts import bootloaders
 from provisioner.paths import State
 
@@ -50,7 +50,7 @@ def write_site(
         node("node[01-02]", str(net[11]), MACS[:2]),
         node("node03", str(net[13]), MACS[2], profiles=["default", "efi"]),
     ]
-    profiles = {
+    profiles: dict[str, dict[str, Any]] = {
         "default": {"image": "debian12"},
         "efi": {"boot_files": {"uefi": efi_file, "ipxe": f"http://{master}:8080/custom.ipxe"}},
     }
@@ -77,12 +77,11 @@ class Server:
         self.log = state / f"dhcp-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         self.state.mkdir(parents=True, exist_ok=True)
         if self.install:  # DHCP names only boot files the tree has
             bootloaders.install(State(self.state))
         self.log = self.state / f"dhcp-{time.monotonic_ns()}.log"
-        out = open(self.log, "w")
         self.proc = self.lab.server.popen(
             [
                 sys.executable,
@@ -98,8 +97,7 @@ class Server:
                 SERVER_IP,
                 *self.extra,
             ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            log=self.log,
         )
         deadline = time.time() + 30
         while "ready" not in self.log.read_text():
@@ -123,7 +121,7 @@ def dhcp(lab, tmp_path):
     server = Server(lab, tmp_path / "site", tmp_path / "state").start()
     yield server
     server.stop()
-    assert server.proc.returncode == 0, server.text()
+    assert server.proc is not None and server.proc.returncode == 0, server.text()
     assert "Traceback" not in server.text(), server.text()
 
 
@@ -170,7 +168,11 @@ PXE_CLIENT = textwrap.dedent("""
             r = srp1(pkt(base), iface="eth0", timeout=4)
             out["offers"] = [show(r)] if r is not None else []
     if a.only != "discover":
-        ours = [o for o in out.get("offers", []) if o and o["options"].get("server_id") == a.server and o["yiaddr"] != "0.0.0.0"]
+        ours = [
+            o
+            for o in out.get("offers", [])
+            if o and o["options"].get("server_id") == a.server and o["yiaddr"] != "0.0.0.0"
+        ]
         ip = a.request_ip or (ours[0]["yiaddr"] if ours else None)
         opts = [("message-type", "request"), ("requested_addr", ip)]
         if a.only != "request":
@@ -265,7 +267,7 @@ def test_dhcpcd_gets_static_lease(lab, dhcp, tmp_path):
     log = tmp_path / "dhcpcd.out"
     # test mode: print the offer, configure nothing; its privsep helpers may outlive it, so
     # its output goes to a file (not a pipe) and the lab's teardown reaps them
-    ns.popen(["dhcpcd", "-4", "-B", "-T", "-t", "20", "-f", "/dev/null", "eth0"], stdout=open(log, "w"))
+    ns.popen(["dhcpcd", "-4", "-B", "-T", "-t", "20", "-f", "/dev/null", "eth0"], log=log)
     deadline = time.time() + 30
     while "new_host_name" not in log.read_text() and time.time() < deadline:
         time.sleep(0.1)
@@ -429,7 +431,8 @@ UDP_CLIENT = textwrap.dedent("""
     opts = [("message-type", msgtype), ("server_id", "10.99.0.1")]
     if requested:
         opts.append(("requested_addr", requested))
-    pkt = BOOTP(chaddr=mac2str(mac), xid=99, ciaddr=ciaddr if msgtype != "decline" else "0.0.0.0") / DHCP(options=opts + ["end"])
+    bootp = BOOTP(chaddr=mac2str(mac), xid=99, ciaddr=ciaddr if msgtype != "decline" else "0.0.0.0")
+    pkt = bootp / DHCP(options=opts + ["end"])
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((ciaddr, 68))
     s.settimeout(3)
@@ -444,7 +447,7 @@ UDP_CLIENT = textwrap.dedent("""
 """)
 
 
-def udp_client(ns, tmp_path: Path, mac: str, ciaddr: str, msgtype: str, requested: str = "") -> dict | None:
+def udp_client(ns, tmp_path: Path, mac: str, ciaddr: str, msgtype: str, requested: str = "") -> dict:
     script = tmp_path / "udpclient.py"
     script.write_text(UDP_CLIENT)
     res = ns.run([sys.executable, str(script), mac, ciaddr, msgtype, requested], timeout=60)

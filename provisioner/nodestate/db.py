@@ -102,7 +102,7 @@ class NodeStateDB:
         def __exit__(self, exc_type: Any, *_: Any) -> None:
             self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
-    def _tx(self) -> "NodeStateDB._Tx":
+    def _tx(self) -> NodeStateDB._Tx:
         return self._Tx(self._conn())
 
     def close(self) -> None:

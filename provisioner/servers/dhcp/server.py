@@ -17,9 +17,9 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Callable
 
 from ...inventory import Inventory, Node
 from ...logs import kv, repeated
