@@ -11,7 +11,9 @@ import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,9 +158,10 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def _many_nodes(n: int) -> str:
+def _many_nodes(n: int, default: Mapping[str, Any] | None = None) -> str:
+    """The golden cluster plus `n` more nodes; `default` changes the default profile."""
     macs = [f"52:54:00:10:{i // 256:02x}:{i % 256:02x}" for i in range(n)]
-    return inventory(more=[node(f"big[001-{n:03d}]", "10.77.1.1", macs)], subnet="10.77.0.0/16")
+    return inventory(more=[node(f"big[001-{n:03d}]", "10.77.1.1", macs)], subnet="10.77.0.0/16", default=default)
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

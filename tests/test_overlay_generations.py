@@ -132,9 +132,7 @@ def test_kill_9_at_every_step_leaves_all_nodes_on_one_generation(tmp_path):
     shutil.copytree(state.root, snap, symlinks=True)
 
     # new archives for all, new boot configs for most
-    site.cluster_yaml.write_text(
-        site.cluster_yaml.read_text().replace("kernel_args: [console=ttyS0]", "kernel_args: [console=ttyS0, gen-mark]")
-    )
+    site.cluster_yaml.write_text(_many_nodes(NODES, default={"kernel_args": ["console=ttyS0", "gen-mark"]}))
     set_motd(site, "three\n")
     trace = tmp_path / "trace.log"
     proc = provisioner(
