@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from labs.site import node
 from provisioner.actions.context import Context
 from provisioner.actions.nodes import remove_nodes
 from provisioner.actions.overlays import build_overlays
-from provisioner.artifacts import cpio, layout
+from provisioner.artifacts import cpio, layout, secrets
 from provisioner.artifacts.overlay_build import Build, BuildFailed, build, read_archive
 from provisioner.inventory import load_inventory
 from provisioner.paths import Site, State
@@ -321,3 +322,25 @@ def test_node_rm_leaves_nothing_of_the_node_and_revokes_its_host_keys(tmp_path):
     own = layout.secrets_dir(state) / "ssh" / "node01" / "ssh_host_ed25519_key-cert.pub"
     assert subprocess.run(["ssh-keygen", "-Q", "-f", str(krl), str(own)], capture_output=True).returncode == 0
     assert build_overlays(Context(site, state)).built == []  # removal done once
+
+
+def test_a_build_renews_certificates_near_their_end(tmp_path):
+    site, state = Site(tmp_path / "site"), State(tmp_path / "state")
+    site.root.mkdir()
+    site.cluster_yaml.write_text(inventory())
+    inv = load_inventory(site.cluster_yaml)
+    fake_image(state)
+    secrets.ensure_secrets(state, inv, validity=16)  # 52 weeks, scaled down
+    assert len(build(state, site, inv).built) == 4
+    cert = "etc/ssh/ssh_host_ed25519_key-cert.pub"
+    before = {e.path: e.data for e in read_archive(layout.overlay_archive(state, "node01"))}[cert]
+    assert build(state, site, inv).built == []
+    time.sleep(12.5)  # less than a quarter of the 16 s left
+    assert len(build(state, site, inv).built) == 4
+    after = {e.path: e.data for e in read_archive(layout.overlay_archive(state, "node01"))}[cert]
+    assert after != before
+    shown = subprocess.run(["ssh-keygen", "-L", "-f", "-"], input=after, capture_output=True, check=True).stdout
+    end = shown.decode().split("Valid: from ")[1].split(" to ")[1].split()[0]
+    days = (time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S")) - time.time()) / 86400
+    assert 363 < days <= 364
+    assert build(state, site, inv).built == []
