@@ -301,8 +301,8 @@ def test_node_rm_leaves_nothing_of_the_node_and_revokes_its_host_keys(tmp_path):
     shutil.copytree(layout.secrets_dir(state) / "ssh" / "node02", kept)
     assert len(build_overlays(Context(site, state)).built) == 0  # (and `previous` now holds node02 too)
 
-    report = remove_nodes(Context(site, state), "node02")
-    assert report.removed == ["node02"]
+    names, report = remove_nodes(Context(site, state), "node02")
+    assert names == report.removed == ["node02"]
     assert sorted(report.built) == ["gpu01", "node01", "node03"]  # the revocation list changed
     left = [p.relative_to(state.root).as_posix() for p in state.root.rglob("*")]
     assert left and not [p for p in left if "node02" in p]

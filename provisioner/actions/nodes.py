@@ -10,15 +10,16 @@ from .context import Context
 from .overlays import build_overlays
 
 
-def remove_nodes(ctx: Context, expr: str) -> BuildReport:
+def remove_nodes(ctx: Context, expr: str) -> tuple[list[str], BuildReport]:
     """Drop the nodes `expr` selects from the inventory (a node inside a range entry is split out of it first),
     then build: the build deletes what the departed nodes leave in the state directory and
     revokes their host keys in the list every remaining node is rebuilt with. Node-state
     history (events, transfers, leases) stays: it is the record of what happened, and its
-    retention ages it out like any other node's."""
+    retention ages it out like any other node's. Returns the names removed and the build."""
     try:
         with edit_inventory(ctx.site.cluster_yaml) as (doc, inv):
-            for name in [n.name for n in inv.select(expr)]:
+            names = [n.name for n in inv.select(expr)]
+            for name in names:
                 entry = isolate(doc, name)
                 entries = node_entries(doc)
                 entries.pop(next(i for i, e in enumerate(entries) if e is entry))
@@ -26,4 +27,4 @@ def remove_nodes(ctx: Context, expr: str) -> BuildReport:
         raise UserError(f"not changed: {e}") from None
     except KeyError as e:
         raise UserError(f"no such node or profile: {e.args[0]}") from None
-    return build_overlays(ctx.fresh())
+    return names, build_overlays(ctx.fresh())

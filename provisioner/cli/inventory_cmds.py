@@ -314,8 +314,8 @@ def node_rm(ctx: Context, nodes: str) -> None:
     archives and boot configs; their host keys are revoked on every other node."""
     if not ctx.site.cluster_yaml.exists():
         raise UserError(f"no inventory at {ctx.site.cluster_yaml} (run `provisioner init` first)")
-    report = remove_nodes(ctx, nodes)
-    click.echo(f"removed {len(report.removed)} node(s); rebuilt {len(report.built)} other(s) with their keys revoked")
+    names, report = remove_nodes(ctx, nodes)
+    click.echo(f"removed {len(names)} node(s) with their secrets and files; rebuilt {len(report.built)} other(s)")
 
 
 # -- profile ---------------------------------------------------------------------------------
