@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,10 +21,13 @@ from typing import Any
 import pytest
 
 from labs.site import node
-from provisioner.artifacts import cpio, layout
+from provisioner.actions.context import Context
+from provisioner.actions.nodes import remove_nodes
+from provisioner.actions.overlays import build_overlays
+from provisioner.artifacts import cpio, layout, secrets
 from provisioner.artifacts.overlay_build import Build, BuildFailed, build, read_archive
 from provisioner.inventory import load_inventory
-from provisioner.paths import State
+from provisioner.paths import Site, State
 from test_render_overlays import fake_image, inventory, make_site, plant_secrets
 
 REPO = Path(__file__).resolve().parent.parent
@@ -285,3 +291,60 @@ def test_a_per_node_template_reading_all_nodes_ties_every_node_to_any_change(tmp
     assert len(build(state, site, now).built) == len(now.nodes)
     racks = {e.path: e.data for e in read_archive(layout.overlay_archive(state, "node01"))}["etc/racks"]
     assert racks == b"node01: node01=- node02=- node03=- gpu01=r8 "  # trim_blocks ate the newline
+
+
+def test_node_rm_leaves_nothing_of_the_node_and_revokes_its_host_keys(tmp_path):
+    site, state = Site(tmp_path / "site"), State(tmp_path / "state")
+    site.root.mkdir()
+    site.cluster_yaml.write_text(inventory())  # real secrets this time: ssh-keygen makes them
+    fake_image(state)
+    ctx = Context(site, state)
+    assert len(build_overlays(ctx).built) == 4
+    kept = tmp_path / "node02-keys"
+    shutil.copytree(layout.secrets_dir(state) / "ssh" / "node02", kept)
+    assert len(build_overlays(Context(site, state)).built) == 0  # (and `previous` now holds node02 too)
+
+    names, report = remove_nodes(Context(site, state), "node02")
+    assert names == report.removed == ["node02"]
+    assert sorted(report.built) == ["gpu01", "node01", "node03"]  # the revocation list changed
+    left = [p.relative_to(state.root).as_posix() for p in state.root.rglob("*")]
+    assert left and not [p for p in left if "node02" in p]
+    manifest = layout.overlay_manifest(state)
+    assert manifest is not None and "node02" not in json.loads(manifest.read_text())["nodes"]
+    assert load_inventory(site.cluster_yaml).node("node02") is None
+    for name in ("node01", "node03", "gpu01"):
+        members = {e.path: e for e in read_archive(layout.overlay_archive(state, name))}
+        krl = tmp_path / f"{name}.krl"
+        krl.write_bytes(members["etc/ssh/ssh_revoked_hosts.krl"].data)
+        assert members["etc/ssh/ssh_revoked_hosts.krl"].mode & 0o777 == 0o644
+        assert (
+            b"RevokedHostKeys /etc/ssh/ssh_revoked_hosts.krl" in members["etc/ssh/ssh_config.d/provisioner.conf"].data
+        )
+        for pub in (*kept.glob("ssh_host_*_key.pub"), *kept.glob("*-cert.pub")):
+            q = subprocess.run(["ssh-keygen", "-Q", "-f", str(krl), str(pub)], capture_output=True, text=True)
+            assert q.returncode == 1 and "REVOKED" in q.stdout, q.stdout + q.stderr
+    own = layout.secrets_dir(state) / "ssh" / "node01" / "ssh_host_ed25519_key-cert.pub"
+    assert subprocess.run(["ssh-keygen", "-Q", "-f", str(krl), str(own)], capture_output=True).returncode == 0
+    assert build_overlays(Context(site, state)).built == []  # removal done once
+
+
+def test_a_build_renews_certificates_near_their_end(tmp_path):
+    site, state = Site(tmp_path / "site"), State(tmp_path / "state")
+    site.root.mkdir()
+    site.cluster_yaml.write_text(inventory())
+    inv = load_inventory(site.cluster_yaml)
+    fake_image(state)
+    secrets.ensure_secrets(state, inv, validity=16)  # 52 weeks, scaled down
+    assert len(build(state, site, inv).built) == 4
+    cert = "etc/ssh/ssh_host_ed25519_key-cert.pub"
+    before = {e.path: e.data for e in read_archive(layout.overlay_archive(state, "node01"))}[cert]
+    assert build(state, site, inv).built == []
+    time.sleep(12.5)  # less than a quarter of the 16 s left
+    assert len(build(state, site, inv).built) == 4
+    after = {e.path: e.data for e in read_archive(layout.overlay_archive(state, "node01"))}[cert]
+    assert after != before
+    shown = subprocess.run(["ssh-keygen", "-L", "-f", "-"], input=after, capture_output=True, check=True).stdout
+    end = shown.decode().split("Valid: from ")[1].split(" to ")[1].split()[0]
+    days = (time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S")) - time.time()) / 86400
+    assert 363 < days <= 364
+    assert build(state, site, inv).built == []

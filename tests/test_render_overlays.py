@@ -8,6 +8,7 @@ UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_render_overlays.py
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def plant_secrets(state: State, inv) -> None:
     (root / secrets.MUNGE_KEY).write_bytes(bytes(range(256)) * 4)
     (root / secrets.SSH_CA).write_text("CA PRIVATE\n")
     (root / f"{secrets.SSH_CA}.pub").write_text("ssh-ed25519 AAAAgoldenCA gold host CA\n")
+    (root / secrets.SSH_KRL).write_bytes(b"golden KRL\n")
     for n in inv.nodes:
         d = root / secrets.node_ssh_dir(n.name)
         d.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,7 @@ def plant_secrets(state: State, inv) -> None:
             (d / f"{base}.pub").write_text(f"ssh-{t} AAAA{t}{n.name} root@{n.name}\n")
             (d / f"{base}-cert.pub").write_text(f"ssh-{t}-cert AAAA{t}{n.name}\n")
         (d / secrets.signed_for(inv.cluster, n)).write_text(secrets.principals(inv.cluster, n))
+        (d / f"valid.{int(time.time())}.{int(time.time()) + secrets.CERT_VALIDITY}").write_text("")
     (root / secrets.CREDENTIALS).mkdir(mode=0o700, exist_ok=True)
     for n in inv.nodes:
         (root / secrets.node_credential(n.name)).write_text(f"credential of {n.name}")

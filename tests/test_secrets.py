@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,10 +16,11 @@ from provisioner.inventory import parse_text
 from provisioner.paths import State
 
 
-def inventory(ip: str = "10.88.0.11") -> str:
+def inventory(ip: str = "10.88.0.11", nodes: str = "n[1-2]") -> str:
     """n1 and n2 from `ip` on, with the overlays that need secrets."""
+    macs = ["52:54:00:88:00:01", "52:54:00:88:00:02"]
     return site_yaml(
-        [node("n[1-2]", ip, ["52:54:00:88:00:01", "52:54:00:88:00:02"])],
+        [node(nodes, ip, macs if nodes == "n[1-2]" else macs[1])],
         {"default": {"image": "debian12", "overlays": ["base", "ssh", "munge"]}},
         name="sec",
         domain="sec.cluster",
@@ -39,7 +41,7 @@ def mode(path) -> int:
 def test_generated_once_with_private_modes_and_real_openssh_keys(tmp_path, inv):
     state = State(tmp_path / "state")
     made = secrets.ensure_secrets(state, inv)
-    assert set(made) == {"munge.key", "ssh_host_ca", "ssh/n1", "ssh/n2"}
+    assert set(made) == {"munge.key", "ssh_host_ca", "ssh_revoked.krl", "ssh/n1", "ssh/n2"}
     root = layout.secrets_dir(state)
     assert mode(root) == 0o700
     for p in root.rglob("*"):
@@ -138,3 +140,52 @@ def test_listing_masks_and_reveal_shows(tmp_path, inv):
     assert munge.size == 1024 and munge.mode == "0600"
     assert infos["ssh/n1/ssh_host_ed25519_key.pub"].fingerprint.startswith("SHA256:")
     assert "PRIVATE KEY" in infos["ssh/n1/ssh_host_ed25519_key"].reveal(state)
+
+
+def validity(cert) -> tuple[str, str]:
+    shown = subprocess.run(["ssh-keygen", "-L", "-f", str(cert)], capture_output=True, text=True, check=True).stdout
+    line = next(x for x in shown.splitlines() if x.strip().startswith("Valid:"))
+    assert "forever" not in line, line
+    start, _, end = line.split("from ", 1)[1].partition(" to ")
+    return start, end.strip()
+
+
+def test_certificates_have_a_bounded_validity_and_are_renewed_near_its_end(tmp_path, inv):
+    state = State(tmp_path / "state")
+    secrets.ensure_secrets(state, inv, validity=8)
+    cert = layout.secrets_dir(state) / "ssh" / "n1" / "ssh_host_ed25519_key-cert.pub"
+    first = cert.read_bytes()
+    _, end = validity(cert)
+    assert time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S")) - time.time() < 10
+    before = secrets.stamp(state, "n1")
+    assert secrets.ensure_secrets(state, inv, validity=8) == []  # most of the 8 s is left
+    time.sleep(6.5)  # less than a quarter left: the stamp says so (a build's digest changes)
+    assert secrets.stamp(state, "n1") != before
+    assert secrets.ensure_secrets(state, inv) == ["ssh/n1", "ssh/n2"]
+    assert cert.read_bytes() != first
+    _, end = validity(cert)
+    days = (time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S")) - time.time()) / 86400
+    assert 363 < days <= 364  # the default: 52 weeks
+    assert secrets.ensure_secrets(state, inv) == []
+
+
+def test_forgetting_a_node_revokes_its_host_keys_and_deletes_its_secrets(tmp_path, inv):
+    state = State(tmp_path / "state")
+    secrets.ensure_secrets(state, inv)
+    secrets.ensure_credentials(state, inv.nodes)
+    root = layout.secrets_dir(state)
+    kept = tmp_path / "n1-keys"
+    subprocess.run(["cp", "-a", str(root / "ssh" / "n1"), str(kept)], check=True)
+    krl = root / secrets.SSH_KRL
+    assert krl.exists() and mode(krl) == 0o600
+    smaller = parse_text(inventory("10.88.0.12", "n2"), "cluster.yaml")
+    assert secrets.departed(state, smaller) == {"n1"}
+    assert secrets.forget(state, secrets.departed(state, smaller)) == ["n1"]
+    assert not any("n1" in p.relative_to(root).as_posix() for p in root.rglob("*"))
+    assert secrets.departed(state, smaller) == set()
+    for pub in [*kept.glob("*.pub")]:
+        q = subprocess.run(["ssh-keygen", "-Q", "-f", str(krl), str(pub)], capture_output=True, text=True)
+        assert q.returncode == 1 and "REVOKED" in q.stdout, q.stdout  # the keys and their certificates
+    for pub in (root / "ssh" / "n2").glob("*.pub"):
+        q = subprocess.run(["ssh-keygen", "-Q", "-f", str(krl), str(pub)], capture_output=True, text=True)
+        assert q.returncode == 0 and "ok" in q.stdout, q.stdout

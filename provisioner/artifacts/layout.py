@@ -17,7 +17,7 @@ state/
   images/<image>/versions/<version>/vmlinuz          kernel taken from the image
   images/<image>/versions/<version>/initramfs.img    native initramfs for that kernel
   images/<image>/versions/<version>/meta.json        how it was made, which kernel
-  secrets/                   0700: munge.key, ssh host keys per node
+  secrets/                   0700: munge.key, host CA, ssh host keys per node, revocation list
   nodes.sqlite               node-state database (0600)
 
 Nodes are spread over OVERLAY_SHARDS shards by a hash of their name, so a build that changes

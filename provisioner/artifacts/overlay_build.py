@@ -59,6 +59,7 @@ class BuildReport:
     built: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     no_image: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # nodes gone from the inventory, now from here
     seconds: float = 0.0
 
 
@@ -322,8 +323,15 @@ def build(
     report = BuildReport()
     with locked(private_dir(state.overlays) / "build"):
         sweep(state)
+        # A node gone from the inventory leaves no secret, archive or boot config behind, and
+        # its host keys join the revocation list every other node gets (so all rebuild).
+        gone = set(secrets.forget(state, secrets.departed(state, inventory)))
         secrets.ensure_secrets(state, inventory, [])  # the cluster-wide ones shared files read
         manifest = load_manifest(state)
+        gone |= set(manifest) - {n.name for n in inventory.nodes}
+        for name in gone:
+            manifest.pop(name, None)
+        report.removed = sorted(gone)
         b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
         # Secrets are checked only for nodes about to be built (checking 10,000 nodes' keys
         # costs more than a one-node rebuild may take); making any changes the digests.
@@ -333,8 +341,8 @@ def build(
             b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
         dirty_names = {n.name for n in dirty}
         report.unchanged = [n.name for n in nodes if n.name not in dirty_names]
-        if dirty:
-            gen = _start(state, dirty_names)
+        if dirty or gone:
+            gen = _start(state, dirty_names | gone)
             _JOB = (b, gen)
             try:
                 outputs = _run(state, gen, [n.name for n in dirty], jobs, progress)
@@ -348,7 +356,8 @@ def build(
                 report.built.append(out.node)
                 if not out.has_boot:
                     report.no_image.append(out.node)
-            _publish(state, gen, manifest, outputs)
+            _publish(state, gen, manifest, outputs, gone)
+            _prune(state, gone)
             sweep(state)
     report.seconds = time.monotonic() - started
     return report
@@ -414,7 +423,8 @@ def _shard_folders(gen_dir: Path) -> dict[str, Path]:
 
 
 def _start(state: State, dirty: set[str]) -> _Gen:
-    """The next generation's number and a fresh private folder for each shard it changes."""
+    """The next generation's number and a fresh private folder for each shard it changes (those
+    of the nodes it builds or drops)."""
     gens, shards = private_dir(layout.overlay_gens(state)), private_dir(layout.overlay_shards(state))
     taken = [name.rpartition(".")[2] for name in (*os.listdir(gens), *os.listdir(shards))]
     number = 1 + max((int(t) for t in taken if t.isdigit()), default=0)
@@ -439,10 +449,10 @@ def _node_of(filename: str) -> str:
     return filename.rpartition(".")[0]
 
 
-def _publish(state: State, gen: _Gen, manifest: dict[str, str], outputs: list[_Output]) -> None:
-    """Complete the new shard folders with the nodes this build left alone, make the whole
-    generation durable, then switch `current` to it with one rename."""
-    built = {o.node for o in outputs}
+def _publish(state: State, gen: _Gen, manifest: dict[str, str], outputs: list[_Output], gone: set[str]) -> None:
+    """Complete the new shard folders with the nodes this build left alone (not the ones it
+    drops), make the whole generation durable, then switch `current` to it with one rename."""
+    built = {o.node for o in outputs} | gone
     written = [p for o in outputs for p in o.written]
     for shard, d in gen.new.items():
         old = gen.old.get(shard)
@@ -462,6 +472,20 @@ def _publish(state: State, gen: _Gen, manifest: dict[str, str], outputs: list[_O
     before = _swap(layout.overlay_current(state), f"gens/{gen.number}")
     if before is not None:
         _swap(layout.overlay_previous(state), before)
+
+
+def _prune(state: State, gone: set[str]) -> None:
+    """Unlink the dropped nodes' files from every shard folder still kept (`previous` holds
+    them one more build otherwise): no reader has a reason to fetch a removed node's archive,
+    and its secrets go at once."""
+    shards = layout.overlay_shards(state)
+    folders = os.listdir(shards)
+    for name in gone:
+        files = (name + layout.ARCHIVE, *(f"{name}.{kind}" for kind in layout.BOOT_CONFIGS))
+        for folder in (f for f in folders if f.startswith(layout.shard_of(name) + ".")):
+            for f in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(shards / folder / f)
 
 
 def _swap(link: Path, target: str) -> str | None:

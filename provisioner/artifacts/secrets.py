@@ -6,6 +6,11 @@ secrets/
                               `@cert-authority` line in ssh_known_hosts covers the cluster
   ssh/<node>/ssh_host_{ed25519,ecdsa,rsa}_key[.pub|-cert.pub]
   ssh/<node>/signed-for.<digest>  names the certificates were signed for (re-signed on change)
+  ssh/<node>/valid.<signed>.<to>  when the certificates were signed and until when they are valid
+                              (epoch seconds, valid from CERT_SKEW before signing): bounded, so a
+                              stolen key stops working, and renewed once less than a quarter is left
+  ssh_revoked.krl             OpenSSH key revocation list of removed nodes' host keys; every
+                              node's ssh client is told to refuse them (RevokedHostKeys)
   credentials/<node>          the node's report credential (64 hex digits): its overlay carries it,
                               its stage and facts reports present it
 
@@ -16,11 +21,13 @@ key is either absent or complete; `stamp()` relies on that (a rename changes the
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +43,9 @@ MUNGE_KEY = "munge.key"
 MUNGE_KEY_BYTES = 1024
 SSH_CA = "ssh_host_ca"
 SSH_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+SSH_KRL = "ssh_revoked.krl"
+CERT_VALIDITY = 52 * 7 * 86400  # seconds a host certificate is valid for
+CERT_SKEW = 300  # certificates are valid from this many seconds before signing (clock skew)
 CREDENTIALS = "credentials"
 CREDENTIAL_BYTES = 32
 
@@ -156,13 +166,24 @@ def _node_ssh_complete(root: Path, cluster: Cluster, node: Node) -> bool:
         present = set(os.listdir(f"{root}/{node_ssh_dir(node.name)}"))
     except FileNotFoundError:
         return False
-    return present >= _SSH_FILES and signed_for(cluster, node) in present
+    return present >= _SSH_FILES and signed_for(cluster, node) in present and not renewal_due(present)
 
 
 _SSH_FILES = {f"ssh_host_{t}_key{s}" for t in SSH_KEY_TYPES for s in ("", ".pub", "-cert.pub")}
 
 
-def _ensure_node_ssh(root: Path, ca: Path, cluster: Cluster, node: Node) -> bool:
+def renewal_due(names: Iterable[str], now: float | None = None) -> bool:
+    """Whether the certificates whose validity marker is among these file names have less than
+    a quarter of their validity left (or carry no marker: signed before validity was bounded)."""
+    for name in names:
+        if name.startswith("valid."):
+            start, _, end = name[len("valid.") :].partition(".")
+            if start.isdigit() and end.isdigit():
+                return (time.time() if now is None else now) >= int(end) - (int(end) - int(start)) / 4
+    return True
+
+
+def _ensure_node_ssh(root: Path, ca: Path, cluster: Cluster, node: Node, validity: int = CERT_VALIDITY) -> bool:
     d = root / node_ssh_dir(node.name)
     changed = False
     for ktype in SSH_KEY_TYPES:
@@ -175,23 +196,26 @@ def _ensure_node_ssh(root: Path, ca: Path, cluster: Cluster, node: Node) -> bool
         changed
         or not (d / marker).exists()
         or not all((d / f"ssh_host_{t}_key-cert.pub").exists() for t in SSH_KEY_TYPES)
+        or renewal_due(os.listdir(d))
     ):
-        _sign(d, ca, node.name, principals(cluster, node))
-        for old in d.glob("signed-for.*"):
+        now = int(time.time())
+        _sign(d, ca, node.name, principals(cluster, node), f"-{CERT_SKEW}s:+{validity}s")
+        for old in (*d.glob("signed-for.*"), *d.glob("valid.*")):
             old.unlink()
+        atomic_write(d / f"valid.{now}.{now + validity}", "", mode=0o600)
         atomic_write(d / marker, principals(cluster, node), mode=0o600)
         changed = True
     return changed
 
 
-def _sign(d: Path, ca: Path, identity: str, names: str) -> None:
+def _sign(d: Path, ca: Path, identity: str, names: str, validity: str) -> None:
     with tempfile.TemporaryDirectory(dir=d, prefix=".sign.") as tmp:
         pubs = []
         for ktype in SSH_KEY_TYPES:
             pub = Path(tmp) / f"ssh_host_{ktype}_key.pub"
             shutil.copyfile(d / f"ssh_host_{ktype}_key.pub", pub)
             pubs.append(pub)
-        _keygen(["-s", str(ca), "-I", identity, "-h", "-n", names, *map(str, pubs)])
+        _keygen(["-s", str(ca), "-I", identity, "-h", "-n", names, "-V", validity, *map(str, pubs)])
         for ktype in SSH_KEY_TYPES:
             cert = Path(tmp) / f"ssh_host_{ktype}_key-cert.pub"
             os.chmod(cert, 0o600)
@@ -221,10 +245,15 @@ def ensure_credentials(state: State, nodes: Iterable[Node]) -> list[str]:
 
 
 def ensure_secrets(
-    state: State, inventory: Inventory, nodes: Iterable[Node] | None = None, jobs: int | None = None
+    state: State,
+    inventory: Inventory,
+    nodes: Iterable[Node] | None = None,
+    jobs: int | None = None,
+    validity: int = CERT_VALIDITY,
 ) -> list[str]:
-    """Create whatever is missing (MUNGE key, SSH CA, each node's host keys and certificates);
-    never touch what exists. Returns the names of what was created or re-signed."""
+    """Create whatever is missing (MUNGE key, SSH CA, revocation list, each node's host keys and
+    certificates) and renew certificates near their end; never touch the rest. Returns the names
+    of what was created or re-signed."""
     root = _root(state)
     made: list[str] = []
     if not (root / MUNGE_KEY).exists() and _create_munge_key(root / MUNGE_KEY):
@@ -233,14 +262,65 @@ def ensure_secrets(
     ca = _ensure_ca(root, inventory.cluster)
     if not ca_existed:
         made.append(SSH_CA)
+    if not (root / SSH_KRL).exists():
+        _update_krl(root, [])
+        made.append(SSH_KRL)
     todo = [
         n for n in (inventory.nodes if nodes is None else nodes) if not _node_ssh_complete(root, inventory.cluster, n)
     ]
     (root / "ssh").mkdir(mode=0o700, exist_ok=True)
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
-        results = pool.map(lambda n: _ensure_node_ssh(root, ca, inventory.cluster, n), todo)
+        results = pool.map(lambda n: _ensure_node_ssh(root, ca, inventory.cluster, n, validity), todo)
         made += [node_ssh_dir(n.name) for n, changed in zip(todo, results, strict=True) if changed]
     return made
+
+
+def _update_krl(root: Path, pubs: list[Path]) -> None:
+    """Add these public keys to the revocation list (made empty if absent), by rename."""
+    with tempfile.TemporaryDirectory(dir=root, prefix=".krl.") as tmp:
+        krl = Path(tmp) / SSH_KRL
+        if (root / SSH_KRL).exists():
+            shutil.copyfile(root / SSH_KRL, krl)
+            _keygen(["-k", "-u", "-f", str(krl), *map(str, pubs)])
+        else:
+            _keygen(["-k", "-f", str(krl), *map(str, pubs)])
+        os.chmod(krl, 0o600)
+        os.replace(krl, root / SSH_KRL)
+
+
+def departed(state: State, inventory: Inventory) -> set[str]:
+    """Nodes that have secrets here but are no longer in the inventory."""
+    root = secrets_dir(state)
+    names: set[str] = set()
+    for sub in ("ssh", CREDENTIALS):
+        with contextlib.suppress(FileNotFoundError):
+            names |= {n for n in os.listdir(root / sub) if not n.startswith(".")}
+    return names - {n.name for n in inventory.nodes}
+
+
+def forget(state: State, nodes: Iterable[str]) -> list[str]:
+    """Revoke these nodes' host keys (the list every node's ssh client checks), then delete their
+    keys, certificates and credential. Revoking comes first, so a crash in between leaves keys
+    revoked and still on disk, and the next call finishes; returns the nodes forgotten."""
+    root = _root(state)
+    nodes = sorted(nodes)
+    pubs = [p for n in nodes for p in sorted((root / node_ssh_dir(n)).glob("ssh_host_*_key.pub"))]
+    if pubs:
+        _update_krl(root, pubs)
+    for name in nodes:
+        _discard_keys(root, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root / node_credential(name))
+    return nodes
+
+
+def _discard_keys(root: Path, node: str) -> None:
+    """Move the node's key folder aside in one rename, then delete it: never half a set."""
+    d = root / node_ssh_dir(node)
+    if d.exists():
+        graveyard = Path(tempfile.mkdtemp(dir=root / "ssh", prefix=f".old.{node}."))
+        os.replace(d, graveyard / "keys")
+        shutil.rmtree(graveyard)
 
 
 def regenerate_munge(state: State) -> None:
@@ -252,17 +332,14 @@ def regenerate_ssh(state: State, inventory: Inventory, nodes: Iterable[Node]) ->
     root = _root(state)
     nodes = list(nodes)
     for node in nodes:
-        d = root / node_ssh_dir(node.name)
-        if d.exists():
-            graveyard = Path(tempfile.mkdtemp(dir=root / "ssh", prefix=f".old.{node.name}."))
-            os.replace(d, graveyard / "keys")
-            shutil.rmtree(graveyard)
+        _discard_keys(root, node.name)
     return ensure_secrets(state, inventory, nodes)
 
 
 def stamp(state: State, node: str) -> tuple[int | tuple[()], ...]:
     """Changes whenever a secret this node may receive changes: every file lands by rename, so
-    the stat of the node's key directory and of the top-level files is enough (no reads)."""
+    the stat of the node's key directory and of the top-level files is enough (no reads); and
+    when its certificates come near their end, so that the build renews them."""
     out: tuple[int | tuple[()], ...] = ()
     for rel in (node_ssh_dir(node), node_credential(node)):
         try:
@@ -270,6 +347,8 @@ def stamp(state: State, node: str) -> tuple[int | tuple[()], ...]:
             out += (st.st_mtime_ns, st.st_ino)
         except FileNotFoundError:
             out += ((),)
+    with contextlib.suppress(FileNotFoundError):
+        out += (renewal_due(os.listdir(f"{secrets_dir(state)}/{node_ssh_dir(node)}")),)
     return out
 
 

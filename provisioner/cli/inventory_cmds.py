@@ -12,6 +12,7 @@ from typing import Any
 import click
 from ruamel.yaml.comments import CommentedMap
 
+from ..actions.nodes import remove_nodes
 from ..atomic import atomic_write, locked
 from ..errors import UserError
 from ..inventory import (
@@ -309,14 +310,12 @@ def node_set(
 @click.argument("nodes")
 @pass_ctx
 def node_rm(ctx: Context, nodes: str) -> None:
-    """Remove nodes (a node inside a range entry is split out of it first)."""
-    with editing(ctx) as (doc, inv):
-        names = _selected(inv, nodes)
-        for name in names:
-            entry = isolate(doc, name)
-            entries = node_entries(doc)
-            entries.pop(next(i for i, e in enumerate(entries) if e is entry))
-    click.echo(f"removed {len(names)} node(s)")
+    """Remove nodes (a node inside a range entry is split out of it first), their secrets,
+    archives and boot configs; their host keys are revoked on every other node."""
+    if not ctx.site.cluster_yaml.exists():
+        raise UserError(f"no inventory at {ctx.site.cluster_yaml} (run `provisioner init` first)")
+    names, report = remove_nodes(ctx, nodes)
+    click.echo(f"removed {len(names)} node(s) with their secrets and files; rebuilt {len(report.built)} other(s)")
 
 
 # -- profile ---------------------------------------------------------------------------------
