@@ -29,11 +29,11 @@ def test_parse_reads_header_and_options():
             flags=0x8000,
         )
     )
-    assert (req.msgtype, req.xid, req.mac, req.broadcast, req.relayed) == (
+    assert (req.msgtype, req.xid, req.mac, req.flags, req.relayed) == (
         wire.REQUEST,
         0x1234,
         "52:54:00:aa:00:01",
-        True,
+        0x8000,
         True,
     )
     assert req.options[wire.OPT_REQUESTED_IP] == bytes([10, 0, 0, 5]) and req.ciaddr == bytes([10, 0, 0, 9])

@@ -20,8 +20,8 @@ DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6,
 MESSAGE_NAMES = {1: "DISCOVER", 2: "OFFER", 3: "REQUEST", 4: "DECLINE", 5: "ACK", 6: "NAK", 7: "RELEASE", 8: "INFORM"}
 
 OPT_PAD, OPT_END, OPT_OVERLOAD, OPT_MSGTYPE = 0, 255, 52, 53
-OPT_REQUESTED_IP, OPT_SERVER_ID, OPT_HOSTNAME = 50, 54, 12
-OPT_VENDOR_CLASS, OPT_USER_CLASS, OPT_ARCH, OPT_NDI, OPT_UUID = 60, 77, 93, 94, 97
+OPT_REQUESTED_IP, OPT_SERVER_ID = 50, 54
+OPT_VENDOR_CLASS, OPT_USER_CLASS, OPT_ARCH, OPT_UUID = 60, 77, 93, 97
 OPT_RELAY_AGENT, OPT_IPXE = 82, 175
 
 ZERO_IP = b"\x00\x00\x00\x00"
@@ -75,10 +75,6 @@ class Request:
         self.mac = chaddr[:6].hex(":")
         self.options = options
         self.msgtype = msgtype
-
-    @property
-    def broadcast(self) -> bool:
-        return bool(self.flags & 0x8000)
 
     @property
     def relayed(self) -> bool:
