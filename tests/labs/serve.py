@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 from provisioner.artifacts import layout
 from provisioner.paths import State
 
@@ -58,13 +60,10 @@ def plant(path: Path, data: bytes) -> None:
 def set_limits(site: Path, **limits: int) -> None:
     """cluster.limits in the site's cluster.yaml (written by write_site): the caps a test
     lowers to reach them quickly, or lifts when one namespace stands in for many nodes."""
-    caps = ", ".join(f"{k}: {v}" for k, v in limits.items())
     path = site / "cluster.yaml"
-    path.write_text(
-        path.read_text().replace(
-            "  slurm: {controller: master}\n", f"  slurm: {{controller: master}}\n  limits: {{{caps}}}\n"
-        )
-    )
+    doc = yaml.safe_load(path.read_text())
+    doc["cluster"]["limits"] = limits
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def write_state(state: Path, big: int = 3 * 1024 * 1024) -> dict[str, bytes]:
