@@ -108,18 +108,6 @@ class Wheel:
         return res.stdout
 
 
-class WheelGuest(PxeLab):
-    """PxeLab's PXE guest and teardown, without the image import its __init__ does in this
-    process: here the wheel's `provisioner image import` makes the image."""
-
-    def __init__(self, lab, cli: Wheel, work: Path):  # no super().__init__(): see above
-        self.lab, self.cli, self.work = lab, cli, work
-        self.state = State(cli.state)
-        self.procs: list[subprocess.Popen] = []
-        self.ganesha: Ganesha | None = None
-        self.serve: Serve | None = None
-
-
 @pytest.mark.netns
 @pytest.mark.qemu
 def test_wheel_installed_outside_the_checkout_boots_a_node(wheel, lab, tmp_path, monkeypatch):
@@ -156,7 +144,7 @@ def test_wheel_installed_outside_the_checkout_boots_a_node(wheel, lab, tmp_path,
 
     cluster = load_inventory(cli.site / "cluster.yaml").cluster
     images = [e for e in exports_for(cluster, nfs_roots(State(cli.state))) if e.image]
-    guest = WheelGuest(lab, cli, tmp_path / "lab")
+    guest = PxeLab(lab, cli, tmp_path / "lab", None)  # the wheel's CLI imports the image
     try:
         guest.ganesha = Ganesha(lab.server, guest.work / "ganesha", images, lab.net, lab.server_ip).start()
         guest.serve = Serve(lab, cli, services="dhcp,tftp,http", port=cluster.ports.http, extra=("--interface", "br0"))

@@ -43,13 +43,16 @@ def pxe_site(nodes: dict[str, str], **profile: Any) -> str:
 
 
 class PxeLab:
-    def __init__(self, lab, cli, work: Path, init: str):
+    def __init__(self, lab, cli, work: Path, init: str | None):
+        """`init`: the tiny image's init script, imported here; None when the test makes the
+        image itself (the wheel test, through the installed CLI)."""
         self.lab, self.cli, self.work = lab, cli, work
         self.state = State(cli.state)
         self._boots = itertools.count()
         self.ganesha: Ganesha | None = None
         self.serve: Serve | None = None
-        import_image(self.state, "tiny", make_root(work / "root", init))
+        if init is not None:
+            import_image(self.state, "tiny", make_root(work / "root", init))
 
     def start(self, site_text: str) -> PxeLab:
         cluster_yaml = write_site(self.cli.site, site_text)
