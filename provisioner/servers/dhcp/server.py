@@ -416,13 +416,14 @@ class DhcpServer(Service):
             return self._lease(req, client, wire.ACK, st.ip, st.node)
         want_ip = IPv4Address(want)
         expected = self.pool.expected(req.mac)
-        if expected is None:
-            if sid is not None:
-                return self._nak(req, f"no offer or lease for {want_ip}")
-            return None  # INIT-REBOOT/RENEW of a client we do not know: stay silent (RFC 2131 4.3.2)
-        if want_ip != expected:
+        if want_ip == expected:
+            self.pool.commit(req.mac, want_ip, None, self.lease_time)
+        elif expected is not None:
             return self._nak(req, f"asked for {want_ip}, its lease is {expected}")
-        self.pool.commit(req.mac, want_ip, None, self.lease_time)
+        elif sid is None:
+            return None  # INIT-REBOOT/RENEW of a client we do not know: stay silent (RFC 2131 4.3.2)
+        elif not (client.boots and self.pool.take(req.mac, want_ip, self.lease_time)):
+            return self._nak(req, f"no offer or lease for {want_ip}")
         if client.boots:
             self._saw(req, client, str(want_ip))
         return self._lease(req, client, wire.ACK, want_ip, None)
