@@ -16,6 +16,7 @@ fails there. Prints one JSON object: per-step latencies, per-node totals, failur
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import random
@@ -31,6 +32,22 @@ import aiohttp
 
 ETH_P_IP = 0x0800
 SO_RCVBUFFORCE = 33  # root may pass net.core.rmem_max; Python's socket module lacks the name
+SO_ATTACH_FILTER = 26
+# `tcpdump -dd 'ip and udp dst port 68'`: the raw socket must not see (and drop DHCP among) every
+# TFTP and HTTP frame of the storm.
+DHCP_ONLY = [
+    (0x28, 0, 0, 0x0C),
+    (0x15, 0, 8, 0x800),
+    (0x30, 0, 0, 0x17),
+    (0x15, 0, 6, 0x11),
+    (0x28, 0, 0, 0x14),
+    (0x45, 4, 0, 0x1FFF),
+    (0xB1, 0, 0, 0x0E),
+    (0x48, 0, 0, 0x10),
+    (0x15, 0, 1, 0x44),
+    (0x06, 0, 0, 0x40000),
+    (0x06, 0, 0, 0),
+]
 COOKIE = b"\x63\x82\x53\x63"
 DHCP_TRIES, DHCP_WAIT = 4, 4.0
 TFTP_TRIES, TFTP_WAIT = 5, 1.0
@@ -122,6 +139,10 @@ class Dhcp:
 
     def __init__(self, iface: str):
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+        program = b"".join(struct.pack("HBBI", *insn) for insn in DHCP_ONLY)
+        self._filter = ctypes.create_string_buffer(program)  # must outlive the setsockopt call
+        fprog = struct.pack("HL", len(DHCP_ONLY), ctypes.addressof(self._filter))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         self.sock.bind((iface, 0))
         self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)  # a burst of replies
         self.sock.setblocking(False)
