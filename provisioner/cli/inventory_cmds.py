@@ -12,6 +12,7 @@ from typing import Any
 import click
 from ruamel.yaml.comments import CommentedMap
 
+from ..actions.configure import refresh
 from ..actions.nodes import remove_nodes
 from ..atomic import atomic_write, locked
 from ..errors import UserError
@@ -263,6 +264,7 @@ def node_add(
         set_fields(m, {"profiles": plist or None, "bmc": bmc, **_settings_from(settings)})
         node_entries(doc).append(m)
     click.echo(f"added {name} ({ip}{', ' + mac if mac else ''})")
+    refresh(ctx.fresh(), click.echo)
 
 
 @node.command("set")
@@ -304,6 +306,7 @@ def node_set(
             for key in unset:
                 entry.pop(key, None)
     click.echo(f"updated {len(names)} node(s)")
+    refresh(ctx.fresh(), click.echo)
 
 
 @node.command("rm")
@@ -314,7 +317,7 @@ def node_rm(ctx: Context, nodes: str) -> None:
     archives and boot configs; their host keys are revoked on every other node."""
     if not ctx.site.cluster_yaml.exists():
         raise UserError(f"no inventory at {ctx.site.cluster_yaml} (run `provisioner init` first)")
-    names, report = remove_nodes(ctx, nodes)
+    names, report = remove_nodes(ctx, nodes, click.echo)
     click.echo(f"removed {len(names)} node(s) with their secrets and files; rebuilt {len(report.built)} other(s)")
 
 

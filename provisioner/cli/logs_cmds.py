@@ -1,0 +1,25 @@
+"""`provisioner logs NODE`: a node's syslog, as the master's rsyslog filed it."""
+
+from __future__ import annotations
+
+import click
+
+from ..actions import logs as logs_action
+from .context import Context, pass_ctx
+
+
+@click.command()
+@click.argument("node")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing lines as they arrive.")
+@click.option("--boot", "-b", is_flag=True, help="Only the last boot (from its initramfs on).")
+@click.option("--lines", "-n", type=click.IntRange(1), help="Only the last N lines.")
+@pass_ctx
+def logs(ctx: Context, node: str, follow: bool, boot: bool, lines: int | None) -> None:
+    """Print NODE's log (initramfs and system; `provisioner configure logs` sets it up)."""
+    for line in logs_action.read(ctx, node, boot, lines):
+        click.echo(line)
+    if follow:
+        try:
+            logs_action.follow(ctx, node, click.echo)
+        except KeyboardInterrupt:
+            pass
