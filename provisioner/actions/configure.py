@@ -57,8 +57,9 @@ class Places:
     def dns(self) -> DnsFiles:
         return DnsFiles(
             self.sys("etc/dnsmasq.d/provisioner.conf"),
-            self.data / "dns-hosts",
-            self.data / "dns-servers",
+            # Not in the root-only state: dnsmasq re-reads them after dropping privileges.
+            self.sys("var/lib/provisioner-dns/hosts"),
+            self.sys("var/lib/provisioner-dns/servers"),
             self.sys("run/dnsmasq/dnsmasq.pid"),
         )
 
@@ -93,7 +94,7 @@ class Daemon:
     pidfile: Path
     start: str  # how to start it by hand (said when it is not running)
     reloads: bool  # SIGHUP re-reads the data files
-    dirs: tuple[Path, ...] = ()  # folders the daemon expects to exist
+    dirs: tuple[tuple[Path, int], ...] = ()  # folders the daemon expects, with their modes
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,8 @@ def daemon(service: str, inv: Inventory, places: Places) -> Daemon:
             n.pidfile,
             f"chronyd -f {n.conf}",
             False,
-            (n.driftfile.parent, n.socket.parent),
+            # chronyd disables its command socket in a folder others may open.
+            ((n.driftfile.parent, 0o755), (n.socket.parent, 0o750)),
         )
     if service == "logs":
         g = places.logs()
@@ -251,6 +253,7 @@ def configure(ctx: Context, service: str, root: Path = Path("/")) -> Outcome:
     private_dir(places.data)
     before = [(p, _read(p), m) for p, _, m in data]
     for p, t, m in data:
+        p.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         atomic_write(p, t, mode=m)
     try:
         if conf_changed:
@@ -263,8 +266,11 @@ def configure(ctx: Context, service: str, root: Path = Path("/")) -> Outcome:
                 atomic_write(p, old, mode=m)
         raise
     if conf_changed:
-        for p in {conf_path.parent, d.pidfile.parent, *d.dirs}:
+        for p in (conf_path.parent, d.pidfile.parent):
             p.mkdir(parents=True, exist_ok=True)
+        for p, mode in d.dirs:
+            p.mkdir(parents=True, exist_ok=True)
+            p.chmod(mode)
         atomic_write(conf_path, conf_text, mode=0o644)
     changed = tuple(str(p) for p, _, _ in data) + ((str(conf_path),) if conf_changed else ())
     _record(places, service)
