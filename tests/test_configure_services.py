@@ -12,6 +12,7 @@ import time
 import pytest
 import yaml
 
+from labs.services import chronyd, dnsmasq, rsyslogd, start, until
 from labs.site import node, site_yaml
 
 pytestmark = pytest.mark.netns
@@ -34,28 +35,8 @@ def edit_site(cli, fn) -> None:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-def start(ns, argv, ready, timeout=15.0) -> subprocess.Popen:
-    proc = ns.popen(argv)
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, f"{argv[0]} exited: {proc.communicate()[0].decode(errors='replace')}"
-        assert time.monotonic() < deadline, f"{argv[0]} did not get ready"
-        time.sleep(0.1)
-    return proc
-
-
 def dig(ns, *args) -> str:
     return ns.run(["dig", "+short", "+tries=1", "+time=2", "@10.99.0.1", *args]).stdout.strip()
-
-
-def until(fn, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.1)
-    return fn()
 
 
 @pytest.fixture
@@ -70,12 +51,9 @@ def dns(lab, cli, tmp_path):
     start(
         upstream,
         ["dnsmasq", "-k", "--conf-file=/dev/null", "--user=root", "--no-resolv", "--address=/example.org/192.0.2.7"],
-        lambda: "example" in upstream.run(["ss", "-lunH", "sport = :53"]).stdout or True,
+        lambda: ":53 " in upstream.run(["ss", "-lunH", "sport = :53"]).stdout,
     )
-    conf = root / "etc/dnsmasq.d/provisioner.conf"
-    pidfile = root / "run/dnsmasq/dnsmasq.pid"
-    # As root: pytest's tmp_path is 0700, which dnsmasq's own user could not read.
-    start(lab.server, ["dnsmasq", "-k", f"--conf-file={conf}", "--user=root"], pidfile.exists)
+    dnsmasq(lab.server, root)
     client = lab.host("10.99.0.50")
     until(lambda: dig(client, "node01.lab.test"))
     yield root, client
@@ -160,8 +138,7 @@ def test_ntp_chrony_serves_the_subnet(lab, cli, tmp_path):
     conf = root / "etc/chrony/chrony.conf"
     assert "allow 10.99.0.0/24" in conf.read_text()
     sock = root / "run/chrony/chronyd.sock"
-    # -x: never touch this machine's clock (the namespace shares it).
-    start(lab.server, ["chronyd", "-d", "-x", "-u", "root", "-f", str(conf)], sock.exists)
+    chronyd(lab.server, root)
     node01 = lab.host(N1)
     res = node01.run(["chronyd", "-Q", "-t", "20", "server 10.99.0.1 iburst maxsamples 1"], check=False)
     assert res.returncode == 0 and "System clock wrong by" in res.stdout + res.stderr, res
@@ -179,13 +156,8 @@ def rsyslog(lab, cli, tmp_path):
     root = tmp_path / "root"
     write_site(cli, logs={"max_mb": 1})
     cli("configure", "logs", "--root", root)
-    pidfile = root / "run/rsyslogd.pid"
-    start(
-        lab.server,
-        ["rsyslogd", "-n", "-f", str(root / "etc/rsyslog.d/provisioner.conf"), "-i", str(pidfile)],
-        lambda: pidfile.exists() and "514" in lab.server.run(["ss", "-ltnH", "sport = :514"]).stdout,
-    )
-    yield root
+    rsyslogd(lab.server, root)
+    return root
 
 
 def logger(ns, message: str, *args: str) -> None:
