@@ -90,7 +90,8 @@ class Daemon:
     unit: str  # the systemd unit
     conf: tuple[Path, str]
     data: tuple[tuple[Path, str, int], ...]  # path, text, mode
-    check: Callable[[Path], list[str]] | None  # argv checking a candidate configuration file
+    program: str  # its process name
+    check: Callable[[Path], list[str]]  # argv checking a candidate configuration file
     pidfile: Path
     start: str  # how to start it by hand (said when it is not running)
     reloads: bool  # SIGHUP re-reads the data files
@@ -136,6 +137,7 @@ def daemon(service: str, inv: Inventory, places: Places) -> Daemon:
             "dnsmasq",
             (f.conf, render_dnsmasq(cluster, f)),
             ((f.hosts, render_hosts(cluster, inv.nodes), 0o644), (f.servers, render_servers(upstream), 0o644)),
+            "dnsmasq",
             lambda conf: ["dnsmasq", "--test", f"--conf-file={conf}"],
             f.pidfile,
             f"dnsmasq --conf-file={f.conf}",
@@ -148,6 +150,7 @@ def daemon(service: str, inv: Inventory, places: Places) -> Daemon:
             "chrony",
             (n.conf, render_chrony(cluster, n)),
             (),
+            "chronyd",
             lambda conf: ["chronyd", "-p", "-f", str(conf)],
             n.pidfile,
             f"chronyd -f {n.conf}",
@@ -166,6 +169,7 @@ def daemon(service: str, inv: Inventory, places: Places) -> Daemon:
             "rsyslog",
             (g.conf, conf),
             ((g.table, render_table(inv.nodes), 0o644), (g.rotate, render_rotate(g, cluster.logs.max_mb), 0o755)),
+            "rsyslogd",
             lambda conf: ["rsyslogd", "-N1", "-f", str(conf)],
             g.pidfile,
             f"rsyslogd -f {g.conf} -i {g.pidfile}",
@@ -184,8 +188,6 @@ def _read(path: Path) -> str | None:
 def _check(d: Daemon) -> None:
     """Run the daemon's checker on the candidate configuration, written beside the real one;
     raise UserError with its words (naming the real path) if it refuses."""
-    if d.check is None:
-        return
     path, text = d.conf
     candidate = path.with_name(f".{path.name}.candidate")
     atomic_write(candidate, text, mode=0o644)
@@ -205,13 +207,15 @@ def _systemd(places: Places) -> bool:
     return places.root == Path("/") and Path("/run/systemd/system").is_dir()
 
 
-def _pid(pidfile: Path) -> int | None:
+def _pid(d: Daemon) -> int | None:
+    """The daemon's pid from its pid file, if that process is still the daemon (a stale file's
+    pid may belong to anything by now)."""
     try:
-        pid = int(pidfile.read_text().split()[0])
-        os.kill(pid, 0)
+        pid = int(d.pidfile.read_text().split()[0])
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except (OSError, ValueError, IndexError):
         return None
-    return pid
+    return pid if comm == d.program else None
 
 
 def _reload(d: Daemon, places: Places, restart: bool) -> str:
@@ -225,7 +229,7 @@ def _reload(d: Daemon, places: Places, restart: bool) -> str:
         if res.returncode != 0:
             raise UserError(f"{d.service}: {' '.join(cmd)} failed: {res.stderr.strip()}")
         return "restarted" if restart else "reloaded"
-    pid = _pid(d.pidfile)
+    pid = _pid(d)
     if pid is None:
         return f"not running (start it: {d.start})"
     if restart or not d.reloads:

@@ -73,6 +73,10 @@ def init(ctx: Context, interface: str | None, name: str | None, force: bool) -> 
     (ctx.site.root / "nodes").mkdir(exist_ok=True)
     click.echo(f"wrote {path} (interface {net.interface}, subnet {net.address.network}, master {net.address.ip})")
     click.echo(gateway(net).summary)
+    click.echo(
+        "the nodes ask this host for names and time: `provisioner configure all` sets up dnsmasq, chrony "
+        "and rsyslog (node logs: `provisioner logs NODE`)"
+    )
 
 
 @click.command()

@@ -69,14 +69,12 @@ def render_servers(upstream: Sequence[IPv4Address]) -> str:
 
 
 def reverse_zones(subnet: IPv4Network) -> list[str]:
-    """The in-addr.arpa zones that cover `subnet` at octet boundaries (a /22 is four /24 zones),
-    so reverse queries for the cluster's addresses are never sent upstream."""
-    prefix = max(8, math.ceil(subnet.prefixlen / 8) * 8)
-    zones = []
-    for net in subnet.subnets(new_prefix=prefix) if prefix > subnet.prefixlen else [subnet.supernet(new_prefix=prefix)]:
-        octets = str(net.network_address).split(".")[: prefix // 8]
-        zones.append(".".join(reversed(octets)) + ".in-addr.arpa")
-    return zones
+    """The in-addr.arpa zones that cover `subnet` at octet boundaries (a /22 is four /24 zones,
+    a /26 lies in one /24 zone), so reverse queries for the cluster's addresses are never sent
+    upstream."""
+    prefix = min(24, max(8, math.ceil(subnet.prefixlen / 8) * 8))
+    nets = subnet.subnets(new_prefix=prefix) if prefix > subnet.prefixlen else [subnet.supernet(new_prefix=prefix)]
+    return [".".join(reversed(str(n.network_address).split(".")[: prefix // 8])) + ".in-addr.arpa" for n in nets]
 
 
 def render_dnsmasq(cluster: Cluster, files: DnsFiles, port: int = 53) -> str:
