@@ -121,11 +121,14 @@ def test_a_refused_configuration_leaves_the_previous_one(dns, cli):
 def test_check_rejects_a_name_that_is_no_dns_label(cli):
     write_site(cli, domain="lab_x.test")
     edit_site(cli, lambda d: d["nodes"].append({"name": "node_3", "ip": N3}))
+    vlan = {"name": "io01", "interfaces": [{"ip": "10.99.0.21"}, {"name": "eth0.100", "ip": "10.99.0.121"}]}
+    edit_site(cli, lambda d: d["nodes"].append(vlan))
     res = cli("check", check=False)
     assert res.returncode == 1
     text = res.stdout + res.stderr
     assert "cluster.domain: 'lab_x.test' is not a DNS domain" in text, text
     assert "'node_3' is not a valid hostname" in text, text
+    assert "interfaces[1].name: 'eth0.100' cannot be part of a DNS name" in text, text
     lines = (cli.site / "cluster.yaml").read_text().splitlines()
     at = next(i for i, ln in enumerate(lines, 1) if "node_3" in ln)
     assert f"cluster.yaml:{at}:" in text, text

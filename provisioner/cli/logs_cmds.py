@@ -16,8 +16,11 @@ from .context import Context, pass_ctx
 @pass_ctx
 def logs(ctx: Context, node: str, follow: bool, boot: bool, lines: int | None) -> None:
     """Print NODE's log (initramfs and system; `provisioner configure logs` sets it up)."""
-    for line in logs_action.read(ctx, node, boot, lines):
+    found = logs_action.read(ctx, node, boot, lines)
+    for line in found:
         click.echo(line)
+    if not found and not follow:
+        click.echo(f"no log of {node} yet (the master collects them after `provisioner configure logs`)", err=True)
     if follow:
         try:
             logs_action.follow(ctx, node, click.echo)
