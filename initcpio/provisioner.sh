@@ -186,13 +186,16 @@ pv_syslog() {
     pv_log "boot begins (node ${PV_NODE:-?}, $PV_IP on $PV_IF, syslog to $target)"
 }
 
-# pv_syslog_stop: before switch_root, once the last line has left.
+# pv_syslog_stop: before switch_root, once the last line has left. syslogd's socket goes too:
+# /dev moves into the new root, and a dead /dev/log there would keep systemd from linking its
+# journal's socket in its place (every syslog(3) caller would then get "Connection refused").
 pv_syslog_stop() {
     [ -n "$PV_SYSLOG_PIDS" ] || return 0
     sleep 0.2
     # shellcheck disable=SC2086 # a list of pids
     kill $PV_SYSLOG_PIDS 2>/dev/null
     PV_SYSLOG_PIDS=""
+    rm -f /dev/log
 }
 
 # NFSv4 servers tell clients apart by an owner string built from the hostname (and an
