@@ -5,7 +5,8 @@
 # node's overlay into the upper layer, reports each stage to the master and leaves an
 # overlayfs root mounted on the directory given to pv_boot. Parameters: initcpio/README.md.
 #
-# Needs busybox applets: ip udhcpc mount wget timeout cpio zcat sed tr insmod modprobe hostname.
+# Needs busybox applets: ip udhcpc mount wget timeout cpio zcat sed tr insmod modprobe hostname
+# syslogd klogd logger.
 
 PV_RUN=/run/provisioner
 PV_LIB=/lib/provisioner
@@ -13,8 +14,11 @@ PV_LIB=/lib/provisioner
 PV_CREDENTIAL_FILE=etc/provisioner/credential
 PV_CRED=""
 
+PV_SYSLOG_PIDS=""
+
 pv_log() {
     echo "provisioner: $*"
+    [ -z "$PV_SYSLOG_PIDS" ] || logger -t provisioner "$*"
 }
 
 # pv_param NAME DEFAULT: the value of provisioner.NAME= on the kernel command line.
@@ -39,6 +43,7 @@ pv_read_cmdline() {
     PV_RETRY=$(pv_param retry 30)
     PV_IFACE=$(pv_param iface "")
     PV_TMPFS=$(pv_param tmpfs 50%)
+    PV_SYSLOG=$(pv_param syslog "")
     PV_BOOTIF=""
     local w cmdline
     read -r cmdline </proc/cmdline
@@ -51,6 +56,7 @@ pv_read_cmdline() {
 # reboot after provisioner.retry seconds so the node tries again from PXE.
 pv_fail() {
     echo "provisioner: ERROR: $*" >&2
+    [ -z "$PV_SYSLOG_PIDS" ] || logger -t provisioner -p user.err "ERROR: $*"
     pv_report failed "$*"
     if [ "$PV_DEBUG" = 1 ]; then
         echo "provisioner: debug shell (provisioner.debug=1); exit it to reboot" >&2
@@ -152,6 +158,44 @@ pv_network() {
     PV_NETUP=1
     # shellcheck disable=SC2153 # PV_IP and PV_IF come from net.env, written by udhcpc.script
     pv_log "network: $PV_IP on $PV_IF"
+}
+
+# pv_syslog: from the moment the network is up, busybox syslogd sends what the runtime logs
+# (and klogd the kernel's messages) to the master's syslog: provisioner.syslog=HOST[:PORT],
+# by default the host of provisioner.report on port 514, `off` for none. So a node that cannot
+# mount its root says why on the master too (`provisioner logs NODE` there). UDP: a boot never
+# waits on it.
+pv_syslog() {
+    local target=$PV_SYSLOG host wait=0
+    [ "$target" = off ] && return 0
+    if [ -z "$target" ]; then
+        host=${PV_REPORT#*://}
+        host=${host%%/*}
+        host=${host%%:*}
+        [ -n "$host" ] || return 0
+        target=$host:514
+    fi
+    syslogd -n -R "$target" &
+    PV_SYSLOG_PIDS=$!
+    klogd -n &
+    PV_SYSLOG_PIDS="$PV_SYSLOG_PIDS $!"
+    while [ ! -S /dev/log ] && [ $wait -lt 20 ]; do
+        sleep 0.05
+        wait=$((wait + 1))
+    done
+    pv_log "boot begins (node ${PV_NODE:-?}, $PV_IP on $PV_IF, syslog to $target)"
+}
+
+# pv_syslog_stop: before switch_root, once the last line has left. syslogd's socket goes too:
+# /dev moves into the new root, and a dead /dev/log there would keep systemd from linking its
+# journal's socket in its place (every syslog(3) caller would then get "Connection refused").
+pv_syslog_stop() {
+    [ -n "$PV_SYSLOG_PIDS" ] || return 0
+    sleep 0.2
+    # shellcheck disable=SC2086 # a list of pids
+    kill $PV_SYSLOG_PIDS 2>/dev/null
+    PV_SYSLOG_PIDS=""
+    rm -f /dev/log
 }
 
 # NFSv4 servers tell clients apart by an owner string built from the hostname (and an
@@ -280,7 +324,7 @@ pv_boot() {
     pv_read_cmdline
     pv_log "node ${PV_NODE:-?}: loading drivers"
     pv_load_modules
-    case "$PV_ROOT" in dev:*) ;; *) pv_network; pv_nfs_identity ;; esac
+    case "$PV_ROOT" in dev:*) ;; *) pv_network; pv_syslog; pv_nfs_identity ;; esac
     pv_fetch_overlay
     pv_report network "$PV_IP on $PV_IF"
     pv_mount_root
@@ -291,4 +335,6 @@ pv_boot() {
         -o "lowerdir=$PV_LOWER,upperdir=$PV_RUN/rw/upper,workdir=$PV_RUN/rw/work" "$newroot" 2>&1) \
         || pv_fail "cannot mount the overlay root on $newroot: $out"
     pv_report switch_root "${PV_NODE:-?}"
+    pv_log "switching to the image's init"
+    pv_syslog_stop
 }

@@ -6,11 +6,11 @@ from ..artifacts.overlay_build import BuildReport
 from ..errors import UserError
 from ..inventory import InventoryInvalid
 from ..inventory.edit import edit_inventory, isolate, node_entries
-from .context import Context
+from .context import Context, Say, quiet
 from .overlays import build_overlays
 
 
-def remove_nodes(ctx: Context, expr: str) -> tuple[list[str], BuildReport]:
+def remove_nodes(ctx: Context, expr: str, say: Say = quiet) -> tuple[list[str], BuildReport]:
     """Drop the nodes `expr` selects from the inventory (a node inside a range entry is split out of it first),
     then build: the build deletes what the departed nodes leave in the state directory and
     revokes their host keys in the list every remaining node is rebuilt with. Node-state
@@ -27,4 +27,4 @@ def remove_nodes(ctx: Context, expr: str) -> tuple[list[str], BuildReport]:
         raise UserError(f"not changed: {e}") from None
     except KeyError as e:
         raise UserError(f"no such node or profile: {e.args[0]}") from None
-    return names, build_overlays(ctx.fresh())
+    return names, build_overlays(ctx.fresh(), say=say)

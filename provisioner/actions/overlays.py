@@ -14,7 +14,8 @@ from ..errors import UserError
 from ..inventory.model import Node
 from ..render.context import RenderError
 from ..render.overlays import FileEntry
-from .context import Context
+from .configure import refresh
+from .context import Context, Say, quiet
 
 # How a caller shows a build's progress: given the number of nodes to look at, a context
 # manager yielding the callback told of each node done (the CLI's progress bar).
@@ -45,9 +46,11 @@ def build_overlays(
     force: bool = False,
     jobs: int | None = None,
     bar: ProgressBar | None = None,
+    say: Say = quiet,
 ) -> BuildReport:
     """Build the overlay archives and boot configs of `nodes` (default all) whose inputs changed,
-    the nodes' reported facts among those inputs."""
+    the nodes' reported facts among those inputs; then re-run the daemons `configure` set up
+    (their files are rewritten, and the daemons reloaded, only where the text changed)."""
     inv = ctx.inventory()
     facts = ctx.facts()
     if bar is None:
@@ -61,6 +64,7 @@ def build_overlays(
         # /metrics (in the serve process) learns build durations from the node-state DB.
         what = ",".join(report.built) if len(report.built) <= 3 else f"{len(report.built)} nodes"
         ctx.db().record_build("overlay", what, report.seconds)
+    refresh(ctx, say)
     return report
 
 

@@ -60,6 +60,10 @@ DEFAULT_PACKAGES = (
     "openssh-server",
     "curl",
     "nfs-common",
+    # The base overlay's time and log clients: timesyncd keeps time from the master's chrony,
+    # rsyslog forwards the journal to the master's rsyslog (`provisioner configure ntp|logs`).
+    "systemd-timesyncd",
+    "rsyslog",
 )
 
 

@@ -29,6 +29,8 @@ COMMANDS = [
     ("overlay_cmds", "overlay"),
     ("overlay_cmds", "plan"),
     ("overlay_cmds", "secrets_group"),
+    ("configure_cmds", "configure"),
+    ("logs_cmds", "logs"),
     ("demo_cmds", "demo"),
 ]
 

@@ -12,6 +12,7 @@ from typing import Any
 import click
 from ruamel.yaml.comments import CommentedMap
 
+from ..actions.configure import refresh
 from ..actions.nodes import remove_nodes
 from ..atomic import atomic_write, locked
 from ..errors import UserError
@@ -72,6 +73,10 @@ def init(ctx: Context, interface: str | None, name: str | None, force: bool) -> 
     (ctx.site.root / "nodes").mkdir(exist_ok=True)
     click.echo(f"wrote {path} (interface {net.interface}, subnet {net.address.network}, master {net.address.ip})")
     click.echo(gateway(net).summary)
+    click.echo(
+        "the nodes ask this host for names and time: `provisioner configure all` sets up dnsmasq, chrony "
+        "and rsyslog (node logs: `provisioner logs NODE`)"
+    )
 
 
 @click.command()
@@ -263,6 +268,7 @@ def node_add(
         set_fields(m, {"profiles": plist or None, "bmc": bmc, **_settings_from(settings)})
         node_entries(doc).append(m)
     click.echo(f"added {name} ({ip}{', ' + mac if mac else ''})")
+    refresh(ctx.fresh(), click.echo)
 
 
 @node.command("set")
@@ -304,6 +310,7 @@ def node_set(
             for key in unset:
                 entry.pop(key, None)
     click.echo(f"updated {len(names)} node(s)")
+    refresh(ctx.fresh(), click.echo)
 
 
 @node.command("rm")
@@ -314,7 +321,7 @@ def node_rm(ctx: Context, nodes: str) -> None:
     archives and boot configs; their host keys are revoked on every other node."""
     if not ctx.site.cluster_yaml.exists():
         raise UserError(f"no inventory at {ctx.site.cluster_yaml} (run `provisioner init` first)")
-    names, report = remove_nodes(ctx, nodes)
+    names, report = remove_nodes(ctx, nodes, click.echo)
     click.echo(f"removed {len(names)} node(s) with their secrets and files; rebuilt {len(report.built)} other(s)")
 
 

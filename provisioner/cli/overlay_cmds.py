@@ -34,7 +34,12 @@ def overlay() -> None:
 def overlay_build_cmd(ctx: Context, nodes: str | None, force: bool, jobs: int | None, as_json: bool) -> None:
     """Build overlay archives and boot configs of NODES (default all) whose inputs changed."""
     report = overlays.build_overlays(
-        ctx, ctx.select(nodes) if nodes else None, force=force, jobs=jobs, bar=progress_bar(quiet=as_json)
+        ctx,
+        ctx.select(nodes) if nodes else None,
+        force=force,
+        jobs=jobs,
+        bar=progress_bar(quiet=as_json),
+        say=click.echo if not as_json else lambda _: None,
     )
     if as_json:
         echo_json(report.__dict__)

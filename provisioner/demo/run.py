@@ -31,6 +31,7 @@ from ..artifacts.initramfs import build_initramfs
 from ..inventory import Inventory
 from ..nodestate import NodeStateDB
 from ..paths import Site, State
+from . import services as demo_services
 from . import site as demo_site
 from .host import MasterHost
 from .netns import DemoNet
@@ -357,6 +358,14 @@ class Demo:
                 f"host key, machine-id {facts['machine-id'][:8]}...",
             )
 
+    def start_services(self) -> None:
+        assert self.master is not None
+        demo_services.start(self.ctx, self.master, self.sup, lambda m: self.say("services", m))
+
+    def check_services(self, inv: Inventory) -> None:
+        assert self.master is not None
+        demo_services.check(self.ctx, self.master, inv, lambda m: self.say("check", m))
+
     @staticmethod
     def _tail(path: Path, lines: int = 30) -> str:
         try:
@@ -376,6 +385,7 @@ class Demo:
         try:
             self.stage("network", "namespace with bridge br0 and a tap per node", self.start_network)
             self.stage("master", "munged, nfs-ganesha, slurmctld, provisioner serve", lambda: self.start_master(inv))
+            self.stage("services", "configure all: dnsmasq, chronyd, rsyslogd", self.start_services)
             self.stage("boot", f"qemu (TCG) x{len(inv.nodes)}, PXE with the stock iPXE ROM", lambda: self.boot_vms(inv))
             self.stage("join", "waiting for sinfo to show every node idle", lambda: self.wait_idle(inv))
             self.stage("slurm", "srun on each node", lambda: self.srun(inv))
@@ -383,6 +393,9 @@ class Demo:
                 "check",
                 "one srun on every node (OpenMPI, MPICH, machine-id); ssh-keyscan each sshd",
                 lambda: self.check_nodes(inv),
+            )
+            self.stage(
+                "services", "from each node: DNS, NTP, logs through the master", lambda: self.check_services(inv)
             )
             for node in inv.nodes:
                 subprocess.run(

@@ -37,6 +37,7 @@ from .schema import (
     Words,
     setting,
     settings_of,
+    valid_hostname,
 )
 
 
@@ -180,10 +181,52 @@ class Limits:
     http_keepalive_timeout: int = setting(Count(1, 3600), default=75, help="seconds an idle connection is kept")
 
 
+def _domain(value: str, _: Scope) -> str | None:
+    bad = [label for label in value.split(".") if not valid_hostname(label)]
+    return f"{value!r} is not a DNS domain (labels of letters, digits, '-', joined by '.')" if bad else None
+
+
+def _aliases(value: Mapping[str, str], _: Scope) -> str | None:
+    bad = [name for name in value if not valid_hostname(name)]
+    return f"alias {bad[0]!r} is not a valid DNS label (letters, digits, '-')" if bad else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dns:
+    """The cluster's names, answered by dnsmasq on the master (`provisioner configure dns`)."""
+
+    upstream: tuple[IPv4Address, ...] = setting(
+        Addresses(), help="servers other names are forwarded to; default: the master's /etc/resolv.conf"
+    )
+    aliases: Mapping[str, str] = setting(
+        Options("alias names to a node name or an address"), check=_aliases, help="extra names in the cluster domain"
+    )
+    options: tuple[str, ...] = setting(Words(), help="dnsmasq lines appended verbatim (a list)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ntp:
+    """chrony on the master, serving the provisioning subnet (`provisioner configure ntp`)."""
+
+    upstream: tuple[str, ...] = setting(Words(), help="servers the master keeps time from; none: its own clock")
+    stratum: int = setting(Count(1, 15), default=10, help="stratum served from the local clock without upstream")
+    options: tuple[str, ...] = setting(Words(), help="chrony.conf lines appended verbatim (a list)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Logs:
+    """Nodes' syslog collected by rsyslog on the master (`provisioner configure logs`)."""
+
+    max_mb: int = setting(
+        Count(1, 1 << 20), default=16, help="a node's log is rotated at this size (one old file kept)"
+    )
+    options: tuple[str, ...] = setting(Words(), help="rsyslog lines appended verbatim (a list)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Cluster:
     name: str = setting(Label(), required=True, default="cluster")
-    domain: str = setting(Text(), default="cluster")
+    domain: str = setting(Text(), default="cluster", check=_domain)
     network: Network = setting(Section(Network), required=True)
     nfs: Nfs = setting(Section(Nfs))
     slurm: Slurm = setting(Section(Slurm))
@@ -194,6 +237,9 @@ class Cluster:
     retention: Retention = setting(Section(Retention))
     limits: Limits = setting(Section(Limits))
     secure: bool = setting(Flag(), default=True)
+    dns: Dns = setting(Section(Dns))
+    ntp: Ntp = setting(Section(Ntp))
+    logs: Logs = setting(Section(Logs))
 
 
 # -- profiles and nodes -----------------------------------------------------------------------

@@ -233,6 +233,9 @@ class _Parser:
             first_ip = self.value(iface, ipath, "ip", _ADDRESS)
             if k == 0 and first_ip is None and "ip" not in iface:
                 self.err(ipath, "the first interface needs an 'ip' (the first address for a range)")
+            if k > 0 and first_ip is not None and not valid_hostname(f"x-{iface.get('name') or 'eth'}"):
+                # A further interface with an address is named NODE-IFACE in /etc/hosts and DNS.
+                self.err((*ipath, "name"), f"{iface.get('name')!r} cannot be part of a DNS name (letters, digits, '-')")
             for j, _ in enumerate(names):
                 ip = first_ip + j if first_ip is not None else None
                 per_node_ifaces[j].append(Interface(str(iface.get("name") or f"eth{k}"), macs[j], ip))

@@ -112,7 +112,7 @@ cluster:
     subnet: {subnet}
     master: {master}          # this host: DHCP, TFTP, HTTP, NFS and slurmctld
 {why}
-{gw_line}    dns: [{master}]
+{gw_line}    dns: [{master}]                # nodes ask the master: `provisioner configure dns` runs dnsmasq there
 {dyn_line}  nfs:
     version: "4.2"
     exports:
@@ -120,7 +120,13 @@ cluster:
         access: rw
   slurm:
     controller: master
-  time_servers: [{master}]
+  time_servers: [{master}]        # nodes keep time from the master: `provisioner configure ntp` (chrony)
+  # The master's own daemons (`provisioner configure all`): names not in the cluster are
+  # forwarded to dns.upstream (default: this host's /etc/resolv.conf); chrony follows
+  # ntp.upstream; each node's syslog is kept under the state directory (`provisioner logs NODE`).
+  # dns: {{upstream: [192.0.2.53], aliases: {{login: node01}}}}
+  # ntp: {{upstream: [192.0.2.123]}}
+  # logs: {{max_mb: 16}}
   ports:
     http: 80
     tftp: 69
