@@ -13,6 +13,7 @@ import click
 from ruamel.yaml.comments import CommentedMap
 
 from ..actions.nodes import remove_nodes
+from ..artifacts import users as accounts
 from ..atomic import atomic_write, locked
 from ..errors import UserError
 from ..inventory import (
@@ -81,6 +82,9 @@ def check(ctx: Context, as_json: bool) -> None:
     """Validate the inventory; list every problem with file, line and field."""
     if not as_json:
         inv = ctx.inventory()
+        clashes = accounts.problems(ctx.state, inv)
+        if clashes:
+            raise UserError("; ".join(clashes))
         click.echo(f"{inv.path}: ok ({len(inv.nodes)} nodes, {len(inv.profiles)} profiles)")
         return
     try:
