@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from labs.site import node, node_of, site_yaml
+from labs.site import node, node_of, numbered, site_yaml
+from labs.slurm import lab_site, slurm_cluster
 from provisioner.artifacts import layout, overlay_build
 from provisioner.inventory import load_inventory
 from provisioner.paths import Site, State
@@ -190,3 +191,40 @@ def test_unreadable_master_files_and_unknown_names_are_clear_errors(tmp_path, cl
     res = cli("--site", s.root, "--state", state.root, "overlay", "build", check=False)
     assert res.returncode == 1 and "cannot read the master's accounts" in res.stderr, res.stderr
     assert node_of(load_inventory(s.cluster_yaml), "node01")
+
+
+def _system_accounts(path: str, ids: range) -> str:
+    """The host's own accounts outside `ids` (munge, slurm...): the scratch master keeps them."""
+    lines = Path(path).read_text().splitlines(keepends=True)
+    return "".join(line for line in lines if len(line.split(":")) > 2 and int(line.split(":")[2]) not in ids)
+
+
+@pytest.mark.netns
+@pytest.mark.daemons
+def test_a_user_runs_jobs_under_the_same_identity_on_every_node(tmp_path):
+    """Real Slurm: alice, a user of the (scratch) master only, submits from the controller;
+    her job runs on both nodes with the uid, gid and groups, names and all, she has there."""
+    ids = range(4000, 5000)
+    root = tmp_path / "master"
+    (root / "etc").mkdir(parents=True)
+    etc = {
+        "passwd": _system_accounts("/etc/passwd", ids) + "alice:x:4242:4242:Alice:/home/alice:/bin/sh\n",
+        "group": _system_accounts("/etc/group", ids) + "alice:x:4242:\nusrresearch:x:4300:alice\n",
+    }
+    for name, text in etc.items():
+        (root / "etc" / name).write_text(text)
+    text = lab_site(
+        numbered(2),
+        {"default": {"overlays": ["munge", "slurm", "mpi", "users"], "partitions": ["batch"]}},
+        users={"min_id": ids.start, "max_id": ids.stop - 1, "root": str(root)},
+    )
+    with slurm_cluster(text, etc) as sl:
+        for name in ("node01", "node02"):
+            sl.boot(name)
+        sl.wait_idle(["node01", "node02"])
+        on_master = sl.ctl.run(["id", "alice"]).stdout.strip()
+        assert on_master == "uid=4242(alice) gid=4242(alice) groups=4242(alice),4300(usrresearch)"
+        as_alice = ["setpriv", "--reuid=alice", "--regid=alice", "--init-groups", "--"]
+        job = sl.ctl.run([*as_alice, "sh", "-c", "cd /tmp && exec srun -N2 -l sh -c 'echo $(hostname) $(id)'"])
+        lines = sorted(line.split(": ", 1)[1] for line in job.stdout.splitlines())
+        assert lines == [f"node01 {on_master}", f"node02 {on_master}"], job.stdout + job.stderr
