@@ -144,6 +144,20 @@ def test_shadow_only_when_the_site_asks(tmp_path):
     assert "alice:x:1000" in files["etc/passwd"].data.decode()
 
 
+def test_a_node_without_image_never_gets_the_masters_own_shadow(tmp_path):
+    """Before its image is built a node's "image" tables are the master's: its passwd and group
+    serve, its shadow (the master's root password) does not."""
+    master(tmp_path / "master")
+    s, state = site(tmp_path, shadow=True, min_id=4000, max_id=4999, keys={})
+    text = (tmp_path / "master/etc/passwd").read_text() + "dora:x:4444:4444::/home/dora:/bin/sh\n"
+    (tmp_path / "master/etc/passwd").write_text(text)
+    files = built(s, state)
+    assert files["etc/shadow"].data.decode() == "dora:*:::::::\n"
+    assert (
+        files["etc/passwd"].data.decode() == Path("/etc/passwd").read_text() + "dora:x:4444:4444::/home/dora:/bin/sh\n"
+    )
+
+
 def test_names_list_picks_exactly_those_users(tmp_path):
     master(tmp_path / "master")
     s, state = site(tmp_path, names=["bob"], keys={})
@@ -174,6 +188,8 @@ def test_uid_clash_with_an_image_account_is_refused_by_check_and_build(scratch, 
     res = cli("--site", s.root, "--state", state.root, "check", check=False)
     assert res.returncode == 1
     assert "alice (passwd id 1000) clashes with ftp (id 1000)" in res.stderr, res.stderr
+    res = cli("--site", s.root, "--state", state.root, "check", "--json", check=False)
+    assert res.returncode == 1 and '"field": "cluster.users"' in res.stdout and "clashes with ftp" in res.stdout
     with pytest.raises(overlay_build.BuildFailed, match=r"alice \(passwd id 1000\) clashes with ftp"):
         built(s, state)
     # The node keeps what it had.

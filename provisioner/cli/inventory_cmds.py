@@ -88,8 +88,10 @@ def check(ctx: Context, as_json: bool) -> None:
         click.echo(f"{inv.path}: ok ({len(inv.nodes)} nodes, {len(inv.profiles)} profiles)")
         return
     try:
-        load_inventory(ctx.site.cluster_yaml)
-        problems: list[Problem] = []
+        inv = load_inventory(ctx.site.cluster_yaml)
+        problems: list[Problem] = [
+            Problem(str(inv.path), 0, "cluster.users", p) for p in accounts.problems(ctx.state, inv)
+        ]
     except InventoryInvalid as e:
         problems = e.problems
     echo_json([vars(p) for p in problems])

@@ -213,10 +213,13 @@ class IdMap:
     @classmethod
     def load(cls, rootfs: Path | None, shadow: bool = False) -> IdMap:
         """The image's tables (read inside the image: its links lead nowhere on this host);
-        the master's own when the image is not built yet."""
-        image = Root(rootfs if rootfs is not None and Root(rootfs).is_file("etc/passwd") else Path("/"))
+        the master's own when the image is not built yet, but never the master's shadow (its
+        root password has no place on a node)."""
+        built = rootfs is not None and Root(rootfs).is_file("etc/passwd")
+        image = Root(rootfs if built and rootfs is not None else Path("/"))
         group = image.read_text("etc/group") if image.is_file("etc/group") else ""
-        secret = (image.read_text("etc/shadow") if image.is_file("etc/shadow") else "") if shadow else None
+        has_shadow = built and image.is_file("etc/shadow")
+        secret = (image.read_text("etc/shadow") if has_shadow else "") if shadow else None
         return cls(image.read_text("etc/passwd"), group, str(image.path / "etc"), secret)
 
     def uid(self, name: str) -> int:
