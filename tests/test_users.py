@@ -71,7 +71,10 @@ def site(tmp_path: Path, **users: Any) -> tuple[Site, State]:
     settings = {"root": str(tmp_path / "master"), "keys": {"bob": BOB_KEY}} | users
     s.cluster_yaml.write_text(
         site_yaml(
-            [node("node01", "10.77.0.11", "52:54:00:77:00:11")],
+            [
+                node("node01", "10.77.0.11", "52:54:00:77:00:11"),
+                node("plain01", "10.77.0.12", "52:54:00:77:00:12", profiles=[], image="debian12", overlays=["base"]),
+            ],
             {"default": {"image": "debian12", "overlays": ["base", "users"]}},
             subnet="10.77.0.0/24",
             interface=None,
@@ -135,6 +138,16 @@ def test_node_gets_master_users_merged_into_its_image_accounts(scratch):
     assert stat.S_IMODE(archive.resolve().parent.stat().st_mode) == 0o700
 
 
+def test_the_images_own_lines_stay_for_an_account_both_have(tmp_path):
+    master(tmp_path / "master")
+    s, state = site(tmp_path, shadow=True, names=["root", "alice"], keys={})
+    image(state)
+    files = built(s, state)
+    assert files["etc/passwd"].data.decode().splitlines()[0] == "root:x:0:0:root:/root:/bin/bash"
+    shadow = files["etc/shadow"].data.decode()
+    assert shadow.startswith("root:*:19000:") and "rootsecret" not in shadow and "alice:$6$alicehash" in shadow
+
+
 def test_shadow_only_when_the_site_asks(tmp_path):
     master(tmp_path / "master")
     s, state = site(tmp_path)
@@ -173,7 +186,7 @@ def test_a_change_on_the_master_reaches_the_node_with_the_next_build(scratch):
     assert overlay_build.build(state, s, inv).built == []  # nothing changed: nothing rebuilt
     master_root = s.root.parent / "master"
     (master_root / "etc/passwd").write_text(MASTER_PASSWD + "carol:x:1002:1002::/home/carol:/bin/sh\n")
-    assert overlay_build.build(state, s, inv).built == ["node01"]
+    assert overlay_build.build(state, s, inv).built == ["node01"]  # not plain01: no users overlay
     files = {e.path: e for e in overlay_build.read_archive(layout.overlay_archive(state, "node01"))}
     assert "carol:x:1002:1002::/home/carol:/bin/sh" in files["etc/passwd"].data.decode()
     (master_root / "home/alice/.ssh/authorized_keys").write_text("ssh-ed25519 AAAAnew alice@new\n")

@@ -135,8 +135,6 @@ class Build:
             h.update(f"overlay\0{tree.name}\0{tree.digest}\0".encode())
         h.update(self.boot.digest.encode())
         h.update(repr(self.inventory.cluster).encode())
-        if self.accounts is not None:
-            h.update(self.accounts.digest.encode())
         sources = [sf for t in trees for sf in t.files.values()]
         if self.boot.reads_nodes or any(sf.per_node_reads_all for sf in sources):
             h.update(self._all_nodes())
@@ -161,6 +159,8 @@ class Build:
         h = hashlib.sha256(self._global)
         h.update(self._node_keys[node.name].encode())
         h.update(self._image_keys[node.image])  # the version its boot configs pin, its user tables
+        if self.accounts is not None and USERS in node_overlays(node):
+            h.update(self.accounts.digest.encode())  # the master's accounts it gets
         h.update(json.dumps(self.facts.get(node.name) or {}, sort_keys=True).encode())
         own = self.library.override_tree(node.name)
         if own is not None:

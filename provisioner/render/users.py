@@ -109,7 +109,8 @@ def authorized_keys(users: Users, site: SiteAccounts, found: Mapping[str, str]) 
 
 def _merge(image: list[Record], site: Iterable[Record], what: str, image_origin: str, origin: str) -> list[Record]:
     """The image's records with the site's added; a name or id already the image's is a clash,
-    unless both name and id match (then the master's record replaces the image's)."""
+    unless both match: the same account, whose line stays the image's (a group gains the
+    master's members)."""
     out = list(image)
     by_name = {r[0]: i for i, r in enumerate(out)}
     by_id = {_id(r): r[0] for r in out if _id(r) is not None}
@@ -117,7 +118,8 @@ def _merge(image: list[Record], site: Iterable[Record], what: str, image_origin:
         i = by_name.get(rec[0])
         ident = _id(rec)
         if i is not None and (ident is None or _id(out[i]) == ident):
-            out[i] = _with_members(rec, out[i]) if what == "group" else rec
+            if what == "group":
+                out[i] = _with_members(out[i], rec)
             continue
         other = out[i] if i is not None else next((r for r in out if r[0] == by_id.get(ident)), None)
         if other is not None:
@@ -131,9 +133,9 @@ def _merge(image: list[Record], site: Iterable[Record], what: str, image_origin:
     return out
 
 
-def _with_members(site: Record, image: Record) -> Record:
+def _with_members(image: Record, site: Record) -> Record:
     members = [m for m in (*image[3].split(","), *site[3].split(",")) if m]
-    return (*site[:3], ",".join(dict.fromkeys(members)))
+    return (*image[:3], ",".join(dict.fromkeys(members)))
 
 
 def passwd(image: IdMap, site: SiteAccounts) -> str:
@@ -149,17 +151,13 @@ def group(image: IdMap, site: SiteAccounts) -> str:
 
 
 def shadow(image: IdMap, site: SiteAccounts) -> str:
-    """The image's shadow with the site users' lines (the image's root password stays)."""
+    """The image's shadow with the site users' lines (an account the image has keeps its own:
+    the image's root password stays)."""
     if image.shadow is None or site.shadow is None:
         raise RenderError(OVERLAY, None, None, "the shadow file was not read (cluster.users.shadow is false)")
     out = records(image.shadow)
-    known = {r[0]: i for i, r in enumerate(out)}
-    for rec in site.shadow:
-        if rec[0] in known:
-            out[known[rec[0]]] = rec
-        else:
-            out.append(rec)
-    return "".join(map(_line, out))
+    known = {r[0] for r in out}
+    return "".join(map(_line, out + [r for r in site.shadow if r[0] not in known]))
 
 
 def tree(image: IdMap, site: SiteAccounts) -> OverlayTree:
