@@ -216,6 +216,12 @@ def test_unreadable_master_files_and_unknown_names_are_clear_errors(tmp_path, cl
     image(state)
     res = cli("--site", s.root, "--state", state.root, "check", check=False)
     assert res.returncode == 1 and "no user zed in" in res.stderr, res.stderr
+    s, state = site(tmp_path, groups=["wheel"])
+    res = cli("--site", s.root, "--state", state.root, "check", check=False)
+    assert res.returncode == 1 and "no group wheel in" in res.stderr, res.stderr
+    s, state = site(tmp_path, min_id=2000, max_id=1999)
+    res = cli("--site", s.root, "--state", state.root, "check", check=False)
+    assert res.returncode == 1 and "cluster.users.max_id: must not be below min_id (2000)" in res.stderr, res.stderr
     s, state = site(tmp_path, root=str(tmp_path / "nowhere"))
     res = cli("--site", s.root, "--state", state.root, "overlay", "build", check=False)
     assert res.returncode == 1 and "cannot read the master's accounts" in res.stderr, res.stderr

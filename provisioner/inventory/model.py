@@ -189,7 +189,12 @@ class Users:
     primary groups and `groups`."""
 
     min_id: int = setting(Count(0, 2**31), default=1000, help="lowest UID/GID taken from the master")
-    max_id: int = setting(Count(0, 2**31), default=59999, help="highest UID/GID taken from the master")
+    max_id: int = setting(
+        Count(0, 2**31),
+        default=59999,
+        check=lambda v, s: None if v >= s.min_id else f"must not be below min_id ({s.min_id})",
+        help="highest UID/GID taken from the master",
+    )
     names: tuple[str, ...] = setting(Names(), help="these users only, whatever their UID")
     groups: tuple[str, ...] = setting(Names(), help="groups taken besides those in the id range")
     shadow: bool = setting(Flag(), default=False, help="also the users' password hashes (/etc/shadow)")

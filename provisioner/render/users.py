@@ -80,6 +80,9 @@ def select(
     in_range = [r for r in groups if users.min_id <= (_id(r) or 0) <= users.max_id and r[0] not in NOBODY]
     picked = [r for r in groups if r in in_range or r[2] in primary or r[0] in users.groups]
     picked_names = {r[0] for r in picked}
+    unknown = [g for g in users.groups if g not in picked_names]
+    if unknown:
+        raise RenderError("cluster.users.groups", None, None, f"no group {', '.join(unknown)} in {origin}/etc/group")
     members = {
         (r[0], r[2]): tuple(m for m in r[3].split(",") if m in names)
         for r in groups
