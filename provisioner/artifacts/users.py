@@ -32,6 +32,8 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError as e:
         raise UserError(f"cannot read the master's accounts: {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"cannot read the master's accounts: {path}: not UTF-8 (byte {e.start})") from None
 
 
 def load(users: Users) -> SiteAccounts:
