@@ -208,7 +208,8 @@ class IdMap:
         self.groups = _id_table(group)
         self.passwd, self.group, self.shadow = passwd, group, shadow
         self.origin = origin
-        self.digest = hashlib.sha256(f"{passwd}\0{group}\0{shadow}".encode()).hexdigest()
+        tables = f"{passwd}\0{group}" + ("" if shadow is None else f"\0{shadow}")  # as before shadow was read
+        self.digest = hashlib.sha256(tables.encode()).hexdigest()
 
     @classmethod
     def load(cls, rootfs: Path | None, shadow: bool = False) -> IdMap:
