@@ -2,7 +2,8 @@
 
 Content-addressed: a node is rebuilt only when the digest of its inputs (overlay sources,
 cluster and node data, reported facts, its secrets' stamps, its image's current version and
-user tables) differs from the manifest, so an image switch rebuilds that image's nodes alone.
+user tables, the master's accounts it gets) differs from the manifest, so an image switch
+rebuilds that image's nodes alone.
 All or nothing across the whole build: workers write into fresh shard folders of a new
 generation (layout.py), and only when every node rendered without error is it completed, made
 durable and switched to with one rename, so a broken template, an exception or `kill -9` at any
@@ -43,10 +44,13 @@ from ..render.overlays import (
     IdMap,
     NodeRenderer,
     OverlayLibrary,
+    OverlayTree,
     node_overlays,
 )
 from ..render.pxe import BootConfigs, BootTemplates
-from . import cpio, images, layout, secrets
+from ..render.users import OVERLAY as USERS
+from ..render.users import tree as users_tree
+from . import cpio, images, layout, secrets, users
 
 FORMAT = "1"  # bump when the archive layout changes, so every node rebuilds
 GZIP_LEVEL = 6
@@ -94,9 +98,13 @@ class Build:
         }
         self.library = OverlayLibrary(site)
         self.boot = BootTemplates(site)
+        self.accounts = users.load(inventory.cluster.users) if users.wanted(inventory) else None
         reader = secrets.reader(state)
-        self.renderer = NodeRenderer(self.library, shared_context(inventory, SecretHandles(reader)), reader, self.idmap)
+        self.renderer = NodeRenderer(
+            self.library, shared_context(inventory, SecretHandles(reader)), reader, self.idmap, self.generated
+        )
         self._idmaps: dict[str | None, IdMap] = {}
+        self._generated: dict[str | None, OverlayTree] = {}
         self._node_keys = {n.name: _node_key(n) for n in inventory.nodes}
         self._image_keys = {
             i: f"image\0{i or ''}\0{self.versions.get(i) or ''}\0{self.idmap(i).digest}".encode() for i in used
@@ -106,10 +114,18 @@ class Build:
 
     def idmap(self, image: str | None) -> IdMap:
         if image not in self._idmaps:
-            self._idmaps[image] = IdMap.load(
-                layout.image_rootfs(self.state, image, self.versions.get(image)) if image else None
+            self._idmaps[image] = users.image_ids(
+                self.state, image, self.versions.get(image), self.inventory.cluster.users
             )
         return self._idmaps[image]
+
+    def generated(self, overlay: str, image: str | None) -> OverlayTree | None:
+        """The master's accounts merged into the image's, for nodes with the users overlay."""
+        if overlay != USERS or self.accounts is None:
+            return None
+        if image not in self._generated:
+            self._generated[image] = users_tree(self.idmap(image), self.accounts)
+        return self._generated[image]
 
     def _global_digest(self) -> bytes:
         h = hashlib.sha256(FORMAT.encode())
@@ -143,6 +159,8 @@ class Build:
         h = hashlib.sha256(self._global)
         h.update(self._node_keys[node.name].encode())
         h.update(self._image_keys[node.image])  # the version its boot configs pin, its user tables
+        if self.accounts is not None and USERS in node_overlays(node):
+            h.update(self.accounts.digest.encode())  # the master's accounts it gets
         h.update(json.dumps(self.facts.get(node.name) or {}, sort_keys=True).encode())
         own = self.library.override_tree(node.name)
         if own is not None:

@@ -9,6 +9,9 @@ secrets/
   ssh/<node>/valid.<signed>.<to>  when the certificates were signed and until when they are valid
                               (epoch seconds, valid from CERT_SKEW before signing): bounded, so a
                               stolen key stops working, and renewed once less than a quarter is left
+  ssh_user_ca, .pub           ed25519 CA whose user certificates the nodes with the ssh-user-ca
+                              overlay trust (TrustedUserCAKeys); made once a node uses it, or
+                              by `secrets sign-user`
   ssh_revoked.krl             OpenSSH key revocation list of removed nodes' host keys; every
                               node's ssh client is told to refuse them (RevokedHostKeys)
   credentials/<node>          the node's report credential (64 hex digits): its overlay carries it,
@@ -24,6 +27,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -44,6 +48,9 @@ MUNGE_KEY_BYTES = 1024
 SSH_CA = "ssh_host_ca"
 SSH_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 SSH_KRL = "ssh_revoked.krl"
+SSH_USER_CA = "ssh_user_ca"
+USER_CA_OVERLAY = "ssh-user-ca"  # nodes with this overlay trust the user CA
+USER_CERT_VALIDITY = "-5m:+1w"  # a user certificate's default validity (ssh-keygen -V)
 CERT_VALIDITY = 52 * 7 * 86400  # seconds a host certificate is valid for
 CERT_SKEW = 300  # certificates are valid from this many seconds before signing (clock skew)
 CREDENTIALS = "credentials"
@@ -136,11 +143,42 @@ def _new_keypair(dest: Path, name: str, ktype: str, comment: str) -> None:
         os.replace(key, dest / name)
 
 
-def _ensure_ca(root: Path, cluster: Cluster) -> Path:
-    ca = root / SSH_CA
+def _ensure_ca(root: Path, cluster: Cluster, name: str = SSH_CA, what: str = "host") -> Path:
+    ca = root / name
     if not ca.exists():
-        _new_keypair(root, SSH_CA, "ed25519", f"{cluster.name} host CA")
+        _new_keypair(root, name, "ed25519", f"{cluster.name} {what} CA")
     return ca
+
+
+def sign_user(
+    state: State,
+    cluster: Cluster,
+    user: str,
+    pubkey: str,
+    principals: Iterable[str] = (),
+    validity: str = USER_CERT_VALIDITY,
+) -> str:
+    """A certificate for `user`'s public key (its text), signed by the site's user CA (made if
+    missing): the user logs into nodes that trust the CA as any of `principals` (default: the
+    user). Serial: the signing time, so a revocation list can name it."""
+    names = list(principals) or [user]
+    bad = [n for n in [user, *names] if not _USER_NAME.match(n)]
+    if bad:
+        raise UserError(f"{bad[0]!r} is not a user name")
+    root = _root(state)
+    ca = _ensure_ca(root, cluster, SSH_USER_CA, "user")
+    with tempfile.TemporaryDirectory(dir=root, prefix=".sign-user.") as tmp:
+        key = Path(tmp) / "key.pub"
+        key.write_text(pubkey.strip() + "\n")
+        probe = subprocess.run(["ssh-keygen", "-l", "-f", str(key)], capture_output=True, text=True, check=False)
+        if probe.returncode != 0 or pubkey.lstrip().startswith("-----"):
+            raise UserError("not an OpenSSH public key (give the .pub file)")
+        serial = str(time.time_ns() // 1000)
+        _keygen(["-s", str(ca), "-I", user, "-n", ",".join(names), "-V", validity, "-z", serial, str(key)])
+        return (Path(tmp) / "key-cert.pub").read_text()
+
+
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 
 
 def needs_host_keys(node: Node) -> bool:
@@ -265,6 +303,9 @@ def ensure_secrets(
     if not (root / SSH_KRL).exists():
         _update_krl(root, [])
         made.append(SSH_KRL)
+    if not (root / SSH_USER_CA).exists() and any(USER_CA_OVERLAY in n.overlays for n in inventory.nodes):
+        _ensure_ca(root, inventory.cluster, SSH_USER_CA, "user")
+        made.append(SSH_USER_CA)
     todo = [
         n for n in (inventory.nodes if nodes is None else nodes) if not _node_ssh_complete(root, inventory.cluster, n)
     ]

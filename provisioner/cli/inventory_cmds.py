@@ -14,6 +14,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from ..actions.configure import refresh
 from ..actions.nodes import remove_nodes
+from ..artifacts import users as accounts
 from ..atomic import atomic_write, locked
 from ..errors import UserError
 from ..inventory import (
@@ -86,11 +87,16 @@ def check(ctx: Context, as_json: bool) -> None:
     """Validate the inventory; list every problem with file, line and field."""
     if not as_json:
         inv = ctx.inventory()
+        clashes = accounts.problems(ctx.state, inv)
+        if clashes:
+            raise UserError("; ".join(clashes))
         click.echo(f"{inv.path}: ok ({len(inv.nodes)} nodes, {len(inv.profiles)} profiles)")
         return
     try:
-        load_inventory(ctx.site.cluster_yaml)
-        problems: list[Problem] = []
+        inv = load_inventory(ctx.site.cluster_yaml)
+        problems: list[Problem] = [
+            Problem(str(inv.path), 0, "cluster.users", p) for p in accounts.problems(ctx.state, inv)
+        ]
     except InventoryInvalid as e:
         problems = e.problems
     echo_json([vars(p) for p in problems])

@@ -1,4 +1,4 @@
-"""Overlay commands: `overlay build|list|show|edit`, `plan` and `secrets show|regenerate`."""
+"""Overlay commands: `overlay build|list|show|edit`, `plan` and `secrets show|regenerate|sign-user`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
 import click
 
 from ..actions import overlays
 from ..artifacts import secrets
+from ..atomic import atomic_write
 from ..errors import UserError
 from ..render.overlays import FileEntry
 from .context import Context, echo_json, echo_table, pass_ctx, progress_bar
@@ -185,7 +186,7 @@ def plan(ctx: Context, nodes: str | None, with_diff: bool) -> None:
 
 @click.group("secrets")
 def secrets_group() -> None:
-    """Cluster secrets: the MUNGE key and SSH host keys (state/secrets)."""
+    """Cluster secrets: the MUNGE key, SSH host keys and CAs (state/secrets)."""
 
 
 @secrets_group.command("show")
@@ -220,3 +221,24 @@ def secrets_regenerate(ctx: Context, what: Literal["munge", "ssh"], nodes: str |
         raise UserError("nothing changed")
     report = overlays.regenerate_secrets(ctx, what, chosen)
     click.echo(f"replaced {target}; rebuilt {len(report.built)} node(s)")
+
+
+@secrets_group.command("sign-user")
+@click.argument("user")
+@click.argument("pubkey", type=click.File("r"))
+@click.option("--principals", help="Comma list of names the certificate logs in as [default: USER].")
+@click.option("--validity", default=secrets.USER_CERT_VALIDITY, show_default=True, help="As ssh-keygen -V takes it.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the certificate here [default: stdout].")
+@pass_ctx
+def secrets_sign_user(
+    ctx: Context, user: str, pubkey: TextIO, principals: str | None, validity: str, output: str | None
+) -> None:
+    """Sign USER's SSH public key PUBKEY (a .pub file, - for stdin) with the site's user CA,
+    which nodes with the ssh-user-ca overlay trust."""
+    names = [p for p in (principals or "").split(",") if p]
+    cert = secrets.sign_user(ctx.state, ctx.inventory().cluster, user, pubkey.read(), names, validity)
+    if output is None:
+        click.echo(cert, nl=False)
+    else:
+        atomic_write(Path(output), cert, mode=0o644)
+        click.echo(f"wrote {output}", err=True)

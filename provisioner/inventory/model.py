@@ -224,6 +224,31 @@ class Logs:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Users:
+    """Which of the master's accounts the nodes with the `users` overlay get, merged into their
+    image's own passwd and group, so a job runs under the same identity on every node. Ids
+    from `min_id` to `max_id` (Debian's range for people, so nobody and system accounts stay
+    the image's), or exactly the users in `names`; groups by the same range, the users'
+    primary groups and `groups`."""
+
+    min_id: int = setting(Count(0, 2**31), default=1000, help="lowest UID/GID taken from the master")
+    max_id: int = setting(
+        Count(0, 2**31),
+        default=59999,
+        check=lambda v, s: None if v >= s.min_id else f"must not be below min_id ({s.min_id})",
+        help="highest UID/GID taken from the master",
+    )
+    names: tuple[str, ...] = setting(Names(), help="these users only, whatever their UID")
+    groups: tuple[str, ...] = setting(Names(), help="groups taken besides those in the id range")
+    shadow: bool = setting(Flag(), default=False, help="also the users' password hashes (/etc/shadow)")
+    keys: Mapping[str, str] = setting(
+        Options("user names to SSH public keys (one a line)"),
+        help="keys authorized on the nodes besides ~/.ssh/authorized_keys (root: the admins')",
+    )
+    root: str = setting(Text(), default="/", help="where the master's etc/passwd, etc/group and homes are read")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Cluster:
     name: str = setting(Label(), required=True, default="cluster")
     domain: str = setting(Text(), default="cluster", check=_domain)
@@ -236,6 +261,7 @@ class Cluster:
     discovery: Discovery = setting(Section(Discovery))
     retention: Retention = setting(Section(Retention))
     limits: Limits = setting(Section(Limits))
+    users: Users = setting(Section(Users))
     secure: bool = setting(Flag(), default=True)
     dns: Dns = setting(Section(Dns))
     ntp: Ntp = setting(Section(Ntp))

@@ -5,8 +5,9 @@ of the same name (site/overlays/<name>/), the overlays in the node's order after
 node gets (ALWAYS), and finally the node's own override tree (site/nodes/<node>/). In every
 tree `*.j2` is a template, `*.secret` names a secret whose bytes become the file, symlinks stay
 symlinks, `*.symlink` is a symlink to the target it holds (how the stock trees, shipped in a
-wheel, carry theirs), and `_meta.yaml` sets mode/owner/group per node path. Rendering is pure
-given the secret reader: no writes.
+wheel, carry theirs), and `_meta.yaml` sets mode/owner/group per node path. An overlay may
+also get files made from data rather than from a tree (the users overlay: the master's accounts
+merged into the image's, see users.py). Rendering is pure given the secret reader: no writes.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class SourceFile:
     per_node: bool = False
     executable: bool = False
     reads: frozenset[str] = frozenset()
+    private: bool = False  # root's alone, like a secret, and never shown in a diff
 
     @property
     def per_node_reads_all(self) -> bool:
@@ -197,21 +199,29 @@ def _source(src: Path, rel: str, label: str, env: jinja2.Environment) -> SourceF
 
 
 class IdMap:
-    """User and group names to ids, from an image's etc/passwd and etc/group (the node's view)."""
+    """User and group names to ids, from an image's etc/passwd and etc/group (the node's view);
+    the tables' text too, which the users overlay merges the site's accounts into, and the
+    image's shadow when that is merged as well (None: not read)."""
 
-    def __init__(self, passwd: str, group: str, origin: str):
+    def __init__(self, passwd: str, group: str, origin: str, shadow: str | None = None):
         self.users = _id_table(passwd)
         self.groups = _id_table(group)
+        self.passwd, self.group, self.shadow = passwd, group, shadow
         self.origin = origin
-        self.digest = hashlib.sha256(f"{passwd}\0{group}".encode()).hexdigest()
+        tables = f"{passwd}\0{group}" + ("" if shadow is None else f"\0{shadow}")  # as before shadow was read
+        self.digest = hashlib.sha256(tables.encode()).hexdigest()
 
     @classmethod
-    def load(cls, rootfs: Path | None) -> IdMap:
+    def load(cls, rootfs: Path | None, shadow: bool = False) -> IdMap:
         """The image's tables (read inside the image: its links lead nowhere on this host);
-        the master's own when the image is not built yet."""
-        image = Root(rootfs if rootfs is not None and Root(rootfs).is_file("etc/passwd") else Path("/"))
+        the master's own when the image is not built yet, but never the master's shadow (its
+        root password has no place on a node)."""
+        built = rootfs is not None and Root(rootfs).is_file("etc/passwd")
+        image = Root(rootfs if built and rootfs is not None else Path("/"))
         group = image.read_text("etc/group") if image.is_file("etc/group") else ""
-        return cls(image.read_text("etc/passwd"), group, str(image.path / "etc"))
+        has_shadow = built and image.is_file("etc/shadow")
+        secret = (image.read_text("etc/shadow") if has_shadow else "") if shadow else None
+        return cls(image.read_text("etc/passwd"), group, str(image.path / "etc"), secret)
 
     def uid(self, name: str) -> int:
         return self._resolve(name, self.users, "user")
@@ -284,11 +294,13 @@ class NodeRenderer:
         shared: SharedContext,
         read_secret: Callable[[str], bytes],
         idmap: Callable[[str | None], IdMap],
+        generated: Callable[[str, str | None], OverlayTree | None] = lambda name, image: None,
     ):
         self.library = library
         self.shared = shared
         self.read_secret = read_secret
         self.idmap = idmap
+        self.generated = generated  # files an overlay gets from data, per image (the users')
         self._shared_bodies: dict[int, bytes] = {}
         self._layouts: dict[tuple[tuple[str, ...], str | None], list[tuple[FileEntry, SourceFile | None]]] = {}
 
@@ -299,6 +311,9 @@ class NodeRenderer:
             tree = self.library.tree(name)
             files.update(tree.files)
             meta.update(tree.meta)
+            made = self.generated(name, node.image)
+            if made is not None:
+                files.update(made.files)
         own = self.library.override_tree(node.name)
         if own is not None:
             files.update(own.files)
@@ -383,9 +398,10 @@ class NodeRenderer:
             return self._dir(out, m, ids, node)
         if sf.kind == "symlink":
             return FileEntry(out, "symlink", body, 0o777, "root", "root", 0, 0, sf.label, True)
-        default = SECRET_MODE if sf.kind == "secret" else EXEC_MODE if sf.executable else FILE_MODE
+        secret = sf.kind == "secret" or sf.private
+        default = SECRET_MODE if secret else EXEC_MODE if sf.executable else FILE_MODE
         entry = self._owned(out, "file", body, default, m, ids, node, sf.label, shared)
-        return replace(entry, secret=True) if sf.kind == "secret" else entry
+        return replace(entry, secret=True) if secret else entry
 
     def _dir(self, out: str, m: Meta | None, ids: IdMap, node: str) -> FileEntry:
         return self._owned(out, "dir", b"", DIR_MODE, m, ids, node, "(directory)", True)

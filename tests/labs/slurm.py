@@ -67,14 +67,16 @@ SINFO = ("sinfo", "-N", "-h", "-o", "%N %T")  # a line per node: name, state
 BINDS = ("run", "tmp", "dev/shm", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm")
 
 
-def lab_site(nodes: Sequence[Entry], profiles: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+def lab_site(nodes: Sequence[Entry], profiles: Mapping[str, Mapping[str, Any]] | None = None, **cluster: Any) -> str:
     """The Slurm lab's site: `nodes` on the lab network, every one in the default profile's
-    munge, slurm and mpi overlays and partition batch unless `profiles` say otherwise."""
+    munge, slurm and mpi overlays and partition batch unless `profiles` say otherwise;
+    `cluster` adds cluster settings (users...)."""
     return site_yaml(
         nodes,
         {"default": {"overlays": ["munge", "slurm", "mpi"], "partitions": ["batch"]}, **(profiles or {})},
         domain="lab.cluster",
         ports={"http": 8080},
+        **cluster,
     )
 
 
@@ -162,8 +164,9 @@ def hosts_file(inv: Inventory) -> str:
 class SlurmLab:
     """slurmctld + munged on `lab.server`; nodes added with `node()`; facts received over HTTP."""
 
-    def __init__(self, lab, inventory: Path, state: Path, work: Path):
+    def __init__(self, lab, inventory: Path, state: Path, work: Path, master_etc: Mapping[str, str] | None = None):
         self.lab, self.work = lab, work
+        self.master_etc = dict(master_etc or {})  # files the controller sees in /etc (its passwd...)
         self.inv = load_inventory(inventory)
         self.state = State(state)
         self.db = NodeStateDB(self.state.db)
@@ -228,6 +231,8 @@ class SlurmLab:
             key.write_bytes(secrets.munge_key(self.state))
             os.chmod(key, 0o400)
             os.chown(key, pwd.getpwnam("munge").pw_uid, pwd.getpwnam("munge").pw_gid)
+            for name, text in self.master_etc.items():
+                (root / "etc" / name).write_text(text)
         (root / "etc" / "hosts").write_text(hosts_file(self.inv))
         return root
 
@@ -309,15 +314,16 @@ class SlurmLab:
 
 
 @contextlib.contextmanager
-def slurm_cluster(site_text: str) -> Iterator[SlurmLab]:
+def slurm_cluster(site_text: str, master_etc: Mapping[str, str] | None = None) -> Iterator[SlurmLab]:
     """A controller for the site `site_text` (see lab_site) in a fresh lab (add nodes with `boot()`); every
     namespace, process and file is gone afterwards. The work dir is under /var/tmp, not /tmp:
-    each node mounts its own /tmp."""
+    each node mounts its own /tmp. `master_etc` are /etc files the controller sees instead of
+    the host's (a scratch passwd and group: the master's users)."""
     work = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="slurmlab-"))
     cluster_yaml = write_site(work / "site", site_text)
     lab = Lab()
     try:
-        yield SlurmLab(lab, cluster_yaml, work / "state", work / "lab")
+        yield SlurmLab(lab, cluster_yaml, work / "state", work / "lab", master_etc)
     finally:
         lab.close()
         shutil.rmtree(work, ignore_errors=True)
