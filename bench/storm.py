@@ -35,10 +35,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 
-from overlay_build import fake_secrets  # noqa: E402
-
+from bench.overlay_build import fake_secrets  # noqa: E402
 from labs.net import Lab  # noqa: E402
 from labs.site import node, site_yaml  # noqa: E402
 from provisioner.artifacts import layout  # noqa: E402
