@@ -83,11 +83,14 @@ def test_an_unlisted_node_stays_out_of_slurm_until_approved(cli, tmp_path):
     mac = demo_site.unlisted_mac(1)
     console = demo.logs / "unlisted1-console.log"
 
+    def shown() -> str:
+        return console.read_text(errors="replace") if console.exists() else ""
+
     def until(what: str, done: Callable[[], bool], timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout
         while not done():
             if time.monotonic() > deadline:
-                raise AssertionError(f"not {what} in {timeout} s; sinfo {demo.sinfo()}\n{console.read_text()[-3000:]}")
+                raise AssertionError(f"not {what} in {timeout} s; sinfo {demo.sinfo()}\n{shown()[-3000:]}")
             time.sleep(2)
 
     inv = demo.write_site()
@@ -99,13 +102,13 @@ def test_an_unlisted_node_stays_out_of_slurm_until_approved(cli, tmp_path):
         demo.booted_at = time.time()
         demo.boot_guest("unlisted1", mac)
         waiting = f"{mac} is not a node of demo yet"
-        until("twice round the wait script", lambda: console.read_text(errors="replace").count(waiting) >= 2)
+        until("twice round the wait script", lambda: shown().count(waiting) >= 2)
         found = {r["mac"]: r["adopted_as"] for r in json.loads(admin("node", "discovered", "--json").stdout)}
         assert found == {mac: None}, found
         assert mac not in admin("node", "list", "--json").stdout
-        assert list(demo.sinfo()) == ["node01"]
+        assert "node02" not in demo.sinfo()
         assert not layout.overlay_archive(demo.state, "node02").exists()
-        assert "provisioner.overlay" not in console.read_text(errors="replace")
+        assert "provisioner.overlay" not in shown()
         approved = admin("node", "approve", mac).stdout
         assert f"adopted {mac} as node02 (10.77.0.12)" in approved, approved
         until("idle", lambda: demo.sinfo().get("node02") == "idle")
@@ -115,7 +118,7 @@ def test_an_unlisted_node_stays_out_of_slurm_until_approved(cli, tmp_path):
     finally:
         demo.cleanup()
     # approved during a wait: at most one more round, then its own script
-    text = console.read_text(errors="replace")
+    text = shown()
     assert text.count(waiting) <= 4 and "provisioner.node=node02" in text, text[-3000:]
     assert "pvdemo" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
