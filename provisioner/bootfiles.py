@@ -137,6 +137,32 @@ CONFIGS: tuple[BootConfig, ...] = (
     BootConfig("grub", "grub.cfg.j2", ("grub.cfg", "grub/grub.cfg"), False, None),
 )
 
+
+@dataclass(frozen=True)
+class WaitScript:
+    """The iPXE script a client gets in place of its own while no inventory names it (a MAC
+    waiting for `node approve`, or for its auto adoption to finish): it sleeps, asks DHCP
+    again and chains what DHCP names then, so a node approved meanwhile boots with no power
+    cycle. It names no node and carries nothing secret. Backoff: retry k sleeps backoff[k]
+    seconds (the last one repeats; iPXE keeps k in a setting across chains). Jitter: the
+    script comes in `variants` copies, copy n sleeping n/variants of half a step more, and
+    the server hands out one at random each time, so clients powered on together drift apart."""
+
+    template: str
+    path: str  # in the boot tree; "{n}" stands for the copy's number
+    backoff: tuple[int, ...]
+    variants: int
+
+    def sleeps(self, n: int) -> list[int]:
+        """The seconds copy `n` sleeps before each retry."""
+        return [round(s * (1 + n / (2 * self.variants))) for s in self.backoff]
+
+    def paths(self) -> list[str]:
+        return [self.path.format(n=n) for n in range(self.variants)]
+
+
+WAIT = WaitScript("wait.ipxe.j2", "wait/{n}.ipxe", (5, 10, 20, 40, 60), 16)
+
 # What each image version serves to a booting node, and the stage its fetch marks.
 IMAGE_FILES: Mapping[str, str] = {"vmlinuz": "kernel", "initramfs.img": "initramfs"}
 

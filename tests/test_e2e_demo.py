@@ -1,17 +1,25 @@
 """The README's main job, as a user runs it: `provisioner demo` builds (or takes from its
 cache) a Debian image with systemd, munge and slurmd, PXE-boots qemu guests from
-`provisioner serve` and ends when Slurm runs a job on each. Two guests at once here, so this
-also proves that simultaneous boots both join. The demo's image is `image build`'s default
-set, so this also proves that set boots into Slurm with what it promises (MPI, sshd)."""
+`provisioner serve` and ends when Slurm runs a job on each. Two guests at once here, as the
+README runs it (`--nodes 1 --unlisted 1`): node01 is listed; the other's MAC is in no
+inventory, so the demo site's `discovery: {mode: auto}` adopts it as node02 (zero-touch join,
+issue 18) and it boots to `idle` and runs `srun hostname` like the listed one; so this also
+proves that simultaneous boots both join. The demo's image is `image build`'s default set, so
+this also proves that set boots into Slurm with what it promises (MPI, sshd)."""
 
+import json
 import os
 import re
 import subprocess
+import time
+from collections.abc import Callable
 
 import pytest
 
+from conftest import Cli
 from provisioner.artifacts import images, layout
 from provisioner.demo import site as demo_site
+from provisioner.demo.run import Demo
 from provisioner.paths import State
 
 
@@ -25,10 +33,10 @@ def test_the_demo_image_is_the_default_set():
 
 
 @boots
-def test_demo_boots_two_nodes_that_join_slurm(cli, tmp_path):
+def test_demo_boots_a_listed_and_an_unlisted_node_that_join_slurm(cli, tmp_path):
     work = tmp_path / "demo"
     res = subprocess.run(
-        [cli.exe, "demo", "--work", str(work), "--nodes", "2", "--timeout", "900"],
+        [cli.exe, "demo", "--work", str(work), "--nodes", "1", "--unlisted", "1", "--timeout", "900"],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -36,6 +44,8 @@ def test_demo_boots_two_nodes_that_join_slurm(cli, tmp_path):
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
+    unlisted = demo_site.unlisted_mac(1)
+    assert f"join       {unlisted}, in no node entry, adopted as node02 (10.77.0.12)" in out, out[-4000:]
     for node in ("node01", "node02"):
         assert f"srun -w {node} hostname -> {node}" in out, out[-4000:]
         for stage in ("dhcp", "ipxe", "kernel", "initramfs", "switch_root", "registered"):
@@ -58,6 +68,59 @@ def test_demo_boots_two_nodes_that_join_slurm(cli, tmp_path):
     assert not list((root / "etc/ssh").glob("ssh_host_*")), sorted(os.listdir(root / "etc/ssh"))
     assert (root / "etc/machine-id").read_text() == ""
     assert os.readlink(root / "var/lib/dbus/machine-id") == "/etc/machine-id"
+
+
+@boots
+def test_an_unlisted_node_stays_out_of_slurm_until_approved(cli, tmp_path):
+    """Approve mode (issue 18) with the demo's real cluster: a guest whose MAC no inventory
+    names goes round the wait script (listed by `node discovered`, no node entry, no overlay
+    archive, not in Slurm) until `provisioner node approve MAC`, then joins by itself, with no
+    power cycle: idle in Slurm, and `srun hostname` runs on it. The listed node01 is never
+    booted (one guest is enough; slurmctld only needs a node in slurm.conf)."""
+    out: list[str] = []
+    demo = Demo(tmp_path / "demo", nodes=1, unlisted=1, discovery="approve", timeout=900, echo=out.append)
+    admin = Cli(cli.exe, demo.site.root, demo.state.root)
+    mac = demo_site.unlisted_mac(1)
+    console = demo.logs / "unlisted1-console.log"
+
+    def shown() -> str:
+        return console.read_text(errors="replace") if console.exists() else ""
+
+    def until(what: str, done: Callable[[], bool], timeout: float = 900) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not {what} in {timeout} s; sinfo {demo.sinfo()}\n{shown()[-3000:]}")
+            time.sleep(2)
+
+    inv = demo.write_site()
+    demo.build_image()
+    demo.build_artifacts()
+    try:
+        demo.start_network()
+        demo.start_master(inv)
+        demo.booted_at = time.time()
+        demo.boot_guest("unlisted1", mac)
+        waiting = f"{mac} is not a node of demo yet"
+        until("twice round the wait script", lambda: shown().count(waiting) >= 2)
+        found = {r["mac"]: r["adopted_as"] for r in json.loads(admin("node", "discovered", "--json").stdout)}
+        assert found == {mac: None}, found
+        assert mac not in admin("node", "list", "--json").stdout
+        assert "node02" not in demo.sinfo()
+        assert not layout.overlay_archive(demo.state, "node02").exists()
+        assert "provisioner.overlay" not in shown()
+        approved = admin("node", "approve", mac).stdout
+        assert f"adopted {mac} as node02 (10.77.0.12)" in approved, approved
+        until("idle", lambda: demo.sinfo().get("node02") == "idle")
+        assert demo.master is not None
+        res = demo.master.run(["srun", "-w", "node02", "hostname"], timeout=240)
+        assert (res.returncode, res.stdout.strip()) == (0, "node02"), res.stderr
+    finally:
+        demo.cleanup()
+    # approved during a wait: at most one more round, then its own script
+    text = shown()
+    assert text.count(waiting) <= 4 and "provisioner.node=node02" in text, text[-3000:]
+    assert "pvdemo" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
 @boots

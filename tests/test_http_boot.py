@@ -1,5 +1,5 @@
 """The HTTP boot server against real curl clients in lab namespaces: iPXE scripts, kernel
-and initramfs (Range, HEAD, ETag/If-None-Match, Content-Length), 404s for unknown nodes,
+and initramfs (Range, HEAD, ETag/If-None-Match, Content-Length), wait scripts for unknown clients,
 and overlay secrets refused to the wrong address or an unprivileged source port."""
 
 import json
@@ -19,6 +19,7 @@ from labs.serve import (
     write_state,
 )
 from provisioner.artifacts import layout
+from provisioner.bootfiles import WAIT
 from provisioner.paths import State
 
 pytestmark = pytest.mark.netns
@@ -91,17 +92,26 @@ def test_kernel_and_initramfs_range_head_etag(lab, served):
     assert pinned.stdout.split()[0] == sha256(body)
 
 
-def test_unknown_nodes_get_404_and_a_log_line(lab, served):
+def test_unknown_clients_get_a_wait_script_and_nothing_else(lab, served, cli):
     srv, _ = served
     stranger = lab.host(ip="10.99.0.77", mac="52:54:00:ee:ee:ee")
 
     def code(path: str) -> str:
         return http_code(stranger, srv.url + path)
 
+    # before any build there is no wait script to give: a 404, logged
     assert code("/boot/52:54:00:ee:ee:ee.ipxe") == "404"
-    srv.wait_log("mac=52:54:00:ee:ee:ee")
-    assert code("/boot/ipxe") == "404"
-    assert "unknown node" in srv.wait_log("address=10.99.0.77")
+    assert "no such artifact" in srv.wait_log("/boot/52:54:00:ee:ee:ee.ipxe")
+    waits = {}
+    for n in range(WAIT.variants):
+        waits[n] = f"#!ipxe\necho wait copy {n}\n".encode()
+        plant(layout.wait_script(State(cli.state), n), waits[n])
+    got = {
+        curl(stranger, srv.url + path).stdout.encode()
+        for _ in range(12)
+        for path in ("/boot/ipxe", "/boot/52:54:00:ee:ee:ee.ipxe")
+    }
+    assert got <= set(waits.values()) and len(got) > 1  # one copy at random each time: the jitter
     assert code("/boot/not-a-mac.ipxe") == "404"
     assert code("/images/nope/vmlinuz") == "404"
     assert code(f"/images/{IMAGE}/rootfs") == "404"

@@ -1,7 +1,8 @@
 """Zero-touch join (issue 18) against a real `provisioner serve` (DHCP and HTTP) and scapy PXE
 clients whose MACs no inventory names: under `mode: auto` a client is adopted at once (its
 inventory entry, overlay and boot config made before serve answers it); under `mode: approve`
-(the default) it waits, with no inventory entry and no secrets, until `node approve`; a
+(the default) it waits, with no inventory entry and no secrets (its iPXE script is one that
+waits and asks again), until `node approve`; a
 burst of made-up MACs is adopted no faster than the policy's rate, and running out of names
 is a log line."""
 
@@ -21,6 +22,7 @@ from labs.serve import Serve, curl
 from labs.site import write_site
 from provisioner.artifacts import layout
 from provisioner.artifacts.images import import_image
+from provisioner.bootfiles import WAIT
 from provisioner.paths import State
 from test_dhcp_server import pxe_client
 
@@ -80,6 +82,20 @@ def assert_joined(cli, srv, ns, tmp_path, mac: str, name: str, ip: str) -> None:
     assert got.stdout.split()[0] == hashlib.sha256(archive.read_bytes()).hexdigest()
 
 
+def assert_waits(cli, ns, srv, mac: str) -> None:
+    """`mac` gets, by MAC and by address, a copy of the wait script as the build wrote it; no
+    copy names a node, an overlay or anything from the secrets folder."""
+    state = State(cli.state)
+    copies = {layout.wait_script(state, n).read_text() for n in range(WAIT.variants)}
+    secret = [p.read_bytes() for p in state.secrets.rglob("*") if p.is_file()]
+    for path in (f"/boot/{mac}.ipxe", "/boot/ipxe"):
+        got = curl(ns, f"{srv.url}{path}").stdout
+        assert got in copies and "chain --replace --autofree ${filename}" in got
+    for text in copies:
+        assert "overlay" not in text and "node01" not in text and "provisioner." not in text, text
+        assert not any(s.strip() and s.strip() in text.encode() for s in secret)
+
+
 def discovered(cli) -> dict[str, str | None]:
     return {r["mac"]: r["adopted_as"] for r in json.loads(cli("node", "discovered", "--all", "--json").stdout)}
 
@@ -110,10 +126,14 @@ def test_approve_mode_keeps_an_unknown_client_out_until_the_admin_approves(lab, 
         ns.run(["ip", "addr", "add", "10.99.0.200/24", "dev", "eth0"])
         code = curl(ns, *PRIV, "-o", "/dev/null", "-w", "%{http_code}", f"{srv.url}/overlays/new1.cpio.gz").stdout
         assert code == "404"
+        # its iPXE script is one that waits and asks again: nothing of a node, nothing secret
+        assert_waits(cli, ns, srv, NEW)
         ns.run(["ip", "addr", "flush", "dev", "eth0"])
         out = cli("node", "approve", NEW, "new1").stdout
         assert f"adopted {NEW} as new1 (10.99.0.50)" in out
         assert_joined(cli, srv, ns, tmp_path, NEW, "new1", "10.99.0.50")
+        own = layout.ipxe_script(State(cli.state), "new1").read_text()
+        assert curl(ns, f"{srv.url}/boot/{NEW}.ipxe").stdout == own  # the script its next chain gets
         # without a NAME, approve takes the next of the policy's names
         assert "as new2 (10.99.0.51)" in cli("node", "approve", "52:54:00:cd:00:02").stdout
     assert srv.stop() == 0

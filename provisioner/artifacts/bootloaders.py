@@ -9,6 +9,7 @@ run on every build.
 from __future__ import annotations
 
 import filecmp
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..atomic import atomic_write
@@ -47,3 +48,14 @@ def install(state: State) -> list[tuple[str, bool]]:
             atomic_write(dest, src.read_bytes())
         done.append((name, not same))
     return done
+
+
+def install_rendered(state: State, files: Mapping[str, str]) -> list[str]:
+    """Write rendered boot-tree files (the wait scripts) whose text changed; their names."""
+    changed = []
+    for name, text in files.items():
+        dest = boot_dir(state) / name
+        if not (dest.is_file() and dest.read_text() == text):
+            atomic_write(dest, text)
+            changed.append(name)
+    return changed

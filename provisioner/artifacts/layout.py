@@ -3,6 +3,7 @@ there through these functions only, so the two sides cannot drift apart.
 
 state/
   boot/                      bootloaders (iPXE, PXELINUX, GRUB): the static TFTP tree
+    wait/<n>.ipxe            what a client no inventory names gets (bootfiles.WAIT; no secret)
   overlays/                  0700: what `overlay build` makes (the archives hold secrets)
     current -> gens/<n>      the published generation: one rename(2) switches every node
     previous -> gens/<n-1>   kept one more build for a reader that resolved it just before
@@ -38,11 +39,17 @@ import os
 import zlib
 from pathlib import Path
 
+from ..bootfiles import WAIT
 from ..paths import State
 
 
 def boot_dir(state: State) -> Path:
     return state.boot
+
+
+def wait_script(state: State, n: int) -> Path:
+    """Copy `n` of the script a client no inventory names gets (bootfiles.WAIT)."""
+    return boot_dir(state) / WAIT.path.format(n=n)
 
 
 OVERLAY_SHARDS = 128

@@ -47,10 +47,10 @@ from ..render.overlays import (
     OverlayTree,
     node_overlays,
 )
-from ..render.pxe import BootConfigs, BootTemplates
+from ..render.pxe import BootConfigs, BootTemplates, wait_scripts
 from ..render.users import OVERLAY as USERS
 from ..render.users import tree as users_tree
-from . import cpio, images, layout, secrets, users
+from . import bootloaders, cpio, images, layout, secrets, users
 
 FORMAT = "1"  # bump when the archive layout changes, so every node rebuilds
 GZIP_LEVEL = 6
@@ -351,6 +351,10 @@ def build(
             manifest.pop(name, None)
         report.removed = sorted(gone)
         b, digests, dirty = _dirty(state, site, inventory, nodes, facts, manifest, force)
+        try:
+            waits = wait_scripts(inventory.cluster, site)
+        except RenderError as e:
+            raise BuildFailed(f"nothing built: {e}") from None
         # Secrets are checked only for nodes about to be built (checking 10,000 nodes' keys
         # costs more than a one-node rebuild may take); making any changes the digests.
         if secrets.ensure_secrets(
@@ -377,6 +381,7 @@ def build(
             _publish(state, gen, manifest, outputs, gone)
             _prune(state, gone)
             sweep(state)
+        bootloaders.install_rendered(state, waits)
     report.seconds = time.monotonic() - started
     return report
 

@@ -22,15 +22,31 @@ from ..errors import UserError
     help="Demo site, state and logs (the image build is cached across runs).",
 )
 @click.option("--nodes", type=click.IntRange(1, 4), default=1, show_default=True, help="Virtual nodes to boot.")
+@click.option(
+    "--unlisted",
+    type=click.IntRange(0, 3),
+    default=0,
+    show_default=True,
+    help="More guests whose MACs no node entry names: the site's `discovery: {mode: auto}` adopts them.",
+)
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for the nodes to be idle.")
 @click.option("--mirror", help="Debian mirror for the image (default: this host's apt sources).")
 @click.option("--kernel-arg", "kernel_args", multiple=True, help="Extra kernel argument for the nodes (repeatable).")
 @click.option("--plan-only", is_flag=True, help="Write the demo site and show its plan; boot nothing.")
 def demo(
-    work: Path, nodes: int, timeout: float, mirror: str | None, kernel_args: tuple[str, ...], plan_only: bool
+    work: Path,
+    nodes: int,
+    unlisted: int,
+    timeout: float,
+    mirror: str | None,
+    kernel_args: tuple[str, ...],
+    plan_only: bool,
 ) -> None:
     """Build an image, start DHCP/TFTP/HTTP, NFS and slurmctld in a private network namespace,
-    PXE-boot qemu guests (TCG) and wait until `sinfo` shows them idle. Needs root."""
+    PXE-boot qemu guests (TCG) and wait until `sinfo` shows them idle; `--unlisted` guests
+    join with no node entry (zero-touch). Needs root."""
+    if nodes + unlisted > 4:
+        raise UserError("at most 4 guests at once (--nodes plus --unlisted)")
     if os.geteuid() != 0 and not plan_only:
         raise UserError("the demo makes network namespaces and runs daemons: run it as root")
     # SIGTERM (CI, kill) takes the same way out as Ctrl-C, so the cleanup always runs. Only
@@ -44,9 +60,9 @@ def demo(
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        Demo(work.resolve(), nodes=nodes, timeout=timeout, mirror=mirror, kernel_args=kernel_args).run(
-            boot=not plan_only
-        )
+        Demo(
+            work.resolve(), nodes=nodes, unlisted=unlisted, timeout=timeout, mirror=mirror, kernel_args=kernel_args
+        ).run(boot=not plan_only)
     except DemoFailure as e:
         raise UserError(str(e)) from None
     except KeyboardInterrupt:

@@ -64,6 +64,8 @@ PRINT: Callable[[str], None] = functools.partial(print, flush=True)
 class Demo:
     work: Path
     nodes: int = 1
+    unlisted: int = 0  # guests whose MACs no node entry names: they join under cluster.discovery
+    discovery: str = "auto"  # its mode
     timeout: float = 600
     mirror: str | None = None
     kernel_args: tuple[str, ...] = ()
@@ -83,6 +85,8 @@ class Demo:
         self.ctx = Context(self.site, self.state)
         self.logs = self.work / "logs"
         self.sup = Supervisor(self.logs)
+        self.unlisted_macs = [demo_site.unlisted_mac(i) for i in range(1, self.unlisted + 1)]
+        self.hosts = self.work / "master" / "hosts"
 
     # -- output ----------------------------------------------------------------------------------
     def say(self, stage: str, message: str) -> None:
@@ -103,7 +107,9 @@ class Demo:
         home = self.work / "home"
         home.mkdir(parents=True, exist_ok=True)
         self.site.root.mkdir(parents=True, exist_ok=True)
-        self.site.cluster_yaml.write_text(demo_site.cluster_yaml(self.nodes, str(home), self.kernel_args))
+        self.site.cluster_yaml.write_text(
+            demo_site.cluster_yaml(self.nodes, str(home), self.kernel_args, self.discovery)
+        )
         return self.ctx.inventory()
 
     def build_image(self) -> None:
@@ -144,13 +150,10 @@ class Demo:
         conf = mwork / "etc-slurm"
         conf.mkdir(parents=True, exist_ok=True)
         apply_slurm(self.ctx, conf, reconfigure=None)
-        hosts = mwork / "hosts"
-        hosts.write_text(
-            "127.0.0.1 localhost\n"
-            + f"{inv.cluster.slurm.address} {inv.cluster.slurm.controller}\n"
-            + "".join(f"{n.ip} {n.name}\n" for n in inv.nodes)
+        self.write_hosts(inv)
+        self.master = MasterHost(
+            self.net, inv.cluster.slurm.controller, mwork, {"etc/slurm": conf, "etc/hosts": self.hosts}
         )
-        self.master = MasterHost(self.net, inv.cluster.slurm.controller, mwork, {"etc/slurm": conf, "etc/hosts": hosts})
         key = self.master.priv / "etc/munge/munge.key"
         key.write_bytes(secrets.munge_key(self.state))
         munge = pwd.getpwnam("munge")
@@ -196,6 +199,14 @@ class Demo:
             env=env,
         )
 
+    def write_hosts(self, inv: Inventory) -> None:
+        """The master's /etc/hosts (bind-mounted: rewritten in place as nodes join)."""
+        self.hosts.write_text(
+            "127.0.0.1 localhost\n"
+            + f"{inv.cluster.slurm.address} {inv.cluster.slurm.controller}\n"
+            + "".join(f"{n.ip} {n.name}\n" for n in inv.nodes)
+        )
+
     def start_nfs(self) -> None:
         assert self.net is not None
         gw = self.work / "ganesha"
@@ -215,43 +226,64 @@ class Demo:
         )
 
     # -- nodes -------------------------------------------------------------------------------------
-    def boot_vms(self, inv: Inventory) -> None:
-        assert self.net is not None
-        self.booted_at = time.time()
-        for node in inv.nodes:
-            tap = self.net.add_tap()
-            console = self.logs / f"{node.name}-console.log"
-            assert node.mac is not None  # the demo's site gives every node one
-            guest = Guest(
-                Nic(tap, node.mac), memory_mb=1024, serial=console, uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, node.name))
-            )
-            self.sup.start(f"qemu-{node.name}", self.net.enter(guest.argv()))
+    def guests(self, inv: Inventory) -> dict[str, str]:
+        """Console name -> MAC of every guest: the listed nodes by name, then the unlisted."""
+        listed = {n.name: n.mac for n in inv.nodes if n.mac is not None and n.mac not in self.unlisted_macs}
+        return listed | {f"unlisted{i}": mac for i, mac in enumerate(self.unlisted_macs, 1)}
 
-    def wait_idle(self, inv: Inventory) -> None:
+    def boot_vms(self, inv: Inventory) -> None:
+        self.booted_at = time.time()
+        for name, mac in self.guests(inv).items():
+            self.boot_guest(name, mac)
+
+    def boot_guest(self, name: str, mac: str) -> None:
+        """One guest on a tap of its own; its console goes to logs/NAME-console.log."""
+        assert self.net is not None
+        tap = self.net.add_tap()
+        console = self.logs / f"{name}-console.log"
+        guest = Guest(Nic(tap, mac), memory_mb=1024, serial=console, uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, mac)))
+        self.sup.start(f"qemu-{name}", self.net.enter(guest.argv()))
+
+    def joined(self, inv: Inventory) -> list[str]:
+        """The listed nodes and the unlisted guests adopted so far, by node name."""
+        adopted = (inv.by_mac(mac) for mac in self.unlisted_macs)
+        return [n.name for n in inv.nodes if n.mac not in self.unlisted_macs] + [n.name for n in adopted if n]
+
+    def wait_idle(self, inv: Inventory) -> Inventory:
+        """Wait until every guest is an idle Slurm node (the unlisted ones once adopted);
+        returns the inventory as it is then."""
         db = NodeStateDB(self.state.db)
-        # Earlier runs' events stay in the database; show this run's only.
-        seen: dict[str, int] = {n.name: len(db.timeline(n.name)) for n in inv.nodes}
+        seen: dict[str, int] = {}
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            for name in seen:
+            inv = self.ctx.fresh().inventory() if self.unlisted_macs else inv
+            names = self.joined(inv)
+            for name in names:
                 events = db.timeline(name)
+                if name not in seen:  # earlier runs' events stay in the database; show this run's only
+                    seen[name] = sum(1 for ev in events if ev["at"] < self.booted_at)
+                    node = inv.node(name)
+                    if node is not None and node.mac in self.unlisted_macs:
+                        self.say("join", f"{node.mac}, in no node entry, adopted as {name} ({node.ip})")
+                        self.write_hosts(inv)
                 for ev in events[seen[name] :]:
                     detail = f" ({ev['detail']})" if ev["detail"] else ""
                     self.say("boot", f"{name}: {ev['stage']}{detail}")
                 seen[name] = len(events)
             states = self.sinfo()
-            if all(states.get(n) == "idle" for n in seen):
+            if len(names) == len(self.guests(inv)) and all(states.get(n) == "idle" for n in names):
                 self.idle_at = time.time()
-                return
+                return inv
             for proc in self.sup.procs:
                 if proc.popen.poll() is not None and proc.name != "slurm-apply":
                     raise DemoFailure(f"{proc.name} exited with status {proc.popen.returncode}:\n{proc.tail()}")
             time.sleep(1)
-        last = {n: events[-1]["stage"] if (events := db.timeline(n)) else "none" for n in seen}
-        consoles = "\n".join(f"{n} console:\n{self._tail(self.logs / f'{n}-console.log')}" for n in seen)
+        last = {n: events[-1]["stage"] if (events := db.timeline(n)) else "none" for n in self.joined(inv)}
+        waiting = [mac for mac in self.unlisted_macs if inv.by_mac(mac) is None]
+        consoles = "\n".join(f"{n} console:\n{self._tail(self.logs / f'{n}-console.log')}" for n in self.guests(inv))
         raise DemoFailure(
-            f"nodes not idle after {self.timeout:.0f} s; last stages {last}; sinfo {self.sinfo()}\n"
-            f"{consoles}\nserve log:\n{self._tail(self.logs / 'serve.log')}\n"
+            f"nodes not idle after {self.timeout:.0f} s; last stages {last}; not adopted {waiting}; "
+            f"sinfo {self.sinfo()}\n{consoles}\nserve log:\n{self._tail(self.logs / 'serve.log')}\n"
             f"slurmctld log:\n{self._tail(self.slurmctld_log)}"
         )
 
@@ -386,18 +418,23 @@ class Demo:
             self.stage("network", "namespace with bridge br0 and a tap per node", self.start_network)
             self.stage("master", "munged, nfs-ganesha, slurmctld, provisioner serve", lambda: self.start_master(inv))
             self.stage("services", "configure all: dnsmasq, chronyd, rsyslogd", self.start_services)
-            self.stage("boot", f"qemu (TCG) x{len(inv.nodes)}, PXE with the stock iPXE ROM", lambda: self.boot_vms(inv))
-            self.stage("join", "waiting for sinfo to show every node idle", lambda: self.wait_idle(inv))
-            self.stage("slurm", "srun on each node", lambda: self.srun(inv))
+            guests = len(self.guests(inv))
+            unlisted = f", {self.unlisted} of them in no node entry" if self.unlisted else ""
+            self.stage(
+                "boot", f"qemu (TCG) x{guests}{unlisted}, PXE with the stock iPXE ROM", lambda: self.boot_vms(inv)
+            )
+            joined = self.stage("join", "waiting for sinfo to show every node idle", lambda: self.wait_idle(inv))
+            assert isinstance(joined, Inventory)
+            self.stage("slurm", "srun on each node", lambda: self.srun(joined))
             self.stage(
                 "check",
                 "one srun on every node (OpenMPI, MPICH, machine-id); ssh-keyscan each sshd",
-                lambda: self.check_nodes(inv),
+                lambda: self.check_nodes(joined),
             )
             self.stage(
-                "services", "from each node: DNS, NTP, logs through the master", lambda: self.check_services(inv)
+                "services", "from each node: DNS, NTP, logs through the master", lambda: self.check_services(joined)
             )
-            for node in inv.nodes:
+            for node in joined.nodes:
                 subprocess.run(
                     [
                         PROVISIONER,

@@ -21,7 +21,15 @@ def node_mac(index: int) -> str:
     return f"52:54:00:77:00:{0x10 + index:02x}"
 
 
-def cluster_yaml(count: int, home: str, kernel_args: tuple[str, ...] = ()) -> str:
+def unlisted_mac(index: int) -> str:
+    """The MAC of the demo's guest number `index` that no node entry names (`--unlisted`)."""
+    return f"52:54:00:77:01:{0x10 + index:02x}"
+
+
+def cluster_yaml(count: int, home: str, kernel_args: tuple[str, ...] = (), discovery: str = "auto") -> str:
+    """`count` listed nodes (slurmctld needs one); guests whose MACs no entry names join as the
+    next free nodeNN under cluster.discovery `mode: discovery` (auto: at once, approve: after
+    `node approve`)."""
     args = ", ".join(("console=ttyS0", *kernel_args))
     macs = ", ".join(node_mac(i) for i in range(1, count + 1))
     last = f"{count:02d}"
@@ -47,6 +55,11 @@ cluster:
     options:
       MessageTimeout: 60    # slurmstepd starts slowly on an emulated CPU
   time_servers: [{MASTER.ip}]
+  discovery:                # guests no node entry names (demo --unlisted)
+    mode: {discovery}
+    names: node[01-99]
+    addresses: 10.77.0.11-10.77.0.99
+    profiles: [default]
   ports:
     http: 80
     tftp: 69

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.defaults import DEFAULT_NAMESPACE
 
-from ..bootfiles import CONFIGS
+from ..bootfiles import CONFIGS, WAIT
 from ..inventory.model import Cluster, Node
 from ..paths import Site, image_pseudo, image_root
 from ..resources import STOCK_PXE
@@ -70,6 +71,24 @@ class BootConfigs:
         return [("ipxe", self.ipxe), ("pxelinux", self.pxelinux), ("grub", self.grub)]
 
 
+def template_path(name: str, site: Site | None = None, stock: Path = STOCK_PXE) -> Path:
+    """The boot template `name`: the site's own (site/pxe/NAME) if it has one, else the stock one."""
+    own = site.root / "pxe" / name if site else None
+    return own if own is not None and own.is_file() else stock / name
+
+
+def wait_scripts(cluster: Cluster, site: Site | None = None, stock: Path = STOCK_PXE) -> dict[str, str]:
+    """The copies of bootfiles.WAIT by boot-tree path; each template sees `cluster` and the
+    copy's `sleeps`."""
+    path = template_path(WAIT.template, site, stock)
+    env = environment()
+    template = compile_template(env, path.read_text(), str(path))
+    return {
+        rel: render(template, {**DEFAULT_NAMESPACE, "cluster": cluster, "sleeps": WAIT.sleeps(n)}, None)
+        for n, rel in enumerate(WAIT.paths())
+    }
+
+
 class BootTemplates:
     """The three boot templates, compiled once per build."""
 
@@ -79,7 +98,7 @@ class BootTemplates:
         self.reads_nodes = False
         digest = hashlib.sha256()
         for kind, name in TEMPLATES.items():
-            path = site.root / "pxe" / name if site and (site.root / "pxe" / name).is_file() else stock / name
+            path = template_path(name, site, stock)
             source = path.read_text()
             digest.update(f"{kind}\0{len(source)}\0{source}".encode())
             self.templates[kind] = compile_template(env, source, str(path))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from provisioner.demo.qemu import Guest
@@ -22,6 +22,7 @@ def boot(
     timeout: float,
     ns: Netns | None = None,
     send: Sequence[tuple[str, str]] = (),
+    watch: Callable[[str], None] | None = None,
 ) -> str:
     """Run `guest` (inside `ns` when given, where its tap lives) until one of `until` shows on
     its console, it exits (it powers off, or reboots under -no-reboot) or `timeout` passes;
@@ -29,7 +30,8 @@ def boot(
 
     `send` types on the console: for each (after, text) in turn, once the console shows
     `after` (past where the previous one was seen), write `text`; `until` counts only after
-    the last of them."""
+    the last of them. `watch` is called with the console text at every look (to act on what
+    the guest shows while it runs); what it raises stops the guest and the test."""
     wanted = (until,) if isinstance(until, str) else until
     argv = guest.prepare()
     pending, seen = list(send), 0
@@ -46,6 +48,8 @@ def boot(
         deadline = time.time() + timeout
         while time.time() < deadline and proc.poll() is None:
             text = console.read_bytes()
+            if watch is not None:
+                watch(text.decode(errors="replace"))
             if pending:
                 after, typed = pending[0]
                 if (at := text.find(after.encode(), seen)) >= 0:

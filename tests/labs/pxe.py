@@ -8,6 +8,7 @@ PVTEST lines and powers off.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,21 @@ class PxeLab:
         self.serve = Serve(self.lab, self.cli, services="dhcp,tftp,http", port=HTTP_PORT, extra=("--interface", "br0"))
         return self
 
-    def boot(self, mac: str, until: str, firmware: Firmware = "bios", timeout: float = 240) -> str:
+    def boot(
+        self,
+        mac: str,
+        until: str,
+        firmware: Firmware = "bios",
+        timeout: float = 240,
+        watch: Callable[[str], None] | None = None,
+    ) -> str:
         """PXE-boot a guest with `mac` until `until` shows on its console (or it powers off);
-        "bios": SeaBIOS and the e1000's iPXE ROM, "uefi": OVMF's own PXE (see demo.qemu)."""
+        "bios": SeaBIOS and the e1000's iPXE ROM, "uefi": OVMF's own PXE (see demo.qemu);
+        `watch` as for labs.guest.boot."""
         n = next(self._boots)
         guest = Guest(Nic(self.lab.tap(), mac), firmware, efi_vars=self.work / f"OVMF_VARS-{n}.fd")
-        return boot(guest, self.work / f"console-{mac.replace(':', '')}-{n}.log", until, timeout, ns=self.lab.server)
+        console = self.work / f"console-{mac.replace(':', '')}-{n}.log"
+        return boot(guest, console, until, timeout, ns=self.lab.server, watch=watch)
 
     def stages(self, node: str) -> list[str]:
         return [r["stage"] for r in NodeStateDB(self.state.db).timeline(node)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import sqlite3
 import time
@@ -25,6 +26,7 @@ from prometheus_client import (
 )
 
 from ...artifacts import layout, secrets
+from ...bootfiles import WAIT
 from ...facts import FactsInvalid, hardware
 from ...inventory import Inventory, Node, normalize_mac
 from ...logs import kv
@@ -237,7 +239,7 @@ class BootApp:
             return await self._boot_tree_file(request, f"{raw}.ipxe")
         node = self.inventory.by_mac(mac)
         if node is None:
-            raise self._refuse(web.HTTPNotFound, "unknown node", request, mac=mac)
+            return await self._wait(request)
         # Served to anyone (it holds no secret), but only the node's own fetch is its boot.
         peer = self._peer(request)
         own = str(peer.ip) in node_addresses(node, await self._lease_map(peer.ip))
@@ -249,8 +251,16 @@ class BootApp:
         peer = self._peer(request)
         node = await self._node_of(peer)
         if node is None:
-            raise self._refuse(web.HTTPNotFound, "unknown node", request, address=str(peer.ip))
+            return await self._wait(request)
         return await self._send(request, layout.ipxe_script(self.state, node.name), node, "ipxe", "text/plain")
+
+    async def _wait(self, request: web.Request) -> web.StreamResponse:
+        """A client no inventory names (yet): a copy, picked at random for the jitter, of the
+        script that waits, asks DHCP again and chains its own script once it is a node. It
+        names no node and holds no secret."""
+        return await self._send(
+            request, layout.wait_script(self.state, random.randrange(WAIT.variants)), None, None, "text/plain"
+        )
 
     async def boot_file(self, request: web.Request) -> web.StreamResponse:
         return await self._boot_tree_file(request, request.match_info["path"])
