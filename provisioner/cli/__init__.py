@@ -29,6 +29,7 @@ COMMANDS = [
     ("overlay_cmds", "overlay"),
     ("overlay_cmds", "plan"),
     ("overlay_cmds", "secrets_group"),
+    ("power_cmds", "power"),  # also adds `secrets set-bmc`
     ("demo_cmds", "demo"),
 ]
 

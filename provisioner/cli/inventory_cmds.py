@@ -13,6 +13,7 @@ import click
 from ruamel.yaml.comments import CommentedMap
 
 from ..actions.nodes import remove_nodes
+from ..actions.power import missing_credentials
 from ..atomic import atomic_write, locked
 from ..errors import UserError
 from ..inventory import (
@@ -82,6 +83,12 @@ def check(ctx: Context, as_json: bool) -> None:
     if not as_json:
         inv = ctx.inventory()
         click.echo(f"{inv.path}: ok ({len(inv.nodes)} nodes, {len(inv.profiles)} profiles)")
+        if missing := missing_credentials(ctx):
+            click.echo(
+                f"warning: {len(missing)} node(s) have a BMC but no BMC password "
+                f"(provisioner secrets set-bmc NODES): {', '.join(missing)}",
+                err=True,
+            )
         return
     try:
         load_inventory(ctx.site.cluster_yaml)
