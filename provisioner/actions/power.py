@@ -3,6 +3,8 @@ retries per BMC, a spread of power-ons over time; each node's failure is its own
 
 from __future__ import annotations
 
+import os
+import select
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +13,7 @@ from typing import Any
 
 from .. import bmc
 from ..artifacts.secrets import bmc_password
+from ..errors import UserError
 from ..inventory import Node
 from .context import Context
 
@@ -45,13 +48,7 @@ class Options:
 
 def target(ctx: Context, node: Node) -> bmc.Target | str:
     """Where and how to reach the node's BMC, or why it cannot be reached."""
-    if node.bmc is None:
-        return "no BMC address in the inventory (`bmc:` in its node entry)"
-    password = bmc_password(ctx.state, node)
-    if password is None:
-        return f"no BMC password (run `provisioner secrets set-bmc {node.name}`)"
-    port = node.bmc_port or bmc.default_port(node.bmc_protocol)
-    return bmc.Target(node.name, node.bmc_protocol, str(node.bmc), port, node.bmc_user, password)
+    return bmc.target_of(ctx.state, node)
 
 
 def missing_credentials(ctx: Context) -> list[str]:
@@ -116,3 +113,55 @@ def run(
         t = target(ctx, n)
         items.append((n.name, t) if isinstance(t, str) else t)
     return run_targets(items, action, opts, progress)
+
+
+# -- the serial console --------------------------------------------------------------------------
+
+DETACH = b"~."  # typed at the start of a line, as in ssh and conman
+
+
+def console(ctx: Context, name: str, infd: int, write: Callable[[bytes], None]) -> None:
+    """Attach to the node's serial console: what it prints goes to `write`, what is read from
+    `infd` goes to the node, until `~.` at the start of a line, the end of input, or the BMC
+    ends the session (a BmcError then)."""
+    t = bmc.target_of(ctx.state, ctx.node(name))
+    if isinstance(t, str):
+        raise UserError(f"{name}: {t}")
+    try:
+        sol = bmc.Sol(t, write)
+    except bmc.BmcError as e:
+        raise UserError(f"{name}: {e}") from None
+    line_start, held = True, b""
+    try:
+        while not sol.closed.is_set():
+            sol.pump(0.05)
+            if not select.select([infd], [], [], 0.05)[0]:
+                continue
+            data = os.read(infd, 1024)
+            if not data:
+                break
+            out = b""
+            for ch in (bytes([c]) for c in data):
+                if held:
+                    if ch == DETACH[1:]:
+                        return
+                    out += held
+                    held = b""
+                if line_start and ch == DETACH[:1]:
+                    held = ch
+                    continue
+                out += ch
+                line_start = ch in (b"\r", b"\n")
+            if out:
+                sol.send(out)
+    finally:
+        sol.close()
+        bmc.close_sessions()
+    if sol.error:
+        raise UserError(f"{name}: {sol.error}")
+
+
+def console_log(ctx: Context, name: str) -> bytes:
+    """What `serve` kept of the node's console."""
+    ctx.node(name)
+    return bmc.read_log(ctx.state.consoles, name)

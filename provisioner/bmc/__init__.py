@@ -2,5 +2,19 @@
 serial console over IPMI serial-over-LAN (pyghmi). Below the servers, which keep console logs."""
 
 from .client import ACTIONS, BmcError, Target, close_sessions, default_port, power, set_pxe
+from .console import ConsoleLog, Sol, read_log
+from .targets import target_of
 
-__all__ = ["ACTIONS", "BmcError", "Target", "close_sessions", "default_port", "power", "set_pxe"]
+__all__ = [
+    "ACTIONS",
+    "BmcError",
+    "ConsoleLog",
+    "Sol",
+    "Target",
+    "close_sessions",
+    "default_port",
+    "power",
+    "read_log",
+    "set_pxe",
+    "target_of",
+]

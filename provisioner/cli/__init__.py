@@ -30,6 +30,7 @@ COMMANDS = [
     ("overlay_cmds", "plan"),
     ("overlay_cmds", "secrets_group"),
     ("power_cmds", "power"),  # also adds `secrets set-bmc`
+    ("power_cmds", "console"),
     ("demo_cmds", "demo"),
 ]
 

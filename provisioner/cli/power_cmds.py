@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import termios
+import tty
 from collections.abc import Callable
 from typing import Any
 
@@ -96,3 +99,32 @@ def secrets_set_bmc(ctx: Context, nodes: str, profile: bool) -> None:
         password = sys.stdin.readline().rstrip("\n")
     secrets.set_bmc_password(ctx.state, names, password, profile)
     click.echo(f"stored the BMC password of {len(names)} {'profile' if profile else 'node'}(s)")
+
+
+@click.command("console")
+@click.argument("node")
+@click.option("--log", "show_log", is_flag=True, help="Print what `serve` kept of the console instead.")
+@pass_ctx
+def console(ctx: Context, node: str, show_log: bool) -> None:
+    """Attach to NODE's serial console (IPMI serial-over-LAN); `~.` at a line start detaches."""
+    if show_log:
+        sys.stdout.buffer.write(power_action.console_log(ctx, node))
+        return
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    fd = sys.stdin.fileno()
+    if not os.isatty(fd):
+        power_action.console(ctx, node, fd, write)
+        return
+    saved = termios.tcgetattr(fd)
+    click.echo(f"[attached to {node}; ~. detaches]", err=True)
+    try:
+        tty.setraw(fd)
+        power_action.console(ctx, node, fd, write)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        click.echo("\r\n[detached]", err=True)

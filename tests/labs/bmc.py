@@ -177,3 +177,20 @@ class SushyEmulator(_Peer):
                 time.sleep(0.2)
         self.close()
         raise RuntimeError("sushy-emulator did not listen within 30 s")
+
+
+def sol_qemu(extra: Sequence[str] = ()) -> tuple[list[str], str]:
+    """A qemu guest (no disk, no NIC: SeaBIOS prints and retries) wired to ipmi_sim as in the
+    lab notes: qemu's ipmi-bmc-extern device connects to ipmi_sim's `serial` port, and ipmi_sim
+    carries the guest's serial line (a telnet server socket of qemu) over SOL. Returns qemu's
+    argv and the lan.conf lines to give IpmiSim(extra_conf=...)."""
+    bmc_port, serial_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    argv = [
+        "qemu-system-x86_64", "-accel", "tcg", "-m", "128", "-nographic", "-monitor", "none", "-nic", "none",
+        "-chardev", f"socket,id=ipmi0,host=127.0.0.1,port={bmc_port},reconnect=10",
+        "-device", "ipmi-bmc-extern,id=bmc0,chardev=ipmi0", "-device", "isa-ipmi-kcs,bmc=bmc0",
+        "-chardev", f"socket,id=ser0,host=127.0.0.1,port={serial_port},server=on,wait=on,telnet=on",
+        "-serial", "chardev:ser0", *extra,
+    ]  # fmt: skip
+    conf = f'  serial 15 127.0.0.1 {bmc_port} codec VM\n  sol "telnet:127.0.0.1:{serial_port}" 115200\n'
+    return argv, conf
