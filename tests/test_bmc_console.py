@@ -14,6 +14,7 @@ import pytest
 from labs.bmc import IpmiSim, sol_qemu
 from labs.site import node, write_site
 from provisioner.bmc.console import ConsoleLog, read_log
+from provisioner.nodestate import NodeStateDB
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 
@@ -97,6 +98,10 @@ def test_console_attaches_and_detaches_then_serve_keeps_the_log(cli, sol_site):
         log = cli.state / "console" / "n1.log"
         assert stat.S_IMODE(log.stat().st_mode) == 0o600
         assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+        # A boot that stopped after DHCP: its timeline points at the console log.
+        NodeStateDB(cli.state / "nodes.sqlite").record_stage("n1", "dhcp", "10.86.0.11")
+        shown = cli("status", "n1", "--timeline").stdout
+        assert f"console: {log} (provisioner console n1 --log)" in shown, shown
     finally:
         serve.terminate()
         out = serve.communicate(timeout=30)[0]

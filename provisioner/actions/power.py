@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from .. import bmc
@@ -159,6 +160,13 @@ def console(ctx: Context, name: str, infd: int, write: Callable[[bytes], None]) 
         bmc.close_sessions()
     if sol.error:
         raise UserError(f"{name}: {sol.error}")
+
+
+def console_log_file(ctx: Context, name: str) -> Path | None:
+    """The node's console log that `serve` keeps, if there is one: where to read what the
+    node printed during a boot that stopped short."""
+    path = bmc.log_path(ctx.state.consoles, name)
+    return path if path.exists() else None
 
 
 def console_log(ctx: Context, name: str) -> bytes:

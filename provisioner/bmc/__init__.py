@@ -2,7 +2,7 @@
 serial console over IPMI serial-over-LAN (pyghmi). Below the servers, which keep console logs."""
 
 from .client import ACTIONS, BmcError, Target, close_sessions, default_port, power, set_pxe
-from .console import ConsoleLog, Sol, read_log
+from .console import ConsoleLog, Sol, log_path, read_log
 from .targets import target_of
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Target",
     "close_sessions",
     "default_port",
+    "log_path",
     "power",
     "read_log",
     "set_pxe",
