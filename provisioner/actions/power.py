@@ -84,14 +84,18 @@ def run_targets(
             time.sleep(max(0.0, start + i * spread - time.monotonic()))
         began = time.monotonic()
         attempt = 0
-        while True:
-            attempt += 1
-            try:
-                state = request(item, action, opts)
-                return Outcome(item.node, action, True, state, None, attempt, round(time.monotonic() - began, 3))
-            except bmc.BmcError as e:
-                if e.final or attempt > opts.retries:
-                    return Outcome(item.node, action, False, None, str(e), attempt, round(time.monotonic() - began, 3))
+        try:
+            while True:
+                attempt += 1
+                try:
+                    state = request(item, action, opts)
+                    return Outcome(item.node, action, True, state, None, attempt, round(time.monotonic() - began, 3))
+                except bmc.BmcError as e:
+                    if e.final or attempt > opts.retries:
+                        took = round(time.monotonic() - began, 3)
+                        return Outcome(item.node, action, False, None, str(e), attempt, took)
+        finally:
+            bmc.close_sessions([item])  # in the pool: a thousand logouts one after another add up
 
     out: list[Outcome] = []
     try:

@@ -9,7 +9,8 @@ after (pyghmi's session retries, sushy's socket timeouts), so the thread ends to
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -117,7 +118,8 @@ _sessions_lock = threading.Lock()
 def ipmi_command(target: Target) -> Any:
     """A logged-in pyghmi Command, kept for the target's next request (a node's `pxe` then `on`,
     a retry) until close_sessions(); raises pyghmi's exception when the login fails."""
-    from pyghmi.ipmi import command
+    with _sessions_lock:  # also makes the first import one thread's: pyghmi's is not thread-safe
+        from pyghmi.ipmi import command
 
     with _sessions_lock:
         cmd = _sessions.get(target)
@@ -131,8 +133,9 @@ def ipmi_command(target: Target) -> Any:
     return cmd
 
 
-def close_sessions() -> None:
-    """Log out of every BMC session this process opened (BMCs have few session slots).
+def close_sessions(targets: Iterable[Target] | None = None) -> None:
+    """Log out of these targets' sessions, or of every one this process opened (BMCs have few
+    session slots).
 
     pyghmi keeps a logged-out session in its table of sessions being set up and hands that
     dead object to the next Command for the same BMC and user; dropping the entry makes the
@@ -140,8 +143,8 @@ def close_sessions() -> None:
     from pyghmi.ipmi.private import session
 
     with _sessions_lock:
-        cmds = list(_sessions.items())
-        _sessions.clear()
+        chosen = list(_sessions) if targets is None else [t for t in targets if t in _sessions]
+        cmds = [(t, _sessions.pop(t)) for t in chosen]
     for target, cmd in cmds:
         try:
             cmd.ipmi_session.logout()
@@ -153,7 +156,10 @@ def close_sessions() -> None:
 def _ipmi_power(target: Target, action: str) -> str:
     cmd = ipmi_command(target)
     if action == "status":
-        return str(cmd.get_power()["powerstate"])
+        # Get Chassis Status (00h/01h) itself: pyghmi's get_power first asks for the device ID
+        # to pick an OEM handler, a second round trip per BMC.
+        reply = cmd.xraw_command(netfn=0, command=1)
+        return "on" if reply["data"][0] & 1 else "off"
     if action == "cycle":
         # Chassis Control 02h: power cycle (pyghmi's set_power has no word for it).
         cmd.xraw_command(netfn=0, command=2, data=[2])
@@ -177,6 +183,8 @@ def _redfish_system(target: Target, timeout: float) -> Any:
     from sushy import auth
 
     scheme = "http" if target.protocol == "redfish-http" else "https"
+    # One warning per request about the unverified certificate would bury the per-node lines.
+    warnings.filterwarnings("ignore", message="Unverified HTTPS request")
     conn = sushy.Sushy(
         f"{scheme}://{target.address}:{target.port}",
         auth=auth.BasicAuth(username=target.user, password=target.password),

@@ -132,7 +132,8 @@ class SushyEmulator(_Peer):
     """sushy-tools' Redfish emulator with its fake driver (power and boot state only; a change
     lands 1-11 s later), HTTP on 127.0.0.1:port, basic auth with user/password."""
 
-    def __init__(self, work: Path, user: str = "admin", password: str = "redfish-secret"):
+    def __init__(self, work: Path, user: str = "admin", password: str = "redfish-secret", tls: bool = False):
+        """`tls`: https with a self-signed certificate made here, as BMCs ship."""
         import bcrypt
 
         self.dir = work
@@ -147,6 +148,15 @@ class SushyEmulator(_Peer):
             f"SUSHY_EMULATOR_STATE_DIR = {str(self.dir / 'state')!r}\n"
             "SUSHY_EMULATOR_FAKE_DRIVER = True\n"
         )
+        tls_args: list[str] = []
+        if tls:
+            key, cert = self.dir / "bmc.key", self.dir / "bmc.crt"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bmc",
+                 "-keyout", str(key), "-out", str(cert)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            tls_args = ["--ssl-certificate", str(cert), "--ssl-key", str(key)]
         env = {**os.environ, "SUSHY_EMULATOR_STATE_DIR": str(self.dir / "state")}
         with open(self.dir / "emulator.log", "ab") as log:
             self.proc = subprocess.Popen(
@@ -159,6 +169,7 @@ class SushyEmulator(_Peer):
                     "127.0.0.1",
                     "-p",
                     str(self.port),
+                    *tls_args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
