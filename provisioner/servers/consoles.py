@@ -21,6 +21,7 @@ from .service import Service
 log = logging.getLogger("provisioner.console")
 
 RETRY = 30.0  # seconds before a lost or refused session is tried again
+CHECK = 5.0  # seconds between two looks at the inventory and passwords (a reload looks at once)
 
 
 class ConsoleService(Service):
@@ -33,6 +34,7 @@ class ConsoleService(Service):
         self._stop = threading.Event()
         self._sessions: dict[str, tuple[Target, Sol]] = {}
         self._next_try: dict[str, float] = {}
+        self._changed = threading.Event()
 
     def _wanted(self) -> dict[str, Target]:
         out = {}
@@ -64,8 +66,13 @@ class ConsoleService(Service):
 
     def serve_forever(self) -> None:
         self.ready.set()
+        checked = 0.0
         while not self._stop.is_set():
-            self._reconcile()
+            lost = any(sol.closed.is_set() for _, sol in self._sessions.values())
+            if lost or self._changed.is_set() or time.monotonic() - checked >= CHECK:
+                self._changed.clear()
+                self._reconcile()
+                checked = time.monotonic()
             if self._sessions:
                 Sol.pump(0.5)
             else:
@@ -80,3 +87,4 @@ class ConsoleService(Service):
 
     def reload(self, inventory: Inventory) -> None:
         self._inventory = inventory
+        self._changed.set()
