@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from labs.bmc import IpmiSim, SushyEmulator, free_port
-from labs.site import node, write_site
+from labs.site import node, site_yaml, write_site
 from provisioner.bmc import Target, close_sessions, power
 
 pytestmark = pytest.mark.netns
@@ -244,3 +244,31 @@ def test_passwords_never_in_process_arguments(cli, peers):
     assert seen and proc.returncode == 1
     for secret in (IPMI_PW, RF_PW, "wrong-password"):
         assert secret not in out + err
+
+
+def test_removed_nodes_lose_their_bmc_password(tmp_path):
+    """A node gone from the inventory is `departed` while its BMC password remains; `forget`
+    deletes it with its other secrets. A profile's password stays."""
+    from provisioner.artifacts import secrets
+    from provisioner.inventory import parse_text
+    from provisioner.paths import State
+
+    state = State(tmp_path / "state")
+    secrets.set_bmc_password(state, ["gone", "kept"], "pw-Secret-1")
+    secrets.set_bmc_password(state, ["rack"], "pw-Secret-2", profile=True)
+    inv = parse_text(
+        site_yaml(
+            [node("kept", "10.87.0.11", bmc="10.0.0.1", profiles=["rack"])],
+            {"rack": {"bmc_user": "root"}},
+            subnet="10.87.0.0/24",
+            interface=None,
+        ),
+        "cluster.yaml",
+    )
+    assert secrets.departed(state, inv) == {"gone"}
+    secrets.forget(state, ["gone"])
+    assert not (state.secrets / "bmc" / "nodes" / "gone").exists()
+    kept = inv.node("kept")
+    assert kept is not None and secrets.bmc_password(state, kept) == "pw-Secret-1"
+    os.unlink(state.secrets / "bmc" / "nodes" / "kept")
+    assert secrets.bmc_password(state, kept) == "pw-Secret-2"
