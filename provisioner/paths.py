@@ -52,6 +52,11 @@ class State:
         return self.root / "secrets"
 
     @property
+    def consoles(self) -> Path:
+        """Serial console logs of nodes with a BMC (0700: consoles show what nodes print)."""
+        return self.root / "console"
+
+    @property
     def db(self) -> Path:
         return self.root / "nodes.sqlite"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import provisioner
 
 PACKAGE = Path(provisioner.__file__).parent
-LAYERS = ("base", "inventory", "render", "artifacts", "nodestate", "servers", "actions", "demo", "cli")
+LAYERS = ("base", "inventory", "render", "artifacts", "nodestate", "bmc", "servers", "actions", "demo", "cli")
 
 
 @dataclass(frozen=True)

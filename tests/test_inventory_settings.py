@@ -21,6 +21,7 @@ from labs.site import node_of
 from provisioner.inventory import InventoryInvalid, parse_text
 from provisioner.inventory.model import SETTINGS, BootFiles, Cluster
 from provisioner.inventory.schema import (
+    Choice,
     Count,
     Names,
     Section,
@@ -44,6 +45,9 @@ cluster:
 def samples(kind):
     if type(kind) is Text:
         return ("a1", "b2", "c3"), "c3", {"": "node"}, ["cli"], "cli"
+    if type(kind) is Choice:
+        c = kind.choices
+        return (c[0], c[1], c[-1]), c[-1], {"": "node"}, [c[0]], c[0]
     if type(kind) is Count:
         lo = kind.lo
         return (lo, lo + 1, lo + 2), lo + 2, {"": "node"}, [str(lo + 3)], lo + 3

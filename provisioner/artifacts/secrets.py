@@ -16,6 +16,8 @@ secrets/
                               node's ssh client is told to refuse them (RevokedHostKeys)
   credentials/<node>          the node's report credential (64 hex digits): its overlay carries it,
                               its stage and facts reports present it
+  bmc/nodes/<node>            the password of the node's BMC (`secrets set-bmc`)
+  bmc/profiles/<profile>      the password of the BMCs of a profile's nodes (a rack's shared one)
 
 Keys come from ssh-keygen, so they are real OpenSSH formats. Every file lands by rename, so a
 key is either absent or complete; `stamp()` relies on that (a rename changes the directory).
@@ -55,6 +57,8 @@ CERT_VALIDITY = 52 * 7 * 86400  # seconds a host certificate is valid for
 CERT_SKEW = 300  # certificates are valid from this many seconds before signing (clock skew)
 CREDENTIALS = "credentials"
 CREDENTIAL_BYTES = 32
+BMC = "bmc"
+BMC_PASSWORD_MAX = 256  # no BMC takes more; IPMI 2.0 stops at 20 bytes
 
 
 class SecretMissing(UserError):
@@ -279,6 +283,37 @@ def ensure_credentials(state: State, nodes: Iterable[Node]) -> list[str]:
     return [node_credential(name) for name in made]
 
 
+# -- BMC passwords ------------------------------------------------------------------------------
+
+
+def bmc_secret(name: str, profile: bool = False) -> str:
+    """The path under state/secrets of a node's BMC password, or of a profile's."""
+    return f"{BMC}/{'profiles' if profile else 'nodes'}/{name}"
+
+
+def set_bmc_password(state: State, names: Iterable[str], password: str, profile: bool = False) -> list[str]:
+    """Store the BMC password of these nodes (or profiles), each file 0600 by rename."""
+    if not password or len(password) > BMC_PASSWORD_MAX or any(c in password for c in "\r\n\0"):
+        raise UserError(f"a BMC password is 1 to {BMC_PASSWORD_MAX} characters on one line")
+    d = _root(state) / BMC / ("profiles" if profile else "nodes")
+    private_dir(d.parent)
+    private_dir(d)
+    out = []
+    for name in names:
+        atomic_write(d / name, password, mode=0o600)
+        out.append(bmc_secret(name, profile))
+    return out
+
+
+def bmc_password(state: State, node: Node) -> str | None:
+    """The node's BMC password: its own, else that of its last profile that has one."""
+    read = reader(state)
+    for rel in (bmc_secret(node.name), *(bmc_secret(p, True) for p in reversed(node.profiles))):
+        with contextlib.suppress(SecretMissing):
+            return read(rel).decode()
+    return None
+
+
 # -- the whole set -------------------------------------------------------------------------------
 
 
@@ -333,7 +368,7 @@ def departed(state: State, inventory: Inventory) -> set[str]:
     """Nodes that have secrets here but are no longer in the inventory."""
     root = secrets_dir(state)
     names: set[str] = set()
-    for sub in ("ssh", CREDENTIALS):
+    for sub in ("ssh", CREDENTIALS, bmc_secret("")):
         with contextlib.suppress(FileNotFoundError):
             names |= {n for n in os.listdir(root / sub) if not n.startswith(".")}
     return names - {n.name for n in inventory.nodes}
@@ -350,8 +385,9 @@ def forget(state: State, nodes: Iterable[str]) -> list[str]:
         _update_krl(root, pubs)
     for name in nodes:
         _discard_keys(root, name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(root / node_credential(name))
+        for rel in (node_credential(name), bmc_secret(name)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(root / rel)
     return nodes
 
 
@@ -442,6 +478,8 @@ def list_secrets(state: State, node: str | None = None) -> list[SecretInfo]:
 
 
 def _fingerprint(path: Path) -> str:
+    if path.parent.parent.name == BMC:
+        return "-"  # a digest of a short password would let it be guessed offline
     if path.name.endswith(".pub") and not path.name.endswith("-cert.pub"):
         res = subprocess.run(["ssh-keygen", "-l", "-f", str(path)], capture_output=True, text=True, check=False)
         if res.returncode == 0:

@@ -31,6 +31,8 @@ COMMANDS = [
     ("overlay_cmds", "secrets_group"),
     ("configure_cmds", "configure"),
     ("logs_cmds", "logs"),
+    ("power_cmds", "power"),  # also adds `secrets set-bmc`
+    ("power_cmds", "console"),
     ("demo_cmds", "demo"),
 ]
 

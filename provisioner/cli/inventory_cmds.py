@@ -14,6 +14,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from ..actions.configure import refresh
 from ..actions.nodes import remove_nodes
+from ..actions.power import missing_credentials
 from ..artifacts import users as accounts
 from ..atomic import atomic_write, locked
 from ..errors import UserError
@@ -91,6 +92,12 @@ def check(ctx: Context, as_json: bool) -> None:
         if clashes:
             raise UserError("; ".join(clashes))
         click.echo(f"{inv.path}: ok ({len(inv.nodes)} nodes, {len(inv.profiles)} profiles)")
+        if missing := missing_credentials(ctx):
+            click.echo(
+                f"warning: {len(missing)} node(s) have a BMC but no BMC password "
+                f"(provisioner secrets set-bmc NODES): {', '.join(missing)}",
+                err=True,
+            )
         return
     try:
         inv = load_inventory(ctx.site.cluster_yaml)

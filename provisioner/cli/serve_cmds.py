@@ -12,7 +12,7 @@ from ..actions.discovery import AutoAdopter
 from ..errors import UserError
 from ..logs import setup_logging
 from ..resources import systemd_unit
-from ..servers.serve import SERVICES, Daemon, ServeError, ServeOptions
+from ..servers.serve import OPTIONAL, SERVICES, Daemon, ServeError, ServeOptions
 from .context import Context, pass_ctx
 
 PORT = click.IntRange(1, 65535)
@@ -27,7 +27,7 @@ DEFAULT_TFTP_WORKERS_MAX = 8
     default=",".join(SERVICES),
     show_default=True,
     metavar="LIST",
-    help="Comma list of services to run: dhcp, tftp, http.",
+    help="Comma list of services to run: dhcp, tftp, http, console (serial console logs of nodes with a BMC).",
 )
 @click.option(
     "--listen", default="0.0.0.0", show_default=True, metavar="ADDR", help="Address the TFTP and HTTP servers bind."
@@ -88,9 +88,10 @@ def serve(
         click.echo(systemd_unit("provisioner.service", ctx.site, ctx.state), nl=False)
         return
     chosen = tuple(s.strip() for s in services.split(",") if s.strip())
-    unknown = sorted(set(chosen) - set(SERVICES))
+    unknown = sorted(set(chosen) - set(SERVICES + OPTIONAL))
     if unknown or not chosen:
-        raise UserError(f"unknown service(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(SERVICES)}")
+        known = ", ".join(SERVICES + OPTIONAL)
+        raise UserError(f"unknown service(s) {', '.join(unknown) or '(none given)'}; choose from {known}")
     if "http" in chosen:
         from ..servers.http import read_token
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import click
 
+from ..actions.power import console_log_file
 from ..actions.status import boot_timeline, statuses
 from .context import Context, echo_json, echo_table, pass_ctx
 
@@ -52,6 +53,8 @@ def show_timeline(ctx: Context, selector: str | None, as_json: bool) -> None:
         return
     echo_table(["stage", "at", "took", "detail"], [[s.stage, _clock(s.at), _took(s.took), s.detail] for s in steps])
     click.echo(f"total {_took(steps[-1].at - steps[0].at)} from {steps[0].stage} to {steps[-1].stage}")
+    if console := console_log_file(ctx, name):
+        click.echo(f"console: {console} (provisioner console {name} --log)")
 
 
 @click.command()

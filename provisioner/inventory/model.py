@@ -285,6 +285,9 @@ class Interface:
     ip: IPv4Address | None
 
 
+BMC_PROTOCOLS = ("ipmi", "redfish", "redfish-http")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Node:
     """A node merged with its profiles; `sources` says where each setting came from."""
@@ -303,6 +306,12 @@ class Node:
     mpi_slots: int | None = setting(Count(1, 100000), "--mpi-slots", "MPI slots (default: its reported CPUs).")
     boot_files: Mapping[str, str] = setting(BootFiles())  # per client architecture; no flag yet
     vars: Mapping[str, Any] = setting(Table(), "--var", "KEY=VALUE for templates (repeatable).")
+    # How to reach the node's BMC at `bmc` (its password is a secret: `secrets set-bmc`).
+    bmc_protocol: str = setting(
+        Choice(BMC_PROTOCOLS), "--bmc-protocol", "ipmi (RMCP+), redfish (https) or redfish-http.", default="ipmi"
+    )
+    bmc_user: str = setting(Text(), "--bmc-user", "BMC user name.", default="admin")
+    bmc_port: int | None = setting(Count(1, 65535), "--bmc-port", "BMC port (default: 623, https 443, http 80).")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     line: int = field(default=0, compare=False)
 

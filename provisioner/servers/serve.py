@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("provisioner.serve")
 
-SERVICES = ("dhcp", "tftp", "http")
+SERVICES = ("dhcp", "tftp", "http")  # the default set
+OPTIONAL = ("console",)  # IPMI serial-over-LAN console logs of nodes with a BMC
 
 
 class ServeError(Exception):
@@ -85,13 +86,23 @@ class Daemon:
 
     # -- composition ---------------------------------------------------------------------------
     def _make(self, name: str) -> Service:
-        make: dict[str, Callable[[], Service]] = {"dhcp": self._dhcp, "tftp": self._tftp, "http": self._http}
+        make: dict[str, Callable[[], Service]] = {
+            "dhcp": self._dhcp,
+            "tftp": self._tftp,
+            "http": self._http,
+            "console": self._console,
+        }
         try:
             return make[name]()
         except ImportError as e:
             raise ServeError(f"the {name} service is not available in this installation ({e})") from None
         except (OSError, ValueError) as e:
             raise ServeError(f"cannot start {name} on {self.opts.listen}: {e}") from None
+
+    def _console(self) -> Service:
+        from .consoles import ConsoleService
+
+        return ConsoleService(self.inventory, self.state)
 
     def _dhcp(self) -> Service:
         from .dhcp import DhcpServer
