@@ -8,6 +8,7 @@ import datetime
 import click
 
 from ..actions.discovery import adopt_node
+from ..logs import setup_logging
 from .context import Context, echo_json, echo_table, pass_ctx
 from .inventory_cmds import node
 
@@ -48,8 +49,10 @@ def node_discovered(ctx: Context, show_all: bool, as_json: bool) -> None:
 )
 @pass_ctx
 def node_approve(ctx: Context, mac: str, name: str | None, profiles: tuple[str, ...]) -> None:
-    """Make a discovered MAC node NAME (default: the next of cluster.discovery.names) at the next
-    free address of cluster.discovery.addresses, and build its overlay and boot config; serve
+    """Make a discovered MAC node NAME (default: the name of its switch port under
+    cluster.discovery.switches, else the next of cluster.discovery.names) at the next free
+    address of cluster.discovery.addresses, and build its overlay and boot config; serve
     answers it on its next boot."""
+    setup_logging("warning")  # why a switch gave no name
     got = adopt_node(ctx, mac, name, [p for item in profiles for p in item.split(",") if p])
     click.echo(f"adopted {got.mac} as {got.name} ({got.ip})")
