@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,28 +181,40 @@ async def _locate(sw: Switch, mac: str) -> SwitchPort | None:
         reader.close()
 
 
+async def _located(sw: Switch, mac: str) -> SwitchPort | SwitchError | None:
+    """_locate within the deadline, a failure as a SwitchError."""
+    try:
+        return await asyncio.wait_for(_locate(sw, mac), DEADLINE)
+    except SwitchError as e:
+        return e
+    except TimeoutError:
+        return SwitchError(f"not read within {DEADLINE} s")
+    except (PySnmpError, PyAsn1Error, OSError, UnicodeError) as e:
+        return SwitchError(f"{type(e).__name__}: {e}")
+
+
+async def _locate_all(switches: Sequence[Switch], mac: str) -> list[SwitchPort | SwitchError | None]:
+    """Every switch asked at once: a lookup takes as long as the slowest switch, not their sum."""
+    return list(await asyncio.gather(*(_located(sw, mac) for sw in switches)))
+
+
 def locate(sw: Switch, mac: str) -> SwitchPort | None:
     """The access port of `sw` that learned `mac`; None when it is not there (or only on an
     uplink). SwitchError when the switch cannot be read within its timeouts."""
-    try:
-        return asyncio.run(asyncio.wait_for(_locate(sw, mac), DEADLINE))
-    except TimeoutError:
-        raise SwitchError(f"not read within {DEADLINE} s") from None
-    except (PySnmpError, PyAsn1Error, OSError, UnicodeError) as e:
-        raise SwitchError(f"{type(e).__name__}: {e}") from None
+    (got,) = asyncio.run(_locate_all([sw], mac))
+    if isinstance(got, SwitchError):
+        raise got
+    return got
 
 
 def port_name(policy: Discovery, mac: str) -> str | None:
     """The name `policy.pattern` gives the switch port `mac` is plugged into; None, with a log
     line saying why, when no switch names it (the caller then takes a name from `names`)."""
     found: list[SwitchPort] = []
-    for sw in policy.switches:
-        try:
-            got = locate(sw, mac)
-        except SwitchError as e:
-            log.warning("switch not read", extra=kv(switch=f"{sw.address}:{sw.port}", mac=mac, error=e))
-            continue
-        if got is not None:
+    for sw, got in zip(policy.switches, asyncio.run(_locate_all(policy.switches, mac)), strict=True):
+        if isinstance(got, SwitchError):
+            log.warning("switch not read", extra=kv(switch=f"{sw.address}:{sw.port}", mac=mac, error=got))
+        elif got is not None:
             found.append(got)
     fallback = f"a name from {policy.names}" if policy.names else "no name (cluster.discovery.names is empty)"
     if len(found) != 1:
