@@ -133,6 +133,8 @@ def test_the_community_can_live_in_a_root_only_file(agent, tmp_path, caplog):
     assert port_name(policy(switch(agent, None, community_file=str(secret))), X) == "r1n09"
     assert port_name(policy(switch(free_udp_port(), "s3cret")), X) is None
     assert "switch not read" in logged(caplog) and "s3cret" not in logged(caplog)
+    shown = repr(policy(switch(161, "s3cret")))
+    assert "s3cret" not in shown and "address=IPv4Address('127.0.0.1')" in shown
     # a wrong community gets no answer at all (as from a real agent): a timeout, named
     started = time.monotonic()
     with pytest.raises(SwitchError, match=r"no valid SNMP answer in 1 s \(2 tries\)"):

@@ -8,7 +8,7 @@ Each setting is declared once, as a field carrying its kind, default, checks and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,11 @@ class Switch:
     )
     timeout: int = setting(Count(1, 60), default=2, help="seconds to wait for an answer (asked twice)")
 
+    def __repr__(self) -> str:
+        """Without the community: a policy in a log line or a traceback shows no secret."""
+        shown = (f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "community")
+        return f"Switch({', '.join(shown)})"
+
     def fields(self, port: int, ifindex: int | None, ifname: str | None) -> dict[str, Any]:
         """What the pattern may use for a node on `port` of this switch."""
         found = {"port": port, "ifindex": ifindex, "ifname": ifname, "rack": self.rack}
@@ -183,7 +188,8 @@ class Discovery:
     """What happens to a PXE client no node entry names: it waits in `node discovered` for the
     admin's `node approve` (mode approve), or the server adopts it at once (mode auto), at most
     `rate` a minute, so a flood of made-up MACs cannot use up the names and addresses or
-    collect the MUNGE key faster than the written policy allows."""
+    collect the MUNGE key faster than the written policy allows. With `switches`, a new node
+    is named by `pattern` from the switch port it is plugged into, else from `names`."""
 
     mode: str = setting(Choice(("approve", "auto")), default="approve")
     names: str | None = setting(Hostlist(), help="hostlist new nodes are named from, like auto[001-100]")
