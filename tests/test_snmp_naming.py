@@ -147,10 +147,12 @@ def test_a_mac_moved_to_another_port_changes_only_the_next_name(agent, cli, tmp_
     join_site(cli, tmp_path, names="spare[1-3]", switches=[switch(agent, rack=1)])
     assert "adopted 52:54:00:5e:00:01 as r1n03" in cli("node", "approve", X).stdout
     # Y is unknown: it would be r1n06; moved to port 8 before it is adopted, it is r1n08
-    p = policy(switch(agent, rack=1))
-    assert port_name(p, Y) == "r1n06"
+    assert cli("node", "locate", Y).stdout == "r1n06\n"
     agent.serve({"sw1": fdb({X: 9, Y: 8, Z: 3})})
-    assert port_name(p, Y) == "r1n08"
+    res = cli("node", "locate", Y)
+    assert res.stdout == "r1n08\n" and 'port="127.0.0.1 port 8 (swp8)"' in res.stderr, res.stderr
+    res = cli("node", "locate", "52:54:00:5e:09:09", check=False)
+    assert res.returncode == 1 and "no switch port names 52:54:00:5e:09:09" in res.stderr
     assert "as r1n08" in cli("node", "approve", Y).stdout
     # X moved to port 9 keeps the name it was given; Z, now on X's old port, cannot take it
     res = cli("node", "approve", Z)
