@@ -23,7 +23,7 @@ from provisioner.inventory import InventoryInvalid, parse_text
 from provisioner.inventory.model import Discovery, Switch
 from provisioner.inventory.portname import node_name
 from provisioner.logs import Logfmt
-from test_join import EFI, join_site, offered, pxe_client, serve
+from test_join import EFI, LISTED, join_site, offered, pxe_client, serve
 
 X, Y, Z = "52:54:00:5e:00:01", "52:54:00:5e:00:02", "52:54:00:5e:00:03"
 OTHERS = [f"52:54:00:5e:01:{i:02x}" for i in range(3)]  # behind the uplink
@@ -223,14 +223,21 @@ def test_unreachable_or_garbage_switches_fall_back_to_the_names_range(agent, jun
 
 @pytest.mark.netns
 def test_auto_mode_adopts_an_unknown_pxe_client_under_its_switch_port_name(lab, tmp_path, cli):
-    """The switch's agent at its management address on the lab's network; serve asks it."""
+    """The switch's agent at its management address on the lab's network; serve asks it, and a
+    second switch that never answers, while the DHCP server goes on answering listed nodes."""
     new = "52:54:00:5e:00:10"
     with Agent(lab.host(ip="10.99.0.250"), "10.99.0.250") as agent:
         agent.serve({"sw1": fdb({new: 17, **dict.fromkeys(OTHERS, 48)}, qbridge=True)})
-        join_site(cli, tmp_path, mode="auto", names="auto[01-10]", switches=[switch(agent, rack=4)])
+        dead = {"address": "10.99.0.250", "port": 1161, "rack": 5, "timeout": 10}
+        join_site(cli, tmp_path, mode="auto", names="auto[01-10]", switches=[switch(agent, rack=4), dead])
         with serve(lab, cli) as srv:
             ns = lab.host(mac=new)
             assert pxe_client(ns, tmp_path, new, *EFI, "--only", "discover")["offers"] == []
+            # the adoption waits 20 s for the dead switch; the packet path does not
+            listed = pxe_client(lab.host(mac=LISTED), tmp_path, LISTED, *EFI, "--only", "discover")["offers"]
+            assert listed and listed[0]["yiaddr"] == "10.99.0.11"
+            assert not any("msg=adopted" in line for line in srv.lines)
+            srv.wait_log("switch=10.99.0.250:1161", timeout=40)
             line = srv.wait_log("msg=adopted")
             assert f"mac={new}" in line and "node=r4n17" in line and "ip=10.99.0.50" in line
             assert "named by switch port" in "\n".join(srv.lines)
