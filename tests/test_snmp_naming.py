@@ -126,6 +126,10 @@ def test_the_community_can_live_in_a_root_only_file(agent, tmp_path, caplog):
     sw = policy(switch(agent, None, rack=1, community_file=str(secret))).switches[0]
     with pytest.raises(SwitchError, match=f"community_file {secret} is readable by others: chmod 600 it"):
         locate(sw, X)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(SwitchError, match=f"community_file {fifo} is not a file"):
+        locate(policy(switch(agent, None, community_file=str(fifo))).switches[0], X)
     secret.chmod(0o600)
     assert at(sw, X) == (9, 1009, "swp9")
     # the community is in no log line, whether the switch answers or not

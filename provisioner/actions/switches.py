@@ -72,11 +72,14 @@ def community(sw: Switch) -> str:
     if sw.community_file is None:
         return sw.community or "public"
     try:
-        fd = os.open(sw.community_file, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(sw.community_file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO does not hang it
     except OSError as e:
         raise SwitchError(f"community_file {sw.community_file}: {e.strerror}") from None
     with os.fdopen(fd) as f:
-        if os.fstat(fd).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SwitchError(f"community_file {sw.community_file} is not a file")
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SwitchError(f"community_file {sw.community_file} is readable by others: chmod 600 it")
         text = f.read(4096).strip()
     if not text:
