@@ -44,8 +44,12 @@ class Adopted:
     ip: IPv4Address
 
 
-def _name(inv: Inventory, name: str | None) -> str:
+def _name(inv: Inventory, name: str | None, by_port: str | None = None) -> str:
     policy = inv.cluster.discovery.names
+    if name is None and by_port is not None:
+        if inv.node(by_port) is None:
+            return by_port
+        log.warning("switch-port name is taken; a name from `names` instead", extra=kv(node=by_port))
     if name is None:
         if not policy:
             raise UserError("name the node: cluster.discovery has no `names` to take one from")
@@ -58,7 +62,8 @@ def _name(inv: Inventory, name: str | None) -> str:
 
 
 def adopt_node(ctx: Context, mac: str, name: str | None = None, profiles: Sequence[str] = ()) -> Adopted:
-    """Make `mac` node `name` (default: the first free name of cluster.discovery.names) at the
+    """Make `mac` node `name` (default: the name its switch port gives, see switches.py, else
+    the first free name of cluster.discovery.names) at the
     first free address of cluster.discovery.addresses, with `profiles` (default: the policy's),
     and build its overlay and boot config; the node-state DB notes the MAC as adopted and
     frees its dynamic lease."""
@@ -67,13 +72,18 @@ def adopt_node(ctx: Context, mac: str, name: str | None = None, profiles: Sequen
         raise UserError(f"{mac!r} is not a MAC address (like 52:54:00:12:34:56)")
     if not ctx.has_inventory():
         raise UserError(f"no inventory at {ctx.site.cluster_yaml} (run `provisioner init` first)")
+    by_port = None
+    if name is None and ctx.inventory().cluster.discovery.switches:
+        from .switches import port_name  # pysnmp takes half a second to import: only when needed
+
+        by_port = port_name(ctx.inventory().cluster.discovery, norm)  # before the lock: may time out
     try:
         with edit_inventory(ctx.site.cluster_yaml) as (doc, inv):
             known = inv.by_mac(norm)
             if known is not None:
                 raise UserError(f"{norm} is already node {known.name}")
             policy = inv.cluster.discovery
-            name = _name(inv, name)
+            name = _name(inv, name, by_port)
             ip = next_free_ip(inv, policy.addresses)
             if ip is None:
                 where = "-".join(map(str, policy.addresses)) if policy.addresses else inv.cluster.network.subnet

@@ -8,13 +8,14 @@ Each setting is declared once, as a field carrying its kind, default, checks and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
 from ..bootfiles import override_problems
 from .hostlist import expand, split_top
+from .portname import PORT_FIELDS, node_name
 from .schema import (
     Address,
     Addresses,
@@ -24,6 +25,7 @@ from .schema import (
     Flag,
     Hostlist,
     Invalid,
+    Kind,
     Label,
     Names,
     Options,
@@ -127,12 +129,68 @@ def _renamed_adopt(value: str, _: Scope) -> str:
     return f"is now two settings: write `mode: auto` and `names: {value}`"
 
 
+class Scalar(Kind):
+    """A string or a whole number, kept as written (so `{rack:02}` can pad a number)."""
+
+    what = "a string or a whole number"
+
+    def convert(self, raw: Any) -> str | int:
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            raise TypeError("")
+        return raw
+
+
+def _one_community(_: str, s: Scope) -> str | None:
+    return "give community or community_file, not both" if s.community else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Switch:
+    """An access switch whose forwarding table (Q-BRIDGE-MIB, else BRIDGE-MIB, over SNMP v1 or
+    v2c) tells which port a new node's MAC was learned on."""
+
+    address: IPv4Address = setting(Address(), required=True)
+    port: int = setting(Count(1, 65535), default=161, help="the SNMP agent's UDP port")
+    version: str = setting(Choice(("1", "2c")), default="2c")
+    community: str | None = setting(Text(), help="a secret: better community_file; neither means 'public'")
+    community_file: str | None = setting(
+        Text(), check=_one_community, help="a file readable by root alone holding the community"
+    )
+    rack: str | int | None = setting(Scalar(), help="{rack} in the pattern")
+    vars: Mapping[str, Any] = setting(Table(), help="more fields for the pattern")
+    uplinks: tuple[str, ...] = setting(Names(), help="ports (numbers or interface names) that never name a node")
+    macs_per_port: int = setting(
+        Count(1, 4096), default=1, help="a port that learned more MACs is an uplink and names no node"
+    )
+    timeout: int = setting(Count(1, 60), default=2, help="seconds to wait for an answer (asked twice)")
+
+    def __repr__(self) -> str:
+        """Without the community: a policy in a log line or a traceback shows no secret."""
+        shown = (f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "community")
+        return f"Switch({', '.join(shown)})"
+
+    def fields(self, port: int, ifindex: int | None, ifname: str | None) -> dict[str, Any]:
+        """What the pattern may use for a node on `port` of this switch."""
+        found = {"port": port, "ifindex": ifindex, "ifname": ifname, "rack": self.rack}
+        return {**self.vars, **{k: v for k, v in found.items() if v is not None}}
+
+
+def _pattern_fits(switches: tuple[Switch, ...], s: Scope) -> str | None:
+    for i, sw in enumerate(switches):
+        try:
+            node_name(s.pattern, sw.fields(1, 1, "1"))
+        except ValueError as e:
+            return f"[{i}] ({sw.address}): {e}"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Discovery:
     """What happens to a PXE client no node entry names: it waits in `node discovered` for the
     admin's `node approve` (mode approve), or the server adopts it at once (mode auto), at most
     `rate` a minute, so a flood of made-up MACs cannot use up the names and addresses or
-    collect the MUNGE key faster than the written policy allows."""
+    collect the MUNGE key faster than the written policy allows. With `switches`, a new node
+    is named by `pattern` from the switch port it is plugged into, else from `names`."""
 
     mode: str = setting(Choice(("approve", "auto")), default="approve")
     names: str | None = setting(Hostlist(), help="hostlist new nodes are named from, like auto[001-100]")
@@ -144,6 +202,14 @@ class Discovery:
     profiles: tuple[str, ...] = setting(Names(), help="profiles an adopted node gets")
     rate: int = setting(Count(1, 10000), default=10, help="adoptions per minute at most (mode auto)")
     adopt: str | None = setting(Hostlist(), check=_renamed_adopt, help="old spelling of mode auto + names")
+    pattern: str = setting(
+        Text(),
+        default="r{rack}n{port:02}",
+        help=f"a new node's name from its switch port: fields {', '.join(PORT_FIELDS)}, a switch's rack and vars",
+    )
+    switches: tuple[Switch, ...] = setting(
+        Sections(Switch), check=_pattern_fits, help="access switches naming new nodes by port; else `names`"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,12 +6,13 @@ recovery state never touch the host; stop() (or the lab's teardown) ends it.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from provisioner.render.nfs import Export, render_ganesha
+
+from .net import terminate
 
 READY = "NFS SERVER INITIALIZED"
 
@@ -46,13 +47,8 @@ class Ganesha:
         raise RuntimeError(f"nfs-ganesha did not start:\n{out}\n{log[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate(self.proc)
         self.proc = None
 
     def __enter__(self) -> Ganesha:

@@ -26,6 +26,17 @@ def uid(prefix: str) -> str:
     return f"{prefix}{os.getpid() % 100000:x}{next(_counter):x}"
 
 
+def terminate(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM a daemon the lab started, and SIGKILL it if it is still there after `grace` s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def sh(cmd: Sequence[str] | str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     if isinstance(cmd, str):
         cmd = ["sh", "-c", cmd]
