@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 
 from labs.serve import NODES, Serve, auth, curl, write_site, write_state
-from labs.slurm import slurm_cluster
+from labs.slurm import NODE_CURL, slurm_cluster
 from provisioner.facts import FactsInvalid, hardware
 from provisioner.nodestate import NodeStateDB
 from test_slurm_cluster import INVENTORY as CLUSTER
-from test_slurm_cluster import NODE_CURL
 from test_slurm_render import INVENTORY, facts_for
 
 PRIV = ("--local-port", "700-900")

@@ -9,6 +9,20 @@ break those rules is left waiting, as if it had reported none, and named in `pro
 Nodes: those carrying the `slurm` overlay, in inventory order. Partitions: the nodes'
 `partitions` settings; the first one named is the default.
 
+Hardware drift: the first hardware a node reports is taken as it is; after that slurm.conf
+keeps the hardware provisioner accepted (`accepted`, remembered in the state dir), and a node
+reporting other hardware (a lost DIMM, a dead GPU) is named in `drift` with the difference,
+for the caller to drain, until `provisioner slurm accept` takes the new hardware. Shrinking
+the line instead would hide the fault: with `SlurmdParameters=config_overrides` (below)
+slurmctld does not check a node's hardware against its line, and the node would stay in
+service with half its memory.
+
+A node that stops answering (powered off, crashed) is Slurm's own business: slurmctld pings
+every slurmd and sets one that has not answered for `SlurmdTimeout` (the cluster's
+`slurm.down_after`) DOWN with the reason "Not responding"; `ReturnToService=2` lets it back
+by itself when its slurmd registers again with a valid configuration. Slurm already sees every
+node it runs jobs on, so a second watchdog in provisioner would only race it.
+
 A node without facts waits for them: it is listed `State=FUTURE` with no hardware and in no
 partition, so no job can land on it while Slurm knows it only as a 1-CPU placeholder; its
 slurmd (configless) finds its name and keeps running; once its facts arrive the line gets the
@@ -23,10 +37,10 @@ changes the node set, which Slurm 22.05 takes only at a slurmctld restart.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..facts import FactsInvalid, Hardware, hardware
+from ..facts import HARDWARE_KEYS, FactsInvalid, Hardware, hardware
 from ..inventory.hostlist import compress
 from ..inventory.model import Cluster, Inventory, Node
 
@@ -43,6 +57,8 @@ class SlurmConfig:
 
     files: Mapping[str, str]
     problems: tuple[str, ...] = ()
+    hardware: Mapping[str, Hardware] = field(default_factory=dict)  # what slurm.conf holds per node
+    drift: Mapping[str, str] = field(default_factory=dict)  # node -> "RealMemory 64000 -> 32000"
 
 
 def slurm_nodes(inv: Inventory) -> list[Node]:
@@ -101,6 +117,7 @@ def _global(cluster: Cluster, has_gres: bool) -> dict[str, str]:
         "SelectTypeParameters": "CR_Core_Memory",
         "MpiDefault": "pmix",
         "ReturnToService": "2",
+        "SlurmdTimeout": str(s.down_after),
         # The NodeName lines come from what each node itself reported at this boot, so they are
         # right by construction. A slurmd still holding the previous (placeholder) config when
         # slurmctld restarts with the node's real hardware would otherwise be drained for
@@ -115,19 +132,49 @@ def _global(cluster: Cluster, has_gres: bool) -> dict[str, str]:
     return conf
 
 
-def known_hardware(inv: Inventory, facts: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Hardware], list[str]]:
-    """Hardware of each slurm node with usable facts, and one problem line per unusable one."""
+def difference(held: Hardware, reported: Hardware) -> str:
+    """What changed, in slurm.conf's words: `RealMemory 64000 -> 32000, Gres gpu:2 -> gpu:1`."""
+    old, new = dict(held.fields), dict(reported.fields)
+    words = [f"{k} {old.get(k, '-')} -> {new.get(k, '-')}" for k in HARDWARE_KEYS if old.get(k) != new.get(k)]
+    if held.gpus != reported.gpus:
+        before, after = _gres(held) or "none", _gres(reported) or "none"
+        if before == after:
+            before, after = (",".join(g.file for g in hw.gpus) for hw in (held, reported))
+        words.append(f"Gres {before} -> {after}")
+    return ", ".join(words)
+
+
+def _usable(name: str, facts: Any, problems: list[str], fallback: str) -> Hardware | None:
+    try:
+        return hardware(name, facts)
+    except FactsInvalid as e:
+        problems.append(f"{e} ({fallback})")
+        return None
+
+
+def known_hardware(
+    inv: Inventory, facts: Mapping[str, Mapping[str, Any]], accepted: Mapping[str, Mapping[str, Any]] | None = None
+) -> tuple[dict[str, Hardware], list[str], dict[str, str]]:
+    """Hardware of each slurm node: the accepted one, else (a first boot, or `accepted` None)
+    the reported one; one problem line per unusable report; the nodes whose report differs
+    from their accepted hardware, with the difference."""
     known: dict[str, Hardware] = {}
     problems: list[str] = []
+    drift: dict[str, str] = {}
     for n in slurm_nodes(inv):
-        try:
-            hw = hardware(n.name, facts.get(n.name))
-        except FactsInvalid as e:
-            problems.append(f"{e} (the node stays FUTURE)")
-            continue
-        if hw is not None:
-            known[n.name] = hw
-    return known, problems
+        held = _usable(n.name, (accepted or {}).get(n.name), problems, "accepted hardware ignored")
+        reported = _usable(
+            n.name,
+            facts.get(n.name),
+            problems,
+            "slurm.conf keeps its accepted hardware" if held else "the node stays FUTURE",
+        )
+        if held is not None and reported is not None and reported != held:
+            drift[n.name] = difference(held, reported)
+        chosen = held or reported
+        if chosen is not None:
+            known[n.name] = chosen
+    return known, problems, drift
 
 
 def render_slurm_conf(inv: Inventory, known: Mapping[str, Hardware]) -> str:
@@ -164,9 +211,13 @@ def render_gres_conf(inv: Inventory, known: Mapping[str, Hardware]) -> str:
     return "".join(out)
 
 
-def render(inv: Inventory, facts: Mapping[str, Mapping[str, Any]]) -> SlurmConfig:
-    """All three files; nodes with unusable facts are left out and named in `problems`."""
-    known, problems = known_hardware(inv, facts)
+def render(
+    inv: Inventory, facts: Mapping[str, Mapping[str, Any]], accepted: Mapping[str, Mapping[str, Any]] | None = None
+) -> SlurmConfig:
+    """All three files from the accepted hardware (as facts, see Hardware.as_facts; None: every
+    node's report is taken as it is); nodes with unusable facts are left out and named in
+    `problems`."""
+    known, problems, drift = known_hardware(inv, facts, accepted)
     if not slurm_nodes(inv):
         problems.append("no node carries the `slurm` overlay: slurmctld refuses a slurm.conf without nodes")
     return SlurmConfig(
@@ -176,4 +227,6 @@ def render(inv: Inventory, facts: Mapping[str, Mapping[str, Any]]) -> SlurmConfi
             "gres.conf": render_gres_conf(inv, known),
         },
         tuple(problems),
+        known,
+        drift,
     )
