@@ -69,7 +69,10 @@ def follow(ctx: Context, config: SlurmConfig, say: Say = quiet) -> None:
     except SlurmError as e:
         say(f"cannot follow Slurm's node states: {e}")
         return
-    write_hostfile(ctx.inventory(), ctx, seen)
+    try:
+        write_hostfile(ctx.inventory(), ctx, seen)
+    except OSError as e:
+        say(f"cannot write the hostfile {e.filename}: {e.strerror}")
 
 
 def _drained_by_admin(node: SlurmNode) -> bool:

@@ -68,8 +68,8 @@ def _run(cmd: Sequence[str], timeout: float) -> str:
     except subprocess.TimeoutExpired:
         raise SlurmError(f"{cmd[0]} got no answer from slurmctld in {timeout:g} s") from None
     if res.returncode != 0:
-        said = (res.stderr or res.stdout).strip()
-        raise SlurmError(f"{' '.join(cmd[:2])} exited {res.returncode}" + (f": {said}" if said else ""))
+        said = (res.stderr or res.stdout).strip().splitlines()  # the last line: its fatal error
+        raise SlurmError(f"{' '.join(cmd[:2])} exited {res.returncode}" + (f": {said[-1]}" if said else ""))
     return res.stdout
 
 
