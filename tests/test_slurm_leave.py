@@ -99,6 +99,22 @@ def test_a_node_that_stops_answering_goes_down_and_comes_back_by_itself(cluster)
     cluster.wait(lambda: listed(hostfile(cluster)) == NODES, "node02 back in the shared hostfile")
 
 
+def test_a_node_back_from_a_crash_with_less_memory_stays_drained(cluster):
+    """Its report (sent before slurmd starts) drains it while Slurm still has it DOWN, so
+    ReturnToService does not put it back in service when its slurmd registers."""
+    cluster.kill_slurmd("node02")
+    cluster.wait(lambda: cluster.states().get("node02", "").startswith("down"), "node02 DOWN", timeout=90)
+    mem = cluster.db.facts("node02")["memory_mb"]
+    post_facts(cluster, "node02", 2000)
+    want = f"hardware changed: RealMemory {mem} -> 2000"
+    cluster.wait(lambda: reason(cluster, "node02") == want, "node02 drained for its memory")
+    cluster.start_slurmd("node02")
+    cluster.wait(lambda: cluster.states().get("node02") == "drained", "node02 registered, still drained", timeout=60)
+    assert reason(cluster, "node02") == want
+    cluster.report_facts("node02")
+    cluster.wait(lambda: cluster.states().get("node02") == "idle", "node02 resumed")
+
+
 def test_hardware_drift_drains_the_node_until_it_is_back_or_accepted(cluster):
     real = cluster.db.facts("node01")
     mem = real["memory_mb"]

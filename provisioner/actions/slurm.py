@@ -22,6 +22,7 @@ from .context import Context, Say, quiet
 # The reason a node drained for drifting hardware carries: its prefix tells provisioner's drains
 # from an admin's, so only its own are lifted.
 DRIFT = "hardware changed: "
+NOT_RESPONDING = "Not responding"  # the reason slurmctld gives a node it set DOWN (SlurmdTimeout)
 
 
 def slurm_files(ctx: Context, warn: Say = quiet) -> SlurmConfig:
@@ -76,7 +77,13 @@ def follow(ctx: Context, config: SlurmConfig, say: Say = quiet) -> None:
 
 
 def _drained_by_admin(node: SlurmNode) -> bool:
-    return node.state.startswith(("drain", "down")) and node.reason is not None and not node.reason.startswith(DRIFT)
+    """Drained or down for a reason neither provisioner's drift nor Slurm's own "Not responding"
+    (a node that comes back with less memory is drained before its slurmd registers)."""
+    return (
+        node.state.startswith(("drain", "down"))
+        and node.reason not in (None, NOT_RESPONDING)
+        and not (node.reason or "").startswith(DRIFT)
+    )
 
 
 def write_hostfile(inv: Inventory, ctx: Context, seen: dict[str, SlurmNode]) -> None:
