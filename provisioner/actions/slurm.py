@@ -13,7 +13,6 @@ from ..artifacts.slurm_config import ApplyResult, accepted_hardware, as_accepted
 from ..atomic import atomic_write
 from ..errors import UserError
 from ..facts import FactsInvalid, hardware
-from ..inventory.model import Inventory
 from ..nodestate.slurm import SlurmError, SlurmNode, is_ready, node_status, update
 from ..render import mpi
 from ..render.slurm import SlurmConfig, render, slurm_nodes
@@ -71,7 +70,7 @@ def follow(ctx: Context, config: SlurmConfig, say: Say = quiet) -> None:
         say(f"cannot follow Slurm's node states: {e}")
         return
     try:
-        write_hostfile(ctx.inventory(), ctx, seen)
+        write_hostfile(ctx, seen)
     except OSError as e:
         say(f"cannot write the hostfile {e.filename}: {e.strerror}")
 
@@ -86,9 +85,10 @@ def _drained_by_admin(node: SlurmNode) -> bool:
     )
 
 
-def write_hostfile(inv: Inventory, ctx: Context, seen: dict[str, SlurmNode]) -> None:
+def write_hostfile(ctx: Context, seen: dict[str, SlurmNode]) -> None:
     """The cluster's `slurm.hostfile`, if it names one, with the nodes `seen` up; replaced
     atomically and only when its bytes change, so MPI jobs starting meanwhile read a whole one."""
+    inv = ctx.inventory()
     path = inv.cluster.slurm.hostfile
     if path is None:
         return
