@@ -19,6 +19,7 @@ from .overlays import build_overlays
 from .slurm import apply_slurm
 
 RETIRING = "retiring (provisioner node retire)"
+PROGRESS = 60.0  # seconds between two progress lines while the jobs stay the same
 
 
 def remove_nodes(ctx: Context, expr: str) -> tuple[list[str], BuildReport]:
@@ -60,31 +61,46 @@ def drain(
     waiting for their facts) run no jobs and are skipped. A timeout leaves them drained."""
     try:
         listed = [n for n in names if n in node_status()]
-        if not listed:
-            return
-        update(listed, "DOWN" if force else "DRAIN", RETIRING)
-        say(f"{','.join(listed)}: {'down, their jobs killed' if force else 'draining'} in Slurm")
-        if force:
-            return
-        deadline = clock() + timeout
-        last = ""
-        while held := jobs_on(listed):
-            jobs = list(dict.fromkeys(j for js in held.values() for j in js))
-            left = deadline - clock()
-            if left <= 0:
-                raise UserError(
-                    f"{','.join(sorted(held))} still run job(s) {', '.join(jobs)} after {timeout:g} s: nothing "
-                    "removed, the nodes stay drained (retire again to wait longer, or --force to kill the jobs)"
-                )
-            news = f"waiting for job(s) {', '.join(jobs)} on {','.join(sorted(held))}"
-            if news != last:
-                say(f"{news} ({left:.0f} s left)")
-                last = news
-            time.sleep(min(poll, max(left, 0.05)))
+        if listed:
+            update(listed, "DOWN" if force else "DRAIN", RETIRING)
+            say(f"{','.join(listed)}: {'down, their jobs killed' if force else 'draining'} in Slurm")
     except SlurmError as e:
         if not force:
             raise UserError(f"cannot drain {','.join(names)}: {e} (--force retires without draining)") from None
         say(f"not drained, Slurm does not answer: {e}")
+        return
+    if listed and not force:
+        _wait_for_jobs(listed, timeout, say, poll, clock)
+
+
+def _wait_for_jobs(listed: Sequence[str], timeout: float, say: Say, poll: float, clock: Callable[[], float]) -> None:
+    """Until no job holds `listed`, with a progress line when the jobs change (or a minute
+    passed); squeue failing meanwhile (slurmctld restarting) is asked again until the deadline."""
+    deadline = clock() + timeout
+    last, said = "", 0.0
+    while True:
+        left = deadline - clock()
+        try:
+            held = jobs_on(listed)
+        except SlurmError as e:
+            if left <= 0:
+                raise UserError(f"cannot tell whether jobs still hold {','.join(listed)}: {e}") from None
+            say(f"{e}; asking again")
+            time.sleep(min(poll, max(left, 0.05)))
+            continue
+        if not held:
+            return
+        jobs = list(dict.fromkeys(j for js in held.values() for j in js))
+        if left <= 0:
+            raise UserError(
+                f"{','.join(sorted(held))} still run job(s) {', '.join(jobs)} after {timeout:g} s: nothing "
+                "removed, the nodes stay drained (retire again to wait longer, or --force to kill the jobs)"
+            )
+        news = f"waiting for job(s) {', '.join(jobs)} on {','.join(sorted(held))}"
+        if news != last or clock() - said >= PROGRESS:
+            say(f"{news} ({left:.0f} s left)")
+            last, said = news, clock()
+        time.sleep(min(poll, max(left, 0.05)))
 
 
 def retire_nodes(

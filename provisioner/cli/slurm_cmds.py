@@ -29,7 +29,9 @@ def controller_options(f: Any) -> Any:
                 show_default=True,
                 help="The controller's Slurm config dir.",
             ),
-            click.option("--no-reload", is_flag=True, help="Write the files only; do not touch slurmctld."),
+            click.option(
+                "--no-reload", is_flag=True, help="Write the Slurm files only; do not reconfigure or restart slurmctld."
+            ),
             click.option(
                 "--reconfigure-command",
                 default=" ".join(slurm_config.RECONFIGURE),
