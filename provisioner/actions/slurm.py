@@ -27,7 +27,11 @@ NOT_RESPONDING = "Not responding"  # the reason slurmctld gives a node it set DO
 def slurm_files(ctx: Context, warn: Say = quiet) -> SlurmConfig:
     """slurm.conf, cgroup.conf and gres.conf as `apply` would write them now (the accepted
     hardware, first reports folded in); each problem found on the way goes to `warn`."""
-    config = render(ctx.inventory(), ctx.facts(), load_accepted(ctx.state))
+    try:
+        accepted = load_accepted(ctx.state)
+    except OSError as e:
+        raise UserError(f"cannot read {e.filename}: {e.strerror}") from None
+    config = render(ctx.inventory(), ctx.facts(), accepted)
     for problem in config.problems:
         warn(problem)
     return config
