@@ -62,6 +62,12 @@ class Hardware:
     fields: tuple[tuple[str, str], ...]
     gpus: tuple[Gpu, ...] = ()
 
+    def as_facts(self, node: str) -> dict[str, Any]:
+        """A report that `hardware()` reads back as this very hardware: how provisioner keeps
+        the hardware it accepted, checked by the same rules when read again."""
+        gpus = [{"file": g.file, **({"type": g.type} if g.type else {})} for g in self.gpus]
+        return {"slurmd_C": " ".join([f"NodeName={node}", *(f"{k}={v}" for k, v in self.fields)]), "gpus": gpus}
+
 
 def parse_slurmd_c(text: str) -> dict[str, str]:
     """The key=value pairs of the NodeName line of `slurmd -C` output (the first line)."""

@@ -7,12 +7,14 @@ import stat
 import subprocess
 
 import pytest
+import yaml
 
 from labs.site import write_site
 from labs.slurm import install_overlay
 from provisioner.artifacts import secrets
-from provisioner.inventory import parse_text
+from provisioner.inventory import InventoryInvalid, parse_text
 from provisioner.nodestate import NodeStateDB
+from provisioner.nodestate.slurm import SlurmNode, parse_node_status
 from provisioner.paths import Site, State
 from provisioner.render.mpi import hostfile, mca_params
 from test_slurm_render import facts_for, inventory
@@ -96,3 +98,28 @@ def test_slurm_overlay_runs_slurmd_configless_and_reports_facts_first(rendered):
 def test_mpi_overlay_equals_the_masters_mca_params(rendered, inv):
     root, _ = rendered
     assert (root / "etc/openmpi/openmpi-mca-params.conf").read_text() == mca_params(inv.cluster)
+
+
+def test_up_hostfile_keeps_inventory_order_and_only_the_nodes_up(inv):
+    facts = {"c01": facts_for("c01")}
+    assert hostfile(inv, facts, None, "mpich", {"g01", "c01", "nfs01"}) == "c01:8\ng01:3\n"
+    assert hostfile(inv, facts, "gpu", "openmpi", set()) == ""
+
+
+def test_shared_hostfile_setting_wants_an_absolute_path():
+    data = yaml.safe_load(SLOTS)
+    data["cluster"].setdefault("slurm", {})["hostfile"] = "shared/hosts"
+    with pytest.raises(InventoryInvalid, match="'shared/hosts' must be an absolute path"):
+        parse_text(yaml.safe_dump(data), "cluster.yaml")
+    data["cluster"]["slurm"] |= {"hostfile": "/shared/hosts", "hostfile_format": "lam"}
+    with pytest.raises(InventoryInvalid, match="'lam' must be 'openmpi' or 'mpich'"):
+        parse_text(yaml.safe_dump(data), "cluster.yaml")
+
+
+def test_sinfo_states_and_reasons_parse():
+    text = "n1|idle|none\nn2|drained|hardware changed: RealMemory 8 -> 4\nn1|idle|none\nn3|down*|Not responding\n"
+    assert parse_node_status(text) == {
+        "n1": SlurmNode("idle", None),
+        "n2": SlurmNode("drained", "hardware changed: RealMemory 8 -> 4"),
+        "n3": SlurmNode("down*", "Not responding"),
+    }

@@ -6,6 +6,7 @@ like scontrol does; test_slurm_cluster.py runs the same code against the real sl
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -166,3 +167,52 @@ def test_cli_prints_the_watch_unit(cli):
     assert f"ExecStart={cli.exe} slurm apply --watch 5\n" in text and "@PROVISIONER@" not in text
     assert f"Environment=PROVISIONER_SITE={cli.site}\n" in text
     assert f"Environment=PROVISIONER_STATE={cli.state}\n" in text
+
+
+def test_cli_retire_without_slurm_answering_changes_nothing_unless_forced(site, tmp_path):
+    d = tmp_path / "etc-slurm"
+    site("slurm", "apply", "--conf-dir", d, "--no-reload")
+    before = (site.site / "cluster.yaml").read_text()
+    res = site("node", "retire", "c01", "--conf-dir", d, "--no-reload", check=False)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("Error: cannot drain c01: sinfo")
+    assert res.stderr.endswith("(--force retires without draining)\n") and res.stderr.count("\n") == 1
+    assert (site.site / "cluster.yaml").read_text() == before
+    assert "c01" in json.loads((site.state / "slurm" / "hardware.json").read_text())
+
+    res = site("node", "retire", "c01", "--force", "--conf-dir", d, "--no-reload")
+    assert "not drained, Slurm does not answer" in res.stdout
+    assert res.stdout.endswith("retired 1 node(s); slurmctld: none\n")
+    assert "c01" not in (d / "slurm.conf").read_text() and "c01" not in (site.site / "cluster.yaml").read_text()
+    assert "c01" not in json.loads((site.state / "slurm" / "hardware.json").read_text())
+    assert oct((site.state / "slurm" / "hardware.json").stat().st_mode & 0o777) == "0o600"
+    res = site("node", "retire", "c01", "--force", "--conf-dir", d, "--no-reload", check=False)
+    assert res.returncode == 1 and res.stderr == "Error: no such node or profile: c01\n"
+
+
+def test_cli_accept_takes_the_reported_hardware(site, tmp_path):
+    d = tmp_path / "etc-slurm"
+    site("slurm", "apply", "--conf-dir", d, "--no-reload")
+    db = NodeStateDB(site.state / "nodes.sqlite")
+    db.set_facts("c01", facts_for("c01", mem=7000))
+    db.close()
+    assert "RealMemory=15890" in site("slurm", "render").stdout  # held, not shrunk
+    res = site("slurm", "accept", "c01", "--conf-dir", d, "--no-reload")
+    assert res.stdout == "accepted the reported hardware of 1 node(s)\nslurm.conf changed; slurmctld: none\n"
+    assert (
+        "NodeName=c01 CPUs=8 Boards=1 SocketsPerBoard=2 CoresPerSocket=2 ThreadsPerCore=2 RealMemory=7000 "
+        in (d / "slurm.conf").read_text()
+    )
+    for node, said in (
+        ("nfs01", "nfs01 is not a Slurm node (no `slurm` overlay)"),
+        ("c03", "c03 has reported no hardware yet"),
+        ("c02", "cannot accept: c02: facts cpus='lots' is not a whole number"),
+        ("zz9", "no such node or profile: zz9"),
+    ):
+        res = site("slurm", "accept", node, "--conf-dir", d, "--no-reload", check=False)
+        assert res.returncode == 1 and said in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_cli_up_hostfile_needs_slurm(site):
+    res = site("mpi", "hostfile", "--up", check=False)
+    assert res.returncode == 1 and res.stderr.startswith("Error: cannot tell which nodes are up: sinfo")

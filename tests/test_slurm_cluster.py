@@ -6,7 +6,6 @@ One cluster for the module (bring-up is the slow part); tests that change it put
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -14,7 +13,7 @@ import subprocess
 import pytest
 
 from labs.site import numbered
-from labs.slurm import PROVISIONER, lab_site, slurm_cluster
+from labs.slurm import PROVISIONER, RESTART_SLURMCTLD, booted_cluster, lab_site
 
 pytestmark = [pytest.mark.netns, pytest.mark.daemons]
 
@@ -39,18 +38,10 @@ int main(int argc, char **argv) {
 }
 """
 
-# curl on a node, presenting the credential its overlay put in /etc/provisioner (as the facts script does)
-NODE_CURL = ("sh", "-c", 'exec curl -H "Authorization: Bearer $(cat /etc/provisioner/credential)" "$@"', "curl")
-
 
 @pytest.fixture(scope="module")
 def cluster():
-    if os.geteuid() != 0:
-        pytest.fail("Slurm lab tests need root: run tests/run as root")
-    with slurm_cluster(INVENTORY) as sl:
-        for name in NODES:
-            sl.boot(name)
-        sl.wait_idle(NODES)
+    with booted_cluster(INVENTORY, NODES) as sl:
         yield sl
 
 
@@ -161,18 +152,31 @@ def test_node_with_the_wrong_munge_key_is_refused(cluster):
     assert "node05" not in cluster.ctl.run(["srun", "-N3", "hostname"]).stdout
 
 
-def test_a_change_of_facts_reaches_slurm_conf_and_slurmctld(cluster):
-    """node01 reports other hardware (as after a memory upgrade), then its real hardware again:
-    each time the report alone updates slurm.conf and what slurmctld shows."""
+def test_a_change_of_facts_drains_the_node_until_accepted(cluster):
+    """node01 reports other hardware (as after a memory upgrade): slurm.conf keeps what it
+    holds and the node is drained naming the change; `slurm accept` takes it, and the real
+    hardware again is one more accept (test_slurm_leave.py covers the drift guard in full)."""
     real = cluster.db.facts("node01")
-    url = f"http://{cluster.inv.cluster.network.master}:{cluster.inv.cluster.ports.http}/api/v1/facts"
     line = real["slurmd_C"].replace(f"RealMemory={real['memory_mb']}", "RealMemory=2000")
-    body = json.dumps({**real, "slurmd_C": line, "memory_mb": 2000})
-    cluster.nodes["node01"].run(
-        [*NODE_CURL, "-fsS", "--local-port", "600-1023", "-H", "Content-Type: application/json", "--data", body, url]
+    cluster.post_facts("node01", {**real, "slurmd_C": line, "memory_mb": 2000})
+    cluster.wait(lambda: cluster.show_node("node01").get("Reason", "").startswith("hardware"), "node01 drained")
+    drained = f"hardware changed: RealMemory {real['memory_mb']} -> 2000"
+    assert drained in cluster.ctl.run(["sinfo", "-h", "-n", "node01", "-o", "%E"]).stdout
+    assert f"RealMemory={real['memory_mb']} NodeAddr=10.99.0.11\n" in (cluster.conf_dir / "slurm.conf").read_text()
+    accept = (
+        "slurm",
+        "accept",
+        "node01",
+        "--conf-dir",
+        "/etc/slurm",
+        "--restart-command",
+        f"sh -c '{RESTART_SLURMCTLD}'",
     )
+    cluster.provisioner(*accept)
     cluster.wait(lambda: cluster.show_node("node01").get("RealMemory") == "2000", "RealMemory=2000 in slurmctld")
     assert f"{line} NodeAddr=10.99.0.11\n" in (cluster.conf_dir / "slurm.conf").read_text()
     cluster.report_facts("node01")
+    cluster.wait(lambda: cluster.show_node("node01").get("Reason", "").startswith("hardware"), "drained again")
+    cluster.provisioner(*accept)
     cluster.wait(lambda: cluster.show_node("node01").get("RealMemory") == str(real["memory_mb"]), "real memory back")
     cluster.wait_idle(NODES)

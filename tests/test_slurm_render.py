@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+import yaml
 
 from labs.site import node, site_yaml
 from provisioner.facts import FactsInvalid, hardware, parse_slurmd_c
@@ -172,3 +173,81 @@ def test_parse_slurmd_c_and_hardware():
 def test_an_inventory_without_slurm_nodes_is_reported():
     inv = parse_text(inventory(default={"overlays": ["munge"]}), "cluster.yaml")
     assert any("no node carries the `slurm` overlay" in p for p in render(inv, {}).problems)
+
+
+# -- hardware drift -----------------------------------------------------------------------------------
+
+
+def held(name: str, mem: int = 15890, gpus: list | None = None) -> dict:
+    """The accepted record of `name`'s hardware, as `slurm apply` keeps it."""
+    hw = hardware(name, {**facts_for(name, mem), "gpus": gpus or []})
+    assert hw is not None
+    return hw.as_facts(name)
+
+
+def test_accepted_hardware_reads_back_as_the_same_hardware():
+    gpus = [{"file": "/dev/nvidia0", "type": "a100"}, "/dev/nvidia1"]
+    hw = hardware("g01", {**facts_for("g01"), "gpus": gpus})
+    assert hw is not None and hardware("g01", hw.as_facts("g01")) == hw
+    simple = hardware("c01", {"cpus": 4, "memory_mb": 2000})
+    assert simple is not None and hardware("c01", simple.as_facts("c01")) == simple
+
+
+def test_a_first_report_is_taken_a_different_one_keeps_the_held_line_and_is_named(inv):
+    facts = {"c01": facts_for("c01", mem=8000), "c02": facts_for("c02"), "c03": facts_for("c03")}
+    cfg = render(inv, facts, {"c01": held("c01"), "c02": held("c02")})
+    conf = cfg.files["slurm.conf"]
+    assert conf_lines(conf, "NodeName=c01 ") == [f"{C01} NodeAddr=10.5.0.11"]  # not shrunk
+    assert cfg.drift == {"c01": "RealMemory 15890 -> 8000"}
+    assert conf_lines(conf, "NodeName=c03 ") == [f"{C01.replace('c01', 'c03')} NodeAddr=10.5.0.13"]  # first boot
+    assert set(cfg.hardware) == {"c01", "c02", "c03"}
+    assert cfg.hardware["c01"] == hardware("c01", held("c01"))
+
+
+def test_drift_names_every_difference_in_slurm_conf_words(inv):
+    fewer = {
+        **facts_for("g01"),
+        "slurmd_C": C01.replace("c01", "g01")
+        .replace("CPUs=8", "CPUs=4")
+        .replace("ThreadsPerCore=2", "ThreadsPerCore=1"),
+        "gpus": [{"file": "/dev/nvidia0", "type": "a100"}],
+    }
+    gpus = [{"file": "/dev/nvidia0", "type": "a100"}, {"file": "/dev/nvidia1", "type": "a100"}]
+    cfg = render(inv, {"g01": fewer}, {"g01": held("g01", gpus=gpus)})
+    assert cfg.drift == {"g01": "CPUs 8 -> 4, ThreadsPerCore 2 -> 1, Gres gpu:a100:2 -> gpu:a100:1"}
+    assert "Gres=gpu:a100:2" in cfg.files["slurm.conf"]
+    assert conf_lines(cfg.files["gres.conf"], "NodeName=g01") == [
+        "NodeName=g01 Name=gpu Type=a100 File=/dev/nvidia0",
+        "NodeName=g01 Name=gpu Type=a100 File=/dev/nvidia1",
+    ]
+    moved = [{"file": "/dev/nvidia2", "type": "a100"}, {"file": "/dev/nvidia1", "type": "a100"}]
+    cfg = render(inv, {"g01": {**facts_for("g01"), "gpus": moved}}, {"g01": held("g01", gpus=gpus)})
+    assert cfg.drift == {"g01": "Gres /dev/nvidia0,/dev/nvidia1 -> /dev/nvidia2,/dev/nvidia1"}
+
+
+def test_broken_reports_or_records_never_drain_and_never_lose_the_held_line(inv):
+    cfg = render(inv, {"c01": {"cpus": -3}, "c02": facts_for("c02")}, {"c01": held("c01"), "c02": {"cpus": "x"}})
+    assert cfg.drift == {}
+    assert conf_lines(cfg.files["slurm.conf"], "NodeName=c01 ") == [f"{C01} NodeAddr=10.5.0.11"]
+    assert conf_lines(cfg.files["slurm.conf"], "NodeName=c02 CPUs=8")  # the record ignored, the report taken
+    assert any("c01" in p and "keeps its accepted hardware" in p for p in cfg.problems)
+    assert any("c02" in p and "accepted hardware ignored" in p for p in cfg.problems)
+
+
+def test_down_after_is_slurmd_timeout(inv):
+    assert "SlurmdTimeout=300" in render(inv, {}).files["slurm.conf"].splitlines()
+    data = yaml.safe_load(INVENTORY)
+    data["cluster"]["slurm"]["down_after"] = 60
+    late = parse_text(yaml.safe_dump(data), "cluster.yaml")
+    assert "SlurmdTimeout=60" in render(late, {}).files["slurm.conf"].splitlines()
+
+
+def test_memory_moving_by_a_kernel_update_is_taken_not_drift(inv):
+    cfg = render(
+        inv,
+        {"c01": facts_for("c01", mem=15700), "c02": facts_for("c02", mem=15000)},
+        {"c01": held("c01"), "c02": held("c02")},
+    )
+    assert cfg.drift == {"c02": "RealMemory 15890 -> 15000"}
+    assert "RealMemory=15700" in conf_lines(cfg.files["slurm.conf"], "NodeName=c01 ")[0]
+    assert cfg.hardware["c01"] == hardware("c01", facts_for("c01", mem=15700))

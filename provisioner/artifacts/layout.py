@@ -20,6 +20,7 @@ state/
   images/<image>/versions/<version>/meta.json        how it was made, which kernel
   secrets/                   0700: munge.key, host CA, ssh host keys per node, revocation list
   nodes.sqlite               node-state database (0600)
+  slurm/hardware.json        the hardware slurm.conf holds per node, as accepted (0600)
 
 Nodes are spread over OVERLAY_SHARDS shards by a hash of their name, so a build that changes
 one node of 10,000 links ~80 files and one generation of symlinks, not 10,000 files. A node's
@@ -160,3 +161,8 @@ def secrets_dir(state: State) -> Path:
 def api_token(state: State) -> Path:
     """The bearer token that opens the HTTP admin endpoints to callers off localhost."""
     return secrets_dir(state) / "api.token"
+
+
+def accepted_hardware(state: State) -> Path:
+    """Each node's accepted hardware (see render/slurm.py: hardware drift)."""
+    return state.root / "slurm" / "hardware.json"

@@ -13,15 +13,21 @@ saves and reloads its state); one more reconfigure then has running slurmds fetc
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import json
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..atomic import atomic_write, locked
+from ..facts import Hardware
+from ..paths import State
 from ..render.slurm import SlurmConfig
+from . import layout
 
 DEFAULT_CONF_DIR = Path("/etc/slurm")
 RECONFIGURE = ("scontrol", "reconfigure")
@@ -97,3 +103,34 @@ def apply(
                 return ApplyResult(tuple(changed), "restarted")
             time.sleep(0.2)
         raise _failed(reconfigure, res)
+
+
+# -- accepted hardware ---------------------------------------------------------------------------
+Accepted = dict[str, dict[str, Any]]  # node -> its hardware as facts (Hardware.as_facts)
+
+
+def load_accepted(state: State) -> Accepted:
+    """The hardware accepted per node; a file that is not a JSON object of objects counts as
+    empty: every node's next report is then taken as its first."""
+    try:
+        data = json.loads(layout.accepted_hardware(state).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+
+
+@contextlib.contextmanager
+def accepted_hardware(state: State) -> Iterator[Accepted]:
+    """The hardware accepted per node, locked for the block; what the block leaves in the dict
+    is written back (atomically, 0600) if it changed."""
+    path = layout.accepted_hardware(state)
+    with locked(path):
+        old = load_accepted(state)
+        accepted = dict(old)
+        yield accepted
+        if accepted != old:
+            atomic_write(path, json.dumps(accepted, indent=1, sort_keys=True) + "\n", mode=0o600)
+
+
+def as_accepted(hardware: Mapping[str, Hardware]) -> Accepted:
+    return {name: hw.as_facts(name) for name, hw in hardware.items()}

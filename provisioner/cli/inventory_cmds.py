@@ -13,7 +13,7 @@ import click
 from ruamel.yaml.comments import CommentedMap
 
 from ..actions.configure import refresh
-from ..actions.nodes import remove_nodes
+from ..actions.nodes import remove_nodes, retire_nodes
 from ..actions.power import missing_credentials
 from ..artifacts import users as accounts
 from ..atomic import atomic_write, locked
@@ -39,6 +39,7 @@ from ..inventory.model import SETTINGS
 from ..inventory.schema import Invalid
 from ..inventory.starter import detect, gateway, starter_yaml
 from .context import Context, echo_json, echo_table, pass_ctx
+from .slurm_cmds import controller, controller_options
 
 
 @contextlib.contextmanager
@@ -336,6 +337,50 @@ def node_rm(ctx: Context, nodes: str) -> None:
         raise UserError(f"no inventory at {ctx.site.cluster_yaml} (run `provisioner init` first)")
     names, report = remove_nodes(ctx, nodes, click.echo)
     click.echo(f"removed {len(names)} node(s) with their secrets and files; rebuilt {len(report.built)} other(s)")
+
+
+@node.command("retire")
+@click.argument("nodes")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Do not wait: set the nodes DOWN, which kills the jobs running there (Slurm requeues "
+    "batch jobs that allow it).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=3600,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for running jobs; then nothing is removed and the nodes stay drained.",
+)
+@controller_options
+@pass_ctx
+def node_retire(
+    ctx: Context,
+    nodes: str,
+    force: bool,
+    timeout: float,
+    conf_dir: str,
+    no_reload: bool,
+    reconfigure_command: str,
+    restart_command: str,
+) -> None:
+    """Drain NODES in Slurm, wait for their jobs to finish, then remove them as `node rm` does
+    and rewrite slurm.conf, its partitions and the hostfile without them."""
+    if not ctx.site.cluster_yaml.exists():
+        raise UserError(f"no inventory at {ctx.site.cluster_yaml} (run `provisioner init` first)")
+    names, _, result = retire_nodes(
+        ctx,
+        nodes,
+        conf_dir,
+        force=force,
+        timeout=timeout,
+        say=click.echo,
+        **controller(no_reload, reconfigure_command, restart_command),
+    )
+    click.echo(f"retired {len(names)} node(s); slurmctld: {result.action}")
 
 
 # -- profile ---------------------------------------------------------------------------------

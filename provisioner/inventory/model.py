@@ -53,6 +53,14 @@ def _range_in(r: tuple[IPv4Address, IPv4Address], subnet: IPv4Network) -> str | 
     return f"'{r[0]}-{r[1]}' must be 'FIRST-LAST' inside {subnet}, FIRST <= LAST"
 
 
+# MPI hostfile formats: OpenMPI's `name slots=N`, MPICH's `name:N`.
+HOSTFILE_FORMATS = ("openmpi", "mpich")
+
+
+def _absolute(path: str, _: Scope) -> str | None:
+    return None if path.startswith("/") else f"{path!r} must be an absolute path"
+
+
 # -- the cluster section ----------------------------------------------------------------------
 
 
@@ -109,6 +117,17 @@ class Slurm:
     controller: str = setting(Text(), default="master")
     address: IPv4Address = setting(Address(), derive=lambda s: s.network.master, help="default: the master")
     port: int = setting(Count(1, 65535), default=6817)
+    down_after: int = setting(
+        Count(5, 65533),
+        default=300,
+        help="seconds a node may stop answering before Slurm sets it DOWN (SlurmdTimeout)",
+    )
+    hostfile: str | None = setting(
+        Text(),
+        check=_absolute,
+        help="MPI hostfile of the nodes Slurm can run on now, kept by `slurm apply --watch` (shared filesystem)",
+    )
+    hostfile_format: str = setting(Choice(HOSTFILE_FORMATS), default="openmpi", help=" or ".join(HOSTFILE_FORMATS))
     options: Mapping[str, str] = setting(Options("slurm.conf keys to values"))
 
 

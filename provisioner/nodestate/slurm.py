@@ -1,15 +1,31 @@
-"""What slurmctld says about each node, read with `sinfo`: the last boot stage ('idle') and
-the Slurm column of `provisioner status` come from here."""
+"""What slurmctld says about each node, read with `sinfo` (the last boot stage 'idle' and the
+Slurm column of `provisioner status` come from here), and the few node state changes
+provisioner asks of it with `scontrol update`: drain, down, resume."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..inventory.hostlist import HostlistError, compress, expand
 
 # Slurm base states in which a node has joined and takes work. A suffix flag such as `*`
 # (not responding) or `~` (powered off) means it has not, so those never match.
 READY = frozenset({"idle", "mixed", "allocated", "completing"})
+# Job states that hold a node: running, completing (epilog), suspended.
+HOLDING = "R,CG,S"
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command failed or is missing (its own message included)."""
+
+
+@dataclass(frozen=True)
+class SlurmNode:
+    state: str  # sinfo's %T in lower case: idle, draining, drained, down*, ...
+    reason: str | None  # why it is drained or down (None: no reason set)
 
 
 def parse_sinfo(text: str) -> dict[str, str]:
@@ -42,3 +58,58 @@ def slurm_states(timeout: float = 5.0, env: Mapping[str, str] | None = None) -> 
 
 def is_ready(state: str | None) -> bool:
     return state in READY
+
+
+def _run(cmd: Sequence[str], timeout: float) -> str:
+    try:
+        res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise SlurmError(f"{cmd[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"{cmd[0]} got no answer from slurmctld in {timeout:g} s") from None
+    if res.returncode != 0:
+        said = (res.stderr or res.stdout).strip().splitlines()  # the last line: its fatal error
+        raise SlurmError(f"{' '.join(cmd[:2])} exited {res.returncode}" + (f": {said[-1]}" if said else ""))
+    return res.stdout
+
+
+def parse_node_status(text: str) -> dict[str, SlurmNode]:
+    """`sinfo -h -N -o '%N|%T|%E'` output -> {node: SlurmNode}, each node once."""
+    nodes: dict[str, SlurmNode] = {}
+    for line in text.splitlines():
+        name, sep, rest = line.partition("|")
+        state, sep2, reason = rest.partition("|")
+        if sep and sep2:
+            nodes.setdefault(name, SlurmNode(state.lower(), None if reason in ("", "none") else reason))
+    return nodes
+
+
+def node_status(timeout: float = 10.0) -> dict[str, SlurmNode]:
+    """Each node of a partition with its state and reason (SlurmError when sinfo fails)."""
+    return parse_node_status(_run(["sinfo", "-h", "-N", "-o", "%N|%T|%E"], timeout))
+
+
+def update(nodes: Sequence[str], state: str, reason: str | None = None, timeout: float = 30.0) -> None:
+    """`scontrol update` the nodes' state (DRAIN and DOWN want a reason, RESUME none)."""
+    _run(
+        ["scontrol", "update", f"NodeName={compress(list(nodes))}", f"State={state}"]
+        + ([f"Reason={reason}"] if reason else []),
+        timeout,
+    )
+
+
+def jobs_on(nodes: Sequence[str], timeout: float = 10.0) -> dict[str, list[str]]:
+    """The jobs holding each of `nodes` (running, completing or suspended), by node."""
+    out = _run(["squeue", "-h", "-w", compress(list(nodes)), "-t", HOLDING, "-o", "%i|%N"], timeout)
+    wanted = set(nodes)
+    held: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        job, _, hosts = line.partition("|")
+        try:
+            names = expand(hosts)
+        except HostlistError:  # squeue listed it for one of `nodes`: count it on each
+            names = list(nodes)
+        for name in names:
+            if name in wanted:
+                held.setdefault(name, []).append(job)
+    return held

@@ -5,13 +5,13 @@ Slots per node: the node's `mpi_slots` setting, else the CPUs it reported, else 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ..facts import FactsInvalid, hardware
-from ..inventory.model import Cluster, Inventory, Node
+from ..inventory.model import HOSTFILE_FORMATS, Cluster, Inventory, Node
 
-FORMATS = ("openmpi", "mpich")
+FORMATS = HOSTFILE_FORMATS
 
 
 def slots(node: Node, facts: Mapping[str, Any] | None) -> int:
@@ -33,13 +33,19 @@ def partition_nodes(inv: Inventory, partition: str | None) -> list[Node]:
 
 
 def hostfile(
-    inv: Inventory, facts: Mapping[str, Mapping[str, Any]], partition: str | None = None, fmt: str = "openmpi"
+    inv: Inventory,
+    facts: Mapping[str, Mapping[str, Any]],
+    partition: str | None = None,
+    fmt: str = "openmpi",
+    only: Collection[str] | None = None,
 ) -> str:
-    """OpenMPI hostfile (`name slots=N`) or MPICH machinefile (`name:N`)."""
+    """OpenMPI hostfile (`name slots=N`) or MPICH machinefile (`name:N`); `only`: of these
+    nodes alone (those Slurm can run on now), in inventory order still."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown hostfile format {fmt!r} (one of {', '.join(FORMATS)})")
     line = "{} slots={}\n" if fmt == "openmpi" else "{}:{}\n"
-    return "".join(line.format(n.name, slots(n, facts.get(n.name))) for n in partition_nodes(inv, partition))
+    nodes = [n for n in partition_nodes(inv, partition) if only is None or n.name in only]
+    return "".join(line.format(n.name, slots(n, facts.get(n.name))) for n in nodes)
 
 
 def mca_params(cluster: Cluster) -> str:

@@ -20,9 +20,11 @@ namespaces.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -31,6 +33,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from provisioner.artifacts import layout, overlay_build, secrets
 from provisioner.artifacts.slurm_config import apply
@@ -64,13 +68,15 @@ RESTART_SLURMCTLD = (
 )
 PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
 SINFO = ("sinfo", "-N", "-h", "-o", "%N %T")  # a line per node: name, state
+# curl on a node, presenting the credential its overlay put in /etc/provisioner (as the facts script does)
+NODE_CURL = ("sh", "-c", 'exec curl -H "Authorization: Bearer $(cat /etc/provisioner/credential)" "$@"', "curl")
 BINDS = ("run", "tmp", "dev/shm", "var/lib/munge", "var/log/munge", "var/lib/slurm", "var/log/slurm")
 
 
 def lab_site(nodes: Sequence[Entry], profiles: Mapping[str, Mapping[str, Any]] | None = None, **cluster: Any) -> str:
     """The Slurm lab's site: `nodes` on the lab network, every one in the default profile's
     munge, slurm and mpi overlays and partition batch unless `profiles` say otherwise;
-    `cluster` adds cluster settings (users...)."""
+    `cluster` adds cluster settings (users, slurm: {down_after: 6}...)."""
     return site_yaml(
         nodes,
         {"default": {"overlays": ["munge", "slurm", "mpi"], "partitions": ["batch"]}, **(profiles or {})},
@@ -183,6 +189,7 @@ class SlurmLab:
         self.ctl.run(["sh", "-c", START_SLURMCTLD])
         self.wait(lambda: self.ctl.run(["scontrol", "ping"], check=False).stdout.count("UP") > 0, "slurmctld up")
         env = {"PROVISIONER_SITE": str(inventory.parent), "PROVISIONER_STATE": str(state)}
+        self.env = env
         self.serve = self.ctl.popen(
             [
                 "env",
@@ -260,11 +267,33 @@ class SlurmLab:
         """Run the node's facts script (as provisioner-facts.service does at boot)."""
         self.nodes[name].run(["/usr/local/sbin/provisioner-facts"])
 
+    def post_facts(self, name: str, facts: Mapping[str, Any]) -> None:
+        """`facts` sent from the node as its facts script would send them (a made-up report)."""
+        url = f"http://{self.inv.cluster.network.master}:{self.inv.cluster.ports.http}/api/v1/facts"
+        body = json.dumps(facts)
+        headers = ("-H", "Content-Type: application/json")
+        self.nodes[name].run([*NODE_CURL, "-fsS", "--local-port", "600-1023", *headers, "--data", body, url])
+
     def start_slurmd(self, name: str) -> None:
         """slurmd as the unit runs it: options from /etc/default/slurmd, restart on failure."""
         self.slurmd[name] = self.nodes[name].popen(
             ". /etc/default/slurmd; until slurmd -D -s $SLURMD_OPTIONS; do sleep 0.5; done", "slurmd.out"
         )
+
+    def kill_slurmd(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """End the node's slurmd and the loop that restarts it, as a crash or a power cut would."""
+        proc = self.slurmd.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=10)
+
+    def provisioner(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`provisioner ARGS` on the controller (where scontrol and sinfo reach slurmctld), on
+        the lab's site and state, restarting slurmctld as the lab does."""
+        return self.ctl.run(self.provisioner_cmd(*args), check=check, timeout=timeout)
+
+    def provisioner_cmd(self, *args: str) -> list[str]:
+        return ["env", *(f"{k}={v}" for k, v in self.env.items()), PROVISIONER, *args]
 
     def states(self) -> dict[str, str]:
         """Node -> state as sinfo shows it. A failing sinfo (slurmctld restarting) is asked again:
@@ -327,3 +356,15 @@ def slurm_cluster(site_text: str, master_etc: Mapping[str, str] | None = None) -
     finally:
         lab.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def booted_cluster(site_text: str, names: Sequence[str]) -> Iterator[SlurmLab]:
+    """slurm_cluster with `names` booted and idle (a module fixture's whole body)."""
+    if os.geteuid() != 0:
+        pytest.fail("Slurm lab tests need root: run tests/run as root")
+    with slurm_cluster(site_text) as sl:
+        for name in names:
+            sl.boot(name)
+        sl.wait_idle(names)
+        yield sl
