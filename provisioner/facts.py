@@ -10,11 +10,14 @@ A report is a JSON object; every key is optional:
 
     {"slurmd_C": "NodeName=n1 CPUs=8 Boards=1 SocketsPerBoard=1 CoresPerSocket=4 ThreadsPerCore=2 RealMemory=15890",
      "cpus": 8, "memory_mb": 15890,
-     "gpus": [{"file": "/dev/nvidia0", "type": "a100"}, "/dev/nvidia1"]}
+     "gpus": [{"file": "/dev/nvidia0", "type": "a100"}, "/dev/nvidia1"],
+     "rdma": ["mlx5_0", "rxe0"]}
 
 `slurmd_C` is the first line `slurmd -C` prints on the node; it wins over `cpus`/`memory_mb`
 so the NodeName line carries exactly the node's own topology. A gpu is a device path or an
-object with `file` and an optional `type`. Other keys are kept for templates (`facts`).
+object with `file` and an optional `type`. `rdma` names the node's RDMA devices (those in
+/sys/class/infiniband: InfiniBand, RoCE, Soft-RoCE); an empty list says it has none, no
+`rdma` key that it has not said. Other keys are kept for templates (`facts`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ _SIMPLE = {"cpus": "CPUs", "memory_mb": "RealMemory"}  # report key -> the Slurm
 _DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII only: int() also takes '٣' or '３', Slurm does not  # noqa: RUF003
 _DEVICE = re.compile(r"^/dev/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _WORD = re.compile(r"^[A-Za-z0-9_-]+$")
+# The kernel's IB_DEVICE_NAME_MAX is 64 with the NUL; names land in openmpi-mca-params.conf.
+_RDMA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+MAX_RDMA = 64
 
 
 class FactsInvalid(ValueError):
@@ -127,6 +133,33 @@ def _gpus(node: str, raw: Any) -> tuple[Gpu, ...]:
             raise FactsInvalid(f"{node}: gpu type {gtype!r} is not a plain word")
         out.append(Gpu(file, gtype))
     return tuple(out)
+
+
+def rdma_devices(node: str, facts: Any) -> tuple[str, ...] | None:
+    """The node's RDMA devices from its facts: () when it reported none, None when it has not
+    reported (no facts yet, or a reporter that predates the field); FactsInvalid when the list
+    is not one of at most MAX_RDMA distinct device names."""
+    if not facts:
+        return None
+    if not isinstance(facts, Mapping):
+        raise FactsInvalid(f"{node}: facts must be a JSON object")
+    raw = facts.get("rdma")
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) > MAX_RDMA:
+        raise FactsInvalid(f"{node}: facts rdma must be a list of at most {MAX_RDMA} device names")
+    for dev in raw:
+        if not isinstance(dev, str) or not _RDMA_NAME.fullmatch(dev):
+            raise FactsInvalid(f"{node}: rdma device {dev!r} is not a device name (letters, digits, _ . -)")
+    if len(set(raw)) != len(raw):
+        raise FactsInvalid(f"{node}: facts rdma names a device twice")
+    return tuple(sorted(raw))
+
+
+def check(node: str, facts: Any) -> None:
+    """Every rule a report must pass before it is stored (FactsInvalid names the first broken)."""
+    hardware(node, facts)
+    rdma_devices(node, facts)
 
 
 def hardware(node: str, facts: Any) -> Hardware | None:

@@ -1,7 +1,8 @@
-"""One node's facts never break Slurm for the others. Hostile reports (digits Python's int()
-takes but Slurm does not, counts past Slurm's limits, a topology that does not add up) get a
-400 with the reason from the real `provisioner serve`, are kept out of the database and shown
-in that node's status; stored facts that break the rules (a database from before the checks)
+"""One node's facts never break Slurm (or the MPI settings of its overlay) for the others.
+Hostile reports (digits Python's int() takes but Slurm does not, counts past Slurm's limits, a
+topology that does not add up, RDMA device names that are not plain names) get a 400 with
+the reason from the real `provisioner serve`, are kept out of the database and shown in that
+node's status; stored facts that break the rules (a database from before the checks)
 leave that node out of slurm.conf without stopping `slurm render` or the `slurm apply --watch`
 unit; and a real slurmctld keeps running with every other node idle."""
 
@@ -15,7 +16,7 @@ import pytest
 
 from labs.serve import NODES, Serve, auth, curl, write_site, write_state
 from labs.slurm import NODE_CURL, slurm_cluster
-from provisioner.facts import FactsInvalid, hardware
+from provisioner.facts import MAX_RDMA, FactsInvalid, check, hardware, rdma_devices
 from provisioner.nodestate import NodeStateDB
 from test_slurm_cluster import INVENTORY as CLUSTER
 from test_slurm_render import INVENTORY, facts_for
@@ -43,13 +44,33 @@ HOSTILE = [  # (report, what the refusal names)
         {**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("SocketsPerBoard=2", "SocketsPerBoard=2 Sockets=2")},
         "both Sockets= and SocketsPerBoard=",
     ),
+    # RDMA device names land in openmpi-mca-params.conf: a list of plain, distinct names only.
+    ({**GOOD, "rdma": "rxe0"}, "rdma must be a list of at most 64 device names"),
+    ({**GOOD, "rdma": {"rxe0": 1}}, "rdma must be a list"),
+    ({**GOOD, "rdma": [f"r{i}" for i in range(MAX_RDMA + 1)]}, "at most 64"),
+    ({**GOOD, "rdma": [1]}, "rdma device 1 is not a device name"),
+    ({**GOOD, "rdma": [None]}, "rdma device None is not"),
+    ({**GOOD, "rdma": ["../../etc/passwd"]}, "rdma device '../../etc/passwd' is not"),
+    ({**GOOD, "rdma": ["rxe0\nopal_common_ucx_tls = tcp"]}, "is not a device name"),  # a line of its own
+    ({**GOOD, "rdma": ["rxe0,mlx5_0"]}, "'rxe0,mlx5_0' is not"),  # a second device by the back door
+    ({**GOOD, "rdma": ["-rxe0"]}, "'-rxe0' is not"),
+    ({**GOOD, "rdma": ["\uff52xe0"]}, "is not a device name"),  # fullwidth r
+    ({**GOOD, "rdma": ["m" * 64]}, "is not a device name"),  # the kernel's names are 63 at most
+    ({**GOOD, "rdma": ["rxe0", "rxe0"]}, "names a device twice"),
 ]
 
 
 @pytest.mark.parametrize("report,reason", HOSTILE)
 def test_the_rules(report, reason):
     with pytest.raises(FactsInvalid, match=f"^n1: .*{re.escape(reason)}"):
-        hardware("n1", report)
+        check("n1", report)
+
+
+def test_rdma_devices_none_reported_and_not_yet_said():
+    assert rdma_devices("n1", {**GOOD, "rdma": ["rxe0", "mlx5_0"]}) == ("mlx5_0", "rxe0")
+    assert rdma_devices("n1", {**GOOD, "rdma": ["m" * 63]}) == ("m" * 63,)
+    assert rdma_devices("n1", {**GOOD, "rdma": []}) == ()  # said: no device
+    assert rdma_devices("n1", GOOD) is None and rdma_devices("n1", None) is None  # not said
 
 
 def test_what_slurmd_C_prints_passes():
@@ -92,8 +113,10 @@ def test_hostile_reports_get_400_the_reason_and_a_status(lab, cli):
             code, text = post(n1, report)
             assert code == "400" and text.startswith("facts refused: node01: ") and reason in text, (report, text)
         srv.wait_log("facts refused")
-        assert post(n2, {**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("node01", "node02")})[0] == "200"
+        good2 = {**GOOD, "slurmd_C": GOOD["slurmd_C"].replace("node01", "node02"), "rdma": ["mlx5_0"]}
+        assert post(n2, good2)[0] == "200"
     assert db.facts("node01") == GOOD  # the last good report stands
+    assert (db.facts("node02") or {}).get("rdma") == ["mlx5_0"]
     assert (db.facts("node02") or {}).get("cpus") == 8
     status = {r["node"]: r for r in json.loads(cli("status", "--json").stdout)}
     assert status["node01"]["stage"] == "facts-rejected" and status["node02"]["stage"] == "registered"

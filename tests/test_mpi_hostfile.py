@@ -1,4 +1,5 @@
-"""MPI hostfiles, OpenMPI's MCA settings and the node-side munge/slurm/mpi overlays."""
+"""MPI hostfiles, OpenMPI's MCA settings (following each node's fabric) and the node-side
+munge/slurm/mpi overlays."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import yaml
 
 from labs.site import write_site
 from labs.slurm import install_overlay
-from provisioner.artifacts import secrets
+from provisioner.artifacts import layout, overlay_build, secrets
 from provisioner.inventory import InventoryInvalid, parse_text
 from provisioner.nodestate import NodeStateDB
 from provisioner.nodestate.slurm import SlurmNode, parse_node_status
 from provisioner.paths import Site, State
-from provisioner.render.mpi import hostfile, mca_params
+from provisioner.render.mpi import hostfile
 from test_slurm_render import facts_for, inventory
 
 SLOTS = inventory(g01={"mpi_slots": 3})
@@ -36,9 +37,34 @@ def test_openmpi_and_mpich_formats_per_partition(inv):
         hostfile(inv, facts, None, "lam")
 
 
-def test_mca_params_keep_openmpi_on_the_cluster_network(inv):
-    text = mca_params(inv.cluster)
-    assert "btl_tcp_if_include = 10.5.0.0/24" in text and "oob_tcp_if_include = 10.5.0.0/24" in text
+def mca_params(tmp_path, facts) -> dict[str, str]:
+    """openmpi-mca-params.conf of every node of an mpi-only site, from the overlay builder."""
+    inv = parse_text(inventory(default={"overlays": ["mpi"]}), "cluster.yaml")
+    state = State(tmp_path / "state")
+    overlay_build.build(state, Site(tmp_path / "site"), inv, list(inv.nodes), facts=facts)
+    out = {}
+    for n in inv.nodes:
+        for e in overlay_build.read_archive(layout.overlay_archive(state, n.name)):
+            if e.path == "etc/openmpi/openmpi-mca-params.conf":
+                out[n.name] = e.data.decode()
+    return out
+
+
+def test_mca_params_follow_each_nodes_fabric(tmp_path):
+    facts = {
+        "c01": {**facts_for("c01"), "rdma": ["rxe0", "mlx5_0"]},
+        "c02": {**facts_for("c02"), "rdma": []},
+        "g01": {**facts_for("g01"), "rdma": ["../x"]},  # breaks the rules: counts as not reported
+    }
+    conf = mca_params(tmp_path, facts)
+    for text in conf.values():  # every node keeps OpenMPI's TCP on the cluster network
+        assert "btl_tcp_if_include = 10.5.0.0/24" in text and "oob_tcp_if_include = 10.5.0.0/24" in text
+        assert "btl = ^uct,openib,ofi" in text and "mtl = ^ofi" in text
+    assert "reported RDMA devices (mlx5_0, rxe0)" in conf["c01"] and "opal_common_ucx_devices = any" in conf["c01"]
+    assert "pml = ^ucx" not in conf["c01"] and "osc = ^pt2pt" in conf["c01"]
+    for node, why in (("c02", "no RDMA device"), ("c03", "no fabric yet"), ("g01", "no fabric yet")):
+        assert f"{node} reported {why}: UCX and verbs stay off" in conf[node], conf[node]
+        assert "pml = ^ucx\nosc = ^ucx,pt2pt\n" in conf[node] and "opal_common_ucx" not in conf[node]
 
 
 def test_cli_hostfile(cli, tmp_path):
@@ -93,11 +119,6 @@ def test_slurm_overlay_runs_slurmd_configless_and_reports_facts_first(rendered):
     assert 'report="http://10.5.0.1:80/api/v1"' in script.read_text()
     assert "--local-port 600-1023" in script.read_text()
     subprocess.run(["shellcheck", "-s", "sh", str(script)], check=True)
-
-
-def test_mpi_overlay_equals_the_masters_mca_params(rendered, inv):
-    root, _ = rendered
-    assert (root / "etc/openmpi/openmpi-mca-params.conf").read_text() == mca_params(inv.cluster)
 
 
 def test_up_hostfile_keeps_inventory_order_and_only_the_nodes_up(inv):

@@ -1,14 +1,18 @@
 """Image actions: every way an image's current version changes (build, import, exec, rollback)
-rebuilds the boot configs of the nodes that boot it, so they pin the new version."""
+rebuilds the boot configs of the nodes that boot it, so they pin the new version. Each new
+initramfs carries the kernel modules the image's nodes ask for (`initramfs_modules`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import images
+from ..artifacts import images, initramfs
 from ..artifacts.images import ImageVersion
+from ..artifacts.kmod import MissingModules
 from ..errors import UserError
 from .context import Context, Say, quiet
 from .overlays import ProgressBar, build_overlays
@@ -85,6 +89,42 @@ def build_inputs(
     return (suite or pvars.get("image_suite") or images.DEFAULT_SUITE), tuple(dict.fromkeys(pkgs + tuple(added)))
 
 
+def initramfs_modules(ctx: Context, image: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """`extra` and the `initramfs_modules` of every node that boots `image`: one initramfs per
+    image version, so it carries the drivers of all its nodes' hardware."""
+    nodes = ctx.inventory().nodes if ctx.has_inventory() else ()
+    asked = [m for n in nodes if n.image == image for m in n.initramfs_modules]
+    return tuple(dict.fromkeys([*extra, *asked]))
+
+
+@contextmanager
+def _naming_askers(ctx: Context, image: str) -> Iterator[None]:
+    """A module the image's kernel lacks is named with the nodes (and where their setting
+    comes from) that asked for it."""
+    try:
+        yield
+    except MissingModules as e:
+        nodes = ctx.inventory().nodes if ctx.has_inventory() else ()
+        who = [
+            f"{n.name} ({n.sources.get('initramfs_modules', 'node')})"
+            for n in nodes
+            if n.image == image and {m.replace("-", "_") for m in n.initramfs_modules} & set(e.names)
+        ]
+        asked = f"; initramfs_modules of {', '.join(who)}" if who else ""
+        raise UserError(
+            f"image {image}: {e.kernel} has no module {', '.join(e.names)} (not in its modules.dep){asked}"
+        ) from None
+
+
+def build_initramfs(
+    ctx: Context, image: str, kernel: str | None = None, compression: str = "gzip", extra: tuple[str, ...] = ()
+) -> Path:
+    """(Re)build the initramfs of the image's current version with its nodes' modules; run it
+    after changing a profile's `initramfs_modules`."""
+    with _naming_askers(ctx, image):
+        return initramfs.build_initramfs(ctx.state, image, kernel, compression, initramfs_modules(ctx, image, extra))
+
+
 def build_image(
     ctx: Context,
     name: str,
@@ -102,9 +142,22 @@ def build_image(
 ) -> Switch:
     """A new version of image `name` from debootstrap; its nodes then boot it."""
     then = _Follow(ctx, bar)
-    images.build_image(
-        ctx.state, name, suite, packages, mirror, variant, kernel, cache_dir, compression, keep, progress, then
-    )
+    with _naming_askers(ctx, name):
+        images.build_image(
+            ctx.state,
+            name,
+            suite,
+            packages,
+            mirror,
+            variant,
+            kernel,
+            cache_dir,
+            compression,
+            keep,
+            progress,
+            then,
+            initramfs_modules(ctx, name),
+        )
     return then.done()
 
 
@@ -121,7 +174,10 @@ def import_image(
 ) -> Switch:
     """A new version of image `name` from a root directory or tarball; its nodes then boot it."""
     then = _Follow(ctx, bar)
-    images.import_image(ctx.state, name, source, kernel, compression, keep, progress, then)
+    with _naming_askers(ctx, name):
+        images.import_image(
+            ctx.state, name, source, kernel, compression, keep, progress, then, initramfs_modules(ctx, name)
+        )
     return then.done()
 
 
@@ -137,9 +193,16 @@ def exec_in_image(
     """Run `argv` inside image `name` (see images.exec_in_image): its exit status, and the
     switch to the new version it made, if it made one (not in place, and only on success)."""
     then = _Follow(ctx, bar)
-    status = images.exec_in_image(
-        ctx.state, name, argv, in_place=in_place, progress=progress, on_switch=None if in_place else then
-    )
+    with _naming_askers(ctx, name):
+        status = images.exec_in_image(
+            ctx.state,
+            name,
+            argv,
+            in_place=in_place,
+            progress=progress,
+            on_switch=None if in_place else then,
+            modules=initramfs_modules(ctx, name),
+        )
     return status, then.switch
 
 

@@ -232,10 +232,16 @@ def _prune(state: State, name: str, keep: int) -> None:
 
 
 def _take_kernel(
-    staging: Path, kernel: str | None, compression: str, progress: Progress, prefer: str | None = None
+    staging: Path,
+    kernel: str | None,
+    compression: str,
+    progress: Progress,
+    prefer: str | None = None,
+    modules: tuple[str, ...] = (),
 ) -> str | None:
-    """Copy /boot/vmlinuz-KVER out of the root and build the initramfs from its modules:
-    `kernel` if given, else `prefer` (the parent version's) while it is still there, else the newest."""
+    """Copy /boot/vmlinuz-KVER out of the root and build the initramfs from its modules (and the
+    extra `modules` its nodes ask for): `kernel` if given, else `prefer` (the parent version's)
+    while it is still there, else the newest."""
     rootfs = staging / "rootfs"
     found = kernel_versions(rootfs)
     if kernel and kernel not in found:
@@ -250,7 +256,7 @@ def _take_kernel(
         raise UserError(f"kernel {kver} refused: {e}") from None
     if modules_dir(rootfs, kver) is not None:
         progress(f"initramfs for {kver} ({compression})")
-        write_initramfs(staging, kver, compression)
+        write_initramfs(staging, kver, compression, modules)
     else:
         progress(f"no modules for {kver} in the image: no initramfs")
     return kver
@@ -267,6 +273,7 @@ def _commit(
     keep: int,
     progress: Progress,
     on_switch: OnSwitch | None,
+    modules: tuple[str, ...] = (),
 ) -> ImageVersion:
     prefer = meta.pop("kernel", None)
     rootfs = staging / "rootfs"
@@ -274,7 +281,7 @@ def _commit(
     if not image.is_dir("etc") or not any(image.lexists(p) for p in ("bin/sh", "usr/bin/sh")):
         raise UserError(f"{meta.get('source', 'the source')} does not look like a root filesystem (no etc/ or bin/sh)")
     _scrub_node_identity(image)
-    kver = _take_kernel(staging, kernel, compression, progress, prefer)
+    kver = _take_kernel(staging, kernel, compression, progress, prefer, modules)
     meta = {**meta, "kernel": kver, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write(staging / layout.IMAGE_META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     final = layout.image_versions(state, name) / version
@@ -298,12 +305,13 @@ def _make_version(
     keep: int,
     progress: Progress,
     on_switch: OnSwitch | None,
+    modules: tuple[str, ...] = (),
 ) -> ImageVersion:
     with locked(_image_root(state, name)):
         version, staging = _new_staging(state, name)
         try:
             meta = fill(staging / "rootfs")
-            return _commit(state, name, version, staging, meta, kernel, compression, keep, progress, on_switch)
+            return _commit(state, name, version, staging, meta, kernel, compression, keep, progress, on_switch, modules)
         except BaseException:
             _discard(staging)
             raise
@@ -355,6 +363,7 @@ def build_image(
     keep: int = 3,
     progress: Progress = _quiet,
     on_switch: OnSwitch | None = None,
+    modules: tuple[str, ...] = (),
 ) -> ImageVersion:
     """debootstrap a new version of `name`. With `cache_dir`, a finished root is kept there as a
     tarball keyed by suite, variant and package list, and reused instead of debootstrapping."""
@@ -395,7 +404,7 @@ def build_image(
             "mirror": mirror,
         }
 
-    return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch)
+    return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch, modules)
 
 
 def import_image(
@@ -407,6 +416,7 @@ def import_image(
     keep: int = 3,
     progress: Progress = _quiet,
     on_switch: OnSwitch | None = None,
+    modules: tuple[str, ...] = (),
 ) -> ImageVersion:
     """Adopt an existing root (a directory or a tarball, any compression tar reads) as a new version."""
     source = Path(source)
@@ -421,7 +431,7 @@ def import_image(
             _run(["tar", "-xpf", str(source), "-C", str(rootfs), "--numeric-owner"], progress, f"unpacking {source}")
         return {"source": str(source.resolve())}
 
-    return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch)
+    return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch, modules)
 
 
 # --- administration -----------------------------------------------------------------------
@@ -511,6 +521,7 @@ def exec_in_image(
     keep: int = 3,
     progress: Progress = _quiet,
     on_switch: OnSwitch | None = None,
+    modules: tuple[str, ...] = (),
 ) -> int:
     """Run a command inside the image. By default on a copy that becomes the new version only
     if the command succeeds (nodes never see a half-installed package); `in_place` edits the
@@ -533,7 +544,7 @@ def exec_in_image(
         return {**cur.meta, "exec": argv, "parent": cur.version}
 
     try:
-        _make_version(state, name, fill, kernel, compression, keep, progress, on_switch)
+        _make_version(state, name, fill, kernel, compression, keep, progress, on_switch, modules)
     except _CommandFailed as e:
         progress(f"command exited {e.code}: {name} stays at {parent[0].version}")
         return e.code

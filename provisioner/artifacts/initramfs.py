@@ -21,7 +21,7 @@ from ..inroot import Root
 from ..paths import State
 from ..resources import INITCPIO
 from . import cpio, layout
-from .kmod import load_index, read_module
+from .kmod import MissingModules, load_index, read_module
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -97,7 +97,10 @@ def _with_parents(entries: list[cpio.Entry]) -> list[cpio.Entry]:
 
 def entries(spec: InitramfsSpec) -> list[cpio.Entry]:
     index = load_index(spec.rootfs, spec.kver)
-    mods = index.resolve(REQUIRED_MODULES + list(spec.extra_modules), list(spec.nic_modules))
+    try:
+        mods = index.resolve(REQUIRED_MODULES + list(spec.extra_modules), list(spec.nic_modules))
+    except MissingModules as e:
+        raise MissingModules(e.names, f"kernel {spec.kver}") from None
     files = [cpio.Entry.dir(d) for d in ("dev", "proc", "sys", "run", "new_root", "etc", "tmp")]
     files.append(cpio.Entry.chardev("dev/console", 5, 1))
     files.append(cpio.Entry.chardev("dev/null", 1, 3, 0o666))

@@ -105,6 +105,14 @@ def _tree(root: Path, kver: str) -> str:
     return str(mdir.relative_to(os.path.realpath(root)))
 
 
+class MissingModules(UserError):
+    """Modules asked for that the kernel has neither as modules nor built in."""
+
+    def __init__(self, names: list[str], kernel: str = "this kernel"):
+        self.names, self.kernel = names, kernel
+        super().__init__(f"kernel module(s) not in the modules.dep of {kernel}: {', '.join(names)}")
+
+
 @dataclass(frozen=True)
 class ModuleIndex:
     """modules.dep (name -> path, direct-or-transitive deps) and modules.builtin."""
@@ -145,7 +153,7 @@ class ModuleIndex:
 
         missing = [m for m in (n.replace("-", "_") for n in wanted) if m not in self.paths and m not in self.builtin]
         if missing:
-            raise UserError(f"kernel module(s) not in this kernel's modules.dep: {', '.join(missing)}")
+            raise MissingModules(missing)
         for name in [n.replace("-", "_") for n in wanted] + [n.replace("-", "_") for n in optional]:
             if name in self.paths or name in self.builtin:
                 visit(name, ())

@@ -12,7 +12,7 @@ import click
 from ..actions import images as image_actions
 from ..actions.nfs import GANESHA_RECOVERY, nfs_exports
 from ..artifacts import images
-from ..artifacts.initramfs import COMPRESSIONS, build_initramfs
+from ..artifacts.initramfs import COMPRESSIONS
 from ..atomic import atomic_write
 from .context import Context, echo_json, echo_table, pass_ctx, progress_bar
 
@@ -273,8 +273,9 @@ def initramfs() -> None:
 def initramfs_build(
     ctx: Context, image_name: str, kernel: str | None, compression: str, modules: tuple[str, ...]
 ) -> None:
-    """(Re)build the initramfs of IMAGE's current version."""
-    out = build_initramfs(ctx.state, image_name, kernel, compression, tuple(modules))
+    """(Re)build the initramfs of IMAGE's current version, with the `initramfs_modules` of the
+    nodes that boot it."""
+    out = image_actions.build_initramfs(ctx, image_name, kernel, compression, tuple(modules))
     click.echo(f"wrote {out} ({out.stat().st_size} bytes)")
 
 

@@ -385,6 +385,9 @@ class Node:
     image: str | None = setting(Text(), "--image", "Root image the node boots.")
     kernel: str | None = setting(Text(), "--kernel", "Kernel version from the image.")
     kernel_args: tuple[str, ...] = setting(Words(), "--kernel-arg", "Repeatable.")
+    initramfs_modules: tuple[str, ...] = setting(
+        Names(), "--initramfs-module", "Kernel module the image's initramfs carries, like a NIC driver (repeatable)."
+    )
     overlays: tuple[str, ...] = setting(Names(), "--overlay", "Repeatable or comma list.")
     partitions: tuple[str, ...] = setting(Names(), "--partition", "Slurm partition (repeatable or comma list).")
     features: tuple[str, ...] = setting(Names(), "--feature", "Slurm feature (repeatable or comma list).")

@@ -18,10 +18,11 @@ import jinja2.meta
 from jinja2.defaults import DEFAULT_NAMESPACE
 
 from ..inventory.model import Cluster, Inventory, Node
+from .mpi import rdma
 
 # Context names whose value differs from node to node; a template using none of them renders
 # once per build and is shared by every node.
-PER_NODE = frozenset({"node", "vars", "facts"})
+PER_NODE = frozenset({"node", "vars", "facts", "rdma"})
 
 
 class RenderError(Exception):
@@ -167,7 +168,8 @@ def shared_context(inventory: Inventory, secrets: SecretHandles) -> SharedContex
 
 
 def node_context(shared: SharedContext, node: Node, facts: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return {**shared.as_dict(), "node": node, "vars": node.vars, "facts": dict(facts or {})}
+    """`rdma`: the node's RDMA devices, () when it has none, None until it has said (render.mpi)."""
+    return {**shared.as_dict(), "node": node, "vars": node.vars, "facts": dict(facts or {}), "rdma": rdma(node, facts)}
 
 
 def reads(env: jinja2.Environment, source: str, name: str) -> frozenset[str]:

@@ -27,7 +27,7 @@ from prometheus_client import (
 
 from ...artifacts import layout, secrets
 from ...bootfiles import WAIT
-from ...facts import FactsInvalid, hardware
+from ...facts import FactsInvalid, check
 from ...inventory import Inventory, Node, normalize_mac
 from ...logs import kv
 from ...nodestate import NodeStateDB
@@ -358,7 +358,7 @@ class BootApp:
         node = await self._calling_node(request)
         facts = await self._json_object(request)
         try:
-            hardware(node.name, facts)
+            check(node.name, facts)
         except FactsInvalid as e:
             await self._stage(node.name, FACTS_REJECTED, str(e)[:1000])
             raise self._refuse(web.HTTPBadRequest, f"facts refused: {e}", request, node=node.name) from None
