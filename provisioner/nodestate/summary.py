@@ -25,6 +25,7 @@ class NodeStatus:
     image: str | None
     slurm: str | None
     last_seen: float | None
+    runtime: str | None = None  # "latest", "behind" (its runtime overlay) or None: not reported
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,7 +39,12 @@ class Step:
     detail: str | None
 
 
-def node_statuses(nodes: Iterable[Node], db: NodeStateDB, slurm: Mapping[str, str] | None = None) -> list[NodeStatus]:
+def node_statuses(
+    nodes: Iterable[Node],
+    db: NodeStateDB,
+    slurm: Mapping[str, str] | None = None,
+    runtime: Mapping[str, str | None] | None = None,
+) -> list[NodeStatus]:
     last = db.last_stages()
     seen = db.last_seen()
     lease_ip = {r["mac"]: r["ip"] for r in db.leases()}
@@ -55,6 +61,7 @@ def node_statuses(nodes: Iterable[Node], db: NodeStateDB, slurm: Mapping[str, st
                 n.image,
                 (slurm or {}).get(n.name),
                 seen.get(n.name),
+                (runtime or {}).get(n.name),
             )
         )
     return out

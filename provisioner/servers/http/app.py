@@ -45,6 +45,7 @@ from .access import (
 from .files import TrackedFile
 from .metrics import StateCollector
 from .peeruid import local_uid
+from .runtime import RuntimeWatch
 
 log = logging.getLogger("provisioner.http")
 
@@ -98,6 +99,8 @@ class BootApp:
         self.registry.register(
             StateCollector(db, lambda: self.inventory, self.hooks.dhcp_packets, lambda: self.in_flight)
         )
+        # Long-polls may hold at most half the connections: the rest stay for boots.
+        self.runtime = RuntimeWatch(state, inventory.cluster.limits.http_connections // 2)
 
     def reload(self, inventory: Inventory) -> None:
         self.inventory = inventory
@@ -117,6 +120,10 @@ class BootApp:
                 web.get("/overlays/{node}.cpio.gz", self.overlay),
                 web.post("/api/v1/stage", self.node_stage),
                 web.post("/api/v1/facts", self.node_facts),
+                web.get("/api/v1/runtime", self.runtime_poll),
+                web.get("/api/v1/runtime/archive", self.runtime_archive),
+                web.post("/api/v1/runtime/live", self.runtime_live),
+                web.post("/api/v1/runtime/push", self.admin_push),
                 web.get("/api/v1/nodes", self.admin_nodes),
                 web.get("/api/v1/nodes/{node}/timeline", self.admin_timeline),
                 web.post("/api/v1/nodes/{node}/stage", self.admin_stage),
@@ -124,7 +131,15 @@ class BootApp:
                 web.get("/metrics", self.metrics),
             ]
         )
+        app.on_startup.append(self._start_runtime)
+        app.on_shutdown.append(self._stop_runtime)
         return app
+
+    async def _start_runtime(self, _app: web.Application) -> None:
+        self.runtime.start()
+
+    async def _stop_runtime(self, _app: web.Application) -> None:
+        await self.runtime.stop()
 
     # -- helpers ---------------------------------------------------------------------------------
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -357,6 +372,53 @@ class BootApp:
         await self._stage(node.name, "registered", None)
         log.info("facts", extra=kv(node=node.name, keys=len(facts)))
         return web.json_response({"node": node.name, "facts": len(facts)})
+
+    # -- runtime overlays (runtime.py) ---------------------------------------------------------------
+    async def runtime_poll(self, request: web.Request) -> web.Response:
+        """What the node should run (`key value` lines, for the shell agent), as soon as it
+        differs from `have` or after `wait` seconds."""
+        node = await self._calling_node(request)
+        try:
+            wait = float(request.query.get("wait", "0"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="wait must be a number of seconds\n") from None
+        offer = await self.runtime.poll(node.name, request.query.get("have", ""), wait)
+        if offer is None:
+            raise self._refuse(web.HTTPNotFound, "no runtime archive", request, node=node.name)
+        return web.Response(text=offer.text())
+
+    async def runtime_archive(self, request: web.Request) -> web.StreamResponse:
+        node = await self._calling_node(request)
+        return await self._send(request, layout.runtime_archive(self.state, node.name), node, None)
+
+    async def runtime_live(self, request: web.Request) -> web.Response:
+        """The agent's report: the archive it runs (first line `sha256 HASH`) and the hashes of
+        its runtime files as they are on the node, for `overlay diff --live`."""
+        node = await self._calling_node(request)
+        try:
+            text = (await request.read()).decode()
+        except UnicodeDecodeError:
+            raise web.HTTPBadRequest(text="body is not UTF-8 text\n") from None
+        first, _, files = text.partition("\n")
+        sha = first.removeprefix("sha256 ").strip()
+        if not first.startswith("sha256 ") or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise web.HTTPBadRequest(text="first line must be: sha256 HASH\n")
+        if self.db is not None:
+            await self._db(self.db.set_runtime, node.name, sha, files)
+        return web.json_response({"node": node.name, "sha256": sha})
+
+    async def admin_push(self, request: web.Request) -> web.Response:
+        """Ask nodes to refresh now (`{"nodes": [...]}`): their waiting polls answer at once."""
+        self._admin(request)
+        body = await self._json_object(request)
+        names = body.get("nodes")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise web.HTTPBadRequest(text="nodes must be a list of node names\n")
+        unknown = [n for n in names if self.inventory.node(n) is None]
+        if unknown:
+            raise web.HTTPNotFound(text=f"no such node: {', '.join(unknown[:10])}\n")
+        self.runtime.push(names)
+        return web.json_response({"pushed": len(names)})
 
     # -- admin -----------------------------------------------------------------------------------------
     def _admin(self, request: web.Request) -> None:
