@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labs.serve import IMAGE, NODES, SERVER_IP, Serve, curl
+from labs.serve import IMAGE, NODES, SERVER_IP, Serve, curl, set_limits
 from labs.site import node, site_yaml
 from labs.site import write_site as write_yaml
 from provisioner.artifacts import layout, overlay_build
@@ -221,3 +221,61 @@ def test_runtime_overlay_reaches_a_running_node(lab, cli, tmp_path):
         agent.stop()
         srv.stop()
         print((tmp_path / "agent.log").read_text() if (tmp_path / "agent.log").exists() else "")
+
+
+@pytest.mark.netns
+def test_long_polls_are_bounded_and_only_for_the_node(lab, cli):
+    """Only the node itself may poll; polls past the waiter bound (half the connection cap)
+    are answered at once with `retry`, and a push answers a waiting poll at once."""
+    write_site(cli.site)
+    set_limits(cli.site, http_connections=4, http_per_client=4)  # two waiters at most
+    cli("overlay", "build")
+    cred = (cli.state / "secrets" / "credentials" / "node01").read_text().strip()
+    node_ns, stranger = lab.host(ip=IP, mac=MAC), lab.host(ip="10.99.0.79")
+    priv = ("--local-port", "700-900")
+    url = f"http://{SERVER_IP}:{PORT}/api/v1/runtime"
+    with Serve(lab, cli, port=PORT):
+        first = curl(node_ns, *priv, "-H", f"Authorization: Bearer {cred}", url).stdout
+        offer = dict(line.split(" ", 1) for line in first.splitlines())
+        assert offer["generation"] == "1" and len(offer["sha256"]) == 64 and offer["refresh"] == "0"
+        code = ("-o", "/dev/null", "-w", "%{http_code}")
+        assert curl(node_ns, *priv, *code, url, check=False).stdout == "401"  # no credential
+        assert curl(node_ns, *code, "-H", f"Authorization: Bearer {cred}", url, check=False).stdout == "403"
+        assert curl(stranger, *priv, *code, "-H", f"Authorization: Bearer {cred}", url, check=False).stdout == "404"
+        bad = curl(node_ns, *priv, *code, "-H", f"Authorization: Bearer {cred}", url + "?wait=x", check=False)
+        assert bad.stdout == "400"
+
+        # Two polls wait; the third is answered at once with retry.
+        wait = f"{url}?have={offer['sha256']}&wait=30"
+        waiting = [
+            node_ns.popen(
+                [
+                    "curl",
+                    "-sS",
+                    "--local-port",
+                    f"{700 + 10 * k}-{709 + 10 * k}",
+                    "-H",
+                    f"Authorization: Bearer {cred}",
+                    wait,
+                ],
+                text=True,
+            )
+            for k in range(2)
+        ]
+        time.sleep(1.5)
+        started = time.monotonic()
+        third = curl(node_ns, "--local-port", "800-820", "-H", f"Authorization: Bearer {cred}", wait).stdout
+        assert "retry 30" in third and time.monotonic() - started < 3
+        assert all(p.poll() is None for p in waiting)
+        # A push answers a waiting poll at once (one: a node runs one agent), asking for a refresh.
+        env = {**os.environ, "PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)}
+        push = subprocess.Popen([cli.exe, "overlay", "push", "node01", "--timeout", "1"], env=env)
+        try:
+            took = until(lambda: any(p.poll() is not None for p in waiting), 10, "push answers a poll")
+            done = next(p for p in waiting if p.poll() is not None)
+            assert "refresh 1" in done.communicate()[0] and took < 10
+        finally:
+            push.wait(30)
+            for p in waiting:
+                p.kill()
+                p.wait()

@@ -212,24 +212,26 @@ def runtime_archive(entries: list[FileEntry], reload: dict[str, str]) -> bytes:
     RUNTIME_META it carries the reload actions and the boot-time paths, which the agent
     never removes."""
     buf = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=GZIP_LEVEL) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for e in runtime_entries(entries):
-                info = tarfile.TarInfo(e.path)
-                info.mode, info.uid, info.gid, info.uname, info.gname = e.perm, e.uid, e.gid, "", ""
-                if e.kind == "dir":
-                    info.type = tarfile.DIRTYPE
-                elif e.kind == "symlink":
-                    info.type, info.linkname = tarfile.SYMTYPE, e.data.decode()
-                else:
-                    info.size = len(e.data)
-                tar.addfile(info, io.BytesIO(e.data) if e.kind == "file" else None)
-            boot = "".join(f"{e.path}\n" for e in entries if not e.runtime and e.kind != "dir")
-            actions = "".join(f"{path}\t{cmd}\n" for path, cmd in sorted(reload.items()))
-            for name, text in (("reload", actions), ("boot-paths", boot)):
-                info = tarfile.TarInfo(f"{layout.RUNTIME_META}/{name}")
-                info.mode, info.size = 0o600, len(text.encode())
-                tar.addfile(info, io.BytesIO(text.encode()))
+    with (
+        gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=GZIP_LEVEL) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
+        for e in runtime_entries(entries):
+            info = tarfile.TarInfo(e.path)
+            info.mode, info.uid, info.gid, info.uname, info.gname = e.perm, e.uid, e.gid, "", ""
+            if e.kind == "dir":
+                info.type = tarfile.DIRTYPE
+            elif e.kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, e.data.decode()
+            else:
+                info.size = len(e.data)
+            tar.addfile(info, io.BytesIO(e.data) if e.kind == "file" else None)
+        boot = "".join(f"{e.path}\n" for e in entries if not e.runtime and e.kind != "dir")
+        actions = "".join(f"{path}\t{cmd}\n" for path, cmd in sorted(reload.items()))
+        for name, text in (("reload", actions), ("boot-paths", boot)):
+            info = tarfile.TarInfo(f"{layout.RUNTIME_META}/{name}")
+            info.mode, info.size = 0o600, len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
     return buf.getvalue()
 
 
@@ -245,20 +247,19 @@ def runtime_digest(state: State, node: str) -> str | None:
 def runtime_members(state: State, node: str) -> dict[str, tuple[str, str]] | None:
     """path -> (kind, sha256) of the node's published runtime files as its agent hashes them
     (a link: its target and a newline), or None when the node has no runtime archive."""
+    out = {}
     try:
-        tar = tarfile.open(layout.runtime_archive(state, node), "r:gz")
+        with tarfile.open(layout.runtime_archive(state, node), "r:gz") as tar:
+            for m in tar:
+                if m.name.split("/")[0] == layout.RUNTIME_META or m.isdir():
+                    continue
+                if m.issym():
+                    out[m.name] = ("link", hashlib.sha256(m.linkname.encode() + b"\n").hexdigest())
+                else:
+                    f = tar.extractfile(m)
+                    out[m.name] = ("file", hashlib.sha256(f.read() if f else b"").hexdigest())
     except (OSError, tarfile.TarError):
         return None
-    out = {}
-    with tar:
-        for m in tar:
-            if m.name.split("/")[0] == layout.RUNTIME_META or m.isdir():
-                continue
-            if m.issym():
-                out[m.name] = ("link", hashlib.sha256(m.linkname.encode() + b"\n").hexdigest())
-            else:
-                f = tar.extractfile(m)
-                out[m.name] = ("file", hashlib.sha256(f.read() if f else b"").hexdigest())
     return out
 
 
