@@ -43,8 +43,7 @@ def address(i: int) -> str:
 
 def write_site(site: Path, nodes: int) -> None:
     entries = [
-        {"name": f"n{i:04d}", "ip": address(i), "mac": f"52:54:01:00:{i >> 8:02x}:{i & 255:02x}"}
-        for i in range(nodes)
+        {"name": f"n{i:04d}", "ip": address(i), "mac": f"52:54:01:00:{i >> 8:02x}:{i & 255:02x}"} for i in range(nodes)
     ]
     doc = {
         "cluster": {
@@ -115,9 +114,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def expected(state: Path, nodes: list[str]) -> dict[str, str | None]:
+def expected(state: Path, nodes: list[str]) -> dict[str, str]:
     """Each node's published runtime archive hash, as the server offers it."""
-    return {n: runtime_digest(State(state), n) for n in nodes}
+    return {n: runtime_digest(State(state), n) or "" for n in nodes}
 
 
 async def bench(t: Path, exe: str, nodes: int, rounds: int) -> None:
@@ -183,7 +182,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     exe = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
     with tempfile.TemporaryDirectory(prefix="rt-bench-") as tmp:
