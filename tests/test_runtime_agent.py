@@ -279,3 +279,43 @@ def test_long_polls_are_bounded_and_only_for_the_node(lab, cli):
             for p in waiting:
                 p.kill()
                 p.wait()
+
+
+def test_runtime_archive_holds_runtime_files_only_and_is_stable(tmp_path):
+    """The runtime archive has the runtime overlays' files and the node's own, never a secret;
+    a rebuild for a boot-time change leaves it byte for byte the same; a bad _overlay.yaml
+    fails the build with its path."""
+    from provisioner.errors import UserError
+    from provisioner.inventory import load_inventory
+    from provisioner.paths import Site
+
+    site, state = Site(tmp_path / "site"), State(tmp_path / "state")
+    write_site(site.root)
+    doc = yaml.safe_load((site.root / "cluster.yaml").read_text())
+    doc["profiles"]["default"]["overlays"] = ["rtapp", "ssh", "munge"]
+    (site.root / "cluster.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    note = site.root / "overlays" / "munge" / "etc" / "munge" / "note.conf"  # a boot-time file
+    note.parent.mkdir(parents=True)
+    note.write_text("a\n")
+    inv = load_inventory(site.root / "cluster.yaml")
+    overlay_build.build(state, site, inv)
+    members = overlay_build.runtime_members(state, "node01")
+    assert members is not None
+    assert {"etc/motd", "etc/rtapp/app.conf", "etc/ssh/sshd_config.d/provisioner.conf"} <= set(members)
+    assert "usr/local/sbin/provisioner-agent" in members
+    secret = {"etc/provisioner/credential", "etc/munge/munge.key", "etc/ssh/ssh_host_ed25519_key"}
+    assert not secret & set(members) and "etc/hostname" not in members
+    before = overlay_build.runtime_digest(state, "node01")
+    note.write_text("b\n")
+    assert overlay_build.build(state, site, inv).built == ["node01", "node02"]
+    assert overlay_build.runtime_digest(state, "node01") == before  # running nodes: nothing to do
+    (site.root / "nodes" / "node01" / "_overlay.yaml").write_text("runtime: false\n")
+    report = overlay_build.build(state, site, inv)
+    assert report.built == ["node01"]
+    assert overlay_build.runtime_members(state, "node01").keys() == members.keys() - {"etc/motd"}
+    (site.root / "nodes" / "node01" / "_overlay.yaml").unlink()
+    overlay_build.build(state, site, inv)
+    assert overlay_build.runtime_digest(state, "node01") == before
+    (site.root / "overlays" / "rtapp" / "_overlay.yaml").write_text("runtime: yes please\n")
+    with pytest.raises(UserError, match=r"rtapp/_overlay.yaml.*runtime: expected true or false"):
+        overlay_build.build(state, site, inv)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..artifacts import layout
@@ -13,20 +13,15 @@ from ..artifacts.overlay_build import runtime_digest, runtime_members
 from ..atomic import atomic_write, private_dir
 from ..errors import UserError
 from ..inventory.model import Node
+from ..nodestate import summary
 from .context import Context
 
 PUSH_POLL = 0.2  # seconds between looks at what the agents reported
 
 
-def runtime_states(ctx: Context, nodes: Iterable[Node]) -> dict[str, str | None]:
-    """node -> "latest" (its agent runs the published runtime archive), "behind", or None
-    (no agent has reported, or the node has no runtime archive)."""
-    reported = ctx.db().runtime_shas()
-    out: dict[str, str | None] = {}
-    for n in nodes:
-        have, want = reported.get(n.name), runtime_digest(ctx.state, n.name)
-        out[n.name] = None if have is None or want is None else "latest" if have == want else "behind"
-    return out
+def runtime_states(ctx: Context, nodes: list[Node]) -> dict[str, str | None]:
+    """Whether each node runs its published runtime archive (nodestate.summary.runtime_states)."""
+    return summary.runtime_states(nodes, ctx.db().runtime_shas(), lambda n: runtime_digest(ctx.state, n))
 
 
 @dataclass(frozen=True)

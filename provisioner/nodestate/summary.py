@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -64,6 +64,18 @@ def node_statuses(
                 (runtime or {}).get(n.name),
             )
         )
+    return out
+
+
+def runtime_states(
+    nodes: Iterable[Node], reported: Mapping[str, str], published: Callable[[str], str | None]
+) -> dict[str, str | None]:
+    """node -> "latest" (its agent reported the published runtime archive's hash), "behind",
+    or None (no agent has reported, or the node has no runtime archive)."""
+    out: dict[str, str | None] = {}
+    for n in nodes:
+        have, want = reported.get(n.name), published(n.name) if n.name in reported else None
+        out[n.name] = None if have is None or want is None else "latest" if have == want else "behind"
     return out
 
 

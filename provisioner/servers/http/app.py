@@ -29,7 +29,7 @@ from ...facts import FactsInvalid, hardware
 from ...inventory import Inventory, Node, normalize_mac
 from ...logs import kv
 from ...nodestate import NodeStateDB
-from ...nodestate.summary import latest_boot, node_statuses, timeline
+from ...nodestate.summary import NodeStatus, latest_boot, node_statuses, runtime_states, timeline
 from ...paths import State
 from ..boottree import BootTree, PathRefused
 from ..stages import STAGE_REPEAT, stage_of
@@ -439,7 +439,13 @@ class BootApp:
         if self.db is None:
             raise web.HTTPServiceUnavailable(text="no node-state database\n")
         slurm = self.hooks.slurm_states() if self.hooks.slurm_states else None
-        rows = await self._db(node_statuses, self.inventory.nodes, self.db, slurm)
+        db, nodes = self.db, self.inventory.nodes
+
+        def statuses() -> list[NodeStatus]:
+            runtime = runtime_states(nodes, db.runtime_shas(), self.runtime.published)
+            return node_statuses(nodes, db, slurm, runtime)
+
+        rows = await self._db(statuses)
         return web.json_response([r.as_dict() for r in rows])
 
     async def admin_timeline(self, request: web.Request) -> web.Response:

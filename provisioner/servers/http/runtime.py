@@ -130,6 +130,11 @@ class RuntimeWatch:
             return None
         return Offer(gen or 0, sha, st.st_size, node in self._pushed)
 
+    def published(self, node: str) -> str | None:
+        """The hash of the node's published runtime archive (cached), or None."""
+        offer = self.offer(node)
+        return offer.sha256 if offer is not None else None
+
     async def poll(self, node: str, have: str, wait: float) -> Offer | None:
         """The node's offer as soon as it differs from `have` or a push asks for it, or after
         `wait` seconds (at most MAX_WAIT) whatever it is."""
