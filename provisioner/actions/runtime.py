@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..artifacts import layout
@@ -31,7 +31,7 @@ class PushResult:
     detail: str
 
 
-def push(ctx: Context, nodes: list[Node], timeout: float, tick: Callable[[], None] = lambda: None) -> list[PushResult]:
+def push(ctx: Context, nodes: list[Node], timeout: float) -> list[PushResult]:
     """Ask the nodes' agents to fetch and apply their runtime archive now (through the HTTP
     server, which answers their waiting polls) and wait until each reports the published
     archive, a refusal or a failure, or `timeout` passes."""
@@ -40,8 +40,22 @@ def push(ctx: Context, nodes: list[Node], timeout: float, tick: Callable[[], Non
     if missing:
         raise UserError(f"no runtime archive for {', '.join(missing[:10])}: run `provisioner overlay build` first")
     started = time.time()
-    folder = private_dir(layout.push_requests(ctx.state))
-    atomic_write(folder / f"{os.getpid()}-{time.monotonic_ns()}", "\n".join(want) + "\n", mode=0o600)
+    request = private_dir(layout.push_requests(ctx.state)) / f"{os.getpid()}-{time.monotonic_ns()}"
+    atomic_write(request, "\n".join(want) + "\n", mode=0o600)
+    try:
+        return _wait_for(ctx, nodes, want, started, timeout)
+    finally:  # not taken (no server running): no stale refresh for the next one
+        with contextlib.suppress(FileNotFoundError):
+            request.unlink()
+
+
+def _wait_for(
+    ctx: Context,
+    nodes: list[Node],
+    want: dict[str, str | None],
+    started: float,
+    timeout: float,
+) -> list[PushResult]:
     db = ctx.db()
     results: dict[str, PushResult] = {}
     while True:
@@ -59,7 +73,6 @@ def push(ctx: Context, nodes: list[Node], timeout: float, tick: Callable[[], Non
                 results[name] = PushResult(name, False, f"{bad[-1]['stage']}: {bad[-1]['detail']}")
         if len(results) == len(want) or time.time() - started > timeout:
             break
-        tick()
         time.sleep(PUSH_POLL)
     for name in set(want) - set(results):
         row = db.runtime(name)
