@@ -195,7 +195,6 @@ def test_runtime_overlay_reaches_a_running_node(lab, cli, tmp_path):
         assert read(app) == "level=2\n"
         agent.stop()
         archive.write_bytes(good[: len(good) // 2])
-        time.sleep(2.1)  # the master notes a stage once per STAGE_REPEAT
         agent = Agent(lab, node_ns, cli, root)
         until(lambda: any(s == "runtime-refused" and "unpack" in d for s, d in stages(cli, "node01")), 10)
         assert read(app) == "level=2\n" and not (root / "etc" / "rtapp" / ".app.conf.pv-new").exists()

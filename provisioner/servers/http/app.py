@@ -55,6 +55,7 @@ FACTS_REJECTED = "facts-rejected"  # the stage a refused facts report leaves, it
 LEASE_CACHE_SECONDS = 2.0
 LEASE_MISS_SECONDS = 0.25  # an address not in the cache: a lease this young may just be missing
 MAX_BODY = 256 * 1024
+RUNTIME_STAGES = "runtime"  # the node agent's: runtime, runtime-refused, runtime-action-failed...
 OCTETS = "application/octet-stream"
 
 
@@ -168,9 +169,11 @@ class BootApp:
 
     async def _stage(self, node: str, stage: str, detail: str | None) -> None:
         """A stage a node reports; dropped when a server noted the same stage of the node within
-        STAGE_REPEAT (a retried report, a stage both a server and the node saw)."""
+        STAGE_REPEAT (a retried report, a stage both a server and the node saw). The agent's
+        runtime stages are all kept: two refreshes a second apart are two events."""
+        within = 0.0 if stage.startswith(RUNTIME_STAGES) else STAGE_REPEAT
         if self.db is not None:
-            await self._db(self.db.record_stages, [(node, stage, time.time(), detail)], STAGE_REPEAT)
+            await self._db(self.db.record_stages, [(node, stage, time.time(), detail)], within)
 
     def _later(self, fn: Callable[..., Any], *args: Any) -> None:
         """A DB write a file transfer does not wait for (queued in order on the DB thread);
