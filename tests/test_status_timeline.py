@@ -75,7 +75,7 @@ def test_status_and_timeline_after_a_scripted_boot(lab, cli):
     assert rows["node02"]["stage"] is None
 
     table = cli("status", "node[01-02]").stdout.splitlines()
-    assert table[0].split() == ["NODE", "STAGE", "SINCE", "IP", "IMAGE", "SLURM", "SEEN"]
+    assert table[0].split() == ["NODE", "STAGE", "SINCE", "IP", "IMAGE", "SLURM", "SEEN", "RUNTIME"]
     assert table[1].split()[:2] == ["node01", "registered"] and table[2].split()[:2] == ["node02", "-"]
 
     steps = json.loads(cli("status", "node01", "--timeline", "--json").stdout)

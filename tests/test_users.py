@@ -157,6 +157,19 @@ def test_shadow_only_when_the_site_asks(tmp_path):
     assert "alice:x:1000" in files["etc/passwd"].data.decode()
 
 
+def test_accounts_refresh_on_running_nodes_but_shadow_waits_for_a_boot(tmp_path):
+    """The users overlay is a runtime one (as Warewulf's passwd and group): a user added on the
+    master reaches running nodes through their agent; shadow, private like a secret, does not."""
+    master(tmp_path / "master")
+    s, state = site(tmp_path, shadow=True)
+    image(state)
+    files = built(s, state)
+    assert "etc/shadow" in files
+    members = overlay_build.runtime_members(state, "node01")
+    assert members is not None
+    assert {"etc/passwd", "etc/group"} <= set(members) and "etc/shadow" not in members
+
+
 def test_a_node_without_image_never_gets_the_masters_own_shadow(tmp_path):
     """Before its image is built a node's "image" tables are the master's: its passwd and group
     serve, its shadow (the master's root password) does not."""

@@ -6,11 +6,14 @@ from ..errors import UserError
 from ..nodestate.slurm import slurm_states
 from ..nodestate.summary import NodeStatus, Step, latest_boot, node_statuses, timeline
 from .context import Context
+from .runtime import runtime_states
 
 
 def statuses(ctx: Context, selector: str | None = None) -> list[NodeStatus]:
-    """Each selected node's latest boot stage, address, image and Slurm state."""
-    return node_statuses(ctx.select(selector), ctx.db(), slurm_states())
+    """Each selected node's latest boot stage, address, image, Slurm state and whether it runs
+    the latest runtime overlay."""
+    nodes = ctx.select(selector)
+    return node_statuses(nodes, ctx.db(), slurm_states(), runtime_states(ctx, nodes))
 
 
 def boot_timeline(ctx: Context, selector: str | None) -> tuple[str, list[Step]]:

@@ -9,7 +9,9 @@ state/
     previous -> gens/<n-1>   kept one more build for a reader that resolved it just before
     gens/<n>/manifest.json   input digest of each node in that generation (incremental builds)
     gens/<n>/<shard>         -> ../../shards/<shard>.<m>: the generation's view of one shard
-    shards/<shard>.<m>/      <node>.cpio.gz (0600) and its boot configs <node>.{ipxe,pxelinux,grub};
+    shards/<shard>.<m>/      <node>.cpio.gz (0600), its runtime part <node>.rt.tar.gz (0600: what
+                             the node agent refreshes on a running node) and its boot configs
+                             <node>.{ipxe,pxelinux,grub};
                              never changed once published: a new generation gets a new folder
                              for each shard it changes and hard-links the unchanged nodes in it
   images/<image>/            NFS-exported whole (read-only) at /images/<image>: it never switches
@@ -18,6 +20,8 @@ state/
   images/<image>/versions/<version>/vmlinuz          kernel taken from the image
   images/<image>/versions/<version>/initramfs.img    native initramfs for that kernel
   images/<image>/versions/<version>/meta.json        how it was made, which kernel
+  push/                      0700: `overlay push` requests (a file of node names each) that the
+                             HTTP server turns into refreshes of those nodes' agents
   secrets/                   0700: munge.key, host CA, ssh host keys per node, revocation list
   nodes.sqlite               node-state database (0600)
   slurm/hardware.json        the hardware slurm.conf holds per node, as accepted (0600)
@@ -55,6 +59,8 @@ def wait_script(state: State, n: int) -> Path:
 
 OVERLAY_SHARDS = 128
 ARCHIVE = ".cpio.gz"
+RUNTIME_ARCHIVE = ".rt.tar.gz"
+RUNTIME_META = ".provisioner"  # in a runtime archive: the agent's instructions, not node files
 BOOT_CONFIGS = ("ipxe", "pxelinux", "grub")  # a node's boot configs: <node>.<kind>
 MANIFEST = "manifest.json"
 
@@ -100,6 +106,20 @@ def _node_file(state: State, node: str, name: str) -> Path:
 
 def overlay_archive(state: State, node: str) -> Path:
     return _node_file(state, node, node + ARCHIVE)
+
+
+def runtime_archive(state: State, node: str) -> Path:
+    return _node_file(state, node, node + RUNTIME_ARCHIVE)
+
+
+def push_requests(state: State) -> Path:
+    return state.root / "push"
+
+
+def generation(state: State) -> int | None:
+    """The published generation's number, or None before the first build."""
+    gen = published(state)
+    return int(gen.name) if gen is not None and gen.name.isdigit() else None
 
 
 def boot_config(state: State, node: str, kind: str) -> Path:

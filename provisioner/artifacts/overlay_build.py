@@ -23,10 +23,12 @@ import dataclasses
 import difflib
 import gzip
 import hashlib
+import io
 import json
 import multiprocessing
 import os
 import shutil
+import tarfile
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -46,13 +48,14 @@ from ..render.overlays import (
     OverlayLibrary,
     OverlayTree,
     node_overlays,
+    runtime_entries,
 )
 from ..render.pxe import BootConfigs, BootTemplates, wait_scripts
 from ..render.users import OVERLAY as USERS
 from ..render.users import tree as users_tree
 from . import bootloaders, cpio, images, layout, secrets, users
 
-FORMAT = "1"  # bump when the archive layout changes, so every node rebuilds
+FORMAT = "2"  # bump when the archive layout changes, so every node rebuilds
 GZIP_LEVEL = 6
 SERIAL_MAX = 32  # fewer dirty nodes than this: build in-process, forking costs more
 FSYNC_MAX = 64  # more staged files than this: one syncfs beats an fsync each
@@ -124,7 +127,8 @@ class Build:
         if overlay != USERS or self.accounts is None:
             return None
         if image not in self._generated:
-            self._generated[image] = users_tree(self.idmap(image), self.accounts)
+            runtime = self.library.tree(USERS).runtime
+            self._generated[image] = users_tree(self.idmap(image), self.accounts, runtime)
         return self._generated[image]
 
     def _global_digest(self) -> bytes:
@@ -169,6 +173,9 @@ class Build:
                 h.update(self._all_nodes())
         h.update(repr(secrets.stamp(self.state, node.name)).encode())
         return h.hexdigest()
+
+    def reload_actions(self, node: Node) -> dict[str, str]:
+        return self.renderer.reload_actions(node)
 
     def render(self, node: Node) -> tuple[list[FileEntry], BootConfigs | None]:
         facts = self.facts.get(node.name)
@@ -218,6 +225,63 @@ class ArchiveWriter:
         return hit[1]
 
 
+def runtime_archive(entries: list[FileEntry], reload: dict[str, str]) -> bytes:
+    """The node's runtime files as a gzip'd tar (what the node agent unpacks with the image's
+    own tar), byte for byte the same for the same files: no times, numeric owners. Under
+    RUNTIME_META it carries the reload actions and the boot-time paths, which the agent
+    never removes."""
+    buf = io.BytesIO()
+    with (
+        gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=GZIP_LEVEL) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
+        for e in runtime_entries(entries):
+            info = tarfile.TarInfo(e.path)
+            info.mode, info.uid, info.gid, info.uname, info.gname = e.perm, e.uid, e.gid, "", ""
+            if e.kind == "dir":
+                info.type = tarfile.DIRTYPE
+            elif e.kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, e.data.decode()
+            else:
+                info.size = len(e.data)
+            tar.addfile(info, io.BytesIO(e.data) if e.kind == "file" else None)
+        boot = "".join(f"{e.path}\n" for e in entries if not e.runtime and e.kind != "dir")
+        actions = "".join(f"{path}\t{cmd}\n" for path, cmd in sorted(reload.items()))
+        for name, text in (("reload", actions), ("boot-paths", boot)):
+            info = tarfile.TarInfo(f"{layout.RUNTIME_META}/{name}")
+            info.mode, info.size = 0o600, len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    return buf.getvalue()
+
+
+def runtime_digest(state: State, node: str) -> str | None:
+    """SHA-256 of the node's published runtime archive (what its agent should report), or None."""
+    try:
+        with open(layout.runtime_archive(state, node), "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def runtime_members(state: State, node: str) -> dict[str, tuple[str, str]] | None:
+    """path -> (kind, sha256) of the node's published runtime files as its agent hashes them
+    (a link: its target and a newline), or None when the node has no runtime archive."""
+    out = {}
+    try:
+        with tarfile.open(layout.runtime_archive(state, node), "r:gz") as tar:
+            for m in tar:
+                if m.name.split("/")[0] == layout.RUNTIME_META or m.isdir():
+                    continue
+                if m.issym():
+                    out[m.name] = ("link", hashlib.sha256(m.linkname.encode() + b"\n").hexdigest())
+                else:
+                    f = tar.extractfile(m)
+                    out[m.name] = ("file", hashlib.sha256(f.read() if f else b"").hexdigest())
+    except (OSError, tarfile.TarError):
+        return None
+    return out
+
+
 def _encode(run: list[FileEntry], ino: int) -> bytes:
     return b"".join(cpio.encode(_cpio_entry(e), k) for k, e in enumerate(run, ino))
 
@@ -261,7 +325,9 @@ def _build_node(b: Build, gen: _Gen, node: Node) -> _Output:
     d, old = gen.new[shard], gen.old.get(shard)
     path = d / (node.name + layout.ARCHIVE)
     write_new(path, _WRITER.archive(entries))
-    written = [str(path)]
+    rt = d / (node.name + layout.RUNTIME_ARCHIVE)
+    write_new(rt, runtime_archive(entries, b.reload_actions(node)))
+    written = [str(path), str(rt)]
     for kind, text in boot.items() if boot is not None else ():
         name, data = f"{node.name}.{kind}", text.encode()
         if old is not None and _read_or_none(old / name) == data:
@@ -466,9 +532,11 @@ def _drop(gen: _Gen) -> None:
 
 
 def _node_of(filename: str) -> str:
-    """The node a shard file belongs to (<node>.cpio.gz, <node>.<boot config kind>)."""
-    if filename.endswith(layout.ARCHIVE):
-        return filename[: -len(layout.ARCHIVE)]
+    """The node a shard file belongs to (<node>.cpio.gz, <node>.rt.tar.gz, <node>.<boot
+    config kind>)."""
+    for suffix in (layout.ARCHIVE, layout.RUNTIME_ARCHIVE):
+        if filename.endswith(suffix):
+            return filename[: -len(suffix)]
     return filename.rpartition(".")[0]
 
 
@@ -504,7 +572,11 @@ def _prune(state: State, gone: set[str]) -> None:
     shards = layout.overlay_shards(state)
     folders = os.listdir(shards)
     for name in gone:
-        files = (name + layout.ARCHIVE, *(f"{name}.{kind}" for kind in layout.BOOT_CONFIGS))
+        files = (
+            name + layout.ARCHIVE,
+            name + layout.RUNTIME_ARCHIVE,
+            *(f"{name}.{kind}" for kind in layout.BOOT_CONFIGS),
+        )
         for folder in (f for f in folders if f.startswith(layout.shard_of(name) + ".")):
             for f in files:
                 with contextlib.suppress(FileNotFoundError):

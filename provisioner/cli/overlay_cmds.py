@@ -1,4 +1,4 @@
-"""Overlay commands: `overlay build|list|show|edit`, `plan` and `secrets show|regenerate|sign-user`."""
+"""Overlay commands: `overlay build|list|show|edit|push|diff`, `plan` and `secrets show|regenerate|sign-user`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Literal, TextIO
 
 import click
 
-from ..actions import overlays
+from ..actions import overlays, runtime
 from ..artifacts import secrets
 from ..atomic import atomic_write
 from ..errors import UserError
@@ -112,6 +112,8 @@ def overlay_show(ctx: Context, node: str, path: str | None, reveal: bool, as_jso
                 for e in entries
             ],
         )
+        state = runtime.runtime_states(ctx, [ctx.node(node)])[node]
+        click.echo(f"runtime: {state or 'not reported'}")
         return
     want = path.strip("/")
     entry = next((e for e in entries if e.path == want), None)
@@ -158,6 +160,41 @@ def _run_editor(seed: bytes, name: str) -> bytes:
         if res.returncode != 0:
             raise UserError(f"editor {editor!r} exited {res.returncode}; nothing saved")
         return f.read_bytes()
+
+
+@overlay.command("push")
+@click.argument("nodes")
+@click.option("--timeout", type=click.FloatRange(0.5, 3600), default=30.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def overlay_push(ctx: Context, nodes: str, timeout: float, as_json: bool) -> None:
+    """Ask the agents of running NODES to apply their runtime overlay now, and wait for each."""
+    results = runtime.push(ctx, ctx.select(nodes), timeout)
+    if as_json:
+        echo_json([r.__dict__ for r in results])
+    else:
+        echo_table(["node", "result", "detail"], [[r.node, "ok" if r.ok else "FAILED", r.detail] for r in results])
+    failed = [r.node for r in results if not r.ok]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(results)} node(s) not refreshed")
+
+
+@overlay.command("diff")
+@click.argument("node")
+@click.option("--live", is_flag=True, help="Compare with what the node's agent reports (required).")
+@pass_ctx
+def overlay_diff(ctx: Context, node: str, live: bool) -> None:
+    """Runtime files of NODE that differ on the node from what was rendered (edited by hand);
+    exit status 1 when some do."""
+    if not live:
+        raise UserError("overlay diff needs --live; `provisioner plan NODE --diff` shows what a build would change")
+    note, drift = runtime.live_diff(ctx, ctx.node(node))
+    click.echo(f"{node}: {note}")
+    if not drift:
+        click.echo("no drift")
+        return
+    echo_table(["what", "path", "detail"], [[d.what, d.path, d.detail] for d in drift])
+    click.get_current_context().exit(1)
 
 
 @click.command()

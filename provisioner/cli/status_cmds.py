@@ -38,8 +38,11 @@ def show_table(ctx: Context, selector: str | None, as_json: bool) -> None:
         return
     now = time.time()
     echo_table(
-        ["node", "stage", "since", "ip", "image", "slurm", "seen"],
-        [[r.node, r.stage, _age(r.since, now), r.ip, r.image, r.slurm, _age(r.last_seen, now)] for r in rows],
+        ["node", "stage", "since", "ip", "image", "slurm", "seen", "runtime"],
+        [
+            [r.node, r.stage, _age(r.since, now), r.ip, r.image, r.slurm, _age(r.last_seen, now), r.runtime]
+            for r in rows
+        ],
     )
 
 

@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS transfers (
     retransmits INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL, at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS transfers_at ON transfers(at);
+CREATE TABLE IF NOT EXISTS runtime (
+    node TEXT PRIMARY KEY, sha256 TEXT NOT NULL, files TEXT NOT NULL, at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS builds (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, name TEXT NOT NULL,
     duration REAL NOT NULL, at REAL NOT NULL
@@ -165,6 +168,26 @@ class NodeStateDB:
 
     def all_facts(self) -> dict[str, dict[str, Any]]:
         return {r["node"]: json.loads(r["facts"]) for r in self._conn().execute("SELECT node, facts FROM facts")}
+
+    # -- runtime overlays ---------------------------------------------------------------------------
+    def set_runtime(self, node: str, sha256: str, files: str) -> None:
+        """What the node's agent last reported: the runtime archive it runs and its files'
+        hashes as they are on the node (`kind hash path` lines)."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO runtime(node, sha256, files, at) VALUES (?,?,?,?) ON CONFLICT(node) DO UPDATE "
+                "SET sha256=excluded.sha256, files=excluded.files, at=excluded.at",
+                (node, sha256, files, time.time()),
+            )
+
+    def runtime(self, node: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = (
+            self._conn().execute("SELECT sha256, files, at FROM runtime WHERE node=?", (node,)).fetchone()
+        )
+        return row
+
+    def runtime_shas(self) -> dict[str, str]:
+        return {r["node"]: r["sha256"] for r in self._conn().execute("SELECT node, sha256 FROM runtime")}
 
     # -- dynamic leases and discovery ---------------------------------------------------------------
     def leases(self) -> Iterator[sqlite3.Row]:

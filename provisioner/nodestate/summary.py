@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ class NodeStatus:
     image: str | None
     slurm: str | None
     last_seen: float | None
+    runtime: str | None = None  # "latest", "behind" (its runtime overlay) or None: not reported
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,7 +39,12 @@ class Step:
     detail: str | None
 
 
-def node_statuses(nodes: Iterable[Node], db: NodeStateDB, slurm: Mapping[str, str] | None = None) -> list[NodeStatus]:
+def node_statuses(
+    nodes: Iterable[Node],
+    db: NodeStateDB,
+    slurm: Mapping[str, str] | None = None,
+    runtime: Mapping[str, str | None] | None = None,
+) -> list[NodeStatus]:
     last = db.last_stages()
     seen = db.last_seen()
     lease_ip = {r["mac"]: r["ip"] for r in db.leases()}
@@ -55,8 +61,21 @@ def node_statuses(nodes: Iterable[Node], db: NodeStateDB, slurm: Mapping[str, st
                 n.image,
                 (slurm or {}).get(n.name),
                 seen.get(n.name),
+                (runtime or {}).get(n.name),
             )
         )
+    return out
+
+
+def runtime_states(
+    nodes: Iterable[Node], reported: Mapping[str, str], published: Callable[[str], str | None]
+) -> dict[str, str | None]:
+    """node -> "latest" (its agent reported the published runtime archive's hash), "behind",
+    or None (no agent has reported, or the node has no runtime archive)."""
+    out: dict[str, str | None] = {}
+    for n in nodes:
+        have, want = reported.get(n.name), published(n.name) if n.name in reported else None
+        out[n.name] = None if have is None or want is None else "latest" if have == want else "behind"
     return out
 
 

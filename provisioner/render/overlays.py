@@ -8,6 +8,13 @@ symlinks, `*.symlink` is a symlink to the target it holds (how the stock trees, 
 wheel, carry theirs), and `_meta.yaml` sets mode/owner/group per node path. An overlay may
 also get files made from data rather than from a tree (the users overlay: the master's accounts
 merged into the image's, see users.py). Rendering is pure given the secret reader: no writes.
+
+An overlay is boot-time unless its `_overlay.yaml` says `runtime: true` (stock and site files
+merge, the site's keys winning); a node's own override tree is runtime unless its
+`_overlay.yaml` says otherwise. Running nodes get their runtime files again whenever a build
+changes them (the node agent); secrets are never runtime: identity is set at boot. `reload`
+maps a node path (a file, or a folder ending in "/") to a command the agent runs once after
+files under it changed, e.g. `etc/ssh/sshd_config.d/: systemctl reload ssh`.
 """
 
 from __future__ import annotations
@@ -39,11 +46,13 @@ from .context import (
 )
 
 META = "_meta.yaml"
+DECLARATION = "_overlay.yaml"
 LINK = ".symlink"
 DIR_MODE, FILE_MODE, EXEC_MODE, SECRET_MODE = 0o755, 0o644, 0o755, 0o600
 # Every node's overlay starts with this one: it carries the node's report credential, without
 # which nothing the node reports is believed.
-ALWAYS = ("provisioner",)
+# The agent overlay keeps runtime files current on running nodes.
+ALWAYS = ("provisioner", "agent")
 
 
 def node_overlays(node: Node) -> tuple[str, ...]:
@@ -74,6 +83,7 @@ class FileEntry:
     source: str
     shared: bool = False
     secret: bool = False
+    runtime: bool = False  # refreshed on running nodes (from a runtime overlay, not a secret)
 
     @property
     def mode(self) -> int:
@@ -93,6 +103,7 @@ class SourceFile:
     executable: bool = False
     reads: frozenset[str] = frozenset()
     private: bool = False  # root's alone, like a secret, and never shown in a diff
+    runtime: bool = False  # its tree is a runtime overlay
 
     @property
     def per_node_reads_all(self) -> bool:
@@ -108,6 +119,29 @@ class OverlayTree:
     files: dict[str, SourceFile] = field(default_factory=dict)
     meta: dict[str, Meta] = field(default_factory=dict)
     digest: str = ""
+    runtime: bool = False
+    reload: dict[str, str] = field(default_factory=dict)  # node path or folder/ -> command
+
+
+def _parse_declaration(path: Path, into: OverlayTree) -> None:
+    """`runtime: bool` and `reload: {path: command}` from an overlay's _overlay.yaml."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RenderError(str(path), None, None, f"invalid YAML: {e}") from None
+    if not isinstance(raw, dict) or set(raw) - {"runtime", "reload"}:
+        raise RenderError(str(path), None, None, "expected keys runtime (true/false) and reload ({path: command})")
+    runtime = raw.get("runtime", into.runtime)
+    reload = raw.get("reload") or {}
+    if not isinstance(runtime, bool):
+        raise RenderError(str(path), None, None, f"runtime: expected true or false, got {runtime!r}")
+    if not isinstance(reload, dict) or not all(
+        isinstance(k, str) and k.strip("/") and isinstance(v, str) and v.strip() and "\n" not in v + k
+        for k, v in reload.items()
+    ):
+        raise RenderError(str(path), None, None, "reload: expected {node path: one-line command}")
+    into.runtime = runtime
+    into.reload.update({k.lstrip("/"): v.strip() for k, v in reload.items()})
 
 
 def _parse_meta(path: Path) -> dict[str, Meta]:
@@ -138,9 +172,10 @@ def _opt_str(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
-def load_tree(name: str, roots: Iterable[Path], env: jinja2.Environment) -> OverlayTree:
-    """Merge the given roots (later wins file by file) into one tree; templates compiled once."""
-    tree = OverlayTree(name)
+def load_tree(name: str, roots: Iterable[Path], env: jinja2.Environment, runtime: bool = False) -> OverlayTree:
+    """Merge the given roots (later wins file by file) into one tree; templates compiled once.
+    `runtime` is the tree's kind unless its _overlay.yaml says otherwise."""
+    tree = OverlayTree(name, runtime=runtime)
     digest = hashlib.sha256()
     for root in roots:
         if not root.is_dir():
@@ -156,12 +191,18 @@ def load_tree(name: str, roots: Iterable[Path], env: jinja2.Environment) -> Over
                     tree.meta.update(_parse_meta(src))
                     digest.update(b"meta\0" + src.read_bytes())
                     continue
+                if rel == DECLARATION:
+                    _parse_declaration(src, tree)
+                    digest.update(b"declaration\0" + src.read_bytes())
+                    continue
                 sf = _source(src, rel, f"{name}:{rel}", env)
                 if sf is None:
                     continue
                 digest.update(f"{sf.kind}\0{sf.out}\0{int(sf.executable)}\0".encode() + sf.data)
                 tree.files[sf.out] = sf
             dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
+    for sf in tree.files.values():
+        sf.runtime = tree.runtime and sf.kind != "secret"
     tree.digest = digest.hexdigest()
     return tree
 
@@ -281,7 +322,8 @@ class OverlayLibrary:
             return None
         if node not in self._overrides:
             path = self.site.node_overrides(node)
-            self._overrides[node] = load_tree(f"nodes/{node}", [path], self.env) if path.is_dir() else None
+            tree = load_tree(f"nodes/{node}", [path], self.env, runtime=True) if path.is_dir() else None
+            self._overrides[node] = tree
         return self._overrides[node]
 
 
@@ -351,8 +393,18 @@ class NodeRenderer:
                     proto.source,
                     False,
                     proto.secret,
+                    proto.runtime,
                 )
         return entries
+
+    def reload_actions(self, node: Node) -> dict[str, str]:
+        """The node's reload actions (node path or folder/ -> command), later trees winning."""
+        actions: dict[str, str] = {}
+        trees = [self.library.tree(n) for n in node_overlays(node)]
+        own = self.library.override_tree(node.name)
+        for tree in [*trees, *([own] if own else [])]:
+            actions.update(tree.reload)
+        return actions
 
     def _layout(
         self, files: dict[str, SourceFile], meta: dict[str, Meta], own: OverlayTree | None, node: Node
@@ -397,11 +449,11 @@ class NodeRenderer:
         if sf.kind == "dir":
             return self._dir(out, m, ids, node)
         if sf.kind == "symlink":
-            return FileEntry(out, "symlink", body, 0o777, "root", "root", 0, 0, sf.label, True)
+            return FileEntry(out, "symlink", body, 0o777, "root", "root", 0, 0, sf.label, True, runtime=sf.runtime)
         secret = sf.kind == "secret" or sf.private
         default = SECRET_MODE if secret else EXEC_MODE if sf.executable else FILE_MODE
         entry = self._owned(out, "file", body, default, m, ids, node, sf.label, shared)
-        return replace(entry, secret=True) if secret else entry
+        return replace(entry, secret=secret, runtime=sf.runtime)
 
     def _dir(self, out: str, m: Meta | None, ids: IdMap, node: str) -> FileEntry:
         return self._owned(out, "dir", b"", DIR_MODE, m, ids, node, "(directory)", True)
@@ -425,3 +477,14 @@ class NodeRenderer:
         except KeyError as e:
             raise RenderError(f"{label} (_meta.yaml {out})", None, node, e.args[0]) from None
         return FileEntry(out, kind, body, default if m.mode is None else m.mode, owner, group, uid, gid, label, shared)
+
+
+def runtime_entries(entries: list[FileEntry]) -> list[FileEntry]:
+    """The runtime part of a node's entries: its runtime files and links with their folders."""
+    keep = {e.path for e in entries if e.runtime}
+    for path in list(keep):
+        parent = path.rpartition("/")[0]
+        while parent and parent not in keep:
+            keep.add(parent)
+            parent = parent.rpartition("/")[0]
+    return [e for e in entries if e.path in keep]

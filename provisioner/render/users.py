@@ -163,16 +163,20 @@ def shadow(image: IdMap, site: SiteAccounts) -> str:
     return "".join(map(_line, out + [r for r in site.shadow if r[0] not in known]))
 
 
-def tree(image: IdMap, site: SiteAccounts) -> OverlayTree:
+def tree(image: IdMap, site: SiteAccounts, runtime: bool = False) -> OverlayTree:
     """The files the users overlay adds for nodes of this image: passwd, group, shadow if the
-    site asks (marked private: never shown in diffs), each user's authorized keys."""
+    site asks (marked private: never shown in diffs, and like a secret never runtime), each
+    user's authorized keys; `runtime` as the users overlay declares itself."""
     src = Path(site.origin)
     bodies = {"etc/passwd": passwd(image, site), "etc/group": group(image, site)}
     if site.shadow is not None:
         bodies["etc/shadow"] = shadow(image, site)
     bodies |= {f"{KEYS_DIR}/{name}": text for name, text in site.keys.items()}
-    out = OverlayTree(f"{OVERLAY} (accounts of {site.origin})")
+    out = OverlayTree(f"{OVERLAY} (accounts of {site.origin})", runtime=runtime)
     for path, body in bodies.items():
         label = f"{OVERLAY}:{path} (from {site.origin})"
-        out.files[path] = SourceFile(path, src, "static", label, body.encode(), private=path == "etc/shadow")
+        private = path == "etc/shadow"
+        out.files[path] = SourceFile(
+            path, src, "static", label, body.encode(), private=private, runtime=runtime and not private
+        )
     return out

@@ -31,7 +31,7 @@ from ...facts import FactsInvalid, check
 from ...inventory import Inventory, Node, normalize_mac
 from ...logs import kv
 from ...nodestate import NodeStateDB
-from ...nodestate.summary import latest_boot, node_statuses, timeline
+from ...nodestate.summary import NodeStatus, latest_boot, node_statuses, runtime_states, timeline
 from ...paths import State
 from ..boottree import BootTree, PathRefused
 from ..stages import STAGE_REPEAT, stage_of
@@ -47,6 +47,7 @@ from .access import (
 from .files import TrackedFile
 from .metrics import StateCollector
 from .peeruid import local_uid
+from .runtime import RuntimeWatch
 
 log = logging.getLogger("provisioner.http")
 
@@ -56,6 +57,7 @@ FACTS_REJECTED = "facts-rejected"  # the stage a refused facts report leaves, it
 LEASE_CACHE_SECONDS = 2.0
 LEASE_MISS_SECONDS = 0.25  # an address not in the cache: a lease this young may just be missing
 MAX_BODY = 256 * 1024
+RUNTIME_STAGES = "runtime"  # the node agent's: runtime, runtime-refused, runtime-action-failed...
 OCTETS = "application/octet-stream"
 
 
@@ -100,6 +102,8 @@ class BootApp:
         self.registry.register(
             StateCollector(db, lambda: self.inventory, self.hooks.dhcp_packets, lambda: self.in_flight)
         )
+        # Long-polls may hold at most half the connections: the rest stay for boots.
+        self.runtime = RuntimeWatch(state, inventory.cluster.limits.http_connections // 2)
 
     def reload(self, inventory: Inventory) -> None:
         self.inventory = inventory
@@ -119,6 +123,10 @@ class BootApp:
                 web.get("/overlays/{node}.cpio.gz", self.overlay),
                 web.post("/api/v1/stage", self.node_stage),
                 web.post("/api/v1/facts", self.node_facts),
+                web.get("/api/v1/runtime", self.runtime_poll),
+                web.get("/api/v1/runtime/archive", self.runtime_archive),
+                web.post("/api/v1/runtime/live", self.runtime_live),
+                web.post("/api/v1/runtime/push", self.admin_push),
                 web.get("/api/v1/nodes", self.admin_nodes),
                 web.get("/api/v1/nodes/{node}/timeline", self.admin_timeline),
                 web.post("/api/v1/nodes/{node}/stage", self.admin_stage),
@@ -126,7 +134,15 @@ class BootApp:
                 web.get("/metrics", self.metrics),
             ]
         )
+        app.on_startup.append(self._start_runtime)
+        app.on_shutdown.append(self._stop_runtime)
         return app
+
+    async def _start_runtime(self, _app: web.Application) -> None:
+        self.runtime.start()
+
+    async def _stop_runtime(self, _app: web.Application) -> None:
+        await self.runtime.stop()
 
     # -- helpers ---------------------------------------------------------------------------------
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -155,9 +171,11 @@ class BootApp:
 
     async def _stage(self, node: str, stage: str, detail: str | None) -> None:
         """A stage a node reports; dropped when a server noted the same stage of the node within
-        STAGE_REPEAT (a retried report, a stage both a server and the node saw)."""
+        STAGE_REPEAT (a retried report, a stage both a server and the node saw). The agent's
+        runtime stages are all kept: two refreshes a second apart are two events."""
+        within = 0.0 if stage.startswith(RUNTIME_STAGES) else STAGE_REPEAT
         if self.db is not None:
-            await self._db(self.db.record_stages, [(node, stage, time.time(), detail)], STAGE_REPEAT)
+            await self._db(self.db.record_stages, [(node, stage, time.time(), detail)], within)
 
     def _later(self, fn: Callable[..., Any], *args: Any) -> None:
         """A DB write a file transfer does not wait for (queued in order on the DB thread);
@@ -368,6 +386,53 @@ class BootApp:
         log.info("facts", extra=kv(node=node.name, keys=len(facts)))
         return web.json_response({"node": node.name, "facts": len(facts)})
 
+    # -- runtime overlays (runtime.py) ---------------------------------------------------------------
+    async def runtime_poll(self, request: web.Request) -> web.Response:
+        """What the node should run (`key value` lines, for the shell agent), as soon as it
+        differs from `have` or after `wait` seconds."""
+        node = await self._calling_node(request)
+        try:
+            wait = float(request.query.get("wait", "0"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="wait must be a number of seconds\n") from None
+        offer = await self.runtime.poll(node.name, request.query.get("have", ""), wait)
+        if offer is None:
+            raise self._refuse(web.HTTPNotFound, "no runtime archive", request, node=node.name)
+        return web.Response(text=offer.text())
+
+    async def runtime_archive(self, request: web.Request) -> web.StreamResponse:
+        node = await self._calling_node(request)
+        return await self._send(request, layout.runtime_archive(self.state, node.name), node, None)
+
+    async def runtime_live(self, request: web.Request) -> web.Response:
+        """The agent's report: the archive it runs (first line `sha256 HASH`) and the hashes of
+        its runtime files as they are on the node, for `overlay diff --live`."""
+        node = await self._calling_node(request)
+        try:
+            text = (await request.read()).decode()
+        except UnicodeDecodeError:
+            raise web.HTTPBadRequest(text="body is not UTF-8 text\n") from None
+        first, _, files = text.partition("\n")
+        sha = first.removeprefix("sha256 ").strip()
+        if not first.startswith("sha256 ") or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise web.HTTPBadRequest(text="first line must be: sha256 HASH\n")
+        if self.db is not None:
+            await self._db(self.db.set_runtime, node.name, sha, files)
+        return web.json_response({"node": node.name, "sha256": sha})
+
+    async def admin_push(self, request: web.Request) -> web.Response:
+        """Ask nodes to refresh now (`{"nodes": [...]}`): their waiting polls answer at once."""
+        self._admin(request)
+        body = await self._json_object(request)
+        names = body.get("nodes")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise web.HTTPBadRequest(text="nodes must be a list of node names\n")
+        unknown = [n for n in names if self.inventory.node(n) is None]
+        if unknown:
+            raise web.HTTPNotFound(text=f"no such node: {', '.join(unknown[:10])}\n")
+        self.runtime.push(names)
+        return web.json_response({"pushed": len(names)})
+
     # -- admin -----------------------------------------------------------------------------------------
     def _admin(self, request: web.Request) -> None:
         local = Peer.of(request.transport.get_extra_info("sockname") if request.transport else None)
@@ -387,7 +452,13 @@ class BootApp:
         if self.db is None:
             raise web.HTTPServiceUnavailable(text="no node-state database\n")
         slurm = self.hooks.slurm_states() if self.hooks.slurm_states else None
-        rows = await self._db(node_statuses, self.inventory.nodes, self.db, slurm)
+        db, nodes = self.db, self.inventory.nodes
+
+        def statuses() -> list[NodeStatus]:
+            runtime = runtime_states(nodes, db.runtime_shas(), self.runtime.published)
+            return node_statuses(nodes, db, slurm, runtime)
+
+        rows = await self._db(statuses)
         return web.json_response([r.as_dict() for r in rows])
 
     async def admin_timeline(self, request: web.Request) -> web.Response:
