@@ -57,6 +57,10 @@ def test_demo_boots_a_listed_and_an_unlisted_node_that_join_slurm(cli, tmp_path)
             r"machine-id [0-9a-f]{8}",
             out,
         ), out[-4000:]
+    # An overlay edit reaches a running node through its agent, no reboot (issue 26).
+    assert re.search(r"runtime +node01: /etc/provisioner-demo edited on the master reached the running node", out), out[
+        -4000:
+    ]
     assert "total " in out  # the boot timeline from `provisioner status NODE --timeline`
     assert "cleanup    stopped every process" in out
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
