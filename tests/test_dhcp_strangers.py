@@ -168,13 +168,14 @@ def test_decline_and_release_only_from_the_lease_holder(lab, tmp_path):
 
 
 def _join(ns, tmp_path) -> dict:
-    """DORA as a PXE ROM does it: a DISCOVER nobody answered (shed with the flood's, or its
-    offer lost among the flood's broadcast ones) is sent again, up to 4 times."""
+    """DORA as a PXE ROM does it: a DISCOVER or REQUEST nobody answered (shed with the flood's,
+    or the answer lost among the flood's broadcast offers) starts again, up to 4 times."""
+    got: dict = {}
     for _ in range(4):
         got = pxe_client(ns, tmp_path, UNKNOWN, *EFI)
-        if got["offers"]:
+        if got["offers"] and got["reply"]:
             return got["reply"]
-    return {"options": {}, "offers": "none in 4 tries"}
+    return {"options": {}, "last try": got}
 
 
 FLOOD_RATE, FLOOD_SECONDS = 4000, 6.0
