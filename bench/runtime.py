@@ -21,7 +21,6 @@ import hashlib
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from labs.net import terminate
 from provisioner.artifacts.overlay_build import runtime_digest
 from provisioner.paths import State
 
@@ -168,12 +170,7 @@ async def bench(t: Path, exe: str, nodes: int, rounds: int) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-            serve.wait()
+        terminate(serve, 30)
         log.close()
 
 

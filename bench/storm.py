@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
 
 from bench.overlay_build import fake_secrets  # noqa: E402
-from labs.net import Lab  # noqa: E402
+from labs.net import Lab, terminate  # noqa: E402
 from labs.site import node, site_yaml  # noqa: E402
 from provisioner.artifacts import layout  # noqa: E402
 from provisioner.inventory import load_inventory  # noqa: E402
@@ -325,8 +325,7 @@ def main() -> int:
                             client, root, nodes_file, True, ramp, args.timeout, len(results)
                         )
                 finally:
-                    proc.terminate()
-                    proc.wait(30)
+                    terminate(proc, 30)
                 report("provisioner", got, meter)
                 procs = start_standard(lab, state, root / f"std-{pattern}", nodes_file)
                 try:
@@ -336,8 +335,7 @@ def main() -> int:
                         )
                 finally:
                     for p in procs:
-                        p.terminate()
-                        p.wait(30)
+                        terminate(p, 30)
                 report("dnsmasq+nginx", std, meter)
                 if std["booted"] and got["booted"]:
                     print(
