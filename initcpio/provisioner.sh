@@ -179,7 +179,7 @@ pv_syslog() {
     PV_SYSLOG_PIDS=$!
     klogd -n &
     PV_SYSLOG_PIDS="$PV_SYSLOG_PIDS $!"
-    while [ ! -S /dev/log ] && [ $wait -lt 20 ]; do
+    while [ ! -S /dev/log ] && [ $wait -lt 100 ]; do
         sleep 0.05
         wait=$((wait + 1))
     done

@@ -9,12 +9,14 @@ after (pyghmi's session retries, sushy's socket timeouts), so the thread ends to
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 ACTIONS = ("on", "off", "cycle", "reset", "soft", "status")
+CYCLE_SETTLE = 3.0  # seconds a node reads on after a power cycle before the cycle counts as done
 T = TypeVar("T")
 
 
@@ -93,7 +95,7 @@ def power(target: Target, action: str, timeout: float = 10.0) -> str:
     if action not in ACTIONS:
         raise BmcError(f"unknown power action {action!r}")
     if target.protocol == "ipmi":
-        return _bounded(target, timeout, lambda: _ipmi_power(target, action))
+        return _bounded(target, timeout, lambda: _ipmi_power(target, action, max(timeout - 1, 0.5)))
     return _bounded(target, timeout, lambda: _redfish_power(target, action, timeout))
 
 
@@ -108,7 +110,7 @@ def set_pxe(target: Target, persistent: bool = False, timeout: float = 10.0) -> 
 # -- IPMI (pyghmi) -------------------------------------------------------------------------------
 
 _IPMI_SET = {"on": "on", "off": "off", "reset": "reset", "soft": "shutdown"}
-_IPMI_RESULT = {"on": "on", "off": "off", "reset": "resetting", "soft": "shutting down", "cycle": "cycling"}
+_IPMI_RESULT = {"on": "on", "off": "off", "reset": "resetting", "soft": "shutting down"}
 
 
 _sessions: dict[Target, Any] = {}
@@ -153,21 +155,42 @@ def close_sessions(targets: Iterable[Target] | None = None) -> None:
         session.Session.initting_sessions.pop((target.address, target.user, target.password, target.port, None), None)
 
 
-def _ipmi_power(target: Target, action: str) -> str:
+def _ipmi_state(cmd: Any) -> str:
+    # Get Chassis Status (00h/01h) itself: pyghmi's get_power first asks for the device ID to
+    # pick an OEM handler, a second round trip per BMC.
+    reply = cmd.xraw_command(netfn=0, command=1)
+    return "on" if reply["data"][0] & 1 else "off"
+
+
+def _ipmi_power(target: Target, action: str, wait: float) -> str:
     cmd = ipmi_command(target)
     if action == "status":
-        # Get Chassis Status (00h/01h) itself: pyghmi's get_power first asks for the device ID
-        # to pick an OEM handler, a second round trip per BMC.
-        reply = cmd.xraw_command(netfn=0, command=1)
-        return "on" if reply["data"][0] & 1 else "off"
+        return _ipmi_state(cmd)
     if action == "cycle":
-        # Chassis Control 02h: power cycle (pyghmi's set_power has no word for it).
+        # Chassis Control 02h: power cycle (pyghmi's set_power has no word for it). The BMC
+        # powers on again after its power cycle interval; until then a `power off` would be
+        # undone by that pending power-on, so the cycle is done only once the node is on again.
         cmd.xraw_command(netfn=0, command=2, data=[2])
+        return _ipmi_cycled(cmd, wait)
     else:
         reply = cmd.set_power(_IPMI_SET[action])
         if "powerstate" in reply:  # already in that state
             return str(reply["powerstate"])
     return _IPMI_RESULT[action]
+
+
+def _ipmi_cycled(cmd: Any, wait: float) -> str:
+    """ "on" once the node is seen on after a power cycle: after it was seen off, or after
+    CYCLE_SETTLE seconds on (a BMC quicker than the polls); "cycling" if `wait` runs out."""
+    start = time.monotonic()
+    seen_off = False
+    while time.monotonic() - start < wait:
+        if _ipmi_state(cmd) == "off":
+            seen_off = True
+        elif seen_off or time.monotonic() - start >= CYCLE_SETTLE:
+            return "on"
+        time.sleep(0.25)
+    return "cycling"
 
 
 def _ipmi_pxe(target: Target, persistent: bool) -> None:

@@ -30,7 +30,7 @@ def power() -> None:
 _HELP = {
     "on": "Power NODES on.",
     "off": "Cut power to NODES at once (no shutdown).",
-    "cycle": "Power NODES off and on again.",
+    "cycle": "Power NODES off and on again (IPMI: returns once they are on again).",
     "reset": "Hard-reset NODES.",
     "soft": "Ask NODES' operating systems to shut down (ACPI).",
     "status": "Show whether NODES are on or off.",
