@@ -103,9 +103,19 @@ def test_regenerate_replaces_only_what_was_asked(tmp_path, inv):
     munge = secrets.munge_key(state)
     n1 = (root / "ssh/n1/ssh_host_rsa_key").read_bytes()
     n2 = (root / "ssh/n2/ssh_host_rsa_key").read_bytes()
+    old = tmp_path / "n1-old"
+    subprocess.run(["cp", "-a", str(root / "ssh" / "n1"), str(old)], check=True)
     secrets.regenerate_ssh(state, inv, [inv.node("n1")])
     assert (root / "ssh/n1/ssh_host_rsa_key").read_bytes() != n1
     assert (root / "ssh/n2/ssh_host_rsa_key").read_bytes() == n2
+    # the replaced keys (and so their still-unexpired certificates) are revoked, the new ones not
+    krl = root / secrets.SSH_KRL
+    for pub in [*old.glob("*.pub")]:
+        q = subprocess.run(["ssh-keygen", "-Q", "-f", str(krl), str(pub)], capture_output=True, text=True)
+        assert q.returncode == 1 and "REVOKED" in q.stdout, q.stdout
+    for pub in [*(root / "ssh" / "n1").glob("*.pub"), *(root / "ssh" / "n2").glob("*.pub")]:
+        q = subprocess.run(["ssh-keygen", "-Q", "-f", str(krl), str(pub)], capture_output=True, text=True)
+        assert q.returncode == 0, q.stdout
     assert secrets.munge_key(state) == munge
     secrets.regenerate_munge(state)
     assert secrets.munge_key(state) != munge and len(secrets.munge_key(state)) == 1024

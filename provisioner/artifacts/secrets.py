@@ -380,15 +380,21 @@ def forget(state: State, nodes: Iterable[str]) -> list[str]:
     revoked and still on disk, and the next call finishes; returns the nodes forgotten."""
     root = _root(state)
     nodes = sorted(nodes)
-    pubs = [p for n in nodes for p in sorted((root / node_ssh_dir(n)).glob("ssh_host_*_key.pub"))]
-    if pubs:
-        _update_krl(root, pubs)
+    _revoke_keys(root, nodes)
     for name in nodes:
         _discard_keys(root, name)
         for rel in (node_credential(name), bmc_secret(name)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(root / rel)
     return nodes
+
+
+def _revoke_keys(root: Path, nodes: Iterable[str]) -> None:
+    """Add these nodes' host keys to the revocation list: a key revoked there revokes every
+    certificate made for it too, so a copy of the old set is worthless before its expiry."""
+    pubs = [p for n in nodes for p in sorted((root / node_ssh_dir(n)).glob("ssh_host_*_key.pub"))]
+    if pubs:
+        _update_krl(root, pubs)
 
 
 def _discard_keys(root: Path, node: str) -> None:
@@ -405,9 +411,11 @@ def regenerate_munge(state: State) -> None:
 
 
 def regenerate_ssh(state: State, inventory: Inventory, nodes: Iterable[Node]) -> list[str]:
-    """New host keys for these nodes: the old set is moved aside, then a fresh one made."""
+    """New host keys for these nodes. An admin regenerates keys that may have leaked, so the
+    old set is revoked first (as for a removed node), then moved aside and a fresh one made."""
     root = _root(state)
     nodes = list(nodes)
+    _revoke_keys(root, [n.name for n in nodes])
     for node in nodes:
         _discard_keys(root, node.name)
     return ensure_secrets(state, inventory, nodes)
