@@ -192,7 +192,7 @@ def test_nobody_reads_a_secret_after_any_command(world):
             "-e",
             "trace=rename",
             "-e",
-            "inject=rename:signal=KILL:when=2",
+            "inject=rename:signal=KILL:when=3",  # 1: the old keys revoked, 2: moved aside
         ),
     )
     assert res.returncode != 0

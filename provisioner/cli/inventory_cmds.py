@@ -2,56 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
-import re
-import socket
-from collections.abc import Iterator, Mapping
-from ipaddress import IPv4Address
+from collections.abc import Mapping
 from typing import Any
 
 import click
-from ruamel.yaml.comments import CommentedMap
 
 from ..actions.configure import refresh
+from ..actions.inventory import (
+    add_nodes,
+    add_profile,
+    check_site,
+    init_site,
+    remove_profile,
+    set_nodes,
+    set_profile,
+)
 from ..actions.nodes import remove_nodes, retire_nodes
-from ..actions.power import missing_credentials
-from ..artifacts import users as accounts
-from ..atomic import atomic_write, locked
 from ..errors import UserError
-from ..inventory import (
-    Inventory,
-    InventoryInvalid,
-    Node,
-    Problem,
-    load_inventory,
-    normalize_mac,
-    parse_text,
-)
-from ..inventory.edit import (
-    edit_inventory,
-    isolate,
-    next_free_ip,
-    node_entries,
-    set_fields,
-)
-from ..inventory.hostlist import HostlistError, compress, expand, is_range
+from ..inventory import Node, normalize_mac
 from ..inventory.model import SETTINGS
 from ..inventory.schema import Invalid
-from ..inventory.starter import detect, gateway, starter_yaml
 from .context import Context, echo_json, echo_table, pass_ctx
 from .slurm_cmds import controller, controller_options
-
-
-@contextlib.contextmanager
-def editing(ctx: Context) -> Iterator[tuple[Any, Any]]:
-    """edit_inventory with errors turned into one-screen user errors."""
-    if not ctx.site.cluster_yaml.exists():
-        raise UserError(f"no inventory at {ctx.site.cluster_yaml} (run `provisioner init` first)")
-    try:
-        with edit_inventory(ctx.site.cluster_yaml) as (doc, inv):
-            yield doc, inv
-    except InventoryInvalid as e:
-        raise UserError(f"not changed: {e}") from None
 
 
 @click.command()
@@ -61,25 +33,8 @@ def editing(ctx: Context) -> Iterator[tuple[Any, Any]]:
 @pass_ctx
 def init(ctx: Context, interface: str | None, name: str | None, force: bool) -> None:
     """Write a commented starter site for this host."""
-    path = ctx.site.cluster_yaml
-    if path.exists() and not force:
-        raise UserError(f"{path} exists (use --force to overwrite)")
-    try:
-        net = detect(interface)
-    except LookupError as e:
-        raise UserError(str(e)) from None
-    cname = name or re.sub(r"[^a-z0-9-]", "-", socket.gethostname().split(".")[0].lower()).strip("-") or "cluster"
-    text = starter_yaml(cname, net)
-    parse_text(text, str(path))
-    with locked(path):
-        atomic_write(path, text)
-    (ctx.site.root / "nodes").mkdir(exist_ok=True)
-    click.echo(f"wrote {path} (interface {net.interface}, subnet {net.address.network}, master {net.address.ip})")
-    click.echo(gateway(net).summary)
-    click.echo(
-        "the nodes ask this host for names and time: `provisioner configure all` sets up dnsmasq, chrony "
-        "and rsyslog (node logs: `provisioner logs NODE`)"
-    )
+    for line in init_site(ctx, interface, name, force):
+        click.echo(line)
 
 
 @click.command()
@@ -88,28 +43,19 @@ def init(ctx: Context, interface: str | None, name: str | None, force: bool) -> 
 def check(ctx: Context, as_json: bool) -> None:
     """Validate the inventory; list every problem with file, line and field."""
     if not as_json:
-        inv = ctx.inventory()
-        clashes = accounts.problems(ctx.state, inv)
-        if clashes:
-            raise UserError("; ".join(clashes))
-        click.echo(f"{inv.path}: ok ({len(inv.nodes)} nodes, {len(inv.profiles)} profiles)")
-        if missing := missing_credentials(ctx):
-            click.echo(
-                f"warning: {len(missing)} node(s) have a BMC but no BMC password "
-                f"(provisioner secrets set-bmc NODES): {', '.join(missing)}",
-                err=True,
-            )
+        ctx.inventory()  # one screen of parse problems, or "no inventory, run init"
+    report = check_site(ctx)
+    if as_json:
+        echo_json([vars(p) for p in report.problems])
+        if report.problems:
+            raise SystemExit(1)
         return
-    try:
-        inv = load_inventory(ctx.site.cluster_yaml)
-        problems: list[Problem] = [
-            Problem(str(inv.path), 0, "cluster.users", p) for p in accounts.problems(ctx.state, inv)
-        ]
-    except InventoryInvalid as e:
-        problems = e.problems
-    echo_json([vars(p) for p in problems])
-    if problems:
-        raise SystemExit(1)
+    if report.problems:
+        raise UserError("; ".join(p.message for p in report.problems))
+    inv = ctx.inventory()
+    click.echo(f"{inv.path}: ok ({len(inv.nodes)} nodes, {len(inv.profiles)} profiles)")
+    for w in report.warnings:
+        click.echo(f"warning: {w}", err=True)
 
 
 def node_dict(n: Node, sources: bool = False) -> dict[str, Any]:
@@ -186,13 +132,6 @@ def node_show(ctx: Context, nodes: str, sources: bool, as_json: bool) -> None:
             click.echo(line)
 
 
-def _selected(inv: Inventory, expr: str) -> list[str]:
-    try:
-        return [n.name for n in inv.select(expr)]
-    except KeyError as e:
-        raise UserError(f"no such node or profile: {e.args[0]}") from None
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(map(str, value))
@@ -255,32 +194,8 @@ def node_add(
 ) -> None:
     """Add a node (NAME may be a range such as node[05-08]; then --ip is the first address)."""
     mac = _parse_mac(mac)
-    try:
-        names = expand(name) if is_range(name) else [name]
-    except HostlistError as e:
-        raise UserError(str(e)) from None
-    if mac and len(names) > 1:
-        raise UserError("--mac names one node; add a range without MACs and set them per node")
-    with editing(ctx) as (doc, inv):
-        clash = [n for n in names if inv.node(n)]
-        if clash:
-            raise UserError(f"node {clash[0]} exists already")
-        if ip is None:
-            first = next_free_ip(inv)
-            if first is None:
-                raise UserError(f"no free address left in {inv.cluster.network.subnet}")
-            ip = str(first)
-        try:
-            IPv4Address(ip)
-        except ValueError:
-            raise UserError(f"{ip!r} is not an IPv4 address") from None
-        entry: dict[str, Any] = {"name": name, "ip": ip}
-        if mac:
-            entry["mac"] = mac
-        m = CommentedMap(entry)
-        plist = [p for item in profiles for p in item.split(",") if p]
-        set_fields(m, {"profiles": plist or None, "bmc": bmc, **_settings_from(settings)})
-        node_entries(doc).append(m)
+    plist = [p for item in profiles for p in item.split(",") if p]
+    _, ip = add_nodes(ctx, name, mac, ip, plist, bmc, _settings_from(settings))
     click.echo(f"added {name} ({ip}{', ' + mac if mac else ''})")
     refresh(ctx.fresh(), click.echo)
 
@@ -305,24 +220,10 @@ def node_set(
     **settings: Any,
 ) -> None:
     """Change node-level values (a node inside a range entry is split out of it)."""
-    mac = _parse_mac(mac)
-    with editing(ctx) as (doc, inv):
-        names = _selected(inv, nodes)
-        if (mac or ip) and len(names) > 1:
-            raise UserError("--mac and --ip name one node")
-        values: dict[str, Any] = {"mac": mac, "ip": ip, "bmc": bmc, **_settings_from(settings)}
-        if profiles:
-            values["profiles"] = [p for item in profiles for p in item.split(",") if p]
-        values = {k: v for k, v in values.items() if v is not None}
-        for name in names:
-            entry = isolate(doc, name)
-            target = entry["interfaces"][0] if "interfaces" in entry and ("mac" in values or "ip" in values) else entry
-            for key in ("mac", "ip"):
-                if key in values:
-                    target[key] = values[key]
-            set_fields(entry, {k: v for k, v in values.items() if k not in ("mac", "ip")})
-            for key in unset:
-                entry.pop(key, None)
+    values: dict[str, Any] = {"mac": _parse_mac(mac), "ip": ip, "bmc": bmc, **_settings_from(settings)}
+    if profiles:
+        values["profiles"] = [p for item in profiles for p in item.split(",") if p]
+    names = set_nodes(ctx, nodes, values, unset)
     click.echo(f"updated {len(names)} node(s)")
     refresh(ctx.fresh(), click.echo)
 
@@ -391,12 +292,6 @@ def profile() -> None:
     """List, show and edit profiles."""
 
 
-def _profiles_map(doc: Any) -> Any:
-    if doc.get("profiles") is None:
-        doc["profiles"] = CommentedMap()
-    return doc["profiles"]
-
-
 @profile.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
@@ -439,12 +334,7 @@ def profile_show(ctx: Context, name: str, as_json: bool) -> None:
 @pass_ctx
 def profile_add(ctx: Context, name: str, description: str | None, **settings: Any) -> None:
     """Add a profile."""
-    with editing(ctx) as (doc, inv):
-        if name in inv.profiles:
-            raise UserError(f"profile {name} exists already")
-        m = CommentedMap()
-        set_fields(m, {"description": description, **_settings_from(settings)})
-        _profiles_map(doc)[name] = m
+    add_profile(ctx, name, description, _settings_from(settings))
     click.echo(f"added profile {name}")
 
 
@@ -456,15 +346,7 @@ def profile_add(ctx: Context, name: str, description: str | None, **settings: An
 @pass_ctx
 def profile_set(ctx: Context, name: str, description: str | None, unset: tuple[str, ...], **settings: Any) -> None:
     """Change a profile's settings."""
-    with editing(ctx) as (doc, inv):
-        if name not in inv.profiles:
-            raise UserError(f"no such profile: {name}")
-        entry = _profiles_map(doc)[name]
-        set_fields(
-            entry, {"description": description, **_settings_from(settings)} if description else _settings_from(settings)
-        )
-        for key in unset:
-            entry.pop(key, None)
+    set_profile(ctx, name, description, _settings_from(settings), unset)
     click.echo(f"updated profile {name}")
 
 
@@ -473,11 +355,5 @@ def profile_set(ctx: Context, name: str, description: str | None, unset: tuple[s
 @pass_ctx
 def profile_rm(ctx: Context, name: str) -> None:
     """Remove a profile no node uses."""
-    with editing(ctx) as (doc, inv):
-        if name not in inv.profiles:
-            raise UserError(f"no such profile: {name}")
-        users = [n.name for n in inv.nodes if name in n.profiles]
-        if users:
-            raise UserError(f"profile {name} is used by {compress(users)}")
-        del _profiles_map(doc)[name]
+    remove_profile(ctx, name)
     click.echo(f"removed profile {name}")
