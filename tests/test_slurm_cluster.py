@@ -199,7 +199,7 @@ def test_jobs_that_ask_no_memory_share_a_node(cluster):
         mem = cluster.ctl.run(["scontrol", "show", "job", ids[0]]).stdout
         real = int(cluster.show_node("node01")["RealMemory"])
         cpus = int(cluster.show_node("node01")["CPUTot"])
-        granted = int(re.search(r"mem=(\d+)M", mem).group(1))
-        assert granted == real // cpus, mem
+        granted = re.search(r"mem=(\d+)M", mem)
+        assert granted and int(granted.group(1)) == real // cpus, mem
     finally:
         cluster.ctl.run(["scancel", *ids], check=False)
