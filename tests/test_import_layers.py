@@ -155,3 +155,18 @@ def test_every_module_is_in_a_layer_and_parsed() -> None:
     assert "provisioner.servers.serve" in MODULES and "provisioner.inventory.model" in MODULES
     assert {layer(m) for m in MODULES} <= set(LAYERS)
     assert any(i.target == "provisioner.inventory.model" for i in ALL)
+
+
+def test_a_command_loads_only_its_own_modules() -> None:
+    """The CLI loads a subcommand's modules when it runs: `node list` pays for no packet
+    library, netlink, TFTP or web server (together a second of start-up under load)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from click.testing import CliRunner; from provisioner.cli import main; "
+        "r = CliRunner().invoke(main, ['node', '--help']); assert r.exit_code == 0, r.output; "
+        "print(' '.join(m for m in ('scapy', 'pyroute2', 'tftpy', 'aiohttp') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "", f"`node --help` imported {out.strip()}"

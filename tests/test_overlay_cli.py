@@ -103,10 +103,13 @@ def test_secrets_show_masks_and_regenerate_is_explicit(cli):
     others = {n: members(cli, n)["etc/ssh/ssh_host_ed25519_key"].data for n in ("node01", "gpu01")}
     assert cli("secrets", "regenerate", "ssh", "node02", input="n\n", check=False).returncode == 1
     assert members(cli, "node02")["etc/ssh/ssh_host_ed25519_key"].data == old
+    krl = members(cli, "node01")["etc/ssh/ssh_revoked_hosts.krl"].data
     out = cli("secrets", "regenerate", "ssh", "node02", "--yes").stdout
-    assert "rebuilt 1 node(s)" in out
+    # every node is rebuilt: node02 for its keys, all for the list that revokes the old ones
+    assert "rebuilt 4 node(s)" in out
     assert members(cli, "node02")["etc/ssh/ssh_host_ed25519_key"].data != old
     assert {n: members(cli, n)["etc/ssh/ssh_host_ed25519_key"].data for n in others} == others
+    assert members(cli, "node01")["etc/ssh/ssh_revoked_hosts.krl"].data != krl
 
     munge = members(cli, "node01")["etc/munge/munge.key"].data
     assert "rebuilt 4 node(s)" in cli("secrets", "regenerate", "munge", "--yes").stdout

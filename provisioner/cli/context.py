@@ -7,13 +7,15 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..actions.context import Context
-from ..actions.overlays import ProgressBar
 from ..errors import UserError
+
+if TYPE_CHECKING:  # the overlay build's imports (jinja2, ...) are for the commands that build
+    from ..actions.overlays import ProgressBar
 
 __all__ = ["Context", "Group", "echo_json", "echo_table", "pass_ctx", "progress_bar"]
 

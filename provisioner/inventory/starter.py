@@ -12,8 +12,6 @@ import textwrap
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from pyroute2 import IPRoute
-
 
 @dataclass(frozen=True)
 class HostNet:
@@ -58,6 +56,8 @@ def gateway(net: HostNet) -> Gateway:
 def detect(interface: str | None = None) -> HostNet:
     """The provisioning interface, its address and this host's default router on it;
     LookupError if none fits."""
+    from pyroute2 import IPRoute  # half a second to import; only `init` reads the kernel
+
     with IPRoute() as ipr:
         names: dict[int, str] = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         addrs: dict[str, list[IPv4Interface]] = {}

@@ -16,6 +16,21 @@
   interface or DHCP mode needs a restart.
 """
 
-from .server import DhcpServer
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .server import DhcpServer
 
 __all__ = ["DhcpServer"]
+
+
+def __getattr__(name: str) -> Any:
+    """DhcpServer on first use: it loads scapy (a second of start-up), which the CLI's commands
+    that only read boot answers (tftp_cmds) never need."""
+    if name == "DhcpServer":
+        from .server import DhcpServer
+
+        return DhcpServer
+    raise AttributeError(name)
