@@ -26,6 +26,7 @@ class NodeStatus:
     slurm: str | None
     last_seen: float | None
     runtime: str | None = None  # "latest", "behind" (its runtime overlay) or None: not reported
+    detail: str | None = None  # what the latest stage said (a failure's reason)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +63,7 @@ def node_statuses(
                 (slurm or {}).get(n.name),
                 seen.get(n.name),
                 (runtime or {}).get(n.name),
+                ev["detail"] if ev else None,
             )
         )
     return out

@@ -1,0 +1,579 @@
+"""The web console at `/` on serve's HTTP port: a cluster view (problems first, counts, a
+paginated and filtered node table), a node view (its latest boot, transfers, facts, image
+versions, overlay files, plan, logs), live stage updates over server-sent events, and the
+few changes an admin makes from a browser (approve a discovered node).
+
+Reading wants a login with the admin credential (the API token) unless cluster.web allows
+browsers on the provisioning subnet to read anonymously; changing anything always wants the
+login and the session's CSRF token in the form. Pages are rendered server side from shipped
+templates (resources.WEB_CONSOLE); the one script only applies the live feed to the page.
+
+What changes state lives in actions/, above the servers: serve's caller hands it in as
+ConsoleActions callables, run off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+import jinja2
+from aiohttp import web
+
+from ...artifacts import images, layout
+from ...artifacts.overlay_build import read_archive
+from ...bmc.console import read_log
+from ...errors import UserError
+from ...inventory import Inventory
+from ...logs import kv
+from ...nodestate import NodeStateDB
+from ...nodestate.slurm import SlurmError, node_status
+from ...nodestate.summary import NodeStatus, latest_boot, node_statuses, runtime_states, timeline
+from ...resources import WEB_CONSOLE
+from .access import Peer, matches
+
+if TYPE_CHECKING:
+    from .app import BootApp
+
+log = logging.getLogger("provisioner.web")
+
+COOKIE = "provisioner_session"
+SESSION_SECONDS = 12 * 3600
+MAX_SESSIONS = 256  # the oldest is dropped past this: logins cannot grow memory without bound
+MAX_LIVE = 32  # event streams at once; more get 503 (each holds one of serve's connections)
+LIVE_POLL = 0.5  # seconds between two looks at the events table while someone watches
+LIVE_QUEUE = 256  # events one slow browser may lag behind before it is told to reload
+STATUS_TTL = 1.0  # seconds the node table is reused between page views
+SLURM_REASONS_TTL = 10.0
+PAGE_SIZES = (50, 100, 500)
+MAX_PROBLEMS = 200
+LOG_LINES = 50
+FAILED = re.compile(r"fail|refused|rejected|error")
+CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'"
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    what: str  # added, removed, changed, mode, owner
+    path: str
+    diff: str
+
+
+@dataclass(frozen=True)
+class ConsoleActions:
+    """Changes and computations the console offers, handed in by serve's caller: servers do
+    not import the actions above them. Each is blocking and runs on a worker thread; a
+    UserError is shown on the page."""
+
+    approve: Callable[[str, str | None], str] | None = None  # (mac, name or None) -> the node's name
+    plan: Callable[[str], Sequence[PlanChange] | None] | None = None  # node -> changes (None: never built)
+    log_tail: Callable[[str, int], list[str]] | None = None  # node, lines -> its syslog's last lines
+
+
+@dataclass
+class Session:
+    sid: str
+    csrf: str
+    expires: float
+    flash: str | None = None  # the outcome of the last change, shown once on the next page
+
+
+class Sessions:
+    """Logged-in browsers, in memory (a restart of serve logs everyone out), at most
+    MAX_SESSIONS of them."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Session] = {}
+
+    def new(self) -> Session:
+        now = time.time()
+        self._by_id = {k: s for k, s in self._by_id.items() if s.expires > now}
+        while len(self._by_id) >= MAX_SESSIONS:
+            del self._by_id[next(iter(self._by_id))]
+        s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now + SESSION_SECONDS)
+        self._by_id[s.sid] = s
+        return s
+
+    def get(self, sid: str | None) -> Session | None:
+        s = self._by_id.get(sid or "")
+        return s if s is not None and s.expires > time.time() else None
+
+    def drop(self, sid: str | None) -> None:
+        self._by_id.pop(sid or "", None)
+
+
+@dataclass(frozen=True)
+class Problem:
+    node: str
+    kind: str  # "boot failed", "down", "drained", "not responding"
+    detail: str | None
+
+
+@dataclass
+class ClusterState:
+    """What the cluster view needs, computed once per STATUS_TTL for all browsers."""
+
+    rows: list[NodeStatus]
+    problems: list[Problem]
+    by_stage: list[tuple[str, int]]
+    by_slurm: list[tuple[str, int]]
+    discovered: list[dict[str, Any]]
+    at: float = field(default_factory=time.monotonic)
+
+
+def problems_of(rows: Sequence[NodeStatus], reasons: Mapping[str, str | None]) -> list[Problem]:
+    """Failed boots first, then nodes Slurm has down, drained or not responding."""
+    failed = [
+        Problem(r.node, "boot failed", f"{r.stage}: {r.detail}" if r.detail else r.stage)
+        for r in rows
+        if r.stage and FAILED.search(r.stage)
+    ]
+    slurm: list[Problem] = []
+    for r in rows:
+        s = r.slurm or ""
+        kind = (
+            "down"
+            if s.startswith("down")
+            else "drained"
+            if s.startswith("drain")
+            else "not responding"
+            if s.endswith("*")
+            else None
+        )
+        if kind:
+            slurm.append(Problem(r.node, kind, reasons.get(r.node) or s))
+    return failed + slurm
+
+
+def _counts(values: Sequence[str | None], none: str) -> list[tuple[str, int]]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v or none] = out.get(v or none, 0) + 1
+    return sorted(out.items(), key=lambda kv_: (-kv_[1], kv_[0]))
+
+
+def cluster_state(
+    inventory: Inventory,
+    db: NodeStateDB,
+    slurm: Mapping[str, str] | None,
+    runtime: Mapping[str, str | None],
+    reasons: Mapping[str, str | None],
+) -> ClusterState:
+    rows = node_statuses(inventory.nodes, db, slurm, runtime)
+    waiting = [dict(r) for r in db.discovered() if not r["adopted_as"]]
+    return ClusterState(
+        rows,
+        problems_of(rows, reasons),
+        _counts([r.stage for r in rows], "never seen"),
+        _counts([r.slurm for r in rows], "not in Slurm") if slurm else [],
+        waiting,
+    )
+
+
+def select(rows: Sequence[NodeStatus], query: str, stage: str) -> list[NodeStatus]:
+    """Rows whose name, address, stage, image or Slurm state contains `query`, at `stage`."""
+    q = query.strip().lower()
+    out = []
+    for r in rows:
+        if stage and (r.stage or "never seen") != stage:
+            continue
+        if q and not any(q in (v or "").lower() for v in (r.node, r.ip, r.stage, r.image, r.slurm)):
+            continue
+        out.append(r)
+    return out
+
+
+_VERSION = re.compile(r"/versions/([^/]+)/")
+
+
+def booted_version(transfers: Sequence[Mapping[str, Any]]) -> str | None:
+    """The image version the node's latest kernel or initramfs fetch named (None: unpinned)."""
+    for t in reversed(transfers):
+        m = _VERSION.search(t["path"])
+        if m:
+            return m.group(1)
+    return None
+
+
+def _ago(at: float | None) -> str:
+    if at is None:
+        return "never"
+    s = max(0, int(time.time() - at))
+    return (
+        f"{s}s ago"
+        if s < 120
+        else f"{s // 60}m ago"
+        if s < 7200
+        else f"{s // 3600}h ago"
+        if s < 172800
+        else f"{s // 86400}d ago"
+    )
+
+
+def _clock(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at is not None else ""
+
+
+def _seconds(took: float | None) -> str:
+    return "" if took is None else f"{took:.1f}s" if took < 120 else f"{took / 60:.1f}m"
+
+
+def templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(WEB_CONSOLE / "templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(ago=_ago, clock=_clock, seconds=_seconds, q=lambda v: quote(str(v), safe=""))
+    return env
+
+
+class LiveFeed:
+    """One poller of the events table for every watching browser: each gets the new events
+    through a bounded queue; one that falls behind is dropped (its page reconnects)."""
+
+    def __init__(self, app: BootApp):
+        self.app = app
+        self.queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.positioned = asyncio.Event()  # the poller knows the newest event: later ones are sent
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(LIVE_QUEUE)
+        self.queues.add(q)
+        if self._task is None or self._task.done():
+            self.positioned.clear()
+            self._task = asyncio.get_running_loop().create_task(self._poll())
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any] | None]) -> None:
+        self.queues.discard(q)
+
+    async def stop(self) -> None:
+        """Ends every stream (serve is stopping: an open stream would hold the shutdown)."""
+        for q in self.queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(None)
+        self.queues.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _poll(self) -> None:
+        db = self.app.db
+        if db is None:
+            return
+        last = await self.app._db(db.last_event_id)
+        self.positioned.set()
+        while self.queues:
+            await asyncio.sleep(LIVE_POLL)
+            try:
+                rows = await self.app._db(db.events_after, last)
+            except web.HTTPServiceUnavailable:
+                continue
+            for r in rows:
+                last = r["id"]
+                event = {"node": r["node"], "stage": r["stage"], "at": r["at"], "detail": r["detail"]}
+                for q in list(self.queues):
+                    try:
+                        q.put_nowait(event)
+                    except asyncio.QueueFull:
+                        self.queues.discard(q)
+                        q.get_nowait()
+                        q.put_nowait(None)  # tells its stream to end
+
+
+class WebConsole:
+    def __init__(self, app: BootApp, actions: ConsoleActions | None = None):
+        self.app = app
+        self.actions = actions or ConsoleActions()
+        self.sessions = Sessions()
+        self.env = templates()
+        self.live = LiveFeed(app)
+        self._state: ClusterState | None = None
+        self._state_lock = asyncio.Lock()
+        self._reasons: tuple[float, dict[str, str | None]] = (0.0, {})
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self.cluster),
+            web.get("/node/{node}", self.node),
+            web.get("/events", self.events),
+            web.get("/login", self.login_form),
+            web.post("/login", self.login),
+            web.post("/logout", self.logout),
+            web.post("/discovered/approve", self.approve),
+            web.get("/static/{name}", self.static),
+        ]
+
+    async def stop(self, _app: web.Application) -> None:
+        await self.live.stop()
+
+    # -- who may read, who may change --------------------------------------------------------------
+    def _session(self, request: web.Request) -> Session | None:
+        return self.sessions.get(request.cookies.get(COOKIE))
+
+    def _reader(self, request: web.Request) -> Session | None:
+        """The session, or None for an anonymous reader the site allows; else off to login."""
+        session = self._session(request)
+        if session is not None:
+            return session
+        inv = self.app.inventory
+        peer = Peer.of(request.transport.get_extra_info("peername") if request.transport else None)
+        if (
+            inv.cluster.web.anonymous_read
+            and isinstance(peer.ip, IPv4Address)
+            and peer.ip in inv.cluster.network.subnet
+        ):
+            return None
+        raise web.HTTPSeeOther(f"/login?{urlencode({'next': request.path_qs})}")
+
+    async def _changer(self, request: web.Request) -> tuple[Session, Mapping[str, str]]:
+        """The logged-in session behind a form that changes something, its CSRF token checked."""
+        form = await request.post()
+        session = self._session(request)
+        if session is None:
+            raise self.app._refuse(web.HTTPForbidden, "web console: not logged in", request)
+        if not matches(str(form.get("csrf", "")), session.csrf):
+            raise self.app._refuse(web.HTTPForbidden, "web console: bad CSRF token", request)
+        return session, {k: str(v) for k, v in form.items()}
+
+    def _page(self, template: str, session: Session | None, status: int = 200, **ctx: Any) -> web.Response:
+        text = self.env.get_template(template).render(
+            session=session, csrf=session.csrf if session else "", cluster=self.app.inventory.cluster.name, **ctx
+        )
+        return web.Response(text=text, status=status, content_type="text/html", headers=_headers())
+
+    # -- login ---------------------------------------------------------------------------------------
+    async def login_form(self, request: web.Request) -> web.Response:
+        return self._page("login.html", None, next=_local(request.query.get("next", "/")), error=None)
+
+    async def login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        nxt = _local(str(form.get("next", "/")))
+        if not matches(str(form.get("token", "")).strip(), self.app.token):
+            self.app._refuse(web.HTTPForbidden, "web console: login refused", request)
+            await asyncio.sleep(1.0)  # slows down guessing; the token is long anyway
+            error = (
+                "wrong credential"
+                if self.app.token
+                else "no admin credential is set on this server (state/secrets/api.token)"
+            )
+            return self._page("login.html", None, status=403, next=nxt, error=error)
+        session = self.sessions.new()
+        log.info("web console login", extra=kv(client=self.app._peer(request)))
+        resp = web.HTTPSeeOther(nxt, headers=_headers())
+        resp.set_cookie(
+            COOKIE,
+            session.sid,
+            max_age=SESSION_SECONDS,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+        raise resp
+
+    async def logout(self, request: web.Request) -> web.Response:
+        session, _ = await self._changer(request)
+        self.sessions.drop(session.sid)
+        resp = web.HTTPSeeOther("/login")
+        resp.del_cookie(COOKIE, path="/")
+        raise resp
+
+    # -- cluster view ----------------------------------------------------------------------------------
+    async def _cluster_state(self) -> ClusterState:
+        """The node table for every browser, recomputed at most once per STATUS_TTL."""
+        db = self.app.db
+        if db is None:
+            raise web.HTTPServiceUnavailable(text="no node-state database\n")
+        async with self._state_lock:
+            if self._state is not None and time.monotonic() - self._state.at < STATUS_TTL:
+                return self._state
+            hooks, inv, published = self.app.hooks, self.app.inventory, self.app.runtime.published
+            slurm = hooks.slurm_states() if hooks.slurm_states else None
+            reasons = await self._slurm_reasons(slurm)
+
+            def compute() -> ClusterState:
+                return cluster_state(inv, db, slurm, runtime_states(inv.nodes, db.runtime_shas(), published), reasons)
+
+            self._state = await self.app._db(compute)
+            return self._state
+
+    async def _slurm_reasons(self, slurm: Mapping[str, str] | None) -> dict[str, str | None]:
+        """Why nodes are drained or down (sinfo), only when some are, kept SLURM_REASONS_TTL."""
+        if not slurm or not any(s.startswith(("down", "drain")) for s in slurm.values()):
+            return {}
+        at, reasons = self._reasons
+        if time.monotonic() - at < SLURM_REASONS_TTL:
+            return reasons
+        try:
+            got = await asyncio.get_running_loop().run_in_executor(None, node_status)
+            reasons = {n: s.reason for n, s in got.items()}
+        except SlurmError as e:
+            log.warning("no Slurm reasons for the console", extra=kv(error=e))
+        self._reasons = (time.monotonic(), reasons)
+        return reasons
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        session = self._reader(request)
+        state = await self._cluster_state()
+        message = session.flash if session else None
+        if session:
+            session.flash = None
+        return self._page("cluster.html", session, **cluster_page(state, request.query), message=message)
+
+    # -- node view ---------------------------------------------------------------------------------------
+    async def node(self, request: web.Request) -> web.Response:
+        session = self._reader(request)
+        name = request.match_info["node"]
+        node = self.app.inventory.node(name)
+        db = self.app.db
+        if node is None or db is None:
+            return self._page("missing.html", session, status=404, name=name)
+        state = self.app.state
+
+        def gather() -> dict[str, Any]:
+            transfers = [dict(t) for t in db.transfers(name)][-50:]
+            archive = layout.overlay_archive(state, name)
+            try:
+                files = [(e.path, f"{e.mode & 0o7777:04o}", len(e.data)) for e in read_archive(archive)]
+            except (OSError, ValueError, EOFError):
+                files = []
+            return {
+                "steps": timeline(latest_boot([dict(e) for e in db.timeline(name)])),
+                "transfers": transfers,
+                "facts": db.facts(name),
+                "booted": booted_version(transfers),
+                "next_version": images.current_version(state, node.image) if node.image else None,
+                "files": files,
+                "console": read_log(state.consoles, name)[-8192:].decode(errors="replace").splitlines()[-LOG_LINES:],
+            }
+
+        info = await self.app._db(gather)
+        logs: list[str] = []
+        if self.actions.log_tail is not None:
+            with contextlib.suppress(UserError, OSError):
+                logs = await asyncio.get_running_loop().run_in_executor(None, self.actions.log_tail, name, LOG_LINES)
+        plan: Sequence[PlanChange] | str | None = "unavailable" if self.actions.plan is None else "not asked"
+        if self.actions.plan is not None and request.query.get("plan"):
+            try:
+                plan = await asyncio.get_running_loop().run_in_executor(None, self.actions.plan, name)
+            except UserError as e:
+                plan = f"plan failed: {e}"
+        return self._page("node.html", session, node=node, logs=logs, plan=plan, **info)
+
+    # -- live updates ---------------------------------------------------------------------------------
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        self._reader(request)
+        if len(self.live.queues) >= MAX_LIVE:
+            raise web.HTTPServiceUnavailable(text="too many live views\n", headers={"Retry-After": "10"})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await resp.prepare(request)
+        q = self.live.subscribe()
+        try:
+            await self.live.positioned.wait()
+            await resp.write(b"retry: 2000\n\n")
+            while True:
+                try:
+                    event = await asyncio.wait_for(q.get(), 15)
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")  # a dead browser shows up as a failed write
+                    continue
+                if event is None:
+                    break
+                await resp.write(f"event: stage\ndata: {json.dumps(event)}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.live.unsubscribe(q)
+        return resp
+
+    # -- changes ----------------------------------------------------------------------------------------
+    async def approve(self, request: web.Request) -> web.Response:
+        session, form = await self._changer(request)
+        if self.actions.approve is None:
+            raise web.HTTPServiceUnavailable(text="approving is not available\n")
+        mac, name = form.get("mac", ""), form.get("name", "").strip() or None
+        try:
+            got = await asyncio.get_running_loop().run_in_executor(None, self.actions.approve, mac, name)
+            session.flash = f"{mac} is now node {got}"
+            log.info("web console approved", extra=kv(mac=mac, node=got, client=self.app._peer(request)))
+        except UserError as e:
+            session.flash = f"not approved: {e}"
+        self._state = None
+        if self.app.hooks.reload is not None:
+            self.app.hooks.reload()  # serve answers the new node without waiting for its file watch
+        raise web.HTTPSeeOther("/")
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        path = WEB_CONSOLE / "static" / name
+        if name not in STATIC or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.Response(body=path.read_bytes(), content_type=STATIC[name], headers=_headers())
+
+
+STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
+
+
+def cluster_page(state: ClusterState, query: Mapping[str, str]) -> dict[str, Any]:
+    """The template's view of one page of the node table, filtered as the query asks."""
+    q, stage = query.get("q", "")[:100], query.get("stage", "")[:40]
+    try:
+        size = int(query.get("size", PAGE_SIZES[1]))
+        page = max(1, int(query.get("page", 1)))
+    except ValueError:
+        size, page = PAGE_SIZES[1], 1
+    size = size if size in PAGE_SIZES else PAGE_SIZES[1]
+    matched = select(state.rows, q, stage)
+    pages = max(1, -(-len(matched) // size))
+    page = min(page, pages)
+
+    def link(p: int) -> str:
+        return "/?" + urlencode({k: v for k, v in (("q", q), ("stage", stage), ("size", size), ("page", p)) if v})
+
+    return {
+        "total": len(state.rows),
+        "by_stage": state.by_stage,
+        "by_slurm": state.by_slurm,
+        "problems": state.problems[:MAX_PROBLEMS],
+        "more_problems": max(0, len(state.problems) - MAX_PROBLEMS),
+        "discovered": state.discovered,
+        "rows": matched[(page - 1) * size : page * size],
+        "matched": len(matched),
+        "page": page,
+        "pages": pages,
+        "prev": link(page - 1) if page > 1 else None,
+        "next": link(page + 1) if page < pages else None,
+        "q": q,
+        "stage": stage,
+        "size": size,
+        "sizes": PAGE_SIZES,
+    }
+
+
+def _local(target: str) -> str:
+    """A redirect target on this server only (no open redirect to another site)."""
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+
+
+def _headers() -> dict[str, str]:
+    return {
+        "Content-Security-Policy": CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
