@@ -140,6 +140,7 @@ class BootApp:
         )
         app.on_startup.append(self._start_runtime)
         app.on_shutdown.append(self._stop_runtime)
+        app.on_startup.append(self.web.start)
         app.on_shutdown.append(self.web.stop)
         return app
 

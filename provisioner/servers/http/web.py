@@ -33,11 +33,11 @@ from ...artifacts import images, layout
 from ...artifacts.overlay_build import read_archive
 from ...bmc.console import read_log
 from ...errors import UserError
-from ...inventory import Inventory
+from ...inventory import Inventory, Node
 from ...logs import kv
 from ...nodestate import NodeStateDB
 from ...nodestate.slurm import SlurmError, node_status
-from ...nodestate.summary import NodeStatus, latest_boot, node_statuses, runtime_states, timeline
+from ...nodestate.summary import NodeStatus, latest_boot, runtime_states, statuses_from, timeline
 from ...resources import WEB_CONSOLE
 from .access import Peer, matches
 
@@ -128,6 +128,7 @@ class ClusterState:
     by_slurm: list[tuple[str, int]]
     discovered: list[dict[str, Any]]
     at: float = field(default_factory=time.monotonic)
+    key: tuple[Any, ...] = ()  # what it was made from, besides the NodeTable
 
 
 def problems_of(rows: Sequence[NodeStatus], reasons: Mapping[str, str | None]) -> list[Problem]:
@@ -161,21 +162,96 @@ def _counts(values: Sequence[str | None], none: str) -> list[tuple[str, int]]:
     return sorted(out.items(), key=lambda kv_: (-kv_[1], kv_[0]))
 
 
+class NodeTable:
+    """Each node's latest event and when it was last heard from, read whole from the
+    database once (when serve starts), then kept up to date from the events and transfers
+    written since: a page view over 10,000 nodes reads the few new rows, not the history.
+    (A node whose history retention has trimmed keeps its last stage here.) Runs on the DB
+    thread."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, dict[str, Any]] = {}
+        self.seen: dict[str, float] = {}
+        self.event_id = self.transfer_id = 0
+        self.loaded = False
+        self._rows: dict[str, NodeStatus] = {}
+        self._touched: set[str] = set()  # nodes heard from since rows() last ran
+        self._inventory: Inventory | None = None
+        self._context: tuple[Mapping[str, str], Mapping[str, str] | None, Mapping[str, str | None]] = ({}, None, {})
+
+    def refresh(self, db: NodeStateDB) -> bool:
+        """Brought up to date; True if anything changed."""
+        if not self.loaded:
+            # The ids first: a row written during the reads is applied again below, harmlessly.
+            self.event_id, self.transfer_id = db.last_event_id(), db.last_transfer_id()
+            self.last = {
+                n: {"stage": r["stage"], "at": r["at"], "detail": r["detail"]} for n, r in db.last_stages().items()
+            }
+            self.seen = db.last_seen()
+            self.loaded = True
+            return True
+        changed = False
+        for r in db.events_after(self.event_id, 5000):
+            self.event_id = r["id"]
+            self._heard(r["node"], r["at"])
+            now = self.last.get(r["node"])
+            if now is None or r["at"] >= now["at"]:  # the latest by time, as last_stages says
+                self.last[r["node"]] = {"stage": r["stage"], "at": r["at"], "detail": r["detail"]}
+            changed = True
+        for r in db.node_transfers_after(self.transfer_id):
+            self.transfer_id = r["id"]
+            self._heard(r["node"], r["at"])
+            changed = True
+        return changed
+
+    def _heard(self, node: str, at: float) -> None:
+        self._touched.add(node)
+        if at > self.seen.get(node, 0.0):
+            self.seen[node] = at
+
+    def rows(
+        self,
+        inventory: Inventory,
+        leases: Mapping[str, str],
+        slurm: Mapping[str, str] | None,
+        runtime: Mapping[str, str | None],
+    ) -> list[NodeStatus]:
+        """Every node's row, in inventory order, made again only where something it shows
+        changed: every row for a new inventory; the rows whose lease, Slurm or runtime state
+        changed when those did; else the rows of the nodes heard from since the last call."""
+        context = (leases, slurm, runtime)
+        if inventory is not self._inventory:
+            stale: Sequence[Node] = inventory.nodes
+        elif context != self._context:
+            stale = [n for n in inventory.nodes if self._inputs(n, *self._context) != self._inputs(n, *context)]
+            stale += [n for n in map(inventory.node, self._touched) if n is not None]
+        else:
+            stale = [n for n in map(inventory.node, self._touched) if n is not None]
+        for row in statuses_from(stale, self.last, self.seen, leases, slurm, runtime):
+            self._rows[row.node] = row
+        self._inventory, self._context, self._touched = inventory, context, set()
+        return [self._rows[n.name] for n in inventory.nodes]
+
+    @staticmethod
+    def _inputs(
+        n: Node, leases: Mapping[str, str], slurm: Mapping[str, str] | None, runtime: Mapping[str, str | None]
+    ) -> tuple[str | None, ...]:
+        lease = None if n.interfaces[0].ip else next((leases.get(i.mac) for i in n.interfaces if i.mac), None)
+        return (lease, slurm.get(n.name) if slurm else None, runtime.get(n.name))
+
+
 def cluster_state(
-    inventory: Inventory,
-    db: NodeStateDB,
+    rows: list[NodeStatus],
     slurm: Mapping[str, str] | None,
-    runtime: Mapping[str, str | None],
     reasons: Mapping[str, str | None],
+    discovered: list[dict[str, Any]],
 ) -> ClusterState:
-    rows = node_statuses(inventory.nodes, db, slurm, runtime)
-    waiting = [dict(r) for r in db.discovered() if not r["adopted_as"]]
     return ClusterState(
         rows,
         problems_of(rows, reasons),
         _counts([r.stage for r in rows], "never seen"),
         _counts([r.slurm for r in rows], "not in Slurm") if slurm else [],
-        waiting,
+        discovered,
     )
 
 
@@ -303,6 +379,8 @@ class WebConsole:
         self.env = templates()
         self.live = LiveFeed(app)
         self._state: ClusterState | None = None
+        self.table = NodeTable()
+        self._warming: asyncio.Task[None] | None = None
         self._state_lock = asyncio.Lock()
         self._reasons: tuple[float, dict[str, str | None]] = (0.0, {})
 
@@ -317,6 +395,15 @@ class WebConsole:
             web.post("/discovered/approve", self.approve),
             web.get("/static/{name}", self.static),
         ]
+
+    async def start(self, _app: web.Application) -> None:
+        """Read the node table now, so the first page view finds it."""
+        if self.app.db is not None:
+            self._warming = asyncio.get_running_loop().create_task(self._warm())
+
+    async def _warm(self) -> None:
+        with contextlib.suppress(web.HTTPException):  # no database yet: the first view says so
+            await self._cluster_state()
 
     async def stop(self, _app: web.Application) -> None:
         await self.live.stop()
@@ -395,19 +482,31 @@ class WebConsole:
 
     # -- cluster view ----------------------------------------------------------------------------------
     async def _cluster_state(self) -> ClusterState:
-        """The node table for every browser, recomputed at most once per STATUS_TTL."""
+        """The cluster view's rows for every browser: the NodeTable brought up to date at most
+        once per STATUS_TTL, the rows made again only when something they show changed."""
         db = self.app.db
         if db is None:
             raise web.HTTPServiceUnavailable(text="no node-state database\n")
         async with self._state_lock:
-            if self._state is not None and time.monotonic() - self._state.at < STATUS_TTL:
-                return self._state
-            hooks, inv, published = self.app.hooks, self.app.inventory, self.app.runtime.published
+            old = self._state
+            if old is not None and time.monotonic() - old.at < STATUS_TTL:
+                return old
+            hooks, inv, published, table = self.app.hooks, self.app.inventory, self.app.runtime.published, self.table
             slurm = hooks.slurm_states() if hooks.slurm_states else None
             reasons = await self._slurm_reasons(slurm)
 
             def compute() -> ClusterState:
-                return cluster_state(inv, db, slurm, runtime_states(inv.nodes, db.runtime_shas(), published), reasons)
+                changed = table.refresh(db)
+                leases = {r["mac"]: r["ip"] for r in db.leases()}
+                runtime = runtime_states(inv.nodes, db.runtime_shas(), published)
+                discovered = [dict(r) for r in db.discovered() if not r["adopted_as"]]
+                key = (id(inv), slurm, reasons, leases, runtime, discovered)
+                if old is not None and not changed and old.key == key:
+                    old.at = time.monotonic()
+                    return old
+                state = cluster_state(table.rows(inv, leases, slurm, runtime), slurm, reasons, discovered)
+                state.key = key
+                return state
 
             self._state = await self.app._db(compute)
             return self._state
