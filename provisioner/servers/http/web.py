@@ -612,6 +612,9 @@ class WebConsole:
             log.info("web console approved", extra=kv(mac=mac, node=got, client=self.app._peer(request)))
         except UserError as e:
             session.flash = f"not approved: {e}"
+        except Exception:  # a bug below must not cost the admin the page
+            log.exception("web console approval failed", extra=kv(mac=mac))
+            session.flash = "not approved: internal error (serve's log has it)"
         self._state = None
         if self.app.hooks.reload is not None:
             self.app.hooks.reload()  # serve answers the new node without waiting for its file watch
