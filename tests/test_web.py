@@ -24,8 +24,10 @@ from provisioner.actions.webconsole import console_actions
 from provisioner.artifacts import layout
 from provisioner.inventory import load_inventory
 from provisioner.nodestate import NodeStateDB
+from provisioner.nodestate.summary import NodeStatus
 from provisioner.paths import Site, State
 from provisioner.servers.http import Hooks, HttpServer
+from provisioner.servers.http.web import Problem, problems_of
 
 TOKEN = "web-admin-token-0123456789"
 NODES = 260
@@ -190,6 +192,13 @@ def test_changes_want_the_sessions_csrf_token(console):
     adopted = load_inventory(console.site.cluster_yaml).by_mac(STRANGER)
     assert adopted is not None and adopted.name == "new01"
     assert layout.overlay_archive(console.state, "new01").exists()
+    # Its page lists the overlay it gets, and a plan finds nothing to change after the build.
+    console.server.reload(load_inventory(console.site.cluster_yaml))  # serve's file watch does this
+    page = s.get(f"{console.url}/node/new01").text
+    assert "/etc/provisioner/credential</td><td>0600" in page and 'id="plan-link"' in page
+    assert "/etc/provisioner<" not in page  # files, not the folders they are in
+    assert '<p id="plan">nothing would change</p>' in s.get(f"{console.url}/node/new01", params={"plan": 1}).text
+    assert "never built" in s.get(f"{console.url}/node/n0005", params={"plan": 1}).text
     # A refused approval says why, and changes nothing.
     r = s.post(url, data={"csrf": token, "mac": "not-a-mac"})
     assert "not approved: &#39;not-a-mac&#39; is not a MAC address" in r.text
@@ -198,6 +207,22 @@ def test_changes_want_the_sessions_csrf_token(console):
     assert s.post(f"{console.url}/logout", data={"csrf": token}, allow_redirects=False).status_code == 303
     assert s.get(console.url + "/", allow_redirects=False).status_code == 303
     console.reload(False)  # the fixture's site again, for the tests after this one
+
+
+def test_problems_name_failed_boots_then_slurm_trouble_with_its_reason():
+    rows = [
+        NodeStatus("a", "idle", 1.0, None, None, "idle", None),
+        NodeStatus("b", "overlay-refused", 1.0, None, None, None, None, detail="wrong address"),
+        NodeStatus("c", "idle", 1.0, None, None, "drained", None),
+        NodeStatus("d", "idle", 1.0, None, None, "down*", None),
+        NodeStatus("e", "idle", 1.0, None, None, "idle*", None),
+    ]
+    assert problems_of(rows, {"c": "bad DIMM"}) == [
+        Problem("b", "boot failed", "overlay-refused: wrong address"),
+        Problem("c", "drained", "bad DIMM"),
+        Problem("d", "down", "down*"),
+        Problem("e", "not responding", "idle*"),
+    ]
 
 
 def get_from(source: str, url: str) -> int:

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import secrets
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -548,7 +549,11 @@ class WebConsole:
             transfers = [dict(t) for t in db.transfers(name)][-50:]
             archive = layout.overlay_archive(state, name)
             try:
-                files = [(e.path, f"{e.mode & 0o7777:04o}", len(e.data)) for e in read_archive(archive)]
+                files = [
+                    (e.path, f"{e.mode & 0o7777:04o}", len(e.data))
+                    for e in read_archive(archive)
+                    if not stat.S_ISDIR(e.mode)
+                ]
             except (OSError, ValueError, EOFError):
                 files = []
             return {
