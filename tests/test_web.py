@@ -90,6 +90,9 @@ def console(tmp_path_factory) -> Iterator[Console]:
         db.record_stage("n0001", stage, None, now - 30)
     db.record_stage("n0002", "initramfs-failed", HOSTILE, now - 20)
     db.set_facts("n0003", {"cpus": 4, "cpu_model": '<img src=x onerror="alert(1)">'})
+    db.record_transfer("http", "127.0.0.3:999", "/images/img1/versions/v7/vmlinuz", 100, 0.1, "ok", "n0001")
+    (state.root / "images" / "img1" / "versions" / "v8").mkdir(parents=True)
+    (state.root / "images" / "img1" / "current").symlink_to("versions/v8")
     db.record_discoveries([(STRANGER, 7, None, "127.0.8.1", now)], [])
     inventory = load_inventory(site.cluster_yaml)
     port = free_port()
@@ -140,6 +143,15 @@ def test_cluster_view_problems_first_and_security_headers(console):
     assert "n0002" in problems and "boot failed" in problems
     assert STRANGER in html[html.index('id="discovered"') : html.index('id="nodes"')]
     assert f"{NODES} nodes" in html and 'data-count="initramfs">1<' in html
+
+
+def test_node_view_says_which_image_version_it_booted_and_would_boot(console):
+    html = console.login().get(console.url + "/node/n0001").text
+    assert '<b id="booted">v7</b>' in html and '<b id="next-version">v8</b>' in html
+    assert "a reboot brings v8" in html
+    steps = re.findall(r'<tr class="step" data-at="[0-9.]+"><td class="stage">([^<]+)<', html)
+    assert steps == ["dhcp", "bootloader", "kernel", "initramfs"]
+    assert "/images/img1/versions/v7/vmlinuz" in html
 
 
 def test_hostile_text_is_escaped(console):

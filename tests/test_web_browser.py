@@ -179,6 +179,8 @@ def test_log_in_watch_a_boot_live_and_approve_a_node(lab, cli, browser, tmp_path
             if stage == "kernel":
                 shot(driver, shots / "node01-booting.png", ["node01", "kernel"])
         assert timeline(driver) == [s for s, _ in steps]
+        took = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#timeline tr.step td.took")]
+        assert all(t.endswith("s") for t in took[:-1]) and took[-1] == "", took  # as status --timeline
         assert driver.execute_script("return window.notReloaded") is True
         shot(driver, shots / "node01-registered.png", ["node01", "registered", "registered from the node"])
 
@@ -190,8 +192,19 @@ def test_log_in_watch_a_boot_live_and_approve_a_node(lab, cli, browser, tmp_path
         assert row.text == "registered"
         report(node01, cli.state, srv.url, "switch-root", "nfs root mounted")
         until("node01's new stage in the table", lambda: row.text == "switch-root")
+        # The counts and the problems cover every node: they follow too, shortly after.
+        count = 'b[data-count="switch-root"]'
+        until("the new count", lambda: [b.text for b in driver.find_elements(By.CSS_SELECTOR, count)] == ["1"])
+        report(node01, cli.state, srv.url, "initramfs-failed", "root mount timed out")
+        until(
+            "node01's failure among the problems",
+            lambda: (
+                "node01 boot failed initramfs-failed: root mount timed out"
+                in driver.find_element(By.ID, "problems").text
+            ),
+        )
         assert driver.execute_script("return window.notReloaded") is True
-        shot(driver, shots / "cluster-live.png", ["node01", "node02", "switch-root", STRANGER])
+        shot(driver, shots / "cluster-live.png", ["node01", "node02", "initramfs-failed", STRANGER])
 
         # Approve the discovered MAC: it becomes new01, which serve then knows.
         form = driver.find_element(By.CSS_SELECTOR, f'tr[data-mac="{STRANGER}"] form.approve')

@@ -11,7 +11,28 @@
     return tr.querySelector("td." + cls);
   }
 
+  // Counts, problems and discovered nodes cover every node, not just this page's rows: they
+  // are fetched again (this page, as the server renders it) at most every few seconds.
+  let pending = null;
+  function refreshSummary() {
+    if (pending) return;
+    pending = setTimeout(function () {
+      fetch(location.href, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+        .then(function (html) {
+          const fresh = new DOMParser().parseFromString(html, "text/html");
+          for (const id of ["summary", "problems", "discovered"]) {
+            const now = document.getElementById(id), next = fresh.getElementById(id);
+            if (now && next) now.replaceWith(document.adoptNode(next));
+          }
+        })
+        .catch(function () {})
+        .finally(function () { pending = null; });
+    }, 2000);
+  }
+
   function onCluster(ev) {
+    refreshSummary();
     for (const tr of document.querySelectorAll("#node-table tr[data-node]")) {
       if (tr.dataset.node !== ev.node) continue;
       cell(tr, "stage").textContent = ev.stage;
@@ -30,8 +51,14 @@
     if (ev.stage === "bootloader" || (ev.stage === "ipxe" && last !== "bootloader")) {
       steps.forEach(function (tr) { tr.remove(); });
     }
+    const prev = table.querySelector("tr.step:last-of-type");
+    if (prev && prev.dataset.at) {
+      const took = ev.at - Number(prev.dataset.at);
+      prev.querySelector("td.took").textContent = took < 120 ? took.toFixed(1) + "s" : (took / 60).toFixed(1) + "m";
+    }
     const tr = document.createElement("tr");
     tr.className = "step changed";
+    tr.dataset.at = String(ev.at);
     const at = new Date(ev.at * 1000);
     for (const [cls, text] of [["stage", ev.stage], ["at", at.toLocaleString()], ["took", ""], ["detail", ev.detail || ""]]) {
       const td = document.createElement("td");
