@@ -211,9 +211,18 @@ def test_changes_want_the_sessions_csrf_token(console):
     assert "/etc/provisioner<" not in page  # files, not the folders they are in
     assert '<p id="plan">nothing would change</p>' in s.get(f"{console.url}/node/new01", params={"plan": 1}).text
     assert "never built" in s.get(f"{console.url}/node/n0005", params={"plan": 1}).text
+    # Rebuilding a node's overlay from its page: the form's token again.
+    rebuild = f"{console.url}/node/n0005/rebuild"
+    assert s.post(rebuild, data={"csrf": "forged"}, allow_redirects=False).status_code == 403
+    assert not layout.overlay_archive(console.state, "n0005").exists()
+    r = s.post(rebuild, data={"csrf": token}, allow_redirects=False)
+    assert r.status_code == 303 and r.headers["Location"] == "/node/n0005"
+    assert "overlay of n0005: rebuilt" in s.get(console.url + "/node/n0005").text
+    assert layout.overlay_archive(console.state, "n0005").exists()
+    assert s.post(f"{console.url}/node/nosuch/rebuild", data={"csrf": token}).status_code == 404
     # A refused approval says why, and changes nothing.
     r = s.post(url, data={"csrf": token, "mac": "not-a-mac"})
-    assert "not approved: &#39;not-a-mac&#39; is not a MAC address" in r.text
+    assert "not done: &#39;not-a-mac&#39; is not a MAC address" in r.text
     # Logging out needs the token too, and ends the session.
     assert s.post(f"{console.url}/logout", allow_redirects=False).status_code == 403
     assert s.post(f"{console.url}/logout", data={"csrf": token}, allow_redirects=False).status_code == 303

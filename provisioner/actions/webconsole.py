@@ -22,4 +22,9 @@ def console_actions(ctx: Context) -> ConsoleActions:
     def log_tail(node: str, lines: int) -> list[str]:
         return logs.read(ctx.fresh(), node, lines=lines)
 
-    return ConsoleActions(approve=approve, plan=plan, log_tail=log_tail)
+    def rebuild(node: str) -> str:
+        now = ctx.fresh()
+        report = overlays.build_overlays(now, [now.node(node)])
+        return "rebuilt" if node in report.built else "unchanged: nothing to rebuild"
+
+    return ConsoleActions(approve=approve, plan=plan, log_tail=log_tail, rebuild=rebuild)

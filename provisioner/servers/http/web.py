@@ -78,6 +78,7 @@ class ConsoleActions:
     approve: Callable[[str, str | None], str] | None = None  # (mac, name or None) -> the node's name
     plan: Callable[[str], Sequence[PlanChange] | None] | None = None  # node -> changes (None: never built)
     log_tail: Callable[[str, int], list[str]] | None = None  # node, lines -> its syslog's last lines
+    rebuild: Callable[[str], str] | None = None  # node -> what its overlay build did
 
 
 @dataclass
@@ -394,6 +395,7 @@ class WebConsole:
             web.post("/login", self.login),
             web.post("/logout", self.logout),
             web.post("/discovered/approve", self.approve),
+            web.post("/node/{node}/rebuild", self.rebuild),
             web.get("/static/{name}", self.static),
         ]
 
@@ -530,10 +532,7 @@ class WebConsole:
     async def cluster(self, request: web.Request) -> web.Response:
         session = self._reader(request)
         state = await self._cluster_state()
-        message = session.flash if session else None
-        if session:
-            session.flash = None
-        return self._page("cluster.html", session, **cluster_page(state, request.query), message=message)
+        return self._page("cluster.html", session, **cluster_page(state, request.query), message=_flash(session))
 
     # -- node view ---------------------------------------------------------------------------------------
     async def node(self, request: web.Request) -> web.Response:
@@ -577,7 +576,16 @@ class WebConsole:
                 plan = await asyncio.get_running_loop().run_in_executor(None, self.actions.plan, name)
             except UserError as e:
                 plan = f"plan failed: {e}"
-        return self._page("node.html", session, node=node, logs=logs, plan=plan, **info)
+        return self._page(
+            "node.html",
+            session,
+            node=node,
+            logs=logs,
+            plan=plan,
+            message=_flash(session),
+            can_rebuild=bool(self.actions.rebuild),
+            **info,
+        )
 
     # -- live updates ---------------------------------------------------------------------------------
     async def events(self, request: web.Request) -> web.StreamResponse:
@@ -608,22 +616,44 @@ class WebConsole:
     # -- changes ----------------------------------------------------------------------------------------
     async def approve(self, request: web.Request) -> web.Response:
         session, form = await self._changer(request)
-        if self.actions.approve is None:
-            raise web.HTTPServiceUnavailable(text="approving is not available\n")
         mac, name = form.get("mac", ""), form.get("name", "").strip() or None
-        try:
-            got = await asyncio.get_running_loop().run_in_executor(None, self.actions.approve, mac, name)
+        got = await self._change(session, request, self.actions.approve, mac, name, mac=mac)
+        if got is not None:
             session.flash = f"{mac} is now node {got}"
-            log.info("web console approved", extra=kv(mac=mac, node=got, client=self.app._peer(request)))
-        except UserError as e:
-            session.flash = f"not approved: {e}"
-        except Exception:  # a bug below must not cost the admin the page
-            log.exception("web console approval failed", extra=kv(mac=mac))
-            session.flash = "not approved: internal error (serve's log has it)"
-        self._state = None
-        if self.app.hooks.reload is not None:
-            self.app.hooks.reload()  # serve answers the new node without waiting for its file watch
+            if self.app.hooks.reload is not None:
+                self.app.hooks.reload()  # serve answers the new node without waiting for its file watch
         raise web.HTTPSeeOther("/")
+
+    async def rebuild(self, request: web.Request) -> web.Response:
+        session, _ = await self._changer(request)
+        name = request.match_info["node"]
+        if self.app.inventory.node(name) is None:
+            raise web.HTTPNotFound(text="no such node\n")
+        got = await self._change(session, request, self.actions.rebuild, name, node=name)
+        if got is not None:
+            session.flash = f"overlay of {name}: {got}"
+        raise web.HTTPSeeOther(f"/node/{quote(name, safe='')}")
+
+    async def _change(
+        self, session: Session, request: web.Request, action: Callable[..., str] | None, *args: Any, **what: Any
+    ) -> str | None:
+        """An action's answer, run on a worker thread and logged; None when it refused (its
+        reason becomes the session's next message) or failed."""
+        if action is None:
+            raise web.HTTPServiceUnavailable(text="not available in this server\n")
+        try:
+            got = await asyncio.get_running_loop().run_in_executor(None, action, *args)
+        except UserError as e:
+            session.flash = f"not done: {e}"
+            return None
+        except Exception:  # a bug below must not cost the admin the page
+            log.exception("web console action failed", extra=kv(**what))
+            session.flash = "not done: internal error (serve's log has it)"
+            return None
+        finally:
+            self._state = None
+        log.info("web console change", extra=kv(client=self.app._peer(request), result=got, **what))
+        return got
 
     async def static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -670,6 +700,14 @@ def cluster_page(state: ClusterState, query: Mapping[str, str]) -> dict[str, Any
         "size": size,
         "sizes": PAGE_SIZES,
     }
+
+
+def _flash(session: Session | None) -> str | None:
+    """The outcome of the session's last change, once."""
+    if session is None:
+        return None
+    message, session.flash = session.flash, None
+    return message
 
 
 def _local(target: str) -> str:
