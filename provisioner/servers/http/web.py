@@ -35,7 +35,7 @@ from ...artifacts.overlay_build import read_archive
 from ...bmc.console import read_log
 from ...errors import UserError
 from ...inventory import Inventory, Node
-from ...logs import kv
+from ...logs import kv, repeated
 from ...nodestate import NodeStateDB
 from ...nodestate.slurm import SlurmError, node_status
 from ...nodestate.summary import NodeStatus, latest_boot, runtime_states, statuses_from, timeline
@@ -454,7 +454,9 @@ class WebConsole:
         form = await request.post()
         nxt = _local(str(form.get("next", "/")))
         if not matches(str(form.get("token", "")).strip(), self.app.token):
-            self.app._refuse(web.HTTPForbidden, "web console: login refused", request)
+            self.app.refused.labels("403").inc()
+            peer = self.app._peer(request)  # a guessing flood is one line a while per address
+            log.warning("web console: login refused", extra=repeated(f"web login {peer.ip}", client=str(peer.ip)))
             await asyncio.sleep(1.0)  # slows down guessing; the token is long anyway
             error = (
                 "wrong credential"
