@@ -31,6 +31,7 @@ STOCK_OVERLAYS = _shipped("stock/overlays")
 STOCK_PXE = _shipped("stock/pxe")
 INITCPIO = _shipped("stock/initcpio")
 SYSTEMD = _shipped("systemd")
+WEB_CONSOLE = _shipped("servers/http/webconsole")  # the web console's templates and static files
 
 
 def installed_script() -> str:

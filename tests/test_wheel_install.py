@@ -91,6 +91,8 @@ def test_wheel_carries_every_stock_file_and_unit(wheel):
     stock = {f"provisioner/stock/{p.relative_to(CHECKOUT)}": bool(p.stat().st_mode & 0o111) for p in files}
     assert {n: x for n, x in shipped.items() if n.startswith("provisioner/stock/")} == stock
     assert {"provisioner/systemd/provisioner.service", "provisioner/systemd/provisioner-slurm.service"} <= set(shipped)
+    console = CHECKOUT / "provisioner/servers/http/webconsole"  # the web console's templates and script
+    assert {f"provisioner/{p.relative_to(CHECKOUT / 'provisioner')}" for p in console.rglob("*.*")} <= set(shipped)
 
 
 class Wheel:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..actions.discovery import AutoAdopter
+from ..actions.webconsole import console_actions
 from ..errors import UserError
 from ..logs import setup_logging
 from ..resources import systemd_unit
@@ -113,7 +114,7 @@ def serve(
         tftp_workers=tftp_workers or min(os.cpu_count() or 1, DEFAULT_TFTP_WORKERS_MAX),
     )
     try:
-        daemon = Daemon(ctx.site, ctx.state, inventory, opts, adopt=AutoAdopter(ctx))
+        daemon = Daemon(ctx.site, ctx.state, inventory, opts, adopt=AutoAdopter(ctx), console=console_actions(ctx))
     except ServeError as e:
         raise UserError(str(e)) from None
     sys.exit(daemon.run())

@@ -334,6 +334,17 @@ class Users:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Web:
+    """The web console at `/` on serve's HTTP port (servers/http/web.py)."""
+
+    anonymous_read: bool = setting(
+        Flag(),
+        default=False,
+        help="browsers on the provisioning subnet may read the console without logging in",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Cluster:
     name: str = setting(Label(), required=True, default="cluster")
     domain: str = setting(Text(), default="cluster", check=_domain)
@@ -351,6 +362,7 @@ class Cluster:
     dns: Dns = setting(Section(Dns))
     ntp: Ntp = setting(Section(Ntp))
     logs: Logs = setting(Section(Logs))
+    web: Web = setting(Section(Web))
 
 
 # -- profiles and nodes -----------------------------------------------------------------------

@@ -136,6 +136,29 @@ class NodeStateDB:
     def timeline(self, node: str) -> list[sqlite3.Row]:
         return list(self._conn().execute("SELECT stage, at, detail FROM events WHERE node=? ORDER BY at, id", (node,)))
 
+    def events_after(self, last_id: int, limit: int = 500) -> list[sqlite3.Row]:
+        """Events recorded after event `last_id`, in the order written (the console's live feed)."""
+        return list(
+            self._conn().execute(
+                "SELECT id, node, stage, at, detail FROM events WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)
+            )
+        )
+
+    def last_event_id(self) -> int:
+        return int(self._conn().execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+    def node_transfers_after(self, last_id: int, limit: int = 5000) -> list[sqlite3.Row]:
+        """(id, node, at) of nodes' transfers recorded after transfer `last_id`, in id order."""
+        return list(
+            self._conn().execute(
+                "SELECT id, node, at FROM transfers WHERE id > ? AND node IS NOT NULL ORDER BY id LIMIT ?",
+                (last_id, limit),
+            )
+        )
+
+    def last_transfer_id(self) -> int:
+        return int(self._conn().execute("SELECT COALESCE(MAX(id), 0) FROM transfers").fetchone()[0])
+
     def last_stages(self) -> dict[str, sqlite3.Row]:
         """Each node's latest event by time (not by id: servers write batched events late)."""
         rows = self._conn().execute(

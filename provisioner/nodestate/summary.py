@@ -26,6 +26,7 @@ class NodeStatus:
     slurm: str | None
     last_seen: float | None
     runtime: str | None = None  # "latest", "behind" (its runtime overlay) or None: not reported
+    detail: str | None = None  # what the latest stage said (a failure's reason)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,13 +46,25 @@ def node_statuses(
     slurm: Mapping[str, str] | None = None,
     runtime: Mapping[str, str | None] | None = None,
 ) -> list[NodeStatus]:
-    last = db.last_stages()
-    seen = db.last_seen()
     lease_ip = {r["mac"]: r["ip"] for r in db.leases()}
+    return statuses_from(nodes, db.last_stages(), db.last_seen(), lease_ip, slurm, runtime)
+
+
+def statuses_from(
+    nodes: Iterable[Node],
+    last: Mapping[str, Any],  # node -> its latest event: a row or dict with stage, at, detail
+    seen: Mapping[str, float],
+    lease_ip: Mapping[str, str],
+    slurm: Mapping[str, str] | None = None,
+    runtime: Mapping[str, str | None] | None = None,
+) -> list[NodeStatus]:
+    """The rows from each node's latest event (stage, at, detail), when it was last heard
+    from and the DHCP leases (mac -> ip): node_statuses reads them from the database, the
+    web console keeps them up to date in memory."""
     out = []
     for n in nodes:
         ev = last.get(n.name)
-        ip = n.ip or next((lease_ip[i.mac] for i in n.interfaces if i.mac in lease_ip), None)
+        ip = n.ip or next((lease_ip[i.mac] for i in n.interfaces if i.mac and i.mac in lease_ip), None)
         out.append(
             NodeStatus(
                 n.name,
@@ -62,6 +75,7 @@ def node_statuses(
                 (slurm or {}).get(n.name),
                 seen.get(n.name),
                 (runtime or {}).get(n.name),
+                ev["detail"] if ev else None,
             )
         )
     return out

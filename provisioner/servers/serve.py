@@ -31,6 +31,7 @@ from .service import Service
 
 if TYPE_CHECKING:
     from .dhcp.server import Adopter
+    from .http import ConsoleActions
 
 log = logging.getLogger("provisioner.serve")
 
@@ -66,13 +67,19 @@ def _fingerprint(site: Site) -> tuple[int, int, int] | None:
 
 class Daemon:
     def __init__(
-        self, site: Site, state: State, inventory: Inventory, opts: ServeOptions, adopt: Adopter | None = None
+        self,
+        site: Site,
+        state: State,
+        inventory: Inventory,
+        opts: ServeOptions,
+        adopt: Adopter | None = None,
+        console: ConsoleActions | None = None,
     ):
         """`adopt`: how DHCP adopts a discovered node under cluster.discovery `mode: auto` (the
         caller hands in actions.discovery.AutoAdopter: servers do not import the actions above
-        them)."""
+        them); `console`: what the web console may change, likewise (actions.webconsole)."""
         self.site, self.state, self.inventory, self.opts = site, state, inventory, opts
-        self.adopt = adopt
+        self.adopt, self.console = adopt, console
         self.db = NodeStateDB(state.db)
         self.slurm: Mapping[str, str] | None = None
         self.failed = False
@@ -136,7 +143,10 @@ class Daemon:
         from .http import Hooks, HttpServer
 
         hooks = Hooks(
-            reload=self.request_reload, slurm_states=lambda: self.slurm, dhcp_packets=lambda: self._counters("dhcp")
+            reload=self.request_reload,
+            slurm_states=lambda: self.slurm,
+            dhcp_packets=lambda: self._counters("dhcp"),
+            console=self.console,
         )
         return HttpServer(
             self.inventory,

@@ -8,5 +8,6 @@ hundreds of concurrent boot downloads without a thread each.
 
 from .app import BootApp, Hooks
 from .server import HttpServer, read_token
+from .web import ConsoleActions, PlanChange
 
-__all__ = ["BootApp", "Hooks", "HttpServer", "read_token"]
+__all__ = ["BootApp", "ConsoleActions", "Hooks", "HttpServer", "PlanChange", "read_token"]

@@ -48,6 +48,7 @@ from .files import TrackedFile
 from .metrics import StateCollector
 from .peeruid import local_uid
 from .runtime import RuntimeWatch
+from .web import ConsoleActions, WebConsole
 
 log = logging.getLogger("provisioner.http")
 
@@ -68,6 +69,7 @@ class Hooks:
     reload: Callable[[], None] | None = None
     dhcp_packets: Callable[[], Mapping[str, int]] | None = None
     slurm_states: Callable[[], Mapping[str, str] | None] | None = None
+    console: ConsoleActions | None = None  # what the web console may change (web.py)
 
 
 class BootApp:
@@ -104,6 +106,7 @@ class BootApp:
         )
         # Long-polls may hold at most half the connections: the rest stay for boots.
         self.runtime = RuntimeWatch(state, inventory.cluster.limits.http_connections // 2)
+        self.web = WebConsole(self, self.hooks.console)
 
     def reload(self, inventory: Inventory) -> None:
         self.inventory = inventory
@@ -132,10 +135,13 @@ class BootApp:
                 web.post("/api/v1/nodes/{node}/stage", self.admin_stage),
                 web.post("/api/v1/reload", self.admin_reload),
                 web.get("/metrics", self.metrics),
+                *self.web.routes(),
             ]
         )
         app.on_startup.append(self._start_runtime)
         app.on_shutdown.append(self._stop_runtime)
+        app.on_startup.append(self.web.start)
+        app.on_shutdown.append(self.web.stop)
         return app
 
     async def _start_runtime(self, _app: web.Application) -> None:
