@@ -34,6 +34,8 @@ COMMANDS = [
     ("power_cmds", "power"),  # also adds `secrets set-bmc`
     ("power_cmds", "console"),
     ("demo_cmds", "demo"),
+    ("monitoring_cmds", "monitoring"),
+    ("doctor_cmds", "doctor"),
 ]
 
 
