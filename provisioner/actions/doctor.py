@@ -174,6 +174,7 @@ def check_transfers(node: Node, ev: _Evidence) -> list[Check]:
     return out
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _PINNED = re.compile(r"/images/([A-Za-z0-9_.-]+)/versions/(v[0-9]+)/")
 
 
@@ -270,8 +271,8 @@ def fingerprint(key: bytes) -> str:
 
 def check_munge(ctx: Context, node: Node, ev: _Evidence) -> Check:
     reported = (ev.facts or {}).get("munge_key_sha256")
-    if not isinstance(reported, str):
-        return Check("munge", UNKNOWN, "the node has not reported its MUNGE key's fingerprint")
+    if not isinstance(reported, str) or not _SHA256.fullmatch(reported):
+        return Check("munge", UNKNOWN, "the node has not reported its MUNGE key's fingerprint (no key, or no facts)")
     try:
         master = fingerprint(secrets.read_secret(ctx.state, secrets.MUNGE_KEY))
     except secrets.SecretMissing:
