@@ -16,15 +16,19 @@ from labs.net import terminate
 from labs.serve import IMAGE, NODES, SERVER_IP, Serve, curl, write_state
 from labs.services import until
 from labs.site import node, site_yaml, write_site
+from provisioner.artifacts.images import DEFAULT_PACKAGES
 from provisioner.inventory.parse import load_inventory
 from provisioner.nodestate import NodeStateDB
-from provisioner.render.monitoring import CONFIG, DASHBOARD, RULES, dashboard_queries
+from provisioner.paths import State
+from provisioner.render.monitoring import CONFIG, DASHBOARD, NODE_EXPORTER_PORT, RULES, dashboard_queries
 from provisioner.servers.http.metrics import StateCollector
+from test_render_overlays import fake_image
 
 pytestmark = pytest.mark.netns
 
 PORT = 8080
 PROM = "127.0.0.1:9390"
+PROFILE = {"image": IMAGE, "overlays": ["node-exporter"]}
 WAIT = 120.0  # seconds: a loaded machine scrapes late
 
 
@@ -121,6 +125,13 @@ def test_prometheus_scrapes_serve_and_node_exporters(lab, cli, tmp_path):
             ]
             assert query(lab, "provisioner_dhcp_dynamic_addresses")[0]["value"][1] == "21"
             assert query(lab, 'provisioner_slurm_nodes{state="unknown"}')[0]["value"][1] == "2"
+            # The rules match what is exported: node02's refused overlay makes NodeBootFailing
+            # pending, and so does NodeDown once node02's exporter stops.
+            terminate(procs[1])
+            for alert in ("NodeBootFailing", "NodeDown"):
+                pending = f'ALERTS{{alertname="{alert}", alertstate="pending"}}'
+                assert until(partial(query, lab, pending), WAIT), f"{alert} never pending"
+            assert query(lab, 'ALERTS{alertname="NodeDown"}')[0]["metric"]["node"] == "node02"
         finally:
             for p in procs:
                 terminate(p)
@@ -163,3 +174,16 @@ def test_boot_figures_for_10000_nodes_are_cheap(tmp_path):
     assert [(s.labels["stage"], s.labels["reason"], s.value) for s in failures] == [("overlay", "not found", 1000)]
     assert sum(len(m.samples) for m in metrics.values()) < 200
     print(f"collect for {n} nodes: {took * 1000:.0f} ms")
+
+
+def test_node_exporter_overlay_enables_the_exporter(cli):
+    """The stock overlay the default profile lists: the unit enabled, listening on :9100."""
+    write_site(cli.site, site_yaml([node("node01", "10.99.0.11", "52:54:00:aa:00:01")], {"default": PROFILE}))
+    fake_image(State(cli.state), IMAGE)
+    cli("overlay", "build")
+    shown = cli("overlay", "show", "node01").stdout
+    want = "etc/systemd/system/multi-user.target.wants/prometheus-node-exporter.service -> /lib/systemd/system/"
+    assert want in shown, shown
+    defaults = cli("overlay", "show", "node01", "/etc/default/prometheus-node-exporter").stdout
+    assert f'ARGS="--web.listen-address=:{NODE_EXPORTER_PORT}"' in defaults
+    assert "prometheus-node-exporter" in DEFAULT_PACKAGES
