@@ -1,7 +1,9 @@
 """`provisioner doctor NODE` against a real serve (DHCP, TFTP, HTTP) and real clients in
 namespaces standing in for nodes (no qemu: each break is at a link a client can reach on its
-own). One node goes through every link; each other node is broken at one link, and doctor
-must name that link first, with its evidence and fix."""
+own). One node goes through every link; each other node is broken at one link (an unknown
+MAC, a missing boot file named by DHCP, a missing boot script, an image version no NFS export
+lists, another MUNGE key and a skewed clock, an overlay asked for from an unprivileged port),
+and doctor must name that link first, with its evidence and fix."""
 
 import hashlib
 import json
@@ -27,6 +29,7 @@ ADDRESS = {  # name: (ip, mac); node01 and node02 are the serve lab's
     "node04": ("10.99.0.14", "52:54:00:aa:00:04"),
     "node05": ("10.99.0.15", "52:54:00:aa:00:05"),
     "node06": ("10.99.0.16", "52:54:00:aa:00:06"),
+    "node07": ("10.99.0.17", "52:54:00:aa:00:07"),
 }
 STRANGER_MAC = "52:54:00:bb:00:02"  # node02's real NIC, which the inventory does not know
 PRIVILEGED = ("--local-port", "600-1023")
@@ -101,6 +104,7 @@ def wait_doctor(cli, name, done):
 def test_doctor_names_the_broken_link_and_the_fix(lab, cli):
     nodes = [node(n, ip, mac) for n, (ip, mac) in ADDRESS.items()]
     nodes[3]["image"] = "img2"
+    nodes[6]["boot_files"] = {"bios": "missing.kpxe"}
     write_site(cli.site, site_yaml(nodes, {"default": {"image": IMAGE}}, domain="lab.cluster", secure=True))
     master_key = setup_state(cli)
     tftp = f"tftp://{SERVER_IP}:{TFTP_PORT}"
@@ -131,7 +135,7 @@ def test_doctor_names_the_broken_link_and_the_fix(lab, cli):
         )
         for name, (ip, _mac) in ADDRESS.items():
             if name != "node02":
-                dhcp(ns[name], *(("-V", PXE_VENDOR) if name == "node01" else ()))
+                dhcp(ns[name], *(("-V", PXE_VENDOR) if name in ("node01", "node07") else ()))
                 ns[name].run(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"])
 
         # node01 passes every link it can without Slurm.
@@ -168,7 +172,7 @@ def test_doctor_names_the_broken_link_and_the_fix(lab, cli):
         assert rc == 0 and found["ok"] and found["stopped_at"] is None, found
         for link in ("inventory", "dhcp", "bootloader", "boot script", "kernel", "initramfs", "image", "overlay"):
             assert c[link]["status"] == "PASS", c[link]
-        assert c["dhcp"]["evidence"].endswith("10.99.0.11 pxe arch 0")
+        assert c["dhcp"]["evidence"].endswith("10.99.0.11 pxe arch 0, boot file undionly.kpxe")
         assert "70000 bytes by TFTP" in c["bootloader"]["evidence"]
         assert c["root"]["status"] == c["munge"]["status"] == c["clock"]["status"] == "PASS"
         assert c["slurm"]["status"] == "UNKNOWN"  # no slurmctld in this lab
@@ -198,6 +202,12 @@ def test_doctor_names_the_broken_link_and_the_fix(lab, cli):
         rc, found = wait_doctor(cli, "node06", lambda f: f["stopped_at"] == "overlay")
         c = checks(found)["overlay"]
         assert "refused: unprivileged source port" in c["evidence"] and "privileged source port" in c["fix"]
+
+        # node07: its boot file (a boot_files override) is not in the boot tree, so DHCP names none.
+        rc, found = wait_doctor(cli, "node07", lambda f: f["stopped_at"] == "dhcp")
+        c = checks(found)["dhcp"]
+        assert "but no boot file: missing.kpxe is not in the boot tree" in c["evidence"], c
+        assert c["fix"] == "put it in the boot tree, or change boot_files"
 
         text = cli("doctor", "node06", check=False)
         assert text.returncode == 1 and text.stdout.rstrip().endswith("node06: stopped at overlay")

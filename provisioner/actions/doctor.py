@@ -22,6 +22,9 @@ from ..errors import UserError
 from ..inventory import Inventory, Node
 from ..nodestate.slurm import SlurmError, node_status
 from ..nodestate.summary import latest_boot
+from ..servers.boottree import BootTree
+from ..servers.dhcp import pxe
+from ..servers.dhcp.bootanswer import absent
 from .context import Context
 
 PASS, FAIL, UNKNOWN = "PASS", "FAIL", "UNKNOWN"
@@ -100,10 +103,41 @@ def check_inventory(inv: Inventory, node: Node) -> Check:
     return Check("inventory", PASS, f"{node.name}: MAC {node.mac}, {where}, image {node.image}")
 
 
-def check_dhcp(inv: Inventory, node: Node, ev: _Evidence, discovered: Sequence[Mapping[str, Any]]) -> Check:
+_ANSWERED = re.compile(r"^(?:\S+ )?(pxe|http|ipxe)(?: arch ([0-9]+))?")
+
+
+def boot_file_answer(ctx: Context, inv: Inventory, node: Node, detail: str | None) -> tuple[str | None, str | None]:
+    """(boot file, why none) of the DHCP answer to the booting client the event's detail
+    names ("IP KIND arch N"): the file the DHCP server names, or why it named none (the same
+    choice and boot-tree check it makes). (None, None) for a plain DHCP client."""
+    m = _ANSWERED.match(detail or "")
+    if m is None or not node.mac:
+        return None, None
+    arch = int(m.group(2)) if m.group(2) else None
+    client = pxe.Client(m.group(1), None, arch, None, None)
+    master, port = str(inv.cluster.network.master), inv.cluster.ports.http
+    answer = pxe.choose(client, node.mac, node.boot_files, master, port)
+    if isinstance(answer, pxe.Refused):
+        return None, answer.why
+    if answer is None:
+        return None, None
+    why = absent(BootTree(ctx.state, inv), answer.local, node) if answer.local else None
+    return (None, why) if why else (answer.file, None)
+
+
+def check_dhcp(
+    ctx: Context, inv: Inventory, node: Node, ev: _Evidence, discovered: Sequence[Mapping[str, Any]]
+) -> Check:
     answer = _last(ev.events, "dhcp")
     if answer is not None:
-        return Check("dhcp", PASS, f"answered at {_clock(answer['at'])}: {answer['detail']}")
+        said = f"answered at {_clock(answer['at'])}: {answer['detail']}"
+        file, why = boot_file_answer(ctx, inv, node, answer["detail"])
+        if why:
+            fix = (
+                "provisioner boot install" if "boot install" in why else "put it in the boot tree, or change boot_files"
+            )
+            return Check("dhcp", FAIL, f"{said}, but no boot file: {why}", fix)
+        return Check("dhcp", PASS, said + (f", boot file {file}" if file else ""))
     macs = {i.mac for i in node.interfaces if i.mac}
     now = time.time()
     strangers = [
@@ -315,7 +349,7 @@ def diagnose(ctx: Context, name: str) -> Diagnosis:
         name,
         (
             check_inventory(inv, node),
-            check_dhcp(inv, node, ev, [dict(d) for d in ctx.db().discovered()]),
+            check_dhcp(ctx, inv, node, ev, [dict(d) for d in ctx.db().discovered()]),
             *check_transfers(node, ev),
             check_image(ctx, node),
             check_overlay(node, ev),
