@@ -15,7 +15,8 @@ import pytest
 
 from labs.serve import CREDENTIALS, IMAGE, NODES, SERVER_IP, Serve, curl, plant, write_state
 from labs.services import until
-from labs.site import node, site_yaml, write_site
+from labs.site import node, numbered, site_yaml, write_site
+from labs.slurm import lab_site, slurm_cluster
 from provisioner.artifacts import layout, secrets
 from provisioner.paths import State
 
@@ -215,3 +216,34 @@ def test_doctor_names_the_broken_link_and_the_fix(lab, cli):
 
     res = cli("doctor", "node99", check=False)
     assert res.returncode != 0 and "no such node: node99" in res.stderr
+
+
+@pytest.mark.daemons
+def test_doctor_reads_slurm_and_what_the_real_facts_script_reports():
+    """Real slurmctld, slurmd and munged (the Slurm lab): node01 boots with the cluster's MUNGE
+    key and is drained with a reason; node02 runs a stale key, so slurmctld never takes it.
+    Both run the slurm overlay's own facts script, which reports the key's fingerprint and the
+    clock: doctor holds the first against the master's key and names the drain and its reason."""
+    with slurm_cluster(lab_site(numbered(2))) as sl:
+        sl.boot("node01")
+        sl.wait_idle(["node01"])
+        sl.node("node02", munge_key=os.urandom(1024))
+        sl.report_facts("node02")
+        sl.ctl.run(["scontrol", "update", "NodeName=node01", "State=DRAIN", "Reason=disk swap"])
+
+        def doctor_on_controller(name):
+            res = sl.provisioner("doctor", name, "--json", check=False)
+            assert res.returncode in (0, 1), res.stderr
+            return checks(json.loads(res.stdout))
+
+        c = doctor_on_controller("node01")
+        assert c["munge"]["status"] == "PASS", c["munge"]
+        assert c["clock"]["status"] == "PASS", c["clock"]
+        assert c["registered"]["status"] == "PASS"
+        assert c["slurm"]["status"] == "FAIL" and "reason: disk swap" in c["slurm"]["evidence"], c["slurm"]
+        assert "State=RESUME" in c["slurm"]["fix"]
+        assert c["inventory"]["status"] == "FAIL" and "no image" in c["inventory"]["evidence"]  # the lab's nodes
+
+        c = doctor_on_controller("node02")
+        assert c["munge"]["status"] == "FAIL", c["munge"]
+        assert c["clock"]["status"] == "PASS"

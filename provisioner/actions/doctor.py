@@ -92,13 +92,13 @@ def _evidence(ctx: Context, node: str) -> _Evidence:
 
 
 def check_inventory(inv: Inventory, node: Node) -> Check:
-    missing = [what for what, have in (("a MAC", node.mac), ("an image", node.image)) if not have]
+    missing = [what for what, have in (("mac", node.mac), ("image", node.image)) if not have]
     if missing:
         return Check(
             "inventory",
             FAIL,
-            f"{node.name} has no {' and no '.join(missing)}",
-            f"provisioner node set {node.name} " + " ".join(f"--{w.split()[-1].lower()} ..." for w in missing),
+            f"{node.name} has no {' and no '.join(m.upper() if m == 'mac' else m for m in missing)}",
+            f"provisioner node set {node.name} " + " ".join(f"--{m} {m.upper()}" for m in missing),
         )
     where = str(node.ip) if node.ip else "a dynamic address"
     return Check("inventory", PASS, f"{node.name}: MAC {node.mac}, {where}, image {node.image}")
