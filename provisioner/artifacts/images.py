@@ -64,6 +64,8 @@ DEFAULT_PACKAGES = (
     # rsyslog forwards the journal to the master's rsyslog (`provisioner configure ntp|logs`).
     "systemd-timesyncd",
     "rsyslog",
+    # Prometheus' node exporter on :9100, enabled by the node-exporter overlay.
+    "prometheus-node-exporter",
 )
 
 

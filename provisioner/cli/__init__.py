@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "power": ("power_cmds",),
     "console": ("power_cmds",),
     "demo": ("demo_cmds",),
+    "monitoring": ("monitoring_cmds",),
+    "doctor": ("doctor_cmds",),
 }
 
 

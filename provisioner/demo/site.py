@@ -68,7 +68,7 @@ profiles:
   default:
     image: {IMAGE}
     kernel_args: [{args}]
-    overlays: [base, ssh, munge, slurm, mpi]
+    overlays: [base, ssh, munge, slurm, mpi, node-exporter]
     partitions: [debug]
 
 nodes:

@@ -136,7 +136,7 @@ profiles:
     description: every node unless it names its own profiles
     image: debian12
     kernel_args: [console=tty0, console=ttyS0]   # the last is /dev/console: serial (IPMI SOL)
-    overlays: [base, ssh, munge, slurm, mpi]
+    overlays: [base, ssh, munge, slurm, mpi, node-exporter]
     partitions: [batch]
 
 # `provisioner node add NAME --mac MAC` appends here. A range entry names many nodes at

@@ -52,12 +52,15 @@ def node_addresses(node: Node, leases: Mapping[str, str]) -> set[str]:
     return {str(i.ip) for i in node.interfaces if i.ip} | {ip for ip, mac in leases.items() if mac in mine}
 
 
+NOT_ITS_ADDRESS = "not the node's address"
+
+
 def secret_refusal(node: Node, peer: Peer, leases: Mapping[str, str], secure: bool) -> str | None:
     """Why the peer may not have this node's secrets, or None if it may. Secure mode also
     wants a privileged source port: only root on the node can bind one, so an ordinary
     user's process on the right node is still refused."""
     if str(peer.ip) not in node_addresses(node, leases):
-        return "not the node's address"
+        return NOT_ITS_ADDRESS
     if secure and peer.port >= PRIVILEGED_PORTS:
         return "unprivileged source port"
     return None

@@ -36,6 +36,7 @@ from ...paths import State
 from ..boottree import BootTree, PathRefused
 from ..stages import STAGE_REPEAT, stage_of
 from .access import (
+    NOT_ITS_ADDRESS,
     Peer,
     bearer,
     is_admin,
@@ -102,7 +103,9 @@ class BootApp:
             registry=self.registry,
         )
         self.registry.register(
-            StateCollector(db, lambda: self.inventory, self.hooks.dhcp_packets, lambda: self.in_flight)
+            StateCollector(
+                db, lambda: self.inventory, self.hooks.dhcp_packets, lambda: self.in_flight, self.hooks.slurm_states
+            )
         )
         # Long-polls may hold at most half the connections: the rest stay for boots.
         self.runtime = RuntimeWatch(state, inventory.cluster.limits.http_connections // 2)
@@ -208,11 +211,13 @@ class BootApp:
     ) -> web.StreamResponse:
         """A file, the node's boot stage recorded when a fetch starts from byte 0 and the
         transfer when it ends (sent or aborted)."""
+        peer = self._peer(request)
         if not path.is_file():
+            if node is not None:  # the node's boot stops here: `doctor` and /metrics say so
+                self._failed(peer, request.path, "not found", node.name)
             raise self._refuse(
                 web.HTTPNotFound, "no such artifact", request, node=node.name if node else None, file=str(path)
             )
-        peer = self._peer(request)
         try:
             first_byte = request.http_range.start
         except ValueError:  # a malformed Range: FileResponse answers 416
@@ -250,6 +255,11 @@ class BootApp:
                 self._later(self.db.record_transfer, "http", str(peer), request.path, sent, seconds, outcome, name)
 
         return TrackedFile(path, content_type, begin, done)
+
+    def _failed(self, peer: Peer, path: str, outcome: str, node: str) -> None:
+        """A node's fetch refused before any byte went out, recorded as a transfer."""
+        if self.db is not None:
+            self._later(self.db.record_transfer, "http", str(peer), path, 0, 0.0, outcome, node)
 
     @staticmethod
     def _peer(request: web.Request) -> Peer:
@@ -314,6 +324,8 @@ class BootApp:
         peer = self._peer(request)
         why = secret_refusal(node, peer, await self._lease_map(peer.ip), self.inventory.cluster.secure)
         if why is not None:
+            if why != NOT_ITS_ADDRESS:  # the node's own fetch, refused: its boot record says why
+                self._failed(peer, request.path, f"refused: {why}", name)
             raise self._refuse(web.HTTPForbidden, f"secret refused: {why}", request, node=name)
         # No stage here: the node reports "overlay" itself once applied, with the credential
         # this very archive carries (its first reports come right after this fetch).
