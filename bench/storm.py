@@ -98,6 +98,7 @@ class Meter:
         self.roots = roots
         self.peak_rss = self.peak_fds = 0
         self.cpu = {pid: 0.0 for pid in roots}
+        self.names: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -123,6 +124,8 @@ class Meter:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 self.cpu[pid] = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+                if pid not in self.names:
+                    self.names[pid] = label(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
                 rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
                 fds += len(os.listdir(f"/proc/{pid}/fd"))
             except (OSError, IndexError):
@@ -135,6 +138,7 @@ class Meter:
 
     def __enter__(self) -> Meter:
         self.sample()
+        self.start = dict(self.cpu)
         self.start_cpu = sum(self.cpu.values())
         self._thread.start()
         return self
@@ -144,6 +148,24 @@ class Meter:
         self._thread.join()
         self.sample()
         self.seconds = sum(self.cpu.values()) - self.start_cpu
+
+    def by_process(self) -> str:
+        """CPU seconds by process kind during the storm (which one is the limit)."""
+        kinds: dict[str, float] = {}
+        for pid, cpu in self.cpu.items():
+            name = self.names.get(pid, "?")
+            kinds[name] = kinds.get(name, 0.0) + cpu - self.start.get(pid, 0.0)
+        return ", ".join(f"{k} {v:.1f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+
+
+def label(argv: list[bytes]) -> str:
+    """What a server process is: serve's service processes and TFTP workers by their role."""
+    args = [a.decode(errors="replace") for a in argv if a]
+    if "provisioner.servers.serve_child" in args:
+        return args[args.index("provisioner.servers.serve_child") + 1]
+    if "provisioner.servers.tftp_service" in args:
+        return "tftp-worker"
+    return Path(args[0]).name if args else "?"
 
 
 def wait_port(ns, proto: str, port: int, proc: subprocess.Popen, what: str) -> None:
@@ -279,6 +301,7 @@ def report(name: str, got: dict, meter: Meter) -> None:
         f"server CPU {meter.seconds / max(booted, 1) * 1000:6.1f} ms/node  "
         f"peak {meter.peak_rss / 2**20:6.0f} MB, {meter.peak_fds} fds"
     )
+    print(f"  {'':12} CPU s by process: {meter.by_process()}")
     if got["failed"]:
         print(f"  {'':12} failures by step: {got['failures_by_step']}; e.g. {got['failures']}")
     steps = got["steps"]

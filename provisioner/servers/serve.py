@@ -329,7 +329,6 @@ def _tftp(start: Start, link: Link) -> Service:
         listen_address(start.opts.listen),
         start.opts.tftp_port or start.inventory.cluster.ports.tftp,
         start.opts.tftp_workers,
-        limits=fit(start.inventory.cluster.limits, ("tftp",)),
     )
 
 
