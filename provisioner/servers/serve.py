@@ -142,7 +142,7 @@ class Daemon:
             self._lock.notify_all()
         if kind == "reload":
             self.request_reload()
-        elif kind == "ready" and self.children[name].failure is None and self._started.is_set():
+        elif kind == "ready" and self._started.is_set():
             log.info("service ready again", extra=kv(service=name, pid=self.children[name].pid))
 
     def counters(self, name: str) -> dict[str, int]:

@@ -120,9 +120,13 @@ class Supervised:
         ours, theirs = socket.socketpair()
         with self._lock, ours, theirs:
             fd = theirs.fileno()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, self.name, str(fd)], pass_fds=(fd,), stdin=subprocess.DEVNULL
-            )
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", self.module, self.name, str(fd)], pass_fds=(fd,), stdin=subprocess.DEVNULL
+                )
+            except OSError as e:  # out of processes or memory: as if it had died at once
+                self.failure = f"cannot start the {self.name} service process: {e}"
+                return -1
             self._proc, self.pid = proc, proc.pid
             conn = self._conn = Connection(ours.detach())
             if self._stopping.is_set():
