@@ -7,7 +7,9 @@ Each node (bench/storm_client.py) does what a real UEFI boot does: DHCP as the P
 boot file over TFTP, DHCP as iPXE, the iPXE script, kernel and initramfs over HTTP, DHCP as the
 initramfs, then its secret overlay from its own address and a privileged port and its stage
 and facts reports with its credential (the standard stack has no reports; it serves the overlay
-as a plain file). Two arrival patterns: all nodes at once, and a ramp over --ramp seconds.
+as a plain file). Arrival patterns: all nodes at once, a ramp over --ramp seconds, and
+(`--patterns relayed`) all at once with DHCP through --relays relay agents (giaddr; each
+rack's switch relays, the answers come back unicast to it).
 
 Sizes: the boot tree's real iPXE files, the host's Debian kernel (the image kernel) and an
 initramfs of --initramfs-mb (the native one is ~2.7 MB); --scale shrinks kernel and initramfs
@@ -50,6 +52,9 @@ CLIENT_IP = str(SUBNET[2])
 FIRST_NODE = 256  # node addresses from 10.64.1.0
 IMAGE = "storm"
 HTTP_PORT = 8080
+# The caps the standard stack is given below (dnsmasq tftp-max, nginx worker_connections): a site
+# that boots thousands at once raises the defaults (1,000 and 1,024) so.
+LIMITS = {"tftp_transfers": 10000, "http_connections": 20000}
 STEPS = ("dhcp-pxe", "tftp", "dhcp-ipxe", "script", "kernel", "initramfs", "dhcp-initramfs", "overlay", "reports")
 
 
@@ -67,6 +72,7 @@ def make_site(root: Path, n: int, scale: float, initramfs_mb: float) -> tuple[Si
             name="storm",
             subnet=str(SUBNET),
             ports={"http": HTTP_PORT},
+            limits=LIMITS,
         )
     )
     version = state.root / "images" / IMAGE / "versions" / "v1"
@@ -98,6 +104,7 @@ class Meter:
         self.roots = roots
         self.peak_rss = self.peak_fds = 0
         self.cpu = {pid: 0.0 for pid in roots}
+        self.names: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -123,6 +130,8 @@ class Meter:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 self.cpu[pid] = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+                if pid not in self.names:
+                    self.names[pid] = label(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
                 rss += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
                 fds += len(os.listdir(f"/proc/{pid}/fd"))
             except (OSError, IndexError):
@@ -135,6 +144,7 @@ class Meter:
 
     def __enter__(self) -> Meter:
         self.sample()
+        self.start = dict(self.cpu)
         self.start_cpu = sum(self.cpu.values())
         self._thread.start()
         return self
@@ -144,6 +154,62 @@ class Meter:
         self._thread.join()
         self.sample()
         self.seconds = sum(self.cpu.values()) - self.start_cpu
+
+    def by_process(self) -> str:
+        """CPU seconds by process kind during the storm (which one is the limit)."""
+        kinds: dict[str, float] = {}
+        for pid, cpu in self.cpu.items():
+            name = self.names.get(pid, "?")
+            kinds[name] = kinds.get(name, 0.0) + cpu - self.start.get(pid, 0.0)
+        return ", ".join(f"{k} {v:.1f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+
+
+def label(argv: list[bytes]) -> str:
+    """What a server process is: serve's service processes and TFTP workers by their role."""
+    args = [a.decode(errors="replace") for a in argv if a]
+    if "provisioner.servers.serve_child" in args:
+        return args[args.index("provisioner.servers.serve_child") + 1]
+    if "provisioner.servers.tftp_service" in args:
+        return "tftp-worker"
+    return Path(args[0].split()[0]).name.rstrip(":") if args else "?"  # "nginx: worker process"
+
+
+class Profile:
+    """py-spy (`pip install py-spy`) sampling every Python process of serve during a storm: the
+    functions each spends its CPU in, by their own samples (idle threads not counted)."""
+
+    def __init__(self, pids: list[int], root: Path):
+        exe = Path(sys.executable).parent / "py-spy"
+        self.runs = []
+        for pid in pids:
+            name = label(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+            out = root / f"profile-{name}-{pid}.txt"
+            cmd = [str(exe), "record", "-p", str(pid), "-r", "50", "-f", "raw", "-o", str(out), "--nonblocking"]
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.runs.append((name, out, proc))
+
+    def report(self, top: int = 6) -> None:
+        """After serve stopped (py-spy writes its file when its process ends)."""
+        for name, out, proc in self.runs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait()
+            own: dict[str, int] = {}
+            for line in out.read_text().splitlines() if out.exists() else []:
+                stack, _, n = line.rpartition(" ")
+                leaf = stack.rsplit(";", 1)[-1]
+                leaf = leaf.split(" (")[0] + " (" + leaf.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                own[leaf] = own.get(leaf, 0) + int(n)
+            total = sum(own.values())
+            if not total:
+                continue
+            best = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+            print(
+                f"  {'':12} profile {name} ({total / 50:.0f} s busy): "
+                + ", ".join(f"{f} {n / total:.0%}" for f, n in best)
+            )
 
 
 def wait_port(ns, proto: str, port: int, proc: subprocess.Popen, what: str) -> None:
@@ -233,19 +299,28 @@ http {{
     return procs
 
 
-def storm(client, root: Path, nodes_file: Path, full: bool, ramp: float, timeout: float, run: int) -> dict:
+def relay_addresses(n: int) -> list[str]:
+    """The relay agents of a relayed storm (one per rack), at the top of the subnet: the
+    inventory has one subnet, and DHCP answers a relay whose giaddr is in it."""
+    return [str(SUBNET[-2 - k]) for k in range(n)]
+
+
+def storm(
+    client, root: Path, nodes_file: Path, full: bool, ramp: float, timeout: float, run: int, relays: list[str]
+) -> dict:
     """One storm; `run` picks the nodes' privileged source port, so no run meets the last one's
-    connections in TIME_WAIT."""
+    connections in TIME_WAIT; with `relays`, DHCP goes through those relay agents."""
     rows = json.loads(nodes_file.read_text())
     cfg = {
         "iface": "eth0",
         "server": SERVER,
         "http_port": HTTP_PORT,
         "ramp": ramp,
+        "relays": relays,
         "port": 600 + run,
         "nodes": [[name, ip, mac, token if full else None] for name, ip, mac, token in rows],
     }
-    path = root / f"storm-{'full' if full else 'std'}-{ramp}.json"
+    path = root / f"storm-{'full' if full else 'std'}-{run}.json"
     path.write_text(json.dumps(cfg))
     res = client.run([sys.executable, "-P", str(HERE / "storm_client.py"), str(path)], timeout=timeout, check=False)
     if res.returncode != 0:
@@ -253,9 +328,10 @@ def storm(client, root: Path, nodes_file: Path, full: bool, ramp: float, timeout
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def add_addresses(client, rows: list) -> None:
-    """Every node's address on the client's one interface (`ip -batch`: one process, not N)."""
-    batch = "".join(f"addr add {ip}/{SUBNET.prefixlen} dev eth0\n" for _, ip, _, _ in rows)
+def add_addresses(client, rows: list, relays: list[str]) -> None:
+    """Every node's and relay agent's address on the client's one interface (`ip -batch`: one
+    process, not N)."""
+    batch = "".join(f"addr add {ip}/{SUBNET.prefixlen} dev eth0\n" for ip in [r[1] for r in rows] + relays)
     client.run(["ip", "-batch", "-"], input=batch)
 
 
@@ -277,8 +353,9 @@ def report(name: str, got: dict, meter: Meter) -> None:
     print(
         f"  {name:12} booted {booted:6d}  failed {got['failed']:5d}  last node {got['last']:7.1f} s  "
         f"server CPU {meter.seconds / max(booted, 1) * 1000:6.1f} ms/node  "
-        f"peak {meter.peak_rss / 2**20:6.0f} MB, {meter.peak_fds} fds"
+        f"peak {meter.peak_rss / 2**20:6.0f} MB, {meter.peak_fds} fds, client CPU {got['client_cpu']:.0f} s"
     )
+    print(f"  {'':12} CPU s by process: {meter.by_process()}")
     if got["failed"]:
         print(f"  {'':12} failures by step: {got['failures_by_step']}; e.g. {got['failures']}")
     steps = got["steps"]
@@ -294,9 +371,11 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the real kernel and initramfs sizes")
     ap.add_argument("--initramfs-mb", type=float, default=2.7)
     ap.add_argument("--ramp", type=float, default=30.0, help="seconds the ramp pattern spreads the starts over")
-    ap.add_argument("--patterns", default="burst,ramp")
+    ap.add_argument("--patterns", default="burst,ramp", help="of burst, ramp, relayed (a burst through relay agents)")
+    ap.add_argument("--relays", type=int, default=8, help="relay agents of the relayed pattern")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--profile", action="store_true", help="sample serve's processes with py-spy (pip install py-spy)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-storm-", dir="/var/tmp"))
     results: dict[tuple[str, str], dict] = {}
@@ -313,25 +392,36 @@ def main() -> int:
         )
         with Lab(str(SUBNET)) as lab:
             client = lab.host(ip=CLIENT_IP)
-            add_addresses(client, rows)
+            relays = relay_addresses(args.relays)
+            add_addresses(client, rows, relays)
             neighbours(lab.server, args.nodes)
             for pattern in args.patterns.split(","):
                 ramp = args.ramp if pattern == "ramp" else 0.0
-                print(f"{pattern}" + (f" (starts spread over {ramp:.0f} s)" if ramp else " (all at once)"))
+                via = relays if pattern == "relayed" else []
+                print(
+                    f"{pattern}"
+                    + (f" (starts spread over {ramp:.0f} s)" if ramp else " (all at once)")
+                    + (f", DHCP through {len(via)} relay agents (giaddr)" if via else "")
+                )
                 proc = start_provisioner(lab, site, state, root / f"serve-{pattern}.log")
+                profile = None
                 try:
                     with Meter([proc.pid]) as meter:
+                        if args.profile:
+                            profile = Profile([p for p in meter.tree() if p != proc.pid], root)
                         got = results[(pattern, "provisioner")] = storm(
-                            client, root, nodes_file, True, ramp, args.timeout, len(results)
+                            client, root, nodes_file, True, ramp, args.timeout, len(results), via
                         )
                 finally:
                     terminate(proc, 30)
                 report("provisioner", got, meter)
+                if profile is not None:
+                    profile.report()
                 procs = start_standard(lab, state, root / f"std-{pattern}", nodes_file)
                 try:
                     with Meter([p.pid for p in procs]) as meter:
                         std = results[(pattern, "standard")] = storm(
-                            client, root, nodes_file, False, ramp, args.timeout, len(results)
+                            client, root, nodes_file, False, ramp, args.timeout, len(results), via
                         )
                 finally:
                     for p in procs:

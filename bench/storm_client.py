@@ -3,10 +3,11 @@
 the initramfs do, with its own MAC and address, in one asyncio process.
 
 Per node: DHCP as the UEFI PXE ROM (DISCOVER/OFFER/REQUEST/ACK, broadcast from the node's MAC
-on a raw socket) -> the boot file over TFTP (blksize 1468, lock-step ACKs) -> DHCP again as
-iPXE -> the iPXE script over HTTP, then the kernel and initramfs it names -> DHCP again as the
-initramfs -> (full stack only) the node's secret overlay from its own address and a privileged
-port, and its stage and facts reports with its credential. Each step retries as a client of
+on a raw socket, or through its rack's relay agent: giaddr, port 67, unicast both ways) ->
+the boot file over TFTP (blksize 1468, lock-step ACKs) -> DHCP again as iPXE -> the iPXE
+script over HTTP, then the kernel and initramfs it names -> DHCP again as the initramfs ->
+(full stack only) the node's secret overlay from its own address and a privileged port, and
+its stage and facts reports with its credential. Each step retries as a client of
 its kind does (DHCP 4 tries, TFTP 5 retransmits, HTTP 3 tries); a node that runs out of tries
 fails there. Prints one JSON object: per-step latencies, per-node totals, failures by step.
 
@@ -78,20 +79,20 @@ def frame(mac: bytes, bootp: bytes) -> bytes:
     return b"\xff" * 6 + mac + struct.pack("!H", ETH_P_IP) + ip + udp
 
 
-def bootp(mac: bytes, xid: int, options: list[tuple[int, bytes]]) -> bytes:
+def bootp(mac: bytes, xid: int, options: list[tuple[int, bytes]], giaddr: bytes = bytes(4)) -> bytes:
     head = struct.pack(
         "!BBBBIHH4s4s4s4s16s64s128s",
         1,
         1,
         6,
-        0,
+        1 if giaddr != bytes(4) else 0,  # hops: a relay agent's
         xid,
         0,
         0x8000,
         bytes(4),
         bytes(4),
         bytes(4),
-        bytes(4),
+        giaddr,
         mac.ljust(16, b"\0"),
         b"",
         b"",
@@ -108,8 +109,12 @@ def parse_reply(data: bytes) -> tuple[int, dict] | None:
     udp = 14 + ihl
     if struct.unpack("!H", data[udp + 2 : udp + 4])[0] != 68:
         return None
-    b = data[udp + 8 :]
-    if b[0] != 2 or b[236:240] != COOKIE:
+    return parse_bootp(data[udp + 8 :])
+
+
+def parse_bootp(b: bytes) -> tuple[int, dict] | None:
+    """(xid, fields) of a BOOTP reply, or None."""
+    if len(b) < 240 or b[0] != 2 or b[236:240] != COOKIE:
         return None
     xid = struct.unpack("!I", b[4:8])[0]
     opts, i = {}, 240
@@ -138,6 +143,7 @@ class Dhcp:
     """One raw socket for every node; replies are matched to their DORA by xid."""
 
     def __init__(self, iface: str):
+        self.relays: list[socket.socket] = []
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
         program = b"".join(struct.pack("HBBI", *insn) for insn in DHCP_ONLY)
         self._filter = ctypes.create_string_buffer(program)  # must outlive the setsockopt call
@@ -149,22 +155,39 @@ class Dhcp:
         self.waiting: dict[int, asyncio.Future] = {}
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
 
-    def _readable(self) -> None:
+    def relay(self, addresses: list[str], server: str) -> None:
+        """Send through relay agents at `addresses` (a switch's DHCP relay per rack: port 67,
+        giaddr set, the answer unicast back to it) instead of broadcasting; a node keeps one."""
+        self.server = server
+        for ip in addresses:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+            s.bind((ip, 67))
+            s.setblocking(False)
+            asyncio.get_running_loop().add_reader(s.fileno(), self._readable, s, parse_bootp)
+            self.relays.append(s)
+
+    def _readable(self, sock: socket.socket | None = None, parse=parse_reply) -> None:
         while True:
             try:
-                data = self.sock.recv(2048)
+                data = (sock or self.sock).recv(2048)
             except BlockingIOError:
                 return
-            got = parse_reply(data)
+            got = parse(data)
             if got is not None:
                 fut = self.waiting.get(got[0])
                 if fut is not None and not fut.done():
                     fut.set_result(got[1])
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, mac: bytes, xid: int, options: list[tuple[int, bytes]]) -> None:
         while True:
             try:
-                self.sock.send(data)
+                if self.relays:
+                    sock = self.relays[mac[-1] % len(self.relays)]
+                    giaddr = socket.inet_aton(sock.getsockname()[0])
+                    sock.sendto(bootp(mac, xid, options, giaddr), (self.server, 67))
+                else:
+                    self.sock.send(frame(mac, bootp(mac, xid, options)))
                 return
             except BlockingIOError:
                 await asyncio.sleep(0.001)
@@ -176,7 +199,7 @@ class Dhcp:
             fut = loop.create_future()
             self.waiting[xid] = fut
             try:
-                await self._send(frame(mac, bootp(mac, xid, [(53, msg), *extra])))
+                await self._send(mac, xid, [(53, msg), *extra])
                 got = await asyncio.wait_for(fut, DHCP_WAIT * (attempt + 1))
             except TimeoutError:
                 continue
@@ -363,6 +386,8 @@ async def main(path: str) -> None:
     with open(path) as f:
         cfg = json.load(f)
     dhcp = Dhcp(cfg["iface"])
+    if cfg.get("relays"):
+        dhcp.relay(cfg["relays"], cfg["server"])
     nodes = [Node(cfg, *row) for row in cfg["nodes"]]
     failures: dict[str, list[str]] = defaultdict(list)
     totals: list[float] = []

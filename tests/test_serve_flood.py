@@ -80,7 +80,7 @@ def test_collapse_lets_one_line_per_interval_out_with_a_count():
 def test_tftp_request_flood_is_refused_beyond_the_caps_and_dead_transfers_end(lab, cli):
     write_state(cli.state)
     with start(lab, cli, tftp_per_client=8, tftp_transfers=64) as srv:
-        pid = srv.proc.pid
+        pid = srv.pid_of("tftp")
         attacker, n1 = lab.host(ip="10.99.0.66"), node(lab)
         assert curl(n1, f"tftp://{SERVER_IP}:{TFTP[1]}/boot.ipxe").returncode == 0  # warm: sockets, caches
         base = fds(pid, "socket")
@@ -123,7 +123,7 @@ def test_odd_block_sizes_keep_memory_within_the_packet_budget(lab, cli):
     they go. Memory goes back down when they end. One TFTP process: the one measured."""
     files = write_state(cli.state)
     with start(lab, cli, workers=1, tftp_per_client=48, tftp_transfers=48, tftp_cache_mb=4) as srv:
-        pid = srv.proc.pid
+        pid = srv.pid_of("tftp")
         attacker = lab.host(ip="10.99.0.66")
         in_ns(attacker, drive, TFTP, KERNEL, [1468])  # warm: one transfer's worth of allocations
         base = rss_mb(pid)
@@ -190,7 +190,7 @@ def test_http_connection_flood_slowloris_and_idle_are_refused_or_closed(lab, cli
     with start(
         lab, cli, http_connections=40, http_per_client=20, http_header_timeout=2, http_keepalive_timeout=3
     ) as srv:
-        pid = srv.proc.pid
+        pid = srv.pid_of("http")
         attacker, n1 = lab.host(ip="10.99.0.66"), node(lab)
         base = fds(pid)
         with Sampler(pid) as sampler:

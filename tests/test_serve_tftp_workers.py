@@ -1,7 +1,8 @@
 """TFTP worker processes in `provisioner serve`: they share the port (SO_REUSEPORT) with serve's
 own TFTP server, each transfer whole and recorded, every one follows a reload before serve
-says "reloaded", they end with serve (SIGTERM or serve killed), a dying worker fails serve,
-and a second serve on the same port is refused instead of quietly sharing it."""
+says "reloaded", they end with serve (SIGTERM or serve killed), a dying worker fails the TFTP
+service (which serve starts again), and a second serve on the same port is refused instead
+of quietly sharing it."""
 
 import os
 import re
@@ -108,16 +109,23 @@ def test_serve_killed_takes_its_workers_with_it(lab, cli):
     assert gone(workers), "a worker outlived a killed serve"
 
 
-def test_a_dying_worker_fails_serve(lab, cli):
+def test_a_dying_worker_fails_the_tftp_service_which_serve_starts_again(lab, cli):
     write_site(cli.site)
-    write_state(cli.state)
+    files = write_state(cli.state)
     srv = Serve(lab, cli, services="tftp", extra=("--tftp-port", str(PORT), "--tftp-workers", "2"))
+    first = srv.pid_of("tftp")
     (worker,) = worker_pids(srv)
+    mark = len(srv.lines)
     os.kill(worker, signal.SIGKILL)
-    line = srv.wait_log("service failed")
+    line = srv.wait_log("service failed", after=mark)
     assert f"TFTP worker {worker} exited with code -9" in line
-    assert srv.proc.wait(timeout=30) == 1  # by itself: no SIGTERM was sent
-    srv.stop()
+    srv.wait_log("service ready again", after=mark)
+    assert srv.pid_of("tftp", after=mark) != first and srv.proc.poll() is None
+    n1 = lab.host(ip=NODES["node01"][0], mac=NODES["node01"][1])
+    kernel = files[f"/images/{IMAGE}/vmlinuz"]
+    assert fetch_all(n1, f"images/{IMAGE}/vmlinuz", 4) == [sha256(kernel)] * 4
+    assert srv.stop() == 0
+    assert gone([first, worker, *[int(p) for p in re.findall(r"pids=(\d+)", "\n".join(srv.lines[mark:]))]])
 
 
 def test_a_second_serve_on_the_port_is_refused(lab, cli):

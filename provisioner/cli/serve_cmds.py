@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -54,7 +55,7 @@ DEFAULT_TFTP_WORKERS_MAX = 8
     "--tftp-workers",
     type=click.IntRange(1, 64),
     default=None,
-    help=f"TFTP processes sharing the port, this one included [default: one per CPU, at most "
+    help=f"TFTP processes sharing the port, the TFTP service's own included [default: one per CPU, at most "
     f"{DEFAULT_TFTP_WORKERS_MAX}].",
 )
 @click.option(
@@ -80,10 +81,11 @@ def serve(
     log_level: str,
     print_unit: bool,
 ) -> None:
-    """Run the boot services (DHCP, TFTP, HTTP) in the foreground.
+    """Run the boot services (DHCP, TFTP, HTTP) in the foreground, each in a process of its own.
 
-    SIGHUP or a change to cluster.yaml reloads the inventory without dropping transfers in
-    flight; SIGTERM stops cleanly. Log lines go to stderr as key=value pairs.
+    A service that ends by itself is started again. SIGHUP or a change to cluster.yaml
+    reloads the inventory without dropping transfers in flight; SIGTERM stops cleanly.
+    Log lines go to stderr as key=value pairs.
     """
     if print_unit:
         click.echo(systemd_unit("provisioner.service", ctx.site, ctx.state), nl=False)
@@ -114,7 +116,14 @@ def serve(
         tftp_workers=tftp_workers or min(os.cpu_count() or 1, DEFAULT_TFTP_WORKERS_MAX),
     )
     try:
-        daemon = Daemon(ctx.site, ctx.state, inventory, opts, adopt=AutoAdopter(ctx), console=console_actions(ctx))
+        daemon = Daemon(
+            ctx.site,
+            ctx.state,
+            inventory,
+            opts,
+            adopt=partial(AutoAdopter, ctx.fresh()),
+            console=partial(console_actions, ctx.fresh()),
+        )
+        sys.exit(daemon.run())
     except ServeError as e:
         raise UserError(str(e)) from None
-    sys.exit(daemon.run())

@@ -1,6 +1,7 @@
 """The descriptor budget of one process: cluster.limits' caps lowered until every service
 in the process fits under RLIMIT_NOFILE together, so one service's flood can use up its own
-share but never the descriptors another needs to accept (issue 17)."""
+share but never the descriptors another needs to accept (issue 17). `provisioner serve`
+runs one service a process, so each fits alone."""
 
 from __future__ import annotations
 

@@ -1,13 +1,16 @@
-"""The `provisioner serve` daemon: the DHCP, TFTP and HTTP services as threads of one
-process (TFTP may add worker processes on its port: tftp/workers.py), each driven through
-the Service interface (service.py) alone.
+"""The `provisioner serve` daemon: the DHCP, TFTP and HTTP services, each in a process of its
+own (supervise.py) so each has a CPU of its own in a boot storm (TFTP may add worker processes
+on its port: tftp/workers.py), each driven through the Service interface (service.py) alone.
 
-The main thread owns the signals: SIGHUP (or an inventory change, or POST /api/v1/reload)
-reloads the inventory into every service in place, so transfers in flight carry on; SIGTERM
-or SIGINT stops the services cleanly. Artifacts need no reload: the servers open them per
-request, and builders replace them atomically. A Slurm poller records each node's `idle`
-stage; a trimmer keeps the node-state history within cluster.retention. Log lines are
-logfmt (key=value), one event per line.
+The parent owns the signals: SIGHUP (or an inventory change, or POST /api/v1/reload) reloads
+the inventory and hands it to every service, which takes it in place, so transfers in flight
+carry on; SIGTERM or SIGINT stops every service cleanly. A service that ends by itself is
+started again after a pause; one that cannot start at all stops serve with its reason.
+Artifacts need no reload: the servers open them per request, and builders replace them
+atomically. The parent also polls Slurm (recording each node's `idle` stage, and handing the
+states to HTTP for the admin API), keeps the node-state history within cluster.retention,
+and gathers each service's counters for HTTP's /metrics. Log lines are logfmt (key=value),
+one event per line.
 """
 
 from __future__ import annotations
@@ -16,18 +19,20 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..inventory import Inventory, InventoryInvalid, load_inventory
-from ..logs import kv
+from ..logs import kv, setup_logging
 from ..nodestate import NodeStateDB
 from ..nodestate.slurm import is_ready, slurm_states
 from ..paths import Site, State
 from .limits import fit
 from .service import Service
+from .supervise import PUSH_INTERVAL, Link, Message, Supervised, host
 
 if TYPE_CHECKING:
     from .dhcp.server import Adopter
@@ -37,6 +42,8 @@ log = logging.getLogger("provisioner.serve")
 
 SERVICES = ("dhcp", "tftp", "http")  # the default set
 OPTIONAL = ("console",)  # IPMI serial-over-LAN console logs of nodes with a BMC
+CHILD = "provisioner.servers.serve_child"  # the module a service process runs
+RELOAD_TIMEOUT = 60.0  # for every service to take a reload (TFTP waits for its workers)
 
 
 class ServeError(Exception):
@@ -57,6 +64,20 @@ class ServeOptions:
     tftp_workers: int = 1  # TFTP processes on the port, this one included (tftp/workers.py)
 
 
+@dataclass(frozen=True)
+class Start:
+    """What a service process builds its service from: the parent's first message."""
+
+    name: str
+    site: Site
+    state: State
+    inventory: Inventory
+    opts: ServeOptions
+    level: str
+    adopt: Callable[[], Adopter] | None = None  # makes DHCP's adopter (picklable: a class and its arguments)
+    console: Callable[[], ConsoleActions] | None = None  # makes the web console's actions, likewise
+
+
 def _fingerprint(site: Site) -> tuple[int, int, int] | None:
     try:
         st = site.cluster_yaml.stat()
@@ -72,12 +93,13 @@ class Daemon:
         state: State,
         inventory: Inventory,
         opts: ServeOptions,
-        adopt: Adopter | None = None,
-        console: ConsoleActions | None = None,
+        adopt: Callable[[], Adopter] | None = None,
+        console: Callable[[], ConsoleActions] | None = None,
     ):
-        """`adopt`: how DHCP adopts a discovered node under cluster.discovery `mode: auto` (the
-        caller hands in actions.discovery.AutoAdopter: servers do not import the actions above
-        them); `console`: what the web console may change, likewise (actions.webconsole)."""
+        """`adopt` makes how DHCP adopts a discovered node under cluster.discovery `mode: auto`,
+        `console` what the web console may change (the caller hands in actions.discovery.
+        AutoAdopter and actions.webconsole.console_actions with their context: servers do not
+        import the actions above them); each is called in its service's process, so picklable."""
         self.site, self.state, self.inventory, self.opts = site, state, inventory, opts
         self.adopt, self.console = adopt, console
         self.db = NodeStateDB(state.db)
@@ -87,82 +109,63 @@ class Daemon:
         self._reload = threading.Event()
         self._wake = threading.Event()
         self._seen = _fingerprint(site)
-        # One descriptor budget for the services of this process (limits.py).
-        self.limits = fit(inventory.cluster.limits, opts.services)
-        self.services: dict[str, Service] = {name: self._make(name) for name in opts.services}
+        self._lock = threading.Condition()
+        self._reloads = 0  # reloads handed out
+        self._acks: dict[str, int] = {}  # the last reload each service took
+        self._counters: dict[str, dict[str, int]] = {}  # the running process's, by service
+        self._before: dict[str, dict[str, int]] = {}  # those of its ended processes
+        self._peers_changed = True
+        self._started = threading.Event()  # every service was ready once
+        self.children = {name: Supervised(name, CHILD, self._starter(name), self._message) for name in opts.services}
 
-    # -- composition ---------------------------------------------------------------------------
-    def _make(self, name: str) -> Service:
-        make: dict[str, Callable[[], Service]] = {
-            "dhcp": self._dhcp,
-            "tftp": self._tftp,
-            "http": self._http,
-            "console": self._console,
-        }
-        try:
-            return make[name]()
-        except ImportError as e:
-            raise ServeError(f"the {name} service is not available in this installation ({e})") from None
-        except (OSError, ValueError) as e:
-            raise ServeError(f"cannot start {name} on {self.opts.listen}: {e}") from None
+    # -- the service processes ---------------------------------------------------------------------
+    def _starter(self, name: str) -> Callable[[], Start]:
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
 
-    def _console(self) -> Service:
-        from .consoles import ConsoleService
+        def start() -> Start:
+            with self._lock:
+                self._acks[name] = self._reloads
+                return Start(name, self.site, self.state, self.inventory, self.opts, level, self.adopt, self.console)
 
-        return ConsoleService(self.inventory, self.state)
+        return start
 
-    def _dhcp(self) -> Service:
-        from .dhcp import DhcpServer
+    def _message(self, name: str, message: Message) -> None:
+        """From a service process (its supervising thread)."""
+        kind = message[0]
+        with self._lock:
+            if kind == "counters":
+                self._counters[name] = message[1]
+            elif kind == "exited":
+                ended = self._counters.pop(name, {})
+                before = self._before.setdefault(name, {})
+                for key, n in ended.items():
+                    before[key] = before.get(key, 0) + n
+            elif kind == "reloaded":
+                self._acks[name] = max(self._acks.get(name, 0), message[1])
+            self._peers_changed = self._peers_changed or kind in ("counters", "ready")
+            self._lock.notify_all()
+        if kind == "reload":
+            self.request_reload()
+        elif kind == "ready" and self._started.is_set():
+            log.info("service ready again", extra=kv(service=name, pid=self.children[name].pid))
 
-        return DhcpServer(
-            self.inventory,
-            self.state,
-            self.opts.interface,
-            self.opts.listen,
-            self.opts.dhcp_port or self.inventory.cluster.ports.dhcp,
-            self.db,
-            adopt=self.adopt,
-        )
+    def counters(self, name: str) -> dict[str, int]:
+        """A service's counters over all its processes (a restart does not set them back)."""
+        with self._lock:
+            total = dict(self._before.get(name, {}))
+            for key, n in self._counters.get(name, {}).items():
+                total[key] = total.get(key, 0) + n
+            return total
 
-    def _tftp(self) -> Service:
-        from .tftp import listen_address
-        from .tftp_service import boot_service
-
-        return boot_service(
-            self.site,
-            self.state,
-            self.inventory,
-            self.db,
-            listen_address(self.opts.listen),
-            self.opts.tftp_port or self.inventory.cluster.ports.tftp,
-            self.opts.tftp_workers,
-            limits=self.limits,
-        )
-
-    def _http(self) -> Service:
-        from .http import Hooks, HttpServer
-
-        hooks = Hooks(
-            reload=self.request_reload,
-            slurm_states=lambda: self.slurm,
-            dhcp_packets=lambda: self._counters("dhcp"),
-            console=self.console,
-        )
-        return HttpServer(
-            self.inventory,
-            self.state,
-            self.opts.listen,
-            self.opts.http_port or self.inventory.cluster.ports.http,
-            self.db,
-            self.opts.token_file,
-            hooks,
-            self.limits,
-        )
-
-    def _counters(self, name: str) -> Mapping[str, int]:
-        """A service's counters, empty when this process does not run it."""
-        service = self.services.get(name)
-        return service.counters() if service is not None else {}
+    def _push_peers(self) -> None:
+        """What HTTP shows of the others (/metrics, the admin API), when it changed."""
+        with self._lock:
+            if not self._peers_changed:
+                return
+            self._peers_changed = False
+        peers = {"slurm": self.slurm, "counters": {name: self.counters(name) for name in self.children}}
+        for child in self.children.values():
+            child.send(("peers", peers))
 
     # -- control, from any thread -----------------------------------------------------------------
     def request_reload(self) -> None:
@@ -175,24 +178,52 @@ class Daemon:
 
     # -- main thread ---------------------------------------------------------------------------------
     def run(self) -> int:
+        """Serve until SIGTERM; ServeError when a service cannot start."""
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         threads = [
-            threading.Thread(target=self._serve, args=(n, s), name=f"serve-{n}", daemon=True)
-            for n, s in self.services.items()
+            threading.Thread(target=self._poll_slurm, name="slurm-poll", daemon=True),
+            threading.Thread(target=self._trim, name="retention", daemon=True),
         ]
-        threads.append(threading.Thread(target=self._poll_slurm, name="slurm-poll", daemon=True))
-        threads.append(threading.Thread(target=self._trim, name="retention", daemon=True))
-        for t in threads:
-            t.start()
-        for service in self.services.values():
-            while not service.ready.wait(0.1) and not self._stop.is_set():
-                pass
-        if not self._stop.is_set():
-            log.info("ready", extra=kv(services=",".join(self.services), pid=os.getpid()))
+        for child in self.children.values():
+            child.start()
+        try:
+            failure = self._wait_ready()
+            if failure is not None:
+                self.failed = True
+                raise ServeError(failure)
+            for t in threads:
+                t.start()
+            self._started.set()
+            if not self._stop.is_set():
+                log.info("ready", extra=kv(services=",".join(self.children), pid=os.getpid()))
+            self._loop()
+        finally:
+            log.info("stopping", extra=kv(services=",".join(self.children)))
+            self._stop.set()
+            for child in self.children.values():
+                child.terminate()
+            for child in self.children.values():
+                child.join()
+            for t in threads:
+                if t.is_alive():
+                    t.join(timeout=15)
+            log.info("stopped", extra=kv(failed=self.failed))
+        return 0
+
+    def _wait_ready(self) -> str | None:
+        """Until every service answers: None, or why one could not start."""
+        for child in self.children.values():
+            while not child.ready.wait(0.1) and not self._stop.is_set():
+                if child.ended.is_set():
+                    return child.failure
+        return None
+
+    def _loop(self) -> None:
+        tick = min(self.opts.watch_interval, PUSH_INTERVAL)
         while not self._stop.is_set():
-            self._wake.wait(self.opts.watch_interval)
+            self._wake.wait(tick)
             self._wake.clear()
             if self._stop.is_set():
                 break
@@ -201,23 +232,7 @@ class Daemon:
                 self._reload.clear()
                 self._seen = changed
                 self._do_reload()
-        log.info("stopping", extra=kv(services=",".join(self.services)))
-        for s in self.services.values():
-            s.shutdown()
-        for t in threads:
-            t.join(timeout=15)
-        log.info("stopped", extra=kv(failed=self.failed))
-        return 1 if self.failed else 0
-
-    def _serve(self, name: str, service: Service) -> None:
-        try:
-            service.serve_forever()
-        except Exception:
-            log.exception("service failed", extra=kv(service=name))
-            self.failed = True
-        if not self._stop.is_set():
-            self.failed = True
-            self.request_stop()
+            self._push_peers()
 
     def _do_reload(self) -> None:
         try:
@@ -228,16 +243,33 @@ class Daemon:
                 extra=kv(problems=len(e.problems), first=e.problems[0] if e.problems else None),
             )
             return
-        self.inventory = inventory
-        for service in self.services.values():
-            service.reload(inventory)
+        with self._lock:
+            self.inventory = inventory
+            self._reloads += 1
+            n = self._reloads
+        # Outside the lock: a process being started takes it to build its first message.
+        for child in self.children.values():
+            child.send(("reload", n, inventory))
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._reloaded(n), RELOAD_TIMEOUT):
+                late = [c for c in self.children if self._acks.get(c, 0) < n]
+                log.error("reload not taken in time", extra=kv(services=",".join(late)))
         log.info("reloaded", extra=kv(nodes=len(inventory.nodes)))
+
+    def _reloaded(self, n: int) -> bool:
+        """Every service process took reload `n`, or started since with its inventory, or is gone."""
+        return self._stop.is_set() or all(
+            self._acks.get(name, 0) >= n or not child.alive() for name, child in self.children.items()
+        )
 
     def _poll_slurm(self) -> None:
         """Record `idle` for each node slurmctld reports ready, once per boot."""
         while not self._stop.wait(0 if self.slurm is None else self.opts.slurm_interval):
             states = slurm_states()
-            self.slurm = states or {}
+            if (states or {}) != self.slurm:
+                self.slurm = states or {}
+                with self._lock:
+                    self._peers_changed = True
             if not states:
                 continue
             try:
@@ -266,3 +298,92 @@ class Daemon:
             if is_ready(state) and (node.name not in last or last[node.name]["stage"] != "idle"):
                 self.db.record_stage(node.name, "idle", state)
                 log.info("stage", extra=kv(node=node.name, stage="idle", slurm=state))
+
+
+# -- in a service process ----------------------------------------------------------------------------
+def _console(start: Start, link: Link) -> Service:
+    from .consoles import ConsoleService
+
+    return ConsoleService(start.inventory, start.state)
+
+
+def _dhcp(start: Start, link: Link) -> Service:
+    from .dhcp import DhcpServer
+
+    return DhcpServer(
+        start.inventory,
+        start.state,
+        start.opts.interface,
+        start.opts.listen,
+        start.opts.dhcp_port or start.inventory.cluster.ports.dhcp,
+        NodeStateDB(start.state.db),
+        adopt=start.adopt() if start.adopt is not None else None,
+    )
+
+
+def _tftp(start: Start, link: Link) -> Service:
+    from .tftp import listen_address
+    from .tftp_service import boot_service
+
+    return boot_service(
+        start.site,
+        start.state,
+        start.inventory,
+        NodeStateDB(start.state.db),
+        listen_address(start.opts.listen),
+        start.opts.tftp_port or start.inventory.cluster.ports.tftp,
+        start.opts.tftp_workers,
+    )
+
+
+def _http(start: Start, link: Link) -> Service:
+    from .http import Hooks, HttpServer
+
+    def peers(key: str) -> dict:
+        return (link.peers or {}).get(key) or {}
+
+    hooks = Hooks(
+        reload=lambda: link.send(("reload",)),
+        slurm_states=lambda: (link.peers or {}).get("slurm"),
+        dhcp_packets=lambda: peers("counters").get("dhcp", {}),
+        console=start.console() if start.console is not None else None,
+    )
+    return HttpServer(
+        start.inventory,
+        start.state,
+        start.opts.listen,
+        start.opts.http_port or start.inventory.cluster.ports.http,
+        NodeStateDB(start.state.db),
+        start.opts.token_file,
+        hooks,
+        fit(start.inventory.cluster.limits, ("http",)),
+    )
+
+
+BUILD: dict[str, Callable[[Start, Link], Service]] = {"dhcp": _dhcp, "tftp": _tftp, "http": _http, "console": _console}
+
+
+def _build(start: Start, link: Link) -> Service:
+    try:
+        return BUILD[start.name](start, link)
+    except ImportError as e:
+        raise ServeError(f"the {start.name} service is not available in this installation ({e})") from None
+    except (OSError, ValueError) as e:
+        raise ServeError(f"cannot start {start.name} on {start.opts.listen}: {e}") from None
+
+
+def child_main(argv: Sequence[str]) -> int:
+    """A service process (`python -m provisioner.servers.serve_child NAME FD`): its service,
+    built from the parent's first message on FD, until SIGTERM or the parent's end."""
+    link = Link(Connection(int(argv[1])))
+    try:
+        start: Start = link.conn.recv()
+    except (EOFError, OSError):
+        return 0
+    setup_logging(start.level)
+    try:
+        service = _build(start, link)
+    except ServeError as e:
+        link.send(("failed", str(e)))
+        return 1
+    return host(link, service)

@@ -1,8 +1,9 @@
 """The one interface every boot service (DHCP, TFTP, HTTP) offers the daemon that runs it.
 
-`provisioner serve` runs each service's serve_forever() in a thread of its own and drives
-them all through this interface alone: it waits for `ready`, hands each a reloaded
-inventory, reads counters for /metrics and stops them with shutdown().
+`provisioner serve` runs each service in a process of its own (supervise.py), its
+serve_forever() in a thread there, and drives them all through this interface alone: it
+waits for `ready`, hands each a reloaded inventory, reads counters for /metrics and stops
+them with shutdown().
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -125,6 +126,17 @@ class Serve:
                 break
             time.sleep(0.05)
         raise AssertionError(f"no log line with {needle!r}; serve said:\n" + "\n".join(self.lines))
+
+    def pid_of(self, service: str, after: int = 0) -> int:
+        """The process serving `service` (serve logs each one it starts), the latest one
+        started after line `after`."""
+        line = self.wait_log(f'msg="service started" service={service} ', after=after)
+        for later in self.lines[after:]:
+            if f'msg="service started" service={service} ' in later:
+                line = later
+        found = re.search(r" pid=(\d+)", line)
+        assert found, line
+        return int(found.group(1))
 
     def signal(self, sig: int) -> None:
         self.terminated = self.terminated or sig == signal.SIGTERM
