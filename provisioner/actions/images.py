@@ -164,7 +164,7 @@ def build_image(
 def import_image(
     ctx: Context,
     name: str,
-    source: Path,
+    source: Path | str,
     *,
     kernel: str | None = None,
     compression: str = "gzip",
@@ -172,7 +172,8 @@ def import_image(
     progress: Say = quiet,
     bar: ProgressBar | None = None,
 ) -> Switch:
-    """A new version of image `name` from a root directory or tarball; its nodes then boot it."""
+    """A new version of image `name` from a root directory, tarball or container image; its
+    nodes then boot it."""
     then = _Follow(ctx, bar)
     with _naming_askers(ctx, name):
         images.import_image(

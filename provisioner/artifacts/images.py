@@ -19,6 +19,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,11 +30,12 @@ from ..atomic import atomic_write, locked
 from ..errors import UserError
 from ..inroot import Root, RootPathError
 from ..paths import State
-from . import layout
+from . import layout, oci
+from .commands import Progress as Progress
+from .commands import run_logged as _run
 from .initramfs import kernel_versions, write_initramfs
 from .kmod import modules_dir
 
-Progress = Callable[[str], None]
 # Called under the image's lock right after `current` switched to a new version; True once the
 # boot configs name it, so older versions may be pruned (False keeps them all).
 OnSwitch = Callable[["ImageVersion"], bool]
@@ -320,18 +322,6 @@ def _make_version(
 # --- sources: debootstrap, a directory, a tarball -----------------------------------------
 
 
-def _run(argv: list[str], progress: Progress, what: str) -> None:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = [*tail, line][-5:]
-        progress(line)
-    if proc.wait() != 0:
-        raise UserError(f"{what} failed (exit {proc.returncode}): {' / '.join(tail)}")
-
-
 def cache_key(suite: str, variant: str, packages: tuple[str, ...]) -> str:
     text = json.dumps([suite, variant, sorted(set(packages))])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -410,28 +400,57 @@ def build_image(
 def import_image(
     state: State,
     name: str,
-    source: Path,
+    source: Path | str,
     kernel: str | None = None,
     compression: str = "gzip",
     keep: int = 3,
     progress: Progress = _quiet,
     on_switch: OnSwitch | None = None,
     modules: tuple[str, ...] = (),
+    limits: oci.Limits = oci.LIMITS,
 ) -> ImageVersion:
-    """Adopt an existing root (a directory or a tarball, any compression tar reads) as a new version."""
-    source = Path(source)
-    if not source.exists():
+    """Adopt an existing root as a new version: a directory, a tarball (any compression tar
+    reads) or a container image (`oci-archive:FILE`, `docker-archive:FILE`, `oci:DIR[:TAG]`,
+    `containers-storage:NAME`, `podman:NAME`), which must carry a kernel."""
+    ref = oci.parse_ref(str(source))
+    path = Path(source)
+    if ref is None and not path.exists():
         raise UserError(f"no such directory or tarball: {source}")
 
     def fill(rootfs: Path) -> dict[str, Any]:
-        progress(f"copying {source}")
-        if source.is_dir():
-            _run(["cp", "-a", "--reflink=auto", f"{source}/.", str(rootfs)], progress, f"copying {source}")
+        if ref is not None:
+            rootfs.rmdir()
+            digest = oci.import_root(ref, rootfs.parent, rootfs, progress, limits)
+            if not kernel_versions(rootfs):
+                raise UserError(f"{ref} has no kernel (/boot/vmlinuz-*): install one in the container image")
+            return {"source": str(ref), "oci_digest": digest}
+        progress(f"copying {path}")
+        if path.is_dir():
+            _run(["cp", "-a", "--reflink=auto", f"{path}/.", str(rootfs)], progress, f"copying {path}")
         else:
-            _run(["tar", "-xpf", str(source), "-C", str(rootfs), "--numeric-owner"], progress, f"unpacking {source}")
-        return {"source": str(source.resolve())}
+            _run(["tar", "-xpf", str(path), "-C", str(rootfs), "--numeric-owner"], progress, f"unpacking {path}")
+        return {"source": str(path.resolve())}
 
     return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch, modules)
+
+
+def export_image(state: State, name: str, dest: str, version: str | None = None, progress: Progress = _quiet) -> Path:
+    """Write a version of the image (default: the current one) as an OCI image to `dest`
+    (`oci-archive:FILE` or `docker-archive:FILE`); returns the file written."""
+    ref = oci.parse_ref(dest, oci.EXPORTS)
+    if ref is None or ref.file is None:
+        raise UserError(f"export to {dest!r}: give {' or '.join(t + ':FILE' for t in oci.EXPORTS)}")
+    vs = versions(state, name)
+    v = next((v for v in vs if (v.version == version if version else v.current)), None)
+    if v is None:
+        raise UserError(f"{name} has no version {version}" if version and vs else f"no image {name!r}")
+    work = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=layout.image_top(state, name)))
+    try:
+        labels = {"org.provisioner.image": name, "org.provisioner.version": v.version}
+        oci.export_root(v.path / "rootfs", ref, work, progress, labels)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ref.file
 
 
 # --- administration -----------------------------------------------------------------------

@@ -152,19 +152,32 @@ def _show_plan(name: str, suite: str, pkgs: tuple[str, ...], mirror: str, varian
 
 @image.command(name="import")
 @click.argument("name")
-@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("source")
 @_kernel
 @_compression
 @_keep
 @pass_ctx
-def import_(ctx: Context, name: str, source: Path, kernel: str | None, compression: str, keep: int) -> None:
-    """Adopt SOURCE (a root directory or a tarball) as a new version of image NAME.
+def import_(ctx: Context, name: str, source: str, kernel: str | None, compression: str, keep: int) -> None:
+    """Adopt SOURCE as a new version of image NAME: a root directory, a tarball, or a container
+    image with a kernel (oci-archive:FILE, docker-archive:FILE, oci:DIR[:TAG],
+    containers-storage:NAME, podman:NAME).
 
     The nodes that boot NAME then get boot configs for the new version."""
     switch = image_actions.import_image(
         ctx, name, source, kernel=kernel, compression=compression, keep=keep, progress=_progress(), bar=progress_bar()
     )
     _done(switch, _made(switch.version))
+
+
+@image.command(name="export")
+@click.argument("name")
+@click.argument("dest", metavar="oci-archive:FILE")
+@click.option("--version", metavar="VERSION", help="The version to export (default: the current one).")
+@pass_ctx
+def export(ctx: Context, name: str, dest: str, version: str | None) -> None:
+    """Write image NAME as a one-layer container image to oci-archive:FILE (or docker-archive:FILE)."""
+    out = images.export_image(ctx.state, name, dest, version, _progress())
+    click.echo(f"wrote {out} ({out.stat().st_size} bytes)")
 
 
 @image.command(name="list")
