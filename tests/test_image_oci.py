@@ -9,9 +9,6 @@ before it current, and no partial version behind."""
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
 import subprocess
 import tarfile
@@ -21,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from labs.busyroot import make_root
+from labs.oci import entry, oci_dir, tar_layer
 from provisioner.artifacts import images, layout, oci
 from provisioner.errors import UserError
 from provisioner.paths import State
@@ -71,47 +69,6 @@ def built(tmp_path_factory, root_tar) -> Iterator[str]:
 
 def skopeo(src: str, dest: str) -> None:
     subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet", src, dest], check=True, timeout=300)
-
-
-def tar_layer(entries: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for info, data in entries:
-            info.size = len(data) if info.isreg() else 0
-            t.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    return buf.getvalue()
-
-
-def entry(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, **kw) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode = kind, 0o755 if kind == tarfile.DIRTYPE else 0o644
-    for k, v in kw.items():
-        setattr(info, k, v)
-    return info, data
-
-
-def oci_dir(dest: Path, layers: list[bytes], tag: str = "t") -> Path:
-    """An OCI image layout at `dest` holding one image (`tag`) of these uncompressed layers."""
-    blobs = dest / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def blob(data: bytes, media: str) -> dict:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"mediaType": media, "digest": f"sha256:{digest}", "size": len(data)}
-
-    diff_ids = [f"sha256:{hashlib.sha256(b).hexdigest()}" for b in layers]
-    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
-    manifest = {
-        "schemaVersion": 2,
-        "config": blob(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json"),
-        "layers": [blob(b, "application/vnd.oci.image.layer.v1.tar") for b in layers],
-    }
-    desc = blob(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
-    desc["annotations"] = {"org.opencontainers.image.ref.name": tag}
-    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
-    return dest
 
 
 def current(cli) -> str | None:

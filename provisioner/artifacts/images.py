@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -30,11 +31,12 @@ from ..atomic import atomic_write, locked
 from ..errors import UserError
 from ..inroot import Root, RootPathError
 from ..paths import State
-from . import layout, oci
+from . import imagediff, layout, oci
 from .commands import Progress as Progress
 from .commands import run_logged as _run
 from .initramfs import kernel_versions, write_initramfs
 from .kmod import modules_dir
+from .recipes import Recipe, write_files
 
 # Called under the image's lock right after `current` switched to a new version; True once the
 # boot configs name it, so older versions may be pruned (False keeps them all).
@@ -340,6 +342,50 @@ def debootstrap_argv(suite: str, packages: tuple[str, ...], variant: str, target
     return [*argv, suite, str(target), mirror]
 
 
+def _debootstrap(
+    rootfs: Path,
+    suite: str,
+    packages: tuple[str, ...],
+    variant: str,
+    mirror: str,
+    cache_dir: Path | None,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Fill `rootfs` by debootstrap, or from the cached root of the same inputs in `cache_dir`."""
+    cached = cache_file(cache_dir, suite, variant, packages) if cache_dir else None
+    if cached and cached.exists():
+        progress(f"using cached root {cached}")
+        _run(["tar", "-xpf", str(cached), "-C", str(rootfs), "--numeric-owner"], progress, "unpacking the cache")
+    else:
+        # A private mount namespace: debootstrap's /proc and /sys mounts in the target die
+        # with it even if it is killed.
+        _run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                *debootstrap_argv(suite, packages, variant, rootfs, mirror),
+            ],
+            progress,
+            "debootstrap",
+        )
+        subprocess.run(["chroot", str(rootfs), "apt-get", "clean"], check=False, capture_output=True)
+        if cached:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+            _run(["tar", "-cpf", str(tmp), "-C", str(rootfs), "--numeric-owner", "."], progress, "caching the root")
+            os.replace(tmp, cached)
+    return {
+        "source": "debootstrap",
+        "suite": suite,
+        "variant": variant,
+        "packages": sorted(packages),
+        "mirror": mirror,
+    }
+
+
 def build_image(
     state: State,
     name: str,
@@ -357,42 +403,10 @@ def build_image(
 ) -> ImageVersion:
     """debootstrap a new version of `name`. With `cache_dir`, a finished root is kept there as a
     tarball keyed by suite, variant and package list, and reused instead of debootstrapping."""
-    mirror = mirror or host_mirror()
-    packages = tuple(packages)
-    cached = cache_file(cache_dir, suite, variant, packages) if cache_dir else None
+    source = mirror or host_mirror()
 
     def fill(rootfs: Path) -> dict[str, Any]:
-        if cached and cached.exists():
-            progress(f"using cached root {cached}")
-            _run(["tar", "-xpf", str(cached), "-C", str(rootfs), "--numeric-owner"], progress, "unpacking the cache")
-        else:
-            # A private mount namespace: debootstrap's /proc and /sys mounts in the target die
-            # with it even if it is killed.
-            _run(
-                [
-                    "unshare",
-                    "--mount",
-                    "--propagation",
-                    "private",
-                    "--",
-                    *debootstrap_argv(suite, packages, variant, rootfs, mirror),
-                ],
-                progress,
-                "debootstrap",
-            )
-            subprocess.run(["chroot", str(rootfs), "apt-get", "clean"], check=False, capture_output=True)
-            if cached:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
-                _run(["tar", "-cpf", str(tmp), "-C", str(rootfs), "--numeric-owner", "."], progress, "caching the root")
-                os.replace(tmp, cached)
-        return {
-            "source": "debootstrap",
-            "suite": suite,
-            "variant": variant,
-            "packages": sorted(packages),
-            "mirror": mirror,
-        }
+        return _debootstrap(rootfs, suite, tuple(packages), variant, source, cache_dir, progress)
 
     return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch, modules)
 
@@ -419,11 +433,9 @@ def import_image(
 
     def fill(rootfs: Path) -> dict[str, Any]:
         if ref is not None:
-            rootfs.rmdir()
-            digest = oci.import_root(ref, rootfs.parent, rootfs, progress, limits)
-            if not kernel_versions(rootfs):
-                raise UserError(f"{ref} has no kernel (/boot/vmlinuz-*): install one in the container image")
-            return {"source": str(ref), "oci_digest": digest}
+            meta = _from_oci(ref, rootfs, progress, limits)
+            _need_kernel(rootfs, f"{ref} has no kernel (/boot/vmlinuz-*): install one in the container image")
+            return meta
         progress(f"copying {path}")
         if path.is_dir():
             _run(["cp", "-a", "--reflink=auto", f"{path}/.", str(rootfs)], progress, f"copying {path}")
@@ -432,6 +444,62 @@ def import_image(
         return {"source": str(path.resolve())}
 
     return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch, modules)
+
+
+def _from_oci(ref: oci.OciRef, rootfs: Path, progress: Progress, limits: oci.Limits = oci.LIMITS) -> dict[str, Any]:
+    rootfs.rmdir()  # umoci makes it
+    return {"source": str(ref), "oci_digest": oci.import_root(ref, rootfs.parent, rootfs, progress, limits)}
+
+
+def _need_kernel(rootfs: Path, why: str) -> None:
+    if not kernel_versions(rootfs):
+        raise UserError(why)
+
+
+def build_recipe(
+    state: State,
+    name: str,
+    recipe: Recipe,
+    beside: Path,
+    mirror: str | None = None,
+    cache_dir: Path | None = None,
+    compression: str = "gzip",
+    keep: int = 3,
+    progress: Progress = _quiet,
+    on_switch: OnSwitch | None = None,
+    modules: tuple[str, ...] = (),
+) -> ImageVersion:
+    """A new version of `name` as its recipe says (see recipes.py): the base (debootstrap, with
+    the packages included and cached as build_image does, or a container image, with the
+    packages installed by apt-get), then its files, then its commands. A command that fails
+    stops the build with its output; no version is made."""
+    ref = oci.parse_ref(recipe.oci) if recipe.oci else None
+    source = recipe.mirror or mirror
+
+    def fill(rootfs: Path) -> dict[str, Any]:
+        if ref is None:
+            suite = recipe.suite or DEFAULT_SUITE
+            meta = _debootstrap(
+                rootfs, suite, recipe.packages, recipe.variant, source or host_mirror(), cache_dir, progress
+            )
+        else:
+            meta = _from_oci(ref, rootfs, progress)
+            if recipe.packages:
+                install = "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                _in_chroot(rootfs, install + shlex.join(recipe.packages), progress)
+        write_files(recipe, beside, rootfs)
+        for command in recipe.commands:
+            _in_chroot(rootfs, command, progress)
+        if ref is not None:
+            _need_kernel(rootfs, f"{name}: {ref} has no kernel after the recipe (/boot/vmlinuz-*)")
+        return {**meta, "recipe": recipe.to_json()}
+
+    return _make_version(state, name, fill, recipe.kernel, compression, keep, progress, on_switch, modules)
+
+
+def _in_chroot(rootfs: Path, command: str, progress: Progress) -> None:
+    progress(f"$ {command}")
+    _run(_chroot_argv(rootfs, ["/bin/sh", "-c", command]), progress, f"recipe command {command!r}")
 
 
 def export_image(state: State, name: str, dest: str, version: str | None = None, progress: Progress = _quiet) -> Path:
@@ -501,33 +569,34 @@ _CHROOT = (
 )
 
 
-def chroot_run(rootfs: Path, argv: list[str]) -> int:
-    """Run `argv` chrooted in `rootfs` with /proc, /sys and /dev mounted on the directories
-    those names have inside the image (made there if missing). The mounts live in a private
-    mount and PID namespace, so they and every process started go away on exit."""
+def _chroot_argv(rootfs: Path, argv: list[str]) -> list[str]:
+    """The command that runs `argv` chrooted in `rootfs` with /proc, /sys and /dev mounted on
+    the directories those names have inside the image (made there if missing). The mounts live
+    in a private mount and PID namespace, so they and every process started go away on exit."""
     image = Root(rootfs)
     points = [str(image.mkdir(d)) for d in ("proc", "sys", "dev")]
-    res = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--",
-            "sh",
-            "-c",
-            _CHROOT,
-            "chroot",
-            str(rootfs),
-            *points,
-            *argv,
-        ],
-        check=False,
-    )
-    return res.returncode
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--",
+        "sh",
+        "-c",
+        _CHROOT,
+        "chroot",
+        str(rootfs),
+        *points,
+        *argv,
+    ]
+
+
+def chroot_run(rootfs: Path, argv: list[str]) -> int:
+    """Run `argv` in the image (see _chroot_argv), its output on ours; its exit status."""
+    return subprocess.run(_chroot_argv(rootfs, argv), check=False).returncode
 
 
 def exec_in_image(
@@ -568,6 +637,17 @@ def exec_in_image(
         progress(f"command exited {e.code}: {name} stays at {parent[0].version}")
         return e.code
     return 0
+
+
+def diff_versions(state: State, name: str, old: str, new: str) -> imagediff.ImageDiff:
+    """Packages and files changed from version `old` to `new` of the image."""
+    vs = {v.version: v for v in versions(state, name)}
+    if not vs:
+        raise UserError(f"no image {name!r}")
+    for v in (old, new):
+        if v not in vs:
+            raise UserError(f"{name} has no version {v} (has: {', '.join(vs)})")
+    return imagediff.diff(vs[old].path / "rootfs", vs[new].path / "rootfs")
 
 
 def _current(state: State, name: str) -> ImageVersion:
