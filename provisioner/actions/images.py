@@ -118,10 +118,19 @@ def _naming_askers(ctx: Context, image: str) -> Iterator[None]:
 
 
 def build_initramfs(
-    ctx: Context, image: str, kernel: str | None = None, compression: str = "gzip", extra: tuple[str, ...] = ()
+    ctx: Context,
+    image: str,
+    kernel: str | None = None,
+    compression: str = "gzip",
+    extra: tuple[str, ...] = (),
+    generator: str = "native",
+    progress: Say = quiet,
 ) -> Path:
     """(Re)build the initramfs of the image's current version with its nodes' modules; run it
-    after changing a profile's `initramfs_modules`."""
+    after changing a profile's `initramfs_modules`. `generator` dracut: the image's own dracut
+    with the provisioner module (its module choice is dracut's)."""
+    if generator == "dracut":
+        return images.dracut_initramfs(ctx.state, image, kernel, progress)
     with _naming_askers(ctx, image):
         return initramfs.build_initramfs(ctx.state, image, kernel, compression, initramfs_modules(ctx, image, extra))
 

@@ -34,6 +34,7 @@ from ..paths import State
 from . import imagediff, layout, oci
 from .commands import Progress as Progress
 from .commands import run_logged as _run
+from .dracut import build_dracut
 from .initramfs import kernel_versions, write_initramfs
 from .kmod import modules_dir
 from .recipes import Recipe, write_files
@@ -648,6 +649,16 @@ def diff_versions(state: State, name: str, old: str, new: str) -> imagediff.Imag
         if v not in vs:
             raise UserError(f"{name} has no version {v} (has: {', '.join(vs)})")
     return imagediff.diff(vs[old].path / "rootfs", vs[new].path / "rootfs")
+
+
+def dracut_initramfs(state: State, name: str, kernel: str | None = None, progress: Progress = _quiet) -> Path:
+    """Rebuild the current version's initramfs with the image's own dracut (see dracut.py)."""
+    with locked(_image_root(state, name)):
+        cur = _current(state, name)
+        kver = kernel or cur.meta.get("kernel")
+        if not kver:
+            raise UserError(f"{name} {cur.version} has no kernel")
+        return build_dracut(cur.path, str(kver), progress)
 
 
 def _current(state: State, name: str) -> ImageVersion:

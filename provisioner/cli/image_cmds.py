@@ -299,13 +299,22 @@ def initramfs() -> None:
 @_kernel
 @_compression
 @click.option("--module", "modules", multiple=True, metavar="NAME", help="An extra kernel module (repeat).")
+@click.option(
+    "--generator",
+    type=click.Choice(["native", "dracut"]),
+    default="native",
+    show_default=True,
+    help="native: busybox and the image's modules; dracut: the image's own dracut with the provisioner module.",
+)
 @pass_ctx
 def initramfs_build(
-    ctx: Context, image_name: str, kernel: str | None, compression: str, modules: tuple[str, ...]
+    ctx: Context, image_name: str, kernel: str | None, compression: str, modules: tuple[str, ...], generator: str
 ) -> None:
     """(Re)build the initramfs of IMAGE's current version, with the `initramfs_modules` of the
     nodes that boot it."""
-    out = image_actions.build_initramfs(ctx, image_name, kernel, compression, tuple(modules))
+    out = image_actions.build_initramfs(
+        ctx, image_name, kernel, compression, tuple(modules), generator=generator, progress=_progress()
+    )
     click.echo(f"wrote {out} ({out.stat().st_size} bytes)")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -27,17 +29,35 @@ def entry(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, **kw: Any
     return info, data
 
 
-def oci_dir(dest: Path, layers: list[bytes], tag: str = "t") -> Path:
-    """An OCI image layout at `dest` holding one image (`tag`) of these uncompressed layers."""
+def _sha256(layer: bytes | Path) -> str:
+    if isinstance(layer, bytes):
+        return hashlib.sha256(layer).hexdigest()
+    h = hashlib.sha256()
+    with layer.open("rb") as f:
+        while chunk := f.read(2**20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def oci_dir(dest: Path, layers: list[bytes | Path], tag: str = "t") -> Path:
+    """An OCI image layout at `dest` holding one image (`tag`) of these uncompressed layers
+    (bytes, or a tarball on this filesystem, linked in rather than copied)."""
     blobs = dest / "blobs" / "sha256"
     blobs.mkdir(parents=True)
 
-    def blob(data: bytes, media: str) -> dict[str, Any]:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"mediaType": media, "digest": f"sha256:{digest}", "size": len(data)}
+    def blob(data: bytes | Path, media: str) -> dict[str, Any]:
+        digest = _sha256(data)
+        if isinstance(data, bytes):
+            (blobs / digest).write_bytes(data)
+        elif not (blobs / digest).exists():
+            try:
+                os.link(data, blobs / digest)
+            except OSError:  # another filesystem
+                shutil.copyfile(data, blobs / digest)
+        size = len(data) if isinstance(data, bytes) else data.stat().st_size
+        return {"mediaType": media, "digest": f"sha256:{digest}", "size": size}
 
-    diff_ids = [f"sha256:{hashlib.sha256(b).hexdigest()}" for b in layers]
+    diff_ids = [f"sha256:{_sha256(b)}" for b in layers]
     config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
     manifest = {
         "schemaVersion": 2,
