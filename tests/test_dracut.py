@@ -82,5 +82,10 @@ def test_a_guest_boots_the_oci_image_with_the_dracut_initramfs_to_idle(demo):
     d.start_master(inv)
     d.boot_vms(inv)
     d.wait_idle(inv)
+    v = next(v for v in images.versions(d.state, demo_site.IMAGE) if v.current)
+    ipxe = next((d.state.overlays / "current").glob("*/node01.ipxe")).read_text()  # what the guest booted
+    assert f"/images/demo/versions/{v.version}\n" in ipxe and "${base}/initramfs.img" in ipxe, ipxe
     console = (d.logs / "node01-console.log").read_text(errors="replace")
     assert "provisioner: switching to the image's init" in console, console[-3000:]
+    assert "dracut: Mounted root filesystem overlay" in console, console[-3000:]  # dracut's init switched
+    assert "command not found" not in console, console[-3000:]

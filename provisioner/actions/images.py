@@ -128,9 +128,10 @@ def build_initramfs(
 ) -> Path:
     """(Re)build the initramfs of the image's current version with its nodes' modules; run it
     after changing a profile's `initramfs_modules`. `generator` dracut: the image's own dracut
-    with the provisioner module (its module choice is dracut's)."""
+    with the provisioner module, the modules added as dracut drivers."""
     if generator == "dracut":
-        return images.dracut_initramfs(ctx.state, image, kernel, progress)
+        modules = initramfs_modules(ctx, image, extra)
+        return images.dracut_initramfs(ctx.state, image, kernel, compression, modules, progress)
     with _naming_askers(ctx, image):
         return initramfs.build_initramfs(ctx.state, image, kernel, compression, initramfs_modules(ctx, image, extra))
 

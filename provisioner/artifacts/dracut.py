@@ -38,24 +38,16 @@ exec chroot "$merged" "$@"
 """
 
 
-def dracut_argv(kver: str, out: str) -> list[str]:
-    """The dracut command run in the image."""
-    return [
-        "dracut",
-        "--force",
-        "--no-hostonly",
-        "--no-hostonly-cmdline",
-        "--no-early-microcode",
-        "--gzip",
-        "--modules",
-        MODULES,
-        "--kver",
-        kver,
-        out,
-    ]
+def dracut_argv(kver: str, out: str, compression: str = "gzip", drivers: tuple[str, ...] = ()) -> list[str]:
+    """The dracut command run in the image; `drivers` are the extra kernel modules its nodes ask for."""
+    argv = ["dracut", "--force", "--no-hostonly", "--no-hostonly-cmdline", "--no-early-microcode", f"--{compression}"]
+    argv += ["--modules", MODULES, *(["--add-drivers", " ".join(drivers)] if drivers else []), "--kver", kver]
+    return [*argv, out]
 
 
-def build_dracut(version_dir: Path, kver: str, progress: Progress) -> Path:
+def build_dracut(
+    version_dir: Path, kver: str, progress: Progress, compression: str = "gzip", drivers: tuple[str, ...] = ()
+) -> Path:
     """Make the version's initramfs.img for kernel `kver` with the image's dracut."""
     rootfs = version_dir / "rootfs"
     image = Root(rootfs)
@@ -81,7 +73,7 @@ def build_dracut(version_dir: Path, kver: str, progress: Progress) -> Path:
         argv = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--"]
         argv += ["sh", "-c", _SCRIPT, "dracut", str(rootfs), str(upper), str(work / "work"), str(merged)]
         progress(f"dracut for {kver} in {rootfs}")
-        run_logged([*argv, *dracut_argv(kver, "/tmp/initramfs.img")], progress, "dracut")
+        run_logged([*argv, *dracut_argv(kver, "/tmp/initramfs.img", compression, drivers)], progress, "dracut")
         made = upper / "tmp" / "initramfs.img"
         if not made.is_file() or made.is_symlink():
             raise UserError("dracut made no /tmp/initramfs.img")

@@ -651,14 +651,22 @@ def diff_versions(state: State, name: str, old: str, new: str) -> imagediff.Imag
     return imagediff.diff(vs[old].path / "rootfs", vs[new].path / "rootfs")
 
 
-def dracut_initramfs(state: State, name: str, kernel: str | None = None, progress: Progress = _quiet) -> Path:
-    """Rebuild the current version's initramfs with the image's own dracut (see dracut.py)."""
+def dracut_initramfs(
+    state: State,
+    name: str,
+    kernel: str | None = None,
+    compression: str = "gzip",
+    modules: tuple[str, ...] = (),
+    progress: Progress = _quiet,
+) -> Path:
+    """Rebuild the current version's initramfs with the image's own dracut (see dracut.py),
+    with the extra kernel `modules` its nodes ask for."""
     with locked(_image_root(state, name)):
         cur = _current(state, name)
         kver = kernel or cur.meta.get("kernel")
         if not kver:
             raise UserError(f"{name} {cur.version} has no kernel")
-        return build_dracut(cur.path, str(kver), progress)
+        return build_dracut(cur.path, str(kver), progress, compression, modules)
 
 
 def _current(state: State, name: str) -> ImageVersion:
