@@ -27,6 +27,10 @@ class Site:
     def node_overrides(self, node: str) -> Path:
         return self.root / "nodes" / node
 
+    def image_recipe(self, image: str) -> Path:
+        """How image `image` is built (`image build` follows it when it exists)."""
+        return self.root / "images" / f"{image}.yaml"
+
 
 @dataclass(frozen=True)
 class State:

@@ -4,7 +4,7 @@ initramfs carries the kernel modules the image's nodes ask for (`initramfs_modul
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +13,7 @@ from typing import Any
 from ..artifacts import images, initramfs
 from ..artifacts.images import ImageVersion
 from ..artifacts.kmod import MissingModules
+from ..artifacts.recipes import Recipe
 from ..errors import UserError
 from .context import Context, Say, quiet
 from .overlays import ProgressBar, build_overlays
@@ -117,12 +118,33 @@ def _naming_askers(ctx: Context, image: str) -> Iterator[None]:
 
 
 def build_initramfs(
-    ctx: Context, image: str, kernel: str | None = None, compression: str = "gzip", extra: tuple[str, ...] = ()
+    ctx: Context,
+    image: str,
+    kernel: str | None = None,
+    compression: str = "gzip",
+    extra: tuple[str, ...] = (),
+    generator: str = "native",
+    progress: Say = quiet,
 ) -> Path:
     """(Re)build the initramfs of the image's current version with its nodes' modules; run it
-    after changing a profile's `initramfs_modules`."""
+    after changing a profile's `initramfs_modules`. `generator` dracut: the image's own dracut
+    with the provisioner module, the modules added as dracut drivers."""
+    if generator == "dracut":
+        modules = initramfs_modules(ctx, image, extra)
+        return images.dracut_initramfs(ctx.state, image, kernel, compression, modules, progress)
     with _naming_askers(ctx, image):
         return initramfs.build_initramfs(ctx.state, image, kernel, compression, initramfs_modules(ctx, image, extra))
+
+
+def _new_version(
+    ctx: Context, name: str, bar: ProgressBar | None, make: Callable[[images.OnSwitch, tuple[str, ...]], object]
+) -> Switch:
+    """Run `make(on_switch, modules)`, which makes a new version of image `name` with the
+    initramfs modules its nodes ask for; then its nodes boot it."""
+    then = _Follow(ctx, bar)
+    with _naming_askers(ctx, name):
+        make(then, initramfs_modules(ctx, name))
+    return then.done()
 
 
 def build_image(
@@ -141,9 +163,11 @@ def build_image(
     bar: ProgressBar | None = None,
 ) -> Switch:
     """A new version of image `name` from debootstrap; its nodes then boot it."""
-    then = _Follow(ctx, bar)
-    with _naming_askers(ctx, name):
-        images.build_image(
+    return _new_version(
+        ctx,
+        name,
+        bar,
+        lambda then, mods: images.build_image(
             ctx.state,
             name,
             suite,
@@ -156,15 +180,39 @@ def build_image(
             keep,
             progress,
             then,
-            initramfs_modules(ctx, name),
-        )
-    return then.done()
+            mods,
+        ),
+    )
+
+
+def build_recipe(
+    ctx: Context,
+    name: str,
+    recipe: Recipe,
+    *,
+    mirror: str | None = None,
+    cache_dir: Path | None = None,
+    compression: str = "gzip",
+    keep: int = 3,
+    progress: Say = quiet,
+    bar: ProgressBar | None = None,
+) -> Switch:
+    """A new version of image `name` as its recipe (site/images/NAME.yaml) says; its nodes then boot it."""
+    beside = ctx.site.image_recipe(name).with_suffix("")
+    return _new_version(
+        ctx,
+        name,
+        bar,
+        lambda then, mods: images.build_recipe(
+            ctx.state, name, recipe, beside, mirror, cache_dir, compression, keep, progress, then, mods
+        ),
+    )
 
 
 def import_image(
     ctx: Context,
     name: str,
-    source: Path,
+    source: Path | str,
     *,
     kernel: str | None = None,
     compression: str = "gzip",
@@ -172,13 +220,16 @@ def import_image(
     progress: Say = quiet,
     bar: ProgressBar | None = None,
 ) -> Switch:
-    """A new version of image `name` from a root directory or tarball; its nodes then boot it."""
-    then = _Follow(ctx, bar)
-    with _naming_askers(ctx, name):
-        images.import_image(
-            ctx.state, name, source, kernel, compression, keep, progress, then, initramfs_modules(ctx, name)
-        )
-    return then.done()
+    """A new version of image `name` from a root directory, tarball or container image; its
+    nodes then boot it."""
+    return _new_version(
+        ctx,
+        name,
+        bar,
+        lambda then, mods: images.import_image(
+            ctx.state, name, source, kernel, compression, keep, progress, then, mods
+        ),
+    )
 
 
 def exec_in_image(

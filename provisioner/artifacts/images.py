@@ -16,9 +16,11 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,11 +31,14 @@ from ..atomic import atomic_write, locked
 from ..errors import UserError
 from ..inroot import Root, RootPathError
 from ..paths import State
-from . import layout
+from . import imagediff, layout, oci
+from .commands import Progress as Progress
+from .commands import run_logged as _run
+from .dracut import build_dracut
 from .initramfs import kernel_versions, write_initramfs
 from .kmod import modules_dir
+from .recipes import Recipe, write_files
 
-Progress = Callable[[str], None]
 # Called under the image's lock right after `current` switched to a new version; True once the
 # boot configs name it, so older versions may be pruned (False keeps them all).
 OnSwitch = Callable[["ImageVersion"], bool]
@@ -322,18 +327,6 @@ def _make_version(
 # --- sources: debootstrap, a directory, a tarball -----------------------------------------
 
 
-def _run(argv: list[str], progress: Progress, what: str) -> None:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = [*tail, line][-5:]
-        progress(line)
-    if proc.wait() != 0:
-        raise UserError(f"{what} failed (exit {proc.returncode}): {' / '.join(tail)}")
-
-
 def cache_key(suite: str, variant: str, packages: tuple[str, ...]) -> str:
     text = json.dumps([suite, variant, sorted(set(packages))])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -350,6 +343,50 @@ def debootstrap_argv(suite: str, packages: tuple[str, ...], variant: str, target
     if packages:
         argv.append("--include=" + ",".join(packages))
     return [*argv, suite, str(target), mirror]
+
+
+def _debootstrap(
+    rootfs: Path,
+    suite: str,
+    packages: tuple[str, ...],
+    variant: str,
+    mirror: str,
+    cache_dir: Path | None,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Fill `rootfs` by debootstrap, or from the cached root of the same inputs in `cache_dir`."""
+    cached = cache_file(cache_dir, suite, variant, packages) if cache_dir else None
+    if cached and cached.exists():
+        progress(f"using cached root {cached}")
+        _run(["tar", "-xpf", str(cached), "-C", str(rootfs), "--numeric-owner"], progress, "unpacking the cache")
+    else:
+        # A private mount namespace: debootstrap's /proc and /sys mounts in the target die
+        # with it even if it is killed.
+        _run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                *debootstrap_argv(suite, packages, variant, rootfs, mirror),
+            ],
+            progress,
+            "debootstrap",
+        )
+        subprocess.run(["chroot", str(rootfs), "apt-get", "clean"], check=False, capture_output=True)
+        if cached:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+            _run(["tar", "-cpf", str(tmp), "-C", str(rootfs), "--numeric-owner", "."], progress, "caching the root")
+            os.replace(tmp, cached)
+    return {
+        "source": "debootstrap",
+        "suite": suite,
+        "variant": variant,
+        "packages": sorted(packages),
+        "mirror": mirror,
+    }
 
 
 def build_image(
@@ -369,42 +406,10 @@ def build_image(
 ) -> ImageVersion:
     """debootstrap a new version of `name`. With `cache_dir`, a finished root is kept there as a
     tarball keyed by suite, variant and package list, and reused instead of debootstrapping."""
-    mirror = mirror or host_mirror()
-    packages = tuple(packages)
-    cached = cache_file(cache_dir, suite, variant, packages) if cache_dir else None
+    source = mirror or host_mirror()
 
     def fill(rootfs: Path) -> dict[str, Any]:
-        if cached and cached.exists():
-            progress(f"using cached root {cached}")
-            _run(["tar", "-xpf", str(cached), "-C", str(rootfs), "--numeric-owner"], progress, "unpacking the cache")
-        else:
-            # A private mount namespace: debootstrap's /proc and /sys mounts in the target die
-            # with it even if it is killed.
-            _run(
-                [
-                    "unshare",
-                    "--mount",
-                    "--propagation",
-                    "private",
-                    "--",
-                    *debootstrap_argv(suite, packages, variant, rootfs, mirror),
-                ],
-                progress,
-                "debootstrap",
-            )
-            subprocess.run(["chroot", str(rootfs), "apt-get", "clean"], check=False, capture_output=True)
-            if cached:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
-                _run(["tar", "-cpf", str(tmp), "-C", str(rootfs), "--numeric-owner", "."], progress, "caching the root")
-                os.replace(tmp, cached)
-        return {
-            "source": "debootstrap",
-            "suite": suite,
-            "variant": variant,
-            "packages": sorted(packages),
-            "mirror": mirror,
-        }
+        return _debootstrap(rootfs, suite, tuple(packages), variant, source, cache_dir, progress)
 
     return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch, modules)
 
@@ -412,28 +417,111 @@ def build_image(
 def import_image(
     state: State,
     name: str,
-    source: Path,
+    source: Path | str,
     kernel: str | None = None,
     compression: str = "gzip",
     keep: int = 3,
     progress: Progress = _quiet,
     on_switch: OnSwitch | None = None,
     modules: tuple[str, ...] = (),
+    limits: oci.Limits = oci.LIMITS,
 ) -> ImageVersion:
-    """Adopt an existing root (a directory or a tarball, any compression tar reads) as a new version."""
-    source = Path(source)
-    if not source.exists():
+    """Adopt an existing root as a new version: a directory, a tarball (any compression tar
+    reads) or a container image (`oci-archive:FILE`, `docker-archive:FILE`, `oci:DIR[:TAG]`,
+    `containers-storage:NAME`, `podman:NAME`), which must carry a kernel."""
+    ref = oci.parse_ref(str(source))
+    path = Path(source)
+    if ref is None and not path.exists():
         raise UserError(f"no such directory or tarball: {source}")
 
     def fill(rootfs: Path) -> dict[str, Any]:
-        progress(f"copying {source}")
-        if source.is_dir():
-            _run(["cp", "-a", "--reflink=auto", f"{source}/.", str(rootfs)], progress, f"copying {source}")
+        if ref is not None:
+            meta = _from_oci(ref, rootfs, progress, limits)
+            _need_kernel(rootfs, f"{ref} has no kernel (/boot/vmlinuz-*): install one in the container image")
+            return meta
+        progress(f"copying {path}")
+        if path.is_dir():
+            _run(["cp", "-a", "--reflink=auto", f"{path}/.", str(rootfs)], progress, f"copying {path}")
         else:
-            _run(["tar", "-xpf", str(source), "-C", str(rootfs), "--numeric-owner"], progress, f"unpacking {source}")
-        return {"source": str(source.resolve())}
+            _run(["tar", "-xpf", str(path), "-C", str(rootfs), "--numeric-owner"], progress, f"unpacking {path}")
+        return {"source": str(path.resolve())}
 
     return _make_version(state, name, fill, kernel, compression, keep, progress, on_switch, modules)
+
+
+def _from_oci(ref: oci.OciRef, rootfs: Path, progress: Progress, limits: oci.Limits = oci.LIMITS) -> dict[str, Any]:
+    rootfs.rmdir()  # umoci makes it
+    return {"source": str(ref), "oci_digest": oci.import_root(ref, rootfs.parent, rootfs, progress, limits)}
+
+
+def _need_kernel(rootfs: Path, why: str) -> None:
+    if not kernel_versions(rootfs):
+        raise UserError(why)
+
+
+def build_recipe(
+    state: State,
+    name: str,
+    recipe: Recipe,
+    beside: Path,
+    mirror: str | None = None,
+    cache_dir: Path | None = None,
+    compression: str = "gzip",
+    keep: int = 3,
+    progress: Progress = _quiet,
+    on_switch: OnSwitch | None = None,
+    modules: tuple[str, ...] = (),
+) -> ImageVersion:
+    """A new version of `name` as its recipe says (see recipes.py): the base (debootstrap, with
+    the packages included and cached as build_image does, or a container image, with the
+    packages installed by apt-get), then its files, then its commands. A command that fails
+    stops the build with its output; no version is made."""
+    ref = oci.parse_ref(recipe.oci) if recipe.oci else None
+    source = recipe.mirror or mirror
+
+    def fill(rootfs: Path) -> dict[str, Any]:
+        if ref is None:
+            suite = recipe.suite or DEFAULT_SUITE
+            meta = _debootstrap(
+                rootfs, suite, recipe.packages, recipe.variant, source or host_mirror(), cache_dir, progress
+            )
+        else:
+            meta = _from_oci(ref, rootfs, progress)
+            if recipe.packages:
+                install = "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                _in_chroot(rootfs, install + shlex.join(recipe.packages), progress)
+        write_files(recipe, beside, rootfs)
+        for command in recipe.commands:
+            _in_chroot(rootfs, command, progress)
+        if ref is not None:
+            _need_kernel(rootfs, f"{name}: {ref} has no kernel after the recipe (/boot/vmlinuz-*)")
+        return {**meta, "recipe": recipe.to_json()}
+
+    return _make_version(state, name, fill, recipe.kernel, compression, keep, progress, on_switch, modules)
+
+
+def _in_chroot(rootfs: Path, command: str, progress: Progress) -> None:
+    progress(f"$ {command}")
+    _run(_chroot_argv(rootfs, ["/bin/sh", "-c", command]), progress, f"recipe command {command!r}")
+
+
+def export_image(state: State, name: str, dest: str, version: str | None = None, progress: Progress = _quiet) -> Path:
+    """Write a version of the image (default: the current one) as an OCI image to `dest`
+    (`oci-archive:FILE` or `docker-archive:FILE`); returns the file written."""
+    ref = oci.parse_ref(dest, oci.EXPORTS)
+    if ref is None or ref.file is None:
+        raise UserError(f"export to {dest!r}: give {' or '.join(t + ':FILE' for t in oci.EXPORTS)}")
+    vs = versions(state, name)
+    v = next((v for v in vs if (v.version == version if version else v.current)), None)
+    if v is None:
+        raise UserError(f"{name} has no version {version}" if version and vs else f"no image {name!r}")
+    work = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=layout.image_top(state, name)))
+    try:
+        labels = {"org.provisioner.image": name, "org.provisioner.version": v.version}
+        oci.export_root(v.path / "rootfs", ref, work, progress, labels)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ref.file
 
 
 # --- administration -----------------------------------------------------------------------
@@ -484,33 +572,34 @@ _CHROOT = (
 )
 
 
-def chroot_run(rootfs: Path, argv: list[str]) -> int:
-    """Run `argv` chrooted in `rootfs` with /proc, /sys and /dev mounted on the directories
-    those names have inside the image (made there if missing). The mounts live in a private
-    mount and PID namespace, so they and every process started go away on exit."""
+def _chroot_argv(rootfs: Path, argv: list[str]) -> list[str]:
+    """The command that runs `argv` chrooted in `rootfs` with /proc, /sys and /dev mounted on
+    the directories those names have inside the image (made there if missing). The mounts live
+    in a private mount and PID namespace, so they and every process started go away on exit."""
     image = Root(rootfs)
     points = [str(image.mkdir(d)) for d in ("proc", "sys", "dev")]
-    res = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--",
-            "sh",
-            "-c",
-            _CHROOT,
-            "chroot",
-            str(rootfs),
-            *points,
-            *argv,
-        ],
-        check=False,
-    )
-    return res.returncode
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--",
+        "sh",
+        "-c",
+        _CHROOT,
+        "chroot",
+        str(rootfs),
+        *points,
+        *argv,
+    ]
+
+
+def chroot_run(rootfs: Path, argv: list[str]) -> int:
+    """Run `argv` in the image (see _chroot_argv), its output on ours; its exit status."""
+    return subprocess.run(_chroot_argv(rootfs, argv), check=False).returncode
 
 
 def exec_in_image(
@@ -551,6 +640,35 @@ def exec_in_image(
         progress(f"command exited {e.code}: {name} stays at {parent[0].version}")
         return e.code
     return 0
+
+
+def diff_versions(state: State, name: str, old: str, new: str) -> imagediff.ImageDiff:
+    """Packages and files changed from version `old` to `new` of the image."""
+    vs = {v.version: v for v in versions(state, name)}
+    if not vs:
+        raise UserError(f"no image {name!r}")
+    for v in (old, new):
+        if v not in vs:
+            raise UserError(f"{name} has no version {v} (has: {', '.join(vs)})")
+    return imagediff.diff(vs[old].path / "rootfs", vs[new].path / "rootfs")
+
+
+def dracut_initramfs(
+    state: State,
+    name: str,
+    kernel: str | None = None,
+    compression: str = "gzip",
+    modules: tuple[str, ...] = (),
+    progress: Progress = _quiet,
+) -> Path:
+    """Rebuild the current version's initramfs with the image's own dracut (see dracut.py),
+    with the extra kernel `modules` its nodes ask for."""
+    with locked(_image_root(state, name)):
+        cur = _current(state, name)
+        kver = kernel or cur.meta.get("kernel")
+        if not kver:
+            raise UserError(f"{name} {cur.version} has no kernel")
+        return build_dracut(cur.path, str(kver), progress, compression, modules)
 
 
 def _current(state: State, name: str) -> ImageVersion:

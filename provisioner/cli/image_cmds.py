@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import click
 
 from ..actions import images as image_actions
 from ..actions.nfs import GANESHA_RECOVERY, nfs_exports
-from ..artifacts import images
+from ..artifacts import images, recipes
 from ..artifacts.initramfs import COMPRESSIONS
 from ..atomic import atomic_write
+from ..errors import UserError
 from .context import Context, echo_json, echo_table, pass_ctx, progress_bar
 
 _compression = click.option(
@@ -105,27 +107,30 @@ def build(
     keep: int,
     dry_run: bool,
 ) -> None:
-    """Build a new version of image NAME with debootstrap (default: a Slurm compute node).
+    """Build a new version of image NAME: as its recipe (SITE/images/NAME.yaml) says, else with
+    debootstrap (default: a Slurm compute node).
 
     The nodes that boot NAME then get boot configs for the new version."""
     images.check_name(name)
+    common: dict[str, Any] = {"mirror": mirror, "cache_dir": cache_dir, "compression": compression, "keep": keep}
+    recipe = recipes.load_recipe(ctx.site, name)
+    if recipe is not None:
+        given = [f for f, v in (("--suite", suite), ("-p", packages), ("--add", added), ("--profile", profile)) if v]
+        if given:
+            where = ctx.site.image_recipe(name)
+            raise UserError(f"{name} has a recipe ({where}): change it there, not with {given[0]}")
+        if dry_run:
+            click.echo(json.dumps({"image": name, "recipe": recipe.to_json()}, indent=2))
+            return
+        switch = image_actions.build_recipe(ctx, name, recipe, **common, progress=_progress(), bar=progress_bar())
+        _done(switch, _made(switch.version))
+        return
     suite, pkgs = image_actions.build_inputs(ctx, suite, packages, added, profile)
     if dry_run:
         _show_plan(name, suite, pkgs, mirror or images.host_mirror(), variant, cache_dir)
         return
     switch = image_actions.build_image(
-        ctx,
-        name,
-        suite,
-        pkgs,
-        mirror=mirror,
-        variant=variant,
-        kernel=kernel,
-        cache_dir=cache_dir,
-        compression=compression,
-        keep=keep,
-        progress=_progress(),
-        bar=progress_bar(),
+        ctx, name, suite, pkgs, variant=variant, kernel=kernel, **common, progress=_progress(), bar=progress_bar()
     )
     _done(switch, _made(switch.version))
 
@@ -152,19 +157,44 @@ def _show_plan(name: str, suite: str, pkgs: tuple[str, ...], mirror: str, varian
 
 @image.command(name="import")
 @click.argument("name")
-@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("source")
 @_kernel
 @_compression
 @_keep
 @pass_ctx
-def import_(ctx: Context, name: str, source: Path, kernel: str | None, compression: str, keep: int) -> None:
-    """Adopt SOURCE (a root directory or a tarball) as a new version of image NAME.
+def import_(ctx: Context, name: str, source: str, kernel: str | None, compression: str, keep: int) -> None:
+    """Adopt SOURCE as a new version of image NAME: a root directory, a tarball, or a container
+    image with a kernel (oci-archive:FILE, docker-archive:FILE, oci:DIR[:TAG],
+    containers-storage:NAME, podman:NAME).
 
     The nodes that boot NAME then get boot configs for the new version."""
     switch = image_actions.import_image(
         ctx, name, source, kernel=kernel, compression=compression, keep=keep, progress=_progress(), bar=progress_bar()
     )
     _done(switch, _made(switch.version))
+
+
+@image.command(name="export")
+@click.argument("name")
+@click.argument("dest", metavar="oci-archive:FILE")
+@click.option("--version", metavar="VERSION", help="The version to export (default: the current one).")
+@pass_ctx
+def export(ctx: Context, name: str, dest: str, version: str | None) -> None:
+    """Write image NAME as a one-layer container image to oci-archive:FILE (or docker-archive:FILE)."""
+    out = images.export_image(ctx.state, name, dest, version, _progress())
+    click.echo(f"wrote {out} ({out.stat().st_size} bytes)")
+
+
+@image.command()
+@click.argument("name")
+@click.argument("old", metavar="vA")
+@click.argument("new", metavar="vB")
+@pass_ctx
+def diff(ctx: Context, name: str, old: str, new: str) -> None:
+    """Packages (added, removed, upgraded, downgraded) and files (added, removed, changed)
+    from version vA to vB of image NAME."""
+    lines = images.diff_versions(ctx.state, name, old, new).lines()
+    click.echo("\n".join(lines) if lines else f"{name}: {old} and {new} are the same")
 
 
 @image.command(name="list")
@@ -269,13 +299,22 @@ def initramfs() -> None:
 @_kernel
 @_compression
 @click.option("--module", "modules", multiple=True, metavar="NAME", help="An extra kernel module (repeat).")
+@click.option(
+    "--generator",
+    type=click.Choice(["native", "dracut"]),
+    default="native",
+    show_default=True,
+    help="native: busybox and the image's modules; dracut: the image's own dracut with the provisioner module.",
+)
 @pass_ctx
 def initramfs_build(
-    ctx: Context, image_name: str, kernel: str | None, compression: str, modules: tuple[str, ...]
+    ctx: Context, image_name: str, kernel: str | None, compression: str, modules: tuple[str, ...], generator: str
 ) -> None:
     """(Re)build the initramfs of IMAGE's current version, with the `initramfs_modules` of the
     nodes that boot it."""
-    out = image_actions.build_initramfs(ctx, image_name, kernel, compression, tuple(modules))
+    out = image_actions.build_initramfs(
+        ctx, image_name, kernel, compression, tuple(modules), generator=generator, progress=_progress()
+    )
     click.echo(f"wrote {out} ({out.stat().st_size} bytes)")
 
 

@@ -335,8 +335,8 @@ def _entry_index(loc: yamlpos.Located, line: int) -> int:
     return 0
 
 
-def parse_text(text: str, filename: str) -> Inventory:
-    """Parse and validate; raise InventoryInvalid listing every problem."""
+def _parser(text: str, filename: str) -> _Parser:
+    """A parser of the YAML document `text`, with its syntax error or duplicate keys raised or recorded."""
     try:
         located = yamlpos.load(text)
     except yaml.YAMLError as e:
@@ -346,7 +346,23 @@ def parse_text(text: str, filename: str) -> Inventory:
     p = _Parser(located, filename)
     for path, line in located.duplicates:
         p.problems.append(Problem(filename, line, field_name(path), "key given twice"))
-    data = located.data
+    return p
+
+
+def parse_model(text: str, filename: str, model: type[T]) -> T:
+    """A whole YAML file read as one model dataclass (an image recipe), its fields read as
+    their settings declare; raise InventoryInvalid listing every problem with its line."""
+    p = _parser(text, filename)
+    found = p.section(p.loc.data, (), model)
+    if p.problems or found is None:
+        raise InventoryInvalid(sorted(p.problems, key=lambda x: x.line))
+    return found
+
+
+def parse_text(text: str, filename: str) -> Inventory:
+    """Parse and validate; raise InventoryInvalid listing every problem."""
+    p = _parser(text, filename)
+    data = p.loc.data
     if not isinstance(data, dict):
         raise InventoryInvalid([Problem(filename, 1, "(top)", "must be a mapping with cluster, profiles and nodes")])
     p.mapping(data, (), {"cluster", "profiles", "nodes"}, required=("cluster",))
