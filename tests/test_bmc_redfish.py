@@ -1,9 +1,9 @@
 """Redfish against sushy-tools' emulator driving real qemu guests through its libvirt driver
 (our own libvirtd, TCG): `power on` starts the guest, `status` follows, `off` ends it. And the
 serial console of a Redfish node: where its manager offers none (sushy-tools' own answers),
-`console` says so and what to use; where it offers the console over IPMI, `console` attaches
-over IPMI serial-over-LAN to the same BMC address (ipmi_sim carrying a qemu guest's serial
-line)."""
+`console` says so and what to use, as where it offers SSH and Telnet only; where it offers
+the console over IPMI, `console` attaches over IPMI serial-over-LAN to the same BMC address
+(ipmi_sim carrying a qemu guest's serial line)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import pytest
 
 from labs.bmc import IpmiSim, Libvirtd, SushyEmulator, console_shows, sol_qemu
 from labs.site import node, write_site
+from provisioner.actions.power import sol_target
+from provisioner.bmc import BmcError, Target
 
 pytestmark = [pytest.mark.qemu]
 
@@ -79,6 +81,17 @@ def test_console_of_a_redfish_node_without_serial_console_says_what_to_use(cli, 
     assert res.stderr.count("\n") == 1, res.stderr
     assert "offers no serial console" in res.stderr and "IPMI serial-over-LAN" in res.stderr, res.stderr
     assert PASSWORD not in res.stdout + res.stderr
+
+
+def test_a_redfish_console_over_ssh_only_is_named_with_what_to_do(tmp_path):
+    """A manager that offers the serial console over SSH and Telnet only: no IPMI to attach
+    with, so the error names what it offers and where to log in."""
+    with SushyEmulator(tmp_path / "rf", password=PASSWORD, serial_console=("SSH", "Telnet")) as rf:
+        t = Target("n1", "redfish-http", "127.0.0.1", rf.port, "admin", PASSWORD)
+        with pytest.raises(BmcError) as e:
+            sol_target(t)
+    assert "offers the serial console over SSH and Telnet, not IPMI serial-over-LAN" in str(e.value)
+    assert "ssh admin@127.0.0.1" in str(e.value)
 
 
 def loopback_with_free_623() -> str:
