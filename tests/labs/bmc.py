@@ -53,8 +53,9 @@ class _Peer:
 
 
 class IpmiSim(_Peer):
-    """ipmi_sim on 127.0.0.1:port with user/password (admin), powering `machine` (argv, `{boot}`
-    replaced by n or c). `sol_port`: the machine's serial console as a telnet server there."""
+    """ipmi_sim on address:port (default 127.0.0.1 and a free port) with user/password
+    (admin), powering `machine` (argv, `{boot}` replaced by n or c); `extra_conf`: more
+    lan.conf lines (sol_qemu's carry the machine's serial console over SOL)."""
 
     def __init__(
         self,
