@@ -63,7 +63,11 @@ def write_accounts(root: Path, home: Path) -> Path:
     (etc / "group").write_text(f"{USER}:x:{UID}:\n{GROUP}:x:{GID}:{USER}\n")
     if not (etc / "shadow").exists():
         hashed = subprocess.run(
-            ["openssl", "passwd", "-6", "-stdin"], input=pysecrets.token_urlsafe(12), capture_output=True, text=True
+            ["openssl", "passwd", "-6", "-stdin"],
+            input=pysecrets.token_urlsafe(12),
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         fd = os.open(etc / "shadow", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
