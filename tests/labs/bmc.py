@@ -248,9 +248,12 @@ class Libvirtd(_Peer):
         self.uid, self.gid = pw.pw_uid, pw.pw_gid
         # Not under pytest's tmp_path: its 0700 folders are closed to the daemon's user.
         self.dir = Path(tempfile.mkdtemp(prefix="bmc-libvirt-"))
-        for d in ("run", "config", "cache"):
+        for d in ("run", "config", "cache", "config/libvirt"):
             (self.dir / d).mkdir(mode=0o700)
-        for p in (self.dir, *self.dir.iterdir()):
+        # qemu's output to a file of its own, not through virtlogd, which libvirtd would start
+        # as a daemon of its own that outlives it
+        (self.dir / "config/libvirt/qemu.conf").write_text('stdio_handler = "file"\n')
+        for p in (self.dir, *self.dir.rglob("*")):
             os.chown(p, self.uid, self.gid)
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -354,7 +357,9 @@ def read_until(proc: subprocess.Popen, needle: bytes, timeout: float) -> bytes:
         elif proc.poll() is not None:
             break
         time.sleep(0.2)
-    assert needle in got, f"{needle!r} not seen: {got[-2000:]!r} (stderr: {proc.stderr.read() if proc.stderr else ''})"
+    # stderr only once the process ended: reading it before would wait for that
+    err = proc.stderr.read() if proc.stderr and proc.poll() is not None else b"(still running)"
+    assert needle in got, f"{needle!r} not seen: {got[-2000:]!r} (stderr: {err!r})"
     return got
 
 
