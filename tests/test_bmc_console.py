@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from labs.bmc import IpmiSim, sol_qemu
+from labs.bmc import IpmiSim, console_shows, read_until, sol_qemu
 from labs.site import node, write_site
 from provisioner.bmc.console import ConsoleLog, read_log
 from provisioner.nodestate import NodeStateDB
@@ -19,22 +19,6 @@ from provisioner.nodestate import NodeStateDB
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 
 PASSWORD = "sol-Secret-1234"
-
-
-def read_until(proc: subprocess.Popen, needle: bytes, timeout: float) -> bytes:
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    got = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and needle not in got:
-        chunk = proc.stdout.read()
-        if chunk:
-            got += chunk
-        elif proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    assert needle in got, f"{needle!r} not seen: {got[-2000:]!r} (stderr: {proc.stderr.read() if proc.stderr else ''})"
-    return got
 
 
 @pytest.fixture
@@ -60,25 +44,11 @@ def env_of(cli) -> dict[str, str]:
 
 
 def test_console_attaches_and_detaches_then_serve_keeps_the_log(cli, sol_site):
-    con = subprocess.Popen(
-        [cli.exe, "console", "n1"],
-        env=env_of(cli),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    def power_on() -> None:
         time.sleep(6)  # the CLI starts and the SOL session opens before the guest prints
         cli("power", "on", "n1")
-        read_until(con, b"SeaBIOS", 90)
-        assert con.stdin is not None
-        con.stdin.write(b"\r~.")
-        con.stdin.flush()
-        assert con.wait(timeout=30) == 0
-    finally:
-        if con.poll() is None:
-            con.kill()
-        con.wait()
+
+    console_shows(cli, "n1", power_on, b"SeaBIOS", 90)
     cli("power", "off", "n1")
 
     serve = subprocess.Popen(

@@ -18,7 +18,9 @@ import pytest
 
 from labs.bmc import IpmiSim, SushyEmulator, free_port
 from labs.site import node, site_yaml, write_site
+from provisioner.actions import power as power_action
 from provisioner.bmc import Target, close_sessions, power
+from provisioner.bmc.client import _explain
 
 pytestmark = pytest.mark.netns
 
@@ -215,6 +217,30 @@ def test_ipmi_sessions_reopen_after_close(peers):
     for _ in range(3):
         assert power(t, "status") in ("on", "off")
         close_sessions()
+
+
+def test_a_wrong_password_beside_a_good_one_on_one_bmc(peers):
+    """Two logins to one BMC at once, one with a wrong password, round after round in one
+    process: the good one gets its answer and the wrong one is told so. pyghmi shares one
+    socket between them, and a failed login released it under the other's feet (under load
+    the good one heard nothing, or the wrong one was reported as no answer); nor may a failed
+    login stay behind to answer the next one."""
+    port = peers["a"].port
+    good = Target("n1", "ipmi", "127.0.0.1", port, "admin", IPMI_PW)
+    bad = Target("n6", "ipmi", "127.0.0.1", port, "admin", "wrong-password")
+    for _ in range(3):
+        one, two = power_action.run_targets([good, bad], "status", power_action.Options(timeout=8, retries=0))
+        assert one.ok and one.state in ("on", "off"), one
+        assert not two.ok and "refused user 'admin' and its password" in str(two.error), two
+        assert two.attempts == 1  # never retried: the account would lock sooner
+
+
+def test_errors_are_told_by_their_words_not_by_the_bmcs_port():
+    t = Target("n7", "redfish-http", "127.0.0.1", 40173, "admin", "pw-Secret")
+    garbage = "Unable to connect to http://127.0.0.1:40173/redfish/v1/. Error: BadStatusLine('x')"
+    assert "answered something that is not redfish" in str(_explain(t, Exception(garbage)))
+    refused = "HTTP GET http://127.0.0.1:40173/redfish/v1/Systems returned code 401. unknown error"
+    assert "refused user 'admin' and its password" in str(_explain(t, Exception(refused)))
 
 
 def test_passwords_never_in_process_arguments(cli, peers):

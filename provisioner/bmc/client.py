@@ -8,6 +8,7 @@ after (pyghmi's session retries, sushy's socket timeouts), so the thread ends to
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import warnings
@@ -79,8 +80,11 @@ def _explain(target: Target, e: BaseException) -> BmcError:
     if len(target.password) >= 4 and target.password in text:
         text = text.replace(target.password, "***")
     text = text if len(text) <= 160 else text[:157] + "..."
-    low = text.lower()
-    if any(w in low for w in ("unauthorized", "password", "401", "authentication", "rakp", "credential")):
+    # Words only, not the BMC's own address and port (port 40173 is no HTTP 401).
+    low = text.lower().replace(f"{target.address}:{target.port}", "")
+    if any(w in low for w in ("unauthorized", "password", "authentication", "rakp", "credential")) or re.search(
+        r"\b401\b", low
+    ):
         return BmcError(f"{target.where} refused user {target.user!r} and its password ({text})", final=True)
     if any(w in low for w in ("badstatusline", "decode", "expecting value", "invalid", "malformed")):
         return BmcError(f"{target.where} answered something that is not {target.protocol.split('-')[0]} ({text})")
@@ -115,6 +119,7 @@ _IPMI_RESULT = {"on": "on", "off": "off", "reset": "resetting", "soft": "shuttin
 
 _sessions: dict[Target, Any] = {}
 _sessions_lock = threading.Lock()
+_logins: dict[tuple[str, int], threading.Lock] = {}
 
 
 def ipmi_command(target: Target) -> Any:
@@ -127,12 +132,32 @@ def ipmi_command(target: Target) -> Any:
         cmd = _sessions.get(target)
     if cmd is not None and not cmd.ipmi_session.broken:
         return cmd
-    cmd = command.Command(
-        bmc=target.address, userid=target.user, password=target.password, port=target.port, keepalive=False
-    )
+    with _sessions_lock:
+        login_lock = _logins.setdefault((target.address, target.port), threading.Lock())
+    # One login at a time per BMC: pyghmi shares a socket between sessions to one BMC, and a
+    # login that fails (a wrong password) releases it under the other's feet, which then hears
+    # nothing (under load, tests/test_bmc_power.py saw the good password time out, or the wrong
+    # one reported as no answer).
+    with login_lock:
+        try:
+            cmd = command.Command(
+                bmc=target.address, userid=target.user, password=target.password, port=target.port, keepalive=False
+            )
+        except BaseException:
+            _forget_login(target)
+            raise
     with _sessions_lock:
         _sessions[target] = cmd
     return cmd
+
+
+def _forget_login(target: Target) -> None:
+    """Drop pyghmi's entry for a login to this target: it files logins under the text of the
+    user and password, and removes a failed one under their bytes, which never matches; the
+    dead session left behind would answer the next login with its old error or not at all."""
+    from pyghmi.ipmi.private import session
+
+    session.Session.initting_sessions.pop((target.address, target.user, target.password, target.port, None), None)
 
 
 def close_sessions(targets: Iterable[Target] | None = None) -> None:
@@ -142,8 +167,6 @@ def close_sessions(targets: Iterable[Target] | None = None) -> None:
     pyghmi keeps a logged-out session in its table of sessions being set up and hands that
     dead object to the next Command for the same BMC and user; dropping the entry makes the
     next Command log in afresh (tests/test_bmc_power.py checks a second round works)."""
-    from pyghmi.ipmi.private import session
-
     with _sessions_lock:
         chosen = list(_sessions) if targets is None else [t for t in targets if t in _sessions]
         cmds = [(t, _sessions.pop(t)) for t in chosen]
@@ -152,7 +175,7 @@ def close_sessions(targets: Iterable[Target] | None = None) -> None:
             cmd.ipmi_session.logout()
         except Exception:
             pass  # a lost logout only leaves the BMC to time the session out
-        session.Session.initting_sessions.pop((target.address, target.user, target.password, target.port, None), None)
+        _forget_login(target)
 
 
 def _ipmi_state(cmd: Any) -> str:
@@ -240,6 +263,22 @@ def _redfish_power(target: Target, action: str, timeout: float) -> str:
     kind = _REDFISH_RESET[action] if action != "cycle" else ("ForceRestart" if state == "on" else "On")
     system.reset_system(sushy.ResetType(kind))
     return _IPMI_RESULT[action]
+
+
+def serial_console(target: Target, timeout: float = 10.0) -> tuple[str, ...]:
+    """How the node's Redfish managers offer its serial console: the ConnectTypesSupported of
+    an enabled SerialConsole (IPMI, SSH, Telnet, Oem), () where none offers one. Redfish only
+    advertises the console; the session itself runs over one of those protocols."""
+    return _bounded(target, timeout, lambda: _redfish_serial_console(target, timeout))
+
+
+def _redfish_serial_console(target: Target, timeout: float) -> tuple[str, ...]:
+    offered: list[str] = []
+    for manager in _redfish_system(target, timeout).managers:
+        sc = manager.serial_console
+        if sc is not None and sc.service_enabled is not False:
+            offered += [str(t) for t in sc.connect_types_supported or () if str(t) not in offered]
+    return tuple(offered)
 
 
 def _redfish_pxe(target: Target, persistent: bool, timeout: float) -> None:

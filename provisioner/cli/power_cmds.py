@@ -106,7 +106,8 @@ def secrets_set_bmc(ctx: Context, nodes: str, profile: bool) -> None:
 @click.option("--log", "show_log", is_flag=True, help="Print what `serve` kept of the console instead.")
 @pass_ctx
 def console(ctx: Context, node: str, show_log: bool) -> None:
-    """Attach to NODE's serial console (IPMI serial-over-LAN); `~.` at a line start detaches."""
+    """Attach to NODE's serial console over IPMI serial-over-LAN (a Redfish BMC's too, where
+    its manager offers the console over IPMI); `~.` at a line start detaches."""
     if show_log:
         sys.stdout.buffer.write(power_action.console_log(ctx, node))
         return

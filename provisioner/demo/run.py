@@ -109,8 +109,9 @@ class Demo:
         home = self.work / "home"
         home.mkdir(parents=True, exist_ok=True)
         self.site.root.mkdir(parents=True, exist_ok=True)
+        accounts = demo_services.write_accounts(self.work / "accounts", home)
         self.site.cluster_yaml.write_text(
-            demo_site.cluster_yaml(self.nodes, str(home), self.kernel_args, self.discovery)
+            demo_site.cluster_yaml(self.nodes, str(home), self.kernel_args, self.discovery, str(accounts))
         )
         return self.ctx.inventory()
 
@@ -468,7 +469,9 @@ class Demo:
                 lambda: self.check_nodes(joined),
             )
             self.stage(
-                "services", "from each node: DNS, NTP, logs through the master", lambda: self.check_services(joined)
+                "services",
+                "from each node: DNS, NTP, logs through the master; the demo user",
+                lambda: self.check_services(joined),
             )
             self.stage("runtime", "an overlay edit reaches a running node", lambda: self.check_runtime(joined))
             for node in joined.nodes:

@@ -26,10 +26,12 @@ def unlisted_mac(index: int) -> str:
     return f"52:54:00:77:01:{0x10 + index:02x}"
 
 
-def cluster_yaml(count: int, home: str, kernel_args: tuple[str, ...] = (), discovery: str = "auto") -> str:
+def cluster_yaml(
+    count: int, home: str, kernel_args: tuple[str, ...] = (), discovery: str = "auto", accounts: str = "/"
+) -> str:
     """`count` listed nodes (slurmctld needs one); guests whose MACs no entry names join as the
     next free nodeNN under cluster.discovery `mode: discovery` (auto: at once, approve: after
-    `node approve`)."""
+    `node approve`). `accounts`: the master's / as the users overlay reads it (the demo's user)."""
     args = ", ".join(("console=ttyS0", *kernel_args))
     macs = ", ".join(node_mac(i) for i in range(1, count + 1))
     last = f"{count:02d}"
@@ -60,6 +62,11 @@ cluster:
     names: node[01-99]
     addresses: 10.77.0.11-10.77.0.99
     profiles: [default]
+  users:                    # the demo's user, from a scratch copy of a master's accounts
+    root: {accounts}
+    min_id: 2000
+    max_id: 2999
+    shadow: true
   ports:
     http: 80
     tftp: 69
@@ -68,7 +75,7 @@ profiles:
   default:
     image: {IMAGE}
     kernel_args: [{args}]
-    overlays: [base, ssh, munge, slurm, mpi, node-exporter]
+    overlays: [base, ssh, munge, slurm, mpi, node-exporter, users, ssh-user-ca]
     partitions: [debug]
 
 nodes:

@@ -1,19 +1,25 @@
 """Real BMCs for the tests: OpenIPMI's ipmi_sim (its chassis_control program powers a machine
-on and off, qemu or any program) and sushy-tools' Redfish emulator (fake driver)."""
+on and off, qemu or any program) and sushy-tools' Redfish emulator (its fake driver, or its
+libvirt driver over a libvirtd of our own running real qemu guests)."""
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 CHASSIS = Path(__file__).with_name("chassis.py")
+SERIAL_REDFISH = Path(__file__).with_name("sushy_serial.py")
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -47,8 +53,9 @@ class _Peer:
 
 
 class IpmiSim(_Peer):
-    """ipmi_sim on 127.0.0.1:port with user/password (admin), powering `machine` (argv, `{boot}`
-    replaced by n or c). `sol_port`: the machine's serial console as a telnet server there."""
+    """ipmi_sim on address:port (default 127.0.0.1 and a free port) with user/password
+    (admin), powering `machine` (argv, `{boot}` replaced by n or c); `extra_conf`: more
+    lan.conf lines (sol_qemu's carry the machine's serial console over SOL)."""
 
     def __init__(
         self,
@@ -57,10 +64,12 @@ class IpmiSim(_Peer):
         password: str = "secret",
         machine: Sequence[str] = ("sleep", "3600"),
         extra_conf: str = "",
+        address: str = "127.0.0.1",
+        port: int | None = None,
     ):
         self.dir = work
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.address, self.port = address, port or free_port()
         self.user, self.password = user, password
         (self.dir / "machine.json").write_text(json.dumps({"argv": list(machine)}))
         prog = self.dir / "chassis"
@@ -70,7 +79,7 @@ class IpmiSim(_Peer):
             f"""name "bmc-sim"
 set_working_mc 0x20
   startlan 1
-    addr 127.0.0.1 {self.port}
+    addr {address} {self.port}
     priv_limit admin
     allowed_auths_callback none md2 md5 straight
     allowed_auths_user none md2 md5 straight
@@ -129,11 +138,22 @@ set_working_mc 0x20
 
 
 class SushyEmulator(_Peer):
-    """sushy-tools' Redfish emulator with its fake driver (power and boot state only; a change
-    lands 1-11 s later), HTTP on 127.0.0.1:port, basic auth with user/password."""
+    """sushy-tools' Redfish emulator, HTTP on 127.0.0.1:port, basic auth with user/password: its
+    fake driver (power and boot state only; a change lands 1-11 s later), or with `libvirt_uri`
+    its libvirt driver, whose systems are that libvirtd's domains."""
 
-    def __init__(self, work: Path, user: str = "admin", password: str = "redfish-secret", tls: bool = False):
-        """`tls`: https with a self-signed certificate made here, as BMCs ship."""
+    def __init__(
+        self,
+        work: Path,
+        user: str = "admin",
+        password: str = "redfish-secret",
+        tls: bool = False,
+        libvirt_uri: str | None = None,
+        serial_console: Sequence[str] = (),
+        address: str = "127.0.0.1",
+    ):
+        """`tls`: https with a self-signed certificate made here, as BMCs ship. `serial_console`:
+        its managers offer the serial console over these protocols (labs/sushy_serial.py)."""
         import bcrypt
 
         self.dir = work
@@ -146,8 +166,13 @@ class SushyEmulator(_Peer):
         conf.write_text(
             f"SUSHY_EMULATOR_AUTH_FILE = {str(auth)!r}\n"
             f"SUSHY_EMULATOR_STATE_DIR = {str(self.dir / 'state')!r}\n"
-            "SUSHY_EMULATOR_FAKE_DRIVER = True\n"
+            + ("SUSHY_EMULATOR_FAKE_DRIVER = True\n" if libvirt_uri is None else "")
         )
+        driver = ["--fake"] if libvirt_uri is None else ["--libvirt-uri", libvirt_uri]
+        exe = [str(Path(sys.executable).with_name("sushy-emulator"))]
+        if serial_console:
+            exe = [sys.executable, str(SERIAL_REDFISH), ",".join(serial_console)]
+        self.address = address
         tls_args: list[str] = []
         if tls:
             key, cert = self.dir / "bmc.key", self.dir / "bmc.crt"
@@ -161,12 +186,12 @@ class SushyEmulator(_Peer):
         with open(self.dir / "emulator.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [
-                    str(Path(sys.executable).with_name("sushy-emulator")),
+                    *exe,
                     "--config",
                     str(conf),
-                    "--fake",
+                    *driver,
                     "-i",
-                    "127.0.0.1",
+                    address,
                     "-p",
                     str(self.port),
                     *tls_args,
@@ -182,12 +207,124 @@ class SushyEmulator(_Peer):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sushy-emulator exited: {(self.dir / 'emulator.log').read_text()[-2000:]}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((address, self.port), timeout=1).close()
                 return
             except OSError:
                 time.sleep(0.2)
         self.close()
         raise RuntimeError("sushy-emulator did not listen within 30 s")
+
+
+# A tiny machine for libvirt: TCG (domain type qemu), 64 MiB, an empty disk (SeaBIOS finds
+# nothing to boot and retries), no NIC, so the guest sends nothing anywhere.
+DOMAIN = """<domain type='qemu'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='file'><source path='{serial}'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+class Libvirtd(_Peer):
+    """A libvirtd of our own: session mode, as the unprivileged user `nobody` (root's libvirtd
+    would be the host's system daemon, and there is no systemd here to run one), with its home,
+    runtime and cache in a scratch folder; clients connect to its socket (`uri`), root too.
+    `domain(name)` defines a tiny TCG guest; close() ends the guests with the daemon."""
+
+    USER = "nobody"
+
+    def __init__(self) -> None:
+        pw = pwd.getpwnam(self.USER)
+        self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        # Not under pytest's tmp_path: its 0700 folders are closed to the daemon's user.
+        self.dir = Path(tempfile.mkdtemp(prefix="bmc-libvirt-"))
+        for d in ("run", "config", "cache", "config/libvirt"):
+            (self.dir / d).mkdir(mode=0o700)
+        # qemu's output to a file of its own, not through virtlogd, which libvirtd would start
+        # as a daemon of its own that outlives it
+        (self.dir / "config/libvirt/qemu.conf").write_text('stdio_handler = "file"\n')
+        for p in (self.dir, *self.dir.rglob("*")):
+            os.chown(p, self.uid, self.gid)
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": str(self.dir),
+            "XDG_RUNTIME_DIR": str(self.dir / "run"),
+            "XDG_CONFIG_HOME": str(self.dir / "config"),
+            "XDG_CACHE_HOME": str(self.dir / "cache"),
+        }
+        self.socket = self.dir / "run/libvirt/libvirt-sock"
+        self.uri = f"qemu:///session?socket={self.socket}"
+        with open(self.dir / "libvirtd.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "libvirtd"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd=self.dir,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while self.virsh("version", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                text = (self.dir / "libvirtd.log").read_text()[-3000:]
+                self.close()
+                raise RuntimeError(f"libvirtd did not start: {text}")
+            time.sleep(0.3)
+
+    def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["virsh", "-c", self.uri, *args], capture_output=True, text=True, check=check, timeout=60)
+
+    def domain(self, name: str) -> str:
+        """Defines a tiny guest (shut off); returns its UUID."""
+        ident = str(uuid.uuid4())
+        disk = self.dir / f"{name}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+        os.chown(disk, self.uid, self.gid)
+        xml = self.dir / f"{name}.xml"
+        xml.write_text(DOMAIN.format(name=name, uuid=ident, disk=disk, serial=self.dir / f"{name}.serial"))
+        self.virsh("define", str(xml))
+        return ident
+
+    def qemu_pid(self, name: str) -> int | None:
+        """The guest's qemu process, if it runs (libvirt's pid file, checked against /proc)."""
+        try:
+            pid = int((self.dir / f"config/libvirt/qemu/run/{name}.pid").read_text())
+        except (OSError, ValueError):
+            try:
+                pid = int((self.dir / f"run/libvirt/qemu/run/{name}.pid").read_text())
+            except (OSError, ValueError):
+                return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if f"guest={name}".encode() in cmdline else None
+
+    def close(self) -> None:
+        # qemu runs in a session of its own (libvirt daemonizes it): end the guests first.
+        guests = [p.name[: -len(".xml")] for p in self.dir.glob("*.xml")]
+        pids = [pid for pid in map(self.qemu_pid, guests) if pid]
+        if self.proc.poll() is None:
+            for name in guests:
+                self.virsh("destroy", name, check=False)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        super().close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def sol_qemu(extra: Sequence[str] = ()) -> tuple[list[str], str]:
@@ -205,3 +342,42 @@ def sol_qemu(extra: Sequence[str] = ()) -> tuple[list[str], str]:
     ]  # fmt: skip
     conf = f'  serial 15 127.0.0.1 {bmc_port} codec VM\n  sol "telnet:127.0.0.1:{serial_port}" 115200\n'
     return argv, conf
+
+
+def read_until(proc: subprocess.Popen, needle: bytes, timeout: float) -> bytes:
+    """What `proc` printed until `needle` (fails the test if it never does)."""
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    got = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and needle not in got:
+        chunk = proc.stdout.read()
+        if chunk:
+            got += chunk
+        elif proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    # stderr only once the process ended: reading it before would wait for that
+    err = proc.stderr.read() if proc.stderr and proc.poll() is not None else b"(still running)"
+    assert needle in got, f"{needle!r} not seen: {got[-2000:]!r} (stderr: {err!r})"
+    return got
+
+
+def console_shows(cli, node: str, power_on: Callable[[], object], needle: bytes, timeout: float) -> None:
+    """`provisioner console NODE` attached while `power_on()` starts the machine: it shows
+    `needle`, and `~.` at a line start detaches it with exit status 0."""
+    env = {**os.environ, "PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)}
+    con = subprocess.Popen(
+        [cli.exe, "console", node], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        power_on()
+        read_until(con, needle, timeout)
+        assert con.stdin is not None
+        con.stdin.write(b"\r~.")
+        con.stdin.flush()
+        assert con.wait(timeout=30) == 0
+    finally:
+        if con.poll() is None:
+            con.kill()
+        con.wait()
