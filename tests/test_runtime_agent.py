@@ -64,7 +64,7 @@ class Agent:
             "PATH": os.environ["PATH"],
             "PV_API": f"http://{SERVER_IP}:{PORT}/api/v1",
             "PV_ROOT": str(root),
-            "PV_WAIT": "2",  # a quiet poll reports the files' hashes: hand edits show soon
+            "PV_WAIT": "30",  # `overlay diff --live` asks for a report: no need of quiet polls
             "PV_FALLBACK": "1",
         }
         self.proc = ns.popen(["bash", str(AGENT)], log=self.log, env=env)
@@ -169,8 +169,8 @@ def test_runtime_overlay_reaches_a_running_node(lab, cli, tmp_path):
         assert "runtime: latest" in show, show
         app.write_text("level=hand-edited\n")
         edited = time.time()
-        until(lambda: live_report_at(cli) > edited, 10, "a quiet poll's report")
-        diff = cli("overlay", "diff", "node01", "--live", check=False)
+        diff = cli("overlay", "diff", "node01", "--live", check=False)  # asks the agent to report now
+        assert live_report_at(cli) > edited, diff.stdout
         assert "etc/rtapp/app.conf" in diff.stdout and diff.returncode == 1, diff.stdout + diff.stderr
         push = cli("overlay", "push", "node01", "--timeout", "10").stdout
         assert "ok" in push and read(app) == "level=2\n"  # the push put the rendered file back
