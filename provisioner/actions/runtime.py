@@ -71,15 +71,13 @@ def _wait_for(
     results: dict[str, PushResult] = {}
     while True:
         for name in set(want) - set(results):
-            row = db.runtime(name)
-            if row is not None and row["at"] >= started and row["sha256"] == want[name]:
+            # The agent's `runtime` event names the archive it applied (its live report alone
+            # may be of its files before the push reached it).
+            events = [e for e in db.timeline(name) if e["at"] >= started]
+            if any(e["stage"] == "runtime" and f" sha256 {want[name]} " in f" {e['detail']} " for e in events):
                 results[name] = PushResult(name, True, f"runs generation {layout.generation(ctx.state)}")
                 continue
-            bad = [
-                e
-                for e in db.timeline(name)
-                if e["at"] >= started and e["stage"] in ("runtime-refused", "runtime-failed")
-            ]
+            bad = [e for e in events if e["stage"] in ("runtime-refused", "runtime-failed")]
             if bad:
                 results[name] = PushResult(name, False, f"{bad[-1]['stage']}: {bad[-1]['detail']}")
         if len(results) == len(want) or time.time() - started > timeout:
