@@ -8,6 +8,7 @@ refresh; status, `overlay show` and `overlay diff --live` see what the node runs
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -223,9 +224,10 @@ def test_runtime_overlay_reaches_a_running_node(lab, cli, tmp_path):
 
 
 @pytest.mark.netns
-def test_long_polls_are_bounded_and_only_for_the_node(lab, cli):
-    """Only the node itself may poll; polls past the waiter bound (half the connection cap)
-    are answered at once with `retry`, and a push answers a waiting poll at once."""
+def test_long_polls_are_bounded_and_only_for_the_node(lab, cli, tmp_path):
+    """Only the node itself may poll; an answer offering an archive carries it when asked
+    (archive=1); polls past the waiter bound (half the connection cap) are answered at once
+    with `retry`, and a push answers a waiting poll at once."""
     write_site(cli.site)
     set_limits(cli.site, http_connections=4, http_per_client=4)  # two waiters at most
     cli("overlay", "build")
@@ -237,6 +239,13 @@ def test_long_polls_are_bounded_and_only_for_the_node(lab, cli):
         first = curl(node_ns, *priv, "-H", f"Authorization: Bearer {cred}", url).stdout
         offer = dict(line.split(" ", 1) for line in first.splitlines())
         assert offer["generation"] == "1" and len(offer["sha256"]) == 64 and offer["refresh"] == "0"
+        auth = ("-H", f"Authorization: Bearer {cred}")
+        body = tmp_path / "archive"
+        head = curl(node_ns, *priv, *auth, "-D", "-", "-o", str(body), url + "?have=none&archive=1").stdout
+        assert f"X-Provisioner-Offer: generation 1 sha256 {offer['sha256']} size {offer['size']} refresh 0" in head
+        assert hashlib.sha256(body.read_bytes()).hexdigest() == offer["sha256"]
+        same = curl(node_ns, *priv, *auth, f"{url}?have={offer['sha256']}&archive=1").stdout
+        assert same == first  # nothing new: the offer alone
         code = ("-o", "/dev/null", "-w", "%{http_code}")
         assert curl(node_ns, *priv, *code, url, check=False).stdout == "401"  # no credential
         assert curl(node_ns, *code, "-H", f"Authorization: Bearer {cred}", url, check=False).stdout == "403"

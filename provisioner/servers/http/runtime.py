@@ -8,7 +8,9 @@ only a node that proved who it is (app.py) may wait at all, so polls never take 
 connections other requests need. `overlay push` asks nodes to refresh now and `overlay diff
 --live` asks them to report their files now, both by request files the watch task takes (a
 waiting poll is answered at once; the agent reports its files after every answer that names
-what it runs). Archive hashes are cached by inode: unchanged nodes keep
+what it runs). An agent that asks with `archive=1` gets the archive itself in the answer that
+offers it (one request instead of two: on an emulated node each curl start costs seconds).
+Archive hashes are cached by inode: unchanged nodes keep
 their files (hard links) across generations, so a build costs one hash per changed node.
 """
 
@@ -39,6 +41,10 @@ class Offer:
     size: int
     refresh: bool = False
     retry: int | None = None
+
+    def header(self) -> str:
+        """The offer on one line, for the header of an answer whose body is the archive."""
+        return f"generation {self.generation} sha256 {self.sha256} size {self.size} refresh {int(self.refresh)}"
 
     def text(self) -> str:
         lines = [f"generation {self.generation}", f"sha256 {self.sha256}", f"size {self.size}"]
@@ -138,6 +144,18 @@ class RuntimeWatch:
         except OSError:
             return None
         return Offer(gen or 0, sha, st.st_size, node in self._pushed)
+
+    def archive(self, node: str, offer: Offer) -> bytes | None:
+        """The node's archive as offered (one open, so body and hash agree), or None when a
+        build replaced it since: the agent then fetches it apart."""
+        try:
+            with open(layout.runtime_archive(self.state, node), "rb") as f:
+                st = os.fstat(f.fileno())
+                if self._hashes.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)) != offer.sha256:
+                    return None
+                return f.read(offer.size + 1)
+        except OSError:
+            return None
 
     def published(self, node: str) -> str | None:
         """The hash of the node's published runtime archive (cached), or None."""
