@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,7 +60,7 @@ def write_site(site: Path) -> None:
 class Agent:
     """The agent script in the node's namespace, on a scratch root (see boot())."""
 
-    def __init__(self, lab, ns, cli, root: Path):
+    def __init__(self, lab, ns, cli, root: Path, state: Path | None = None):
         self.root = root
         self.log = root.parent / "agent.log"
         env = {
@@ -68,6 +70,8 @@ class Agent:
             "PV_WAIT": "30",  # `overlay diff --live` asks for a report: no need of quiet polls
             "PV_FALLBACK": "1",
         }
+        if state is not None:  # another file system than the root's: files are copied, not renamed
+            env["PV_STATE"] = str(state)
         self.proc = ns.popen(["bash", str(AGENT)], log=self.log, env=env)
 
     def stop(self) -> None:
@@ -136,6 +140,7 @@ def test_runtime_overlay_reaches_a_running_node(lab, cli, tmp_path):
     node_ns = lab.host(ip=IP, mac=MAC)
     motd, app, reloads = root / "etc" / "motd", root / "etc" / "rtapp" / "app.conf", root / "reloads"
     boot(cli, root)
+    shm = Path(tempfile.mkdtemp(prefix="rt-agent-", dir="/dev/shm"))
     srv = Serve(lab, cli, port=PORT)
     agent = Agent(lab, node_ns, cli, root)
     try:
@@ -196,12 +201,13 @@ def test_runtime_overlay_reaches_a_running_node(lab, cli, tmp_path):
         assert read(app) == "level=2\n"
         agent.stop()
         archive.write_bytes(good[: len(good) // 2])
-        agent = Agent(lab, node_ns, cli, root)
+        agent = Agent(lab, node_ns, cli, root, state=shm)
         until(lambda: any(s == "runtime-refused" and "unpack" in d for s, d in stages(cli, "node01")), 10)
-        assert read(app) == "level=2\n" and not (root / "etc" / "rtapp" / ".app.conf.pv-new").exists()
+        assert read(app) == "level=2\n" and not list(root.rglob("*.pv-new"))
         archive.write_bytes(good)
-        cli("overlay", "push", "node01", "--timeout", "10")
-        assert read(app) == "level=3\n"
+        cli("overlay", "push", "node01", "--timeout", "10")  # the stage on tmpfs: copy and rename
+        assert read(app) == "level=3\n" and not list(root.rglob("*.pv-new"))
+        assert (app.stat().st_mode & 0o777) == 0o644
 
         # The master away: the node keeps its files, and catches up when it is back.
         srv.stop()
@@ -220,6 +226,7 @@ def test_runtime_overlay_reaches_a_running_node(lab, cli, tmp_path):
     finally:
         agent.stop()
         srv.stop()
+        shutil.rmtree(shm, ignore_errors=True)
         print((tmp_path / "agent.log").read_text() if (tmp_path / "agent.log").exists() else "")
 
 
