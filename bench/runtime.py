@@ -37,6 +37,7 @@ from provisioner.paths import State
 
 HOST = "127.1.0.1"
 PORT = 8327  # rt-
+OFFER_HEADER = "x-provisioner-offer:"
 
 
 def address(i: int) -> str:
@@ -66,8 +67,8 @@ def write_site(site: Path, nodes: int) -> None:
     (app / "etc" / "app.conf").write_text("round=0\n")
 
 
-async def request(ip: str, path: str, cred: str) -> tuple[int, bytes]:
-    """One HTTP/1.1 GET from `ip` (connection closed after it)."""
+async def request(ip: str, path: str, cred: str) -> tuple[int, bytes, bytes]:
+    """One HTTP/1.1 GET from `ip` (connection closed after it): status, head, body."""
     reader, writer = await asyncio.open_connection(HOST, PORT, local_addr=(ip, 0))
     try:
         writer.write(
@@ -78,7 +79,7 @@ async def request(ip: str, path: str, cred: str) -> tuple[int, bytes]:
     finally:
         writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    return int(head.split(b" ", 2)[1]), head, body
 
 
 class Node:
@@ -90,16 +91,22 @@ class Node:
     async def run(self) -> None:
         while True:
             try:
-                status, body = await request(self.ip, f"/api/v1/runtime?have={self.have}&wait=50", self.cred)
+                path = f"/api/v1/runtime?have={self.have}&wait=50&archive=1"
+                status, head, body = await request(self.ip, path, self.cred)
                 if status != 200:
                     await asyncio.sleep(1)
                     continue
-                offer = dict(line.split(" ", 1) for line in body.decode().splitlines())
-                if offer.get("retry"):
-                    await asyncio.sleep(float(offer["retry"]))
-                if offer["sha256"] == self.have:
-                    continue
-                status, archive = await request(self.ip, "/api/v1/runtime/archive", self.cred)
+                carried = [h for h in head.decode().splitlines() if h.lower().startswith(OFFER_HEADER)]
+                if carried:  # the answer is the archive, the offer in a header (as the agent asks)
+                    words = carried[0].split(":", 1)[1].split()
+                    offer, archive = dict(zip(words[::2], words[1::2], strict=False)), body
+                else:
+                    offer = dict(line.split(" ", 1) for line in body.decode().splitlines())
+                    if offer.get("retry"):
+                        await asyncio.sleep(float(offer["retry"]))
+                    if offer["sha256"] == self.have:
+                        continue
+                    status, _, archive = await request(self.ip, "/api/v1/runtime/archive", self.cred)
                 if (
                     status == 200
                     and len(archive) == int(offer["size"])

@@ -8,11 +8,14 @@ refresh; status, `overlay show` and `overlay diff --live` see what the node runs
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,16 +60,18 @@ def write_site(site: Path) -> None:
 class Agent:
     """The agent script in the node's namespace, on a scratch root (see boot())."""
 
-    def __init__(self, lab, ns, cli, root: Path):
+    def __init__(self, lab, ns, cli, root: Path, state: Path | None = None):
         self.root = root
         self.log = root.parent / "agent.log"
         env = {
             "PATH": os.environ["PATH"],
             "PV_API": f"http://{SERVER_IP}:{PORT}/api/v1",
             "PV_ROOT": str(root),
-            "PV_WAIT": "2",  # a quiet poll reports the files' hashes: hand edits show soon
+            "PV_WAIT": "30",  # `overlay diff --live` asks for a report: no need of quiet polls
             "PV_FALLBACK": "1",
         }
+        if state is not None:  # another file system than the root's: files are copied, not renamed
+            env["PV_STATE"] = str(state)
         self.proc = ns.popen(["bash", str(AGENT)], log=self.log, env=env)
 
     def stop(self) -> None:
@@ -135,6 +140,7 @@ def test_runtime_overlay_reaches_a_running_node(lab, cli, tmp_path):
     node_ns = lab.host(ip=IP, mac=MAC)
     motd, app, reloads = root / "etc" / "motd", root / "etc" / "rtapp" / "app.conf", root / "reloads"
     boot(cli, root)
+    shm = Path(tempfile.mkdtemp(prefix="rt-agent-", dir="/dev/shm"))
     srv = Serve(lab, cli, port=PORT)
     agent = Agent(lab, node_ns, cli, root)
     try:
@@ -169,8 +175,8 @@ def test_runtime_overlay_reaches_a_running_node(lab, cli, tmp_path):
         assert "runtime: latest" in show, show
         app.write_text("level=hand-edited\n")
         edited = time.time()
-        until(lambda: live_report_at(cli) > edited, 10, "a quiet poll's report")
-        diff = cli("overlay", "diff", "node01", "--live", check=False)
+        diff = cli("overlay", "diff", "node01", "--live", check=False)  # asks the agent to report now
+        assert live_report_at(cli) > edited, diff.stdout
         assert "etc/rtapp/app.conf" in diff.stdout and diff.returncode == 1, diff.stdout + diff.stderr
         push = cli("overlay", "push", "node01", "--timeout", "10").stdout
         assert "ok" in push and read(app) == "level=2\n"  # the push put the rendered file back
@@ -195,12 +201,13 @@ def test_runtime_overlay_reaches_a_running_node(lab, cli, tmp_path):
         assert read(app) == "level=2\n"
         agent.stop()
         archive.write_bytes(good[: len(good) // 2])
-        agent = Agent(lab, node_ns, cli, root)
+        agent = Agent(lab, node_ns, cli, root, state=shm)
         until(lambda: any(s == "runtime-refused" and "unpack" in d for s, d in stages(cli, "node01")), 10)
-        assert read(app) == "level=2\n" and not (root / "etc" / "rtapp" / ".app.conf.pv-new").exists()
+        assert read(app) == "level=2\n" and not list(root.rglob("*.pv-new"))
         archive.write_bytes(good)
-        cli("overlay", "push", "node01", "--timeout", "10")
-        assert read(app) == "level=3\n"
+        cli("overlay", "push", "node01", "--timeout", "10")  # the stage on tmpfs: copy and rename
+        assert read(app) == "level=3\n" and not list(root.rglob("*.pv-new"))
+        assert (app.stat().st_mode & 0o777) == 0o644
 
         # The master away: the node keeps its files, and catches up when it is back.
         srv.stop()
@@ -219,13 +226,15 @@ def test_runtime_overlay_reaches_a_running_node(lab, cli, tmp_path):
     finally:
         agent.stop()
         srv.stop()
+        shutil.rmtree(shm, ignore_errors=True)
         print((tmp_path / "agent.log").read_text() if (tmp_path / "agent.log").exists() else "")
 
 
 @pytest.mark.netns
-def test_long_polls_are_bounded_and_only_for_the_node(lab, cli):
-    """Only the node itself may poll; polls past the waiter bound (half the connection cap)
-    are answered at once with `retry`, and a push answers a waiting poll at once."""
+def test_long_polls_are_bounded_and_only_for_the_node(lab, cli, tmp_path):
+    """Only the node itself may poll; an answer offering an archive carries it when asked
+    (archive=1); polls past the waiter bound (half the connection cap) are answered at once
+    with `retry`, and a push answers a waiting poll at once."""
     write_site(cli.site)
     set_limits(cli.site, http_connections=4, http_per_client=4)  # two waiters at most
     cli("overlay", "build")
@@ -237,6 +246,13 @@ def test_long_polls_are_bounded_and_only_for_the_node(lab, cli):
         first = curl(node_ns, *priv, "-H", f"Authorization: Bearer {cred}", url).stdout
         offer = dict(line.split(" ", 1) for line in first.splitlines())
         assert offer["generation"] == "1" and len(offer["sha256"]) == 64 and offer["refresh"] == "0"
+        auth = ("-H", f"Authorization: Bearer {cred}")
+        body = tmp_path / "archive"
+        head = curl(node_ns, *priv, *auth, "-D", "-", "-o", str(body), url + "?have=none&archive=1").stdout
+        assert f"X-Provisioner-Offer: generation 1 sha256 {offer['sha256']} size {offer['size']} refresh 0" in head
+        assert hashlib.sha256(body.read_bytes()).hexdigest() == offer["sha256"]
+        same = curl(node_ns, *priv, *auth, f"{url}?have={offer['sha256']}&archive=1").stdout
+        assert same == first  # nothing new: the offer alone
         code = ("-o", "/dev/null", "-w", "%{http_code}")
         assert curl(node_ns, *priv, *code, url, check=False).stdout == "401"  # no credential
         assert curl(node_ns, *code, "-H", f"Authorization: Bearer {cred}", url, check=False).stdout == "403"

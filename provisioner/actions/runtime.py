@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..artifacts import layout
@@ -14,9 +15,11 @@ from ..atomic import atomic_write, private_dir
 from ..errors import UserError
 from ..inventory.model import Node
 from ..nodestate import summary
+from ..servers.http.runtime import REPORT_PREFIX
 from .context import Context
 
 PUSH_POLL = 0.2  # seconds between looks at what the agents reported
+LIVE_WAIT = 10.0  # seconds `overlay diff --live` waits for the node's fresh report
 
 
 def runtime_states(ctx: Context, nodes: list[Node]) -> dict[str, str | None]:
@@ -40,11 +43,19 @@ def push(ctx: Context, nodes: list[Node], timeout: float) -> list[PushResult]:
     if missing:
         raise UserError(f"no runtime archive for {', '.join(missing[:10])}: run `provisioner overlay build` first")
     started = time.time()
-    request = private_dir(layout.push_requests(ctx.state)) / f"{os.getpid()}-{time.monotonic_ns()}"
-    atomic_write(request, "\n".join(want) + "\n", mode=0o600)
-    try:
+    with _request(ctx, "", list(want)):
         return _wait_for(ctx, nodes, want, started, timeout)
-    finally:  # not taken (no server running): no stale refresh for the next one
+
+
+@contextlib.contextmanager
+def _request(ctx: Context, prefix: str, names: list[str]) -> Iterator[None]:
+    """A request file the HTTP server takes within a moment (servers/http/runtime.py), removed
+    afterwards if it was not taken (no server running): nothing stale for the next one."""
+    request = private_dir(layout.push_requests(ctx.state)) / f"{prefix}{os.getpid()}-{time.monotonic_ns()}"
+    atomic_write(request, "\n".join(names) + "\n", mode=0o600)
+    try:
+        yield
+    finally:
         with contextlib.suppress(FileNotFoundError):
             request.unlink()
 
@@ -60,15 +71,13 @@ def _wait_for(
     results: dict[str, PushResult] = {}
     while True:
         for name in set(want) - set(results):
-            row = db.runtime(name)
-            if row is not None and row["at"] >= started and row["sha256"] == want[name]:
+            # The agent's `runtime` event names the archive it applied (its live report alone
+            # may be of its files before the push reached it).
+            events = [e for e in db.timeline(name) if e["at"] >= started]
+            if any(e["stage"] == "runtime" and f" sha256 {want[name]} " in f" {e['detail']} " for e in events):
                 results[name] = PushResult(name, True, f"runs generation {layout.generation(ctx.state)}")
                 continue
-            bad = [
-                e
-                for e in db.timeline(name)
-                if e["at"] >= started and e["stage"] in ("runtime-refused", "runtime-failed")
-            ]
+            bad = [e for e in events if e["stage"] in ("runtime-refused", "runtime-failed")]
             if bad:
                 results[name] = PushResult(name, False, f"{bad[-1]['stage']}: {bad[-1]['detail']}")
         if len(results) == len(want) or time.time() - started > timeout:
@@ -88,10 +97,19 @@ class Drift:
     detail: str
 
 
-def live_diff(ctx: Context, node: Node) -> tuple[str, list[Drift]]:
-    """How the node's runtime files differ from what was rendered, by the hashes its agent last
-    reported: (a note on how current that report is, the files that differ)."""
-    row = ctx.db().runtime(node.name)
+def live_diff(ctx: Context, node: Node, wait: float = LIVE_WAIT) -> tuple[str, list[Drift]]:
+    """How the node's runtime files differ from what was rendered, by the hashes its agent
+    reports: it is asked to report now, and its report is awaited up to `wait` seconds (else
+    the last one serves). Returns (a note on how current that report is, the files that differ)."""
+    db = ctx.db()
+    asked = time.time()
+    with _request(ctx, REPORT_PREFIX, [node.name]):
+        while time.time() - asked < wait:
+            row = db.runtime(node.name)
+            if row is not None and row["at"] >= asked:
+                break
+            time.sleep(PUSH_POLL)
+    row = db.runtime(node.name)
     if row is None:
         raise UserError(f"{node.name}: its agent has not reported its files yet")
     rendered = runtime_members(ctx.state, node.name)

@@ -87,14 +87,24 @@ class Supervisor:
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                try:
-                    os.killpg(proc.popen.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-                try:
-                    proc.popen.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.popen.pid, signal.SIGKILL)
-                    proc.popen.wait()
+            self._stop(proc)
         self.procs.clear()
+
+    def stop(self, name: str) -> None:
+        """Stop the daemon started as `name` (to start it again later)."""
+        for proc in [p for p in self.procs if p.name == name]:
+            self._stop(proc)
+            self.procs.remove(proc)
+
+    @staticmethod
+    def _stop(proc: Proc) -> None:
+        if proc.popen.poll() is None:
+            try:
+                os.killpg(proc.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return
+            try:
+                proc.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait()

@@ -413,9 +413,15 @@ class BootApp:
             wait = float(request.query.get("wait", "0"))
         except ValueError:
             raise web.HTTPBadRequest(text="wait must be a number of seconds\n") from None
-        offer = await self.runtime.poll(node.name, request.query.get("have", ""), wait)
+        have = request.query.get("have", "")
+        offer = await self.runtime.poll(node.name, have, wait)
         if offer is None:
             raise self._refuse(web.HTTPNotFound, "no runtime archive", request, node=node.name)
+        if request.query.get("archive") == "1" and (offer.sha256 != have or offer.refresh):
+            body = self.runtime.archive(node.name, offer)
+            if body is not None:
+                headers = {"X-Provisioner-Offer": offer.header()}
+                return web.Response(body=body, content_type="application/gzip", headers=headers)
         return web.Response(text=offer.text())
 
     async def runtime_archive(self, request: web.Request) -> web.StreamResponse:
