@@ -34,6 +34,7 @@ COMMANDS = [
     ("power_cmds", "power"),  # also adds `secrets set-bmc`
     ("power_cmds", "console"),
     ("demo_cmds", "demo"),
+    ("rollout_cmds", "rollout"),
 ]
 
 
