@@ -195,8 +195,8 @@ def _settle(n: NodeRoll, s: Seen, want: str | None, now: float, timeout: float, 
         return True
     elif n.free is not None and now - n.free > timeout:
         _fail(n, now, f"not back in service {timeout:g} s after its reboot began (stage {s.stage}, slurm {s.slurm})")
-    elif s.booted == want and s.stage == "registered" and (s.slurm or "").startswith("down"):
-        acts.resume.append(n.name)  # back on the version, but left DOWN (its reboot timed out)
+    elif s.booted == want and s.slurm == "down":
+        acts.resume.append(n.name)  # back on the version, slurmd answers, but left DOWN (reboot timed out)
     return False
 
 
