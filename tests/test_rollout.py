@@ -18,7 +18,7 @@ from provisioner.paths import State
 from test_image_versions import CLUSTER_YAML  # two nodes of image tiny, one of image other
 from test_image_versions import pinned as boots
 
-IDLE_V2 = ro.Seen(slurm="idle", booted="v2", stage="registered")
+IDLE_V2 = ro.Seen(slurm="idle", booted="v2", stage="registered", registered=True)
 
 
 def plan(n=4, canary=1, size=2, auto=True, timeout=100.0):
@@ -42,6 +42,8 @@ def test_canary_first_then_batches_each_once_the_last_is_back():
     assert phases(r)["n1"] == ro.REBOOTING and r.nodes[0].free is None
     # Up on v2 but not yet in service: wait.
     assert not ro.advance(r, {"n1": ro.Seen(slurm="down*", booted="v2", stage="root")}, 5001)
+    # Slurm's "idle" alone is not enough: the booted system must have registered.
+    assert not ro.advance(r, {"n1": ro.Seen(slurm="idle", booted="v2", stage="switch_root")}, 5001)
     acts = ro.advance(r, {"n1": IDLE_V2}, 5002)
     assert phases(r)["n1"] == ro.UPDATED
     assert acts.reboot == ["n2", "n3"] and acts.pin == {"n2": "v2", "n3": "v2"}
@@ -56,12 +58,12 @@ def test_canary_first_then_batches_each_once_the_last_is_back():
 def test_a_canary_on_the_wrong_version_stops_the_rollout_and_is_rolled_back():
     r = plan()
     ro.advance(r, {}, 0)
-    acts = ro.advance(r, {"n1": ro.Seen(slurm="idle", booted="v1", stage="registered")}, 10)
+    acts = ro.advance(r, {"n1": ro.Seen(slurm="idle", booted="v1", stage="registered", registered=True)}, 10)
     # Slurm reaches it: rebooted through Slurm, pinned back first.
     assert (acts.pin, acts.reboot, acts.cycle) == ({"n1": "v1"}, ["n1"], [])
     assert phases(r)["n1"] == ro.ROLLING_BACK and "came back on v1, not v2" in r.nodes[0].reason
     assert r.state == ro.RUNNING
-    ro.advance(r, {"n1": ro.Seen(slurm="idle", booted="v1", stage="registered")}, 20)
+    ro.advance(r, {"n1": ro.Seen(slurm="idle", booted="v1", stage="registered", registered=True)}, 20)
     assert r.state == ro.FAILED and phases(r) == {
         "n1": ro.ROLLED_BACK,
         "n2": ro.PENDING,
@@ -82,9 +84,9 @@ def test_a_failed_boot_is_rolled_back_even_where_slurm_cannot_reach_it():
     assert not ro.advance(r, {"n1": ro.Seen(slurm="down*", booted="v2", stage="root")}, 20)
     assert phases(r)["n1"] == ro.ROLLING_BACK
     # Back on v1 but left DOWN by its reboot timing out in slurmctld: resumed.
-    acts = ro.advance(r, {"n1": ro.Seen(slurm="down", booted="v1", stage="registered")}, 30)
+    acts = ro.advance(r, {"n1": ro.Seen(slurm="down", booted="v1", stage="registered", registered=True)}, 30)
     assert acts.resume == ["n1"]
-    ro.advance(r, {"n1": ro.Seen(slurm="idle", booted="v1", stage="registered")}, 40)
+    ro.advance(r, {"n1": ro.Seen(slurm="idle", booted="v1", stage="registered", registered=True)}, 40)
     assert r.state == ro.FAILED and phases(r)["n1"] == ro.ROLLED_BACK
     assert "boot failed: cannot mount the NFS root" in r.reason
 
@@ -121,9 +123,10 @@ def test_observe_reads_the_latest_boot_since_the_reboot():
         {"stage": "root", "at": 6, "detail": "nfs:10.0.0.1:/images/d/versions/v2/rootfs"},
         {"stage": "registered", "at": 7, "detail": None},
     ]
-    assert ro.observe(ev, None) == ("v2", None, "registered")
-    assert ro.observe(ev[:2], 2) == (None, "cannot mount", "failed")
-    assert ro.observe(ev, 8) == (None, None, None)
+    assert ro.observe(ev, None) == ro.Seen(booted="v2", stage="registered", registered=True)
+    assert ro.observe(ev[:2], 2) == ro.Seen(failed="cannot mount", stage="failed")
+    assert ro.observe(ev[:3], None) == ro.Seen(booted="v2", stage="root")
+    assert ro.observe(ev, 8) == ro.Seen()
 
 
 def test_batch_sizes():

@@ -68,6 +68,10 @@ def test_a_broken_version_fails_its_canary_which_is_rolled_back(cluster):
     assert rolled.returncode == 1 and "Error: rollout" in rolled.output and "failed" in rolled.output
     assert "cannot mount the NFS root" in (rolled.failed[nodes[0]] or ""), rolled.failed
     assert rolled.rollout.node(nodes[1]).phase == ro.PENDING and rolled.boots[nodes[1]] == 0
+    # The canary's own word: the failed boot, then a boot of v2 that registered.
+    stages = [s for s, _ in rolled.events[nodes[0]]]
+    print(f"{nodes[0]} since the broken rollout began: {rolled.events[nodes[0]]}")
+    assert "failed" in stages and "registered" in stages[stages.index("failed") :], stages
     assert pins.load(demo.state)[nodes[0]] == pins.Pin(demo_site.IMAGE, "v2")
     admin = Cli(PROVISIONER, demo.site.root, demo.state.root)
     shown = admin("status").stdout

@@ -27,6 +27,7 @@ The rollout's state is one JSON file in the state dir, replaced atomically at ev
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
@@ -132,6 +133,7 @@ class Seen:
     booted: str | None = None  # the version the latest boot since `asked` mounted
     failed: str | None = None  # the initramfs' failure report since, if no root came after it
     stage: str | None = None  # its latest boot stage (for a timeout's reason)
+    registered: bool = False  # the booted system reported its facts (it is up, not just mounted)
 
 
 @dataclass(frozen=True)
@@ -191,11 +193,11 @@ def _settle(n: NodeRoll, s: Seen, want: str | None, now: float, timeout: float, 
         _fail(n, now, f"came back on {s.booted}, not {want}")
     elif strict and s.failed is not None:
         _fail(n, now, f"boot failed: {s.failed}")
-    elif s.booted == want and is_ready(s.slurm):
+    elif s.booted == want and s.registered and is_ready(s.slurm):
         return True
     elif n.free is not None and now - n.free > timeout:
         _fail(n, now, f"not back in service {timeout:g} s after its reboot began (stage {s.stage}, slurm {s.slurm})")
-    elif s.booted == want and s.slurm == "down":
+    elif s.booted == want and s.registered and s.slurm == "down":
         acts.resume.append(n.name)  # back on the version, slurmd answers, but left DOWN (reboot timed out)
     return False
 
@@ -245,19 +247,24 @@ def advance(r: Rollout, seen: Mapping[str, Seen], now: float) -> Actions:
     return acts
 
 
-def observe(events: Sequence[Mapping[str, Any]], since: float | None) -> tuple[str | None, str | None, str | None]:
-    """(version booted, failure reported, latest stage) from a node's events after `since`."""
+def observe(events: Sequence[Mapping[str, Any]], since: float | None) -> Seen:
+    """What a node's events after `since` say: the version its latest boot mounted, a failure
+    reported after that, whether the booted system registered (reported its facts; Slurm's
+    word alone is not enough: it may call a node idle that has not come back), its latest stage."""
     booted = failed = stage = None
+    registered = False
     for e in events:
         if since is not None and e["at"] < since:
             continue
         stage = e["stage"]
         if stage == "root":
             m = ROOT_VERSION.search(e["detail"] or "")
-            booted, failed = (m.group(1) if m else "unknown"), None
+            booted, failed, registered = (m.group(1) if m else "unknown"), None, False
         elif stage == "failed":
             failed = e["detail"] or "no detail"
-    return booted, failed, stage
+        elif stage == "registered" and booted is not None:
+            registered = True
+    return Seen(booted=booted, failed=failed, stage=stage, registered=registered)
 
 
 # -- persistence -----------------------------------------------------------------------------
@@ -318,7 +325,7 @@ def _running_version(ctx: Context, node: Node, current: str | None, held: Mappin
     pin = held.get(node.name)
     if pin is not None and pin.image == node.image:
         return pin.version
-    booted, _, _ = observe([dict(e) for e in ctx.db().timeline(node.name)], None)
+    booted = observe([dict(e) for e in ctx.db().timeline(node.name)], None).booted
     return booted if booted not in (None, "unknown") else current
 
 
@@ -430,15 +437,12 @@ def look(ctx: Context, r: Rollout, say: Say) -> dict[str, Seen]:
         seen = {}
         for n in r.nodes:
             if n.name in names:
-                booted, failed, stage = observe([dict(e) for e in db.timeline(n.name)], n.asked)
                 s = slurm.get(n.name)
-                seen[n.name] = Seen(
-                    s.state if s else None,
-                    s.reason if s else None,
-                    len(held.get(n.name, [])),
-                    booted,
-                    failed,
-                    stage,
+                seen[n.name] = dataclasses.replace(
+                    observe([dict(e) for e in db.timeline(n.name)], n.asked),
+                    slurm=s.state if s else None,
+                    reason=s.reason if s else None,
+                    jobs=len(held.get(n.name, [])),
                 )
         return seen
     finally:

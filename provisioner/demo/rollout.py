@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 JOB_SECONDS = 60
 RETRY_ARG = "provisioner.retry=5"
 TIMEOUT = 900  # seconds per node, from its jobs' end to back in service (TCG boots are slow)
-BOOT_STAGES = ("dhcp", "bootloader", "ipxe", "kernel", "initramfs", "root", "failed")
+BOOT_STAGES = ("dhcp", "bootloader", "ipxe", "kernel", "initramfs", "root", "failed", "registered")
 
 
 def clone_version(state: State, image: str, broken: bool = False) -> str:
@@ -73,6 +73,7 @@ class Rolled:
     booted: dict[str, str | None]
     failed: dict[str, str | None]
     boots: dict[str, int]  # boot events per node since it began
+    events: dict[str, list[tuple[str, float]]]  # (stage, at) of those
 
 
 def run_rollout(demo: Demo, nodes: list[str], args: list[str], during: Callable[[], None] | None = None) -> Rolled:
@@ -113,14 +114,15 @@ def run_rollout(demo: Demo, nodes: list[str], args: list[str], during: Callable[
     r = rollouts.load(demo.ctx)
     assert r is not None
     seen = {n: boot_events(demo.state, n, started) for n in nodes}
-    observed = {n: rollouts.observe(ev, None) for n, ev in seen.items()}
+    observed = {n: rollouts.observe(ev, None).booted for n, ev in seen.items()}
     return Rolled(
         proc.returncode,
         log.read_text(errors="replace"),
         r,
-        {n: o[0] for n, o in observed.items()},
+        observed,
         {n: next((str(e["detail"]) for e in ev if e["stage"] == "failed"), None) for n, ev in seen.items()},
         {n: len(ev) for n, ev in seen.items()},
+        {n: [(e["stage"], e["at"]) for e in ev] for n, ev in seen.items()},
     )
 
 
