@@ -11,10 +11,11 @@ import pytest
 from labs.busyroot import make_root
 from labs.site import write_site
 from provisioner.actions import rollout as ro
+from provisioner.actions.context import Context
 from provisioner.artifacts import pins
 from provisioner.errors import UserError
 from provisioner.nodestate import NodeStateDB
-from provisioner.paths import State
+from provisioner.paths import Site, State
 from test_image_versions import CLUSTER_YAML  # two nodes of image tiny, one of image other
 from test_image_versions import pinned as boots
 
@@ -191,6 +192,10 @@ def test_cli_starts_shows_and_steers_a_rollout(cli, src):
     ]
     again = cli("rollout", "start", "tiny", check=False)
     assert again.returncode == 1 and "finish or abort it first" in again.stderr
+    # One runner at a time: a second one (say, started again by hand) is refused.
+    with ro.runner_lock(Context(Site(cli.site), state)):
+        res = cli("rollout", "run", check=False)
+    assert res.returncode == 1 and "another process is running the rollout" in res.stderr, res.stderr
     assert "paused" in cli("rollout", "pause").stdout
     assert "tiny -> v2 paused" in cli("status").stdout
     assert "running" in cli("rollout", "resume").stdout
