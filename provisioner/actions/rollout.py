@@ -340,8 +340,8 @@ def start(
     auto_rollback: bool,
 ) -> Rollout:
     """Plan a rollout of `image` (version `to`, default the current one) over the selected
-    nodes (default: every node booting the image) and pin them all: each to the version it
-    runs. Refused while another rollout is under way."""
+    nodes (default: every node booting the image), pin them all, each to the version it runs,
+    and rebuild their boot configs. Refused while another rollout is under way."""
     known = [v.version for v in images.versions(ctx.state, image)]
     if not known:
         raise UserError(f"no image {image!r}")
@@ -383,6 +383,8 @@ def start(
         )
         _pin(ctx, image, {n: v for n, v in was.items() if v is not None})
         _save(ctx, r)
+    # Their boot configs name the pinned versions from now on (current may have moved on).
+    build_overlays(ctx.fresh(), nodes)
     return r
 
 
