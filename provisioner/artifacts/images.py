@@ -37,6 +37,7 @@ from .commands import run_logged as _run
 from .dracut import build_dracut
 from .initramfs import kernel_versions, write_initramfs
 from .kmod import modules_dir
+from .pins import pinned_versions
 from .recipes import Recipe, write_files
 
 # Called under the image's lock right after `current` switched to a new version; True once the
@@ -233,7 +234,9 @@ def _switch(state: State, name: str, version: str) -> None:
 
 
 def _prune(state: State, name: str, keep: int) -> None:
-    old = [v for v in versions(state, name) if not v.current]
+    """Drop the oldest versions beyond `keep`, never one a node is pinned to (pins.py)."""
+    held = pinned_versions(state, name)
+    old = [v for v in versions(state, name) if not v.current and v.version not in held]
     for v in old[: max(0, len(old) - (keep - 1))]:
         _discard(v.path)
 
@@ -562,6 +565,8 @@ def remove(state: State, name: str, version: str | None = None) -> None:
             raise UserError(f"{name} has no version {version}")
         if target.current:
             raise UserError(f"{name} {version} is the current version: roll back first")
+        if version in pinned_versions(state, name):
+            raise UserError(f"{name} {version} is pinned for a rollout (`provisioner rollout status`)")
         _discard(target.path)
 
 

@@ -53,7 +53,7 @@ from ..render.overlays import (
 from ..render.pxe import BootConfigs, BootTemplates, wait_scripts
 from ..render.users import OVERLAY as USERS
 from ..render.users import tree as users_tree
-from . import bootloaders, cpio, images, layout, secrets, users
+from . import bootloaders, cpio, images, layout, pins, secrets, users
 
 FORMAT = "2"  # bump when the archive layout changes, so every node rebuilds
 GZIP_LEVEL = 6
@@ -98,6 +98,12 @@ class Build:
         used = {n.image for n in inventory.nodes}
         self.versions: dict[str | None, str | None] = {
             i: images.current_version(state, i) for i in sorted(i for i in used if i)
+        }
+        # Nodes pinned to another version than their image's current (a rollout in progress).
+        self.pinned = {
+            name: p
+            for name, p in pins.load(state).items()
+            if p.image in used and (layout.image_versions(state, p.image) / p.version).is_dir()
         }
         self.library = OverlayLibrary(site)
         self.boot = BootTemplates(site)
@@ -163,6 +169,7 @@ class Build:
         h = hashlib.sha256(self._global)
         h.update(self._node_keys[node.name].encode())
         h.update(self._image_keys[node.image])  # the version its boot configs pin, its user tables
+        h.update(f"pin\0{self.boot_version(node) or ''}".encode())
         if self.accounts is not None and USERS in node_overlays(node):
             h.update(self.accounts.digest.encode())  # the master's accounts it gets
         h.update(json.dumps(self.facts.get(node.name) or {}, sort_keys=True).encode())
@@ -174,6 +181,13 @@ class Build:
         h.update(repr(secrets.stamp(self.state, node.name)).encode())
         return h.hexdigest()
 
+    def boot_version(self, node: Node) -> str | None:
+        """The image version the node's boot configs name: its pin, else the current one."""
+        pin = self.pinned.get(node.name)
+        if pin is not None and pin.image == node.image:
+            return pin.version
+        return self.versions.get(node.image)
+
     def reload_actions(self, node: Node) -> dict[str, str]:
         return self.renderer.reload_actions(node)
 
@@ -181,7 +195,7 @@ class Build:
         facts = self.facts.get(node.name)
         return (
             self.renderer.render(node, facts),
-            self.boot.render(self.renderer.shared, node, facts, self.versions.get(node.image)),
+            self.boot.render(self.renderer.shared, node, facts, self.boot_version(node)),
         )
 
 

@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "demo": ("demo_cmds",),
     "monitoring": ("monitoring_cmds",),
     "doctor": ("doctor_cmds",),
+    "rollout": ("rollout_cmds",),
 }
 
 

@@ -33,6 +33,11 @@ from ..errors import UserError
 @click.option("--mirror", help="Debian mirror for the image (default: this host's apt sources).")
 @click.option("--kernel-arg", "kernel_args", multiple=True, help="Extra kernel argument for the nodes (repeatable).")
 @click.option("--plan-only", is_flag=True, help="Write the demo site and show its plan; boot nothing.")
+@click.option(
+    "--rollout",
+    is_flag=True,
+    help="Then roll a v2 over the nodes through Slurm reboots, and a broken v3 that fails its canary.",
+)
 def demo(
     work: Path,
     nodes: int,
@@ -41,6 +46,7 @@ def demo(
     mirror: str | None,
     kernel_args: tuple[str, ...],
     plan_only: bool,
+    rollout: bool,
 ) -> None:
     """Build an image, start DHCP/TFTP/HTTP, NFS and slurmctld in a private network namespace,
     PXE-boot qemu guests (TCG) and wait until `sinfo` shows them idle; `--unlisted` guests
@@ -61,7 +67,13 @@ def demo(
     signal.signal(signal.SIGTERM, on_term)
     try:
         Demo(
-            work.resolve(), nodes=nodes, unlisted=unlisted, timeout=timeout, mirror=mirror, kernel_args=kernel_args
+            work.resolve(),
+            nodes=nodes,
+            unlisted=unlisted,
+            timeout=timeout,
+            mirror=mirror,
+            kernel_args=kernel_args,
+            rollout=rollout,
         ).run(boot=not plan_only)
     except DemoFailure as e:
         raise UserError(str(e)) from None

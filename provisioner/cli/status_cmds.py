@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import click
 
 from ..actions.power import console_log_file
+from ..actions.rollout import load as latest_rollout
 from ..actions.status import boot_timeline, statuses
 from .context import Context, echo_json, echo_table, pass_ctx
 
@@ -37,6 +38,8 @@ def show_table(ctx: Context, selector: str | None, as_json: bool) -> None:
         echo_json([r.as_dict() for r in rows])
         return
     now = time.time()
+    if (rollout := latest_rollout(ctx)) is not None:
+        click.echo(rollout.summary() + "\n")
     echo_table(
         ["node", "stage", "since", "ip", "image", "slurm", "seen", "runtime"],
         [

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
 
 
 class DemoFailure(Exception):

@@ -13,7 +13,6 @@ import pwd
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -31,15 +30,15 @@ from ..artifacts.initramfs import build_initramfs
 from ..inventory import Inventory
 from ..nodestate import NodeStateDB
 from ..paths import Site, State
+from . import rollout as demo_rollout
 from . import services as demo_services
 from . import site as demo_site
 from .host import MasterHost
 from .netns import DemoNet
-from .procs import DemoFailure, Supervisor
+from .procs import PROVISIONER, DemoFailure, Supervisor
 from .qemu import Guest, Nic
 from .runtime import RuntimeCheck
 
-PROVISIONER = shutil.which("provisioner") or str(Path(sys.executable).parent / "provisioner")
 IMAGE_CACHE = Path("/var/cache/provisioner/images")
 # slurmctld daemonizes as its unit runs it; `slurm apply` restarts it by the pid file in the
 # master's private /run (a name-based kill would hit every slurmctld on this machine).
@@ -70,6 +69,8 @@ class Demo:
     timeout: float = 600
     mirror: str | None = None
     kernel_args: tuple[str, ...] = ()
+    reboot: bool = False  # guests reboot (and PXE-boot again) instead of exiting: rollouts
+    rollout: bool = False  # at the end, the rollouts of demo/rollout.py (guests then reboot)
     echo: Callable[[str], None] = PRINT
     t0: float = field(default_factory=time.monotonic)
     sup: Supervisor = field(init=False)
@@ -88,6 +89,9 @@ class Demo:
         self.sup = Supervisor(self.logs)
         self.unlisted_macs = [demo_site.unlisted_mac(i) for i in range(1, self.unlisted + 1)]
         self.hosts = self.work / "master" / "hosts"
+        if self.rollout:
+            self.reboot = True
+            self.kernel_args = (*self.kernel_args, demo_rollout.RETRY_ARG)
 
     # -- output ----------------------------------------------------------------------------------
     def say(self, stage: str, message: str) -> None:
@@ -248,7 +252,13 @@ class Demo:
         assert self.net is not None
         tap = self.net.add_tap()
         console = self.logs / f"{name}-console.log"
-        guest = Guest(Nic(tap, mac), memory_mb=1024, serial=console, uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, mac)))
+        guest = Guest(
+            Nic(tap, mac),
+            memory_mb=1024,
+            serial=console,
+            uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, mac)),
+            no_reboot=not self.reboot,
+        )
         self.sup.start(f"qemu-{name}", self.net.enter(guest.argv()))
 
     def joined(self, inv: Inventory) -> list[str]:
@@ -293,6 +303,17 @@ class Demo:
             f"sinfo {self.sinfo()}\n{consoles}\nserve log:\n{self.tail(self.logs / 'serve.log')}\n"
             f"slurmctld log:\n{self.tail(self.slurmctld_log)}"
         )
+
+    def boot_cluster(self) -> Inventory:
+        """Site, image, artifacts, network, master daemons, guests, until every node is idle
+        (the caller runs `cleanup`, also when this fails); the inventory then."""
+        inv = self.write_site()
+        self.build_image()
+        self.build_artifacts()
+        self.start_network()
+        self.start_master(inv)
+        self.boot_vms(inv)
+        return self.wait_idle(inv)
 
     @property
     def slurmctld_log(self) -> Path:
@@ -452,6 +473,13 @@ class Demo:
                 "overlay edits reach a running node: drop, reload, hand edit, bad archives, master away",
                 lambda: self.check_runtime(joined),
             )
+            if self.rollout:
+                names = [n.name for n in joined.nodes]
+                self.stage(
+                    "rollout",
+                    "v2 over every node through Slurm reboots, then a broken v3 with a canary",
+                    lambda: demo_rollout.show(self, demo_site.IMAGE, names),
+                )
             for node in joined.nodes:
                 subprocess.run(
                     [

@@ -98,6 +98,15 @@ def update(nodes: Sequence[str], state: str, reason: str | None = None, timeout:
     )
 
 
+def reboot(nodes: Sequence[str], reason: str, timeout: float = 30.0) -> None:
+    """`scontrol reboot ASAP nextstate=RESUME`: slurmctld drains the nodes, lets their jobs
+    end, has slurmd run the RebootProgram and puts each back in service once it registers."""
+    _run(
+        ["scontrol", "reboot", "ASAP", "nextstate=RESUME", f"reason={reason}", compress(list(nodes))],
+        timeout,
+    )
+
+
 def jobs_on(nodes: Sequence[str], timeout: float = 10.0) -> dict[str, list[str]]:
     """The jobs holding each of `nodes` (running, completing or suspended), by node."""
     out = _run(["squeue", "-h", "-w", compress(list(nodes)), "-t", HOLDING, "-o", "%i|%N"], timeout)
