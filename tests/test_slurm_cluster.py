@@ -180,26 +180,3 @@ def test_a_change_of_facts_drains_the_node_until_accepted(cluster):
     cluster.provisioner(*accept)
     cluster.wait(lambda: cluster.show_node("node01").get("RealMemory") == str(real["memory_mb"]), "real memory back")
     cluster.wait_idle(NODES)
-
-
-def test_jobs_that_ask_no_memory_share_a_node(cluster):
-    """A one-core job that names no memory gets its share of the node's memory, not all of it
-    (Slurm's default with CR_Core_Memory), so two of them run side by side on one node."""
-    ids = [
-        cluster.ctl.run(["sbatch", "--parsable", "-w", "node01", "-n1", "--wrap", "sleep 60"]).stdout.strip()
-        for _ in range(2)
-    ]
-    try:
-
-        def both_running() -> bool:
-            out = cluster.ctl.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%T"]).stdout.split()
-            return out == ["RUNNING", "RUNNING"]
-
-        cluster.wait(both_running, "two memory-less jobs running together on node01", timeout=60)
-        mem = cluster.ctl.run(["scontrol", "show", "job", ids[0]]).stdout
-        real = int(cluster.show_node("node01")["RealMemory"])
-        cpus = int(cluster.show_node("node01")["CPUTot"])
-        granted = re.search(r"mem=(\d+)M", mem)
-        assert granted and int(granted.group(1)) == real // cpus, mem
-    finally:
-        cluster.ctl.run(["scancel", *ids], check=False)

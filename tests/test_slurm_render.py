@@ -251,21 +251,3 @@ def test_memory_moving_by_a_kernel_update_is_taken_not_drift(inv):
     assert cfg.drift == {"c02": "RealMemory 15890 -> 15000"}
     assert "RealMemory=15700" in conf_lines(cfg.files["slurm.conf"], "NodeName=c01 ")[0]
     assert cfg.hardware["c01"] == hardware("c01", facts_for("c01", mem=15700))
-
-
-def test_partitions_give_jobs_without_memory_a_share_per_cpu(inv):
-    """With memory consumable, a job naming none gets the partition's smallest memory per CPU
-    (Slurm's default is the whole node); an admin's own default or CR_Core leaves it out."""
-    data = yaml.safe_load(INVENTORY)
-    data["cluster"]["slurm"]["options"] = {}
-    cons = parse_text(yaml.safe_dump(data), "cluster.yaml")
-    facts = {"c01": facts_for("c01", 16000), "c02": facts_for("c02", 64000), "g01": facts_for("g01", 8000)}
-    conf = render(cons, facts).files["slurm.conf"]
-    assert conf_lines(conf, "PartitionName=") == [
-        "PartitionName=batch Nodes=c[01-02],g01 DefMemPerCPU=1000 Default=YES MaxTime=INFINITE State=UP",
-        "PartitionName=gpu Nodes=g01 DefMemPerCPU=1000 Default=NO MaxTime=INFINITE State=UP",
-    ]
-    data["cluster"]["slurm"]["options"] = {"DefMemPerNode": "2048"}
-    chosen = parse_text(yaml.safe_dump(data), "cluster.yaml")
-    assert "DefMemPerCPU" not in render(chosen, facts).files["slurm.conf"]
-    assert "DefMemPerCPU" not in render(inv, facts).files["slurm.conf"]  # CR_Core

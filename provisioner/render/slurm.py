@@ -33,16 +33,11 @@ keeps the node set fixed, so facts arriving never change it. A dynamic node (`sl
 was the alternative: it would join before the master saw its facts, but it decides its own
 hardware and partitions (the inventory should), and folding it into a static line later
 changes the node set, which Slurm 22.05 takes only at a slurmctld restart.
-
-Memory: with CR_Core_Memory a job that names no memory would get its nodes' whole memory, so
-one single-core job keeps every other job off its node. Each partition line carries a
-DefMemPerCPU (its nodes' smallest memory per CPU) unless cluster.slurm.options sets a default.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,23 +203,6 @@ def known_hardware(
     return known, problems, drift
 
 
-# Where the admin chose a default memory in cluster.slurm.options, provisioner adds none; nor
-# where memory is not a consumable resource (SelectTypeParameters without Memory).
-DEFAULT_MEMORY_KEYS = ("DefMemPerCPU", "DefMemPerNode", "DefMemPerGPU")
-
-
-def _memory_per_cpu(members: Sequence[Hardware]) -> int | None:
-    """A job that names no memory gets this much per CPU: the smallest share of memory per CPU
-    among the partition's nodes. Slurm's own default with CR_Core_Memory is the whole node's
-    memory, so one single-core job would keep every other job off the node."""
-    shares = []
-    for hw in members:
-        f = dict(hw.fields)
-        with contextlib.suppress(KeyError, ValueError, ZeroDivisionError):
-            shares.append(int(f["RealMemory"]) // int(f["CPUs"]))
-    return min(shares) if shares and min(shares) > 0 else None
-
-
 def render_slurm_conf(inv: Inventory, known: Mapping[str, Hardware]) -> str:
     nodes = slurm_nodes(inv)
     conf = _global(inv.cluster, any(hw.gpus for hw in known.values()))
@@ -238,14 +216,10 @@ def render_slurm_conf(inv: Inventory, known: Mapping[str, Hardware]) -> str:
                 partitions[p].append(n.name)
     if partitions:
         out.append("\n")
-    options = inv.cluster.slurm.options
-    share = "Memory" in conf.get("SelectTypeParameters", "") and not any(k in options for k in DEFAULT_MEMORY_KEYS)
     for i, (p, members) in enumerate(partitions.items()):
         words = [f"PartitionName={p}"]
         if members:
             words.append(f"Nodes={compress(members)}")
-            if share and (per_cpu := _memory_per_cpu([known[m] for m in members])):
-                words.append(f"DefMemPerCPU={per_cpu}")
         words += ["Default=YES" if i == 0 else "Default=NO", "MaxTime=INFINITE", "State=UP"]
         out.append(" ".join(words) + "\n")
     return "".join(out)
