@@ -3,7 +3,8 @@
 as `provisioner configure all` set them up: names (a node added while the guest runs resolves
 there, forward and reverse, through the master), time (timesyncd's server is the master's
 chrony), logs (`logger` on the guest is in `provisioner logs node01`, after the lines its
-initramfs sent) and users (the demo's user from `cluster.users`: her ids, her shadow entry
+initramfs sent) and users (the demo's user from `cluster.users`, known to the master as an admin's
+user would be: her ids, a job she submits with `srun` running as her, her shadow entry
 readable by root alone, her SSH logins with her authorized key and with a certificate of the
 site's user CA)."""
 
@@ -65,7 +66,11 @@ def test_demo_says_one_line_per_service(demo):
     assert re.search(r"check +node01: dns master -> 10\.77\.0\.1 -> master\.demo\.cluster", text), text[-3000:]
     assert re.search(r"check +node01: ntp from 10\.77\.0\.1, chrony on the master", text), text[-3000:]
     assert re.search(r"check +node01: logs: its `logger` line is in `provisioner logs node01`", text), text[-3000:]
-    assert re.search(r"check +node01: users: uid=2001\(alice\) gid=2001\(alice\) groups=.*2100\(research\)", text)
+    assert re.search(
+        r"check +node01: users: uid=2001\(alice\) gid=2001\(alice\) groups=.*2100\(research\) as on the master, "
+        r"in her own `srun` too",
+        text,
+    )
 
 
 def test_a_node_added_resolves_on_the_guest_forward_and_reverse(demo):

@@ -157,8 +157,9 @@ class Demo:
         conf.mkdir(parents=True, exist_ok=True)
         apply_slurm(self.ctx, conf, reconfigure=None)
         self.write_hosts(inv)
+        tables = demo_services.master_tables(Path(inv.cluster.users.root), mwork / "etc")
         self.master = MasterHost(
-            self.net, inv.cluster.slurm.controller, mwork, {"etc/slurm": conf, "etc/hosts": self.hosts}
+            self.net, inv.cluster.slurm.controller, mwork, {"etc/slurm": conf, "etc/hosts": self.hosts, **tables}
         )
         key = self.master.priv / "etc/munge/munge.key"
         key.write_bytes(secrets.munge_key(self.state))

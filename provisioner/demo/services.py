@@ -81,6 +81,22 @@ def write_accounts(root: Path, home: Path) -> Path:
     return root
 
 
+def master_tables(accounts: Path, dest: Path) -> dict[str, Path]:
+    """The master namespace's /etc/passwd and /etc/group: this machine's, plus the demo user
+    and group of `accounts`, as if the admin had created her on the master; slurmctld and
+    `srun` there then know her as a real master's would. Paths to mount, by path on the master."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for table in ("passwd", "group"):
+        host = Path("/etc", table).read_text()
+        known = {line.split(":", 1)[0] for line in host.splitlines()}
+        extra = [ln for ln in (accounts / "etc" / table).read_text().splitlines() if ln.split(":", 1)[0] not in known]
+        (dest / table).write_text(host + "".join(f"{ln}\n" for ln in extra))
+        os.chmod(dest / table, 0o644)
+        out[f"etc/{table}"] = dest / table
+    return out
+
+
 def user_key(accounts: Path, certified: bool = False) -> Path:
     """The demo user's private key: the one in her authorized_keys, or the one the site's user
     CA certifies (`certified`; its certificate beside it, -cert.pub)."""
@@ -155,14 +171,14 @@ def check(ctx: Context, master: MasterHost, inv: Inventory, say: Say) -> None:
             problems.append(f"{node.name}: timesyncd's server is {ntp.group(1) if ntp else 'none'}, not {addr}")
         if not log:
             problems.append(f"{node.name}: its logger line is not in `provisioner logs {node.name}`")
-        problems += [f"{node.name}: {p}" for p in _user_problems(master, accounts, str(node.ip), text, cert)]
+        problems += [f"{node.name}: {p}" for p in _user_problems(master, accounts, node.name, str(node.ip), text, cert)]
         if not problems:
             seen = "listed" if str(node.ip) in clients else "not yet listed"
             lines += [
                 f"{node.name}: dns {name} -> {addr} -> {answers[1]} (dnsmasq on the master)",
                 f"{node.name}: ntp from {addr}, chrony on the master ({node.ip} {seen} in chronyc clients)",
                 f"{node.name}: logs: its `logger` line is in `provisioner logs {node.name}` ({log})",
-                f"{node.name}: users: {USER_ID} as on the master; she logs in over ssh with her "
+                f"{node.name}: users: {USER_ID} as on the master, in her own `srun` too; she logs in over ssh with her "
                 "authorized key and with a certificate of the site's user CA; /etc/shadow 640 "
                 "root:shadow, her entry as on the master",
             ]
@@ -174,8 +190,9 @@ def check(ctx: Context, master: MasterHost, inv: Inventory, say: Say) -> None:
         say(line)
 
 
-def _user_problems(master: MasterHost, accounts: Path, ip: str, text: str, cert: Path) -> list[str]:
-    """What is wrong with the demo user on the node (`text`: its node_script output)."""
+def _user_problems(master: MasterHost, accounts: Path, node: str, ip: str, text: str, cert: Path) -> list[str]:
+    """What is wrong with the demo user on the node (`text`: its node_script output): her ids,
+    her shadow entry, a job she submits with `srun` on the master, her SSH logins."""
     out = []
     if f"user {USER_ID}" not in text.splitlines():
         out.append(f"{USER} is not {USER_ID} there")
@@ -186,6 +203,10 @@ def _user_problems(master: MasterHost, accounts: Path, ip: str, text: str, cert:
         out.append(f"{USER}'s /etc/shadow entry is not the master's")
     if f"shadow readable by {USER}" in text:
         out.append(f"{USER} can read /etc/shadow")
+    as_user = ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups"]
+    job = master.run([*as_user, "srun", "--mpi=none", "-D", "/tmp", "-N1", "-w", node, "id"], timeout=180)
+    if job.returncode != 0 or job.stdout.strip() != USER_ID:
+        out.append(f"{USER}'s own srun does not run as {USER_ID}: {job.stdout.strip()} {job.stderr.strip()[-300:]}")
     for how, key, with_cert in (
         ("her key", user_key(accounts), None),
         ("a certificate", user_key(accounts, True), cert),
