@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 
 from labs.site import write_site
 from provisioner.artifacts import cpio, layout
@@ -31,7 +32,7 @@ def test_build_show_list_and_plan(cli):
     for name in ("base", "ssh", "munge"):
         assert name in listing
     shown = cli("overlay", "show", "node01").stdout
-    assert "-r--------  munge  munge  1024  etc/munge/munge.key" in shown
+    assert re.search(r"^-r--------\s+munge\s+munge\s+1024\s+etc/munge/munge.key\s", shown, re.M), shown
     assert "etc/systemd/system/multi-user.target.wants/systemd-networkd.service -> /lib/systemd" in shown
     assert cli("overlay", "show", "node01", "/etc/hostname").stdout == "node01\n"
     masked = cli("overlay", "show", "node01", "etc/ssh/ssh_host_ed25519_key").stdout
