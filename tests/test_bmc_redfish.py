@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from labs.bmc import IpmiSim, Libvirtd, SushyEmulator, console_shows, sol_qemu
+from labs.bmc import IpmiSim, Libvirtd, SushyEmulator, console_shows, read_until, sol_qemu
 from labs.site import node, write_site
-from provisioner.actions.power import sol_target
-from provisioner.bmc import BmcError, Target
+from provisioner.bmc import BmcError, Target, sol_target
+from provisioner.bmc.console import read_log
 
 pytestmark = [pytest.mark.qemu]
 
@@ -126,3 +126,17 @@ def test_console_of_a_redfish_node_that_offers_it_over_ipmi_attaches(cli, tmp_pa
             return on.returncode == 0
 
         console_shows(cli, "n1", lambda: until("powered on with ipmitool", power_on), b"SeaBIOS", 150)
+        # serve's console service finds the console the same way and keeps the node's log
+        env = {**os.environ, "PROVISIONER_SITE": str(cli.site), "PROVISIONER_STATE": str(cli.state)}
+        serve = subprocess.Popen(
+            [cli.exe, "serve", "--services", "console"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            read_until(serve, b"console attached", 60)
+            deadline = time.monotonic() + 90
+            while b"SeaBIOS" not in read_log(cli.state / "console", "n1"):
+                assert time.monotonic() < deadline, "serve kept no console output of the Redfish node"
+                time.sleep(1)
+        finally:
+            serve.terminate()
+            serve.communicate(timeout=30)

@@ -125,27 +125,6 @@ def run(
 DETACH = b"~."  # typed at the start of a line, as in ssh and conman
 
 
-def sol_target(t: bmc.Target) -> bmc.Target:
-    """Where the node's serial console is: its IPMI BMC, or for a Redfish BMC, the same BMC
-    over IPMI serial-over-LAN (port 623, same account) when its manager offers the console
-    that way. Redfish itself carries no console data: a BMC that offers it over SSH or Telnet
-    only, or not at all, is a BmcError that says what to use instead."""
-    if t.protocol == "ipmi":
-        return t
-    offered = bmc.serial_console(t)
-    if "IPMI" in offered:
-        return bmc.Target(t.node, "ipmi", t.address, bmc.default_port("ipmi"), t.user, t.password)
-    if offered:
-        raise bmc.BmcError(
-            f"{t.where} offers the serial console over {' and '.join(offered)}, not IPMI serial-over-LAN: "
-            f"log into the BMC (e.g. `ssh {t.user}@{t.address}`) and use its console command"
-        )
-    raise bmc.BmcError(
-        f"{t.where} offers no serial console (its Redfish managers have no SerialConsole): use IPMI "
-        "serial-over-LAN if the BMC speaks IPMI (`bmc_protocol: ipmi`), or its web console"
-    )
-
-
 def console(ctx: Context, name: str, infd: int, write: Callable[[bytes], None]) -> None:
     """Attach to the node's serial console: what it prints goes to `write`, what is read from
     `infd` goes to the node, until `~.` at the start of a line, the end of input, or the BMC
@@ -154,7 +133,7 @@ def console(ctx: Context, name: str, infd: int, write: Callable[[bytes], None]) 
     if isinstance(t, str):
         raise UserError(f"{name}: {t}")
     try:
-        sol = bmc.Sol(sol_target(t), write)
+        sol = bmc.Sol(bmc.sol_target(t), write)
     except bmc.BmcError as e:
         raise UserError(f"{name}: {e}") from None
     line_start, held = True, b""

@@ -2,7 +2,7 @@
 serial console over IPMI serial-over-LAN (pyghmi), also where a Redfish BMC offers it so.
 Below the servers, which keep console logs."""
 
-from .client import ACTIONS, BmcError, Target, close_sessions, default_port, power, serial_console, set_pxe
+from .client import ACTIONS, BmcError, Target, close_sessions, default_port, power, serial_console, set_pxe, sol_target
 from .console import ConsoleLog, Sol, log_path, read_log
 from .targets import target_of
 
@@ -19,5 +19,6 @@ __all__ = [
     "read_log",
     "serial_console",
     "set_pxe",
+    "sol_target",
     "target_of",
 ]

@@ -287,3 +287,24 @@ def _redfish_pxe(target: Target, persistent: bool, timeout: float) -> None:
     system = _redfish_system(target, timeout)
     enabled = sushy.BootSourceOverrideEnabled.CONTINUOUS if persistent else sushy.BootSourceOverrideEnabled.ONCE
     system.set_system_boot_options(target=sushy.BootSource.PXE, enabled=enabled)
+
+
+def sol_target(t: Target) -> Target:
+    """Where the node's serial console is: its IPMI BMC, or for a Redfish BMC, the same BMC
+    over IPMI serial-over-LAN (port 623, same account) when its manager offers the console
+    that way. Redfish itself carries no console data: a BMC that offers it over SSH or Telnet
+    only, or not at all, is a BmcError that says what to use instead."""
+    if t.protocol == "ipmi":
+        return t
+    offered = serial_console(t)
+    if "IPMI" in offered:
+        return Target(t.node, "ipmi", t.address, default_port("ipmi"), t.user, t.password)
+    if offered:
+        raise BmcError(
+            f"{t.where} offers the serial console over {' and '.join(offered)}, not IPMI serial-over-LAN: "
+            f"log into the BMC (e.g. `ssh {t.user}@{t.address}`) and use its console command"
+        )
+    raise BmcError(
+        f"{t.where} offers no serial console (its Redfish managers have no SerialConsole): use IPMI "
+        "serial-over-LAN if the BMC speaks IPMI (`bmc_protocol: ipmi`), or its web console"
+    )

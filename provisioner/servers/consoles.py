@@ -1,4 +1,5 @@
-"""The `console` service of `serve`: an IPMI serial-over-LAN session to every node's BMC, its
+"""The `console` service of `serve`: an IPMI serial-over-LAN session to every node's BMC (a
+Redfish BMC's too where its manager offers the console over IPMI), its
 output kept in state/console/<node>.log (bounded, rotated: bmc/console.py), so an admin reads
 what a node printed during a failed boot after the fact (`provisioner console NODE --log`).
 
@@ -12,7 +13,7 @@ import logging
 import threading
 import time
 
-from ..bmc import BmcError, ConsoleLog, Sol, Target, close_sessions, target_of
+from ..bmc import BmcError, ConsoleLog, Sol, Target, close_sessions, sol_target, target_of
 from ..inventory import Inventory
 from ..logs import kv
 from ..paths import State
@@ -35,12 +36,13 @@ class ConsoleService(Service):
         self._sessions: dict[str, tuple[Target, Sol]] = {}
         self._next_try: dict[str, float] = {}
         self._changed = threading.Event()
+        self._said: dict[str, str] = {}  # the last failure logged per node (one line per new reason)
 
     def _wanted(self) -> dict[str, Target]:
         out = {}
         for node in self._inventory.nodes:
             t = target_of(self.state, node) if node.bmc is not None else None
-            if isinstance(t, Target) and t.protocol == "ipmi":
+            if isinstance(t, Target):
                 out[node.name] = t
         return out
 
@@ -58,10 +60,15 @@ class ConsoleService(Service):
             if name in self._sessions or self._next_try.get(name, 0) > now:
                 continue
             try:
-                self._sessions[name] = (t, Sol(t, ConsoleLog(self.state.consoles, name).write))
-                log.info("console attached", extra=kv(node=name, bmc=f"{t.address}:{t.port}"))
+                # A Redfish BMC is asked where its console is (IPMI SOL on the same BMC, or none).
+                sol_at = sol_target(t)
+                self._sessions[name] = (t, Sol(sol_at, ConsoleLog(self.state.consoles, name).write))
+                self._said.pop(name, None)
+                log.info("console attached", extra=kv(node=name, bmc=f"{sol_at.address}:{sol_at.port}"))
             except BmcError as e:
-                log.warning("console failed", extra=kv(node=name, error=str(e)))
+                if self._said.get(name) != str(e):
+                    self._said[name] = str(e)
+                    log.warning("console failed", extra=kv(node=name, error=str(e)))
                 self._next_try[name] = now + self.retry
 
     def serve_forever(self) -> None:
