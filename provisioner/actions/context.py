@@ -20,6 +20,14 @@ def quiet(_: str) -> None:
     """The Say of a caller who wants to hear nothing."""
 
 
+def select(inventory: Inventory, expr: str | None) -> list[Node]:
+    """Nodes for a selector; a name that is not in the inventory is a user error."""
+    try:
+        return inventory.select(expr)
+    except KeyError as e:
+        raise UserError(f"no such node or profile: {e.args[0]}") from None
+
+
 @dataclass
 class Context:
     site: Site
@@ -45,11 +53,7 @@ class Context:
         return Context(self.site, self.state)
 
     def select(self, expr: str | None) -> list[Node]:
-        """Nodes for a selector; a name that is not in the inventory is a user error."""
-        try:
-            return self.inventory().select(expr)
-        except KeyError as e:
-            raise UserError(f"no such node or profile: {e.args[0]}") from None
+        return select(self.inventory(), expr)
 
     def node(self, name: str) -> Node:
         node = self.inventory().node(name)

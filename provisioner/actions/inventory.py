@@ -21,7 +21,7 @@ from ..inventory import Inventory, InventoryInvalid, Problem, load_inventory, pa
 from ..inventory.edit import edit_inventory, isolate, next_free_ip, node_entries, set_fields
 from ..inventory.hostlist import HostlistError, compress, expand, is_range
 from ..inventory.starter import detect, gateway, starter_yaml
-from .context import Context
+from .context import Context, select
 from .power import missing_credentials
 
 
@@ -83,13 +83,6 @@ def check_site(ctx: Context) -> CheckReport:
     return CheckReport(inv, problems, warnings)
 
 
-def _selected(inv: Inventory, expr: str) -> list[str]:
-    try:
-        return [n.name for n in inv.select(expr)]
-    except KeyError as e:
-        raise UserError(f"no such node or profile: {e.args[0]}") from None
-
-
 def add_nodes(
     ctx: Context,
     name: str,
@@ -134,7 +127,7 @@ def set_nodes(ctx: Context, expr: str, values: Mapping[str, Any], unset: Sequenc
     a range entry is split out of it first. `mac` and `ip` name one node."""
     values = {k: v for k, v in values.items() if v is not None}
     with editing(ctx) as (doc, inv):
-        names = _selected(inv, expr)
+        names = [n.name for n in select(inv, expr)]
         if ("mac" in values or "ip" in values) and len(names) > 1:
             raise UserError("--mac and --ip name one node")
         for name in names:

@@ -11,10 +11,10 @@ from ..artifacts import slurm_config
 from ..artifacts.overlay_build import BuildReport
 from ..artifacts.slurm_config import ApplyResult, accepted_hardware
 from ..errors import UserError
-from ..inventory import InventoryInvalid
-from ..inventory.edit import edit_inventory, isolate, node_entries
+from ..inventory.edit import isolate, node_entries
 from ..nodestate.slurm import SlurmError, jobs_on, node_status, update
-from .context import Context, Say, quiet
+from .context import Context, Say, quiet, select
+from .inventory import editing
 from .overlays import build_overlays
 from .slurm import apply_slurm
 
@@ -29,17 +29,12 @@ def remove_nodes(ctx: Context, expr: str, say: Say = quiet) -> tuple[list[str], 
     hardware goes too (a new machine given the name is a first boot). Node-state history
     (events, transfers, leases) stays: it is the record of what happened, and its retention
     ages it out like any other node's. Returns the names removed and the build."""
-    try:
-        with edit_inventory(ctx.site.cluster_yaml) as (doc, inv):
-            names = [n.name for n in inv.select(expr)]
-            for name in names:
-                entry = isolate(doc, name)
-                entries = node_entries(doc)
-                entries.pop(next(i for i, e in enumerate(entries) if e is entry))
-    except InventoryInvalid as e:
-        raise UserError(f"not changed: {e}") from None
-    except KeyError as e:
-        raise UserError(f"no such node or profile: {e.args[0]}") from None
+    with editing(ctx) as (doc, inv):
+        names = [n.name for n in select(inv, expr)]
+        for name in names:
+            entry = isolate(doc, name)
+            entries = node_entries(doc)
+            entries.pop(next(i for i, e in enumerate(entries) if e is entry))
     with accepted_hardware(ctx.state) as accepted:
         for name in names:
             accepted.pop(name, None)

@@ -42,17 +42,19 @@ def init(ctx: Context, interface: str | None, name: str | None, force: bool) -> 
 @pass_ctx
 def check(ctx: Context, as_json: bool) -> None:
     """Validate the inventory; list every problem with file, line and field."""
-    if not as_json:
-        ctx.inventory()  # one screen of parse problems, or "no inventory, run init"
+    if not as_json and not ctx.has_inventory():
+        ctx.inventory()  # "no inventory at ..., run init"
     report = check_site(ctx)
     if as_json:
         echo_json([vars(p) for p in report.problems])
         if report.problems:
             raise SystemExit(1)
         return
+    inv = report.inventory
+    if inv is None:
+        raise UserError(f"{len(report.problems)} problem(s) in the inventory:\n" + "\n".join(map(str, report.problems)))
     if report.problems:
         raise UserError("; ".join(p.message for p in report.problems))
-    inv = ctx.inventory()
     click.echo(f"{inv.path}: ok ({len(inv.nodes)} nodes, {len(inv.profiles)} profiles)")
     for w in report.warnings:
         click.echo(f"warning: {w}", err=True)

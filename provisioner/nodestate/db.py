@@ -235,8 +235,8 @@ class NodeStateDB:
             )
 
     def facts(self, node: str) -> dict[str, Any] | None:
-        row = self._conn().execute("SELECT facts FROM facts WHERE node=?", (node,)).fetchone()
-        return json.loads(row["facts"]) if row else None
+        row = self.facts_row(node)
+        return row[0] if row else None
 
     def facts_row(self, node: str) -> tuple[dict[str, Any], float] | None:
         """The node's facts and when the master stored them."""
